@@ -1,0 +1,466 @@
+//! The configuration file: one TOML document, parsed with serde.
+//!
+//! Every key has a documented default (the `default_*` functions and the
+//! `Default` impls say why). Unknown keys are errors, and every error names the
+//! file, line and column (see `check`). The embedded default config
+//! (`DEFAULT_CONFIG`) is what `warrant run` uses when no file is given, and is
+//! the commented reference for every key.
+
+mod location;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use location::{ConfigError, Location};
+
+/// The embedded default configuration: a host-only setup whose credentials
+/// come from files under /etc/warrant/credentials.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    #[serde(default)]
+    pub intercept: InterceptConfig,
+    #[serde(default)]
+    pub instance: InstanceConfig,
+    #[serde(default, rename = "workload")]
+    pub workloads: Vec<WorkloadConfig>,
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default, rename = "credential")]
+    pub credentials: Vec<CredentialConfig>,
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicyConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Where redirected connections land. Loopback only: the listener must not
+    /// be reachable from other hosts.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// An IPv6 listener for connections to IPv6 destinations. Default: `[::1]`
+    /// on the same port as `listen`, when the host has IPv6; set to "" to use
+    /// the IPv4 listener (v4-mapped) for everything.
+    #[serde(default)]
+    pub listen6: Option<String>,
+    /// Root-only directory for the CA key and the host key.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_audit_log")]
+    pub audit_log: PathBuf,
+    /// Prometheus text-format endpoint; loopback by default.
+    #[serde(default = "default_metrics")]
+    pub metrics: Option<SocketAddr>,
+    /// The cgroup the eBPF programs attach to; they act on tagged cgroups at
+    /// or below it. Default: the cgroup2 mount point read from /proc/mounts.
+    #[serde(default)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Where links and maps are pinned in bpffs, so that redirection survives
+    /// a daemon restart. Mounted if bpffs is not.
+    #[serde(default = "default_bpf_pin_dir")]
+    pub bpf_pin_dir: PathBuf,
+    /// SO_MARK put on the daemon's own upstream sockets so that the programs
+    /// never redirect them. Any non-zero value unused by your firewall rules.
+    #[serde(default = "default_bypass_mark")]
+    pub bypass_mark: u32,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 15443))
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/warrant")
+}
+fn default_audit_log() -> PathBuf {
+    PathBuf::from("/var/log/warrant/audit.jsonl")
+}
+fn default_metrics() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+}
+fn default_bpf_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/warrant")
+}
+/// "WRNT" in ASCII: unlikely to collide with marks set by firewall tooling.
+pub const DEFAULT_BYPASS_MARK: u32 = 0x5752_4e54;
+fn default_bypass_mark() -> u32 {
+    DEFAULT_BYPASS_MARK
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            listen6: None,
+            state_dir: default_state_dir(),
+            audit_log: default_audit_log(),
+            metrics: default_metrics(),
+            cgroup_root: None,
+            bpf_pin_dir: default_bpf_pin_dir(),
+            bypass_mark: default_bypass_mark(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterceptConfig {
+    /// Destination ports redirected for tagged cgroups, whatever the address
+    /// (so IP literals are caught too). 443 covers every provider API.
+    #[serde(default = "default_ports")]
+    pub ports: Vec<u16>,
+    /// Refuse UDP to the intercepted ports from tagged cgroups, so HTTP/3
+    /// (QUIC) clients fall back to TCP, which is redirected.
+    #[serde(default = "default_true")]
+    pub block_quic: bool,
+}
+
+fn default_ports() -> Vec<u16> {
+    vec![443]
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for InterceptConfig {
+    fn default() -> Self {
+        Self {
+            ports: default_ports(),
+            block_quic: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// host | aws | gcp | azure. Cloud providers are opt-in: the default never
+    /// contacts a metadata endpoint.
+    #[serde(default = "default_instance_provider")]
+    pub provider: String,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+}
+
+fn default_instance_provider() -> String {
+    "host".to_owned()
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        Self {
+            provider: default_instance_provider(),
+            environment: None,
+            region: None,
+        }
+    }
+}
+
+/// A workload: which cgroups are tagged for redirection, and which processes
+/// the injector accepts as this workload. Every selector given must match.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadConfig {
+    pub name: Spanned<String>,
+    /// A systemd unit name, e.g. "support-agent.service": tags the cgroup of
+    /// that name wherever it sits under the cgroup root.
+    #[serde(default)]
+    pub unit: Option<Spanned<String>>,
+    /// A systemd slice, e.g. "warrant-agents.slice": tags the slice's cgroup,
+    /// so every unit placed in it is covered.
+    #[serde(default)]
+    pub slice: Option<Spanned<String>>,
+    /// A cgroup path glob relative to the cgroup2 mount, e.g.
+    /// "/system.slice/agent-*.service".
+    #[serde(default)]
+    pub cgroup: Option<Spanned<String>>,
+    #[serde(default)]
+    pub exe: Option<Spanned<String>>,
+    #[serde(default)]
+    pub exe_sha256: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub entrypoint_sha256: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub host: Spanned<String>,
+    /// openai | anthropic | gemini | generic
+    pub scheme: Spanned<String>,
+    pub credential: Spanned<String>,
+    /// For scheme "generic": the header to set and its value template, where
+    /// "{credential}" is replaced by the credential.
+    #[serde(default)]
+    pub header: Option<String>,
+    #[serde(default)]
+    pub value_template: Option<String>,
+    /// anthropic only: "x-api-key" or "bearer" forces that form; default is
+    /// the form the agent used.
+    #[serde(default)]
+    pub anthropic_auth: Option<Spanned<String>>,
+    /// Extra CA certificates (PEM) trusted for this upstream, beside the
+    /// system roots: for private gateways and tests.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    pub name: Spanned<String>,
+    /// file | systemd | exec | oauth2 | token-exchange
+    pub source: Spanned<String>,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// For source "systemd": the credential's name in $CREDENTIALS_DIRECTORY.
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub workload: Spanned<String>,
+    #[serde(default)]
+    pub upstreams: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub models: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub environments: Vec<String>,
+    #[serde(default)]
+    pub regions: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub time: Option<TimeWindowConfig>,
+    #[serde(default)]
+    pub posture: Vec<String>,
+    #[serde(default)]
+    pub tokens_per_hour: Option<u64>,
+    #[serde(default)]
+    pub cost_per_day_usd: Option<f64>,
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeWindowConfig {
+    pub days: Option<String>,
+    pub hours: Option<String>,
+    pub tz: Option<String>,
+}
+
+impl Config {
+    /// Parses and validates a configuration document. `origin` names it in
+    /// errors (a path, or "<embedded default>").
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|err| {
+            let at = err.span().map(|span| Location::of(text, span.start));
+            ConfigError::new(origin, at, err.message().to_owned())
+        })?;
+        config.validate(text, origin)?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| ConfigError::new(&origin, None, format!("cannot read: {err}")))?;
+        Self::parse(&text, &origin)
+    }
+
+    pub fn embedded_default() -> Result<Config, ConfigError> {
+        Self::parse(DEFAULT_CONFIG, "<embedded default config>")
+    }
+
+    /// Checks what serde cannot: references between sections, globs, values.
+    fn validate(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let err = |span: std::ops::Range<usize>, msg: String| {
+            ConfigError::new(origin, Some(Location::of(text, span.start)), msg)
+        };
+        if !self.daemon.listen.ip().is_loopback() {
+            return Err(ConfigError::new(
+                origin,
+                None,
+                format!(
+                    "[daemon] listen = {} is not a loopback address; the injector must not be reachable from other hosts",
+                    self.daemon.listen
+                ),
+            ));
+        }
+        if self.intercept.ports.contains(&self.daemon.listen.port()) {
+            return Err(ConfigError::new(
+                origin,
+                None,
+                "[intercept] ports must not contain the listener's own port".to_owned(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        for workload in &self.workloads {
+            if !names.insert(workload.name.get_ref().as_str()) {
+                return Err(err(
+                    workload.name.span(),
+                    format!("workload {:?} is defined twice", workload.name.get_ref()),
+                ));
+            }
+            if let Some(glob) = &workload.cgroup {
+                globset::Glob::new(glob.get_ref()).map_err(|e| {
+                    err(
+                        glob.span(),
+                        format!("bad cgroup glob {:?}: {e}", glob.get_ref()),
+                    )
+                })?;
+            }
+            for hash in workload
+                .exe_sha256
+                .iter()
+                .chain(&workload.entrypoint_sha256)
+            {
+                let valid = hash.get_ref().len() == 64
+                    && hash.get_ref().bytes().all(|b| b.is_ascii_hexdigit());
+                if !valid {
+                    return Err(err(
+                        hash.span(),
+                        format!(
+                            "{:?} is not a SHA-256 in hex (64 hex digits)",
+                            hash.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        let credential_names: std::collections::HashSet<&str> = self
+            .credentials
+            .iter()
+            .map(|c| c.name.get_ref().as_str())
+            .collect();
+        for credential in &self.credentials {
+            const SOURCES: &[&str] = &["file", "systemd", "exec", "oauth2", "token-exchange"];
+            if !SOURCES.contains(&credential.source.get_ref().as_str()) {
+                return Err(err(
+                    credential.source.span(),
+                    format!(
+                        "unknown credential source {:?}; expected one of {}",
+                        credential.source.get_ref(),
+                        SOURCES.join(", ")
+                    ),
+                ));
+            }
+        }
+        let mut hosts = std::collections::HashSet::new();
+        for upstream in &self.upstreams {
+            const SCHEMES: &[&str] = &["openai", "anthropic", "gemini", "generic"];
+            if !SCHEMES.contains(&upstream.scheme.get_ref().as_str()) {
+                return Err(err(
+                    upstream.scheme.span(),
+                    format!(
+                        "unknown scheme {:?}; expected one of {}",
+                        upstream.scheme.get_ref(),
+                        SCHEMES.join(", ")
+                    ),
+                ));
+            }
+            if !credential_names.contains(upstream.credential.get_ref().as_str()) {
+                return Err(err(
+                    upstream.credential.span(),
+                    format!(
+                        "upstream {:?} names credential {:?}, which no [[credential]] defines",
+                        upstream.host.get_ref(),
+                        upstream.credential.get_ref()
+                    ),
+                ));
+            }
+            if !hosts.insert(upstream.host.get_ref().to_ascii_lowercase()) {
+                return Err(err(
+                    upstream.host.span(),
+                    format!("upstream {:?} is defined twice", upstream.host.get_ref()),
+                ));
+            }
+            if upstream.scheme.get_ref() == "generic" && upstream.header.is_none() {
+                return Err(err(
+                    upstream.scheme.span(),
+                    "scheme \"generic\" needs `header` (and optionally `value_template`)"
+                        .to_owned(),
+                ));
+            }
+            if let Some(form) = &upstream.anthropic_auth {
+                if !["x-api-key", "bearer"].contains(&form.get_ref().as_str()) {
+                    return Err(err(
+                        form.span(),
+                        format!(
+                            "anthropic_auth must be \"x-api-key\" or \"bearer\", not {:?}",
+                            form.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
+        for policy in &self.policies {
+            if !names.contains(policy.workload.get_ref().as_str()) {
+                return Err(err(
+                    policy.workload.span(),
+                    format!(
+                        "policy names workload {:?}, which no [[workload]] defines",
+                        policy.workload.get_ref()
+                    ),
+                ));
+            }
+            for host in &policy.upstreams {
+                if !hosts.contains(&host.get_ref().to_ascii_lowercase()) {
+                    return Err(err(
+                        host.span(),
+                        format!(
+                            "policy names upstream {:?}, which no [[upstream]] defines",
+                            host.get_ref()
+                        ),
+                    ));
+                }
+            }
+            for glob in policy
+                .models
+                .iter()
+                .chain(&policy.regions)
+                .chain(&policy.paths)
+            {
+                globset::Glob::new(glob.get_ref())
+                    .map_err(|e| err(glob.span(), format!("bad glob {:?}: {e}", glob.get_ref())))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The IPv6 listener address, if there is to be one.
+    pub fn listen6(&self) -> Option<SocketAddr> {
+        match self.daemon.listen6.as_deref() {
+            Some("") => None,
+            Some(addr) => addr.parse().ok(),
+            None => Some(SocketAddr::from((
+                std::net::Ipv6Addr::LOCALHOST,
+                self.daemon.listen.port(),
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,10 @@
+//! warrant: takes long-lived LLM API keys out of AI agents.
+//!
+//! The path of one request, module by module: `redirect` (eBPF: tagged
+//! cgroups' connections go to the injector, with an `origin::Origin`), then
+//! the injector (`tls`, `proxy`, `splice`), which refuses connections without
+//! an Origin and splices the real credential into each request.
+
+pub mod config;
+pub mod origin;
+pub mod redirect;

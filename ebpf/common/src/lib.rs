@@ -1,0 +1,109 @@
+//! The `#[repr(C)]` records shared by warrant's eBPF programs and its daemon.
+//!
+//! Both sides read these through BPF maps, so every type is plain old data with
+//! explicit padding, and the map names below are the single source of truth for
+//! the names the daemon looks up (and pins) in the loaded object.
+#![no_std]
+
+/// Address families as the kernel numbers them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Names of the maps, as the eBPF object declares them and as they are pinned.
+pub mod map_names {
+    pub const CONFIG: &str = "WARRANT_CONFIG";
+    pub const PORTS: &str = "WARRANT_PORTS";
+    pub const TAGGED: &str = "WARRANT_TAGGED";
+    pub const ORIGIN_BY_COOKIE: &str = "WARRANT_ORIGIN_BY_COOKIE";
+    pub const ORIGIN_BY_PEER: &str = "WARRANT_ORIGIN_BY_PEER";
+    pub const EXEC_GEN: &str = "WARRANT_EXEC_GEN";
+}
+
+/// Names of the programs in the eBPF object.
+pub mod program_names {
+    pub const CONNECT4: &str = "warrant_connect4";
+    pub const CONNECT6: &str = "warrant_connect6";
+    pub const GETPEERNAME4: &str = "warrant_getpeername4";
+    pub const GETPEERNAME6: &str = "warrant_getpeername6";
+    pub const SENDMSG4: &str = "warrant_sendmsg4";
+    pub const SENDMSG6: &str = "warrant_sendmsg6";
+    pub const SOCKOPS: &str = "warrant_sockops";
+    pub const EXEC: &str = "warrant_sched_process_exec";
+}
+
+/// How deep below the root the programs look for a tagged ancestor cgroup.
+/// systemd hierarchies are rarely deeper than 6; 32 leaves generous room.
+pub const MAX_CGROUP_DEPTH: u32 = 32;
+
+/// Where redirected connections go: the injector's listeners. One entry, index 0.
+/// Addresses and the port are in network byte order, as `bpf_sock_addr` holds them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedirectConfig {
+    /// IPv4 listener address (network order).
+    pub listen_ip4: u32,
+    /// IPv6 listener address (network order words); all zero when there is no
+    /// IPv6 listener, in which case IPv6 connects go to the v4-mapped IPv4 listener.
+    pub listen_ip6: [u32; 4],
+    /// Listener port, network order (same port for both families).
+    pub listen_port_be: u16,
+    /// 1 once the daemon has filled this in; 0 means "do not redirect yet".
+    pub enabled: u16,
+    /// Sockets carrying this SO_MARK are the daemon's own upstream sockets and
+    /// are never redirected (no loop). Setting SO_MARK needs CAP_NET_ADMIN, so an
+    /// agent cannot forge it.
+    pub bypass_mark: u32,
+}
+
+/// Who made a redirected connection, and where it was going.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// Original destination address, network-order words. IPv4 destinations
+    /// are stored v4-mapped (::ffff:a.b.c.d) whatever the socket family.
+    pub dst_addr: [u32; 4],
+    /// Original destination port, host order.
+    pub dst_port: u16,
+    /// Family of the agent's socket (AF_INET or AF_INET6).
+    pub socket_family: u16,
+    /// Family of the listener the connection was sent to; the accepted socket's
+    /// peer address is of this family.
+    pub redirect_family: u16,
+    pub _pad0: u16,
+    /// Thread id and process id (tgid) of the task that called connect().
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    /// The process's exec generation at connect time (see `EXEC_GEN`): 0 if it
+    /// has not exec'd since the programs were loaded.
+    pub exec_gen: u64,
+    /// CLOCK_BOOTTIME of the connect, in nanoseconds. A process whose start time
+    /// is later than this is not the one that connected (pid reuse).
+    pub connect_boot_ns: u64,
+    /// Socket cookie of the agent's socket.
+    pub cookie: u64,
+}
+
+/// Key of `ORIGIN_BY_PEER`: the agent socket's local address as the injector
+/// sees it as the peer of the accepted connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    /// AF_INET or AF_INET6: the family of the listener that accepted it.
+    pub family: u16,
+    /// Port, host order.
+    pub port: u16,
+    /// Network-order words. IPv4 addresses use only `addr[3]`.
+    pub addr: [u32; 4],
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // Safety: all three are #[repr(C)] structs of integers with no implicit
+    // padding (fields are laid out to avoid holes), so any bit pattern is valid.
+    unsafe impl aya::Pod for super::RedirectConfig {}
+    unsafe impl aya::Pod for super::Origin {}
+    unsafe impl aya::Pod for super::PeerKey {}
+}

@@ -1,0 +1,389 @@
+//! warrant's kernel half.
+//!
+//! All programs are attached to one cgroup, `[daemon] cgroup_root`, and so run
+//! for every socket below it; each one first asks whether the calling task sits
+//! in a *tagged* cgroup (the cgroup itself or any ancestor is in `TAGGED`) and
+//! leaves everything else alone.
+//!
+//! The life of a redirected TCP connection:
+//! 1. `connect4/6`: the destination port is intercepted and the task is tagged,
+//!    so the destination is rewritten to the injector's listener and an
+//!    `Origin` is stored under the socket's cookie.
+//! 2. `sockops` at TCP_CONNECT_CB (the source port is now bound, the SYN not yet
+//!    sent): the Origin is copied under the socket's local address, which is the
+//!    peer address the injector sees when it accepts. The socket also asks for
+//!    state callbacks so both entries are deleted when it closes: a stale entry
+//!    must never be inherited by a later socket that reuses the port.
+//! 3. `getpeername4/6`: the agent sees the address it dialled.
+//!
+//! UDP to an intercepted port (QUIC) from a tagged task is refused at connect
+//! and sendmsg, so HTTP/3 clients fall back to TCP, which is redirected.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{
+        BPF_ANY, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        bpf_sock_addr,
+    },
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
+            bpf_ktime_get_boot_ns,
+        },
+    },
+    macros::{cgroup_sock_addr, map, raw_tracepoint, sock_ops},
+    maps::{Array, HashMap, LruHashMap},
+    programs::{RawTracePointContext, SockAddrContext, SockOpsContext},
+};
+use warrant_common::{AF_INET, AF_INET6, MAX_CGROUP_DEPTH, Origin, PeerKey, RedirectConfig};
+
+/// cgroup/sock_addr verdicts.
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+/// TCP_CLOSE in the kernel's TCP state numbering.
+const TCP_CLOSE: u32 = 7;
+
+/// How many live redirected connections (and processes with an exec
+/// generation) are tracked. LRU maps: under pressure the oldest entries go,
+/// and a connection whose Origin was evicted is refused by the injector.
+const MAX_CONNECTIONS: u32 = 65536;
+
+#[map(name = "WARRANT_CONFIG")]
+static CONFIG: Array<RedirectConfig> = Array::pinned(1, 0);
+
+#[map(name = "WARRANT_PORTS")]
+static PORTS: HashMap<u16, u8> = HashMap::pinned(64, 0);
+
+#[map(name = "WARRANT_TAGGED")]
+static TAGGED: HashMap<u64, u8> = HashMap::pinned(4096, 0);
+
+#[map(name = "WARRANT_ORIGIN_BY_COOKIE")]
+static ORIGIN_BY_COOKIE: LruHashMap<u64, Origin> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+#[map(name = "WARRANT_ORIGIN_BY_PEER")]
+static ORIGIN_BY_PEER: LruHashMap<PeerKey, Origin> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+#[map(name = "WARRANT_EXEC_GEN")]
+static EXEC_GEN: LruHashMap<u32, u64> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+/// Is the current task in a tagged cgroup or below one?
+#[inline(always)]
+fn current_task_is_tagged() -> bool {
+    let mut level = 0;
+    while level < MAX_CGROUP_DEPTH {
+        // Safety: a BPF helper call with a plain integer argument.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            return false;
+        }
+        if TAGGED.get_ptr(id).is_some() {
+            return true;
+        }
+        level += 1;
+    }
+    false
+}
+
+#[inline(always)]
+fn config() -> Option<RedirectConfig> {
+    let cfg = CONFIG.get(0)?;
+    if cfg.enabled == 0 { None } else { Some(*cfg) }
+}
+
+#[inline(always)]
+fn is_intercepted_port(port_be: u32) -> bool {
+    let port = u16::from_be(port_be as u16);
+    PORTS.get_ptr(port).is_some()
+}
+
+/// The socket's SO_MARK. The daemon marks its own upstream sockets.
+#[inline(always)]
+fn socket_mark(ctx: &SockAddrContext) -> u32 {
+    // Safety: the kernel hands cgroup/sock_addr programs a valid context whose
+    // `sk` is a non-null PTR_TO_SOCKET; `mark` is a readable bpf_sock field.
+    unsafe {
+        let sk = (*ctx.sock_addr).__bindgen_anon_1.sk;
+        if sk.is_null() { 0 } else { (*sk).mark }
+    }
+}
+
+#[inline(always)]
+fn v4_mapped(ip4_be: u32) -> [u32; 4] {
+    [0, 0, u32::to_be(0xffff), ip4_be]
+}
+
+#[inline(always)]
+fn is_v4_mapped(ip6: &[u32; 4]) -> bool {
+    ip6[0] == 0 && ip6[1] == 0 && ip6[2] == u32::to_be(0xffff)
+}
+
+#[inline(always)]
+fn new_origin(
+    ctx: &SockAddrContext,
+    dst_addr: [u32; 4],
+    dst_port_be: u32,
+    socket_family: u16,
+    redirect_family: u16,
+) -> Origin {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // Safety: helper calls; the context pointer is the one the kernel passed us.
+    let (cgroup_id, cookie, now) = unsafe {
+        (
+            bpf_get_current_cgroup_id(),
+            bpf_get_socket_cookie(ctx.sock_addr as *mut _),
+            bpf_ktime_get_boot_ns(),
+        )
+    };
+    // Safety: a lookup whose value is copied out at once.
+    let exec_gen = unsafe { EXEC_GEN.get(&tgid).copied().unwrap_or(0) };
+    Origin {
+        dst_addr,
+        dst_port: u16::from_be(dst_port_be as u16),
+        socket_family,
+        redirect_family,
+        _pad0: 0,
+        pid: pid_tgid as u32,
+        tgid,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        cgroup_id,
+        exec_gen,
+        connect_boot_ns: now,
+        cookie,
+    }
+}
+
+/// What a connect/sendmsg hook should do with this socket address.
+enum Verdict {
+    Untouched,
+    Refuse,
+    Redirect(RedirectConfig),
+}
+
+#[inline(always)]
+fn classify(ctx: &SockAddrContext, sock: &bpf_sock_addr) -> Verdict {
+    let Some(cfg) = config() else {
+        return Verdict::Untouched;
+    };
+    if !is_intercepted_port(sock.user_port) {
+        return Verdict::Untouched;
+    }
+    if socket_mark(ctx) == cfg.bypass_mark && cfg.bypass_mark != 0 {
+        return Verdict::Untouched;
+    }
+    if !current_task_is_tagged() {
+        return Verdict::Untouched;
+    }
+    match sock.type_ {
+        SOCK_STREAM => Verdict::Redirect(cfg),
+        SOCK_DGRAM => Verdict::Refuse,
+        _ => Verdict::Untouched,
+    }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn warrant_connect4(ctx: SockAddrContext) -> i32 {
+    // Safety: the kernel passes a valid bpf_sock_addr for the program's lifetime.
+    let sock = unsafe { &mut *ctx.sock_addr };
+    match classify(&ctx, sock) {
+        Verdict::Untouched => ALLOW,
+        Verdict::Refuse => REJECT,
+        Verdict::Redirect(cfg) => {
+            let origin = new_origin(
+                &ctx,
+                v4_mapped(sock.user_ip4),
+                sock.user_port,
+                AF_INET,
+                AF_INET,
+            );
+            if ORIGIN_BY_COOKIE
+                .insert(&origin.cookie, &origin, BPF_ANY as u64)
+                .is_err()
+            {
+                // Without an Origin the injector would refuse the connection
+                // anyway; refusing here says so sooner.
+                return REJECT;
+            }
+            sock.user_ip4 = cfg.listen_ip4;
+            sock.user_port = cfg.listen_port_be as u32;
+            ALLOW
+        }
+    }
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn warrant_connect6(ctx: SockAddrContext) -> i32 {
+    // Safety: as in connect4.
+    let sock = unsafe { &mut *ctx.sock_addr };
+    match classify(&ctx, sock) {
+        Verdict::Untouched => ALLOW,
+        Verdict::Refuse => REJECT,
+        Verdict::Redirect(cfg) => {
+            let dst = sock.user_ip6;
+            // A v4-mapped destination is really IPv4: the kernel connects it
+            // through the IPv4 stack, so send it to the IPv4 listener (mapped).
+            // So do native IPv6 destinations when there is no IPv6 listener.
+            let have_ip6_listener = cfg.listen_ip6 != [0; 4];
+            let to_ip4 = is_v4_mapped(&dst) || !have_ip6_listener;
+            let redirect_family = if to_ip4 { AF_INET } else { AF_INET6 };
+            let origin = new_origin(&ctx, dst, sock.user_port, AF_INET6, redirect_family);
+            if ORIGIN_BY_COOKIE
+                .insert(&origin.cookie, &origin, BPF_ANY as u64)
+                .is_err()
+            {
+                return REJECT;
+            }
+            sock.user_ip6 = if to_ip4 {
+                v4_mapped(cfg.listen_ip4)
+            } else {
+                cfg.listen_ip6
+            };
+            sock.user_port = cfg.listen_port_be as u32;
+            ALLOW
+        }
+    }
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn warrant_sendmsg4(ctx: SockAddrContext) -> i32 {
+    // Safety: as in connect4.
+    let sock = unsafe { &*ctx.sock_addr };
+    match classify(&ctx, sock) {
+        Verdict::Refuse => REJECT,
+        _ => ALLOW,
+    }
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn warrant_sendmsg6(ctx: SockAddrContext) -> i32 {
+    // Safety: as in connect4.
+    let sock = unsafe { &*ctx.sock_addr };
+    match classify(&ctx, sock) {
+        Verdict::Refuse => REJECT,
+        _ => ALLOW,
+    }
+}
+
+#[inline(always)]
+fn redirected_origin(ctx: &SockAddrContext) -> Option<Origin> {
+    // Safety: helper call on the context the kernel passed us; the value is copied out.
+    unsafe {
+        let cookie = bpf_get_socket_cookie(ctx.sock_addr as *mut _);
+        ORIGIN_BY_COOKIE.get(&cookie).copied()
+    }
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn warrant_getpeername4(ctx: SockAddrContext) -> i32 {
+    if let Some(origin) = redirected_origin(&ctx) {
+        // Safety: as in connect4.
+        let sock = unsafe { &mut *ctx.sock_addr };
+        sock.user_ip4 = origin.dst_addr[3];
+        sock.user_port = u16::to_be(origin.dst_port) as u32;
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn warrant_getpeername6(ctx: SockAddrContext) -> i32 {
+    if let Some(origin) = redirected_origin(&ctx) {
+        // Safety: as in connect4.
+        let sock = unsafe { &mut *ctx.sock_addr };
+        sock.user_ip6 = origin.dst_addr;
+        sock.user_port = u16::to_be(origin.dst_port) as u32;
+    }
+    ALLOW
+}
+
+#[sock_ops]
+pub fn warrant_sockops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_tcp_connect(&ctx),
+        BPF_SOCK_OPS_STATE_CB => {
+            if ctx.arg(1) == TCP_CLOSE {
+                on_tcp_close(&ctx);
+            }
+        }
+        _ => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn peer_key(ctx: &SockOpsContext, redirect_family: u16) -> PeerKey {
+    let addr = if redirect_family == AF_INET {
+        [0, 0, 0, ctx.local_ip4()]
+    } else {
+        ctx.local_ip6()
+    };
+    PeerKey {
+        family: redirect_family,
+        port: ctx.local_port() as u16,
+        addr,
+    }
+}
+
+#[inline(always)]
+fn on_tcp_connect(ctx: &SockOpsContext) {
+    // Safety: helper call on the context the kernel passed us.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
+    // Safety: the value is copied out at once.
+    let Some(origin) = (unsafe { ORIGIN_BY_COOKIE.get(&cookie).copied() }) else {
+        return;
+    };
+    let key = peer_key(ctx, origin.redirect_family);
+    if ORIGIN_BY_PEER.insert(&key, &origin, BPF_ANY as u64).is_ok() {
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    }
+}
+
+#[inline(always)]
+fn on_tcp_close(ctx: &SockOpsContext) {
+    // Safety: helper call on the context the kernel passed us.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
+    // Safety: the value is copied out at once.
+    let Some(origin) = (unsafe { ORIGIN_BY_COOKIE.get(&cookie).copied() }) else {
+        return;
+    };
+    let key = peer_key(ctx, origin.redirect_family);
+    // Only delete the peer entry if it is still ours: the injector may have
+    // taken it already and a new socket may have reused the port since.
+    // Safety: the value is copied out at once.
+    if let Some(current) = unsafe { ORIGIN_BY_PEER.get(&key).copied() } {
+        if current.cookie == cookie {
+            let _ = ORIGIN_BY_PEER.remove(&key);
+        }
+    }
+    let _ = ORIGIN_BY_COOKIE.remove(&cookie);
+}
+
+/// A task in a tagged cgroup exec'd: give its process a new exec generation,
+/// so an Origin recorded before the exec no longer matches.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn warrant_sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    if !current_task_is_tagged() {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Safety: a helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let _ = EXEC_GEN.insert(&tgid, &now, BPF_ANY as u64);
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
