@@ -8,3 +8,4 @@
 pub mod config;
 pub mod origin;
 pub mod redirect;
+pub mod secret;
