@@ -6,6 +6,7 @@
 //! an Origin and splices the real credential into each request.
 
 pub mod config;
+pub mod credentials;
 pub mod origin;
 pub mod redirect;
 pub mod secret;

@@ -17,7 +17,9 @@ pub struct Secret {
 
 impl Secret {
     pub fn new(value: String) -> Secret {
-        Secret { value: Zeroizing::new(value) }
+        Secret {
+            value: Zeroizing::new(value),
+        }
     }
 
     /// The credential itself. Call only where it is sent where it belongs.

@@ -1,0 +1,49 @@
+//! Credentials: where the real keys come from, and the interface the injector
+//! uses to get the current value of one.
+
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
+
+use crate::secret::Secret;
+
+pub type CredentialFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Arc<Secret>, CredentialError>> + Send + 'a>>;
+
+/// Gives the current value of a named `[[credential]]`.
+pub trait CredentialSource: Send + Sync + 'static {
+    fn current(&self, name: &str) -> CredentialFuture<'_>;
+}
+
+/// Why no credential could be had. Never carries a credential value.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CredentialError {
+    #[error("no credential named {0:?} is configured")]
+    NotConfigured(String),
+    /// The issuer failed and no unexpired cached value is left.
+    #[error("credential {name:?} is unavailable: {reason}")]
+    Unavailable { name: String, reason: String },
+}
+
+/// Fixed credentials, for tests and the demo.
+#[derive(Default)]
+pub struct StaticCredentials {
+    values: HashMap<String, Arc<Secret>>,
+}
+
+impl StaticCredentials {
+    pub fn with(mut self, name: &str, value: &str) -> Self {
+        self.values
+            .insert(name.to_owned(), Arc::new(Secret::new(value.to_owned())));
+        self
+    }
+}
+
+impl CredentialSource for StaticCredentials {
+    fn current(&self, name: &str) -> CredentialFuture<'_> {
+        let found = self
+            .values
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CredentialError::NotConfigured(name.to_owned()));
+        Box::pin(async move { found })
+    }
+}
