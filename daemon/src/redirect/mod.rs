@@ -1,1 +1,528 @@
+//! The kernel half: load warrant's eBPF programs, attach them to the cgroup
+//! root, keep them pinned, and give the injector the Origin of each redirected
+//! connection.
+//!
+//! Design (see also ebpf/programs/src/main.rs):
+//! - One attach point, `[daemon] cgroup_root`, for all programs; a map of
+//!   tagged cgroup ids, checked against every ancestor of the calling task, so
+//!   a grandchild of a tagged cgroup is redirected the moment it exists.
+//! - The Origin is keyed first by socket cookie (at connect, before the source
+//!   port exists), then re-keyed by the socket's local address in sockops at
+//!   TCP_CONNECT_CB, which runs after the port is bound and before the SYN is
+//!   sent: so the entry is there before the injector can accept, and the
+//!   injector finds it by the accepted socket's peer address. Both entries are
+//!   deleted when the agent's socket closes, so a later socket reusing the port
+//!   cannot inherit an Origin.
+//! - Links and maps are pinned under `[daemon] bpf_pin_dir`. A restarted
+//!   daemon reuses the pinned maps, attaches fresh links, then unpins the old
+//!   ones: redirection never stops. While no daemon runs, tagged connections
+//!   are still redirected to the listener address, where nothing listens (or
+//!   systemd's socket unit queues them): they fail fast with ECONNREFUSED and
+//!   never reach a provider. Fail closed.
 
+pub mod bpffs;
+pub mod cgroup;
+pub mod tagging;
+
+use std::{
+    fs,
+    net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, RawTracePoint, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+use warrant_common::{
+    AF_INET, AF_INET6, FLAG_BLOCK_QUIC, FLAG_ENABLED, Origin as RawOrigin, PeerKey, RedirectConfig,
+    map_names, program_names,
+};
+
+use crate::{
+    config::Config,
+    origin::{self, Origin, OriginSource},
+};
+
+/// The eBPF object built by build.rs (empty when built with AYA_BUILD_SKIP=1).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/warrant-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedirectError {
+    #[error(
+        "this warrant binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild without it"
+    )]
+    NotBuilt,
+    #[error("cgroup: {0}")]
+    Cgroup(String),
+    #[error("bpffs: {0}")]
+    Bpffs(String),
+    #[error("loading the eBPF programs: {0}")]
+    Load(String),
+    #[error("attaching {program}: {reason}")]
+    Attach {
+        program: &'static str,
+        reason: String,
+    },
+    #[error("eBPF map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error("pinning in {path}: {reason}")]
+    Pin { path: PathBuf, reason: String },
+}
+
+/// What the programs need to know, resolved from the config.
+#[derive(Debug, Clone)]
+pub struct RedirectSettings {
+    /// Absolute path of the cgroup the programs attach to.
+    pub cgroup_root: PathBuf,
+    pub pin_dir: PathBuf,
+    pub listen4: SocketAddrV4,
+    pub listen6: Option<SocketAddrV6>,
+    pub ports: Vec<u16>,
+    pub block_quic: bool,
+    pub bypass_mark: u32,
+}
+
+impl RedirectSettings {
+    /// `listen4`/`listen6` are the addresses the listeners actually bound.
+    pub fn from_config(
+        config: &Config,
+        listen4: SocketAddr,
+        listen6: Option<SocketAddr>,
+    ) -> Result<RedirectSettings, RedirectError> {
+        let cgroup_root = match &config.daemon.cgroup_root {
+            Some(root) => root.clone(),
+            None => cgroup::cgroup2_mount()?,
+        };
+        let SocketAddr::V4(listen4) = listen4 else {
+            return Err(RedirectError::Load(format!(
+                "[daemon] listen must be an IPv4 address, not {listen4}"
+            )));
+        };
+        let listen6 = match listen6 {
+            Some(SocketAddr::V6(v6)) => Some(v6),
+            _ => None,
+        };
+        Ok(RedirectSettings {
+            cgroup_root,
+            pin_dir: config.daemon.bpf_pin_dir.clone(),
+            listen4,
+            listen6,
+            ports: config.intercept.ports.clone(),
+            block_quic: config.intercept.block_quic,
+            bypass_mark: config.daemon.bypass_mark,
+        })
+    }
+
+    fn kernel_config(&self) -> RedirectConfig {
+        let mut flags = FLAG_ENABLED;
+        if self.block_quic {
+            flags |= FLAG_BLOCK_QUIC;
+        }
+        RedirectConfig {
+            listen_ip4: origin::word_from_ipv4(*self.listen4.ip()),
+            listen_ip6: self
+                .listen6
+                .map_or([0; 4], |a| origin::words_from_ip(IpAddr::V6(*a.ip()))),
+            listen_port_be: self.listen4.port().to_be(),
+            flags,
+            bypass_mark: self.bypass_mark,
+        }
+    }
+}
+
+/// Handles on the pinned maps, shared by the injector (Origins), the tagger
+/// and attestation (exec generations).
+pub struct RedirectMaps {
+    config: Mutex<Array<MapData, RedirectConfig>>,
+    ports: Mutex<HashMap<MapData, u16, u8>>,
+    tagged: Mutex<HashMap<MapData, u64, u8>>,
+    origin_by_peer: Mutex<HashMap<MapData, PeerKey, RawOrigin>>,
+    exec_gen: Mutex<HashMap<MapData, u32, u64>>,
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> RedirectError {
+    move |e| RedirectError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves only a map handle
+    // behind, which stays valid: recover it rather than poisoning the daemon.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl RedirectMaps {
+    fn take_from(ebpf: &mut Ebpf) -> Result<RedirectMaps, RedirectError> {
+        fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, RedirectError> {
+            ebpf.take_map(name).ok_or(RedirectError::Map {
+                map: name,
+                reason: "missing from the object".into(),
+            })
+        }
+        Ok(RedirectMaps {
+            config: Mutex::new(
+                Array::try_from(take(ebpf, map_names::CONFIG)?)
+                    .map_err(map_err(map_names::CONFIG))?,
+            ),
+            ports: Mutex::new(
+                HashMap::try_from(take(ebpf, map_names::PORTS)?)
+                    .map_err(map_err(map_names::PORTS))?,
+            ),
+            tagged: Mutex::new(
+                HashMap::try_from(take(ebpf, map_names::TAGGED)?)
+                    .map_err(map_err(map_names::TAGGED))?,
+            ),
+            origin_by_peer: Mutex::new(
+                HashMap::try_from(take(ebpf, map_names::ORIGIN_BY_PEER)?)
+                    .map_err(map_err(map_names::ORIGIN_BY_PEER))?,
+            ),
+            exec_gen: Mutex::new(
+                HashMap::try_from(take(ebpf, map_names::EXEC_GEN)?)
+                    .map_err(map_err(map_names::EXEC_GEN))?,
+            ),
+        })
+    }
+
+    fn write_settings(&self, settings: &RedirectSettings) -> Result<(), RedirectError> {
+        let mut ports = lock(&self.ports);
+        let stale: Vec<u16> = ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|p| !settings.ports.contains(p))
+            .collect();
+        for port in stale {
+            ports.remove(&port).map_err(map_err(map_names::PORTS))?;
+        }
+        for port in &settings.ports {
+            ports
+                .insert(port, 1, 0)
+                .map_err(map_err(map_names::PORTS))?;
+        }
+        lock(&self.config)
+            .set(0, settings.kernel_config(), 0)
+            .map_err(map_err(map_names::CONFIG))
+    }
+
+    /// Tags a cgroup (by id): its processes and all its descendants' are redirected.
+    pub fn tag(&self, cgroup_id: u64) -> Result<(), RedirectError> {
+        lock(&self.tagged)
+            .insert(cgroup_id, 1, 0)
+            .map_err(map_err(map_names::TAGGED))
+    }
+
+    pub fn untag(&self, cgroup_id: u64) -> Result<(), RedirectError> {
+        match lock(&self.tagged).remove(&cgroup_id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(map_names::TAGGED)(e)),
+        }
+    }
+
+    /// The cgroup ids currently tagged.
+    pub fn tagged(&self) -> Vec<u64> {
+        lock(&self.tagged).keys().filter_map(Result::ok).collect()
+    }
+
+    /// The current exec generation of a process: 0 if it has not exec'd since
+    /// the programs were loaded (or its entry was evicted).
+    pub fn exec_generation(&self, tgid: u32) -> u64 {
+        lock(&self.exec_gen).get(&tgid, 0).unwrap_or(0)
+    }
+}
+
+fn peer_key(peer: SocketAddr) -> PeerKey {
+    match origin::normalize(peer) {
+        SocketAddr::V4(v4) => PeerKey {
+            family: AF_INET,
+            port: v4.port(),
+            addr: [0, 0, 0, origin::word_from_ipv4(*v4.ip())],
+        },
+        SocketAddr::V6(v6) => PeerKey {
+            family: AF_INET6,
+            port: v6.port(),
+            addr: origin::words_from_ip(IpAddr::V6(*v6.ip())),
+        },
+    }
+}
+
+impl OriginSource for RedirectMaps {
+    fn take(&self, peer: SocketAddr) -> Option<Origin> {
+        let key = peer_key(peer);
+        let mut map = lock(&self.origin_by_peer);
+        let raw = map.get(&key, 0).ok()?;
+        // Taken once: a second connection from the same address (after this
+        // one closed) must come with its own Origin.
+        let _ = map.remove(&key);
+        Some(Origin::from_kernel(&raw))
+    }
+}
+
+/// The loaded, attached and pinned programs.
+pub struct Redirector {
+    settings: RedirectSettings,
+    maps: Arc<RedirectMaps>,
+    links: Vec<PinnedLink>,
+    links_dir: PathBuf,
+    /// Keeps the program fds open for the daemon's lifetime.
+    _ebpf: Ebpf,
+}
+
+/// Attached as bpf_links (kernel >= 5.7), which always coexist with other
+/// programs on the cgroup; the kernel rejects the multi flag on link_create.
+const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
+const SOCK_ADDR_PROGRAMS: &[&str] = &[
+    program_names::CONNECT4,
+    program_names::CONNECT6,
+    program_names::GETPEERNAME4,
+    program_names::GETPEERNAME6,
+    program_names::SENDMSG4,
+    program_names::SENDMSG6,
+];
+
+impl Redirector {
+    /// Loads the programs (reusing pinned maps left by a previous daemon),
+    /// attaches them to the cgroup root, pins the new links and only then
+    /// removes the links of a previous run, so redirection never lapses.
+    pub fn start(settings: RedirectSettings) -> Result<Redirector, RedirectError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(RedirectError::NotBuilt);
+        }
+        bpffs::ensure_mounted(&settings.pin_dir)?;
+        let maps_dir = settings.pin_dir.join("maps");
+        create_private_dir(&maps_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(EBPF_OBJECT)
+            .map_err(|e| RedirectError::Load(error_chain(&e)))?;
+        let maps = Arc::new(RedirectMaps::take_from(&mut ebpf)?);
+        maps.write_settings(&settings)?;
+
+        let cgroup = fs::File::open(&settings.cgroup_root).map_err(|e| {
+            RedirectError::Cgroup(format!(
+                "cannot open cgroup root {}: {e}",
+                settings.cgroup_root.display()
+            ))
+        })?;
+        let mut fd_links: Vec<(&'static str, FdLink)> = Vec::new();
+        for &name in SOCK_ADDR_PROGRAMS {
+            let program: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
+            program.load().map_err(attach_err(name))?;
+            let id = program
+                .attach(&cgroup, LINK_MODE)
+                .map_err(attach_err(name))?;
+            let link = program.take_link(id).map_err(attach_err(name))?;
+            fd_links.push((
+                name,
+                FdLink::try_from(link).map_err(|e| RedirectError::Attach {
+                    program: name,
+                    reason: e.to_string(),
+                })?,
+            ));
+        }
+        let sockops: &mut SockOps = program_mut(&mut ebpf, program_names::SOCKOPS)?;
+        sockops.load().map_err(attach_err(program_names::SOCKOPS))?;
+        let id = sockops
+            .attach(&cgroup, LINK_MODE)
+            .map_err(attach_err(program_names::SOCKOPS))?;
+        let link = sockops
+            .take_link(id)
+            .map_err(attach_err(program_names::SOCKOPS))?;
+        fd_links.push((
+            program_names::SOCKOPS,
+            FdLink::try_from(link).map_err(|e| RedirectError::Attach {
+                program: program_names::SOCKOPS,
+                reason: e.to_string(),
+            })?,
+        ));
+        let exec: &mut RawTracePoint = program_mut(&mut ebpf, program_names::EXEC)?;
+        exec.load().map_err(attach_err(program_names::EXEC))?;
+        let id = exec
+            .attach("sched_process_exec")
+            .map_err(attach_err(program_names::EXEC))?;
+        let link = exec
+            .take_link(id)
+            .map_err(attach_err(program_names::EXEC))?;
+        fd_links.push((program_names::EXEC, FdLink::from(link)));
+
+        // New links first, then retire the old generation.
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let links_dir = settings.pin_dir.join(format!("links-{stamp}"));
+        create_private_dir(&links_dir)?;
+        let mut links = Vec::new();
+        for (name, link) in fd_links {
+            let path = links_dir.join(name);
+            links.push(link.pin(&path).map_err(|e| RedirectError::Pin {
+                path,
+                reason: e.to_string(),
+            })?);
+        }
+        let retired = retire_old_links(&settings.pin_dir, &links_dir);
+        if retired > 0 {
+            tracing::info!(
+                retired,
+                "adopted pinned maps and replaced the links of a previous run"
+            );
+        }
+        tracing::info!(
+            cgroup_root = %settings.cgroup_root.display(),
+            pin_dir = %settings.pin_dir.display(),
+            ports = ?settings.ports,
+            "eBPF redirection attached"
+        );
+        Ok(Redirector {
+            settings,
+            maps,
+            links,
+            links_dir,
+            _ebpf: ebpf,
+        })
+    }
+
+    pub fn maps(&self) -> Arc<RedirectMaps> {
+        self.maps.clone()
+    }
+
+    pub fn settings(&self) -> &RedirectSettings {
+        &self.settings
+    }
+
+    /// Detaches everything and removes the pins: tagged processes connect
+    /// directly again. For demos, tests and uninstall; a daemon that is only
+    /// restarting keeps its pins (just drop the Redirector).
+    pub fn detach(self) -> Result<(), RedirectError> {
+        for link in self.links {
+            // Unpinning returns the link; dropping it closes the last reference.
+            let _ = link.unpin();
+        }
+        remove_pins(&self.settings.pin_dir)?;
+        let _ = &self.links_dir;
+        Ok(())
+    }
+}
+
+/// Removes every pin under `pin_dir` (links, maps) and the directory itself:
+/// used by `detach` and by `warrant detach` when no daemon is running.
+pub fn remove_pins(pin_dir: &Path) -> Result<(), RedirectError> {
+    match fs::remove_dir_all(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(RedirectError::Pin {
+            path: pin_dir.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Unpins every links-* generation other than `keep`; returns how many.
+fn retire_old_links(pin_dir: &Path, keep: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(pin_dir) else {
+        return 0;
+    };
+    let mut retired = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_links = entry.file_name().to_string_lossy().starts_with("links-");
+        if is_links && path != keep {
+            match fs::remove_dir_all(&path) {
+                Ok(()) => retired += 1,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove stale pinned links")
+                }
+            }
+        }
+    }
+    retired
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), RedirectError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| RedirectError::Pin {
+            path: dir.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, RedirectError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or(RedirectError::Attach {
+        program: name,
+        reason: "missing from the object".into(),
+    })?;
+    program.try_into().map_err(attach_err(name))
+}
+
+fn attach_err(program: &'static str) -> impl Fn(aya::programs::ProgramError) -> RedirectError {
+    move |e| RedirectError::Attach {
+        program,
+        reason: error_chain(&e),
+    }
+}
+
+/// An error and its sources, "outer: inner: innermost": aya's errors keep the
+/// errno in their source.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_keys_match_what_sockops_records() {
+        let v4 = peer_key("127.0.0.1:40000".parse().unwrap());
+        assert_eq!(v4.family, AF_INET);
+        assert_eq!(v4.port, 40000);
+        assert_eq!(v4.addr, [0, 0, 0, u32::from_ne_bytes([127, 0, 0, 1])]);
+        // A dual-stack listener reports IPv4 peers v4-mapped: same key.
+        assert_eq!(peer_key("[::ffff:127.0.0.1]:40000".parse().unwrap()), v4);
+        let v6 = peer_key("[::1]:40001".parse().unwrap());
+        assert_eq!(v6.family, AF_INET6);
+        assert_eq!(v6.addr[3], u32::from_ne_bytes([0, 0, 0, 1]));
+    }
+
+    #[test]
+    fn kernel_config_is_in_network_order() {
+        let settings = RedirectSettings {
+            cgroup_root: "/x".into(),
+            pin_dir: "/sys/fs/bpf/t".into(),
+            listen4: "127.0.0.1:15443".parse().unwrap(),
+            listen6: Some("[::1]:15443".parse().unwrap()),
+            ports: vec![443],
+            block_quic: true,
+            bypass_mark: 7,
+        };
+        let config = settings.kernel_config();
+        assert_eq!(config.listen_port_be, 15443u16.to_be());
+        assert_eq!(config.listen_ip4.to_ne_bytes(), [127, 0, 0, 1]);
+        assert_eq!(config.flags, FLAG_ENABLED | FLAG_BLOCK_QUIC);
+        assert_ne!(config.listen_ip6, [0; 4]);
+    }
+}

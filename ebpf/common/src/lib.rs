@@ -47,13 +47,18 @@ pub struct RedirectConfig {
     pub listen_ip6: [u32; 4],
     /// Listener port, network order (same port for both families).
     pub listen_port_be: u16,
-    /// 1 once the daemon has filled this in; 0 means "do not redirect yet".
-    pub enabled: u16,
+    /// `FLAG_*` bits. Without `FLAG_ENABLED` the programs leave every socket alone.
+    pub flags: u16,
     /// Sockets carrying this SO_MARK are the daemon's own upstream sockets and
     /// are never redirected (no loop). Setting SO_MARK needs CAP_NET_ADMIN, so an
     /// agent cannot forge it.
     pub bypass_mark: u32,
 }
+
+/// `RedirectConfig::flags`: the daemon has filled the config in.
+pub const FLAG_ENABLED: u16 = 1;
+/// `RedirectConfig::flags`: refuse UDP to intercepted ports (QUIC) from tagged tasks.
+pub const FLAG_BLOCK_QUIC: u16 = 2;
 
 /// Who made a redirected connection, and where it was going.
 #[repr(C)]

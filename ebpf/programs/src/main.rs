@@ -37,7 +37,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap},
     programs::{RawTracePointContext, SockAddrContext, SockOpsContext},
 };
-use warrant_common::{AF_INET, AF_INET6, MAX_CGROUP_DEPTH, Origin, PeerKey, RedirectConfig};
+use warrant_common::{
+    AF_INET, AF_INET6, FLAG_BLOCK_QUIC, FLAG_ENABLED, MAX_CGROUP_DEPTH, Origin, PeerKey,
+    RedirectConfig,
+};
 
 /// cgroup/sock_addr verdicts.
 const ALLOW: i32 = 1;
@@ -92,7 +95,11 @@ fn current_task_is_tagged() -> bool {
 #[inline(always)]
 fn config() -> Option<RedirectConfig> {
     let cfg = CONFIG.get(0)?;
-    if cfg.enabled == 0 { None } else { Some(*cfg) }
+    if cfg.flags & FLAG_ENABLED == 0 {
+        None
+    } else {
+        Some(*cfg)
+    }
 }
 
 #[inline(always)]
@@ -115,6 +122,21 @@ fn socket_mark(ctx: &SockAddrContext) -> u32 {
 #[inline(always)]
 fn v4_mapped(ip4_be: u32) -> [u32; 4] {
     [0, 0, u32::to_be(0xffff), ip4_be]
+}
+
+/// Writes an IPv6 address into the context one 32-bit word at a time: the
+/// verifier only allows aligned 4-byte stores to `user_ip6`, and a plain array
+/// assignment may be lowered to a byte-wise copy.
+#[inline(always)]
+fn set_user_ip6(sock: &mut bpf_sock_addr, ip6: [u32; 4]) {
+    let dst = sock.user_ip6.as_mut_ptr();
+    // Safety: `dst` points at the four u32 words of the context's user_ip6.
+    unsafe {
+        core::ptr::write_volatile(dst, ip6[0]);
+        core::ptr::write_volatile(dst.add(1), ip6[1]);
+        core::ptr::write_volatile(dst.add(2), ip6[2]);
+        core::ptr::write_volatile(dst.add(3), ip6[3]);
+    }
 }
 
 #[inline(always)]
@@ -183,7 +205,7 @@ fn classify(ctx: &SockAddrContext, sock: &bpf_sock_addr) -> Verdict {
     }
     match sock.type_ {
         SOCK_STREAM => Verdict::Redirect(cfg),
-        SOCK_DGRAM => Verdict::Refuse,
+        SOCK_DGRAM if cfg.flags & FLAG_BLOCK_QUIC != 0 => Verdict::Refuse,
         _ => Verdict::Untouched,
     }
 }
@@ -240,11 +262,12 @@ pub fn warrant_connect6(ctx: SockAddrContext) -> i32 {
             {
                 return REJECT;
             }
-            sock.user_ip6 = if to_ip4 {
+            let listener = if to_ip4 {
                 v4_mapped(cfg.listen_ip4)
             } else {
                 cfg.listen_ip6
             };
+            set_user_ip6(sock, listener);
             sock.user_port = cfg.listen_port_be as u32;
             ALLOW
         }
@@ -296,7 +319,7 @@ pub fn warrant_getpeername6(ctx: SockAddrContext) -> i32 {
     if let Some(origin) = redirected_origin(&ctx) {
         // Safety: as in connect4.
         let sock = unsafe { &mut *ctx.sock_addr };
-        sock.user_ip6 = origin.dst_addr;
+        set_user_ip6(sock, origin.dst_addr);
         sock.user_port = u16::to_be(origin.dst_port) as u32;
     }
     ALLOW
@@ -318,14 +341,32 @@ pub fn warrant_sockops(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn peer_key(ctx: &SockOpsContext, redirect_family: u16) -> PeerKey {
+    // Every context field is read with a fixed offset and volatile loads: the
+    // verifier rejects a context access whose offset the compiler computed
+    // (e.g. by merging the ip4 and ip6 branches into one load).
+    // Safety: `ops` is the valid context the kernel passed to the program.
+    let (ip4, ip6, port) = unsafe {
+        let ops = ctx.ops;
+        let ip6 = core::ptr::addr_of!((*ops).local_ip6) as *const u32;
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_ip4)),
+            [
+                core::ptr::read_volatile(ip6),
+                core::ptr::read_volatile(ip6.add(1)),
+                core::ptr::read_volatile(ip6.add(2)),
+                core::ptr::read_volatile(ip6.add(3)),
+            ],
+            core::ptr::read_volatile(core::ptr::addr_of!((*ops).local_port)),
+        )
+    };
     let addr = if redirect_family == AF_INET {
-        [0, 0, 0, ctx.local_ip4()]
+        [0, 0, 0, ip4]
     } else {
-        ctx.local_ip6()
+        ip6
     };
     PeerKey {
         family: redirect_family,
-        port: ctx.local_port() as u16,
+        port: port as u16,
         addr,
     }
 }

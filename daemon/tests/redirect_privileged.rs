@@ -1,0 +1,653 @@
+//! The eBPF redirect path in a real kernel: programs attached to a cgroup the
+//! test creates, processes started in its sub-cgroups, traffic on loopback.
+//! Needs root; run by `cargo xtask test` (feature `privileged-tests`).
+#![cfg(feature = "privileged-tests")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, UdpSocket},
+    sync::Arc,
+    time::Duration,
+};
+
+use support::{TestCgroup, TestPins, python, wait_until};
+use warrant::{
+    config::Config,
+    origin::{Origin, OriginSource},
+    redirect::{RedirectMaps, RedirectSettings, Redirector, cgroup, tagging},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One test's world: a cgroup tree with a tagged "agent.service" and an
+/// untagged "other.service", the programs attached at its root, an injector
+/// listener, and an "original destination" server on the intercepted port.
+struct Fixture {
+    cgroups: TestCgroup,
+    pins: TestPins,
+    redirector: Option<Redirector>,
+    tagger: tagging::Tagger,
+    injector: TcpListener,
+    injector6: Option<TcpListener>,
+    /// Where tagged connections were going: must never see them.
+    destination: TcpListener,
+    port: u16,
+}
+
+const CONFIG: &str = r#"
+[[workload]]
+name = "agent"
+unit = "agent.service"
+
+[[workload]]
+name = "late"
+unit = "late.service"
+"#;
+
+impl Fixture {
+    fn new() -> Fixture {
+        let cgroups = TestCgroup::new();
+        cgroups.sub("agent.service");
+        cgroups.sub("other.service");
+        let pins = TestPins::new();
+        let injector = TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen4 = injector.local_addr().unwrap();
+        let injector6 =
+            TcpListener::bind(SocketAddr::new("::1".parse().unwrap(), listen4.port())).ok();
+        let destination = TcpListener::bind("127.0.0.1:0").unwrap();
+        destination.set_nonblocking(true).unwrap();
+        let port = destination.local_addr().unwrap().port();
+        let settings = Self::settings(&cgroups, &pins, listen4, injector6.as_ref(), port);
+        let redirector = Redirector::start(settings).expect("start redirector");
+        let config = Config::parse(CONFIG, "test").unwrap();
+        let mut tagger = tagging::Tagger::new(
+            &cgroups.path,
+            tagging::selectors(&config),
+            redirector.maps(),
+        )
+        .unwrap();
+        tagger.rescan().unwrap();
+        Fixture {
+            cgroups,
+            pins,
+            redirector: Some(redirector),
+            tagger,
+            injector,
+            injector6,
+            destination,
+            port,
+        }
+    }
+
+    fn settings(
+        cgroups: &TestCgroup,
+        pins: &TestPins,
+        listen4: SocketAddr,
+        injector6: Option<&TcpListener>,
+        port: u16,
+    ) -> RedirectSettings {
+        let SocketAddr::V4(listen4) = listen4 else {
+            unreachable!()
+        };
+        RedirectSettings {
+            cgroup_root: cgroups.path.clone(),
+            pin_dir: pins.path.clone(),
+            listen4,
+            listen6: injector6.map(|l| match l.local_addr().unwrap() {
+                SocketAddr::V6(v6) => v6,
+                SocketAddr::V4(_) => unreachable!(),
+            }),
+            ports: vec![port],
+            block_quic: true,
+            bypass_mark: warrant::config::DEFAULT_BYPASS_MARK,
+        }
+    }
+
+    fn maps(&self) -> Arc<RedirectMaps> {
+        self.redirector.as_ref().unwrap().maps()
+    }
+
+    /// Accepts one connection on the injector and returns its Origin.
+    fn accept_with_origin(&self, listener: &TcpListener) -> (std::net::TcpStream, Option<Origin>) {
+        let (stream, peer) = listener.accept().unwrap();
+        let origin = self.maps().take(peer);
+        (stream, origin)
+    }
+
+    fn assert_destination_untouched(&self) {
+        match self.destination.accept() {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Ok((_, peer)) => panic!("a connection from {peer} reached the original destination"),
+            Err(e) => panic!("accept on destination: {e}"),
+        }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // Processes first (so the cgroups can go), then links and pins.
+        self.cgroups.kill_all();
+        if let Some(redirector) = self.redirector.take() {
+            let _ = redirector.detach();
+        }
+    }
+}
+
+/// A client that connects to HOST:PORT, reports its pid, local port and
+/// getpeername(), then echoes one line it receives from the server.
+fn connect_script(family: &str, host: &str, port: u16) -> String {
+    format!(
+        r#"
+import os, socket, sys
+s = socket.socket(socket.{family}, socket.SOCK_STREAM)
+try:
+    s.connect(("{host}", {port}))
+except OSError as e:
+    print("error", e.errno, flush=True)
+    sys.exit(0)
+print("connected", os.getpid(), s.getsockname()[1], s.getpeername()[0], s.getpeername()[1], flush=True)
+print("got", s.recv(100).decode(), flush=True)
+"#
+    )
+}
+
+struct Connected {
+    pid: u32,
+    local_port: u16,
+    peer_host: String,
+    peer_port: u16,
+}
+
+fn parse_connected(line: &str) -> Connected {
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(parts[0], "connected", "client said: {line}");
+    Connected {
+        pid: parts[1].parse().unwrap(),
+        local_port: parts[2].parse().unwrap(),
+        peer_host: parts[3].to_owned(),
+        peer_port: parts[4].parse().unwrap(),
+    }
+}
+
+#[test]
+fn tagged_connect_lands_on_the_injector_with_a_complete_origin() {
+    let mut fx = Fixture::new();
+    let agent = fx.cgroups.path.join("agent.service");
+    let mut client = fx.cgroups.spawn(
+        &agent,
+        &mut python(&connect_script("AF_INET", "127.0.0.1", fx.port)),
+    );
+    let (mut stream, origin) = fx.accept_with_origin(&fx.injector);
+    let connected = parse_connected(&client.line());
+    let origin = origin.expect("redirected connection has an Origin");
+
+    assert_eq!(
+        origin.original_dst,
+        SocketAddr::from(([127, 0, 0, 1], fx.port))
+    );
+    assert_eq!(origin.tgid, connected.pid);
+    assert_eq!(
+        origin.pid, connected.pid,
+        "single-threaded client: pid == tgid"
+    );
+    assert_eq!(origin.uid, 0);
+    assert_eq!(origin.gid, 0);
+    assert_eq!(origin.cgroup_id, cgroup::cgroup_id(&agent).unwrap());
+    assert_ne!(
+        origin.exec_gen, 0,
+        "the client exec'd python inside the tagged cgroup"
+    );
+    assert_eq!(origin.exec_gen, fx.maps().exec_generation(connected.pid));
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
+    let now_ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+    assert!(origin.connect_boot_ns > 0 && origin.connect_boot_ns <= now_ns);
+    assert_eq!(stream.peer_addr().unwrap().port(), connected.local_port);
+
+    // getpeername shows the dialled address, not the listener.
+    assert_eq!(
+        (connected.peer_host.as_str(), connected.peer_port),
+        ("127.0.0.1", fx.port)
+    );
+    stream.write_all(b"hello").unwrap();
+    assert_eq!(client.line(), "got hello");
+    // The Origin is handed out once.
+    assert_eq!(fx.maps().take(stream.peer_addr().unwrap()), None);
+    fx.assert_destination_untouched();
+}
+
+#[test]
+fn untagged_connect_is_untouched() {
+    let mut fx = Fixture::new();
+    let other = fx.cgroups.path.join("other.service");
+    let mut client = fx.cgroups.spawn(
+        &other,
+        &mut python(&connect_script("AF_INET", "127.0.0.1", fx.port)),
+    );
+    fx.destination.set_nonblocking(false).unwrap();
+    let (mut stream, peer) = fx.destination.accept().unwrap();
+    let connected = parse_connected(&client.line());
+    assert_eq!(peer.port(), connected.local_port);
+    assert_eq!(fx.maps().take(peer), None);
+    stream.write_all(b"direct").unwrap();
+    assert_eq!(client.line(), "got direct");
+}
+
+#[test]
+fn grandchild_of_a_tagged_cgroup_is_redirected() {
+    let mut fx = Fixture::new();
+    let grandchild = fx.cgroups.sub("agent.service/worker/deeper");
+    let mut client = fx.cgroups.spawn(
+        &grandchild,
+        &mut python(&connect_script("AF_INET", "127.0.0.1", fx.port)),
+    );
+    let (_stream, origin) = fx.accept_with_origin(&fx.injector);
+    let connected = parse_connected(&client.line());
+    let origin = origin.expect("Origin");
+    assert_eq!(origin.tgid, connected.pid);
+    assert_eq!(origin.cgroup_id, cgroup::cgroup_id(&grandchild).unwrap());
+    fx.assert_destination_untouched();
+}
+
+#[test]
+fn cgroup_created_after_start_is_tagged_and_redirected() {
+    let mut fx = Fixture::new();
+    let maps = fx.maps();
+    let tagger = std::mem::replace(
+        &mut fx.tagger,
+        tagging::Tagger::new(&fx.cgroups.path, Vec::new(), maps.clone()).unwrap(),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = std::thread::spawn(move || {
+        runtime.block_on(tagger.watch(async {
+            let _ = stop_rx.await;
+        }))
+    });
+    // The unit starts after the daemon: its cgroup appears now.
+    let late = fx.cgroups.sub("late.service");
+    let late_id = cgroup::cgroup_id(&late).unwrap();
+    wait_until("the new cgroup to be tagged", TIMEOUT, || {
+        maps.tagged().contains(&late_id)
+    });
+
+    let mut client = fx.cgroups.spawn(
+        &late,
+        &mut python(&connect_script("AF_INET", "127.0.0.1", fx.port)),
+    );
+    let (_stream, origin) = fx.accept_with_origin(&fx.injector);
+    let connected = parse_connected(&client.line());
+    assert_eq!(origin.expect("Origin").tgid, connected.pid);
+
+    // And a removed cgroup is forgotten.
+    fx.cgroups.kill_all();
+    std::fs::remove_dir(&late).unwrap();
+    wait_until("the removed cgroup to be untagged", TIMEOUT, || {
+        !maps.tagged().contains(&late_id)
+    });
+    stop_tx.send(()).unwrap();
+    watcher.join().unwrap().unwrap();
+    fx.assert_destination_untouched();
+}
+
+#[test]
+fn ipv6_connect_goes_to_the_ipv6_listener_and_getpeername_shows_the_dialled_address() {
+    let mut fx = Fixture::new();
+    let Some(injector6) = fx.injector6.as_ref() else {
+        panic!("this host has no IPv6 loopback; the IPv6 path cannot be tested");
+    };
+    let agent = fx.cgroups.path.join("agent.service");
+    let mut client = fx.cgroups.spawn(
+        &agent,
+        &mut python(&connect_script("AF_INET6", "::1", fx.port)),
+    );
+    let (mut stream, peer) = injector6.accept().unwrap();
+    let origin = fx.maps().take(peer).expect("Origin for an IPv6 connection");
+    let connected = parse_connected(&client.line());
+    assert_eq!(
+        origin.original_dst,
+        SocketAddr::new("::1".parse().unwrap(), fx.port)
+    );
+    assert_eq!(origin.tgid, connected.pid);
+    assert_eq!(
+        (connected.peer_host.as_str(), connected.peer_port),
+        ("::1", fx.port)
+    );
+    stream.write_all(b"six").unwrap();
+    assert_eq!(client.line(), "got six");
+}
+
+#[test]
+fn v4_mapped_connect_on_an_ipv6_socket_is_redirected() {
+    let mut fx = Fixture::new();
+    let agent = fx.cgroups.path.join("agent.service");
+    let mut client = fx.cgroups.spawn(
+        &agent,
+        &mut python(&connect_script("AF_INET6", "::ffff:127.0.0.1", fx.port)),
+    );
+    let (mut stream, origin) = fx.accept_with_origin(&fx.injector);
+    let connected = parse_connected(&client.line());
+    let origin = origin.expect("Origin for a v4-mapped connection");
+    assert_eq!(
+        origin.original_dst,
+        SocketAddr::from(([127, 0, 0, 1], fx.port))
+    );
+    assert_eq!(origin.tgid, connected.pid);
+    assert_eq!(
+        (connected.peer_host.as_str(), connected.peer_port),
+        ("::ffff:127.0.0.1", fx.port)
+    );
+    stream.write_all(b"mapped").unwrap();
+    assert_eq!(client.line(), "got mapped");
+    fx.assert_destination_untouched();
+}
+
+#[test]
+fn udp_to_an_intercepted_port_is_refused_for_tagged_processes_only() {
+    let mut fx = Fixture::new();
+    let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let other_port = receiver.local_addr().unwrap().port();
+    let script = format!(
+        r#"
+import errno, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for port in ({port}, {other_port}):
+    try:
+        s.sendto(b"quic?", ("127.0.0.1", port))
+        print("sent", port, flush=True)
+    except OSError as e:
+        print("refused", port, errno.errorcode[e.errno], flush=True)
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    c.connect(("127.0.0.1", {port}))
+    print("connect ok", flush=True)
+except OSError as e:
+    print("connect refused", errno.errorcode[e.errno], flush=True)
+"#,
+        port = fx.port
+    );
+    let agent = fx.cgroups.path.join("agent.service");
+    let mut tagged = fx.cgroups.spawn(&agent, &mut python(&script));
+    assert_eq!(tagged.line(), format!("refused {} EPERM", fx.port));
+    assert_eq!(tagged.line(), format!("sent {other_port}"));
+    assert_eq!(tagged.line(), "connect refused EPERM");
+    let mut buf = [0u8; 16];
+    let (n, _) = receiver.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"quic?", "other UDP still works");
+
+    let other = fx.cgroups.path.join("other.service");
+    let mut untagged = fx.cgroups.spawn(&other, &mut python(&script));
+    assert_eq!(untagged.line(), format!("sent {}", fx.port));
+}
+
+#[test]
+fn direct_connect_to_the_listener_has_no_origin() {
+    let mut fx = Fixture::new();
+    let listen_port = fx.injector.local_addr().unwrap().port();
+    // Both from a tagged process (the listener's port is not intercepted) and
+    // from an untagged one.
+    for unit in ["agent.service", "other.service"] {
+        let dir = fx.cgroups.path.join(unit);
+        let mut client = fx.cgroups.spawn(
+            &dir,
+            &mut python(&connect_script("AF_INET", "127.0.0.1", listen_port)),
+        );
+        let (_stream, origin) = fx.accept_with_origin(&fx.injector);
+        parse_connected(&client.line());
+        assert_eq!(
+            origin, None,
+            "a direct connection from {unit} must not have an Origin"
+        );
+    }
+}
+
+#[test]
+fn sockets_marked_with_the_bypass_mark_are_not_redirected() {
+    let mut fx = Fixture::new();
+    let script = format!(
+        r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, 36, {mark})  # SO_MARK, as the daemon's upstream sockets
+s.connect(("127.0.0.1", {port}))
+print("connected", flush=True)
+"#,
+        mark = warrant::config::DEFAULT_BYPASS_MARK,
+        port = fx.port
+    );
+    let agent = fx.cgroups.path.join("agent.service");
+    let mut client = fx.cgroups.spawn(&agent, &mut python(&script));
+    fx.destination.set_nonblocking(false).unwrap();
+    let (_stream, _peer) = fx.destination.accept().unwrap();
+    assert_eq!(client.line(), "connected");
+}
+
+#[test]
+fn exec_after_connect_changes_the_exec_generation() {
+    let mut fx = Fixture::new();
+    let script = format!(
+        r#"
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", {port}))
+print("connected", os.getpid(), s.getsockname()[1], "x", 0, flush=True)
+sys.stdin.readline()
+os.execv("/bin/sleep", ["sleep", "60"])
+"#,
+        port = fx.port
+    );
+    let agent = fx.cgroups.path.join("agent.service");
+    let mut client = fx.cgroups.spawn(&agent, &mut python(&script));
+    let (_stream, origin) = fx.accept_with_origin(&fx.injector);
+    let connected = parse_connected(&client.line());
+    let origin = origin.expect("Origin");
+    assert_eq!(
+        fx.maps().exec_generation(connected.pid),
+        origin.exec_gen,
+        "same program so far"
+    );
+
+    client.send("exec now");
+    let exe = format!("/proc/{}/exe", connected.pid);
+    wait_until("the client to exec sleep", TIMEOUT, || {
+        std::fs::read_link(&exe).is_ok_and(|p| p.file_name().is_some_and(|n| n == "sleep"))
+    });
+    assert_ne!(
+        fx.maps().exec_generation(connected.pid),
+        origin.exec_gen,
+        "the Origin no longer matches the program now running under that pid"
+    );
+}
+
+/// The start of a process in CLOCK_BOOTTIME ns, from /proc/PID/stat.
+fn start_boot_ns(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let starttime: u64 = after_comm
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64;
+    starttime * (1_000_000_000 / ticks)
+}
+
+/// Creates a process with exactly `pid` (clone3 with set_tid, root only) that
+/// execs `sleep 60`, and returns it.
+fn spawn_with_pid(pid: u32) -> u32 {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let set_tid = [pid as libc::pid_t];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: set_tid.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let path = std::ffi::CString::new("/bin/sleep").unwrap();
+    let arg0 = std::ffi::CString::new("sleep").unwrap();
+    let arg1 = std::ffi::CString::new("60").unwrap();
+    let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+    // Safety: clone3 without CLONE_VM forks; the child only calls execv (and
+    // _exit if that fails), both async-signal-safe, on memory prepared before.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if ret == 0 {
+        // Safety: see above.
+        unsafe {
+            libc::execv(path.as_ptr(), argv.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    assert!(
+        ret > 0,
+        "clone3 with set_tid={pid} failed: {}",
+        std::io::Error::last_os_error()
+    );
+    ret as u32
+}
+
+#[test]
+fn pid_reuse_after_connect_is_visible_through_the_origin() {
+    let mut fx = Fixture::new();
+    let agent = fx.cgroups.path.join("agent.service");
+    let mut client = fx.cgroups.spawn(
+        &agent,
+        &mut python(&connect_script("AF_INET", "127.0.0.1", fx.port)),
+    );
+    let (stream, origin) = fx.accept_with_origin(&fx.injector);
+    let connected = parse_connected(&client.line());
+    let origin = origin.expect("Origin");
+    assert!(
+        start_boot_ns(connected.pid) <= origin.connect_boot_ns,
+        "the connecting process started before its connect"
+    );
+
+    // The agent exits; another program gets its pid.
+    drop(stream);
+    assert!(client.line().starts_with("got"));
+    fx.cgroups.kill_all();
+    let reused = spawn_with_pid(connected.pid);
+    assert_eq!(reused, connected.pid);
+    let started = start_boot_ns(reused);
+    // Safety: killing and reaping the child this test just created.
+    unsafe {
+        libc::kill(reused as i32, libc::SIGKILL);
+        libc::waitpid(reused as i32, std::ptr::null_mut(), 0);
+    }
+    assert!(
+        started > origin.connect_boot_ns,
+        "a process with the same pid that started after the connect is told apart by its start time"
+    );
+}
+
+#[test]
+fn restarted_daemon_adopts_pinned_programs_and_nothing_escapes() {
+    let mut fx = Fixture::new();
+    let agent = fx.cgroups.path.join("agent.service");
+    let listen4 = fx.injector.local_addr().unwrap();
+
+    // The daemon goes away without detaching (a crash or a restart): the pinned
+    // programs keep redirecting, and with no listener the connect is refused.
+    drop(fx.redirector.take());
+    let held_listener =
+        std::mem::replace(&mut fx.injector, TcpListener::bind("127.0.0.1:0").unwrap());
+    drop(held_listener);
+    let mut client = fx.cgroups.spawn(
+        &agent,
+        &mut python(&connect_script("AF_INET", "127.0.0.1", fx.port)),
+    );
+    assert_eq!(
+        client.line(),
+        format!("error {}", libc::ECONNREFUSED),
+        "fail closed while the daemon is down"
+    );
+    fx.assert_destination_untouched();
+    assert_eq!(
+        links_generations(&fx.pins.path),
+        1,
+        "links stay pinned while the daemon is down"
+    );
+
+    // A new daemon on the same listener address adopts the pinned maps.
+    fx.injector = TcpListener::bind(listen4).unwrap();
+    let settings = Fixture::settings(
+        &fx.cgroups,
+        &fx.pins,
+        listen4,
+        fx.injector6.as_ref(),
+        fx.port,
+    );
+    let redirector = Redirector::start(settings).expect("restart");
+    assert_eq!(
+        links_generations(&fx.pins.path),
+        1,
+        "the old links were replaced, not duplicated"
+    );
+    assert!(
+        redirector
+            .maps()
+            .tagged()
+            .contains(&cgroup::cgroup_id(&agent).unwrap()),
+        "tags survive the restart in the pinned map"
+    );
+    fx.redirector = Some(redirector);
+    let mut client = fx.cgroups.spawn(
+        &agent,
+        &mut python(&connect_script("AF_INET", "127.0.0.1", fx.port)),
+    );
+    let (_stream, origin) = fx.accept_with_origin(&fx.injector);
+    let connected = parse_connected(&client.line());
+    assert_eq!(origin.expect("Origin after restart").tgid, connected.pid);
+    fx.assert_destination_untouched();
+}
+
+fn links_generations(pin_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(pin_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("links-"))
+        .count()
+}
+
+#[test]
+fn detach_removes_every_pin_and_stops_redirecting() {
+    let mut fx = Fixture::new();
+    fx.redirector.take().unwrap().detach().unwrap();
+    assert!(!fx.pins.path.exists(), "pins removed");
+    let agent = fx.cgroups.path.join("agent.service");
+    let mut client = fx.cgroups.spawn(
+        &agent,
+        &mut python(&connect_script("AF_INET", "127.0.0.1", fx.port)),
+    );
+    fx.destination.set_nonblocking(false).unwrap();
+    let (mut stream, _) = fx.destination.accept().unwrap();
+    parse_connected(&client.line());
+    stream.write_all(b"x").unwrap();
+    let _ = stream.read(&mut [0u8; 1]);
+}
