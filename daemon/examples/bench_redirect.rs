@@ -41,7 +41,9 @@ fn main() {
             }
         });
     }
-    let SocketAddr::V4(listen4) = injector.local_addr().unwrap() else { unreachable!() };
+    let SocketAddr::V4(listen4) = injector.local_addr().unwrap() else {
+        unreachable!()
+    };
     let redirector = Redirector::start(RedirectSettings {
         cgroup_root: world.root.clone(),
         pin_dir: world.pins.clone(),
@@ -52,7 +54,10 @@ fn main() {
         bypass_mark: warrant::config::DEFAULT_BYPASS_MARK,
     })
     .expect("attach the programs");
-    redirector.maps().tag(cgroup::cgroup_id(&world.tagged).unwrap()).unwrap();
+    redirector
+        .maps()
+        .tag(cgroup::cgroup_id(&world.tagged).unwrap())
+        .unwrap();
 
     let target = SocketAddr::from(([127, 0, 0, 1], port));
     let conditions = [
@@ -67,9 +72,15 @@ fn main() {
         }
     }
     let medians: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
-    println!("connect()+close on loopback, {CONNECTS_PER_ROUND} per round, median of {ROUNDS} rounds");
+    println!(
+        "connect()+close on loopback, {CONNECTS_PER_ROUND} per round, median of {ROUNDS} rounds"
+    );
     for (i, (name, _)) in conditions.iter().enumerate() {
-        println!("  {name:<32} {:>8.2} µs/connect   ratio {:.3}", medians[i] / 1000.0, medians[i] / medians[0]);
+        println!(
+            "  {name:<32} {:>8.2} µs/connect   ratio {:.3}",
+            medians[i] / 1000.0,
+            medians[i] / medians[0]
+        );
     }
     let overhead = (medians[1] / medians[0] - 1.0) * 100.0;
     println!("untagged overhead: {overhead:+.1}% (target <= 3%)");
@@ -85,20 +96,33 @@ fn median(samples: &mut [f64]) -> f64 {
 fn run_child(cgroup_dir: &Path, target: SocketAddr) -> f64 {
     let procs = cgroup_dir.join("cgroup.procs");
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.arg("--child").arg(CONNECTS_PER_ROUND.to_string()).arg(target.to_string());
+    cmd.arg("--child")
+        .arg(CONNECTS_PER_ROUND.to_string())
+        .arg(target.to_string());
     // Safety: runs in the forked child before exec; writing our own pid to
     // cgroup.procs moves the child into the cgroup before it runs the loop.
     unsafe {
         cmd.pre_exec(move || fs::write(&procs, b"0"));
     }
     let output = cmd.output().unwrap();
-    assert!(output.status.success(), "child failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap().trim().parse().unwrap()
+    assert!(
+        output.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn child(count: usize, target: SocketAddr) {
     let linger = nix::sys::socket::sockopt::Linger;
-    let no_time_wait = libc::linger { l_onoff: 1, l_linger: 0 };
+    let no_time_wait = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     let start = Instant::now();
     for _ in 0..count {
         let stream = TcpStream::connect(target).unwrap();

@@ -59,8 +59,25 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { unprivileged } => test(unprivileged),
         Task::Lint => {
             cargo(&["fmt", "--all", "--", "--check"])?;
-            cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
-            cargo(&["clippy", "-p", "warrant", "--all-targets", "--features", "privileged-tests", "--", "-D", "warnings"])
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            cargo(&[
+                "clippy",
+                "-p",
+                "warrant",
+                "--all-targets",
+                "--features",
+                "privileged-tests",
+                "--",
+                "-D",
+                "warnings",
+            ])
         }
         Task::Bench { name } => bench(name.as_deref()),
     }
@@ -74,10 +91,20 @@ fn test(unprivileged: bool) -> Result<()> {
         return Ok(());
     }
     if !nix_is_root() {
-        bail!("the privileged tests (eBPF, cgroups) need root: run as root, or pass --unprivileged to skip them");
+        bail!(
+            "the privileged tests (eBPF, cgroups) need root: run as root, or pass --unprivileged to skip them"
+        );
     }
     let bpffs_was_mounted = bpffs_mounted();
-    let result = cargo(&["test", "-p", "warrant", "--features", "privileged-tests", "--test", "*privileged*"]);
+    let result = cargo(&[
+        "test",
+        "-p",
+        "warrant",
+        "--features",
+        "privileged-tests",
+        "--test",
+        "*privileged*",
+    ]);
     if !bpffs_was_mounted && bpffs_mounted() {
         // The tests mounted bpffs (as the daemon does); leave the host as found.
         let _ = Command::new("umount").arg("/sys/fs/bpf").status();
@@ -91,27 +118,47 @@ fn bench(name: Option<&str>) -> Result<()> {
     setup::run()?;
     let names: Vec<&str> = match name {
         Some(name) if BENCHES.contains(&name) => vec![name],
-        Some(name) => bail!("unknown bench {name:?}; expected one of {}", BENCHES.join(", ")),
+        Some(name) => bail!(
+            "unknown bench {name:?}; expected one of {}",
+            BENCHES.join(", ")
+        ),
         None => BENCHES.to_vec(),
     };
     for name in names {
         let example = format!("bench_{name}");
-        if !std::path::Path::new("daemon/examples").join(format!("{example}.rs")).exists() {
+        if !std::path::Path::new("daemon/examples")
+            .join(format!("{example}.rs"))
+            .exists()
+        {
             println!("xtask: bench {name} is not written yet");
             continue;
         }
         println!("== bench {name}");
-        cargo(&["run", "--quiet", "--release", "-p", "warrant", "--example", &example])?;
+        cargo(&[
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "warrant",
+            "--example",
+            &example,
+        ])?;
     }
     Ok(())
 }
 
 fn nix_is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 fn bpffs_mounted() -> bool {
-    std::fs::read_to_string("/proc/mounts").is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("bpf")))
+    std::fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("bpf"))
+    })
 }
 
 /// Runs cargo with `args` from the workspace root, failing on a non-zero exit.
@@ -121,7 +168,9 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 }
 
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -129,5 +178,8 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
 }
 
 fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(|p| p.to_owned()).unwrap_or_default()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.to_owned())
+        .unwrap_or_default()
 }

@@ -1,0 +1,100 @@
+//! The `warrant` command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_CONFIG};
+
+#[derive(Parser)]
+#[command(
+    name = "warrant",
+    version,
+    about = "Takes long-lived LLM API keys out of AI agents"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Validate a configuration file; errors name file:line:column.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Print the embedded default configuration (every key, commented).
+    DefaultConfig,
+    /// Remove warrant's pinned eBPF programs and maps (stops all redirection).
+    /// For uninstalling; a running daemon must be stopped first.
+    Detach {
+        #[arg(long, default_value = "/etc/warrant/warrant.toml")]
+        config: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} workloads, {} upstreams, {} credentials, {} policies)",
+                    file.display(),
+                    config.workloads.len(),
+                    config.upstreams.len(),
+                    config.credentials.len(),
+                    config.policies.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::DefaultConfig => {
+            print!("{DEFAULT_CONFIG}");
+            ExitCode::SUCCESS
+        }
+        Command::Detach { config } => {
+            let config = match load_or_default(&config) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match crate::redirect::remove_pins(&config.daemon.bpf_pin_dir) {
+                Ok(()) => {
+                    println!("removed {}", config.daemon.bpf_pin_dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("warrant detach: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// The config at `path`, or the embedded default when that file does not exist.
+pub fn load_or_default(path: &std::path::Path) -> Result<Config, crate::config::ConfigError> {
+    if path.exists() {
+        Config::load(path)
+    } else {
+        Config::embedded_default()
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WARRANT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
