@@ -10,3 +10,5 @@ pub mod credentials;
 pub mod origin;
 pub mod redirect;
 pub mod secret;
+pub mod splice;
+pub mod tls;
