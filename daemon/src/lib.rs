@@ -8,6 +8,7 @@
 pub mod config;
 pub mod credentials;
 pub mod origin;
+pub mod proxy;
 pub mod redirect;
 pub mod secret;
 pub mod splice;
