@@ -429,48 +429,120 @@ async fn a_websocket_upgrade_gets_the_credential_and_is_relayed_both_ways() {
     assert_eq!(auth(&mock.seen()[0]), vec![format!("Bearer {OPENAI_KEY}")]);
 }
 
-#[tokio::test]
-async fn plain_http_to_a_configured_host_is_proxied_with_the_credential() {
-    let pki = TestPki::new();
-    let mock = Mock::start_plain(&pki).await;
-    let harness = Harness::start(&pki).await;
+async fn plain_request(
+    harness: &Harness,
+    mock: &Mock,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
     let tcp = harness.connect(mock.addr).await;
     let mut agent = Sender::h1(tcp).await;
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method("POST")
         .uri("/v1/chat/completions")
-        .header("host", format!("gw.internal:{}", mock.addr.port()))
-        .header("x-gateway-token", "placeholder")
+        .header("host", format!("{host}:{}", mock.addr.port()));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req
         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
         .unwrap();
     let response = agent.send(req).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    body_text(response).await;
+    let status = response.status();
+    (status, body_text(response).await)
+}
+
+#[tokio::test]
+async fn plain_http_to_an_opted_in_gateway_is_proxied_with_the_credential() {
+    let pki = TestPki::new();
+    let mock = Mock::start_plain(&pki, "127.0.0.1").await;
+    let harness = Harness::start(&pki).await;
+    let (status, _) = plain_request(
+        &harness,
+        &mock,
+        "localhost",
+        &[("x-gateway-token", "placeholder")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     let seen = &mock.seen()[0];
     assert_eq!(seen.headers.get("x-gateway-token").unwrap(), OPENAI_KEY);
     assert_eq!(
         seen.headers.get("host").unwrap().to_str().unwrap(),
-        format!("gw.internal:{}", mock.addr.port())
+        format!("localhost:{}", mock.addr.port())
     );
+}
+
+#[tokio::test]
+async fn plain_http_to_an_address_the_gateway_does_not_resolve_to_gets_no_credential() {
+    let pki = TestPki::new();
+    // localhost is 127.0.0.1 (and ::1), not 127.0.0.2: an agent claiming
+    // Host: localhost while dialling elsewhere must not get the credential.
+    let mock = Mock::start_plain(&pki, "127.0.0.2").await;
+    let harness = Harness::start(&pki).await;
+    let (status, body) = plain_request(
+        &harness,
+        &mock,
+        "localhost",
+        &[("x-gateway-token", "placeholder")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("warrant"), "{body}");
+    assert!(mock.seen().is_empty());
+    assert_no_secret_in_logs();
+}
+
+#[tokio::test]
+async fn plain_http_to_a_tls_only_upstream_is_passed_through_without_a_credential() {
+    let pki = TestPki::new();
+    let mock = Mock::start_plain(&pki, "127.0.0.1").await;
+    let harness = Harness::start(&pki).await;
+    let (status, _) = plain_request(
+        &harness,
+        &mock,
+        OPENAI,
+        &[("authorization", "Bearer placeholder")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(auth(&mock.seen()[0]), vec!["Bearer placeholder".to_owned()]);
 }
 
 #[tokio::test]
 async fn plain_http_to_another_host_is_passed_through_without_a_credential() {
     let pki = TestPki::new();
-    let mock = Mock::start_plain(&pki).await;
+    let mock = Mock::start_plain(&pki, "127.0.0.1").await;
     let harness = Harness::start(&pki).await;
-    let tcp = harness.connect(mock.addr).await;
-    let mut agent = Sender::h1(tcp).await;
-    let req = http::Request::builder()
-        .uri("/status")
-        .header("host", "example.internal")
-        .header("authorization", "Bearer placeholder")
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let response = agent.send(req).await;
-    assert_eq!(response.status(), StatusCode::OK);
-    body_text(response).await;
+    let (status, _) = plain_request(
+        &harness,
+        &mock,
+        "example.internal",
+        &[("authorization", "Bearer placeholder")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     assert_eq!(auth(&mock.seen()[0]), vec!["Bearer placeholder".to_owned()]);
+}
+
+#[tokio::test]
+async fn an_unavailable_credential_gives_503_in_the_providers_shape() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    let mut agent = harness.h1(mock.addr, MISSING).await;
+    let response = agent
+        .send(request(MISSING, "/v1/chat/completions", &[]))
+        .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("warrant")
+    );
+    assert!(mock.seen().is_empty());
 }
 
 #[tokio::test]

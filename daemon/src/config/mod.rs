@@ -303,6 +303,14 @@ pub struct UpstreamConfig {
     /// system roots: for private gateways and tests.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Also inject into plain HTTP (no TLS) requests to this host, e.g. an
+    /// internal gateway on port 80; the credential then crosses the network
+    /// in clear text. Default false: only TLS connections, whose upstream
+    /// certificate authenticates the destination, get a credential. With
+    /// true, the address the agent dialled must be one this host name
+    /// resolves to, since nothing else authenticates it.
+    #[serde(default)]
+    pub plain_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

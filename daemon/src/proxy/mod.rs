@@ -72,6 +72,8 @@ struct Upstream {
     splicer: Splicer,
     credential: String,
     tls: Arc<ClientConfig>,
+    /// Plain HTTP requests to this host get the credential too.
+    plain_http: bool,
 }
 
 /// The injector, shared by every connection (and by the IPv4 and IPv6
@@ -121,6 +123,7 @@ impl Injector {
                     splicer,
                     credential: up.credential.get_ref().clone(),
                     tls,
+                    plain_http: up.plain_http,
                 }),
             );
         }
@@ -305,15 +308,35 @@ impl Injector {
         tls_upstream: Option<Arc<Upstream>>,
         tls: bool,
     ) -> Response<ProxyBody> {
-        // Route: by SNI for TLS; by Host (or h2 :authority) for plain HTTP.
+        // Route: by SNI for TLS; by Host (or h2 :authority) for plain HTTP,
+        // and then only to upstreams that opted in with `plain_http`.
         let upstream = match tls_upstream {
             Some(up) => Some(up),
-            None => request_host(&req).and_then(|h| self.upstreams.get(&h).cloned()),
+            None => request_host(&req)
+                .and_then(|h| self.upstreams.get(&h).cloned())
+                .filter(|up| up.plain_http),
         };
         let Some(upstream) = upstream else {
             return self.pass_through(req, origin).await;
         };
         let shape = upstream.splicer.scheme().error_shape;
+        if !tls && !resolves_to(&upstream.host, origin.original_dst).await {
+            tracing::warn!(
+                upstream = %upstream.host,
+                dst = %origin.original_dst,
+                tgid = origin.tgid,
+                "plain HTTP to an address the host does not resolve to: refused"
+            );
+            return error_response(
+                shape,
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "warrant refused this request: {} is not an address of {} (plain HTTP destinations are checked against DNS)",
+                    origin.original_dst.ip(),
+                    upstream.host
+                ),
+            );
+        }
 
         let findings = upstream.splicer.inspect(req.headers(), req.uri());
         if !findings.is_empty() {
@@ -504,6 +527,22 @@ impl Injector {
             status,
             &format!("warrant could not reach {host}: {cause}"),
         )
+    }
+}
+
+/// Whether `host` resolves to `dst`'s address. Plain HTTP has no certificate
+/// to authenticate the destination, so the agent's choice of address is
+/// checked against the system resolver before a credential goes there.
+async fn resolves_to(host: &str, dst: SocketAddr) -> bool {
+    let want = crate::origin::normalize(dst).ip();
+    match tokio::net::lookup_host((host, dst.port())).await {
+        Ok(addrs) => addrs
+            .map(|a| crate::origin::normalize(a).ip())
+            .any(|ip| ip == want),
+        Err(error) => {
+            tracing::warn!(%host, %error, "cannot resolve an upstream host");
+            false
+        }
     }
 }
 

@@ -48,6 +48,7 @@ pub const PLACEHOLDER: &str = "placeholder";
 pub const OPENAI: &str = "api.openai.com";
 pub const ANTHROPIC: &str = "api.anthropic.com";
 pub const GEMINI: &str = "generativelanguage.googleapis.com";
+pub const MISSING: &str = "api.mistral.ai";
 
 // ---------------------------------------------------------------- logs
 
@@ -176,17 +177,18 @@ impl Mock {
         Self::start_with(
             Some(TlsAcceptor::from(Arc::new(config))),
             pki.server_chain[0].clone(),
+            "127.0.0.1",
         )
         .await
     }
 
-    /// A plain-HTTP mock (an internal gateway on port 80).
-    pub async fn start_plain(pki: &TestPki) -> Mock {
-        Self::start_with(None, pki.server_chain[0].clone()).await
+    /// A plain-HTTP mock (an internal gateway on port 80) on `ip`.
+    pub async fn start_plain(pki: &TestPki, ip: &str) -> Mock {
+        Self::start_with(None, pki.server_chain[0].clone(), ip).await
     }
 
-    async fn start_with(tls: Option<TlsAcceptor>, cert: CertificateDer<'static>) -> Mock {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn start_with(tls: Option<TlsAcceptor>, cert: CertificateDer<'static>, ip: &str) -> Mock {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let release = Arc::new(Notify::new());
@@ -372,11 +374,26 @@ scheme = "gemini"
 credential = "gemini"
 ca_file = "{ca}"
 
+# An internal gateway reached over plain HTTP ("localhost" so that the
+# destination check resolves it without DNS).
 [[upstream]]
-host = "gw.internal"
+host = "localhost"
 scheme = "generic"
 header = "x-gateway-token"
 credential = "openai"
+plain_http = true
+
+# An upstream whose credential the test source does not have.
+[[upstream]]
+host = "{MISSING}"
+scheme = "openai"
+credential = "missing"
+ca_file = "{ca}"
+
+[[credential]]
+name = "missing"
+source = "file"
+path = "/nonexistent/missing"
 
 [[credential]]
 name = "openai"
