@@ -127,9 +127,30 @@ where
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use http_body_util::{BodyExt, StreamBody};
+    use std::collections::VecDeque;
+
+    use http_body_util::BodyExt;
 
     use super::*;
+
+    /// A body yielding the given chunks, one frame each.
+    struct Chunks(VecDeque<&'static str>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(
+                self.get_mut()
+                    .0
+                    .pop_front()
+                    .map(|c| Ok(Frame::data(Bytes::from(c)))),
+            )
+        }
+    }
 
     #[test]
     fn mask_replaces_every_occurrence_and_holds_back_only_a_possible_prefix() {
@@ -144,16 +165,12 @@ mod tests {
     #[tokio::test]
     async fn a_credential_split_across_chunks_is_redacted() {
         let secret = Arc::new(Secret::new("sk-secret-value".to_owned()));
-        let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = [
+        let body = Chunks(VecDeque::from([
             "{\"error\":\"bad key sk-se",
             "cret-va",
             "lue\"} and sk-",
             "other",
-        ]
-        .into_iter()
-        .map(|c| Ok(Frame::data(Bytes::from(c))))
-        .collect();
-        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        ]));
         let out = Redact::new(body, secret)
             .collect()
             .await
