@@ -9,5 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod origin;
+pub mod proxy;
 pub mod redirect;
 pub mod secret;
+pub mod splice;
+pub mod tls;

@@ -32,6 +32,8 @@ pub struct Config {
     pub intercept: InterceptConfig,
     #[serde(default)]
     pub instance: InstanceConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
     #[serde(default, rename = "workload")]
     pub workloads: Vec<WorkloadConfig>,
     #[serde(default, rename = "upstream")]
@@ -141,6 +143,88 @@ impl Default for InterceptConfig {
     }
 }
 
+/// What the injector does when an agent sends a credential that looks real.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentKeyAction {
+    /// Answer 403 in the provider's error shape; nothing is forwarded.
+    Refuse,
+    /// Log a warning (with a fingerprint, never the value) and forward the
+    /// request with the agent's key replaced by the real credential.
+    Warn,
+}
+
+/// The injector's limits and behaviour. Every default is chosen so that the
+/// official SDKs (long streaming responses, large prompts) work unchanged
+/// while a slow or hostile client cannot hold resources for long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// An agent-supplied credential that looks like a real provider key is a
+    /// finding (the agent should hold only a placeholder): "refuse" (default:
+    /// the safe choice) or "warn".
+    #[serde(default = "default_agent_keys")]
+    pub agent_keys: AgentKeyAction,
+    /// Seconds a client has to send its TLS ClientHello or a request's
+    /// headers (slowloris). SDKs send both at once.
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may see no byte in either direction before it is
+    /// closed. Long enough for a model that thinks before streaming.
+    #[serde(default = "default_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    /// Largest request head (h1) or header list (h2) accepted, in bytes.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Agent connections handled at once; more are closed on accept.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds to open TCP and TLS to the upstream before answering 502.
+    #[serde(default = "default_upstream_connect_timeout_secs")]
+    pub upstream_connect_timeout_secs: u64,
+    /// Seconds to wait for the upstream's response headers before answering
+    /// 504. Non-streaming completions of large models can take minutes.
+    #[serde(default = "default_upstream_response_timeout_secs")]
+    pub upstream_response_timeout_secs: u64,
+}
+
+fn default_agent_keys() -> AgentKeyAction {
+    AgentKeyAction::Refuse
+}
+fn default_header_read_timeout_secs() -> u64 {
+    10
+}
+fn default_idle_timeout_secs() -> u64 {
+    300
+}
+/// hyper's own default (h1 buffer); SDK requests carry a few hundred bytes.
+fn default_max_header_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_upstream_connect_timeout_secs() -> u64 {
+    10
+}
+fn default_upstream_response_timeout_secs() -> u64 {
+    600
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            agent_keys: default_agent_keys(),
+            header_read_timeout_secs: default_header_read_timeout_secs(),
+            idle_timeout_secs: default_idle_timeout_secs(),
+            max_header_bytes: default_max_header_bytes(),
+            max_connections: default_max_connections(),
+            upstream_connect_timeout_secs: default_upstream_connect_timeout_secs(),
+            upstream_response_timeout_secs: default_upstream_response_timeout_secs(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
@@ -219,6 +303,14 @@ pub struct UpstreamConfig {
     /// system roots: for private gateways and tests.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Also inject into plain HTTP (no TLS) requests to this host, e.g. an
+    /// internal gateway on port 80; the credential then crosses the network
+    /// in clear text. Default false: only TLS connections, whose upstream
+    /// certificate authenticates the destination, get a credential. With
+    /// true, the address the agent dialled must be one this host name
+    /// resolves to, since nothing else authenticates it.
+    #[serde(default)]
+    pub plain_http: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +407,33 @@ impl Config {
                 "[intercept] ports must not contain the listener's own port".to_owned(),
             ));
         }
+        let proxy = &self.proxy;
+        let zero = [
+            (
+                "header_read_timeout_secs",
+                proxy.header_read_timeout_secs == 0,
+            ),
+            ("idle_timeout_secs", proxy.idle_timeout_secs == 0),
+            ("max_header_bytes", proxy.max_header_bytes < 1024),
+            ("max_connections", proxy.max_connections == 0),
+            (
+                "upstream_connect_timeout_secs",
+                proxy.upstream_connect_timeout_secs == 0,
+            ),
+            (
+                "upstream_response_timeout_secs",
+                proxy.upstream_response_timeout_secs == 0,
+            ),
+        ];
+        if let Some((key, _)) = zero.iter().find(|(_, bad)| *bad) {
+            return Err(ConfigError::new(
+                origin,
+                None,
+                format!(
+                    "[proxy] {key} is too small (zero, or under 1024 bytes for max_header_bytes)"
+                ),
+            ));
+        }
         let mut names = std::collections::HashSet::new();
         for workload in &self.workloads {
             if !names.insert(workload.name.get_ref().as_str()) {
@@ -403,16 +522,16 @@ impl Config {
                         .to_owned(),
                 ));
             }
-            if let Some(form) = &upstream.anthropic_auth {
-                if !["x-api-key", "bearer"].contains(&form.get_ref().as_str()) {
-                    return Err(err(
-                        form.span(),
-                        format!(
-                            "anthropic_auth must be \"x-api-key\" or \"bearer\", not {:?}",
-                            form.get_ref()
-                        ),
-                    ));
-                }
+            if let Some(form) = &upstream.anthropic_auth
+                && !["x-api-key", "bearer"].contains(&form.get_ref().as_str())
+            {
+                return Err(err(
+                    form.span(),
+                    format!(
+                        "anthropic_auth must be \"x-api-key\" or \"bearer\", not {:?}",
+                        form.get_ref()
+                    ),
+                ));
             }
         }
         for policy in &self.policies {

@@ -1,0 +1,653 @@
+//! The injector: accepts redirected connections, routes them by SNI, and
+//! proxies requests to configured upstreams with the real credential.
+//!
+//! Per connection: the Origin is looked up by peer address (none: closed at
+//! once, it was not redirected by the eBPF programs); the first byte says TLS
+//! or plain HTTP. For TLS the ClientHello is read and recorded: the SNI of a
+//! configured `[[upstream]]` is terminated with a minted leaf and served as
+//! HTTP/1.1 or HTTP/2; anything else is spliced, recorded bytes first,
+//! untouched to the Origin's original destination. Per request the phases
+//! run in one direction: route, agent-key check, gate (policy), credential,
+//! splice (the one rewriting phase), forward, stream the response back.
+
+mod gate;
+mod io;
+mod redact;
+mod upstream;
+
+use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use rustls::{ClientConfig, pki_types::CertificateDer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
+
+pub use gate::{AllowAll, GateDecision, GateFuture, GateRequest, RequestGate};
+pub use redact::{BoxError, Redact};
+pub use upstream::{ConnectError, POOL_IDLE_TIMEOUT, connect_marked};
+
+use crate::{
+    config::{AgentKeyAction, Config, ProxyConfig},
+    credentials::CredentialSource,
+    origin::{Origin, OriginSource},
+    splice::{ErrorShape, SpliceError, Splicer, error_body},
+    tls::{self, LeafCache, TlsError},
+};
+
+/// The body of every response the proxy gives: streamed upstream bodies and
+/// its own small JSON errors.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("upstream {host:?}: {source}")]
+    Upstream {
+        host: String,
+        #[source]
+        source: TlsError,
+    },
+    #[error("upstream {host:?}: {source}")]
+    Splice {
+        host: String,
+        #[source]
+        source: SpliceError,
+    },
+}
+
+/// One configured `[[upstream]]`, ready to use.
+struct Upstream {
+    /// Lower case.
+    host: String,
+    splicer: Splicer,
+    credential: String,
+    tls: Arc<ClientConfig>,
+    /// Plain HTTP requests to this host get the credential too.
+    plain_http: bool,
+}
+
+/// The injector, shared by every connection (and by the IPv4 and IPv6
+/// listeners).
+pub struct Injector {
+    upstreams: HashMap<String, Arc<Upstream>>,
+    leafs: Arc<LeafCache>,
+    origins: Arc<dyn OriginSource>,
+    credentials: Arc<dyn CredentialSource>,
+    gate: Arc<dyn RequestGate>,
+    limits: ProxyConfig,
+    bypass_mark: u32,
+    clients: upstream::UpstreamClients,
+    connections: Arc<Semaphore>,
+}
+
+impl Injector {
+    /// `leafs` mints for the CA of `config`'s upstream hosts; `system_roots`
+    /// are the roots upstream certificates are verified against (with each
+    /// upstream's `ca_file`). The gate allows everything until
+    /// [`Injector::with_gate`] sets one.
+    pub fn new(
+        config: &Config,
+        leafs: Arc<LeafCache>,
+        origins: Arc<dyn OriginSource>,
+        credentials: Arc<dyn CredentialSource>,
+        system_roots: &[CertificateDer<'static>],
+    ) -> Result<Injector, ProxyError> {
+        let mut upstreams = HashMap::new();
+        for up in &config.upstreams {
+            let host = up.host.get_ref().to_ascii_lowercase();
+            let tls =
+                tls::client_config(system_roots, up.ca_file.as_deref()).map_err(|source| {
+                    ProxyError::Upstream {
+                        host: host.clone(),
+                        source,
+                    }
+                })?;
+            let splicer = Splicer::from_config(up).map_err(|source| ProxyError::Splice {
+                host: host.clone(),
+                source,
+            })?;
+            upstreams.insert(
+                host.clone(),
+                Arc::new(Upstream {
+                    host,
+                    splicer,
+                    credential: up.credential.get_ref().clone(),
+                    tls,
+                    plain_http: up.plain_http,
+                }),
+            );
+        }
+        let limits = config.proxy.clone();
+        Ok(Injector {
+            upstreams,
+            leafs,
+            origins,
+            credentials,
+            gate: Arc::new(AllowAll),
+            clients: upstream::UpstreamClients::new(
+                config.daemon.bypass_mark,
+                Duration::from_secs(limits.upstream_connect_timeout_secs),
+            ),
+            connections: Arc::new(Semaphore::new(limits.max_connections)),
+            bypass_mark: config.daemon.bypass_mark,
+            limits,
+        })
+    }
+
+    /// Sets the per-request policy decision.
+    pub fn with_gate(mut self, gate: Arc<dyn RequestGate>) -> Injector {
+        self.gate = gate;
+        self
+    }
+
+    /// Accepts connections on `listener` until the task is dropped. Call once
+    /// per listener (IPv4 and IPv6) on the same `Arc<Injector>`.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and the like: keep serving the connections we have.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(origin) = self.origins.take(peer) else {
+                tracing::warn!(
+                    %peer,
+                    "connection without an Origin (not redirected by warrant; a process connected to the listener directly): closed"
+                );
+                drop(stream);
+                continue;
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    %peer,
+                    max_connections = self.limits.max_connections,
+                    "connection cap reached: closed"
+                );
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = this.connection(stream, origin).await {
+                    tracing::debug!(%peer, tgid = origin.tgid, %error, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+    }
+
+    fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.header_read_timeout_secs)
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        origin: Origin,
+    ) -> Result<(), BoxError> {
+        let _ = stream.set_nodelay(true);
+        let mut first = [0u8; 1];
+        let n = tokio::time::timeout(self.header_timeout(), stream.peek(&mut first)).await??;
+        if n == 0 {
+            return Ok(());
+        }
+        // 0x16: a TLS handshake record. Anything else is taken as plain HTTP.
+        if first[0] != 0x16 {
+            return self.serve_http(stream, origin, None).await;
+        }
+        let mut recorded = Vec::new();
+        let sni = {
+            let reader = io::Recording {
+                inner: &mut stream,
+                recorded: &mut recorded,
+            };
+            let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), reader);
+            let start = tokio::time::timeout(self.header_timeout(), acceptor).await??;
+            start
+                .client_hello()
+                .server_name()
+                .map(str::to_ascii_lowercase)
+        };
+        let upstream = sni.as_deref().and_then(|s| self.upstreams.get(s)).cloned();
+        let Some(upstream) = upstream else {
+            tracing::debug!(sni = ?sni, dst = %origin.original_dst, "not an intercepted host: splicing");
+            return self.tunnel(recorded, stream, origin).await;
+        };
+        let config = self.leafs.server_config(&upstream.host)?;
+        let replay = io::Prefixed::new(recorded, stream);
+        let tls = tokio::time::timeout(
+            self.header_timeout(),
+            TlsAcceptor::from(config).accept(replay),
+        )
+        .await??;
+        self.serve_http(tls, origin, Some(upstream)).await
+    }
+
+    /// Splices `recorded` and then the rest of the stream, both ways,
+    /// untouched, to the Origin's original destination.
+    async fn tunnel(
+        &self,
+        recorded: Vec<u8>,
+        stream: TcpStream,
+        origin: Origin,
+    ) -> Result<(), BoxError> {
+        let connect_timeout = Duration::from_secs(self.limits.upstream_connect_timeout_secs);
+        let mut remote = tokio::time::timeout(
+            connect_timeout,
+            connect_marked(origin.original_dst, self.bypass_mark),
+        )
+        .await
+        .map_err(|_| "connect to the original destination timed out")??;
+        remote.write_all(&recorded).await?;
+        let activity = io::Activity::new();
+        let mut agent = io::Tracked::new(stream, activity.clone());
+        let idle = Duration::from_secs(self.limits.idle_timeout_secs);
+        tokio::select! {
+            result = tokio::io::copy_bidirectional(&mut agent, &mut remote) => { result?; }
+            () = activity.idle(idle) => tracing::debug!("spliced connection idle: closed"),
+        }
+        Ok(())
+    }
+
+    async fn serve_http<S>(
+        self: Arc<Self>,
+        stream: S,
+        origin: Origin,
+        upstream: Option<Arc<Upstream>>,
+    ) -> Result<(), BoxError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = io::Activity::new();
+        let io = TokioIo::new(io::Tracked::new(stream, activity.clone()));
+        let tls = upstream.is_some();
+        let this = self.clone();
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let this = this.clone();
+            let upstream = upstream.clone();
+            async move { Ok::<_, Infallible>(this.request(req, origin, upstream, tls).await) }
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout())
+            // hyper refuses buffers under 8 KiB.
+            .max_buf_size(self.limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX));
+        let conn = builder.serve_connection_with_upgrades(io, service);
+        let idle = Duration::from_secs(self.limits.idle_timeout_secs);
+        tokio::select! {
+            result = conn => result?,
+            () = activity.idle(idle) => tracing::debug!("connection idle: closed"),
+        }
+        Ok(())
+    }
+
+    /// One request, through every phase.
+    async fn request(
+        &self,
+        mut req: Request<Incoming>,
+        origin: Origin,
+        tls_upstream: Option<Arc<Upstream>>,
+        tls: bool,
+    ) -> Response<ProxyBody> {
+        // Route: by SNI for TLS; by Host (or h2 :authority) for plain HTTP,
+        // and then only to upstreams that opted in with `plain_http`.
+        let upstream = match tls_upstream {
+            Some(up) => Some(up),
+            None => request_host(&req)
+                .and_then(|h| self.upstreams.get(&h).cloned())
+                .filter(|up| up.plain_http),
+        };
+        let Some(upstream) = upstream else {
+            return self.pass_through(req, origin).await;
+        };
+        let shape = upstream.splicer.scheme().error_shape;
+        if !tls && !resolves_to(&upstream.host, origin.original_dst).await {
+            tracing::warn!(
+                upstream = %upstream.host,
+                dst = %origin.original_dst,
+                tgid = origin.tgid,
+                "plain HTTP to an address the host does not resolve to: refused"
+            );
+            return error_response(
+                shape,
+                StatusCode::FORBIDDEN,
+                &format!(
+                    "warrant refused this request: {} is not an address of {} (plain HTTP destinations are checked against DNS)",
+                    origin.original_dst.ip(),
+                    upstream.host
+                ),
+            );
+        }
+
+        let findings = upstream.splicer.inspect(req.headers(), req.uri());
+        if !findings.is_empty() {
+            for finding in &findings {
+                tracing::warn!(
+                    upstream = %upstream.host,
+                    tgid = origin.tgid,
+                    uid = origin.uid,
+                    cgroup_id = origin.cgroup_id,
+                    location = %finding.location,
+                    fingerprint = %finding.fingerprint,
+                    "the agent sent what looks like a real API key (agents should hold only a placeholder)"
+                );
+            }
+            if self.limits.agent_keys == AgentKeyAction::Refuse {
+                let prints: Vec<&str> = findings.iter().map(|f| f.fingerprint.as_str()).collect();
+                return error_response(
+                    shape,
+                    StatusCode::FORBIDDEN,
+                    &format!(
+                        "warrant refused this request: it carries what looks like a real API key ({}); the agent must use a placeholder, warrant injects the credential",
+                        prints.join(", ")
+                    ),
+                );
+            }
+        }
+
+        let decision = self
+            .gate
+            .check(GateRequest {
+                origin: &origin,
+                upstream: &upstream.host,
+                method: req.method(),
+                path: req.uri().path(),
+                headers: req.headers(),
+            })
+            .await;
+        if let GateDecision::Refuse { status, message } = decision {
+            return error_response(
+                shape,
+                status,
+                &format!("warrant policy refused this request: {message}"),
+            );
+        }
+
+        let credential = match self.credentials.current(&upstream.credential).await {
+            Ok(credential) => credential,
+            Err(error) => {
+                tracing::warn!(upstream = %upstream.host, %error, "no credential");
+                return error_response(
+                    shape,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "warrant has no credential for {} right now: {error}",
+                        upstream.host
+                    ),
+                );
+            }
+        };
+
+        let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let uri = match upstream
+            .splicer
+            .apply(&mut parts.headers, &parts.uri, &credential)
+        {
+            Ok(uri) => uri,
+            Err(error) => {
+                tracing::error!(upstream = %upstream.host, %error, "cannot splice the credential");
+                return error_response(
+                    shape,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!(
+                        "warrant cannot use the credential for {}: {error}",
+                        upstream.host
+                    ),
+                );
+            }
+        };
+        strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        // The client sets Host / :authority from the URI built below.
+        parts.headers.remove(header::HOST);
+        // Ask for an uncompressed body, so an echoed credential can be found.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+        let Some(target) = upstream_uri(&upstream.host, origin.original_dst, tls, &uri) else {
+            return error_response(
+                shape,
+                StatusCode::BAD_REQUEST,
+                "warrant cannot rebuild the request URI",
+            );
+        };
+        parts.uri = target;
+        parts.version = Version::HTTP_11;
+        let forward = Request::from_parts(parts, body);
+
+        let client = match self.clients.get(
+            &upstream.host,
+            origin.original_dst,
+            tls.then_some(&upstream.tls),
+        ) {
+            Ok(client) => client,
+            Err(error) => return self.upstream_failed(shape, &upstream.host, &error),
+        };
+        let timeout = Duration::from_secs(self.limits.upstream_response_timeout_secs);
+        let mut response = match tokio::time::timeout(timeout, client.request(forward)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return self.upstream_failed(shape, &upstream.host, &error),
+            Err(_) => {
+                tracing::warn!(upstream = %upstream.host, "upstream response timed out");
+                return error_response(
+                    shape,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "warrant: {} did not answer within {} s",
+                        upstream.host,
+                        timeout.as_secs()
+                    ),
+                );
+            }
+        };
+
+        if let Some(agent_side) = upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match tokio::try_join!(agent_side, upstream_side) {
+                    Ok((agent, remote)) => {
+                        let mut agent = TokioIo::new(agent);
+                        let mut remote = TokioIo::new(remote);
+                        let _ = tokio::io::copy_bidirectional(&mut agent, &mut remote).await;
+                    }
+                    Err(error) => tracing::debug!(%error, "upgrade failed"),
+                }
+            });
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, empty());
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        Response::from_parts(parts, Redact::new(body, credential).boxed())
+    }
+
+    /// Plain HTTP to a host that is not configured: forwarded unchanged
+    /// (no credential) to the original destination.
+    async fn pass_through(&self, req: Request<Incoming>, origin: Origin) -> Response<ProxyBody> {
+        let host = request_host(&req).unwrap_or_else(|| origin.original_dst.ip().to_string());
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        let Some(target) = upstream_uri(&host, origin.original_dst, false, &parts.uri) else {
+            return error_response(
+                ErrorShape::OpenAi,
+                StatusCode::BAD_REQUEST,
+                "warrant cannot rebuild the request URI",
+            );
+        };
+        parts.uri = target;
+        parts.version = Version::HTTP_11;
+        let client = match self.clients.get(&host, origin.original_dst, None) {
+            Ok(client) => client,
+            Err(error) => return self.upstream_failed(ErrorShape::OpenAi, &host, &error),
+        };
+        match client.request(Request::from_parts(parts, body)).await {
+            Ok(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers, false);
+                Response::from_parts(parts, body.map_err(BoxError::from).boxed())
+            }
+            Err(error) => self.upstream_failed(ErrorShape::OpenAi, &host, &error),
+        }
+    }
+
+    fn upstream_failed(
+        &self,
+        shape: ErrorShape,
+        host: &str,
+        error: &(dyn std::error::Error + 'static),
+    ) -> Response<ProxyBody> {
+        let cause = error_chain(error);
+        tracing::warn!(upstream = %host, cause = %cause, "upstream failed");
+        let status = if cause.contains("timed out") {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        error_response(
+            shape,
+            status,
+            &format!("warrant could not reach {host}: {cause}"),
+        )
+    }
+}
+
+/// Whether `host` resolves to `dst`'s address. Plain HTTP has no certificate
+/// to authenticate the destination, so the agent's choice of address is
+/// checked against the system resolver before a credential goes there.
+async fn resolves_to(host: &str, dst: SocketAddr) -> bool {
+    let want = crate::origin::normalize(dst).ip();
+    match tokio::net::lookup_host((host, dst.port())).await {
+        Ok(addrs) => addrs
+            .map(|a| crate::origin::normalize(a).ip())
+            .any(|ip| ip == want),
+        Err(error) => {
+            tracing::warn!(%host, %error, "cannot resolve an upstream host");
+            false
+        }
+    }
+}
+
+/// The error and its sources, joined: hyper's own message is generic
+/// ("client error (Connect)"); the cause is further down.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(next) = source {
+        parts.push(next.to_string());
+        source = next.source();
+    }
+    parts.join(": ")
+}
+
+fn empty() -> ProxyBody {
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn error_response(shape: ErrorShape, status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = error_body(shape, status, message);
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The request's host, lower case, without a port: the Host header (h1) or
+/// the URI authority (h2, absolute-form).
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_owned())
+        .or_else(|| {
+            let host = req.headers().get(header::HOST)?.to_str().ok()?;
+            let authority: http::uri::Authority = host.parse().ok()?;
+            Some(authority.host().to_owned())
+        })?;
+    Some(authority.to_ascii_lowercase())
+}
+
+/// `https://host[:port]/path?query` toward the upstream. The port is the
+/// one the agent dialled, so Host matches what the agent sent.
+fn upstream_uri(host: &str, dst: SocketAddr, tls: bool, uri: &Uri) -> Option<Uri> {
+    let (scheme, default_port) = if tls { ("https", 443) } else { ("http", 80) };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = if dst.port() == default_port {
+        host.to_owned()
+    } else {
+        format!("{host}:{}", dst.port())
+    };
+    format!("{scheme}://{authority}{path}").parse().ok()
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 7.6.1), keeping Connection and
+/// Upgrade for a protocol upgrade.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty() && (!keep_upgrade || t != "upgrade"))
+        .collect();
+    for name in named {
+        headers.remove(name.as_str());
+    }
+    for name in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "transfer-encoding",
+    ] {
+        headers.remove(name);
+    }
+    if !keep_upgrade {
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(header::TE);
+    }
+}

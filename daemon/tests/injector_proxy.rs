@@ -1,0 +1,566 @@
+//! The injector end to end, in-process and unprivileged: agent-side clients
+//! trusting warrant's CA, the injector with `StaticOrigins`, and a mock
+//! provider on loopback with its own throwaway CA.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod injector_support;
+
+use std::{sync::Arc, time::Duration};
+
+use http::{StatusCode, Version};
+use http_body_util::BodyExt;
+use injector_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warrant::proxy::{GateDecision, GateFuture, GateRequest, RequestGate};
+
+/// Upper bound for anything the tests wait on, so a regression fails
+/// instead of hanging. Nothing waits for it to pass.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+const H2_H1: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+fn auth(seen: &Seen) -> Vec<String> {
+    seen.headers
+        .get_all("authorization")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn http1_agent_gets_the_real_credential_spliced_in_and_the_placeholder_removed() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    let mut agent = harness.h1(mock.addr, OPENAI).await;
+    let response = agent
+        .send(request(
+            OPENAI,
+            "/v1/chat/completions",
+            &[
+                ("authorization", "Bearer placeholder"),
+                ("Authorization", "Bearer placeholder"),
+            ],
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), Version::HTTP_11);
+    assert_eq!(body_text(response).await, "{\"ok\":true}");
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(auth(&seen[0]), vec![format!("Bearer {OPENAI_KEY}")]);
+    assert_eq!(seen[0].uri.path(), "/v1/chat/completions");
+    assert!(!format!("{:?}", seen[0].headers).contains(PLACEHOLDER));
+    assert_no_secret_in_logs();
+}
+
+#[tokio::test]
+async fn http2_agent_gets_the_real_credential_over_h2() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    let mut agent = harness.h2(mock.addr, OPENAI).await;
+    let response = agent
+        .send(request(
+            OPENAI,
+            "/v1/responses",
+            &[("authorization", "Bearer placeholder")],
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), Version::HTTP_2);
+    body_text(response).await;
+    let seen = mock.seen();
+    assert_eq!(auth(&seen[0]), vec![format!("Bearer {OPENAI_KEY}")]);
+    // The upstream spoke h2 too (negotiated by ALPN on the pooled connection).
+    assert_eq!(seen[0].version, Version::HTTP_2);
+    assert_no_secret_in_logs();
+}
+
+#[tokio::test]
+async fn an_h2_agent_reaches_an_http1_only_upstream() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &[b"http/1.1"]).await;
+    let harness = Harness::start(&pki).await;
+    let mut agent = harness.h2(mock.addr, OPENAI).await;
+    let response = agent
+        .send(request(
+            OPENAI,
+            "/v1/models",
+            &[("authorization", "Bearer placeholder")],
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    body_text(response).await;
+    let seen = mock.seen();
+    assert_eq!(seen[0].version, Version::HTTP_11);
+    // Host as the agent dialled it (the mock is not on 443).
+    assert_eq!(
+        seen[0].headers.get("host").unwrap().to_str().unwrap(),
+        format!("{OPENAI}:{}", mock.addr.port())
+    );
+    assert_eq!(auth(&seen[0]), vec![format!("Bearer {OPENAI_KEY}")]);
+}
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_across_agent_connections() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &[b"http/1.1"]).await;
+    let harness = Harness::start(&pki).await;
+    for _ in 0..3 {
+        let mut agent = harness.h1(mock.addr, OPENAI).await;
+        let response = agent.send(request(OPENAI, "/v1/models", &[])).await;
+        body_text(response).await;
+    }
+    assert_eq!(mock.seen().len(), 3);
+    assert_eq!(
+        mock.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_first_sse_event_reaches_the_agent_before_the_upstream_finishes() {
+    for h2 in [false, true] {
+        let pki = TestPki::new();
+        let mock = Mock::start(&pki, &H2_H1).await;
+        let harness = Harness::start(&pki).await;
+        let mut agent = if h2 {
+            harness.h2(mock.addr, OPENAI).await
+        } else {
+            harness.h1(mock.addr, OPENAI).await
+        };
+        let response = agent
+            .send(request(
+                OPENAI,
+                "/v1/sse",
+                &[("authorization", "Bearer placeholder")],
+            ))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        // The upstream holds the rest until released: if the injector buffered,
+        // this frame would never come.
+        let first = tokio::time::timeout(DEADLINE, body.frame())
+            .await
+            .expect("first SSE event was buffered")
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        assert_eq!(&first[..], b"data: {\"n\":1}\n\n");
+        mock.release.notify_one();
+        let rest = tokio::time::timeout(DEADLINE, body.collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&rest[..], b"data: {\"n\":2}\n\ndata: [DONE]\n\n");
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_sni_is_spliced_and_the_client_sees_the_real_servers_certificate() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &[b"http/1.1"]).await;
+    let harness = Harness::start(&pki).await;
+    let tcp = harness.connect(mock.addr).await;
+    // Trusting only the mock's CA: this handshake succeeds only if the
+    // injector passed the bytes through to the mock untouched.
+    let tls = tls_over(tcp, pki.roots(), "other.example", &[b"http/1.1"]).await;
+    let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(presented, mock.cert);
+    let mut agent = Sender::h1(tls).await;
+    let response = agent
+        .send(request(
+            "other.example",
+            "/anything",
+            &[("authorization", "Bearer placeholder")],
+        ))
+        .await;
+    body_text(response).await;
+    // Passed through untouched: the placeholder arrived, no credential did.
+    assert_eq!(auth(&mock.seen()[0]), vec!["Bearer placeholder".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_connection_without_an_origin_is_closed_without_a_response() {
+    let pki = TestPki::new();
+    let harness = Harness::start(&pki).await;
+    let mut tcp = harness.connect_directly().await;
+    let _ = tcp
+        .write_all(b"GET / HTTP/1.1\r\nhost: api.openai.com\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(DEADLINE, tcp.read(&mut buf))
+        .await
+        .expect("the injector kept a connection without an Origin open");
+    // EOF or a reset: either way, not one byte of response.
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(logs().contains("without an Origin"));
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_gives_502_in_each_providers_error_shape() {
+    let pki = TestPki::new();
+    let harness = Harness::start(&pki).await;
+    let down = closed_port().await;
+
+    let mut openai = harness.h1(down, OPENAI).await;
+    let response = openai
+        .send(request(OPENAI, "/v1/chat/completions", &[]))
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("warrant") && message.contains(OPENAI),
+        "{message}"
+    );
+    assert!(body["error"]["type"].is_string());
+
+    let mut anthropic = harness.h2(down, ANTHROPIC).await;
+    let response = anthropic
+        .send(request(ANTHROPIC, "/v1/messages", &[]))
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert_eq!(body["type"], "error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("warrant")
+    );
+
+    let mut gemini = harness.h1(down, GEMINI).await;
+    let response = gemini
+        .send(request(GEMINI, "/v1beta/models/m:generateContent", &[]))
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert_eq!(body["error"]["code"], 502);
+    assert!(body["error"]["status"].is_string());
+    assert_no_secret_in_logs();
+}
+
+#[tokio::test]
+async fn an_upstream_tls_failure_gives_502_naming_the_cause() {
+    let pki = TestPki::new();
+    // A mock whose CA the injector does not trust for this upstream.
+    let other = TestPki::new();
+    let mock = Mock::start(&other, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    let mut agent = harness.h1(mock.addr, OPENAI).await;
+    let response = agent.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let text = body_text(response).await;
+    assert!(text.contains("TLS"), "{text}");
+    assert!(mock.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_credential_echoed_by_the_upstream_is_redacted() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    for h2 in [false, true] {
+        let mut agent = if h2 {
+            harness.h2(mock.addr, ANTHROPIC).await
+        } else {
+            harness.h1(mock.addr, ANTHROPIC).await
+        };
+        let response = agent
+            .send(request(
+                ANTHROPIC,
+                "/v1/echo",
+                &[("x-api-key", "placeholder")],
+            ))
+            .await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let text = body_text(response).await;
+        assert!(
+            !text.contains(ANTHROPIC_KEY),
+            "echoed key reached the agent"
+        );
+        assert!(text.contains(&"*".repeat(ANTHROPIC_KEY.len())), "{text}");
+    }
+    // It did reach the upstream, as x-api-key (the agent's form).
+    let seen = mock.seen();
+    assert_eq!(seen[0].headers.get("x-api-key").unwrap(), ANTHROPIC_KEY);
+}
+
+#[tokio::test]
+async fn a_real_looking_agent_key_is_refused_and_nothing_is_forwarded() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    let leaked = "sk-proj-LEAKED0123456789abcdefghijklmnopqrstuv";
+    let mut agent = harness.h1(mock.addr, OPENAI).await;
+    let response = agent
+        .send(request(
+            OPENAI,
+            "/v1/chat/completions",
+            &[("authorization", &format!("Bearer {leaked}"))],
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let text = body_text(response).await;
+    assert!(!text.contains(leaked));
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("warrant")
+    );
+    assert!(mock.seen().is_empty());
+    assert!(
+        !logs().contains(leaked),
+        "the agent's key appeared in the logs"
+    );
+    assert!(logs().contains(&warrant::secret::fingerprint(leaked.as_bytes())));
+}
+
+#[tokio::test]
+async fn with_agent_keys_warn_a_real_looking_key_is_replaced_and_forwarded() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start_with(&pki, "[proxy]\nagent_keys = \"warn\"", None).await;
+    let leaked = "sk-proj-LEAKED0123456789abcdefghijklmnopqrstuv";
+    let mut agent = harness.h1(mock.addr, OPENAI).await;
+    let response = agent
+        .send(request(
+            OPENAI,
+            "/v1/models",
+            &[("authorization", &format!("Bearer {leaked}"))],
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    body_text(response).await;
+    assert_eq!(auth(&mock.seen()[0]), vec![format!("Bearer {OPENAI_KEY}")]);
+}
+
+#[tokio::test]
+async fn gemini_gets_x_goog_api_key_and_loses_the_key_query_parameter() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    let mut agent = harness.h2(mock.addr, GEMINI).await;
+    let response = agent
+        .send(request(
+            GEMINI,
+            "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse&key=placeholder",
+            &[("x-goog-api-key", "placeholder")],
+        ))
+        .await;
+    body_text(response).await;
+    let seen = &mock.seen()[0];
+    assert_eq!(seen.headers.get("x-goog-api-key").unwrap(), GEMINI_KEY);
+    assert_eq!(seen.uri.query(), Some("alt=sse"));
+}
+
+struct RefuseAll;
+
+impl RequestGate for RefuseAll {
+    fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
+        let message = format!(
+            "{} {} is not allowed for uid {}",
+            request.method, request.path, request.origin.uid
+        );
+        Box::pin(async move {
+            GateDecision::Refuse {
+                status: StatusCode::FORBIDDEN,
+                message,
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_gate_refusal_is_answered_in_the_providers_shape_and_nothing_is_forwarded() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start_with(&pki, "", Some(Arc::new(RefuseAll))).await;
+    let mut agent = harness.h1(mock.addr, ANTHROPIC).await;
+    let response = agent.send(request(ANTHROPIC, "/v1/messages", &[])).await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert_eq!(body["type"], "error");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/messages is not allowed for uid 1001")
+    );
+    assert!(mock.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_gets_the_credential_and_is_relayed_both_ways() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &[b"http/1.1"]).await;
+    let harness = Harness::start(&pki).await;
+    let mut agent = harness.h1(mock.addr, OPENAI).await;
+    let mut req = request(
+        OPENAI,
+        "/v1/realtime",
+        &[
+            ("authorization", "Bearer placeholder"),
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+        ],
+    );
+    *req.method_mut() = http::Method::GET;
+    let response = agent.send(req).await;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let upgraded = tokio::time::timeout(DEADLINE, hyper::upgrade::on(response))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    io.write_all(b"hello realtime").await.unwrap();
+    let mut buf = [0u8; 14];
+    tokio::time::timeout(DEADLINE, io.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"hello realtime");
+    assert_eq!(auth(&mock.seen()[0]), vec![format!("Bearer {OPENAI_KEY}")]);
+}
+
+async fn plain_request(
+    harness: &Harness,
+    mock: &Mock,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, String) {
+    let tcp = harness.connect(mock.addr).await;
+    let mut agent = Sender::h1(tcp).await;
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("host", format!("{host}:{}", mock.addr.port()));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(b"{}")))
+        .unwrap();
+    let response = agent.send(req).await;
+    let status = response.status();
+    (status, body_text(response).await)
+}
+
+#[tokio::test]
+async fn plain_http_to_an_opted_in_gateway_is_proxied_with_the_credential() {
+    let pki = TestPki::new();
+    let mock = Mock::start_plain(&pki, "127.0.0.1").await;
+    let harness = Harness::start(&pki).await;
+    let (status, _) = plain_request(
+        &harness,
+        &mock,
+        "localhost",
+        &[("x-gateway-token", "placeholder")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = &mock.seen()[0];
+    assert_eq!(seen.headers.get("x-gateway-token").unwrap(), OPENAI_KEY);
+    assert_eq!(
+        seen.headers.get("host").unwrap().to_str().unwrap(),
+        format!("localhost:{}", mock.addr.port())
+    );
+}
+
+#[tokio::test]
+async fn plain_http_to_an_address_the_gateway_does_not_resolve_to_gets_no_credential() {
+    let pki = TestPki::new();
+    // localhost is 127.0.0.1 (and ::1), not 127.0.0.2: an agent claiming
+    // Host: localhost while dialling elsewhere must not get the credential.
+    let mock = Mock::start_plain(&pki, "127.0.0.2").await;
+    let harness = Harness::start(&pki).await;
+    let (status, body) = plain_request(
+        &harness,
+        &mock,
+        "localhost",
+        &[("x-gateway-token", "placeholder")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("warrant"), "{body}");
+    assert!(mock.seen().is_empty());
+    assert_no_secret_in_logs();
+}
+
+#[tokio::test]
+async fn plain_http_to_a_tls_only_upstream_is_passed_through_without_a_credential() {
+    let pki = TestPki::new();
+    let mock = Mock::start_plain(&pki, "127.0.0.1").await;
+    let harness = Harness::start(&pki).await;
+    let (status, _) = plain_request(
+        &harness,
+        &mock,
+        OPENAI,
+        &[("authorization", "Bearer placeholder")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(auth(&mock.seen()[0]), vec!["Bearer placeholder".to_owned()]);
+}
+
+#[tokio::test]
+async fn plain_http_to_another_host_is_passed_through_without_a_credential() {
+    let pki = TestPki::new();
+    let mock = Mock::start_plain(&pki, "127.0.0.1").await;
+    let harness = Harness::start(&pki).await;
+    let (status, _) = plain_request(
+        &harness,
+        &mock,
+        "example.internal",
+        &[("authorization", "Bearer placeholder")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(auth(&mock.seen()[0]), vec!["Bearer placeholder".to_owned()]);
+}
+
+#[tokio::test]
+async fn an_unavailable_credential_gives_503_in_the_providers_shape() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    let mut agent = harness.h1(mock.addr, MISSING).await;
+    let response = agent
+        .send(request(MISSING, "/v1/chat/completions", &[]))
+        .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("warrant")
+    );
+    assert!(mock.seen().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_tls_closes_only_that_connection() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    let mut bad = harness.connect(mock.addr).await;
+    // A handshake record header followed by garbage.
+    bad.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 0xff, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let _ = tokio::time::timeout(DEADLINE, bad.read(&mut buf))
+        .await
+        .unwrap();
+    // The injector still serves others.
+    let mut agent = harness.h1(mock.addr, OPENAI).await;
+    let response = agent.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
