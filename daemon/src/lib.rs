@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod notify;
 pub mod origin;
 pub mod proxy;
 pub mod redirect;
