@@ -7,6 +7,7 @@
 //! demo    the daemon injecting a credential into a sample agent
 //! bench   the benchmarks, printed as ratios against a baseline in one run
 
+mod demo;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -35,6 +36,8 @@ enum Task {
     },
     /// rustfmt --check and clippy -D warnings.
     Lint,
+    /// Run the demo: the daemon injecting a credential into a sample agent.
+    Demo,
     /// Run a benchmark: redirect | attest | policy (all if none given).
     Bench { name: Option<String> },
 }
@@ -79,6 +82,7 @@ fn run(cli: Cli) -> Result<()> {
                 "warnings",
             ])
         }
+        Task::Demo => demo::run(),
         Task::Bench { name } => bench(name.as_deref()),
     }
 }
@@ -177,7 +181,7 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn workspace_root() -> std::path::PathBuf {
+pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(|p| p.to_owned())
