@@ -7,6 +7,8 @@
 
 pub mod config;
 pub mod credentials;
+pub mod duration;
 pub mod origin;
+pub mod policy;
 pub mod redirect;
 pub mod secret;
