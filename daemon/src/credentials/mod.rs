@@ -71,3 +71,15 @@ impl CredentialSource for StaticCredentials {
 pub fn make_non_dumpable() -> Result<(), nix::Error> {
     nix::sys::prctl::set_dumpable(false)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn process_becomes_non_dumpable() {
+        make_non_dumpable().unwrap();
+        assert!(!nix::sys::prctl::get_dumpable().unwrap());
+    }
+}
