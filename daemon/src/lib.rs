@@ -8,8 +8,10 @@
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod duration;
 pub mod notify;
 pub mod origin;
+pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod secret;

@@ -42,6 +42,8 @@ pub struct Config {
     pub credentials: Vec<CredentialConfig>,
     #[serde(default, rename = "policy")]
     pub policies: Vec<PolicyConfig>,
+    #[serde(default, rename = "posture")]
+    pub postures: Vec<PostureConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -326,6 +328,53 @@ pub struct CredentialConfig {
     pub id: Option<String>,
     #[serde(default)]
     pub command: Option<Vec<String>>,
+    // The keys below are documented, with their defaults, in
+    // `credentials::settings` (one place for what they mean and why).
+    /// oauth2 / token-exchange: the token endpoint (https, or http on loopback).
+    #[serde(default)]
+    pub token_url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// none | client_secret_basic | client_secret_post | private_key_jwt.
+    #[serde(default)]
+    pub client_auth: Option<Spanned<String>>,
+    /// The [[credential]] holding the OAuth client secret.
+    #[serde(default)]
+    pub client_secret_credential: Option<Spanned<String>>,
+    /// PEM private key signing private_key_jwt client assertions.
+    #[serde(default)]
+    pub private_key_path: Option<PathBuf>,
+    /// RS256 | RS384 | RS512 | ES256 | ES384 | PS256 | EdDSA.
+    #[serde(default)]
+    pub signing_alg: Option<Spanned<String>>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub assertion_audience: Option<String>,
+    #[serde(default)]
+    pub audience: Option<String>,
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// token-exchange: "token-exchange" (RFC 8693) or "jwt-bearer" (RFC 7523).
+    #[serde(default)]
+    pub grant: Option<Spanned<String>>,
+    #[serde(default)]
+    pub requested_token_type: Option<String>,
+    #[serde(default)]
+    pub subject_token_path: Option<PathBuf>,
+    #[serde(default)]
+    pub subject_token_credential: Option<Spanned<String>>,
+    #[serde(default)]
+    pub subject_token_type: Option<String>,
+    /// Durations such as "10s", "5m", "1h".
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub refresh_ahead: Option<Spanned<String>>,
+    #[serde(default)]
+    pub refresh_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -345,21 +394,57 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub time: Option<TimeWindowConfig>,
     #[serde(default)]
-    pub posture: Vec<String>,
+    pub posture: Vec<Spanned<String>>,
     #[serde(default)]
     pub tokens_per_hour: Option<u64>,
     #[serde(default)]
     pub cost_per_day_usd: Option<f64>,
     #[serde(default)]
     pub requests_per_minute: Option<u64>,
+    /// OpenSSH ed25519 public keys ("ssh-ed25519 AAAA... comment"); when
+    /// given, the executable must carry an sshsig signature by one of them.
+    #[serde(default)]
+    pub exe_signers: Vec<Spanned<String>>,
+    /// The sshsig namespace the signature was made for.
+    #[serde(default)]
+    pub exe_signature_namespace: Option<String>,
+}
+
+/// A named posture check: the latest result of a scanner or EDR, read from a
+/// file or a command's output as JSON `{"status": "pass", "checked_at": RFC3339}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostureConfig {
+    pub name: Spanned<String>,
+    /// file | command
+    pub source: Spanned<String>,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// A result older than this (by its checked_at) denies. Default "1h".
+    #[serde(default)]
+    pub max_age: Option<Spanned<String>>,
+    /// How often the source is read. Default "60s".
+    #[serde(default)]
+    pub interval: Option<Spanned<String>>,
+    /// command only: how long it may run. Default "10s".
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeWindowConfig {
-    pub days: Option<String>,
-    pub hours: Option<String>,
-    pub tz: Option<String>,
+    /// "Mon-Fri", "Sat,Sun", "*"; default every day.
+    #[serde(default)]
+    pub days: Option<Spanned<String>>,
+    /// "08:00-18:00"; "22:00-06:00" crosses midnight; default all day.
+    #[serde(default)]
+    pub hours: Option<Spanned<String>>,
+    /// IANA zone name; default "UTC".
+    #[serde(default)]
+    pub tz: Option<Spanned<String>>,
 }
 
 impl Config {
@@ -486,6 +571,8 @@ impl Config {
                 ));
             }
         }
+        crate::credentials::settings::validate(&self.credentials, text, origin)?;
+        crate::policy::posture::validate(&self.postures, text, origin)?;
         let mut hosts = std::collections::HashSet::new();
         for upstream in &self.upstreams {
             const SCHEMES: &[&str] = &["openai", "anthropic", "gemini", "generic"];
@@ -565,6 +652,7 @@ impl Config {
                     .map_err(|e| err(glob.span(), format!("bad glob {:?}: {e}", glob.get_ref())))?;
             }
         }
+        crate::policy::validate(&self.policies, &self.postures, text, origin)?;
         Ok(())
     }
 

@@ -1,5 +1,21 @@
 //! Credentials: where the real keys come from, and the interface the injector
 //! uses to get the current value of one.
+//!
+//! `CredentialStore` (store.rs) implements `CredentialSource` over the
+//! providers (file, systemd, exec, oauth2/token-exchange), caching and
+//! refreshing each credential; `settings::store_from_config` builds it.
+
+pub mod clock;
+pub mod exec;
+pub mod file;
+pub mod oauth;
+pub mod provider;
+pub mod settings;
+pub mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use settings::{StoreOptions, store_from_config};
+pub use store::{CredentialStatus, CredentialStore};
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
@@ -45,5 +61,25 @@ impl CredentialSource for StaticCredentials {
             .cloned()
             .ok_or_else(|| CredentialError::NotConfigured(name.to_owned()));
         Box::pin(async move { found })
+    }
+}
+
+/// Makes the process non-dumpable: no core dumps, and other processes of
+/// the same uid cannot ptrace it or read /proc/self/mem, so credentials in
+/// memory stay in memory. Call once at startup, before any credential is
+/// fetched.
+pub fn make_non_dumpable() -> Result<(), nix::Error> {
+    nix::sys::prctl::set_dumpable(false)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn process_becomes_non_dumpable() {
+        make_non_dumpable().unwrap();
+        assert!(!nix::sys::prctl::get_dumpable().unwrap());
     }
 }

@@ -1,0 +1,382 @@
+//! `oauth2` and `token-exchange` credentials: short-lived tokens from a token
+//! endpoint.
+//!
+//! - oauth2: the client-credentials grant (RFC 6749 §4.4);
+//! - token-exchange: RFC 8693 token exchange, or the RFC 7523 jwt-bearer
+//!   grant, with a subject token read from a file or another credential (the
+//!   instance identity token plugs in here later).
+//!
+//! Client authentication (RFC 6749 §2.3, OpenID Connect Core §9):
+//! `client_secret_basic`, `client_secret_post` (the secret is another
+//! configured credential), `private_key_jwt` (RFC 7523 §2.2: a short JWT
+//! signed with a root-only key file), or `none`.
+//!
+//! Error messages carry the HTTP status and the OAuth `error` code, never a
+//! request or response body: both hold secrets.
+
+use std::{path::PathBuf, time::Duration};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{
+    file::check_root_only,
+    provider::{IssueContext, IssueFuture, Issued, Provider},
+};
+use crate::secret::Secret;
+
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const GRANT_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// Lifetime of a private_key_jwt client assertion: long enough for clock
+/// skew, short enough that a captured assertion is soon useless.
+const ASSERTION_LIFETIME_SECONDS: i64 = 120;
+/// Token responses larger than this are refused.
+const MAX_RESPONSE: usize = 256 * 1024;
+
+/// The HTTPS client for token endpoints (system roots; plain http is
+/// accepted by validation only for loopback endpoints, i.e. tests).
+#[derive(Clone)]
+pub struct TokenClient {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl TokenClient {
+    pub fn new() -> Result<TokenClient, String> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_native_roots(provider)
+            .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(TokenClient { client })
+    }
+
+    /// POSTs a form and returns the status and body.
+    async fn post_form(
+        &self,
+        url: &str,
+        authorization: Option<&str>,
+        form: Zeroizing<String>,
+        timeout: Duration,
+    ) -> Result<(http::StatusCode, Bytes), String> {
+        let mut request = http::Request::post(url)
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json");
+        if let Some(value) = authorization {
+            request = request.header(http::header::AUTHORIZATION, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(form.as_bytes().to_vec())))
+            .map_err(|e| format!("bad token_url {url:?}: {e}"))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("token endpoint {url} unreachable: {e}"))?;
+            let status = response.status();
+            let body = Limited::new(response.into_body(), MAX_RESPONSE)
+                .collect()
+                .await
+                .map_err(|e| format!("token endpoint {url}: reading the response: {e}"))?
+                .to_bytes();
+            Ok::<_, String>((status, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| format!("token endpoint {url} did not answer within {timeout:?}"))?
+    }
+}
+
+/// How the client authenticates to the token endpoint.
+pub enum ClientAuth {
+    None,
+    /// The secret is the named credential.
+    SecretBasic(String),
+    SecretPost(String),
+    PrivateKeyJwt {
+        key_path: PathBuf,
+        key_owner_uid: u32,
+        alg: jsonwebtoken::Algorithm,
+        key_id: Option<String>,
+        /// Default: the token endpoint URL (RFC 7523 §3).
+        audience: Option<String>,
+    },
+}
+
+/// Where a subject token comes from.
+pub enum SubjectSource {
+    File(PathBuf),
+    Credential(String),
+}
+
+pub enum Grant {
+    ClientCredentials,
+    TokenExchange {
+        subject: SubjectSource,
+        subject_token_type: String,
+        requested_token_type: Option<String>,
+    },
+    JwtBearer {
+        subject: SubjectSource,
+    },
+}
+
+pub struct OAuthProvider {
+    pub client: TokenClient,
+    pub token_url: String,
+    pub client_id: Option<String>,
+    pub auth: ClientAuth,
+    pub grant: Grant,
+    pub scope: Option<String>,
+    pub audience: Option<String>,
+    pub resource: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct TokenErrorResponse {
+    error: String,
+}
+
+#[derive(Serialize)]
+struct AssertionClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    iat: i64,
+    exp: i64,
+    jti: String,
+}
+
+fn urlencode(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+impl OAuthProvider {
+    async fn subject_token(
+        &self,
+        source: &SubjectSource,
+        ctx: &IssueContext<'_>,
+    ) -> Result<Secret, String> {
+        match source {
+            SubjectSource::File(path) => {
+                let bytes =
+                    Zeroizing::new(tokio::fs::read(path).await.map_err(|e| {
+                        format!("cannot read subject token {}: {e}", path.display())
+                    })?);
+                let text = std::str::from_utf8(&bytes)
+                    .map_err(|_| format!("subject token {} is not UTF-8", path.display()))?;
+                Ok(Secret::new(text.trim().to_owned()))
+            }
+            SubjectSource::Credential(name) => ctx
+                .others
+                .current(name)
+                .await
+                .map(|s| Secret::clone(&s))
+                .map_err(|e| format!("subject token: {e}")),
+        }
+    }
+
+    fn client_assertion(
+        &self,
+        ctx: &IssueContext<'_>,
+    ) -> Result<Option<Zeroizing<String>>, String> {
+        let ClientAuth::PrivateKeyJwt {
+            key_path,
+            key_owner_uid,
+            alg,
+            key_id,
+            audience,
+        } = &self.auth
+        else {
+            return Ok(None);
+        };
+        check_root_only(key_path, *key_owner_uid)?;
+        let pem = Zeroizing::new(
+            std::fs::read(key_path)
+                .map_err(|e| format!("cannot read {}: {e}", key_path.display()))?,
+        );
+        use jsonwebtoken::Algorithm as A;
+        let key = match alg {
+            A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512 => {
+                jsonwebtoken::EncodingKey::from_rsa_pem(&pem)
+            }
+            A::ES256 | A::ES384 => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+            A::EdDSA => jsonwebtoken::EncodingKey::from_ed_pem(&pem),
+            other => {
+                return Err(format!(
+                    "signing_alg {other:?} is not supported for private_key_jwt"
+                ));
+            }
+        }
+        .map_err(|e| {
+            format!(
+                "{} is not a {alg:?} private key in PEM: {e}",
+                key_path.display()
+            )
+        })?;
+        let client_id = self.client_id.as_deref().unwrap_or_default();
+        let iat = ctx.now.as_second();
+        let claims = AssertionClaims {
+            iss: client_id,
+            sub: client_id,
+            aud: audience.as_deref().unwrap_or(&self.token_url),
+            iat,
+            exp: iat + ASSERTION_LIFETIME_SECONDS,
+            // Unique per assertion so the server can refuse replays.
+            jti: format!("{:032x}", fastrand::u128(..)),
+        };
+        let mut header = jsonwebtoken::Header::new(*alg);
+        header.kid = key_id.clone();
+        jsonwebtoken::encode(&header, &claims, &key)
+            .map(|jwt| Some(Zeroizing::new(jwt)))
+            .map_err(|e| format!("cannot sign the client assertion: {e}"))
+    }
+
+    async fn issue_token(&self, ctx: &IssueContext<'_>) -> Result<Issued, String> {
+        let mut form = Zeroizing::new(String::new());
+        let mut add = |key: &str, value: &str| {
+            if !form.is_empty() {
+                form.push('&');
+            }
+            form.push_str(key);
+            form.push('=');
+            form.push_str(&urlencode(value));
+        };
+        match &self.grant {
+            Grant::ClientCredentials => add("grant_type", GRANT_CLIENT_CREDENTIALS),
+            Grant::TokenExchange {
+                subject,
+                subject_token_type,
+                requested_token_type,
+            } => {
+                let token = self.subject_token(subject, ctx).await?;
+                add("grant_type", GRANT_TOKEN_EXCHANGE);
+                add("subject_token", token.expose());
+                add("subject_token_type", subject_token_type);
+                if let Some(t) = requested_token_type {
+                    add("requested_token_type", t);
+                }
+            }
+            Grant::JwtBearer { subject } => {
+                let token = self.subject_token(subject, ctx).await?;
+                add("grant_type", GRANT_JWT_BEARER);
+                add("assertion", token.expose());
+            }
+        }
+        for (key, value) in [
+            ("scope", &self.scope),
+            ("audience", &self.audience),
+            ("resource", &self.resource),
+        ] {
+            if let Some(value) = value {
+                add(key, value);
+            }
+        }
+        let mut authorization = None;
+        match &self.auth {
+            ClientAuth::None => {
+                if let Some(id) = &self.client_id {
+                    add("client_id", id);
+                }
+            }
+            ClientAuth::SecretBasic(name) | ClientAuth::SecretPost(name) => {
+                let secret = ctx
+                    .others
+                    .current(name)
+                    .await
+                    .map_err(|e| format!("client secret: {e}"))?;
+                let id = self.client_id.as_deref().unwrap_or_default();
+                if matches!(self.auth, ClientAuth::SecretBasic(_)) {
+                    // RFC 6749 §2.3.1: both parts are form-urlencoded first.
+                    let pair =
+                        Zeroizing::new(format!("{}:{}", urlencode(id), urlencode(secret.expose())));
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(pair.as_bytes());
+                    authorization = Some(Zeroizing::new(format!("Basic {encoded}")));
+                } else {
+                    add("client_id", id);
+                    add("client_secret", secret.expose());
+                }
+            }
+            ClientAuth::PrivateKeyJwt { .. } => {
+                let assertion = self.client_assertion(ctx)?.ok_or("no client assertion")?;
+                if let Some(id) = &self.client_id {
+                    add("client_id", id);
+                }
+                add("client_assertion_type", CLIENT_ASSERTION_TYPE);
+                add("client_assertion", &assertion);
+            }
+        }
+        let (status, body) = self
+            .client
+            .post_form(
+                &self.token_url,
+                authorization.as_deref().map(String::as_str),
+                form,
+                self.timeout,
+            )
+            .await?;
+        let body = Zeroizing::new(body.to_vec());
+        if !status.is_success() {
+            let code = serde_json::from_slice::<TokenErrorResponse>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| "no OAuth error code".to_owned());
+            return Err(format!(
+                "token endpoint {} answered {status}: {code}",
+                self.token_url
+            ));
+        }
+        let token: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            format!(
+                "token endpoint {} answered an unreadable token response ({:?} error at column {})",
+                self.token_url,
+                e.classify(),
+                e.column()
+            )
+        })?;
+        if token.access_token.is_empty() {
+            return Err(format!(
+                "token endpoint {} issued an empty access_token",
+                self.token_url
+            ));
+        }
+        let expires_at = token
+            .expires_in
+            .map(|secs| super::clock::add(ctx.now, Duration::from_secs(secs)));
+        Ok(Issued {
+            value: Secret::new(token.access_token),
+            expires_at,
+        })
+    }
+}
+
+impl Provider for OAuthProvider {
+    fn issue<'a>(&'a self, ctx: &'a IssueContext<'a>) -> IssueFuture<'a> {
+        Box::pin(self.issue_token(ctx))
+    }
+}

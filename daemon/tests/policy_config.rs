@@ -1,0 +1,163 @@
+//! `warrant check-config` for the policy, posture and credential sections:
+//! each mistake is reported at its file:line:column.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::os::unix::fs::PermissionsExt;
+
+use warrant::config::{Config, Location};
+
+const BASE: &str = r#"[[workload]]
+name = "agent"
+unit = "agent.service"
+[[upstream]]
+host = "api.openai.com"
+scheme = "openai"
+credential = "openai"
+[[credential]]
+name = "openai"
+source = "systemd"
+id = "openai"
+"#;
+/// Lines in BASE, so the expected line numbers below read naturally.
+const BASE_LINES: usize = 11;
+
+fn error_at(extra: &str) -> (Location, String) {
+    let err = Config::parse(&format!("{BASE}{extra}"), "w.toml").unwrap_err();
+    let at = err.at.unwrap_or_else(|| panic!("no location: {err}"));
+    (
+        Location {
+            line: at.line - BASE_LINES,
+            column: at.column,
+        },
+        err.to_string(),
+    )
+}
+
+fn loc(line: usize, column: usize) -> Location {
+    Location { line, column }
+}
+
+#[test]
+fn bad_time_zone_is_located() {
+    let (at, msg) = error_at(
+        "[[policy]]\nworkload = \"agent\"\nupstreams = [\"api.openai.com\"]\ntime = { days = \"Mon-Fri\", tz = \"America/Nowhere\" }\n",
+    );
+    assert_eq!(at, loc(4, 33), "{msg}");
+    assert!(msg.contains("America/Nowhere"), "{msg}");
+}
+
+#[test]
+fn bad_days_and_hours_are_located() {
+    let (at, msg) = error_at("[[policy]]\nworkload = \"agent\"\ntime = { days = \"Mon-Fry\" }\n");
+    assert_eq!(at, loc(3, 17), "{msg}");
+    assert!(msg.contains("Mon-Fry"), "{msg}");
+    let (at, msg) = error_at("[[policy]]\nworkload = \"agent\"\ntime = { hours = \"8-18\" }\n");
+    assert_eq!(at, loc(3, 18), "{msg}");
+    assert!(msg.contains("HH:MM-HH:MM"), "{msg}");
+}
+
+#[test]
+fn bad_model_glob_is_located() {
+    let (at, msg) = error_at("[[policy]]\nworkload = \"agent\"\nmodels = [\"gpt-[4o\"]\n");
+    assert_eq!(at, loc(3, 11), "{msg}");
+}
+
+#[test]
+fn unknown_posture_reference_is_located() {
+    let (at, msg) = error_at("[[policy]]\nworkload = \"agent\"\nposture = [\"edr\"]\n");
+    assert_eq!(at, loc(3, 12), "{msg}");
+    assert!(msg.contains("no [[posture]] defines"), "{msg}");
+}
+
+#[test]
+fn posture_sections_are_checked() {
+    let (at, msg) = error_at("[[posture]]\nname = \"edr\"\nsource = \"file\"\npath = \"/x\"\nmax_age = \"soon\"\n");
+    assert_eq!(at, loc(5, 11), "{msg}");
+    let (at, msg) = error_at("[[posture]]\nname = \"edr\"\nsource = \"command\"\n");
+    assert_eq!(at, loc(3, 10), "{msg}");
+    assert!(msg.contains("command"), "{msg}");
+    let ok = Config::parse(
+        &format!("{BASE}[[posture]]\nname = \"edr\"\nsource = \"command\"\ncommand = [\"/usr/bin/edr-status\", \"--json\"]\nmax_age = \"15m\"\n[[policy]]\nworkload = \"agent\"\nposture = [\"edr\"]\n"),
+        "w.toml",
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}
+
+#[test]
+fn bad_exe_signer_is_located() {
+    let (at, msg) = error_at("[[policy]]\nworkload = \"agent\"\nexe_signers = [\"ssh-rsa nope\"]\n");
+    assert_eq!(at, loc(3, 16), "{msg}");
+}
+
+#[test]
+fn credential_references_must_exist_and_not_loop() {
+    let (at, msg) = error_at(
+        "[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"https://idp.example/token\"\nclient_id = \"c\"\nclient_secret_credential = \"nope\"\n",
+    );
+    assert_eq!(at, loc(6, 28), "{msg}");
+    assert!(msg.contains("\"nope\""), "{msg}");
+    let (at, msg) = error_at(
+        "[[credential]]\nname = \"a\"\nsource = \"token-exchange\"\ntoken_url = \"https://idp.example/token\"\nsubject_token_credential = \"b\"\n[[credential]]\nname = \"b\"\nsource = \"token-exchange\"\ntoken_url = \"https://idp.example/token\"\nsubject_token_credential = \"a\"\n",
+    );
+    assert_eq!(at, loc(2, 8), "{msg}");
+    assert!(msg.contains("depends on itself"), "{msg}");
+}
+
+#[test]
+fn oauth_settings_are_checked() {
+    let (at, msg) = error_at(
+        "[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"http://idp.example/token\"\nclient_id = \"c\"\nclient_secret_credential = \"openai\"\n",
+    );
+    assert_eq!(at, loc(4, 13), "{msg}");
+    assert!(msg.contains("https"), "{msg}");
+    let (_, msg) = error_at("[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"https://idp.example/token\"\nclient_id = \"c\"\n");
+    assert!(msg.contains("client authentication"), "{msg}");
+    let (at, msg) = error_at(
+        "[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"https://idp.example/token\"\nclient_id = \"c\"\nclient_auth = \"private_key_jwt\"\n",
+    );
+    assert_eq!(at, loc(6, 15), "{msg}");
+    let (at, msg) = error_at(
+        "[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"https://idp.example/token\"\nclient_id = \"c\"\nprivate_key_path = \"/k.pem\"\nsigning_alg = \"XS999\"\n",
+    );
+    assert_eq!(at, loc(7, 15), "{msg}");
+    let (at, msg) = error_at("[[credential]]\nname = \"x\"\nsource = \"exec\"\ncommand = [\"/bin/x\"]\ntimeout = \"-3s\"\n");
+    assert_eq!(at, loc(5, 11), "{msg}");
+    // Loopback http is allowed (a local token agent, tests).
+    let ok = Config::parse(
+        &format!("{BASE}[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"http://127.0.0.1:8080/token\"\nclient_id = \"c\"\nclient_secret_credential = \"openai\"\nrefresh_ahead = \"2m\"\n"),
+        "w.toml",
+    );
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}
+
+#[test]
+fn loose_credential_file_is_refused_with_its_path_and_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("openai-key");
+    std::fs::write(&path, "sk-test").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (at, msg) = error_at(&format!(
+        "[[credential]]\nname = \"file-key\"\nsource = \"file\"\npath = \"{}\"\n",
+        path.display()
+    ));
+    assert_eq!(at, loc(2, 8), "{msg}");
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    // As root: the mode is what is wrong. As another user: the owner.
+    assert!(msg.contains("0644") || msg.contains("owned by uid"), "{msg}");
+}
+
+#[test]
+fn missing_required_keys_are_reported() {
+    let (at, msg) = error_at("[[credential]]\nname = \"k\"\nsource = \"file\"\n");
+    assert_eq!(at, loc(3, 10), "{msg}");
+    assert!(msg.contains("`path`"), "{msg}");
+    let (_, msg) = error_at("[[credential]]\nname = \"k\"\nsource = \"systemd\"\n");
+    assert!(msg.contains("`id`"), "{msg}");
+    let (_, msg) = error_at("[[credential]]\nname = \"k\"\nsource = \"token-exchange\"\ntoken_url = \"https://i/t\"\n");
+    assert!(msg.contains("subject_token_path"), "{msg}");
+}
+
+#[test]
+fn embedded_default_still_parses() {
+    Config::embedded_default().unwrap();
+}
