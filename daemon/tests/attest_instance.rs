@@ -315,10 +315,9 @@ async fn aws_mock(signature_b64: String) -> Mock {
     Mock::start(Arc::new(move |req: &Seen| {
         match (req.method.as_str(), req.path_and_query.as_str()) {
             ("PUT", "/latest/api/token") => {
-                if req
+                if !req
                     .headers
-                    .get("x-aws-ec2-metadata-token-ttl-seconds")
-                    .is_none()
+                    .contains_key("x-aws-ec2-metadata-token-ttl-seconds")
                 {
                     return (400, Vec::new());
                 }

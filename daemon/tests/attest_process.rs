@@ -403,3 +403,36 @@ fn a_process_that_is_gone_is_refused() {
         other => panic!("expected ProcessGone, got {other:?}"),
     }
 }
+
+#[test]
+fn explain_attests_a_live_process_and_matches_its_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = interpreter(dir.path(), "node");
+    let work = dir.path().join("app");
+    let body = blocking_script(&work.join("dist/index.js"));
+    let child = spawn(&node, &["dist/index.js"], &work);
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+    let config = format!(
+        "[[workload]]\nname = \"node-agent\"\nexe = \"{}\"\nentrypoint_sha256 = [\"{}\"]\n\n\
+         [[workload]]\nname = \"other\"\nuid = 4294967294\n",
+        node.display(),
+        sha256(&body)
+    );
+    let workloads = warrant::config::Config::parse(&config, "test")
+        .unwrap()
+        .workloads;
+    let matcher = warrant::attest::WorkloadMatcher::new(&workloads);
+
+    let text = warrant::attest::explain::explain_pid(child.tgid(), &attestor, &matcher).unwrap();
+
+    assert!(
+        text.contains(&format!("process {}", child.tgid())),
+        "{text}"
+    );
+    assert!(text.contains("workload: node-agent"), "{text}");
+    assert!(
+        text.contains(&work.join("dist/index.js").display().to_string()),
+        "{text}"
+    );
+    assert!(text.contains("FAIL uid"), "{text}");
+}
