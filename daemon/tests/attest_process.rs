@@ -220,7 +220,7 @@ fn shebang_script_run_directly_is_the_entrypoint() {
 }
 
 #[test]
-fn a_non_interpreter_has_no_entrypoint_and_a_warm_attestation_hits_the_cache() {
+fn a_non_interpreter_has_no_entrypoint_and_later_connections_reuse_the_process_image() {
     let dir = tempfile::tempdir().unwrap();
     let agent = interpreter(dir.path(), "agent-bin");
     blocking_script(&dir.path().join("x"));
@@ -230,9 +230,15 @@ fn a_non_interpreter_has_no_entrypoint_and_a_warm_attestation_hits_the_cache() {
 
     let first = attestor.attest(&origin).unwrap();
     assert!(first.entrypoint.is_none());
-    let misses = attestor.hashes().stats().misses;
     let second = attestor.attest(&origin).unwrap();
     assert_eq!(second.exe_hash, first.exe_hash);
+    assert_eq!(attestor.image_stats().hits, 1);
+
+    // A new process image of the same binary hashes nothing again.
+    attestor.forget_processes();
+    let misses = attestor.hashes().stats().misses;
+    let third = attestor.attest(&origin).unwrap();
+    assert_eq!(third.exe_hash, first.exe_hash);
     assert_eq!(attestor.hashes().stats().misses, misses);
     assert!(attestor.hashes().stats().hits >= 1);
 }
@@ -435,4 +441,40 @@ fn explain_attests_a_live_process_and_matches_its_workload() {
         "{text}"
     );
     assert!(text.contains("FAIL uid"), "{text}");
+}
+
+#[test]
+fn a_cached_process_that_exited_is_not_served_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let mut child = spawn(&agent, &["x"], dir.path());
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+    let origin = origin_now(&attestor, child.tgid());
+    attestor.attest(&origin).unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+
+    match attestor.attest(&origin) {
+        Err(AttestError::ProcessGone { .. }) | Err(AttestError::PidReused { .. }) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(attestor.image_stats().hits, 0);
+}
+
+#[test]
+fn a_cached_process_still_refuses_a_connect_from_before_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let child = spawn(&agent, &["x"], dir.path());
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+    let mut origin = origin_now(&attestor, child.tgid());
+    attestor.attest(&origin).unwrap();
+    // A late Origin from the previous holder of this pid.
+    origin.connect_boot_ns = 1;
+    assert!(matches!(
+        attestor.attest(&origin),
+        Err(AttestError::PidReused { .. })
+    ));
 }

@@ -13,6 +13,17 @@
 //! connect (exec since connect), once before and once after /proc is read.
 //! Anything that changed refuses the connection ([`AttestError`]).
 //!
+//! What a process runs (executable, its hash, the entrypoint) cannot change
+//! without an exec, so it is read once per process image and cached with
+//! the pidfd that pinned it, its start time and its exec generation. While
+//! that pidfd's process is alive (or a zombie), its pid cannot have been
+//! reused, so a later connection of the same process costs one
+//! pidfd_send_signal and the generation lookup. Argv rewritten by the
+//! process after its first attestation is therefore ignored, which makes the
+//! entrypoint harder to spoof, not easier. Each cached image holds one file
+//! descriptor: the daemon should raise its RLIMIT_NOFILE soft limit (systemd
+//! starts services at 1024).
+//!
 //! Attestation does blocking file I/O (a cold hash reads the whole binary):
 //! async callers run it with `tokio::task::spawn_blocking`.
 
@@ -132,7 +143,53 @@ pub struct Attestation {
     pub instance: Arc<InstanceState>,
 }
 
+/// What a process image runs: read from /proc once per (tgid, start time,
+/// exec generation).
+#[derive(Debug)]
+struct ProcessImage {
+    exe: PathBuf,
+    exe_hash: FileHash,
+    argv0: Option<String>,
+    entrypoint: Option<Entrypoint>,
+}
+
+impl ProcessImage {
+    /// Whether the image is worth keeping: a hash that failed for a reason
+    /// that may pass (a read error, a file changing under us) is retried on
+    /// the next connection instead. Inline code and missing scripts are stable.
+    fn is_stable(&self) -> bool {
+        !matches!(self.exe_hash, FileHash::Unavailable { .. })
+            && self.entrypoint.as_ref().is_none_or(|ep| {
+                ep.path.is_none() || !matches!(ep.hash, FileHash::Unavailable { .. })
+            })
+    }
+}
+
+/// A process image with the pidfd that pinned the process when it was read.
+#[derive(Debug)]
+struct CachedImage {
+    pidfd: process::PidFd,
+    start_ticks: u64,
+    exec_gen: u64,
+    image: Arc<ProcessImage>,
+}
+
+/// Process images kept before the cache is emptied. Each holds a pidfd, so
+/// this bounds the descriptors too; entries of exited processes are dropped
+/// when next looked up, or by the emptying.
+const MAX_IMAGES: usize = 1_024;
+
+/// Counters of the process-image cache.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ImageStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
 pub struct Attestor {
+    images: Mutex<HashMap<u32, Arc<CachedImage>>>,
+    image_hits: std::sync::atomic::AtomicU64,
+    image_misses: std::sync::atomic::AtomicU64,
     hashes: HashCache,
     cgroups: cgroup::CgroupResolver,
     generations: Arc<dyn ExecGenerations>,
@@ -157,6 +214,9 @@ impl Attestor {
         instance: InstanceHandle,
     ) -> Attestor {
         Attestor {
+            images: Mutex::new(HashMap::new()),
+            image_hits: Default::default(),
+            image_misses: Default::default(),
             hashes: HashCache::new(config.max_hash_bytes),
             cgroups: cgroup::CgroupResolver::new(cgroup_mount),
             generations,
@@ -167,6 +227,22 @@ impl Attestor {
 
     pub fn hashes(&self) -> &HashCache {
         &self.hashes
+    }
+
+    pub fn image_stats(&self) -> ImageStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        ImageStats {
+            hits: self.image_hits.load(Relaxed),
+            misses: self.image_misses.load(Relaxed),
+        }
+    }
+
+    /// Drops the per-process cache (file hashes stay): for benchmarks of
+    /// a process's first connection.
+    pub fn forget_processes(&self) {
+        if let Ok(mut images) = self.images.lock() {
+            images.clear();
+        }
     }
 
     pub fn cgroups(&self) -> &cgroup::CgroupResolver {
@@ -184,6 +260,60 @@ impl Attestor {
     /// Attests the process that made the connection described by `origin`.
     pub fn attest(&self, origin: &Origin) -> Result<Attestation, AttestError> {
         let tgid = origin.tgid;
+        let image = match self.cached_image(origin)? {
+            Some(image) => image,
+            None => self.attest_image(origin)?,
+        };
+        let cgroup = self.cgroups.path_of(origin.cgroup_id, tgid);
+
+        Ok(Attestation {
+            tgid,
+            pid: origin.pid,
+            uid: origin.uid,
+            gid: origin.gid,
+            cgroup_id: origin.cgroup_id,
+            unit: cgroup
+                .as_deref()
+                .and_then(cgroup::unit_of)
+                .map(str::to_owned),
+            cgroup,
+            exe: image.exe.clone(),
+            exe_hash: image.exe_hash.clone(),
+            argv0: image.argv0.clone(),
+            entrypoint: image.entrypoint.clone(),
+            instance: self.instance.current(),
+        })
+    }
+
+    /// The cached image of the process, if the process pinned when it was
+    /// read is still alive (so `tgid` still names it) and has not exec'd.
+    fn cached_image(&self, origin: &Origin) -> Result<Option<Arc<ProcessImage>>, AttestError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tgid = origin.tgid;
+        let Some(cached) = self.images.lock().ok().and_then(|m| m.get(&tgid).cloned()) else {
+            return Ok(None);
+        };
+        if !cached.pidfd.is_alive() {
+            // That process was reaped; `tgid` may now be another one.
+            if let Ok(mut images) = self.images.lock() {
+                images.remove(&tgid);
+            }
+            return Ok(None);
+        }
+        if cached.exec_gen != origin.exec_gen {
+            return Ok(None);
+        }
+        self.check_start(origin, cached.start_ticks)?;
+        self.check_generation(origin)?;
+        self.image_hits.fetch_add(1, Relaxed);
+        Ok(Some(cached.image.clone()))
+    }
+
+    /// The full path: pin the process, check it, read its image, cache it.
+    fn attest_image(&self, origin: &Origin) -> Result<Arc<ProcessImage>, AttestError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tgid = origin.tgid;
+        self.image_misses.fetch_add(1, Relaxed);
         // Pin the process first: from here on, the pidfd tells whether the
         // process we read is still the one we pinned.
         let pidfd = process::PidFd::open(tgid).map_err(|err| match err.raw_os_error() {
@@ -195,19 +325,54 @@ impl Attestor {
             },
         })?;
         let started = self.start_ticks(tgid)?;
-        let started_ns = self.ticks_to_ns(started);
-        // Start times have clock-tick granularity (10 ms): a process that
-        // started within the tick of the connect is not caught here, which is
-        // why the pidfd and the exec generation are checked as well.
+        self.check_start(origin, started)?;
+        self.check_generation(origin)?;
+        let image = Arc::new(self.read_image(origin, &pidfd, started)?);
+        if image.is_stable()
+            && let Ok(mut images) = self.images.lock()
+        {
+            if images.len() >= MAX_IMAGES {
+                images.clear();
+            }
+            images.insert(
+                tgid,
+                Arc::new(CachedImage {
+                    pidfd,
+                    start_ticks: started,
+                    exec_gen: origin.exec_gen,
+                    image: image.clone(),
+                }),
+            );
+        }
+        Ok(image)
+    }
+
+    /// A process that started after the connect is not the one that made
+    /// it: its pid was reused. Start times have clock-tick granularity
+    /// (10 ms), so a process started within the tick of the connect passes
+    /// here; the pidfd and the exec generation are checked as well.
+    fn check_start(&self, origin: &Origin, start_ticks: u64) -> Result<(), AttestError> {
+        let started_ns = self.ticks_to_ns(start_ticks);
         if started_ns > origin.connect_boot_ns {
             return Err(AttestError::PidReused {
-                tgid,
+                tgid: origin.tgid,
                 started_ns,
                 connect_ns: origin.connect_boot_ns,
             });
         }
-        self.check_generation(origin)?;
+        Ok(())
+    }
 
+    /// Reads what the process runs from /proc, then checks that it is still
+    /// the process pinned by `pidfd`, with the start time and generation it
+    /// had, running the same executable.
+    fn read_image(
+        &self,
+        origin: &Origin,
+        pidfd: &process::PidFd,
+        started: u64,
+    ) -> Result<ProcessImage, AttestError> {
+        let tgid = origin.tgid;
         let exe = process::exe_path(tgid).map_err(|e| read_err(tgid, "exe", e))?;
         let argv = process::cmdline(tgid).map_err(|e| read_err(tgid, "cmdline", e))?;
         // Hash the running file through /proc/PID/exe: the content of the
@@ -218,7 +383,6 @@ impl Attestor {
         };
         let exe_name = process::file_name(&exe).trim_end_matches(" (deleted)");
         let entrypoint = entrypoint::resolve(tgid, exe_name, &argv, &self.hashes);
-        let cgroup = self.cgroups.path_of(origin.cgroup_id, tgid);
 
         // Everything above was read from /proc/PID; make sure PID is still
         // the process we pinned, running the program it connected with.
@@ -241,23 +405,11 @@ impl Attestor {
                 });
             }
         }
-
-        Ok(Attestation {
-            tgid,
-            pid: origin.pid,
-            uid: origin.uid,
-            gid: origin.gid,
-            cgroup_id: origin.cgroup_id,
-            unit: cgroup
-                .as_deref()
-                .and_then(cgroup::unit_of)
-                .map(str::to_owned),
-            cgroup,
+        Ok(ProcessImage {
             exe,
             exe_hash,
             argv0: argv.first().cloned(),
             entrypoint,
-            instance: self.instance.current(),
         })
     }
 
