@@ -197,3 +197,22 @@ fn explain_renders_the_attestation_and_each_selector() {
     assert!(text.contains("FAIL uid"), "{text}");
     assert!(text.contains("none matches"), "{text}");
 }
+
+#[test]
+fn the_refusal_says_what_was_attested_and_why_nothing_matched() {
+    let mut att = attestation();
+    att.uid = 0;
+    let report = matcher(FULL).evaluate(&att);
+    let body = report.refusal(&att);
+    assert_eq!(body["matched"], serde_json::Value::Null);
+    assert_eq!(body["attested"]["unit"], "support-agent.service");
+    assert_eq!(body["attested"]["entrypoint"]["sha256"], SCRIPT_HASH);
+    let reasons = body["reasons"].as_array().unwrap();
+    assert_eq!(reasons.len(), 1);
+    assert!(
+        reasons[0]
+            .as_str()
+            .unwrap()
+            .contains("uid 1001 expected, attested 0")
+    );
+}

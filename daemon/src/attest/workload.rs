@@ -59,6 +59,34 @@ impl MatchReport {
     }
 }
 
+impl MatchReport {
+    /// What a refused connection is told (the 403 body, inside the
+    /// provider's error shape) and what the audit line records: the attested
+    /// facts and, per workload, the selectors that failed. Argv beyond the
+    /// program and script names is never kept, so nothing here is secret.
+    pub fn refusal(&self, att: &Attestation) -> serde_json::Value {
+        serde_json::json!({
+            "attested": {
+                "tgid": att.tgid,
+                "uid": att.uid,
+                "gid": att.gid,
+                "cgroup": att.cgroup,
+                "unit": att.unit,
+                "exe": att.exe.display().to_string(),
+                "exe_sha256": att.exe_hash.describe(),
+                "entrypoint": att.entrypoint.as_ref().map(|ep| serde_json::json!({
+                    "interpreter": ep.interpreter,
+                    "target": ep.target,
+                    "path": ep.path.as_ref().map(|p| p.display().to_string()),
+                    "sha256": ep.hash.describe(),
+                })),
+            },
+            "matched": self.matched,
+            "reasons": self.why_not(),
+        })
+    }
+}
+
 struct Compiled {
     name: String,
     unit: Option<String>,
