@@ -5,6 +5,7 @@
 //! the injector (`tls`, `proxy`, `splice`), which refuses connections without
 //! an Origin and splices the real credential into each request.
 
+pub mod attest;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -34,6 +34,7 @@ pub struct Config {
     pub instance: InstanceConfig,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    pub attest: AttestConfig,
     #[serde(default, rename = "workload")]
     pub workloads: Vec<WorkloadConfig>,
     #[serde(default, rename = "upstream")]
@@ -238,10 +239,42 @@ pub struct InstanceConfig {
     pub environment: Option<String>,
     #[serde(default)]
     pub region: Option<String>,
+    /// Metadata service base URL for aws, gcp and azure. Default: the
+    /// link-local address (`attest::instance::DEFAULT_METADATA_ENDPOINT`);
+    /// contacted only when `provider` names a cloud. Tests point it at a
+    /// loopback mock.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// PEM certificates trusted to sign the identity: aws, the AWS RSA public
+    /// certificate of the region (required; none is bundled); azure, the
+    /// CA(s) the metadata.azure.com signing certificate chains to (required).
+    #[serde(default)]
+    pub trust_file: Option<PathBuf>,
+    /// gcp: Google's JWKS (JSON) to verify identity tokens with. Without it,
+    /// claims are recorded unverified and conditions on them fail closed.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// gcp: the audience of the identity token. Default "warrant".
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Seconds between identity refreshes (default 300: documents are stable,
+    /// GCP tokens live an hour, and a failing metadata service shows soon).
+    #[serde(default = "default_refresh_secs")]
+    pub refresh_secs: u64,
+    /// Deadline of each metadata request in ms (default 2000: link-local
+    /// services answer in milliseconds).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 fn default_instance_provider() -> String {
     "host".to_owned()
+}
+fn default_refresh_secs() -> u64 {
+    crate::attest::instance::DEFAULT_REFRESH_SECS
+}
+fn default_timeout_ms() -> u64 {
+    crate::attest::instance::DEFAULT_TIMEOUT_MS
 }
 
 impl Default for InstanceConfig {
@@ -250,6 +283,36 @@ impl Default for InstanceConfig {
             provider: default_instance_provider(),
             environment: None,
             region: None,
+            endpoint: None,
+            trust_file: None,
+            jwks_file: None,
+            audience: None,
+            refresh_secs: default_refresh_secs(),
+            timeout_ms: default_timeout_ms(),
+        }
+    }
+}
+
+/// `[attest]`: process attestation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestConfig {
+    /// Files (executables, entrypoint scripts) larger than this are not
+    /// hashed, and hash selectors on them fail closed: hashing attacker-chosen
+    /// huge files would be a denial of service. Default 512 MiB
+    /// (`attest::hash::DEFAULT_MAX_HASH_BYTES`), above any real interpreter.
+    #[serde(default = "default_max_hash_bytes")]
+    pub max_hash_bytes: u64,
+}
+
+fn default_max_hash_bytes() -> u64 {
+    crate::attest::hash::DEFAULT_MAX_HASH_BYTES
+}
+
+impl Default for AttestConfig {
+    fn default() -> Self {
+        Self {
+            max_hash_bytes: default_max_hash_bytes(),
         }
     }
 }

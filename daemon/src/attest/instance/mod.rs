@@ -1,0 +1,348 @@
+//! Instance identity: "somewhere the agent runs".
+//!
+//! One provider per host ([instance] provider): `host` (the default; no
+//! network: /etc/machine-id and a host key pair), `aws` (IMDSv2 instance
+//! identity document and its RSA signature), `gcp` (metadata server identity
+//! token, a JWT) or `azure` (IMDS attested data, PKCS#7). Cloud endpoints
+//! default to the real link-local metadata address but are contacted only
+//! when their provider is configured.
+//!
+//! The identity is fetched at start and refreshed periodically into an
+//! [`InstanceHandle`]; each attestation carries the current
+//! [`InstanceState`]. A failed fetch replaces the state with `Failed`, and
+//! [`InstanceState::claim`] then refuses, so that policy conditions on the
+//! instance fail closed.
+
+pub mod aws;
+pub mod azure;
+pub mod der;
+pub mod gcp;
+pub mod host;
+pub mod http;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use crate::config::InstanceConfig;
+
+/// The link-local metadata address of AWS, GCP and Azure. Only ever used as
+/// the default endpoint of a cloud provider that the config selects.
+pub const DEFAULT_METADATA_ENDPOINT: &str = "http://169.254.169.254";
+
+/// Verified (or, where the config allows, unverified) claims of a provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Whether a signature over the claims was checked against configured
+    /// trust. Only gcp without a JWKS yields unverified claims.
+    pub verified: bool,
+    pub claims: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum InstanceState {
+    /// Not fetched yet (the daemon attests the instance before it accepts
+    /// connections, so this is seen only at start).
+    Pending,
+    Attested {
+        provider: String,
+        verified: bool,
+        claims: BTreeMap<String, String>,
+        fetched_at_unix: u64,
+    },
+    Failed {
+        provider: String,
+        reason: String,
+        at_unix: u64,
+    },
+}
+
+impl InstanceState {
+    /// A claim that a policy condition needs (region, environment,
+    /// account...). Refuses, with the reason, when the instance is not
+    /// attested, its claims are unverified, or the claim is absent.
+    pub fn claim(&self, name: &str) -> Result<&str, String> {
+        match self {
+            InstanceState::Pending => Err("instance identity not fetched yet".to_owned()),
+            InstanceState::Failed {
+                provider, reason, ..
+            } => Err(format!("instance identity ({provider}) failed: {reason}")),
+            InstanceState::Attested {
+                provider,
+                verified: false,
+                ..
+            } => Err(format!(
+                "instance identity ({provider}) is unverified (no trust configured)"
+            )),
+            InstanceState::Attested {
+                provider, claims, ..
+            } => claims
+                .get(name)
+                .map(String::as_str)
+                .ok_or_else(|| format!("instance identity ({provider}) has no claim {name:?}")),
+        }
+    }
+}
+
+/// Serializes an `Arc<InstanceState>` (serde's `rc` feature is not enabled).
+pub fn serialize_shared<S: serde::Serializer>(
+    state: &Arc<InstanceState>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    state.as_ref().serialize(serializer)
+}
+
+/// The current instance state, shared by the refresher and the attestor.
+#[derive(Debug, Clone)]
+pub struct InstanceHandle {
+    state: Arc<RwLock<Arc<InstanceState>>>,
+}
+
+impl Default for InstanceHandle {
+    fn default() -> Self {
+        InstanceHandle::new(InstanceState::Pending)
+    }
+}
+
+impl InstanceHandle {
+    pub fn new(state: InstanceState) -> InstanceHandle {
+        InstanceHandle {
+            state: Arc::new(RwLock::new(Arc::new(state))),
+        }
+    }
+
+    pub fn current(&self) -> Arc<InstanceState> {
+        match self.state.read() {
+            Ok(guard) => guard.clone(),
+            Err(_) => Arc::new(InstanceState::Failed {
+                provider: "unknown".to_owned(),
+                reason: "instance state lock poisoned".to_owned(),
+                at_unix: now_unix(),
+            }),
+        }
+    }
+
+    pub fn set(&self, state: InstanceState) {
+        if let Ok(mut guard) = self.state.write() {
+            *guard = Arc::new(state);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error("instance config: {0}")]
+    Config(String),
+    #[error("metadata endpoint {url} unreachable: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("metadata endpoint {url} answered {status}")]
+    Status { url: String, status: u16 },
+    #[error("malformed identity document: {0}")]
+    BadDocument(String),
+    #[error("identity signature does not verify: {0}")]
+    BadSignature(String),
+    #[error("host identity: {0}")]
+    Host(String),
+}
+
+/// The configured provider.
+pub enum Provider {
+    Host(host::HostProvider),
+    Aws(aws::AwsProvider),
+    Gcp(gcp::GcpProvider),
+    Azure(azure::AzureProvider),
+}
+
+/// Default for `[instance] refresh_secs`: AWS and GCP documents are stable
+/// for the life of the instance, GCP identity tokens live an hour; five
+/// minutes notices a failing metadata service soon enough.
+pub const DEFAULT_REFRESH_SECS: u64 = 300;
+/// Default for `[instance] timeout_ms`: link-local metadata answers in
+/// milliseconds; two seconds is generous without stalling start-up.
+pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
+/// Default for `[instance] audience` (gcp): the token's aud claim.
+pub const DEFAULT_GCP_AUDIENCE: &str = "warrant";
+
+impl Provider {
+    /// The provider the config selects. `state_dir` holds the host key.
+    pub fn from_config(
+        config: &InstanceConfig,
+        state_dir: &Path,
+    ) -> Result<Provider, InstanceError> {
+        let endpoint = config
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| DEFAULT_METADATA_ENDPOINT.to_owned());
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let need = |key: &str, what: &str| {
+            InstanceError::Config(format!(
+                "provider {:?} needs [instance] {key} ({what})",
+                config.provider
+            ))
+        };
+        Ok(match config.provider.as_str() {
+            "host" => Provider::Host(host::HostProvider::new(
+                PathBuf::from(host::MACHINE_ID_PATH),
+                state_dir.join(host::HOST_KEY_FILE),
+                config.region.clone(),
+                config.environment.clone(),
+            )),
+            "aws" => {
+                let trust = config.trust_file.as_ref().ok_or_else(|| {
+                    need(
+                        "trust_file",
+                        "the AWS signing certificate for your partition, PEM",
+                    )
+                })?;
+                Provider::Aws(aws::AwsProvider::new(
+                    endpoint,
+                    load_pem_certs(trust)?,
+                    timeout,
+                    config.environment.clone(),
+                ))
+            }
+            "gcp" => {
+                let jwks = match &config.jwks_file {
+                    Some(path) => Some(gcp::Jwks::load(path)?),
+                    None => None,
+                };
+                Provider::Gcp(gcp::GcpProvider::new(
+                    endpoint,
+                    config
+                        .audience
+                        .clone()
+                        .unwrap_or_else(|| DEFAULT_GCP_AUDIENCE.to_owned()),
+                    jwks,
+                    timeout,
+                    config.environment.clone(),
+                ))
+            }
+            "azure" => {
+                let trust = config.trust_file.as_ref().ok_or_else(|| {
+                    need(
+                        "trust_file",
+                        "the CA certificates of the IMDS signing certificate, PEM",
+                    )
+                })?;
+                Provider::Azure(azure::AzureProvider::new(
+                    endpoint,
+                    load_pem_certs(trust)?,
+                    timeout,
+                    config.region.clone(),
+                    config.environment.clone(),
+                ))
+            }
+            other => {
+                return Err(InstanceError::Config(format!(
+                    "unknown provider {other:?}; expected host, aws, gcp or azure"
+                )));
+            }
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::Host(_) => "host",
+            Provider::Aws(_) => "aws",
+            Provider::Gcp(_) => "gcp",
+            Provider::Azure(_) => "azure",
+        }
+    }
+
+    pub async fn fetch(&self) -> Result<Identity, InstanceError> {
+        match self {
+            Provider::Host(p) => p.fetch(),
+            Provider::Aws(p) => p.fetch().await,
+            Provider::Gcp(p) => p.fetch().await,
+            Provider::Azure(p) => p.fetch().await,
+        }
+    }
+
+    /// Fetches once and records the outcome in `handle`.
+    pub async fn refresh(&self, handle: &InstanceHandle) -> Result<(), InstanceError> {
+        match self.fetch().await {
+            Ok(identity) => {
+                handle.set(InstanceState::Attested {
+                    provider: self.name().to_owned(),
+                    verified: identity.verified,
+                    claims: identity.claims,
+                    fetched_at_unix: now_unix(),
+                });
+                Ok(())
+            }
+            Err(err) => {
+                tracing::warn!(provider = self.name(), error = %err, "instance identity failed");
+                handle.set(InstanceState::Failed {
+                    provider: self.name().to_owned(),
+                    reason: err.to_string(),
+                    at_unix: now_unix(),
+                });
+                Err(err)
+            }
+        }
+    }
+
+    /// Refreshes every `interval` until the task is dropped; after a failure,
+    /// retries sooner (every 30 s at most) so a metadata hiccup heals fast.
+    pub fn spawn_refresh(
+        self,
+        handle: InstanceHandle,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                let wait = match self.refresh(&handle).await {
+                    Ok(()) => interval,
+                    Err(_) => interval.min(Duration::from_secs(30)),
+                };
+                tokio::time::sleep(wait).await;
+            }
+        })
+    }
+}
+
+pub(crate) fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// DER certificates from a PEM file.
+pub fn load_pem_certs(path: &Path) -> Result<Vec<Vec<u8>>, InstanceError> {
+    let text = std::fs::read(path)
+        .map_err(|e| InstanceError::Config(format!("cannot read {}: {e}", path.display())))?;
+    let certs: Vec<Vec<u8>> = rustls_pemfile::certs(&mut text.as_slice())
+        .filter_map(Result::ok)
+        .map(|c| c.as_ref().to_vec())
+        .collect();
+    if certs.is_empty() {
+        return Err(InstanceError::Config(format!(
+            "{} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// Adds `environment` from config when the provider's document has none.
+pub(crate) fn add_config_claims(
+    claims: &mut BTreeMap<String, String>,
+    region: Option<&String>,
+    environment: Option<&String>,
+) {
+    if let Some(region) = region {
+        claims
+            .entry("region".to_owned())
+            .or_insert_with(|| region.clone());
+    }
+    if let Some(env) = environment {
+        claims.insert("environment".to_owned(), env.clone());
+    }
+}

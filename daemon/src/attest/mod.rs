@@ -1,0 +1,445 @@
+//! Attestation: from the Origin of a connection to the identity of the
+//! program that made it.
+//!
+//! [`Attestor::attest`] turns an [`Origin`] into an [`Attestation`]: uid,
+//! gid, cgroup path and systemd unit, executable path and SHA-256, the
+//! entrypoint script of interpreted agents and its SHA-256, and the host's
+//! instance identity. [`workload::WorkloadMatcher`] then says which
+//! `[[workload]]` it is, selector by selector.
+//!
+//! The identity must be that of the program that made the connection, so
+//! the process is pinned with a pidfd, its start time is compared with the
+//! connect time (pid reuse), and its exec generation with the one recorded at
+//! connect (exec since connect), once before and once after /proc is read.
+//! Anything that changed refuses the connection ([`AttestError`]).
+//!
+//! What a process runs (executable, its hash, the entrypoint) cannot change
+//! without an exec, so it is read once per process image and cached with
+//! the pidfd that pinned it, its start time and its exec generation. While
+//! that pidfd's process is alive (or a zombie), its pid cannot have been
+//! reused, so a later connection of the same process costs one
+//! pidfd_send_signal and the generation lookup. Argv rewritten by the
+//! process after its first attestation is therefore ignored, which makes the
+//! entrypoint harder to spoof, not easier. Each cached image holds one file
+//! descriptor: the daemon should raise its RLIMIT_NOFILE soft limit (systemd
+//! starts services at 1024).
+//!
+//! Attestation does blocking file I/O (a cold hash reads the whole binary):
+//! async callers run it with `tokio::task::spawn_blocking`.
+
+pub mod cgroup;
+pub mod entrypoint;
+pub mod explain;
+pub mod hash;
+pub mod instance;
+pub mod process;
+pub mod workload;
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use serde::Serialize;
+
+use crate::{config::AttestConfig, origin::Origin};
+
+pub use entrypoint::{Entrypoint, Interpreter, Target};
+pub use hash::{FileHash, HashCache};
+pub use instance::{InstanceHandle, InstanceState};
+pub use workload::{MatchReport, WorkloadMatcher};
+
+/// The exec generation of a process: bumped each time it execs (the eBPF
+/// tracepoint on sched_process_exec stores the boot time of the exec). The
+/// lead implements this on the eBPF map; [`MemoryExecGenerations`] serves
+/// tests.
+pub trait ExecGenerations: Send + Sync {
+    /// The current generation of `tgid`. `None` means no exec was recorded
+    /// since the programs were loaded, which is generation 0 (the value the
+    /// connect program records in that case).
+    fn current(&self, tgid: u32) -> Option<u64>;
+}
+
+/// In-memory exec generations, set by hand (tests, and hosts without the
+/// exec tracepoint).
+#[derive(Debug, Default)]
+pub struct MemoryExecGenerations {
+    by_tgid: Mutex<HashMap<u32, u64>>,
+}
+
+impl MemoryExecGenerations {
+    /// Records an exec of `tgid` at generation `generation`, as the
+    /// tracepoint would.
+    pub fn set(&self, tgid: u32, generation: u64) {
+        if let Ok(mut map) = self.by_tgid.lock() {
+            map.insert(tgid, generation);
+        }
+    }
+}
+
+impl ExecGenerations for MemoryExecGenerations {
+    fn current(&self, tgid: u32) -> Option<u64> {
+        self.by_tgid.lock().ok()?.get(&tgid).copied()
+    }
+}
+
+/// Why a connection's process could not be attested. Each variant names
+/// what changed or failed; none holds anything secret.
+#[derive(Debug, thiserror::Error)]
+pub enum AttestError {
+    #[error("process {tgid} no longer exists")]
+    ProcessGone { tgid: u32 },
+    #[error(
+        "process {tgid} started at {started_ns} ns after boot, after the connect at {connect_ns} ns: its pid was reused"
+    )]
+    PidReused {
+        tgid: u32,
+        started_ns: u64,
+        connect_ns: u64,
+    },
+    #[error(
+        "process {tgid} exec'd another program since it connected (exec generation {at_connect} at connect, {now} now)"
+    )]
+    ExecedSinceConnect {
+        tgid: u32,
+        at_connect: u64,
+        now: u64,
+    },
+    #[error("process {tgid} changed while being attested: {what}")]
+    ChangedDuringAttestation { tgid: u32, what: &'static str },
+    #[error("cannot read {what} of process {tgid}: {source}")]
+    Read {
+        tgid: u32,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Who made a connection, as far as the host can tell.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attestation {
+    pub tgid: u32,
+    pub pid: u32,
+    /// As the kernel recorded them at connect.
+    pub uid: u32,
+    pub gid: u32,
+    pub cgroup_id: u64,
+    /// Relative to the cgroup2 mount, e.g. "/system.slice/agent.service";
+    /// absent if the cgroup no longer exists.
+    pub cgroup: Option<String>,
+    /// The last `*.service` or `*.scope` component of the cgroup path.
+    pub unit: Option<String>,
+    /// The target of /proc/PID/exe (ends in " (deleted)" if the file was
+    /// replaced or removed after the program started).
+    pub exe: PathBuf,
+    pub exe_hash: FileHash,
+    /// argv[0], for the record.
+    pub argv0: Option<String>,
+    pub entrypoint: Option<Entrypoint>,
+    /// The host's instance identity when the connection was attested.
+    #[serde(serialize_with = "instance::serialize_shared")]
+    pub instance: Arc<InstanceState>,
+}
+
+/// What a process image runs: read from /proc once per (tgid, start time,
+/// exec generation).
+#[derive(Debug)]
+struct ProcessImage {
+    exe: PathBuf,
+    exe_hash: FileHash,
+    argv0: Option<String>,
+    entrypoint: Option<Entrypoint>,
+}
+
+impl ProcessImage {
+    /// Whether the image is worth keeping: a hash that failed for a reason
+    /// that may pass (a read error, a file changing under us) is retried on
+    /// the next connection instead. Inline code and missing scripts are stable.
+    fn is_stable(&self) -> bool {
+        !matches!(self.exe_hash, FileHash::Unavailable { .. })
+            && self.entrypoint.as_ref().is_none_or(|ep| {
+                ep.path.is_none() || !matches!(ep.hash, FileHash::Unavailable { .. })
+            })
+    }
+}
+
+/// A process image with the pidfd that pinned the process when it was read.
+#[derive(Debug)]
+struct CachedImage {
+    pidfd: process::PidFd,
+    start_ticks: u64,
+    exec_gen: u64,
+    image: Arc<ProcessImage>,
+}
+
+/// Process images kept before the cache is emptied. Each holds a pidfd, so
+/// this bounds the descriptors too; entries of exited processes are dropped
+/// when next looked up, or by the emptying.
+const MAX_IMAGES: usize = 1_024;
+
+/// Counters of the process-image cache.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ImageStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+pub struct Attestor {
+    images: Mutex<HashMap<u32, Arc<CachedImage>>>,
+    image_hits: std::sync::atomic::AtomicU64,
+    image_misses: std::sync::atomic::AtomicU64,
+    hashes: HashCache,
+    cgroups: cgroup::CgroupResolver,
+    generations: Arc<dyn ExecGenerations>,
+    instance: InstanceHandle,
+    ticks_per_second: u64,
+}
+
+impl Attestor {
+    /// An attestor for this host: the cgroup2 mount from /proc/mounts.
+    pub fn new(
+        config: &AttestConfig,
+        generations: Arc<dyn ExecGenerations>,
+        instance: InstanceHandle,
+    ) -> Attestor {
+        Attestor::with_cgroup_mount(config, cgroup::cgroup2_mount(), generations, instance)
+    }
+
+    pub fn with_cgroup_mount(
+        config: &AttestConfig,
+        cgroup_mount: Option<PathBuf>,
+        generations: Arc<dyn ExecGenerations>,
+        instance: InstanceHandle,
+    ) -> Attestor {
+        Attestor {
+            images: Mutex::new(HashMap::new()),
+            image_hits: Default::default(),
+            image_misses: Default::default(),
+            hashes: HashCache::new(config.max_hash_bytes),
+            cgroups: cgroup::CgroupResolver::new(cgroup_mount),
+            generations,
+            instance,
+            ticks_per_second: process::ticks_per_second(),
+        }
+    }
+
+    pub fn hashes(&self) -> &HashCache {
+        &self.hashes
+    }
+
+    pub fn image_stats(&self) -> ImageStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        ImageStats {
+            hits: self.image_hits.load(Relaxed),
+            misses: self.image_misses.load(Relaxed),
+        }
+    }
+
+    /// Drops the per-process cache (file hashes stay): for benchmarks of
+    /// a process's first connection.
+    pub fn forget_processes(&self) {
+        if let Ok(mut images) = self.images.lock() {
+            images.clear();
+        }
+    }
+
+    pub fn cgroups(&self) -> &cgroup::CgroupResolver {
+        &self.cgroups
+    }
+
+    pub fn generations(&self) -> &dyn ExecGenerations {
+        self.generations.as_ref()
+    }
+
+    pub fn instance(&self) -> &InstanceHandle {
+        &self.instance
+    }
+
+    /// Attests the process that made the connection described by `origin`.
+    pub fn attest(&self, origin: &Origin) -> Result<Attestation, AttestError> {
+        let tgid = origin.tgid;
+        let image = match self.cached_image(origin)? {
+            Some(image) => image,
+            None => self.attest_image(origin)?,
+        };
+        let cgroup = self.cgroups.path_of(origin.cgroup_id, tgid);
+
+        Ok(Attestation {
+            tgid,
+            pid: origin.pid,
+            uid: origin.uid,
+            gid: origin.gid,
+            cgroup_id: origin.cgroup_id,
+            unit: cgroup
+                .as_deref()
+                .and_then(cgroup::unit_of)
+                .map(str::to_owned),
+            cgroup,
+            exe: image.exe.clone(),
+            exe_hash: image.exe_hash.clone(),
+            argv0: image.argv0.clone(),
+            entrypoint: image.entrypoint.clone(),
+            instance: self.instance.current(),
+        })
+    }
+
+    /// The cached image of the process, if the process pinned when it was
+    /// read is still alive (so `tgid` still names it) and has not exec'd.
+    fn cached_image(&self, origin: &Origin) -> Result<Option<Arc<ProcessImage>>, AttestError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tgid = origin.tgid;
+        let Some(cached) = self.images.lock().ok().and_then(|m| m.get(&tgid).cloned()) else {
+            return Ok(None);
+        };
+        if !cached.pidfd.is_alive() {
+            // That process was reaped; `tgid` may now be another one.
+            if let Ok(mut images) = self.images.lock() {
+                images.remove(&tgid);
+            }
+            return Ok(None);
+        }
+        if cached.exec_gen != origin.exec_gen {
+            return Ok(None);
+        }
+        self.check_start(origin, cached.start_ticks)?;
+        self.check_generation(origin)?;
+        self.image_hits.fetch_add(1, Relaxed);
+        Ok(Some(cached.image.clone()))
+    }
+
+    /// The full path: pin the process, check it, read its image, cache it.
+    fn attest_image(&self, origin: &Origin) -> Result<Arc<ProcessImage>, AttestError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let tgid = origin.tgid;
+        self.image_misses.fetch_add(1, Relaxed);
+        // Pin the process first: from here on, the pidfd tells whether the
+        // process we read is still the one we pinned.
+        let pidfd = process::PidFd::open(tgid).map_err(|err| match err.raw_os_error() {
+            Some(libc::ESRCH) => AttestError::ProcessGone { tgid },
+            _ => AttestError::Read {
+                tgid,
+                what: "pidfd",
+                source: err,
+            },
+        })?;
+        let started = self.start_ticks(tgid)?;
+        self.check_start(origin, started)?;
+        self.check_generation(origin)?;
+        let image = Arc::new(self.read_image(origin, &pidfd, started)?);
+        if image.is_stable()
+            && let Ok(mut images) = self.images.lock()
+        {
+            if images.len() >= MAX_IMAGES {
+                images.clear();
+            }
+            images.insert(
+                tgid,
+                Arc::new(CachedImage {
+                    pidfd,
+                    start_ticks: started,
+                    exec_gen: origin.exec_gen,
+                    image: image.clone(),
+                }),
+            );
+        }
+        Ok(image)
+    }
+
+    /// A process that started after the connect is not the one that made
+    /// it: its pid was reused. Start times have clock-tick granularity
+    /// (10 ms), so a process started within the tick of the connect passes
+    /// here; the pidfd and the exec generation are checked as well.
+    fn check_start(&self, origin: &Origin, start_ticks: u64) -> Result<(), AttestError> {
+        let started_ns = self.ticks_to_ns(start_ticks);
+        if started_ns > origin.connect_boot_ns {
+            return Err(AttestError::PidReused {
+                tgid: origin.tgid,
+                started_ns,
+                connect_ns: origin.connect_boot_ns,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reads what the process runs from /proc, then checks that it is still
+    /// the process pinned by `pidfd`, with the start time and generation it
+    /// had, running the same executable.
+    fn read_image(
+        &self,
+        origin: &Origin,
+        pidfd: &process::PidFd,
+        started: u64,
+    ) -> Result<ProcessImage, AttestError> {
+        let tgid = origin.tgid;
+        let exe = process::exe_path(tgid).map_err(|e| read_err(tgid, "exe", e))?;
+        let argv = process::cmdline(tgid).map_err(|e| read_err(tgid, "cmdline", e))?;
+        // Hash the running file through /proc/PID/exe: the content of the
+        // program actually running, even if the path now names another file.
+        let exe_hash = match process::open_nonblocking(&process::proc_dir(tgid).join("exe")) {
+            Ok(mut file) => self.hashes.hash_file(&mut file),
+            Err(err) => return Err(read_err(tgid, "exe", err)),
+        };
+        let exe_name = process::file_name(&exe).trim_end_matches(" (deleted)");
+        let entrypoint = entrypoint::resolve(tgid, exe_name, &argv, &self.hashes);
+
+        // Everything above was read from /proc/PID; make sure PID is still
+        // the process we pinned, running the program it connected with.
+        if !pidfd.is_alive() {
+            return Err(AttestError::ProcessGone { tgid });
+        }
+        if self.start_ticks(tgid)? != started {
+            return Err(AttestError::ChangedDuringAttestation {
+                tgid,
+                what: "start time (pid reused)",
+            });
+        }
+        self.check_generation(origin)?;
+        match process::exe_path(tgid) {
+            Ok(again) if again == exe => {}
+            _ => {
+                return Err(AttestError::ChangedDuringAttestation {
+                    tgid,
+                    what: "executable",
+                });
+            }
+        }
+        Ok(ProcessImage {
+            exe,
+            exe_hash,
+            argv0: argv.first().cloned(),
+            entrypoint,
+        })
+    }
+
+    fn check_generation(&self, origin: &Origin) -> Result<(), AttestError> {
+        let now = self.generations.current(origin.tgid).unwrap_or(0);
+        if now != origin.exec_gen {
+            return Err(AttestError::ExecedSinceConnect {
+                tgid: origin.tgid,
+                at_connect: origin.exec_gen,
+                now,
+            });
+        }
+        Ok(())
+    }
+
+    fn start_ticks(&self, tgid: u32) -> Result<u64, AttestError> {
+        process::start_ticks(tgid).map_err(|err| match err.kind() {
+            std::io::ErrorKind::NotFound => AttestError::ProcessGone { tgid },
+            _ => read_err(tgid, "stat", err),
+        })
+    }
+
+    fn ticks_to_ns(&self, ticks: u64) -> u64 {
+        ticks.saturating_mul(1_000_000_000 / self.ticks_per_second)
+    }
+}
+
+fn read_err(tgid: u32, what: &'static str, source: std::io::Error) -> AttestError {
+    if source.kind() == std::io::ErrorKind::NotFound || source.raw_os_error() == Some(libc::ESRCH) {
+        return AttestError::ProcessGone { tgid };
+    }
+    AttestError::Read { tgid, what, source }
+}

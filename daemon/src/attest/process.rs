@@ -1,0 +1,225 @@
+//! Race-safe reads of one process's /proc entries.
+//!
+//! The process is pinned with a pidfd before anything is read, and its start
+//! time is read before and after: a pid that was reused in between shows a
+//! different start time, and a process that died shows in the pidfd. The
+//! caller adds the exec-generation check (see `attest::Attestor`).
+
+use std::{
+    ffi::OsStr,
+    fs::File,
+    io::{self, Read},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::{ffi::OsStrExt, fs::OpenOptionsExt},
+    },
+    path::{Path, PathBuf},
+};
+
+/// A pidfd: a handle on one process that stays valid (and keeps naming that
+/// process, never a successor with the same pid) until it is closed.
+#[derive(Debug)]
+pub struct PidFd {
+    fd: OwnedFd,
+    pub tgid: u32,
+}
+
+impl PidFd {
+    /// Pins `tgid`. Fails with ESRCH when no such process exists.
+    pub fn open(tgid: u32) -> io::Result<PidFd> {
+        let pid =
+            libc::pid_t::try_from(tgid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+        // Safety: pidfd_open takes a pid and flags and returns a new file
+        // descriptor or -1; it touches no memory of ours.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = i32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+        // Safety: the kernel just returned `fd` as a new descriptor that
+        // nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(PidFd { fd, tgid })
+    }
+
+    /// Whether the pinned process is still running. Signal 0 only checks for
+    /// existence and permission; nothing is delivered.
+    pub fn is_alive(&self) -> bool {
+        // Safety: pidfd_send_signal with signal 0 and a null siginfo only
+        // checks that the process behind our own pidfd exists.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                0 as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0 as libc::c_uint,
+            )
+        };
+        // EPERM means it exists but belongs to someone we may not signal.
+        rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+}
+
+/// Where /proc/PID lives; tests and `explain` use the same path.
+pub fn proc_dir(tgid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{tgid}"))
+}
+
+/// The start time of the process (field 22 of /proc/PID/stat), in clock
+/// ticks since boot (CLOCK_BOOTTIME-based).
+pub fn start_ticks(tgid: u32) -> io::Result<u64> {
+    let mut buf = [0u8; 1024];
+    let mut file = File::open(format!("/proc/{tgid}/stat"))?;
+    let len = read_full(&mut file, &mut buf)?;
+    parse_start_ticks(&buf[..len]).ok_or_else(|| io::Error::other("malformed /proc/PID/stat"))
+}
+
+/// Field 22 of a stat line. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted from the last ')'.
+pub fn parse_start_ticks(stat: &[u8]) -> Option<u64> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    // After ')' come field 3 (state) onwards; starttime is field 22.
+    let field = stat[close + 1..]
+        .split(|&b| b == b' ')
+        .filter(|f| !f.is_empty())
+        .nth(22 - 3)?;
+    std::str::from_utf8(field).ok()?.trim().parse().ok()
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        let n = file.read(&mut buf[len..])?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    Ok(len)
+}
+
+/// Clock ticks per second (USER_HZ), for converting start times.
+pub fn ticks_per_second() -> u64 {
+    procfs::ticks_per_second().max(1)
+}
+
+/// CLOCK_BOOTTIME now, in ns: the clock eBPF's bpf_ktime_get_boot_ns reads.
+pub fn boot_time_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // Safety: clock_gettime writes one timespec into the value we pass.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
+/// The target of /proc/PID/exe (may end in " (deleted)" when the file was
+/// replaced or removed since the program started).
+pub fn exe_path(tgid: u32) -> io::Result<PathBuf> {
+    std::fs::read_link(format!("/proc/{tgid}/exe"))
+}
+
+/// The process's current working directory.
+pub fn cwd(tgid: u32) -> io::Result<PathBuf> {
+    std::fs::read_link(format!("/proc/{tgid}/cwd"))
+}
+
+/// argv, as the process currently presents it.
+pub fn cmdline(tgid: u32) -> io::Result<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{tgid}/cmdline"))?;
+    Ok(raw
+        .split(|&b| b == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect())
+}
+
+/// The cgroup v2 path of the process ("0::/path" line of /proc/PID/cgroup).
+pub fn cgroup_v2_path(tgid: u32) -> io::Result<String> {
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/cgroup"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(|path| path.trim_end_matches(" (deleted)").to_owned())
+        .ok_or_else(|| io::Error::other("no cgroup v2 entry in /proc/PID/cgroup"))
+}
+
+/// Real uid and gid from /proc/PID/status (for `explain`, which has no
+/// kernel-recorded Origin).
+pub fn uid_gid(tgid: u32) -> io::Result<(u32, u32)> {
+    let text = std::fs::read_to_string(format!("/proc/{tgid}/status"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok())
+    };
+    match (field("Uid:"), field("Gid:")) {
+        (Some(uid), Some(gid)) => Ok((uid, gid)),
+        _ => Err(io::Error::other("no Uid/Gid in /proc/PID/status")),
+    }
+}
+
+/// Opens a file the process names (its executable or script) for reading,
+/// as the process sees it: relative paths through its cwd, absolute ones
+/// through its root (so chroots and mount namespaces are honoured).
+/// Non-blocking, so that a FIFO named in argv cannot stall the daemon; the
+/// caller checks that it is a regular file.
+pub fn open_in_process(tgid: u32, path: &Path) -> io::Result<File> {
+    let through = if path.is_absolute() {
+        let mut p = proc_dir(tgid).join("root").into_os_string();
+        p.push(path.as_os_str());
+        PathBuf::from(p)
+    } else {
+        proc_dir(tgid).join("cwd").join(path)
+    };
+    open_nonblocking(&through)
+}
+
+pub fn open_nonblocking(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+}
+
+/// The path a descriptor refers to, as the kernel names it.
+pub fn fd_path(file: &File) -> io::Result<PathBuf> {
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// The file name of a path as text, for interpreter detection.
+pub fn file_name(path: &Path) -> &str {
+    path.file_name().and_then(OsStr::to_str).unwrap_or_default()
+}
+
+/// Whether a path text ends with the marker the kernel adds for an unlinked
+/// executable.
+pub fn is_deleted(path: &Path) -> bool {
+    path.as_os_str().as_bytes().ends_with(b" (deleted)")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn start_time_is_field_22_even_with_parentheses_in_the_name() {
+        let stat = b"4242 (we ird) (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
+        assert_eq!(parse_start_ticks(stat), Some(987654));
+    }
+
+    #[test]
+    fn our_own_process_is_alive_and_started_before_now() {
+        let me = std::process::id();
+        let pidfd = PidFd::open(me).unwrap();
+        assert!(pidfd.is_alive());
+        let start_ns = start_ticks(me).unwrap() * 1_000_000_000 / ticks_per_second();
+        assert!(start_ns <= boot_time_ns());
+    }
+}

@@ -1,0 +1,785 @@
+//! Instance identity providers against mock metadata servers on 127.0.0.1
+//! serving documents in the providers' published formats, signed with keys
+//! generated here (by the openssl command line tool) that the verifiers are
+//! configured to trust. Nothing here contacts a real metadata address.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use warrant::{
+    attest::instance::{
+        InstanceError, InstanceHandle, InstanceState, Provider, aws::AwsProvider,
+        azure::AzureProvider, gcp, gcp::GcpProvider, host::HostProvider,
+    },
+    config::InstanceConfig,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+// ---- the mock metadata server ------------------------------------------
+
+/// One request as the mock saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path_and_query: String,
+    headers: HashMap<String, String>,
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> (u16, Vec<u8>) + Send + Sync>;
+
+/// An HTTP/1 server on 127.0.0.1; stops when dropped.
+struct Mock {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Mock {
+    async fn start(handler: Handler) -> Mock {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let handler = handler.clone();
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let seen = Seen {
+                            method: req.method().to_string(),
+                            path_and_query: req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default(),
+                            headers: req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                                })
+                                .collect(),
+                        };
+                        log.lock().unwrap().push(seen.clone());
+                        let handler = handler.clone();
+                        async move {
+                            // Signing runs the openssl tool: off the runtime.
+                            let (status, body) =
+                                tokio::task::spawn_blocking(move || handler(&seen))
+                                    .await
+                                    .unwrap();
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Mock { addr, seen, task }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// An address where nothing listens: bound, then released.
+async fn unreachable_endpoint() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+// ---- keys and signatures, made with the openssl tool --------------------
+
+fn openssl(args: &[&str], dir: &Path) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command line tool is needed to make test keys");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A self-signed RSA certificate: (key path, cert path).
+fn self_signed(dir: &Path, name: &str, cn: &str) -> (PathBuf, PathBuf) {
+    let key = format!("{name}.key");
+    let cert = format!("{name}.pem");
+    openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+        dir,
+    );
+    (dir.join(key), dir.join(cert))
+}
+
+/// A certificate for `cn` issued by the CA `ca`: (key path, cert path).
+fn issued(dir: &Path, name: &str, cn: &str, ca: &(PathBuf, PathBuf)) -> (PathBuf, PathBuf) {
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let cert = format!("{name}.pem");
+    openssl(
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+        dir,
+    );
+    openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            ca.1.to_str().unwrap(),
+            "-CAkey",
+            ca.0.to_str().unwrap(),
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+        ],
+        dir,
+    );
+    (dir.join(key), dir.join(cert))
+}
+
+/// RSA PKCS#1 v1.5 SHA-256 signature of `data` with `key`.
+fn rsa_sha256(dir: &Path, key: &Path, data: &[u8]) -> Vec<u8> {
+    let input = tempfile::NamedTempFile::new_in(dir).unwrap();
+    std::fs::write(input.path(), data).unwrap();
+    openssl(
+        &[
+            "dgst",
+            "-sha256",
+            "-sign",
+            key.to_str().unwrap(),
+            input.path().to_str().unwrap(),
+        ],
+        dir,
+    )
+}
+
+fn der_certs(pem: &Path) -> Vec<Vec<u8>> {
+    warrant::attest::instance::load_pem_certs(pem).unwrap()
+}
+
+// ---- host -------------------------------------------------------------
+
+#[test]
+fn host_identity_is_the_machine_id_and_a_root_only_key_made_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let machine_id = dir.path().join("machine-id");
+    std::fs::write(&machine_id, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let key = dir.path().join("state/host-ed25519.pk8");
+    let host = HostProvider::new(
+        machine_id.clone(),
+        key.clone(),
+        Some("eu-west-1".into()),
+        Some("production".into()),
+    );
+
+    let first = host.fetch().unwrap();
+    assert!(first.verified);
+    assert_eq!(
+        first.claims["machine_id"],
+        "0123456789abcdef0123456789abcdef"
+    );
+    assert_eq!(first.claims["region"], "eu-west-1");
+    assert_eq!(first.claims["environment"], "production");
+    assert_eq!(first.claims["host_key_ed25519"].len(), 64);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Later starts reuse the key.
+    assert_eq!(host.fetch().unwrap(), first);
+
+    // A key others can read is refused, not used.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(matches!(host.fetch(), Err(InstanceError::Host(m)) if m.contains("0600")));
+}
+
+#[test]
+fn an_empty_machine_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let machine_id = dir.path().join("machine-id");
+    std::fs::write(&machine_id, "\n").unwrap();
+    let host = HostProvider::new(machine_id, dir.path().join("k"), None, None);
+    assert!(host.fetch().is_err());
+}
+
+#[test]
+fn the_default_provider_is_host_and_clouds_need_their_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = Provider::from_config(&InstanceConfig::default(), dir.path()).unwrap();
+    assert_eq!(provider.name(), "host");
+    for cloud in ["aws", "azure"] {
+        let config = InstanceConfig {
+            provider: cloud.into(),
+            ..InstanceConfig::default()
+        };
+        assert!(matches!(
+            Provider::from_config(&config, dir.path()),
+            Err(InstanceError::Config(m)) if m.contains("trust_file")
+        ));
+    }
+}
+
+// ---- aws ----------------------------------------------------------------
+
+/// The instance identity document in the format AWS documents.
+const AWS_DOCUMENT: &str = r#"{
+  "accountId" : "123456789012",
+  "architecture" : "x86_64",
+  "availabilityZone" : "us-east-1a",
+  "billingProducts" : null,
+  "devpayProductCodes" : null,
+  "marketplaceProductCodes" : null,
+  "imageId" : "ami-0abcdef1234567890",
+  "instanceId" : "i-1234567890abcdef0",
+  "instanceType" : "t3.micro",
+  "kernelId" : null,
+  "pendingTime" : "2026-11-26T12:00:00Z",
+  "privateIp" : "10.0.0.12",
+  "ramdiskId" : null,
+  "region" : "us-east-1",
+  "version" : "2017-09-30"
+}"#;
+
+const AWS_TOKEN: &str = "AQAEAExampleImdsV2SessionToken==";
+
+async fn aws_mock(signature_b64: String) -> Mock {
+    Mock::start(Arc::new(move |req: &Seen| {
+        match (req.method.as_str(), req.path_and_query.as_str()) {
+            ("PUT", "/latest/api/token") => {
+                if !req
+                    .headers
+                    .contains_key("x-aws-ec2-metadata-token-ttl-seconds")
+                {
+                    return (400, Vec::new());
+                }
+                (200, AWS_TOKEN.as_bytes().to_vec())
+            }
+            ("GET", path) => {
+                // IMDSv2: without the session token, 401.
+                if req
+                    .headers
+                    .get("x-aws-ec2-metadata-token")
+                    .map(String::as_str)
+                    != Some(AWS_TOKEN)
+                {
+                    return (401, Vec::new());
+                }
+                match path {
+                    "/latest/dynamic/instance-identity/document" => {
+                        (200, AWS_DOCUMENT.as_bytes().to_vec())
+                    }
+                    "/latest/dynamic/instance-identity/signature" => {
+                        (200, signature_b64.clone().into_bytes())
+                    }
+                    _ => (404, Vec::new()),
+                }
+            }
+            _ => (405, Vec::new()),
+        }
+    }))
+    .await
+}
+
+/// AWS serves the base64 signature wrapped at 64 columns.
+fn wrapped_base64(bytes: &[u8]) -> String {
+    let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+    text.as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test]
+async fn aws_identity_document_is_verified_with_imdsv2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = self_signed(dir.path(), "aws", "aws-test");
+    let signature = rsa_sha256(dir.path(), &key, AWS_DOCUMENT.as_bytes());
+    let mock = aws_mock(wrapped_base64(&signature)).await;
+    let aws = AwsProvider::new(mock.url(), der_certs(&cert), TIMEOUT, Some("prod".into()));
+
+    let identity = aws.fetch().await.unwrap();
+    assert!(identity.verified);
+    assert_eq!(identity.claims["account"], "123456789012");
+    assert_eq!(identity.claims["instance_id"], "i-1234567890abcdef0");
+    assert_eq!(identity.claims["region"], "us-east-1");
+    assert_eq!(identity.claims["zone"], "us-east-1a");
+    assert_eq!(identity.claims["image_id"], "ami-0abcdef1234567890");
+    assert_eq!(identity.claims["environment"], "prod");
+    let seen = mock.seen.lock().unwrap();
+    assert_eq!(seen[0].method, "PUT");
+    assert_eq!(seen.len(), 3);
+}
+
+#[tokio::test]
+async fn aws_document_signed_by_another_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, trusted) = self_signed(dir.path(), "aws", "aws-test");
+    let (other_key, _) = self_signed(dir.path(), "other", "attacker");
+    let signature = rsa_sha256(dir.path(), &other_key, AWS_DOCUMENT.as_bytes());
+    let mock = aws_mock(wrapped_base64(&signature)).await;
+    let aws = AwsProvider::new(mock.url(), der_certs(&trusted), TIMEOUT, None);
+
+    assert!(matches!(
+        aws.fetch().await,
+        Err(InstanceError::BadSignature(_))
+    ));
+}
+
+#[tokio::test]
+async fn an_unreachable_endpoint_fails_and_claims_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert) = self_signed(dir.path(), "aws", "aws-test");
+    let config = InstanceConfig {
+        provider: "aws".into(),
+        endpoint: Some(unreachable_endpoint().await),
+        trust_file: Some(cert),
+        timeout_ms: 2_000,
+        ..InstanceConfig::default()
+    };
+    let provider = Provider::from_config(&config, dir.path()).unwrap();
+    let handle = InstanceHandle::default();
+    let err = provider.refresh(&handle).await.unwrap_err();
+    assert!(matches!(err, InstanceError::Unreachable { .. }), "{err}");
+    let state = handle.current();
+    assert!(matches!(state.as_ref(), InstanceState::Failed { .. }));
+    assert!(state.claim("region").unwrap_err().contains("failed"));
+}
+
+// ---- gcp ----------------------------------------------------------------
+
+fn b64url(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A JWKS with the public half of `key` (RSA, e = 65537).
+fn jwks_for(dir: &Path, key: &Path, kid: &str) -> gcp::Jwks {
+    let out = openssl(
+        &["rsa", "-in", key.to_str().unwrap(), "-noout", "-modulus"],
+        dir,
+    );
+    let modulus = String::from_utf8(out).unwrap();
+    let n = hex::decode(modulus.trim().trim_start_matches("Modulus=")).unwrap();
+    let doc = serde_json::json!({"keys": [{
+        "kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
+        "n": b64url(&n), "e": "AQAB"
+    }]});
+    gcp::Jwks::parse(doc.to_string().as_bytes()).unwrap()
+}
+
+/// An identity token in the format the metadata server issues with
+/// format=full.
+fn gcp_token(dir: &Path, key: &Path, kid: &str, audience: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = serde_json::json!({"alg": "RS256", "kid": kid, "typ": "JWT"});
+    let payload = serde_json::json!({
+        "aud": audience,
+        "azp": "112233445566778899000",
+        "email": "agent@example-project.iam.gserviceaccount.com",
+        "email_verified": true,
+        "exp": now + 3600,
+        "iat": now,
+        "iss": "https://accounts.google.com",
+        "sub": "112233445566778899000",
+        "google": {"compute_engine": {
+            "instance_creation_timestamp": 1_764_000_000u64,
+            "instance_id": "5566778899001122334",
+            "instance_name": "agent-vm-1",
+            "project_id": "example-project",
+            "project_number": 123456789012u64,
+            "zone": "europe-west4-b"
+        }}
+    });
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(payload.to_string().as_bytes())
+    );
+    let signature = rsa_sha256(dir, key, signing_input.as_bytes());
+    format!("{signing_input}.{}", b64url(&signature))
+}
+
+async fn gcp_mock(token: String) -> Mock {
+    Mock::start(Arc::new(move |req: &Seen| {
+        if req.headers.get("metadata-flavor").map(String::as_str) != Some("Google") {
+            return (403, Vec::new());
+        }
+        if !req
+            .path_and_query
+            .starts_with("/computeMetadata/v1/instance/service-accounts/default/identity?audience=")
+            || !req.path_and_query.ends_with("&format=full")
+        {
+            return (404, Vec::new());
+        }
+        (200, token.clone().into_bytes())
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn gcp_identity_token_is_verified_against_the_jwks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = self_signed(dir.path(), "google", "google-test");
+    let audience = "https://warrant.example/agents";
+    let mock = gcp_mock(gcp_token(dir.path(), &key, "k1", audience)).await;
+    let jwks = jwks_for(dir.path(), &key, "k1");
+    let gcp = GcpProvider::new(mock.url(), audience.into(), Some(jwks), TIMEOUT, None);
+
+    let identity = gcp.fetch().await.unwrap();
+    assert!(identity.verified);
+    assert_eq!(identity.claims["project"], "example-project");
+    assert_eq!(identity.claims["zone"], "europe-west4-b");
+    assert_eq!(identity.claims["region"], "europe-west4");
+    assert_eq!(identity.claims["instance_id"], "5566778899001122334");
+    assert_eq!(identity.claims["project_number"], "123456789012");
+    let seen = mock.seen.lock().unwrap();
+    assert!(
+        seen[0]
+            .path_and_query
+            .contains("audience=https%3A%2F%2Fwarrant.example%2Fagents"),
+        "{:?}",
+        seen[0]
+    );
+}
+
+#[tokio::test]
+async fn gcp_token_signed_by_another_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = self_signed(dir.path(), "google", "google-test");
+    let (other, _) = self_signed(dir.path(), "other", "attacker");
+    let mock = gcp_mock(gcp_token(dir.path(), &other, "k1", "warrant")).await;
+    let gcp = GcpProvider::new(
+        mock.url(),
+        "warrant".into(),
+        Some(jwks_for(dir.path(), &key, "k1")),
+        TIMEOUT,
+        None,
+    );
+    assert!(matches!(
+        gcp.fetch().await,
+        Err(InstanceError::BadSignature(_))
+    ));
+}
+
+#[tokio::test]
+async fn gcp_without_jwks_records_unverified_claims_that_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = self_signed(dir.path(), "google", "google-test");
+    let mock = gcp_mock(gcp_token(dir.path(), &key, "k1", "warrant")).await;
+    let config = InstanceConfig {
+        provider: "gcp".into(),
+        endpoint: Some(mock.url()),
+        ..InstanceConfig::default()
+    };
+    let provider = Provider::from_config(&config, dir.path()).unwrap();
+    let handle = InstanceHandle::default();
+    provider.refresh(&handle).await.unwrap();
+    let state = handle.current();
+    assert!(matches!(
+        state.as_ref(),
+        InstanceState::Attested {
+            verified: false,
+            ..
+        }
+    ));
+    assert!(state.claim("region").unwrap_err().contains("unverified"));
+}
+
+#[tokio::test]
+async fn gcp_token_for_another_audience_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = self_signed(dir.path(), "google", "google-test");
+    let mock = gcp_mock(gcp_token(dir.path(), &key, "k1", "someone-else")).await;
+    let gcp = GcpProvider::new(
+        mock.url(),
+        "warrant".into(),
+        Some(jwks_for(dir.path(), &key, "k1")),
+        TIMEOUT,
+        None,
+    );
+    let err = gcp.fetch().await.unwrap_err();
+    assert!(err.to_string().contains("audience"), "{err}");
+}
+
+#[tokio::test]
+async fn gcp_unreachable_endpoint_is_reported() {
+    let gcp = GcpProvider::new(
+        unreachable_endpoint().await,
+        "warrant".into(),
+        None,
+        TIMEOUT,
+        None,
+    );
+    assert!(matches!(
+        gcp.fetch().await,
+        Err(InstanceError::Unreachable { .. })
+    ));
+}
+
+// ---- azure --------------------------------------------------------------
+
+struct AzureKeys {
+    ca: (PathBuf, PathBuf),
+    leaf: (PathBuf, PathBuf),
+}
+
+fn azure_keys(dir: &Path, signer_cn: &str) -> AzureKeys {
+    let ca = self_signed(dir, "azure-ca", "Test Azure Root");
+    let leaf = issued(dir, "azure-leaf", signer_cn, &ca);
+    AzureKeys { ca, leaf }
+}
+
+/// The attested data response: PKCS#7 SignedData (DER, content attached,
+/// signer certificate included) of the JSON document, base64 in a JSON
+/// envelope, as IMDS serves it.
+fn azure_attested(dir: &Path, keys: &AzureKeys, nonce: &str, tamper: bool) -> Vec<u8> {
+    let content = serde_json::json!({
+        "licenseType": "",
+        "nonce": nonce,
+        "plan": {"name": "", "product": "", "publisher": ""},
+        "sku": "22_04-lts-gen2",
+        "subscriptionId": "8d10da13-8125-4ba9-a717-bf7490507b3d",
+        "timeStamp": {"createdOn": "11/27/26 00:00:00 -0000", "expiresOn": "11/27/26 06:00:00 -0000"},
+        "vmId": "02aab8a4-74ef-476e-8182-f6d2ba4166a6"
+    });
+    let input = tempfile::NamedTempFile::new_in(dir).unwrap();
+    std::fs::write(input.path(), content.to_string()).unwrap();
+    let der = openssl(
+        &[
+            "smime",
+            "-sign",
+            "-binary",
+            "-nodetach",
+            "-md",
+            "sha256",
+            "-outform",
+            "DER",
+            "-in",
+            input.path().to_str().unwrap(),
+            "-signer",
+            keys.leaf.1.to_str().unwrap(),
+            "-inkey",
+            keys.leaf.0.to_str().unwrap(),
+        ],
+        dir,
+    );
+    let mut der = der;
+    if tamper {
+        // Another VM's id, same length, inside the signed content.
+        let at = der
+            .windows(8)
+            .position(|w| w == b"02aab8a4")
+            .expect("vmId in the DER");
+        der[at..at + 2].copy_from_slice(b"99");
+    }
+    serde_json::json!({
+        "encoding": "pkcs7",
+        "signature": base64::engine::general_purpose::STANDARD.encode(der)
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Serves attested data for the nonce asked, or for `fixed_nonce`.
+async fn azure_mock(dir: PathBuf, keys: Arc<AzureKeys>, fixed_nonce: Option<String>) -> Mock {
+    azure_mock_with(dir, keys, fixed_nonce, false).await
+}
+
+async fn azure_mock_with(
+    dir: PathBuf,
+    keys: Arc<AzureKeys>,
+    fixed_nonce: Option<String>,
+    tamper: bool,
+) -> Mock {
+    Mock::start(Arc::new(move |req: &Seen| {
+        if req.headers.get("metadata").map(String::as_str) != Some("true") {
+            return (400, Vec::new());
+        }
+        let Some(query) = req
+            .path_and_query
+            .strip_prefix("/metadata/attested/document?")
+        else {
+            return (404, Vec::new());
+        };
+        let asked = query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("nonce="))
+            .unwrap_or("")
+            .to_owned();
+        let nonce = fixed_nonce.clone().unwrap_or(asked);
+        (200, azure_attested(&dir, &keys, &nonce, tamper))
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn azure_attested_data_is_verified_against_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(azure_keys(dir.path(), "metadata.azure.com"));
+    let mock = azure_mock(dir.path().to_owned(), keys.clone(), None).await;
+    let azure = AzureProvider::new(
+        mock.url(),
+        der_certs(&keys.ca.1),
+        TIMEOUT,
+        Some("westeurope".into()),
+        None,
+    );
+
+    let identity = azure.fetch().await.unwrap();
+    assert!(identity.verified);
+    assert_eq!(
+        identity.claims["vm_id"],
+        "02aab8a4-74ef-476e-8182-f6d2ba4166a6"
+    );
+    assert_eq!(
+        identity.claims["subscription"],
+        "8d10da13-8125-4ba9-a717-bf7490507b3d"
+    );
+    assert_eq!(identity.claims["region"], "westeurope");
+    assert!(
+        mock.seen.lock().unwrap()[0]
+            .path_and_query
+            .contains("api-version=2020-09-01&nonce=")
+    );
+}
+
+#[tokio::test]
+async fn azure_document_altered_after_signing_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(azure_keys(dir.path(), "metadata.azure.com"));
+    let mock = azure_mock_with(dir.path().to_owned(), keys.clone(), None, true).await;
+    let azure = AzureProvider::new(mock.url(), der_certs(&keys.ca.1), TIMEOUT, None, None);
+    let err = azure.fetch().await.unwrap_err();
+    assert!(matches!(err, InstanceError::BadSignature(_)), "{err}");
+}
+
+#[tokio::test]
+async fn azure_data_from_an_untrusted_ca_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(azure_keys(dir.path(), "metadata.azure.com"));
+    let (_, other_ca) = self_signed(dir.path(), "other-ca", "Other Root");
+    let mock = azure_mock(dir.path().to_owned(), keys, None).await;
+    let azure = AzureProvider::new(mock.url(), der_certs(&other_ca), TIMEOUT, None, None);
+    let err = azure.fetch().await.unwrap_err();
+    assert!(
+        matches!(err, InstanceError::BadSignature(ref m) if m.contains("chain")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn azure_replayed_document_with_an_old_nonce_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(azure_keys(dir.path(), "metadata.azure.com"));
+    let mock = azure_mock(
+        dir.path().to_owned(),
+        keys.clone(),
+        Some("1234567890".into()),
+    )
+    .await;
+    let azure = AzureProvider::new(mock.url(), der_certs(&keys.ca.1), TIMEOUT, None, None);
+    let err = azure.fetch().await.unwrap_err();
+    assert!(err.to_string().contains("nonce"), "{err}");
+}
+
+#[tokio::test]
+async fn azure_signer_that_is_not_the_metadata_service_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(azure_keys(dir.path(), "evil.example.com"));
+    let mock = azure_mock(dir.path().to_owned(), keys.clone(), None).await;
+    let azure = AzureProvider::new(mock.url(), der_certs(&keys.ca.1), TIMEOUT, None, None);
+    let err = azure.fetch().await.unwrap_err();
+    assert!(
+        err.to_string().contains("not the Azure metadata service"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn azure_unreachable_endpoint_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = azure_keys(dir.path(), "metadata.azure.com");
+    let azure = AzureProvider::new(
+        unreachable_endpoint().await,
+        der_certs(&keys.ca.1),
+        TIMEOUT,
+        None,
+        None,
+    );
+    assert!(matches!(
+        azure.fetch().await,
+        Err(InstanceError::Unreachable { .. })
+    ));
+}

@@ -1,0 +1,480 @@
+//! Process attestation against real processes this test spawns (and only
+//! those): entrypoints, hashes through /proc/PID/exe, exec and pid-reuse
+//! races. Interpreters are stood in for by a copy of /bin/sh under the
+//! interpreter's name, running a shell script in the place of the program:
+//! argv, cwd and the executable's name are what attestation reads, and the
+//! child blocks reading stdin until the guard kills it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+};
+
+use warrant::{
+    attest::{
+        AttestError, Attestor, ExecGenerations, InstanceHandle, MemoryExecGenerations, Target,
+        process,
+    },
+    config::AttestConfig,
+    origin::Origin,
+};
+
+/// A spawned child, killed and reaped on drop (also on panic).
+struct Spawned(Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Spawned {
+    fn tgid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+/// A temp dir with `bin/<name>`: a copy of /bin/sh under an interpreter's
+/// name.
+fn interpreter(dir: &Path, name: &str) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let path = bin.join(name);
+    std::fs::copy("/bin/dash", &path)
+        .or_else(|_| std::fs::copy("/bin/sh", &path))
+        .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Writes a script that says it runs, then blocks until its stdin closes.
+fn blocking_script(path: &Path) -> Vec<u8> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let body = format!("# {}\necho ready\nread line\n", path.display()).into_bytes();
+    std::fs::write(path, &body).unwrap();
+    body
+}
+
+/// Spawns and waits until the child prints "ready": spawn() may return
+/// while the kernel is still setting up the new program (argv is empty then),
+/// so the child's own word is the readiness signal.
+fn spawn(program: &Path, args: &[&str], cwd: &Path) -> Spawned {
+    let mut child = Spawned(
+        Command::new(program)
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(&mut child);
+    child
+}
+
+fn wait_ready(child: &mut Spawned) {
+    let mut line = String::new();
+    BufReader::new(child.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+fn attestor(generations: Arc<dyn ExecGenerations>) -> Attestor {
+    Attestor::new(
+        &AttestConfig::default(),
+        generations,
+        InstanceHandle::default(),
+    )
+}
+
+/// The Origin the connect program would record for `tgid` connecting now.
+fn origin_now(attestor: &Attestor, tgid: u32) -> Origin {
+    let cgroup = process::cgroup_v2_path(tgid).unwrap();
+    Origin {
+        original_dst: "127.0.0.1:443".parse().unwrap(),
+        pid: tgid,
+        tgid,
+        uid: 0,
+        gid: 0,
+        cgroup_id: attestor.cgroups().id_of(&cgroup).unwrap_or(0),
+        exec_gen: attestor.generations().current(tgid).unwrap_or(0),
+        connect_boot_ns: process::boot_time_ns(),
+    }
+}
+
+#[test]
+fn python_script_entrypoint_is_resolved_against_the_cwd_and_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = interpreter(dir.path(), "python3");
+    let work = dir.path().join("srv");
+    let body = blocking_script(&work.join("agent.py"));
+    let child = spawn(&python, &["-u", "agent.py"], &work);
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+
+    let att = attestor
+        .attest(&origin_now(&attestor, child.tgid()))
+        .unwrap();
+
+    assert_eq!(att.exe, python);
+    assert_eq!(
+        att.exe_hash.hex(),
+        Some(sha256(&std::fs::read(&python).unwrap()).as_str())
+    );
+    let ep = att.entrypoint.unwrap();
+    assert_eq!(ep.target, Target::Script("agent.py".into()));
+    assert_eq!(ep.path.as_deref(), Some(work.join("agent.py").as_path()));
+    assert_eq!(ep.hash.hex(), Some(sha256(&body).as_str()));
+    assert_eq!(
+        att.cgroup,
+        Some(process::cgroup_v2_path(child.tgid()).unwrap())
+    );
+}
+
+#[test]
+fn python_dash_m_resolves_packages_and_modules_in_the_cwd() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = interpreter(dir.path(), "python3.12");
+    let work = dir.path().join("srv");
+    // The stand-in shell runs the file named like the module; the resolver
+    // must find the Python files instead.
+    blocking_script(&work.join("app.agent"));
+    let package_main = blocking_script(&work.join("app/agent/__main__.py"));
+    blocking_script(&work.join("tool"));
+    let module = blocking_script(&work.join("tool.py"));
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+
+    let child = spawn(&python, &["-m", "app.agent"], &work);
+    let ep = attestor
+        .attest(&origin_now(&attestor, child.tgid()))
+        .unwrap()
+        .entrypoint
+        .unwrap();
+    assert_eq!(ep.target, Target::Module("app.agent".into()));
+    assert_eq!(ep.path, Some(work.join("app/agent/__main__.py")));
+    assert_eq!(ep.hash.hex(), Some(sha256(&package_main).as_str()));
+
+    let child = spawn(&python, &["-m", "tool"], &work);
+    let ep = attestor
+        .attest(&origin_now(&attestor, child.tgid()))
+        .unwrap()
+        .entrypoint
+        .unwrap();
+    assert_eq!(ep.path, Some(work.join("tool.py")), "{ep:?}");
+    assert_eq!(ep.hash.hex(), Some(sha256(&module).as_str()));
+}
+
+#[test]
+fn node_entrypoint_is_the_script_under_dist() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = interpreter(dir.path(), "node");
+    let work = dir.path().join("app");
+    let body = blocking_script(&work.join("dist/index.js"));
+    let child = spawn(&node, &["dist/index.js", "30"], &work);
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+
+    let ep = attestor
+        .attest(&origin_now(&attestor, child.tgid()))
+        .unwrap()
+        .entrypoint
+        .unwrap();
+    assert_eq!(ep.target, Target::Script("dist/index.js".into()));
+    assert_eq!(ep.path, Some(work.join("dist/index.js")));
+    assert_eq!(ep.hash.hex(), Some(sha256(&body).as_str()));
+}
+
+#[test]
+fn shebang_script_run_directly_is_the_entrypoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = interpreter(dir.path(), "python3");
+    let work = dir.path().join("srv");
+    std::fs::create_dir_all(&work).unwrap();
+    let script = work.join("agent");
+    let body = format!("#!{} -u\necho ready\nread line\n", python.display());
+    std::fs::write(&script, &body).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The kernel runs `python3 -u ./agent`.
+    let child = spawn(Path::new("./agent"), &[], &work);
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+
+    let att = attestor
+        .attest(&origin_now(&attestor, child.tgid()))
+        .unwrap();
+    assert_eq!(att.exe, python);
+    let ep = att.entrypoint.unwrap();
+    assert_eq!(ep.path, Some(script));
+    assert_eq!(ep.hash.hex(), Some(sha256(body.as_bytes()).as_str()));
+}
+
+#[test]
+fn a_non_interpreter_has_no_entrypoint_and_later_connections_reuse_the_process_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let child = spawn(&agent, &["x"], dir.path());
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+    let origin = origin_now(&attestor, child.tgid());
+
+    let first = attestor.attest(&origin).unwrap();
+    assert!(first.entrypoint.is_none());
+    let second = attestor.attest(&origin).unwrap();
+    assert_eq!(second.exe_hash, first.exe_hash);
+    assert_eq!(attestor.image_stats().hits, 1);
+
+    // A new process image of the same binary hashes nothing again.
+    attestor.forget_processes();
+    let misses = attestor.hashes().stats().misses;
+    let third = attestor.attest(&origin).unwrap();
+    assert_eq!(third.exe_hash, first.exe_hash);
+    assert_eq!(attestor.hashes().stats().misses, misses);
+    assert!(attestor.hashes().stats().hits >= 1);
+}
+
+#[test]
+fn a_binary_replaced_on_disk_is_attested_as_the_program_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    let original = std::fs::read(&agent).unwrap();
+    blocking_script(&dir.path().join("x"));
+    let child = spawn(&agent, &["x"], dir.path());
+    // An upgrade renames a new file over the old one.
+    let staged = dir.path().join("bin/agent-bin.new");
+    std::fs::write(&staged, b"#!/bin/sh\necho new\n").unwrap();
+    std::fs::rename(&staged, &agent).unwrap();
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+
+    let att = attestor
+        .attest(&origin_now(&attestor, child.tgid()))
+        .unwrap();
+    assert_eq!(att.exe_hash.hex(), Some(sha256(&original).as_str()));
+    assert!(att.exe.to_string_lossy().ends_with(" (deleted)"));
+}
+
+#[test]
+fn the_size_limit_leaves_the_hash_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let child = spawn(&agent, &["x"], dir.path());
+    let config = AttestConfig {
+        max_hash_bytes: 1024,
+    };
+    let attestor = Attestor::new(
+        &config,
+        Arc::new(MemoryExecGenerations::default()),
+        InstanceHandle::default(),
+    );
+    let att = attestor
+        .attest(&origin_now(&attestor, child.tgid()))
+        .unwrap();
+    assert!(att.exe_hash.hex().is_none());
+    assert!(
+        att.exe_hash
+            .describe()
+            .contains("exceeds the limit of 1024 bytes")
+    );
+}
+
+#[test]
+fn connect_then_exec_is_refused_when_the_generation_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let child = spawn(&agent, &["x"], dir.path());
+    let generations = Arc::new(MemoryExecGenerations::default());
+    let attestor = attestor(generations.clone());
+    let origin = origin_now(&attestor, child.tgid());
+    attestor.attest(&origin).unwrap();
+
+    // What the sched_process_exec tracepoint records on an exec.
+    generations.set(child.tgid(), process::boot_time_ns());
+
+    match attestor.attest(&origin) {
+        Err(AttestError::ExecedSinceConnect { at_connect: 0, .. }) => {}
+        other => panic!("expected ExecedSinceConnect, got {other:?}"),
+    }
+}
+
+/// Exec generations derived from the identity of /proc/PID/exe: generation
+/// 1 once the process runs another file than at the start. Stands in for
+/// the eBPF tracepoint so that a real exec can be observed without
+/// privileges.
+struct ExeIdentityGenerations {
+    tgid: u32,
+    at_start: (u64, u64),
+}
+
+fn exe_identity(tgid: u32) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(format!("/proc/{tgid}/exe")).ok()?;
+    Some((meta.dev(), meta.ino()))
+}
+
+impl ExecGenerations for ExeIdentityGenerations {
+    fn current(&self, tgid: u32) -> Option<u64> {
+        if tgid != self.tgid {
+            return None;
+        }
+        (exe_identity(tgid) != Some(self.at_start)).then_some(1)
+    }
+}
+
+#[test]
+fn a_child_that_really_execs_after_connect_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = interpreter(dir.path(), "agent-bin");
+    let second = interpreter(dir.path(), "other-bin");
+    let mut child = Spawned(
+        Command::new(&first)
+            .args([
+                "-c",
+                &format!(
+                    "echo ready; read line; exec {} -c 'echo ready; read line'",
+                    second.display()
+                ),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_ready(&mut child);
+    let tgid = child.tgid();
+    let generations = Arc::new(ExeIdentityGenerations {
+        tgid,
+        at_start: exe_identity(tgid).unwrap(),
+    });
+    let attestor = attestor(generations);
+    let origin = origin_now(&attestor, tgid);
+    assert_eq!(attestor.attest(&origin).unwrap().exe, first);
+
+    // Let it exec, and wait until the new program says it runs.
+    child.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    wait_ready(&mut child);
+
+    match attestor.attest(&origin) {
+        Err(AttestError::ExecedSinceConnect { tgid: t, .. }) if t == tgid => {}
+        other => panic!("expected ExecedSinceConnect, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_process_started_after_the_connect_is_a_reused_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let child = spawn(&agent, &["x"], dir.path());
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+    let start_ns =
+        process::start_ticks(child.tgid()).unwrap() * 1_000_000_000 / process::ticks_per_second();
+    let mut origin = origin_now(&attestor, child.tgid());
+    // The connect happened a second before this process existed.
+    origin.connect_boot_ns = start_ns - 1_000_000_000;
+
+    match attestor.attest(&origin) {
+        Err(AttestError::PidReused { started_ns, .. }) => assert_eq!(started_ns, start_ns),
+        other => panic!("expected PidReused, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_process_that_is_gone_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let mut child = spawn(&agent, &["x"], dir.path());
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+    let origin = origin_now(&attestor, child.tgid());
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+
+    match attestor.attest(&origin) {
+        Err(AttestError::ProcessGone { .. }) => {}
+        // The pid may have been reused already by an unrelated process: then
+        // its start time gives it away.
+        Err(AttestError::PidReused { .. }) => {}
+        other => panic!("expected ProcessGone, got {other:?}"),
+    }
+}
+
+#[test]
+fn explain_attests_a_live_process_and_matches_its_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = interpreter(dir.path(), "node");
+    let work = dir.path().join("app");
+    let body = blocking_script(&work.join("dist/index.js"));
+    let child = spawn(&node, &["dist/index.js"], &work);
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+    let config = format!(
+        "[[workload]]\nname = \"node-agent\"\nexe = \"{}\"\nentrypoint_sha256 = [\"{}\"]\n\n\
+         [[workload]]\nname = \"other\"\nuid = 4294967294\n",
+        node.display(),
+        sha256(&body)
+    );
+    let workloads = warrant::config::Config::parse(&config, "test")
+        .unwrap()
+        .workloads;
+    let matcher = warrant::attest::WorkloadMatcher::new(&workloads);
+
+    let text = warrant::attest::explain::explain_pid(child.tgid(), &attestor, &matcher).unwrap();
+
+    assert!(
+        text.contains(&format!("process {}", child.tgid())),
+        "{text}"
+    );
+    assert!(text.contains("workload: node-agent"), "{text}");
+    assert!(
+        text.contains(&work.join("dist/index.js").display().to_string()),
+        "{text}"
+    );
+    assert!(text.contains("FAIL uid"), "{text}");
+}
+
+#[test]
+fn a_cached_process_that_exited_is_not_served_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let mut child = spawn(&agent, &["x"], dir.path());
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+    let origin = origin_now(&attestor, child.tgid());
+    attestor.attest(&origin).unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+
+    match attestor.attest(&origin) {
+        Err(AttestError::ProcessGone { .. }) | Err(AttestError::PidReused { .. }) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(attestor.image_stats().hits, 0);
+}
+
+#[test]
+fn a_cached_process_still_refuses_a_connect_from_before_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let child = spawn(&agent, &["x"], dir.path());
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+    let mut origin = origin_now(&attestor, child.tgid());
+    attestor.attest(&origin).unwrap();
+    // A late Origin from the previous holder of this pid.
+    origin.connect_boot_ns = 1;
+    assert!(matches!(
+        attestor.attest(&origin),
+        Err(AttestError::PidReused { .. })
+    ));
+}
