@@ -16,5 +16,6 @@ pub mod policy;
 pub mod proxy;
 pub mod redirect;
 pub mod secret;
+pub mod service;
 pub mod splice;
 pub mod tls;

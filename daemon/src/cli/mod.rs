@@ -19,6 +19,16 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Run the daemon (systemd Type=notify).
+    Run {
+        /// Default: /etc/warrant/warrant.toml, else the embedded default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Detach the eBPF programs and remove their pins on exit (demos and
+        /// tests; a service keeps them so a restart loses no redirection).
+        #[arg(long)]
+        detach_on_exit: bool,
+    },
     /// Validate a configuration file; errors name file:line:column.
     CheckConfig {
         /// The file to check.
@@ -38,6 +48,23 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
+        Command::Run { config, detach_on_exit } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("warrant: cannot start the runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::service::run(crate::service::RunOptions { config, detach_on_exit })) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    eprintln!("warrant: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(config) => {
                 println!(

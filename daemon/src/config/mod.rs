@@ -34,6 +34,7 @@ pub struct Config {
     pub instance: InstanceConfig,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    #[serde(default)]
     pub attest: AttestConfig,
     #[serde(default, rename = "workload")]
     pub workloads: Vec<WorkloadConfig>,

@@ -241,6 +241,12 @@ impl RedirectMaps {
     }
 }
 
+impl crate::attest::ExecGenerations for RedirectMaps {
+    fn current(&self, tgid: u32) -> Option<u64> {
+        Some(self.exec_generation(tgid)).filter(|&generation| generation != 0)
+    }
+}
+
 fn peer_key(peer: SocketAddr) -> PeerKey {
     match origin::normalize(peer) {
         SocketAddr::V4(v4) => PeerKey {

@@ -1,0 +1,86 @@
+//! The per-request decision: who is asking (attestation, workload) and
+//! whether policy lets them. The injector asks before any credential is
+//! fetched; a refusal is answered with 403 in the provider's error shape.
+
+use std::{collections::HashMap, sync::Arc};
+
+use http::StatusCode;
+
+use crate::{
+    attest::{Attestor, WorkloadMatcher},
+    policy::{Policy, PolicyInput},
+    proxy::{GateDecision, GateFuture, GateRequest, RequestGate},
+};
+
+pub struct WarrantGate {
+    attestor: Arc<Attestor>,
+    workloads: WorkloadMatcher,
+    policy: Policy,
+    /// Upstream host -> scheme, to read the model from a Gemini path.
+    schemes: HashMap<String, String>,
+}
+
+impl WarrantGate {
+    pub fn new(attestor: Arc<Attestor>, workloads: WorkloadMatcher, policy: Policy, schemes: HashMap<String, String>) -> Self {
+        WarrantGate { attestor, workloads, policy, schemes }
+    }
+
+    fn decide(&self, request: &GateRequest<'_>) -> GateDecision {
+        let attestation = match self.attestor.attest(request.origin) {
+            Ok(attestation) => attestation,
+            Err(error) => {
+                tracing::warn!(tgid = request.origin.tgid, %error, "attestation failed: request refused");
+                return refuse(format!("the calling process could not be attested: {error}"));
+            }
+        };
+        let report = self.workloads.evaluate(&attestation);
+        let Some(workload) = report.matched.as_deref() else {
+            let refusal = report.refusal(&attestation);
+            tracing::warn!(tgid = attestation.tgid, unit = ?attestation.unit, exe = %attestation.exe.display(), "no workload matches: request refused");
+            return refuse(format!("no [[workload]] matches the calling process: {refusal}"));
+        };
+        let instance = attestation.instance.as_ref();
+        let scheme = self.schemes.get(request.upstream).map(String::as_str).unwrap_or("");
+        let model = crate::policy::model_of(scheme, request.path, &[]);
+        let exe_sha256 = attestation.exe_hash.hex().and_then(sha256_bytes);
+        let decision = self.policy.evaluate(&PolicyInput {
+            workload,
+            environment: instance.claim("environment").ok(),
+            region: instance.claim("region").ok(),
+            exe_path: Some(attestation.exe.as_path()),
+            exe_sha256: exe_sha256.as_ref(),
+            upstream_host: request.upstream,
+            method: request.method.as_str(),
+            path: request.path,
+            model: model.as_deref(),
+            now: jiff::Timestamp::now(),
+        });
+        if decision.allowed {
+            tracing::debug!(workload, upstream = request.upstream, path = request.path, "allowed");
+            GateDecision::Allow
+        } else {
+            let summary = decision.summary();
+            tracing::info!(workload, upstream = request.upstream, path = request.path, reasons = %summary, "denied by policy");
+            refuse(format!("workload {workload:?} is not allowed this request: {summary}"))
+        }
+    }
+}
+
+fn sha256_bytes(hex_digest: &str) -> Option<[u8; 32]> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_digest, &mut bytes).ok()?;
+    Some(bytes)
+}
+
+fn refuse(message: String) -> GateDecision {
+    GateDecision::Refuse { status: StatusCode::FORBIDDEN, message }
+}
+
+impl RequestGate for WarrantGate {
+    fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
+        // Attestation reads /proc and may hash a file the first time: keep it
+        // off the async workers.
+        let decision = tokio::task::block_in_place(|| self.decide(&request));
+        Box::pin(async move { decision })
+    }
+}

@@ -1,0 +1,159 @@
+//! `warrant run`: the daemon, assembled from its parts in the order of the
+//! request path, and its life cycle (readiness, signals, shutdown).
+
+mod gate;
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{net::TcpListener, signal::unix::SignalKind};
+
+pub use gate::WarrantGate;
+
+use crate::{
+    attest::{self, Attestor, InstanceHandle, WorkloadMatcher},
+    config::Config,
+    credentials::{self, StoreOptions, SystemClock},
+    notify::notify,
+    policy::{Policy, PostureStore},
+    proxy::Injector,
+    redirect::{RedirectSettings, Redirector, tagging},
+    tls::{self, LeafCache, LocalCa},
+};
+
+pub struct RunOptions {
+    /// None: /etc/warrant/warrant.toml if it exists, else the embedded default.
+    pub config: Option<PathBuf>,
+    /// Detach the eBPF programs and remove their pins on exit (demos, tests).
+    /// A daemon that is only restarting keeps them: see `redirect`.
+    pub detach_on_exit: bool,
+}
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/warrant/warrant.toml";
+
+/// The configuration `warrant run` uses, and where it came from.
+pub fn load_config(path: Option<&Path>) -> Result<(Config, String)> {
+    let path = path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    if path.exists() {
+        return Ok((Config::load(&path)?, path.display().to_string()));
+    }
+    if path != Path::new(DEFAULT_CONFIG_PATH) {
+        anyhow::bail!("{}: no such file", path.display());
+    }
+    Ok((Config::embedded_default()?, "the embedded default config".to_owned()))
+}
+
+pub async fn run(options: RunOptions) -> Result<()> {
+    let (config, origin) = load_config(options.config.as_deref())?;
+    tracing::info!(config = %origin, "starting");
+    credentials::make_non_dumpable().context("cannot make the process non-dumpable")?;
+    let state_dir = &config.daemon.state_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+
+    notify("STATUS=loading the local CA");
+    let hosts: Vec<String> = config.upstreams.iter().map(|u| u.host.get_ref().to_ascii_lowercase()).collect();
+    let ca = Arc::new(LocalCa::load_or_create(state_dir, &hosts)?);
+    let roots = tls::system_roots();
+    let bundle = ca.write_trust_bundle(&roots)?;
+    tracing::info!(bundle = %bundle.display(), "trust bundle written");
+    let leafs = Arc::new(LeafCache::new(ca.clone()));
+
+    notify("STATUS=fetching credentials and the instance identity");
+    let credentials = Arc::new(
+        credentials::store_from_config(&config.credentials, Arc::new(SystemClock), &StoreOptions::default())
+            .map_err(anyhow::Error::msg)?,
+    );
+    credentials.prefetch().await;
+    let _credential_refreshers = credentials.spawn_refresher();
+    let instance = InstanceHandle::default();
+    let provider = attest::instance::Provider::from_config(&config.instance, state_dir)?;
+    if let Err(error) = provider.refresh(&instance).await {
+        // Conditions that need the identity fail closed until it is fetched.
+        tracing::warn!(%error, "instance identity not available yet");
+    }
+    let _instance_refresher =
+        provider.spawn_refresh(instance.clone(), Duration::from_secs(config.instance.refresh_secs));
+    let posture = Arc::new(PostureStore::from_config(&config.postures).map_err(anyhow::Error::msg)?);
+    let _posture_refreshers = posture.clone().spawn_refresher();
+    let policy = Policy::new(&config.policies, posture).map_err(anyhow::Error::msg)?;
+
+    notify("STATUS=attaching the eBPF programs");
+    let listener4 = TcpListener::bind(config.daemon.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.daemon.listen))?;
+    let listener6 = match config.listen6() {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%addr, %error, "no IPv6 listener: IPv6 connections go to the IPv4 listener");
+                None
+            }
+        },
+        None => None,
+    };
+    let settings = RedirectSettings::from_config(
+        &config,
+        listener4.local_addr()?,
+        listener6.as_ref().and_then(|l| l.local_addr().ok()),
+    )?;
+    let redirector = Redirector::start(settings.clone())?;
+    let maps = redirector.maps();
+    let tagger = tagging::Tagger::new(&settings.cgroup_root, tagging::selectors(&config), maps.clone())?;
+    let (stop_tagger, tagger_stopped) = tokio::sync::oneshot::channel::<()>();
+    let tagger_task = tokio::spawn(tagger.watch(async {
+        let _ = tagger_stopped.await;
+    }));
+
+    let attestor = Arc::new(Attestor::new(&config.attest, maps.clone(), instance));
+    let schemes: HashMap<String, String> = config
+        .upstreams
+        .iter()
+        .map(|u| (u.host.get_ref().to_ascii_lowercase(), u.scheme.get_ref().clone()))
+        .collect();
+    let gate = Arc::new(WarrantGate::new(attestor, WorkloadMatcher::new(&config.workloads), policy, schemes));
+    let injector = Arc::new(Injector::new(&config, leafs, maps, credentials, &roots)?.with_gate(gate));
+    let mut servers = vec![tokio::spawn(injector.clone().serve(listener4))];
+    if let Some(listener6) = listener6 {
+        servers.push(tokio::spawn(injector.serve(listener6)));
+    }
+    let addrs: Vec<SocketAddr> = std::iter::once(config.daemon.listen).chain(settings.listen6.map(SocketAddr::V6)).collect();
+    tracing::info!(listen = ?addrs, "ready");
+    notify("READY=1\nSTATUS=serving");
+
+    wait_for_shutdown().await?;
+    notify("STOPPING=1");
+    for server in servers {
+        server.abort();
+    }
+    let _ = stop_tagger.send(());
+    let _ = tagger_task.await;
+    if options.detach_on_exit {
+        redirector.detach()?;
+        tracing::info!("eBPF programs detached");
+    } else {
+        tracing::info!("stopping; the pinned eBPF programs keep tagged connections away from providers");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_shutdown() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}
