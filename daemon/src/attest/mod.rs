@@ -443,3 +443,23 @@ fn read_err(tgid: u32, what: &'static str, source: std::io::Error) -> AttestErro
     }
     AttestError::Read { tgid, what, source }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_attestor_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Attestor>();
+        shared::<Attestation>();
+    }
+
+    #[test]
+    fn no_recorded_exec_is_generation_zero() {
+        let generations = MemoryExecGenerations::default();
+        assert_eq!(generations.current(7), None);
+        generations.set(7, 99);
+        assert_eq!(generations.current(7), Some(99));
+    }
+}
