@@ -521,3 +521,21 @@ fn scripts_named_in_argv_must_be_regular_files_the_process_can_read() {
     assert!(member.can_read(&meta(0o640)));
     assert!(!member.can_read(&meta(0o600)));
 }
+
+#[tokio::test]
+async fn async_attestation_answers_known_processes_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let child = spawn(&agent, &["x"], dir.path());
+    let attestor = Arc::new(attestor(Arc::new(MemoryExecGenerations::default())));
+    let origin = origin_now(&attestor, child.tgid());
+
+    let first = attestor.attest_async(origin).await.unwrap();
+    let second = attestor.attest_async(origin).await.unwrap();
+    assert_eq!(first.exe, agent);
+    assert_eq!(second.exe_hash, first.exe_hash);
+    assert_eq!(second.cgroup, first.cgroup);
+    assert_eq!(attestor.image_stats().misses, 1);
+    assert_eq!(attestor.image_stats().hits, 1);
+}
