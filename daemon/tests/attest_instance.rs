@@ -783,3 +783,29 @@ async fn azure_unreachable_endpoint_is_reported() {
         Err(InstanceError::Unreachable { .. })
     ));
 }
+
+#[tokio::test]
+async fn the_refresher_fills_the_handle_and_stops_when_aborted() {
+    let dir = tempfile::tempdir().unwrap();
+    let machine_id = dir.path().join("machine-id");
+    std::fs::write(&machine_id, "fedcba9876543210fedcba9876543210\n").unwrap();
+    let provider = Provider::Host(HostProvider::new(
+        machine_id,
+        dir.path().join("host-ed25519.pk8"),
+        Some("local".into()),
+        None,
+    ));
+    let handle = InstanceHandle::default();
+    let task = provider.spawn_refresh(handle.clone(), Duration::from_secs(3600));
+    // The first fetch happens at once; wait for it by yielding, not sleeping.
+    tokio::time::timeout(TIMEOUT, async {
+        while matches!(handle.current().as_ref(), InstanceState::Pending) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(handle.current().claim("region"), Ok("local"));
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+}

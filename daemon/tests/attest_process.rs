@@ -478,3 +478,64 @@ fn a_cached_process_still_refuses_a_connect_from_before_its_start() {
         Err(AttestError::PidReused { .. })
     ));
 }
+
+#[test]
+fn scripts_named_in_argv_must_be_regular_files_the_process_can_read() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let child = spawn(&agent, &["x"], dir.path());
+    let creds = process::FsCreds::of(child.tgid()).unwrap();
+
+    // A FIFO would block a reader, a device could act on being opened:
+    // neither is opened for reading, and the call returns at once.
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    for path in [Path::new("fifo"), Path::new("/dev/null")] {
+        let err = process::open_script_in_process(child.tgid(), path, &creds).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+    assert!(process::open_script_in_process(child.tgid(), Path::new("x"), &creds).is_ok());
+
+    // Permission bits are checked against the process's credentials.
+    let secret = dir.path().join("secret.py");
+    std::fs::write(&secret, "x").unwrap();
+    let meta = |mode| {
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+        std::fs::metadata(&secret).unwrap()
+    };
+    let owner = std::fs::metadata(&secret).unwrap().uid();
+    let group = std::fs::metadata(&secret).unwrap().gid();
+    let stranger = process::FsCreds {
+        uid: owner.wrapping_add(1).max(1),
+        gid: group.wrapping_add(1),
+        groups: vec![],
+    };
+    assert!(!stranger.can_read(&meta(0o600)));
+    assert!(stranger.can_read(&meta(0o604)));
+    let member = process::FsCreds {
+        groups: vec![group],
+        ..stranger.clone()
+    };
+    assert!(member.can_read(&meta(0o640)));
+    assert!(!member.can_read(&meta(0o600)));
+}
+
+#[tokio::test]
+async fn async_attestation_answers_known_processes_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let child = spawn(&agent, &["x"], dir.path());
+    let attestor = Arc::new(attestor(Arc::new(MemoryExecGenerations::default())));
+    let origin = origin_now(&attestor, child.tgid());
+
+    let first = attestor.attest_async(origin).await.unwrap();
+    let second = attestor.attest_async(origin).await.unwrap();
+    assert_eq!(first.exe, agent);
+    assert_eq!(second.exe_hash, first.exe_hash);
+    assert_eq!(second.cgroup, first.cgroup);
+    assert_eq!(attestor.image_stats().misses, 1);
+    assert_eq!(attestor.image_stats().hits, 1);
+}

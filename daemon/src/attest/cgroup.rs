@@ -78,6 +78,11 @@ impl CgroupResolver {
         std::fs::metadata(full).ok().map(|m| m.ino())
     }
 
+    /// The path of cgroup `id` if it was resolved before (no I/O).
+    pub fn cached(&self, id: u64) -> Option<String> {
+        self.by_id.read().ok()?.get(&id).cloned()
+    }
+
     /// The path of cgroup `id`, relative to the mount ("/" for the root).
     /// `tgid` is a hint: the process that was in that cgroup at connect.
     pub fn path_of(&self, id: u64, tgid: u32) -> Option<String> {

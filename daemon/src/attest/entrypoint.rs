@@ -270,10 +270,14 @@ pub fn resolve(
 ) -> Option<Entrypoint> {
     let interpreter = Interpreter::from_exe_name(exe_name)?;
     let target = target_of(interpreter, argv);
-    let opened = match &target {
-        Target::Inline => Err("inline code: no file to hash".to_owned()),
-        Target::Script(path) => open_script(tgid, interpreter, Path::new(path)),
-        Target::Module(name) => open_module(tgid, name),
+    let creds = super::process::FsCreds::of(tgid);
+    let opened = match (&target, creds) {
+        (Target::Inline, _) => Err("inline code: no file to hash".to_owned()),
+        (_, Err(err)) => Err(format!("cannot read the process's credentials: {err}")),
+        (Target::Script(path), Ok(creds)) => {
+            open_script(tgid, interpreter, Path::new(path), &creds)
+        }
+        (Target::Module(name), Ok(creds)) => open_module(tgid, name, &creds),
     };
     Some(match opened {
         Ok(mut file) => Entrypoint {
@@ -291,7 +295,12 @@ pub fn resolve(
     })
 }
 
-fn open_script(tgid: u32, interpreter: Interpreter, path: &Path) -> Result<std::fs::File, String> {
+fn open_script(
+    tgid: u32,
+    interpreter: Interpreter,
+    path: &Path,
+    creds: &super::process::FsCreds,
+) -> Result<std::fs::File, String> {
     if path.to_str().is_some_and(|p| p.contains("://")) {
         return Err("a URL, not a local file".to_owned());
     }
@@ -307,9 +316,8 @@ fn open_script(tgid: u32, interpreter: Interpreter, path: &Path) -> Result<std::
     }
     let mut last = String::new();
     for candidate in candidates {
-        match super::process::open_in_process(tgid, &candidate) {
-            Ok(file) if file.metadata().is_ok_and(|m| m.is_file()) => return Ok(file),
-            Ok(_) => last = format!("{} is not a regular file", candidate.display()),
+        match super::process::open_script_in_process(tgid, &candidate, creds) {
+            Ok(file) => return Ok(file),
             Err(err) => last = format!("{}: {err}", candidate.display()),
         }
     }
@@ -320,7 +328,11 @@ fn open_script(tgid: u32, interpreter: Interpreter, path: &Path) -> Result<std::
 /// process's cwd, which `-m` puts first on sys.path. Modules installed
 /// elsewhere (site-packages, the standard library) are left unresolved, so a
 /// selector on their hash fails closed.
-fn open_module(tgid: u32, name: &str) -> Result<std::fs::File, String> {
+fn open_module(
+    tgid: u32,
+    name: &str,
+    creds: &super::process::FsCreds,
+) -> Result<std::fs::File, String> {
     if name.is_empty()
         || name
             .split('.')
@@ -330,9 +342,7 @@ fn open_module(tgid: u32, name: &str) -> Result<std::fs::File, String> {
     }
     let base: PathBuf = name.split('.').collect();
     for candidate in [base.join("__main__.py"), base.with_extension("py")] {
-        if let Ok(file) = super::process::open_in_process(tgid, &candidate)
-            && file.metadata().is_ok_and(|m| m.is_file())
-        {
+        if let Ok(file) = super::process::open_script_in_process(tgid, &candidate, creds) {
             return Ok(file);
         }
     }

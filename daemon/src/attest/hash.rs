@@ -49,6 +49,13 @@ impl FileHash {
         }
     }
 
+    /// The digest as bytes (what `policy::PolicyInput::exe_sha256` takes).
+    pub fn bytes(&self) -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(self.hex()?, &mut out).ok()?;
+        Some(out)
+    }
+
     /// Why there is no hash, for selector explanations.
     pub fn describe(&self) -> String {
         match self {
@@ -215,7 +222,12 @@ mod tests {
         std::fs::write(&path, b"hello").unwrap();
         let cache = HashCache::new(DEFAULT_MAX_HASH_BYTES);
         assert_eq!(hash_path(&cache, &path).hex(), Some(HELLO_SHA256));
-        assert_eq!(hash_path(&cache, &path).hex(), Some(HELLO_SHA256));
+        let again = hash_path(&cache, &path);
+        assert_eq!(again.hex(), Some(HELLO_SHA256));
+        assert_eq!(
+            again.bytes().map(hex::encode).as_deref(),
+            Some(HELLO_SHA256)
+        );
         assert_eq!(cache.stats(), HashStats { hits: 1, misses: 1 });
     }
 

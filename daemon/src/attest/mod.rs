@@ -108,6 +108,8 @@ pub enum AttestError {
     },
     #[error("process {tgid} changed while being attested: {what}")]
     ChangedDuringAttestation { tgid: u32, what: &'static str },
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("cannot read {what} of process {tgid}: {source}")]
     Read {
         tgid: u32,
@@ -259,15 +261,41 @@ impl Attestor {
 
     /// Attests the process that made the connection described by `origin`.
     pub fn attest(&self, origin: &Origin) -> Result<Attestation, AttestError> {
-        let tgid = origin.tgid;
         let image = match self.cached_image(origin)? {
             Some(image) => image,
             None => self.attest_image(origin)?,
         };
-        let cgroup = self.cgroups.path_of(origin.cgroup_id, tgid);
+        let cgroup = self.cgroups.path_of(origin.cgroup_id, origin.tgid);
+        Ok(self.assemble(origin, &image, cgroup))
+    }
 
-        Ok(Attestation {
-            tgid,
+    /// [`Attestor::attest`] for async callers: a process already attested
+    /// (and a known cgroup) is answered inline, in about a microsecond; the
+    /// first connection of a process, which reads /proc and may hash a
+    /// binary, runs on the blocking pool.
+    pub async fn attest_async(
+        self: &Arc<Self>,
+        origin: Origin,
+    ) -> Result<Attestation, AttestError> {
+        if let Some(cgroup) = self.cgroups.cached(origin.cgroup_id)
+            && let Some(image) = self.cached_image(&origin)?
+        {
+            return Ok(self.assemble(&origin, &image, Some(cgroup)));
+        }
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.attest(&origin))
+            .await
+            .map_err(|err| AttestError::Internal(format!("attestation task: {err}")))?
+    }
+
+    fn assemble(
+        &self,
+        origin: &Origin,
+        image: &ProcessImage,
+        cgroup: Option<String>,
+    ) -> Attestation {
+        Attestation {
+            tgid: origin.tgid,
             pid: origin.pid,
             uid: origin.uid,
             gid: origin.gid,
@@ -282,7 +310,7 @@ impl Attestor {
             argv0: image.argv0.clone(),
             entrypoint: image.entrypoint.clone(),
             instance: self.instance.current(),
-        })
+        }
     }
 
     /// The cached image of the process, if the process pinned when it was
@@ -442,4 +470,24 @@ fn read_err(tgid: u32, what: &'static str, source: std::io::Error) -> AttestErro
         return AttestError::ProcessGone { tgid };
     }
     AttestError::Read { tgid, what, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_attestor_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Attestor>();
+        shared::<Attestation>();
+    }
+
+    #[test]
+    fn no_recorded_exec_is_generation_zero() {
+        let generations = MemoryExecGenerations::default();
+        assert_eq!(generations.current(7), None);
+        generations.set(7, 99);
+        assert_eq!(generations.current(7), Some(99));
+    }
 }

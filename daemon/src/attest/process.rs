@@ -164,12 +164,68 @@ pub fn uid_gid(tgid: u32) -> io::Result<(u32, u32)> {
     }
 }
 
-/// Opens a file the process names (its executable or script) for reading,
-/// as the process sees it: relative paths through its cwd, absolute ones
-/// through its root (so chroots and mount namespaces are honoured).
-/// Non-blocking, so that a FIFO named in argv cannot stall the daemon; the
-/// caller checks that it is a regular file.
-pub fn open_in_process(tgid: u32, path: &Path) -> io::Result<File> {
+/// The credentials file access is checked with: fs uid, fs gid and the
+/// supplementary groups, from /proc/PID/status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsCreds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl FsCreds {
+    pub fn of(tgid: u32) -> io::Result<FsCreds> {
+        let text = std::fs::read_to_string(format!("/proc/{tgid}/status"))?;
+        let line = |name: &str| text.lines().find_map(|l| l.strip_prefix(name));
+        // "Uid:\treal\teffective\tsaved\tfs"
+        let fs_id = |name: &str| {
+            line(name)
+                .and_then(|rest| rest.split_whitespace().nth(3))
+                .and_then(|v| v.parse::<u32>().ok())
+        };
+        let (Some(uid), Some(gid)) = (fs_id("Uid:"), fs_id("Gid:")) else {
+            return Err(io::Error::other("no Uid/Gid in /proc/PID/status"));
+        };
+        let groups = line("Groups:")
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|g| g.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(FsCreds { uid, gid, groups })
+    }
+
+    /// Whether the permission bits let these credentials read the file
+    /// (ACLs aside; root reads everything).
+    pub fn can_read(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.mode();
+        if self.uid == 0 {
+            return true;
+        }
+        if meta.uid() == self.uid {
+            return mode & 0o400 != 0;
+        }
+        if meta.gid() == self.gid || self.groups.contains(&meta.gid()) {
+            return mode & 0o040 != 0;
+        }
+        mode & 0o004 != 0
+    }
+}
+
+/// Opens a script the process names in its argv, as the process sees it:
+/// relative paths through its cwd, absolute ones through its root (so
+/// chroots and mount namespaces are honoured).
+///
+/// argv is under the process's control and the daemon runs as root, so the
+/// path is first opened with O_PATH (which opens no device and reads
+/// nothing), checked to be a regular file the process itself may read, and
+/// only then reopened for reading through that descriptor: a device such as
+/// /dev/watchdog is never opened, a symlink swapped in between changes
+/// nothing, and the daemon never hashes a file the agent could not read
+/// (the hash would be an oracle on root-only files).
+pub fn open_script_in_process(tgid: u32, path: &Path, creds: &FsCreds) -> io::Result<File> {
     let through = if path.is_absolute() {
         let mut p = proc_dir(tgid).join("root").into_os_string();
         p.push(path.as_os_str());
@@ -177,7 +233,21 @@ pub fn open_in_process(tgid: u32, path: &Path) -> io::Result<File> {
     } else {
         proc_dir(tgid).join("cwd").join(path)
     };
-    open_nonblocking(&through)
+    let probe = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+        .open(&through)?;
+    let meta = probe.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    if !creds.can_read(&meta) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "not readable by the process",
+        ));
+    }
+    open_nonblocking(Path::new(&format!("/proc/self/fd/{}", probe.as_raw_fd())))
 }
 
 pub fn open_nonblocking(path: &Path) -> io::Result<File> {

@@ -210,3 +210,31 @@ impl SignedData<'_> {
             .is_ok())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn malformed_der_is_an_error_not_a_panic() {
+        assert!(read(&[]).is_err());
+        assert!(read(&[0x30]).is_err());
+        assert!(read(&[0x30, 0x80, 0x00, 0x00]).is_err()); // BER indefinite
+        assert!(read(&[0x30, 0x05, 0x01]).is_err()); // runs past the end
+        assert!(read(&[0x30, 0x85, 1, 2, 3, 4, 5]).is_err()); // 5-byte length
+        assert!(parse_signed_data(&[0x30, 0x00]).is_err());
+        assert!(parse_signed_data(b"not der at all").is_err());
+    }
+
+    #[test]
+    fn long_form_lengths_are_read() {
+        let mut der = vec![0x04, 0x81, 0x80];
+        der.extend([7u8; 0x80]);
+        der.push(0xff);
+        let (tlv, rest) = read(&der).unwrap();
+        assert_eq!(tlv.content.len(), 0x80);
+        assert_eq!(tlv.raw.len(), 0x83);
+        assert_eq!(rest, &[0xff]);
+    }
+}

@@ -346,3 +346,48 @@ pub(crate) fn add_config_claims(
         claims.insert("environment".to_owned(), env.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn attested(verified: bool) -> InstanceState {
+        InstanceState::Attested {
+            provider: "aws".into(),
+            verified,
+            claims: BTreeMap::from([("region".to_owned(), "us-east-1".to_owned())]),
+            fetched_at_unix: 0,
+        }
+    }
+
+    #[test]
+    fn claims_are_given_only_from_a_verified_identity() {
+        assert_eq!(attested(true).claim("region"), Ok("us-east-1"));
+        assert!(attested(true).claim("account").is_err());
+        assert!(attested(false).claim("region").is_err());
+        assert!(InstanceState::Pending.claim("region").is_err());
+        let failed = InstanceState::Failed {
+            provider: "gcp".into(),
+            reason: "timeout".into(),
+            at_unix: 0,
+        };
+        assert!(failed.claim("region").unwrap_err().contains("timeout"));
+    }
+
+    #[test]
+    fn the_handle_hands_out_the_latest_state() {
+        let handle = InstanceHandle::default();
+        assert_eq!(*handle.current(), InstanceState::Pending);
+        handle.set(attested(true));
+        assert_eq!(*handle.current(), attested(true));
+    }
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(
+            http::encode_query("https://a.example/x y"),
+            "https%3A%2F%2Fa.example%2Fx%20y"
+        );
+    }
+}
