@@ -25,8 +25,10 @@ impl WarrantGate {
         WarrantGate { attestor, workloads, policy, schemes }
     }
 
-    fn decide(&self, request: &GateRequest<'_>) -> GateDecision {
-        let attestation = match self.attestor.attest(request.origin) {
+    async fn decide(&self, request: &GateRequest<'_>) -> GateDecision {
+        // Known processes are answered inline; a first attestation (reading
+        // /proc, hashing) runs on the blocking pool.
+        let attestation = match self.attestor.attest_async(*request.origin).await {
             Ok(attestation) => attestation,
             Err(error) => {
                 tracing::warn!(tgid = request.origin.tgid, %error, "attestation failed: request refused");
@@ -42,7 +44,7 @@ impl WarrantGate {
         let instance = attestation.instance.as_ref();
         let scheme = self.schemes.get(request.upstream).map(String::as_str).unwrap_or("");
         let model = crate::policy::model_of(scheme, request.path, &[]);
-        let exe_sha256 = attestation.exe_hash.hex().and_then(sha256_bytes);
+        let exe_sha256 = attestation.exe_hash.bytes();
         let decision = self.policy.evaluate(&PolicyInput {
             workload,
             environment: instance.claim("environment").ok(),
@@ -66,21 +68,12 @@ impl WarrantGate {
     }
 }
 
-fn sha256_bytes(hex_digest: &str) -> Option<[u8; 32]> {
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(hex_digest, &mut bytes).ok()?;
-    Some(bytes)
-}
-
 fn refuse(message: String) -> GateDecision {
     GateDecision::Refuse { status: StatusCode::FORBIDDEN, message }
 }
 
 impl RequestGate for WarrantGate {
     fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
-        // Attestation reads /proc and may hash a file the first time: keep it
-        // off the async workers.
-        let decision = tokio::task::block_in_place(|| self.decide(&request));
-        Box::pin(async move { decision })
+        Box::pin(async move { self.decide(&request).await })
     }
 }

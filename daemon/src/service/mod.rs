@@ -54,6 +54,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let (config, origin) = load_config(options.config.as_deref())?;
     tracing::info!(config = %origin, "starting");
     credentials::make_non_dumpable().context("cannot make the process non-dumpable")?;
+    raise_open_file_limit();
     let state_dir = &config.daemon.state_dir;
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -145,6 +146,22 @@ pub async fn run(options: RunOptions) -> Result<()> {
         tracing::info!("stopping; the pinned eBPF programs keep tagged connections away from providers");
     }
     Ok(())
+}
+
+/// The attestor keeps a pidfd per recently seen process and every proxied
+/// connection holds two sockets: lift the soft limit (1024 under systemd) to
+/// the hard one.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "cannot raise the open file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the open file limit"),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
