@@ -564,3 +564,93 @@ async fn malformed_tls_closes_only_that_connection() {
     let response = agent.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// Reads until EOF or an error; true if no byte of response came.
+async fn closed_without_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) => false,
+        Err(_) => panic!("the connection stayed open"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_sends_its_hello_is_closed_after_the_header_timeout() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start_with(&pki, "[proxy]\nheader_read_timeout_secs = 1", None).await;
+    let mut silent = harness.connect(mock.addr).await;
+    assert!(closed_without_response(&mut silent).await);
+    // Half a ClientHello, then nothing.
+    let mut slow = harness.connect(mock.addr).await;
+    slow.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    assert!(closed_without_response(&mut slow).await);
+    assert!(mock.seen().is_empty());
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_at_once() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start_with(&pki, "[proxy]\nmax_connections = 1", None).await;
+    let mut first = harness.h1(mock.addr, OPENAI).await;
+    let response = first.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut second = harness.connect(mock.addr).await;
+    assert!(closed_without_response(&mut second).await);
+    assert!(logs().contains("connection cap reached"));
+    // The first connection still works.
+    let response = first.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_after_the_idle_timeout() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start_with(
+        &pki,
+        // The header timeout is beyond DEADLINE: only the idle timer can close.
+        "[proxy]\nidle_timeout_secs = 1\nheader_read_timeout_secs = 60",
+        None,
+    )
+    .await;
+    let mut tls = harness.tls(mock.addr, OPENAI, &[b"h2"]).await;
+    // Without a client connection driving h2, the only bytes the injector
+    // sends are its SETTINGS; then it must close.
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection stayed open");
+}
+
+#[tokio::test]
+async fn request_headers_over_the_limit_are_refused_without_forwarding() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start_with(&pki, "[proxy]\nmax_header_bytes = 8192", None).await;
+    let mut tls = harness.tls(mock.addr, OPENAI, &[b"http/1.1"]).await;
+    let big = "a".repeat(20_000);
+    let head = format!("GET /v1/models HTTP/1.1\r\nhost: {OPENAI}\r\nx-big: {big}\r\n\r\n");
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut response))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "{text}"
+    );
+    assert!(mock.seen().is_empty());
+}

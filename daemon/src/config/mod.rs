@@ -166,7 +166,9 @@ pub struct ProxyConfig {
     #[serde(default = "default_agent_keys")]
     pub agent_keys: AgentKeyAction,
     /// Seconds a client has to send its TLS ClientHello or a request's
-    /// headers (slowloris). SDKs send both at once.
+    /// headers (slowloris). SDKs send both at once. For HTTP/1.1 this also
+    /// bounds how long an idle keep-alive connection waits for its next
+    /// request (SDK pools expire idle connections sooner: httpx after 5 s).
     #[serde(default = "default_header_read_timeout_secs")]
     pub header_read_timeout_secs: u64,
     /// Seconds a connection may see no byte in either direction before it is
