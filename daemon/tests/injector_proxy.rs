@@ -278,6 +278,11 @@ async fn a_credential_echoed_by_the_upstream_is_redacted() {
             ))
             .await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let header = response.headers()["x-request-key"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(header, "*".repeat(ANTHROPIC_KEY.len()));
         let text = body_text(response).await;
         assert!(
             !text.contains(ANTHROPIC_KEY),

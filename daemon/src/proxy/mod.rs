@@ -477,6 +477,7 @@ impl Injector {
         }
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
+        redact::headers(&mut parts.headers, &credential);
         Response::from_parts(parts, Redact::new(body, credential).boxed())
     }
 

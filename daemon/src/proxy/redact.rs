@@ -62,6 +62,22 @@ pub fn mask(buf: &mut [u8], needle: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
+/// Masks the credential in response header values (e.g. an error detail
+/// header that repeats the request's key).
+pub fn headers(headers: &mut http::HeaderMap, secret: &Secret) {
+    let needle = secret.expose().as_bytes();
+    for value in headers.values_mut() {
+        if memchr::memmem::find(value.as_bytes(), needle).is_some() {
+            let mut bytes = value.as_bytes().to_vec();
+            mask(&mut bytes, needle);
+            // Masking only swaps bytes for '*', so the value stays valid.
+            if let Ok(masked) = http::HeaderValue::from_bytes(&bytes) {
+                *value = masked;
+            }
+        }
+    }
+}
+
 impl<B> Body for Redact<B>
 where
     B: Body<Data = Bytes> + Unpin,

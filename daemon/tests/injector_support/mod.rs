@@ -290,6 +290,7 @@ fn mock_handle(
                 .status(StatusCode::UNAUTHORIZED)
                 .header("content-type", "application/json")
                 .header("content-length", body.len())
+                .header("x-request-key", key.clone())
                 .body(full(body))
                 .unwrap()
         }
