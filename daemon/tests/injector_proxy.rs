@@ -659,3 +659,23 @@ async fn request_headers_over_the_limit_are_refused_without_forwarding() {
     );
     assert!(mock.seen().is_empty());
 }
+
+#[tokio::test]
+async fn a_client_trusting_the_written_trust_bundle_verifies_the_injector() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    let bundle = std::fs::read_to_string(&harness.trust_bundle).unwrap();
+    let tcp = harness.connect(mock.addr).await;
+    // Any letter case of the SNI gets the intercepted host's leaf.
+    let tls = tls_over(
+        tcp,
+        roots_from_pem(&bundle),
+        "API.OpenAI.com",
+        &[b"http/1.1"],
+    )
+    .await;
+    let mut agent = Sender::h1(tls).await;
+    let response = agent.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}

@@ -345,6 +345,8 @@ pub struct Harness {
     pub proxy: SocketAddr,
     pub origins: Arc<StaticOrigins>,
     pub warrant_ca_pem: String,
+    /// The trust bundle the injector wrote (no system roots in tests).
+    pub trust_bundle: PathBuf,
     pub state_dir: tempfile::TempDir,
 }
 
@@ -438,6 +440,7 @@ impl Harness {
             .collect();
         let ca = Arc::new(LocalCa::load_or_create(state_dir.path(), &hosts).unwrap());
         let warrant_ca_pem = ca.ca_pem().to_owned();
+        let trust_bundle = ca.write_trust_bundle(&[]).unwrap();
         let leafs = Arc::new(LeafCache::new(ca));
         let origins = Arc::new(StaticOrigins::default());
         let credentials = Arc::new(
@@ -459,6 +462,7 @@ impl Harness {
             proxy,
             origins,
             warrant_ca_pem,
+            trust_bundle,
             state_dir,
         }
     }
