@@ -679,3 +679,26 @@ async fn a_client_trusting_the_written_trust_bundle_verifies_the_injector() {
     let response = agent.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_upstream_that_does_not_answer_in_time_gives_504_in_the_providers_shape() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness =
+        Harness::start_with(&pki, "[proxy]\nupstream_response_timeout_secs = 1", None).await;
+    let mut agent = harness.h1(mock.addr, GEMINI).await;
+    let response = tokio::time::timeout(DEADLINE, agent.send(request(GEMINI, "/v1/hang", &[])))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert_eq!(body["error"]["code"], 504);
+    assert_eq!(body["error"]["status"], "DEADLINE_EXCEEDED");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("warrant")
+    );
+    mock.release.notify_one();
+}

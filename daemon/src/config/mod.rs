@@ -511,6 +511,17 @@ impl Config {
                     ),
                 ));
             }
+            let host = upstream.host.get_ref().as_str();
+            if host.parse::<std::net::IpAddr>().is_ok()
+                || rustls::pki_types::DnsName::try_from(host).is_err()
+            {
+                return Err(err(
+                    upstream.host.span(),
+                    format!(
+                        "upstream host {host:?} must be a DNS name (no IP address, port or scheme): the local CA is name-constrained to DNS names"
+                    ),
+                ));
+            }
             if !hosts.insert(upstream.host.get_ref().to_ascii_lowercase()) {
                 return Err(err(
                     upstream.host.span(),

@@ -204,7 +204,13 @@ impl Mock {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let (seen, release) = (seen.clone(), release.clone());
-                        async move { Ok::<_, std::convert::Infallible>(mock_handle(req, seen, release)) }
+                        async move {
+                            // An upstream that never answers (until released).
+                            if req.uri().path() == "/v1/hang" {
+                                release.notified().await;
+                            }
+                            Ok::<_, std::convert::Infallible>(mock_handle(req, seen, release))
+                        }
                     });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
