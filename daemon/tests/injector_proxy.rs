@@ -40,6 +40,7 @@ async fn http1_agent_gets_the_real_credential_spliced_in_and_the_placeholder_rem
             &[
                 ("authorization", "Bearer placeholder"),
                 ("Authorization", "Bearer placeholder"),
+                ("accept-encoding", "gzip, br"),
             ],
         ))
         .await;
@@ -51,6 +52,8 @@ async fn http1_agent_gets_the_real_credential_spliced_in_and_the_placeholder_rem
     assert_eq!(auth(&seen[0]), vec![format!("Bearer {OPENAI_KEY}")]);
     assert_eq!(seen[0].uri.path(), "/v1/chat/completions");
     assert!(!format!("{:?}", seen[0].headers).contains(PLACEHOLDER));
+    // Identity, so that an echoed credential can be found and redacted.
+    assert_eq!(seen[0].headers["accept-encoding"], "identity");
     assert_no_secret_in_logs();
 }
 

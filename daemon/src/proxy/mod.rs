@@ -9,6 +9,13 @@
 //! untouched to the Origin's original destination. Per request the phases
 //! run in one direction: route, agent-key check, gate (policy), credential,
 //! splice (the one rewriting phase), forward, stream the response back.
+//!
+//! Known limits: a plain (non-TLS) connection is served as HTTP, so another
+//! clear-text protocol on an intercepted port is closed rather than passed
+//! through; frames after a WebSocket upgrade are relayed as they are (the
+//! credential is redacted from HTTP bodies and headers only); upstreams are
+//! asked for identity encoding, and a body an upstream compresses anyway is
+//! not searched for the credential.
 
 mod gate;
 mod io;
@@ -543,7 +550,11 @@ fn rewrite(
     strip_hop_by_hop(&mut parts.headers, keep_upgrade);
     // The client sets Host (h1) or :authority (h2) from the URI.
     parts.headers.remove(header::HOST);
-    parts.headers.remove(header::ACCEPT_ENCODING);
+    // Explicitly identity: without the header a server may pick any coding.
+    parts.headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     parts.uri = upstream_uri(&upstream.host, dst, tls, &uri).ok_or(SpliceError::BadUri)?;
     // The pooled client picks h1 or h2 by what the upstream negotiated.
     parts.version = Version::HTTP_11;
