@@ -231,8 +231,13 @@ fn still_fits(key: &KeyPair, cert_pem: &str, hosts: &BTreeSet<String>) -> bool {
 }
 
 fn check_key_file(path: &Path, meta: &fs::Metadata) -> Result<(), TlsError> {
+    if !meta.file_type().is_file() {
+        return Err(TlsError::KeyNotAFile {
+            path: path.to_owned(),
+        });
+    }
     let mode = meta.permissions().mode() & 0o7777;
-    if !meta.file_type().is_file() || mode & 0o077 != 0 {
+    if mode & 0o077 != 0 {
         return Err(TlsError::KeyPermissions {
             path: path.to_owned(),
             mode,

@@ -125,3 +125,37 @@ fn leafs_verify_against_the_ca_only_for_intercepted_hosts_and_are_cached() {
 }
 
 use rustls::client::danger::ServerCertVerifier;
+
+#[test]
+fn pki_init_issues_the_ca_for_the_configured_hosts_and_writes_the_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[daemon]\nstate_dir = \"{}\"\n[[upstream]]\nhost = \"api.openai.com\"\nscheme = \"openai\"\ncredential = \"c\"\n[[credential]]\nname = \"c\"\nsource = \"file\"\npath = \"/x\"\n",
+        dir.path().display()
+    );
+    let config = crate::config::Config::parse(&text, "t").unwrap();
+    let pki = Pki::init(&config).unwrap();
+    let ca = pki.leafs.ca();
+    assert!(ca.permits("api.openai.com") && !ca.permits("example.com"));
+    let bundle = std::fs::read_to_string(&pki.trust_bundle).unwrap();
+    assert!(bundle.ends_with(ca.ca_pem()));
+    // Agents must be able to read the bundle.
+    let mode = std::fs::metadata(&pki.trust_bundle)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644);
+}
+
+#[test]
+fn a_symlinked_key_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    LocalCa::load_or_create(dir.path(), &hosts(&["api.openai.com"])).unwrap();
+    let key = dir.path().join("ca/ca-key.pem");
+    let elsewhere = dir.path().join("elsewhere.pem");
+    std::fs::rename(&key, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &key).unwrap();
+    let err = LocalCa::load_or_create(dir.path(), &hosts(&["api.openai.com"])).unwrap_err();
+    assert!(matches!(err, TlsError::KeyNotAFile { .. }), "{err}");
+}
