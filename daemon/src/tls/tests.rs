@@ -159,3 +159,43 @@ fn a_symlinked_key_file_is_refused() {
     let err = LocalCa::load_or_create(dir.path(), &hosts(&["api.openai.com"])).unwrap_err();
     assert!(matches!(err, TlsError::KeyNotAFile { .. }), "{err}");
 }
+
+/// What a thief holding the CA key could sign: rejected by verifiers.
+fn forged_leaf(ca: &LocalCa, san: rcgen::SanType) -> CertificateDer<'static> {
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![san];
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    ca.sign_unchecked(params, &key).unwrap().der().clone()
+}
+
+#[test]
+fn the_name_constraints_stop_a_stolen_ca_key_from_impersonating_other_sites() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::load_or_create(dir.path(), &hosts(&["api.openai.com"])).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(der_of(ca.ca_pem())).unwrap();
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
+    let now = rustls::pki_types::UnixTime::now();
+    let verify = |leaf: &CertificateDer<'static>, name: &str| {
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        verifier.verify_server_cert(leaf, &[], &name, &[], now)
+    };
+
+    let bank = forged_leaf(
+        &ca,
+        rcgen::SanType::DnsName("bank.example".try_into().unwrap()),
+    );
+    assert!(verify(&bank, "bank.example").is_err());
+    let ip = forged_leaf(&ca, rcgen::SanType::IpAddress("10.1.2.3".parse().unwrap()));
+    assert!(verify(&ip, "10.1.2.3").is_err());
+    // The same key signing for a permitted host verifies: the refusals above
+    // come from the constraints, not from a broken chain.
+    let ok = forged_leaf(
+        &ca,
+        rcgen::SanType::DnsName("api.openai.com".try_into().unwrap()),
+    );
+    verify(&ok, "api.openai.com").unwrap();
+}
