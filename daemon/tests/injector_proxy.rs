@@ -705,3 +705,25 @@ async fn an_upstream_that_does_not_answer_in_time_gives_504_in_the_providers_sha
     );
     mock.release.notify_one();
 }
+
+#[tokio::test]
+async fn the_ipv6_listener_serves_the_same_injector() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    let Some(tcp) = harness.connect6(mock.addr).await else {
+        eprintln!("skipped: no IPv6 loopback on this host");
+        return;
+    };
+    let tls = tls_over(
+        tcp,
+        roots_from_pem(&harness.warrant_ca_pem),
+        OPENAI,
+        &[b"h2"],
+    )
+    .await;
+    let mut agent = Sender::h2(tls).await;
+    let response = agent.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(auth(&mock.seen()[0]), vec![format!("Bearer {OPENAI_KEY}")]);
+}

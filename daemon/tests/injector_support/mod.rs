@@ -349,6 +349,7 @@ impl Body for ChannelBody {
 
 pub struct Harness {
     pub proxy: SocketAddr,
+    pub proxy6: Option<SocketAddr>,
     pub origins: Arc<StaticOrigins>,
     pub warrant_ca_pem: String,
     /// The trust bundle the injector wrote (no system roots in tests).
@@ -463,9 +464,20 @@ impl Harness {
         // Bound before the accept loop starts: connections wait in the backlog.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
-        tokio::spawn(Arc::new(injector).serve(listener));
+        let injector = Arc::new(injector);
+        tokio::spawn(injector.clone().serve(listener));
+        // The same injector behind an IPv6 listener, where the host has ::1.
+        let proxy6 = match TcpListener::bind("[::1]:0").await {
+            Ok(listener6) => {
+                let addr = listener6.local_addr().unwrap();
+                tokio::spawn(injector.serve(listener6));
+                Some(addr)
+            }
+            Err(_) => None,
+        };
         Harness {
             proxy,
+            proxy6,
             origins,
             warrant_ca_pem,
             trust_bundle,
@@ -481,6 +493,16 @@ impl Harness {
         let local = socket.local_addr().unwrap();
         self.origins.insert(local, origin(dst));
         socket.connect(self.proxy).await.unwrap()
+    }
+
+    /// Like `connect`, from ::1 to the IPv6 listener (None without IPv6).
+    pub async fn connect6(&self, dst: SocketAddr) -> Option<TcpStream> {
+        let proxy6 = self.proxy6?;
+        let socket = TcpSocket::new_v6().unwrap();
+        socket.bind("[::1]:0".parse().unwrap()).ok()?;
+        let local = socket.local_addr().unwrap();
+        self.origins.insert(local, origin(dst));
+        Some(socket.connect(proxy6).await.unwrap())
     }
 
     /// A connection without an Origin (a process dialling the listener).
