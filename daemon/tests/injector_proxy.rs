@@ -370,6 +370,37 @@ async fn gemini_gets_x_goog_api_key_and_loses_the_key_query_parameter() {
 
 struct RefuseAll;
 
+/// A gate that allows only model "gpt-4o", read from the body prefix, and
+/// records the prefixes it saw.
+struct ModelGate {
+    prefixes: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl RequestGate for ModelGate {
+    fn body_prefix_len(&self) -> usize {
+        16
+    }
+
+    fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
+        self.prefixes
+            .lock()
+            .unwrap()
+            .push(request.body_prefix.to_vec());
+        let allowed =
+            request.scheme == "openai" && request.body_prefix == b"{\"model\":\"gpt-4o";
+        Box::pin(async move {
+            if allowed {
+                GateDecision::Allow
+            } else {
+                GateDecision::Refuse {
+                    status: StatusCode::FORBIDDEN,
+                    message: "model not allowed".to_owned(),
+                }
+            }
+        })
+    }
+}
+
 impl RequestGate for RefuseAll {
     fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
         let message = format!(
@@ -726,4 +757,39 @@ async fn the_ipv6_listener_serves_the_same_injector() {
     let response = agent.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(auth(&mock.seen()[0]), vec![format!("Bearer {OPENAI_KEY}")]);
+}
+
+#[tokio::test]
+async fn the_gate_sees_the_body_prefix_it_asks_for_and_the_whole_body_is_forwarded() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let gate = Arc::new(ModelGate {
+        prefixes: std::sync::Mutex::new(Vec::new()),
+    });
+    let harness = Harness::start_with(&pki, "", Some(gate.clone())).await;
+    for h2 in [false, true] {
+        let mut agent = if h2 {
+            harness.h2(mock.addr, OPENAI).await
+        } else {
+            harness.h1(mock.addr, OPENAI).await
+        };
+        // `request` sends {"model":"gpt-4o"}: 18 bytes, more than the 16 asked.
+        let response = agent
+            .send(request(OPENAI, "/v1/chat/completions", &[]))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        body_text(response).await;
+        let mut other = request(OPENAI, "/v1/chat/completions", &[]);
+        *other.body_mut() =
+            http_body_util::Full::new(bytes::Bytes::from_static(b"{\"model\":\"o3-pro\"}"));
+        let response = agent.send(other).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        body_text(response).await;
+    }
+    let prefixes = gate.prefixes.lock().unwrap().clone();
+    assert_eq!(prefixes.len(), 4);
+    assert!(prefixes.iter().all(|p| p.len() == 16), "{prefixes:?}");
+    assert_eq!(mock.seen().len(), 2);
+    assert_eq!(mock.bodies()[0], b"{\"model\":\"gpt-4o\"}");
+    assert_eq!(mock.bodies()[1], b"{\"model\":\"gpt-4o\"}");
 }

@@ -17,6 +17,7 @@
 //! asked for identity encoding, and a body an upstream compresses anyway is
 //! not searched for the credential.
 
+mod body;
 mod gate;
 mod io;
 mod redact;
@@ -40,6 +41,7 @@ use tokio::{
 };
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
+pub use body::ForwardBody;
 pub use gate::{AllowAll, GateDecision, GateFuture, GateRequest, RequestGate};
 pub use redact::{BoxError, Redact};
 pub use upstream::{ConnectError, POOL_IDLE_TIMEOUT, connect_marked};
@@ -372,16 +374,37 @@ impl Injector {
             }
         }
 
+        // Taken before the request is split: the agent side of an upgrade.
+        let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let wanted = self.gate.body_prefix_len();
+        let (body, prefix) = if wanted == 0 {
+            (ForwardBody::streaming(body), Vec::new())
+        } else {
+            match ForwardBody::prefetch(body, wanted, self.header_timeout()).await {
+                Ok(read) => read,
+                Err(error) => {
+                    return error_response(
+                        shape,
+                        StatusCode::BAD_REQUEST,
+                        &format!("warrant could not read the request: {error}"),
+                    );
+                }
+            }
+        };
         let decision = self
             .gate
             .check(GateRequest {
                 origin: &origin,
                 upstream: &upstream.host,
-                method: req.method(),
-                path: req.uri().path(),
-                headers: req.headers(),
+                scheme: upstream.splicer.scheme().name,
+                method: &parts.method,
+                path: parts.uri.path(),
+                headers: &parts.headers,
+                body_prefix: &prefix,
             })
             .await;
+        drop(prefix);
         if let GateDecision::Refuse { status, message } = decision {
             return error_response(
                 shape,
@@ -405,10 +428,16 @@ impl Injector {
             }
         };
 
-        let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let forward = match rewrite(req, &upstream, &credential, origin.original_dst, tls) {
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_owned();
+        let forward = match rewrite(
+            parts,
+            body,
+            &upstream,
+            &credential,
+            origin.original_dst,
+            tls,
+        ) {
             Ok(forward) => forward,
             Err(error) => {
                 tracing::error!(upstream = %upstream.host, %error, "cannot rewrite the request");
@@ -483,6 +512,7 @@ impl Injector {
     /// Plain HTTP to a host that is not configured: forwarded unchanged
     /// (no credential) to the original destination.
     async fn pass_through(&self, req: Request<Incoming>, origin: Origin) -> Response<ProxyBody> {
+        let req = req.map(ForwardBody::streaming);
         let host = request_host(&req).unwrap_or_else(|| origin.original_dst.ip().to_string());
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
@@ -536,14 +566,14 @@ impl Injector {
 /// the upstream, identity encoding asked for (so an echoed credential can be
 /// redacted from the response).
 fn rewrite(
-    req: Request<Incoming>,
+    mut parts: http::request::Parts,
+    body: ForwardBody,
     upstream: &Upstream,
     credential: &Secret,
     dst: SocketAddr,
     tls: bool,
-) -> Result<Request<Incoming>, SpliceError> {
-    let keep_upgrade = is_upgrade(req.headers());
-    let (mut parts, body) = req.into_parts();
+) -> Result<Request<ForwardBody>, SpliceError> {
+    let keep_upgrade = is_upgrade(&parts.headers);
     let uri = upstream
         .splicer
         .apply(&mut parts.headers, &parts.uri, credential)?;

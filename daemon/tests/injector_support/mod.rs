@@ -160,6 +160,8 @@ pub struct Mock {
     pub release: Arc<Notify>,
     /// TCP connections accepted.
     pub connections: Arc<AtomicUsize>,
+    /// Bodies of /v1/chat/completions requests, whole.
+    pub bodies: Arc<Mutex<Vec<Vec<u8>>>>,
     pub cert: CertificateDer<'static>,
 }
 
@@ -193,21 +195,36 @@ impl Mock {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let release = Arc::new(Notify::new());
         let connections = Arc::new(AtomicUsize::new(0));
-        let (s, r, c) = (seen.clone(), release.clone(), connections.clone());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (s, r, c, b) = (
+            seen.clone(),
+            release.clone(),
+            connections.clone(),
+            bodies.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (seen, release, tls) = (s.clone(), r.clone(), tls.clone());
+                let (seen, release, tls, bodies) = (s.clone(), r.clone(), tls.clone(), b.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let (seen, release) = (seen.clone(), release.clone());
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (seen, release, bodies) =
+                            (seen.clone(), release.clone(), bodies.clone());
                         async move {
                             // An upstream that never answers (until released).
                             if req.uri().path() == "/v1/hang" {
                                 release.notified().await;
+                            }
+                            // Chat completions: the whole body is read and kept.
+                            if req.uri().path() == "/v1/chat/completions" {
+                                let (parts, body) = req.into_parts();
+                                let bytes = body.collect().await.unwrap().to_bytes();
+                                bodies.lock().unwrap().push(bytes.to_vec());
+                                let req = Request::from_parts(parts, ());
+                                return Ok(mock_handle(req, seen, release));
                             }
                             Ok::<_, std::convert::Infallible>(mock_handle(req, seen, release))
                         }
@@ -237,8 +254,13 @@ impl Mock {
             seen,
             release,
             connections,
+            bodies,
             cert,
         }
+    }
+
+    pub fn bodies(&self) -> Vec<Vec<u8>> {
+        self.bodies.lock().unwrap().clone()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -252,8 +274,8 @@ fn full(text: impl Into<Bytes>) -> MockBody {
     Full::new(text.into()).boxed()
 }
 
-fn mock_handle(
-    mut req: Request<Incoming>,
+fn mock_handle<B>(
+    mut req: Request<B>,
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
 ) -> Response<MockBody> {
