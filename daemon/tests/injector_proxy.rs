@@ -386,8 +386,7 @@ impl RequestGate for ModelGate {
             .lock()
             .unwrap()
             .push(request.body_prefix.to_vec());
-        let allowed =
-            request.scheme == "openai" && request.body_prefix == b"{\"model\":\"gpt-4o";
+        let allowed = request.scheme == "openai" && request.body_prefix == b"{\"model\":\"gpt-4o";
         Box::pin(async move {
             if allowed {
                 GateDecision::Allow
