@@ -230,8 +230,11 @@ impl Splicer {
                 headers.insert(http::header::AUTHORIZATION, value(bearer())?);
             }
             "anthropic" => {
-                // OAuth access tokens are only accepted as Bearer.
-                let oauth = credential.expose().starts_with("sk-ant-oat");
+                // OAuth access tokens (sk-ant-oat...) and federated tokens
+                // (JWTs, from workload identity federation) are only
+                // accepted as Bearer.
+                let token = credential.expose();
+                let oauth = token.starts_with("sk-ant-oat") || token.starts_with("eyJ");
                 match self.anthropic_form(agent_form, oauth) {
                     AnthropicAuth::Bearer => {
                         headers.insert(http::header::AUTHORIZATION, value(bearer())?);

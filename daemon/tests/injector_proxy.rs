@@ -40,6 +40,7 @@ async fn http1_agent_gets_the_real_credential_spliced_in_and_the_placeholder_rem
             &[
                 ("authorization", "Bearer placeholder"),
                 ("Authorization", "Bearer placeholder"),
+                ("accept-encoding", "gzip, br"),
             ],
         ))
         .await;
@@ -51,6 +52,8 @@ async fn http1_agent_gets_the_real_credential_spliced_in_and_the_placeholder_rem
     assert_eq!(auth(&seen[0]), vec![format!("Bearer {OPENAI_KEY}")]);
     assert_eq!(seen[0].uri.path(), "/v1/chat/completions");
     assert!(!format!("{:?}", seen[0].headers).contains(PLACEHOLDER));
+    // Identity, so that an echoed credential can be found and redacted.
+    assert_eq!(seen[0].headers["accept-encoding"], "identity");
     assert_no_secret_in_logs();
 }
 
@@ -278,6 +281,11 @@ async fn a_credential_echoed_by_the_upstream_is_redacted() {
             ))
             .await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let header = response.headers()["x-request-key"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(header, "*".repeat(ANTHROPIC_KEY.len()));
         let text = body_text(response).await;
         assert!(
             !text.contains(ANTHROPIC_KEY),
@@ -361,6 +369,36 @@ async fn gemini_gets_x_goog_api_key_and_loses_the_key_query_parameter() {
 }
 
 struct RefuseAll;
+
+/// A gate that allows only model "gpt-4o", read from the body prefix, and
+/// records the prefixes it saw.
+struct ModelGate {
+    prefixes: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl RequestGate for ModelGate {
+    fn body_prefix_len(&self) -> usize {
+        16
+    }
+
+    fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
+        self.prefixes
+            .lock()
+            .unwrap()
+            .push(request.body_prefix.to_vec());
+        let allowed = request.scheme == "openai" && request.body_prefix == b"{\"model\":\"gpt-4o";
+        Box::pin(async move {
+            if allowed {
+                GateDecision::Allow
+            } else {
+                GateDecision::Refuse {
+                    status: StatusCode::FORBIDDEN,
+                    message: "model not allowed".to_owned(),
+                }
+            }
+        })
+    }
+}
 
 impl RequestGate for RefuseAll {
     fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
@@ -563,4 +601,194 @@ async fn malformed_tls_closes_only_that_connection() {
     let mut agent = harness.h1(mock.addr, OPENAI).await;
     let response = agent.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// Reads until EOF or an error; true if no byte of response came.
+async fn closed_without_response(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> bool {
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(DEADLINE, stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) => false,
+        Err(_) => panic!("the connection stayed open"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_sends_its_hello_is_closed_after_the_header_timeout() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start_with(&pki, "[proxy]\nheader_read_timeout_secs = 1", None).await;
+    let mut silent = harness.connect(mock.addr).await;
+    assert!(closed_without_response(&mut silent).await);
+    // Half a ClientHello, then nothing.
+    let mut slow = harness.connect(mock.addr).await;
+    slow.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    assert!(closed_without_response(&mut slow).await);
+    assert!(mock.seen().is_empty());
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_at_once() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start_with(&pki, "[proxy]\nmax_connections = 1", None).await;
+    let mut first = harness.h1(mock.addr, OPENAI).await;
+    let response = first.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut second = harness.connect(mock.addr).await;
+    assert!(closed_without_response(&mut second).await);
+    assert!(logs().contains("connection cap reached"));
+    // The first connection still works.
+    let response = first.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_idle_h2_connection_is_closed_after_the_idle_timeout() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start_with(
+        &pki,
+        // The header timeout is beyond DEADLINE: only the idle timer can close.
+        "[proxy]\nidle_timeout_secs = 1\nheader_read_timeout_secs = 60",
+        None,
+    )
+    .await;
+    let mut tls = harness.tls(mock.addr, OPENAI, &[b"h2"]).await;
+    // Without a client connection driving h2, the only bytes the injector
+    // sends are its SETTINGS; then it must close.
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle connection stayed open");
+}
+
+#[tokio::test]
+async fn request_headers_over_the_limit_are_refused_without_forwarding() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start_with(&pki, "[proxy]\nmax_header_bytes = 8192", None).await;
+    let mut tls = harness.tls(mock.addr, OPENAI, &[b"http/1.1"]).await;
+    let big = "a".repeat(20_000);
+    let head = format!("GET /v1/models HTTP/1.1\r\nhost: {OPENAI}\r\nx-big: {big}\r\n\r\n");
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tls.read_to_end(&mut response))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 431"),
+        "{text}"
+    );
+    assert!(mock.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_client_trusting_the_written_trust_bundle_verifies_the_injector() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    let bundle = std::fs::read_to_string(&harness.trust_bundle).unwrap();
+    let tcp = harness.connect(mock.addr).await;
+    // Any letter case of the SNI gets the intercepted host's leaf.
+    let tls = tls_over(
+        tcp,
+        roots_from_pem(&bundle),
+        "API.OpenAI.com",
+        &[b"http/1.1"],
+    )
+    .await;
+    let mut agent = Sender::h1(tls).await;
+    let response = agent.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_upstream_that_does_not_answer_in_time_gives_504_in_the_providers_shape() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness =
+        Harness::start_with(&pki, "[proxy]\nupstream_response_timeout_secs = 1", None).await;
+    let mut agent = harness.h1(mock.addr, GEMINI).await;
+    let response = tokio::time::timeout(DEADLINE, agent.send(request(GEMINI, "/v1/hang", &[])))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
+    assert_eq!(body["error"]["code"], 504);
+    assert_eq!(body["error"]["status"], "DEADLINE_EXCEEDED");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("warrant")
+    );
+    mock.release.notify_one();
+}
+
+#[tokio::test]
+async fn the_ipv6_listener_serves_the_same_injector() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let harness = Harness::start(&pki).await;
+    let Some(tcp) = harness.connect6(mock.addr).await else {
+        eprintln!("skipped: no IPv6 loopback on this host");
+        return;
+    };
+    let tls = tls_over(
+        tcp,
+        roots_from_pem(&harness.warrant_ca_pem),
+        OPENAI,
+        &[b"h2"],
+    )
+    .await;
+    let mut agent = Sender::h2(tls).await;
+    let response = agent.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(auth(&mock.seen()[0]), vec![format!("Bearer {OPENAI_KEY}")]);
+}
+
+#[tokio::test]
+async fn the_gate_sees_the_body_prefix_it_asks_for_and_the_whole_body_is_forwarded() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &H2_H1).await;
+    let gate = Arc::new(ModelGate {
+        prefixes: std::sync::Mutex::new(Vec::new()),
+    });
+    let harness = Harness::start_with(&pki, "", Some(gate.clone())).await;
+    for h2 in [false, true] {
+        let mut agent = if h2 {
+            harness.h2(mock.addr, OPENAI).await
+        } else {
+            harness.h1(mock.addr, OPENAI).await
+        };
+        // `request` sends {"model":"gpt-4o"}: 18 bytes, more than the 16 asked.
+        let response = agent
+            .send(request(OPENAI, "/v1/chat/completions", &[]))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        body_text(response).await;
+        let mut other = request(OPENAI, "/v1/chat/completions", &[]);
+        *other.body_mut() =
+            http_body_util::Full::new(bytes::Bytes::from_static(b"{\"model\":\"o3-pro\"}"));
+        let response = agent.send(other).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        body_text(response).await;
+    }
+    let prefixes = gate.prefixes.lock().unwrap().clone();
+    assert_eq!(prefixes.len(), 4);
+    assert!(prefixes.iter().all(|p| p.len() == 16), "{prefixes:?}");
+    assert_eq!(mock.seen().len(), 2);
+    assert_eq!(mock.bodies()[0], b"{\"model\":\"gpt-4o\"}");
+    assert_eq!(mock.bodies()[1], b"{\"model\":\"gpt-4o\"}");
 }

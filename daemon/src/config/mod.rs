@@ -170,7 +170,9 @@ pub struct ProxyConfig {
     #[serde(default = "default_agent_keys")]
     pub agent_keys: AgentKeyAction,
     /// Seconds a client has to send its TLS ClientHello or a request's
-    /// headers (slowloris). SDKs send both at once.
+    /// headers (slowloris). SDKs send both at once. For HTTP/1.1 this also
+    /// bounds how long an idle keep-alive connection waits for its next
+    /// request (SDK pools expire idle connections sooner: httpx after 5 s).
     #[serde(default = "default_header_read_timeout_secs")]
     pub header_read_timeout_secs: u64,
     /// Seconds a connection may see no byte in either direction before it is
@@ -657,6 +659,17 @@ impl Config {
                         "upstream {:?} names credential {:?}, which no [[credential]] defines",
                         upstream.host.get_ref(),
                         upstream.credential.get_ref()
+                    ),
+                ));
+            }
+            let host = upstream.host.get_ref().as_str();
+            if host.parse::<std::net::IpAddr>().is_ok()
+                || rustls::pki_types::DnsName::try_from(host).is_err()
+            {
+                return Err(err(
+                    upstream.host.span(),
+                    format!(
+                        "upstream host {host:?} must be a DNS name (no IP address, port or scheme): the local CA is name-constrained to DNS names"
                     ),
                 ));
             }

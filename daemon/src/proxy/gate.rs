@@ -19,9 +19,15 @@ pub struct GateRequest<'a> {
     pub origin: &'a Origin,
     /// The configured upstream host, lower case.
     pub upstream: &'a str,
+    /// The upstream's scheme: openai | anthropic | gemini | generic.
+    pub scheme: &'a str,
     pub method: &'a Method,
     pub path: &'a str,
     pub headers: &'a HeaderMap,
+    /// The first bytes of the request body, up to the gate's
+    /// [`RequestGate::body_prefix_len`] (e.g. for the "model" field); empty
+    /// when the gate asks for none. The whole body is still forwarded.
+    pub body_prefix: &'a [u8],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +44,13 @@ pub type GateFuture<'a> = Pin<Box<dyn Future<Output = GateDecision> + Send + 'a>
 
 pub trait RequestGate: Send + Sync + 'static {
     fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a>;
+
+    /// How many bytes of the request body the gate needs to see. The proxy
+    /// holds up to that much of the body back until the gate has decided,
+    /// so 0 (the default) keeps request bodies fully streaming.
+    fn body_prefix_len(&self) -> usize {
+        0
+    }
 }
 
 /// Allows every request (until policy is wired in).

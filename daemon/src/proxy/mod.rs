@@ -9,7 +9,15 @@
 //! untouched to the Origin's original destination. Per request the phases
 //! run in one direction: route, agent-key check, gate (policy), credential,
 //! splice (the one rewriting phase), forward, stream the response back.
+//!
+//! Known limits: a plain (non-TLS) connection is served as HTTP, so another
+//! clear-text protocol on an intercepted port is closed rather than passed
+//! through; frames after a WebSocket upgrade are relayed as they are (the
+//! credential is redacted from HTTP bodies and headers only); upstreams are
+//! asked for identity encoding, and a body an upstream compresses anyway is
+//! not searched for the credential.
 
+mod body;
 mod gate;
 mod io;
 mod redact;
@@ -33,6 +41,7 @@ use tokio::{
 };
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
+pub use body::ForwardBody;
 pub use gate::{AllowAll, GateDecision, GateFuture, GateRequest, RequestGate};
 pub use redact::{BoxError, Redact};
 pub use upstream::{ConnectError, POOL_IDLE_TIMEOUT, connect_marked};
@@ -41,6 +50,7 @@ use crate::{
     config::{AgentKeyAction, Config, ProxyConfig},
     credentials::CredentialSource,
     origin::{Origin, OriginSource},
+    secret::Secret,
     splice::{ErrorShape, SpliceError, Splicer, error_body},
     tls::{self, LeafCache, TlsError},
 };
@@ -364,16 +374,37 @@ impl Injector {
             }
         }
 
+        // Taken before the request is split: the agent side of an upgrade.
+        let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let wanted = self.gate.body_prefix_len();
+        let (body, prefix) = if wanted == 0 {
+            (ForwardBody::streaming(body), Vec::new())
+        } else {
+            match ForwardBody::prefetch(body, wanted, self.header_timeout()).await {
+                Ok(read) => read,
+                Err(error) => {
+                    return error_response(
+                        shape,
+                        StatusCode::BAD_REQUEST,
+                        &format!("warrant could not read the request: {error}"),
+                    );
+                }
+            }
+        };
         let decision = self
             .gate
             .check(GateRequest {
                 origin: &origin,
                 upstream: &upstream.host,
-                method: req.method(),
-                path: req.uri().path(),
-                headers: req.headers(),
+                scheme: upstream.splicer.scheme().name,
+                method: &parts.method,
+                path: parts.uri.path(),
+                headers: &parts.headers,
+                body_prefix: &prefix,
             })
             .await;
+        drop(prefix);
         if let GateDecision::Refuse { status, message } = decision {
             return error_response(
                 shape,
@@ -397,40 +428,29 @@ impl Injector {
             }
         };
 
-        let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        let uri = match upstream
-            .splicer
-            .apply(&mut parts.headers, &parts.uri, &credential)
-        {
-            Ok(uri) => uri,
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_owned();
+        let forward = match rewrite(
+            parts,
+            body,
+            &upstream,
+            &credential,
+            origin.original_dst,
+            tls,
+        ) {
+            Ok(forward) => forward,
             Err(error) => {
-                tracing::error!(upstream = %upstream.host, %error, "cannot splice the credential");
+                tracing::error!(upstream = %upstream.host, %error, "cannot rewrite the request");
                 return error_response(
                     shape,
                     StatusCode::INTERNAL_SERVER_ERROR,
                     &format!(
-                        "warrant cannot use the credential for {}: {error}",
+                        "warrant cannot forward this request to {}: {error}",
                         upstream.host
                     ),
                 );
             }
         };
-        strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
-        // The client sets Host / :authority from the URI built below.
-        parts.headers.remove(header::HOST);
-        // Ask for an uncompressed body, so an echoed credential can be found.
-        parts.headers.remove(header::ACCEPT_ENCODING);
-        let Some(target) = upstream_uri(&upstream.host, origin.original_dst, tls, &uri) else {
-            return error_response(
-                shape,
-                StatusCode::BAD_REQUEST,
-                "warrant cannot rebuild the request URI",
-            );
-        };
-        parts.uri = target;
-        parts.version = Version::HTTP_11;
-        let forward = Request::from_parts(parts, body);
 
         let client = match self.clients.get(
             &upstream.host,
@@ -475,14 +495,24 @@ impl Injector {
             let (parts, _) = response.into_parts();
             return Response::from_parts(parts, empty());
         }
+        tracing::debug!(
+            upstream = %upstream.host,
+            %method,
+            %path,
+            status = response.status().as_u16(),
+            tgid = origin.tgid,
+            "forwarded"
+        );
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
+        redact::headers(&mut parts.headers, &credential);
         Response::from_parts(parts, Redact::new(body, credential).boxed())
     }
 
     /// Plain HTTP to a host that is not configured: forwarded unchanged
     /// (no credential) to the original destination.
     async fn pass_through(&self, req: Request<Incoming>, origin: Origin) -> Response<ProxyBody> {
+        let req = req.map(ForwardBody::streaming);
         let host = request_host(&req).unwrap_or_else(|| origin.original_dst.ip().to_string());
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
@@ -528,6 +558,37 @@ impl Injector {
             &format!("warrant could not reach {host}: {cause}"),
         )
     }
+}
+
+/// The request-rewriting phase, the only place a request to a configured
+/// upstream is changed: credential splice (every agent-supplied credential
+/// out, the real one in), hop-by-hop headers out, Host and URI rebuilt for
+/// the upstream, identity encoding asked for (so an echoed credential can be
+/// redacted from the response).
+fn rewrite(
+    mut parts: http::request::Parts,
+    body: ForwardBody,
+    upstream: &Upstream,
+    credential: &Secret,
+    dst: SocketAddr,
+    tls: bool,
+) -> Result<Request<ForwardBody>, SpliceError> {
+    let keep_upgrade = is_upgrade(&parts.headers);
+    let uri = upstream
+        .splicer
+        .apply(&mut parts.headers, &parts.uri, credential)?;
+    strip_hop_by_hop(&mut parts.headers, keep_upgrade);
+    // The client sets Host (h1) or :authority (h2) from the URI.
+    parts.headers.remove(header::HOST);
+    // Explicitly identity: without the header a server may pick any coding.
+    parts.headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    parts.uri = upstream_uri(&upstream.host, dst, tls, &uri).ok_or(SpliceError::BadUri)?;
+    // The pooled client picks h1 or h2 by what the upstream negotiated.
+    parts.version = Version::HTTP_11;
+    Ok(Request::from_parts(parts, body))
 }
 
 /// Whether `host` resolves to `dst`'s address. Plain HTTP has no certificate
@@ -649,5 +710,74 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     if !te_trailers {
         headers.remove(header::TE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_and_upgrade_stays_only_for_an_upgrade() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-hop, Upgrade"),
+        );
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        headers.insert("x-end-to-end", HeaderValue::from_static("1"));
+        let mut upgrade = headers.clone();
+        strip_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["x-end-to-end"]);
+        strip_hop_by_hop(&mut upgrade, true);
+        assert!(upgrade.contains_key(header::UPGRADE) && upgrade.contains_key(header::CONNECTION));
+        assert!(!upgrade.contains_key("x-hop"));
+
+        let mut trailers = HeaderMap::new();
+        trailers.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut trailers, false);
+        assert!(trailers.contains_key(header::TE));
+    }
+
+    #[test]
+    fn the_upstream_uri_keeps_a_non_default_port_and_the_query() {
+        let uri: Uri = "/v1/x?a=1".parse().unwrap();
+        let at_443: SocketAddr = "1.2.3.4:443".parse().unwrap();
+        let at_8443: SocketAddr = "1.2.3.4:8443".parse().unwrap();
+        assert_eq!(
+            upstream_uri("api.openai.com", at_443, true, &uri)
+                .unwrap()
+                .to_string(),
+            "https://api.openai.com/v1/x?a=1"
+        );
+        assert_eq!(
+            upstream_uri("gw", at_8443, false, &uri)
+                .unwrap()
+                .to_string(),
+            "http://gw:8443/v1/x?a=1"
+        );
+    }
+
+    #[test]
+    fn the_request_host_comes_from_the_authority_or_the_host_header_without_port() {
+        let h2 = Request::builder()
+            .uri("https://API.OpenAI.com/v1")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&h2).as_deref(), Some("api.openai.com"));
+        let h1 = Request::builder()
+            .uri("/v1")
+            .header("host", "Gw.Internal:8080")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&h1).as_deref(), Some("gw.internal"));
+        let none = Request::builder().uri("/v1").body(()).unwrap();
+        assert_eq!(request_host(&none), None);
     }
 }

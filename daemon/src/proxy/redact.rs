@@ -55,11 +55,32 @@ pub fn mask(buf: &mut [u8], needle: &[u8]) -> usize {
         buf[start..start + needle.len()].fill(b'*');
         from = start + needle.len();
     }
-    let longest = (needle.len() - 1).min(buf.len());
+    held_back(buf, needle)
+}
+
+/// The length of the longest end of `buf` that is a proper prefix of `needle`.
+fn held_back(buf: &[u8], needle: &[u8]) -> usize {
+    let longest = needle.len().saturating_sub(1).min(buf.len());
     (1..=longest)
         .rev()
         .find(|&n| buf[buf.len() - n..] == needle[..n])
         .unwrap_or(0)
+}
+
+/// Masks the credential in response header values (e.g. an error detail
+/// header that repeats the request's key).
+pub fn headers(headers: &mut http::HeaderMap, secret: &Secret) {
+    let needle = secret.expose().as_bytes();
+    for value in headers.values_mut() {
+        if memchr::memmem::find(value.as_bytes(), needle).is_some() {
+            let mut bytes = value.as_bytes().to_vec();
+            mask(&mut bytes, needle);
+            // Masking only swaps bytes for '*', so the value stays valid.
+            if let Ok(masked) = http::HeaderValue::from_bytes(&bytes) {
+                *value = masked;
+            }
+        }
+    }
 }
 
 impl<B> Body for Redact<B>
@@ -94,6 +115,19 @@ where
             };
             match frame.into_data() {
                 Ok(data) => {
+                    let needle = this.secret.expose().as_bytes();
+                    // The common case, without a copy: nothing held back,
+                    // no credential in the chunk, no possible start of one
+                    // at its end.
+                    if this.carry.is_empty()
+                        && memchr::memmem::find(&data, needle).is_none()
+                        && held_back(&data, needle) == 0
+                    {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
                     this.carry.extend_from_slice(&data);
                     let hold = mask(&mut this.carry, this.secret.expose().as_bytes());
                     let ready = this.carry.len() - hold;

@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{
         Client,
@@ -229,7 +228,7 @@ impl hyper::rt::Write for UpstreamIo {
     }
 }
 
-pub type UpstreamClient = Client<UpstreamConnector, Incoming>;
+pub type UpstreamClient = Client<UpstreamConnector, super::ForwardBody>;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PoolKey {

@@ -99,6 +99,14 @@ fn anthropic_auth_forces_one_form_and_oauth_tokens_always_go_as_bearer() {
         vec!["Bearer sk-ant-oat01-abcdef"]
     );
     assert!(h.get("x-api-key").is_none());
+
+    let jwt = Secret::new("eyJhbGciOiJSUzI1NiJ9.e30.sig".to_owned());
+    let mut h = headers(&[("x-api-key", "placeholder")]);
+    forced.apply(&mut h, &uri, &jwt).unwrap();
+    assert_eq!(
+        values(&h, "authorization"),
+        vec!["Bearer eyJhbGciOiJSUzI1NiJ9.e30.sig"]
+    );
 }
 
 #[test]

@@ -63,6 +63,8 @@ pub enum TlsError {
         "{path} has mode {mode:04o}; the CA key must be 0600 or stricter (run: chmod 600 {path})"
     )]
     KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("{path} is not a regular file (a symlink?); the CA key must be a plain 0600 file")]
+    KeyNotAFile { path: PathBuf },
     #[error("{path} is owned by uid {owner}, not by the daemon's uid {expected}")]
     KeyOwner {
         path: PathBuf,
@@ -83,6 +85,33 @@ impl TlsError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> TlsError {
         let path = path.into();
         move |source| TlsError::Io { path, source }
+    }
+}
+
+/// What `warrant run` sets up at start: the CA for the configured upstream
+/// hosts (issued or re-issued as needed), the trust bundle written, the leaf
+/// cache, and the system roots upstreams are verified against.
+pub struct Pki {
+    pub leafs: Arc<LeafCache>,
+    pub system_roots: Vec<CertificateDer<'static>>,
+    pub trust_bundle: PathBuf,
+}
+
+impl Pki {
+    pub fn init(config: &crate::config::Config) -> Result<Pki, TlsError> {
+        let hosts: Vec<String> = config
+            .upstreams
+            .iter()
+            .map(|u| u.host.get_ref().clone())
+            .collect();
+        let ca = Arc::new(LocalCa::load_or_create(&config.daemon.state_dir, &hosts)?);
+        let system_roots = system_roots();
+        let trust_bundle = ca.write_trust_bundle(&system_roots)?;
+        Ok(Pki {
+            leafs: Arc::new(LeafCache::new(ca)),
+            system_roots,
+            trust_bundle,
+        })
     }
 }
 

@@ -125,3 +125,77 @@ fn leafs_verify_against_the_ca_only_for_intercepted_hosts_and_are_cached() {
 }
 
 use rustls::client::danger::ServerCertVerifier;
+
+#[test]
+fn pki_init_issues_the_ca_for_the_configured_hosts_and_writes_the_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[daemon]\nstate_dir = \"{}\"\n[[upstream]]\nhost = \"api.openai.com\"\nscheme = \"openai\"\ncredential = \"c\"\n[[credential]]\nname = \"c\"\nsource = \"file\"\npath = \"/x\"\n",
+        dir.path().display()
+    );
+    let config = crate::config::Config::parse(&text, "t").unwrap();
+    let pki = Pki::init(&config).unwrap();
+    let ca = pki.leafs.ca();
+    assert!(ca.permits("api.openai.com") && !ca.permits("example.com"));
+    let bundle = std::fs::read_to_string(&pki.trust_bundle).unwrap();
+    assert!(bundle.ends_with(ca.ca_pem()));
+    // Agents must be able to read the bundle.
+    let mode = std::fs::metadata(&pki.trust_bundle)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644);
+}
+
+#[test]
+fn a_symlinked_key_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    LocalCa::load_or_create(dir.path(), &hosts(&["api.openai.com"])).unwrap();
+    let key = dir.path().join("ca/ca-key.pem");
+    let elsewhere = dir.path().join("elsewhere.pem");
+    std::fs::rename(&key, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &key).unwrap();
+    let err = LocalCa::load_or_create(dir.path(), &hosts(&["api.openai.com"])).unwrap_err();
+    assert!(matches!(err, TlsError::KeyNotAFile { .. }), "{err}");
+}
+
+/// What a thief holding the CA key could sign: rejected by verifiers.
+fn forged_leaf(ca: &LocalCa, san: rcgen::SanType) -> CertificateDer<'static> {
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![san];
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    ca.sign_unchecked(params, &key).unwrap().der().clone()
+}
+
+#[test]
+fn the_name_constraints_stop_a_stolen_ca_key_from_impersonating_other_sites() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = LocalCa::load_or_create(dir.path(), &hosts(&["api.openai.com"])).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(der_of(ca.ca_pem())).unwrap();
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
+    let now = rustls::pki_types::UnixTime::now();
+    let verify = |leaf: &CertificateDer<'static>, name: &str| {
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+        verifier.verify_server_cert(leaf, &[], &name, &[], now)
+    };
+
+    let bank = forged_leaf(
+        &ca,
+        rcgen::SanType::DnsName("bank.example".try_into().unwrap()),
+    );
+    assert!(verify(&bank, "bank.example").is_err());
+    let ip = forged_leaf(&ca, rcgen::SanType::IpAddress("10.1.2.3".parse().unwrap()));
+    assert!(verify(&ip, "10.1.2.3").is_err());
+    // The same key signing for a permitted host verifies: the refusals above
+    // come from the constraints, not from a broken chain.
+    let ok = forged_leaf(
+        &ca,
+        rcgen::SanType::DnsName("api.openai.com".try_into().unwrap()),
+    );
+    verify(&ok, "api.openai.com").unwrap();
+}

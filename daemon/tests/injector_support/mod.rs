@@ -160,6 +160,8 @@ pub struct Mock {
     pub release: Arc<Notify>,
     /// TCP connections accepted.
     pub connections: Arc<AtomicUsize>,
+    /// Bodies of /v1/chat/completions requests, whole.
+    pub bodies: Arc<Mutex<Vec<Vec<u8>>>>,
     pub cert: CertificateDer<'static>,
 }
 
@@ -193,18 +195,39 @@ impl Mock {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let release = Arc::new(Notify::new());
         let connections = Arc::new(AtomicUsize::new(0));
-        let (s, r, c) = (seen.clone(), release.clone(), connections.clone());
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (s, r, c, b) = (
+            seen.clone(),
+            release.clone(),
+            connections.clone(),
+            bodies.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (seen, release, tls) = (s.clone(), r.clone(), tls.clone());
+                let (seen, release, tls, bodies) = (s.clone(), r.clone(), tls.clone(), b.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let (seen, release) = (seen.clone(), release.clone());
-                        async move { Ok::<_, std::convert::Infallible>(mock_handle(req, seen, release)) }
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (seen, release, bodies) =
+                            (seen.clone(), release.clone(), bodies.clone());
+                        async move {
+                            // An upstream that never answers (until released).
+                            if req.uri().path() == "/v1/hang" {
+                                release.notified().await;
+                            }
+                            // Chat completions: the whole body is read and kept.
+                            if req.uri().path() == "/v1/chat/completions" {
+                                let (parts, body) = req.into_parts();
+                                let bytes = body.collect().await.unwrap().to_bytes();
+                                bodies.lock().unwrap().push(bytes.to_vec());
+                                let req = Request::from_parts(parts, ());
+                                return Ok(mock_handle(req, seen, release));
+                            }
+                            Ok::<_, std::convert::Infallible>(mock_handle(req, seen, release))
+                        }
                     });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -231,8 +254,13 @@ impl Mock {
             seen,
             release,
             connections,
+            bodies,
             cert,
         }
+    }
+
+    pub fn bodies(&self) -> Vec<Vec<u8>> {
+        self.bodies.lock().unwrap().clone()
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -246,8 +274,8 @@ fn full(text: impl Into<Bytes>) -> MockBody {
     Full::new(text.into()).boxed()
 }
 
-fn mock_handle(
-    mut req: Request<Incoming>,
+fn mock_handle<B>(
+    mut req: Request<B>,
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<Notify>,
 ) -> Response<MockBody> {
@@ -290,6 +318,7 @@ fn mock_handle(
                 .status(StatusCode::UNAUTHORIZED)
                 .header("content-type", "application/json")
                 .header("content-length", body.len())
+                .header("x-request-key", key.clone())
                 .body(full(body))
                 .unwrap()
         }
@@ -342,8 +371,11 @@ impl Body for ChannelBody {
 
 pub struct Harness {
     pub proxy: SocketAddr,
+    pub proxy6: Option<SocketAddr>,
     pub origins: Arc<StaticOrigins>,
     pub warrant_ca_pem: String,
+    /// The trust bundle the injector wrote (no system roots in tests).
+    pub trust_bundle: PathBuf,
     pub state_dir: tempfile::TempDir,
 }
 
@@ -437,6 +469,7 @@ impl Harness {
             .collect();
         let ca = Arc::new(LocalCa::load_or_create(state_dir.path(), &hosts).unwrap());
         let warrant_ca_pem = ca.ca_pem().to_owned();
+        let trust_bundle = ca.write_trust_bundle(&[]).unwrap();
         let leafs = Arc::new(LeafCache::new(ca));
         let origins = Arc::new(StaticOrigins::default());
         let credentials = Arc::new(
@@ -453,11 +486,23 @@ impl Harness {
         // Bound before the accept loop starts: connections wait in the backlog.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
-        tokio::spawn(Arc::new(injector).serve(listener));
+        let injector = Arc::new(injector);
+        tokio::spawn(injector.clone().serve(listener));
+        // The same injector behind an IPv6 listener, where the host has ::1.
+        let proxy6 = match TcpListener::bind("[::1]:0").await {
+            Ok(listener6) => {
+                let addr = listener6.local_addr().unwrap();
+                tokio::spawn(injector.serve(listener6));
+                Some(addr)
+            }
+            Err(_) => None,
+        };
         Harness {
             proxy,
+            proxy6,
             origins,
             warrant_ca_pem,
+            trust_bundle,
             state_dir,
         }
     }
@@ -470,6 +515,16 @@ impl Harness {
         let local = socket.local_addr().unwrap();
         self.origins.insert(local, origin(dst));
         socket.connect(self.proxy).await.unwrap()
+    }
+
+    /// Like `connect`, from ::1 to the IPv6 listener (None without IPv6).
+    pub async fn connect6(&self, dst: SocketAddr) -> Option<TcpStream> {
+        let proxy6 = self.proxy6?;
+        let socket = TcpSocket::new_v6().unwrap();
+        socket.bind("[::1]:0".parse().unwrap()).ok()?;
+        let local = socket.local_addr().unwrap();
+        self.origins.insert(local, origin(dst));
+        Some(socket.connect(proxy6).await.unwrap())
     }
 
     /// A connection without an Origin (a process dialling the listener).

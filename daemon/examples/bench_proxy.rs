@@ -1,0 +1,416 @@
+//! `cargo xtask bench proxy`: what the injector adds to a request.
+//!
+//! In one process, on loopback, unprivileged: a mock provider (TLS, h1 and
+//! h2, certificate from a throwaway CA) and the injector (with
+//! `StaticOrigins`, as the tests run it). Each figure is measured directly
+//! against the mock (the baseline) and through the injector in the same run,
+//! and printed with the ratio:
+//! - keep-alive request latency, p50 and p99 (one h1 connection);
+//! - new-connection latency (TCP + TLS + one request);
+//! - requests/s at concurrency 64 (h1 keep-alive connections);
+//! - streaming throughput of one large SSE response.
+//!
+//! Run it in release (`cargo run --release --example bench_proxy`); debug
+//! figures mean nothing. Counts can be scaled with BENCH_SCALE (default 1.0).
+//! Everything stays on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::{
+    ClientConfig, RootCertStore, ServerConfig,
+    pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
+};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use warrant::{
+    config::Config,
+    credentials::StaticCredentials,
+    origin::{Origin, StaticOrigins},
+    proxy::Injector,
+    tls::{LeafCache, LocalCa},
+};
+
+const HOST: &str = "api.openai.com";
+const SSE_CHUNK: usize = 16 * 1024;
+
+fn scale(n: usize) -> usize {
+    let factor: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * factor) as usize).max(1)
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    // The mock provider and its CA.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![HOST.to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let ca_file = dir.path().join("mock-ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let mut server = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mock = start_mock(TlsAcceptor::from(Arc::new(server))).await;
+
+    // The injector.
+    let state = dir.path().join("state");
+    let text = format!(
+        "[daemon]\nstate_dir = \"{}\"\n[[upstream]]\nhost = \"{HOST}\"\nscheme = \"openai\"\ncredential = \"c\"\nca_file = \"{}\"\n[[credential]]\nname = \"c\"\nsource = \"file\"\npath = \"/nonexistent\"\n",
+        state.display(),
+        ca_file.display()
+    );
+    let config = Config::parse(&text, "bench").unwrap();
+    let local_ca = Arc::new(LocalCa::load_or_create(&state, &[HOST.to_owned()]).unwrap());
+    leaf_cache(&local_ca);
+    let warrant_roots = roots(local_ca.ca_pem());
+    let origins = Arc::new(StaticOrigins::default());
+    let credentials =
+        Arc::new(StaticCredentials::default().with("c", "sk-bench-credential-0123456789"));
+    let injector = Injector::new(
+        &config,
+        Arc::new(LeafCache::new(local_ca)),
+        origins.clone(),
+        credentials,
+        &[],
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    tokio::spawn(Arc::new(injector).serve(listener));
+
+    let direct = Target {
+        addr: mock,
+        roots: roots(&ca.pem()),
+        origins: None,
+        mock,
+    };
+    let through = Target {
+        addr: proxy,
+        roots: warrant_roots,
+        origins: Some(origins),
+        mock,
+    };
+
+    println!("bench proxy: direct = client -> mock upstream; warrant = client -> injector -> mock");
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}",
+        "", "direct", "warrant", "ratio"
+    );
+
+    let n = scale(3000);
+    let (d50, d99) = keep_alive(&direct, n).await;
+    let (w50, w99) = keep_alive(&through, n).await;
+    row("keep-alive p50 (ms)", d50, w50);
+    row("keep-alive p99 (ms)", d99, w99);
+    println!("{:<34} {:>12.3}", "added keep-alive p50 (ms)", w50 - d50);
+
+    let n = scale(300);
+    let d = new_connections(&direct, n).await;
+    let w = new_connections(&through, n).await;
+    row("new-connection p50 (ms)", d, w);
+
+    let n = scale(200);
+    let d = throughput(&direct, 64, n).await;
+    let w = throughput(&through, 64, n).await;
+    row("requests/s, concurrency 64", d, w);
+
+    let chunks = scale(4096); // 64 MiB at scale 1
+    let d = streaming(&direct, chunks).await;
+    let w = streaming(&through, chunks).await;
+    row("SSE streaming (MiB/s)", d, w);
+
+    println!(
+        "{:<34} {:>12}",
+        "process RSS (MiB, mock + injector)",
+        rss_mib()
+    );
+}
+
+/// A handshake's certificate cost: minting a leaf (cache miss) vs a
+/// cache hit.
+fn leaf_cache(ca: &Arc<LocalCa>) {
+    let n = scale(200);
+    let uncached = LeafCache::with_ttl(ca.clone(), Duration::ZERO);
+    let start = Instant::now();
+    for _ in 0..n {
+        uncached.server_config(HOST).unwrap();
+    }
+    let mint = start.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let cached = LeafCache::new(ca.clone());
+    cached.server_config(HOST).unwrap();
+    let m = n * 100;
+    let start = Instant::now();
+    for _ in 0..m {
+        cached.server_config(HOST).unwrap();
+    }
+    let hit = start.elapsed().as_secs_f64() * 1e6 / m as f64;
+    println!(
+        "leaf certificate: minted {mint:.1} µs, cached {hit:.3} µs ({:.0}x)",
+        mint / hit
+    );
+}
+
+fn row(name: &str, direct: f64, warrant: f64) {
+    println!(
+        "{name:<34} {direct:>12.3} {warrant:>12.3} {:>8.2}",
+        warrant / direct
+    );
+}
+
+fn rss_mib() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or("?".to_owned(), |kb| format!("{:.1}", kb as f64 / 1024.0))
+}
+
+fn roots(pem: &str) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+struct Target {
+    addr: SocketAddr,
+    roots: Arc<ClientConfig>,
+    /// Set for the injector: each connection gets an Origin pointing at the mock.
+    origins: Option<Arc<StaticOrigins>>,
+    mock: SocketAddr,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl Target {
+    async fn connect(&self) -> Sender {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        if let Some(origins) = &self.origins {
+            origins.insert(
+                socket.local_addr().unwrap(),
+                Origin {
+                    original_dst: self.mock,
+                    pid: 1,
+                    tgid: 1,
+                    uid: 1000,
+                    gid: 1000,
+                    cgroup_id: 1,
+                    exec_gen: 0,
+                    connect_boot_ns: 0,
+                },
+            );
+        }
+        let tcp = socket.connect(self.addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let tls = TlsConnector::from(self.roots.clone())
+            .connect(ServerName::try_from(HOST).unwrap(), tcp)
+            .await
+            .unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send
+    }
+}
+
+fn request(path: &str) -> Request<Full<Bytes>> {
+    Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", HOST)
+        .header("authorization", "Bearer placeholder")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            b"{\"model\":\"gpt-4o\",\"messages\":[]}",
+        )))
+        .unwrap()
+}
+
+async fn one(send: &mut Sender, path: &str) -> usize {
+    send.ready().await.unwrap();
+    let response = send.send_request(request(path)).await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .len()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn keep_alive(target: &Target, n: usize) -> (f64, f64) {
+    let mut send = target.connect().await;
+    for _ in 0..50 {
+        one(&mut send, "/v1/chat/completions").await; // warm the pool
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        one(&mut send, "/v1/chat/completions").await;
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+async fn new_connections(target: &Target, n: usize) -> f64 {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let mut send = target.connect().await;
+        one(&mut send, "/v1/chat/completions").await;
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    percentile(&samples, 0.5)
+}
+
+async fn throughput(target: &Target, concurrency: usize, per_connection: usize) -> f64 {
+    let mut senders = Vec::new();
+    for _ in 0..concurrency {
+        senders.push(target.connect().await);
+    }
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for mut send in senders {
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_connection {
+                one(&mut send, "/v1/chat/completions").await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (concurrency * per_connection) as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn streaming(target: &Target, chunks: usize) -> f64 {
+    let mut send = target.connect().await;
+    let start = Instant::now();
+    let bytes = one(&mut send, &format!("/v1/sse?chunks={chunks}")).await;
+    assert_eq!(bytes, chunks * SSE_CHUNK);
+    bytes as f64 / (1024.0 * 1024.0) / start.elapsed().as_secs_f64()
+}
+
+async fn start_mock(acceptor: TlsAcceptor) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    Ok::<_, std::convert::Infallible>(mock_response(req))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+type MockBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+fn mock_response(req: Request<Incoming>) -> Response<MockBody> {
+    if req.uri().path() == "/v1/sse" {
+        let chunks = req
+            .uri()
+            .query()
+            .and_then(|q| q.strip_prefix("chunks="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        return Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(SseBody { left: chunks }.boxed())
+            .unwrap();
+    }
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(
+            Full::new(Bytes::from_static(
+                b"{\"id\":\"chatcmpl-1\",\"choices\":[{\"message\":{\"content\":\"hi\"}}]}",
+            ))
+            .boxed(),
+        )
+        .unwrap()
+}
+
+/// `left` SSE events of SSE_CHUNK bytes each.
+struct SseBody {
+    left: usize,
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.left == 0 {
+            return Poll::Ready(None);
+        }
+        this.left -= 1;
+        static EVENT: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+        let event = EVENT.get_or_init(|| {
+            let mut event = b"data: ".to_vec();
+            event.resize(SSE_CHUNK - 2, b'x');
+            event.extend_from_slice(b"\n\n");
+            Bytes::from(event)
+        });
+        Poll::Ready(Some(Ok(Frame::data(event.clone()))))
+    }
+}

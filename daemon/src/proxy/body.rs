@@ -1,0 +1,116 @@
+//! The request body as forwarded upstream: the part read early for the gate
+//! (if any), then the rest, streamed as it arrives.
+
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+pub struct ForwardBody {
+    /// Frames already read from the agent, in order, as they came.
+    read: VecDeque<Frame<Bytes>>,
+    rest: Option<Incoming>,
+}
+
+impl ForwardBody {
+    pub fn streaming(body: Incoming) -> ForwardBody {
+        ForwardBody {
+            read: VecDeque::new(),
+            rest: Some(body),
+        }
+    }
+
+    /// Reads frames until `limit` bytes of data (or the end of the body)
+    /// have come, each wait bounded by `timeout`. Returns the body to forward
+    /// (nothing lost) and the data read so far.
+    pub async fn prefetch(
+        mut body: Incoming,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<(ForwardBody, Vec<u8>), PrefetchError> {
+        let mut read = VecDeque::new();
+        let mut prefix = Vec::new();
+        let mut ended = false;
+        while prefix.len() < limit {
+            match tokio::time::timeout(timeout, body.frame()).await {
+                Err(_) => return Err(PrefetchError::Timeout),
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Ok(Some(Err(e))) => return Err(PrefetchError::Body(e)),
+                Ok(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        let room = limit - prefix.len();
+                        prefix.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                    read.push_back(frame);
+                }
+            }
+        }
+        Ok((
+            ForwardBody {
+                read,
+                rest: (!ended).then_some(body),
+            },
+            prefix,
+        ))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrefetchError {
+    #[error("the request body did not arrive in time")]
+    Timeout,
+    #[error("reading the request body failed: {0}")]
+    Body(hyper::Error),
+}
+
+impl Body for ForwardBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.read.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        match &mut this.rest {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        // Exact when the rest is exact, so a Content-Length stays valid.
+        let read: u64 = self
+            .read
+            .iter()
+            .filter_map(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+            .sum();
+        let rest = self
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(read));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(read));
+        }
+        hint
+    }
+}
