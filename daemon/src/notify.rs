@@ -6,7 +6,9 @@ use std::os::unix::net::UnixDatagram;
 
 /// Sends `state` (e.g. "READY=1\nSTATUS=serving") if a notify socket is set.
 pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     if let Err(err) = send(&path, state) {
         tracing::warn!(error = %err, "cannot notify the service manager");
     }

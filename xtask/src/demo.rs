@@ -26,7 +26,16 @@ const PROVIDER_ADDR: &str = "127.0.0.2";
 
 pub fn run() -> Result<()> {
     crate::setup::run()?;
-    cargo(&["build", "--release", "-p", "warrant", "--bin", "warrant", "--example", "mock_provider"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "warrant",
+        "--bin",
+        "warrant",
+        "--example",
+        "mock_provider",
+    ])?;
     let release = workspace_root().join("target/release");
     let mut world = World::new()?;
     world.write_files()?;
@@ -39,14 +48,21 @@ pub fn run() -> Result<()> {
         .arg("--record")
         .arg(world.dir.join("provider-saw.jsonl"))
         .arg("--key")
-        .arg(format!("openai={}", world.dir.join("credentials/openai").display()))
+        .arg(format!(
+            "openai={}",
+            world.dir.join("credentials/openai").display()
+        ))
         .stdout(Stdio::piped())
         .spawn()
         .context("starting the mock provider")?;
-    let ready = provider.stdout.take().map(BufReader::new).and_then(|mut r| {
-        let mut line = String::new();
-        r.read_line(&mut line).ok().map(|_| line)
-    });
+    let ready = provider
+        .stdout
+        .take()
+        .map(BufReader::new)
+        .and_then(|mut r| {
+            let mut line = String::new();
+            r.read_line(&mut line).ok().map(|_| line)
+        });
     world.children.push(provider);
     if ready.as_deref().map(str::trim) != Some("ready") {
         bail!("the mock provider did not start (is {PROVIDER_ADDR}:443 free?)");
@@ -63,6 +79,8 @@ pub fn run() -> Result<()> {
     let notify_path = world.dir.join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path)?;
     notify.set_read_timeout(Some(Duration::from_secs(60)))?;
+    // Kept open until the daemon is stopped (it says STOPPING=1 on its way out).
+    world.notify = Some(notify.try_clone()?);
     let daemon = Command::new(release.join("warrant"))
         .args(["run", "--detach-on-exit", "--config"])
         .arg(world.dir.join("warrant.toml"))
@@ -73,7 +91,9 @@ pub fn run() -> Result<()> {
     world.children.push(daemon);
     wait_ready(&notify)?;
 
-    println!("\n== the agent (tagged cgroup, OPENAI_API_KEY=placeholder) calls https://api.openai.com:");
+    println!(
+        "\n== the agent (tagged cgroup, OPENAI_API_KEY=placeholder) calls https://api.openai.com:"
+    );
     let procs = world.agent_cgroup.join("cgroup.procs");
     let agent = format!(
         "echo $$ > {procs} && exec unshare --mount --propagation private sh -c 'mount --bind {hosts} /etc/hosts && exec python3 {agent}'",
@@ -91,27 +111,45 @@ pub fn run() -> Result<()> {
         bail!("the agent failed: {status}");
     }
 
-    let real_key = fs::read_to_string(world.dir.join("credentials/openai"))?.trim().to_owned();
+    let real_key = fs::read_to_string(world.dir.join("credentials/openai"))?
+        .trim()
+        .to_owned();
     let saw = fs::read_to_string(world.dir.join("provider-saw.jsonl"))?;
-    let first: serde_json::Value = serde_json::from_str(saw.lines().next().context("the provider saw no request")?)?;
-    let received = first["headers"]["authorization"].as_str().unwrap_or("(none)").to_owned();
+    let first: serde_json::Value =
+        serde_json::from_str(saw.lines().next().context("the provider saw no request")?)?;
+    let received = first["headers"]["authorization"]
+        .as_str()
+        .unwrap_or("(none)")
+        .to_owned();
     println!("\n== side by side");
     println!("   {:<44} {}", "the agent sent", "the provider received");
-    println!("   {:<44} {}", "Authorization: Bearer placeholder", format!("Authorization: {}", mask(&received)));
+    println!(
+        "   {:<44} {}",
+        "Authorization: Bearer placeholder",
+        format!("Authorization: {}", mask(&received))
+    );
     let verdict = if received == format!("Bearer {real_key}") {
         "the real key, which the agent never held"
     } else {
         "NOT the real key: something is wrong"
     };
-    println!("\n   The provider received {verdict} ({}).", world.dir.join("credentials/openai").display());
+    println!(
+        "\n   The provider received {verdict} ({}).",
+        world.dir.join("credentials/openai").display()
+    );
     Ok(())
 }
 
 fn wait_ready(notify: &UnixDatagram) -> Result<()> {
     let mut buf = [0u8; 512];
     loop {
-        let n = notify.recv(&mut buf).context("warrant did not report READY=1 within 60 s")?;
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+        let n = notify
+            .recv(&mut buf)
+            .context("warrant did not report READY=1 within 60 s")?;
+        if String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .any(|l| l == "READY=1")
+        {
             return Ok(());
         }
     }
@@ -120,7 +158,14 @@ fn wait_ready(notify: &UnixDatagram) -> Result<()> {
 /// "Bearer sk-demo-…89ab": enough to recognise, not the whole key.
 fn mask(header: &str) -> String {
     let (scheme, key) = header.split_once(' ').unwrap_or(("", header));
-    let tail: String = key.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = key
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     let head: String = key.chars().take(8).collect();
     format!("{scheme} {head}…{tail}")
 }
@@ -133,6 +178,7 @@ struct World {
     pin_dir: PathBuf,
     children: Vec<Child>,
     overrides: Vec<String>,
+    notify: Option<UnixDatagram>,
 }
 
 impl World {
@@ -161,23 +207,33 @@ impl World {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/warrant-demo-{id}")),
             children: Vec::new(),
             overrides: Vec::new(),
+            notify: None,
         })
     }
 
     fn write_files(&self) -> Result<()> {
-        for (name, key) in [("openai", "sk-demo-openai"), ("anthropic", "sk-ant-demo"), ("gemini", "AIza-demo")] {
+        for (name, key) in [
+            ("openai", "sk-demo-openai"),
+            ("anthropic", "sk-ant-demo"),
+            ("gemini", "AIza-demo"),
+        ] {
             let path = self.dir.join("credentials").join(name);
             fs::write(&path, format!("{key}-{:016x}\n", random()))?;
             fs::set_permissions(&path, fs::Permissions::from_mode(0o600))?;
         }
-        fs::write(self.dir.join("hosts"), format!("127.0.0.1 localhost\n{PROVIDER_ADDR} api.openai.com\n"))?;
+        fs::write(
+            self.dir.join("hosts"),
+            format!("127.0.0.1 localhost\n{PROVIDER_ADDR} api.openai.com\n"),
+        )?;
         fs::write(self.dir.join("agent.py"), AGENT)?;
         Ok(())
     }
 
     /// The embedded default config with the demo's overrides.
     fn config(&mut self) -> Result<String> {
-        let output = Command::new(workspace_root().join("target/release/warrant")).arg("default-config").output()?;
+        let output = Command::new(workspace_root().join("target/release/warrant"))
+            .arg("default-config")
+            .output()?;
         let mut doc: DocumentMut = String::from_utf8(output.stdout)?.parse()?;
         let dir = self.dir.display().to_string();
         let mut overrides = Vec::new();
@@ -186,19 +242,46 @@ impl World {
             *item = value(new);
         };
         let daemon = &mut doc["daemon"];
-        set(&mut daemon["cgroup_root"], "daemon.cgroup_root".into(), self.cgroup_root.display().to_string());
-        set(&mut daemon["state_dir"], "daemon.state_dir".into(), format!("{dir}/state"));
-        set(&mut daemon["audit_log"], "daemon.audit_log".into(), format!("{dir}/audit.jsonl"));
-        set(&mut daemon["bpf_pin_dir"], "daemon.bpf_pin_dir".into(), self.pin_dir.display().to_string());
+        set(
+            &mut daemon["cgroup_root"],
+            "daemon.cgroup_root".into(),
+            self.cgroup_root.display().to_string(),
+        );
+        set(
+            &mut daemon["state_dir"],
+            "daemon.state_dir".into(),
+            format!("{dir}/state"),
+        );
+        set(
+            &mut daemon["audit_log"],
+            "daemon.audit_log".into(),
+            format!("{dir}/audit.jsonl"),
+        );
+        set(
+            &mut daemon["bpf_pin_dir"],
+            "daemon.bpf_pin_dir".into(),
+            self.pin_dir.display().to_string(),
+        );
         if let Some(upstreams) = doc["upstream"].as_array_of_tables_mut() {
-            for upstream in upstreams.iter_mut().filter(|u| u["host"].as_str() == Some("api.openai.com")) {
-                set(&mut upstream["ca_file"], "upstream[api.openai.com].ca_file".into(), format!("{dir}/provider-ca.pem"));
+            for upstream in upstreams
+                .iter_mut()
+                .filter(|u| u["host"].as_str() == Some("api.openai.com"))
+            {
+                set(
+                    &mut upstream["ca_file"],
+                    "upstream[api.openai.com].ca_file".into(),
+                    format!("{dir}/provider-ca.pem"),
+                );
             }
         }
         if let Some(credentials) = doc["credential"].as_array_of_tables_mut() {
             for credential in credentials.iter_mut() {
                 let name = credential["name"].as_str().unwrap_or_default().to_owned();
-                set(&mut credential["path"], format!("credential[{name}].path"), format!("{dir}/credentials/{name}"));
+                set(
+                    &mut credential["path"],
+                    format!("credential[{name}].path"),
+                    format!("{dir}/credentials/{name}"),
+                );
             }
         }
         self.overrides = overrides;
@@ -210,11 +293,18 @@ impl Drop for World {
     fn drop(&mut self) {
         for child in self.children.iter_mut().rev() {
             // SIGTERM first: the daemon detaches its programs on the way out.
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::SIGTERM,
+            );
             let _ = child.wait();
         }
         let _ = fs::remove_dir(&self.agent_cgroup);
-        let _ = fs::remove_dir(self.agent_cgroup.parent().unwrap_or(Path::new("/nonexistent")));
+        let _ = fs::remove_dir(
+            self.agent_cgroup
+                .parent()
+                .unwrap_or(Path::new("/nonexistent")),
+        );
         let _ = fs::remove_dir(&self.cgroup_root);
         let _ = fs::remove_dir_all(&self.pin_dir);
         let _ = fs::remove_dir_all(&self.dir);

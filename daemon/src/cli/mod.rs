@@ -48,15 +48,24 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
-        Command::Run { config, detach_on_exit } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Command::Run {
+            config,
+            detach_on_exit,
+        } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(runtime) => runtime,
                 Err(err) => {
                     eprintln!("warrant: cannot start the runtime: {err}");
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(crate::service::run(crate::service::RunOptions { config, detach_on_exit })) {
+            match runtime.block_on(crate::service::run(crate::service::RunOptions {
+                config,
+                detach_on_exit,
+            })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");

@@ -735,13 +735,16 @@ impl Config {
 
     /// The IPv6 listener address, if there is to be one.
     pub fn listen6(&self) -> Option<SocketAddr> {
+        self.listen6_on(self.daemon.listen.port())
+    }
+
+    /// The IPv6 listener address when the IPv4 listener got `port` (they
+    /// share one port: the eBPF programs redirect to a single port).
+    pub fn listen6_on(&self, port: u16) -> Option<SocketAddr> {
         match self.daemon.listen6.as_deref() {
             Some("") => None,
             Some(addr) => addr.parse().ok(),
-            None => Some(SocketAddr::from((
-                std::net::Ipv6Addr::LOCALHOST,
-                self.daemon.listen.port(),
-            ))),
+            None => Some(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! whether policy lets them. The injector asks before any credential is
 //! fetched; a refusal is answered with 403 in the provider's error shape.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use http::StatusCode;
 
@@ -16,13 +16,34 @@ pub struct WarrantGate {
     attestor: Arc<Attestor>,
     workloads: WorkloadMatcher,
     policy: Policy,
-    /// Upstream host -> scheme, to read the model from a Gemini path.
-    schemes: HashMap<String, String>,
+    /// How much of a request body to read for its "model" field: non-zero
+    /// only when some rule names models, so bodies otherwise stream untouched.
+    body_prefix_len: usize,
 }
 
+/// Enough for the "model" field of any sensible request, which clients put
+/// near the start; a model past this prefix is not found and a rule that
+/// names models then denies.
+pub const MODEL_PREFIX_LEN: usize = 64 * 1024;
+
 impl WarrantGate {
-    pub fn new(attestor: Arc<Attestor>, workloads: WorkloadMatcher, policy: Policy, schemes: HashMap<String, String>) -> Self {
-        WarrantGate { attestor, workloads, policy, schemes }
+    pub fn new(
+        attestor: Arc<Attestor>,
+        workloads: WorkloadMatcher,
+        policy: Policy,
+        rules_name_models: bool,
+    ) -> Self {
+        let body_prefix_len = if rules_name_models {
+            MODEL_PREFIX_LEN
+        } else {
+            0
+        };
+        WarrantGate {
+            attestor,
+            workloads,
+            policy,
+            body_prefix_len,
+        }
     }
 
     async fn decide(&self, request: &GateRequest<'_>) -> GateDecision {
@@ -32,18 +53,21 @@ impl WarrantGate {
             Ok(attestation) => attestation,
             Err(error) => {
                 tracing::warn!(tgid = request.origin.tgid, %error, "attestation failed: request refused");
-                return refuse(format!("the calling process could not be attested: {error}"));
+                return refuse(format!(
+                    "the calling process could not be attested: {error}"
+                ));
             }
         };
         let report = self.workloads.evaluate(&attestation);
         let Some(workload) = report.matched.as_deref() else {
             let refusal = report.refusal(&attestation);
             tracing::warn!(tgid = attestation.tgid, unit = ?attestation.unit, exe = %attestation.exe.display(), "no workload matches: request refused");
-            return refuse(format!("no [[workload]] matches the calling process: {refusal}"));
+            return refuse(format!(
+                "no [[workload]] matches the calling process: {refusal}"
+            ));
         };
         let instance = attestation.instance.as_ref();
-        let scheme = self.schemes.get(request.upstream).map(String::as_str).unwrap_or("");
-        let model = crate::policy::model_of(scheme, request.path, &[]);
+        let model = crate::policy::model_of(request.scheme, request.path, request.body_prefix);
         let exe_sha256 = attestation.exe_hash.bytes();
         let decision = self.policy.evaluate(&PolicyInput {
             workload,
@@ -58,22 +82,36 @@ impl WarrantGate {
             now: jiff::Timestamp::now(),
         });
         if decision.allowed {
-            tracing::debug!(workload, upstream = request.upstream, path = request.path, "allowed");
+            tracing::debug!(
+                workload,
+                upstream = request.upstream,
+                path = request.path,
+                "allowed"
+            );
             GateDecision::Allow
         } else {
             let summary = decision.summary();
             tracing::info!(workload, upstream = request.upstream, path = request.path, reasons = %summary, "denied by policy");
-            refuse(format!("workload {workload:?} is not allowed this request: {summary}"))
+            refuse(format!(
+                "workload {workload:?} is not allowed this request: {summary}"
+            ))
         }
     }
 }
 
 fn refuse(message: String) -> GateDecision {
-    GateDecision::Refuse { status: StatusCode::FORBIDDEN, message }
+    GateDecision::Refuse {
+        status: StatusCode::FORBIDDEN,
+        message,
+    }
 }
 
 impl RequestGate for WarrantGate {
     fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
         Box::pin(async move { self.decide(&request).await })
+    }
+
+    fn body_prefix_len(&self) -> usize {
+        self.body_prefix_len
     }
 }

@@ -4,7 +4,6 @@
 mod gate;
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
@@ -25,7 +24,7 @@ use crate::{
     policy::{Policy, PostureStore},
     proxy::Injector,
     redirect::{RedirectSettings, Redirector, tagging},
-    tls::{self, LeafCache, LocalCa},
+    tls::Pki,
 };
 
 pub struct RunOptions {
@@ -40,14 +39,19 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/warrant/warrant.toml";
 
 /// The configuration `warrant run` uses, and where it came from.
 pub fn load_config(path: Option<&Path>) -> Result<(Config, String)> {
-    let path = path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let path = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     if path.exists() {
         return Ok((Config::load(&path)?, path.display().to_string()));
     }
     if path != Path::new(DEFAULT_CONFIG_PATH) {
         anyhow::bail!("{}: no such file", path.display());
     }
-    Ok((Config::embedded_default()?, "the embedded default config".to_owned()))
+    Ok((
+        Config::embedded_default()?,
+        "the embedded default config".to_owned(),
+    ))
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
@@ -56,24 +60,32 @@ pub async fn run(options: RunOptions) -> Result<()> {
     credentials::make_non_dumpable().context("cannot make the process non-dumpable")?;
     raise_open_file_limit();
     let state_dir = &config.daemon.state_dir;
+    // 0711: agents (any uid) must be able to open trust-bundle.pem by its
+    // path, but not list the directory; the CA key and the host key live in
+    // root-only files and directories inside.
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
+        .mode(0o711)
         .create(state_dir)
         .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    std::fs::set_permissions(
+        state_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .with_context(|| format!("cannot set the mode of {}", state_dir.display()))?;
 
     notify("STATUS=loading the local CA");
-    let hosts: Vec<String> = config.upstreams.iter().map(|u| u.host.get_ref().to_ascii_lowercase()).collect();
-    let ca = Arc::new(LocalCa::load_or_create(state_dir, &hosts)?);
-    let roots = tls::system_roots();
-    let bundle = ca.write_trust_bundle(&roots)?;
-    tracing::info!(bundle = %bundle.display(), "trust bundle written");
-    let leafs = Arc::new(LeafCache::new(ca.clone()));
+    let pki = Pki::init(&config)?;
+    tracing::info!(bundle = %pki.trust_bundle.display(), "trust bundle written");
 
     notify("STATUS=fetching credentials and the instance identity");
     let credentials = Arc::new(
-        credentials::store_from_config(&config.credentials, Arc::new(SystemClock), &StoreOptions::default())
-            .map_err(anyhow::Error::msg)?,
+        credentials::store_from_config(
+            &config.credentials,
+            Arc::new(SystemClock),
+            &StoreOptions::default(),
+        )
+        .map_err(anyhow::Error::msg)?,
     );
     credentials.prefetch().await;
     let _credential_refreshers = credentials.spawn_refresher();
@@ -83,9 +95,12 @@ pub async fn run(options: RunOptions) -> Result<()> {
         // Conditions that need the identity fail closed until it is fetched.
         tracing::warn!(%error, "instance identity not available yet");
     }
-    let _instance_refresher =
-        provider.spawn_refresh(instance.clone(), Duration::from_secs(config.instance.refresh_secs));
-    let posture = Arc::new(PostureStore::from_config(&config.postures).map_err(anyhow::Error::msg)?);
+    let _instance_refresher = provider.spawn_refresh(
+        instance.clone(),
+        Duration::from_secs(config.instance.refresh_secs),
+    );
+    let posture =
+        Arc::new(PostureStore::from_config(&config.postures).map_err(anyhow::Error::msg)?);
     let _posture_refreshers = posture.clone().spawn_refresher();
     let policy = Policy::new(&config.policies, posture).map_err(anyhow::Error::msg)?;
 
@@ -93,7 +108,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let listener4 = TcpListener::bind(config.daemon.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.daemon.listen))?;
-    let listener6 = match config.listen6() {
+    let listener6 = match config.listen6_on(listener4.local_addr()?.port()) {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(listener) => Some(listener),
             Err(error) => {
@@ -110,25 +125,34 @@ pub async fn run(options: RunOptions) -> Result<()> {
     )?;
     let redirector = Redirector::start(settings.clone())?;
     let maps = redirector.maps();
-    let tagger = tagging::Tagger::new(&settings.cgroup_root, tagging::selectors(&config), maps.clone())?;
+    let tagger = tagging::Tagger::new(
+        &settings.cgroup_root,
+        tagging::selectors(&config),
+        maps.clone(),
+    )?;
     let (stop_tagger, tagger_stopped) = tokio::sync::oneshot::channel::<()>();
     let tagger_task = tokio::spawn(tagger.watch(async {
         let _ = tagger_stopped.await;
     }));
 
     let attestor = Arc::new(Attestor::new(&config.attest, maps.clone(), instance));
-    let schemes: HashMap<String, String> = config
-        .upstreams
-        .iter()
-        .map(|u| (u.host.get_ref().to_ascii_lowercase(), u.scheme.get_ref().clone()))
-        .collect();
-    let gate = Arc::new(WarrantGate::new(attestor, WorkloadMatcher::new(&config.workloads), policy, schemes));
-    let injector = Arc::new(Injector::new(&config, leafs, maps, credentials, &roots)?.with_gate(gate));
+    let rules_name_models = config.policies.iter().any(|p| !p.models.is_empty());
+    let gate = Arc::new(WarrantGate::new(
+        attestor,
+        WorkloadMatcher::new(&config.workloads),
+        policy,
+        rules_name_models,
+    ));
+    let injector = Arc::new(
+        Injector::new(&config, pki.leafs, maps, credentials, &pki.system_roots)?.with_gate(gate),
+    );
     let mut servers = vec![tokio::spawn(injector.clone().serve(listener4))];
     if let Some(listener6) = listener6 {
         servers.push(tokio::spawn(injector.serve(listener6)));
     }
-    let addrs: Vec<SocketAddr> = std::iter::once(config.daemon.listen).chain(settings.listen6.map(SocketAddr::V6)).collect();
+    let addrs: Vec<SocketAddr> = std::iter::once(config.daemon.listen)
+        .chain(settings.listen6.map(SocketAddr::V6))
+        .collect();
     tracing::info!(listen = ?addrs, "ready");
     notify("READY=1\nSTATUS=serving");
 
@@ -143,7 +167,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
         redirector.detach()?;
         tracing::info!("eBPF programs detached");
     } else {
-        tracing::info!("stopping; the pinned eBPF programs keep tagged connections away from providers");
+        tracing::info!(
+            "stopping; the pinned eBPF programs keep tagged connections away from providers"
+        );
     }
     Ok(())
 }
