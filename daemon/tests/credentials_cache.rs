@@ -28,11 +28,17 @@ struct Scripted {
 impl Scripted {
     /// A value valid for `lifetime` seconds (None: no expiry).
     fn then_value(&self, value: &str, lifetime: Option<u64>) -> &Self {
-        self.answers.lock().unwrap().push_back(Ok((value.to_owned(), lifetime)));
+        self.answers
+            .lock()
+            .unwrap()
+            .push_back(Ok((value.to_owned(), lifetime)));
         self
     }
     fn then_error(&self, error: &str) -> &Self {
-        self.answers.lock().unwrap().push_back(Err(error.to_owned()));
+        self.answers
+            .lock()
+            .unwrap()
+            .push_back(Err(error.to_owned()));
         self
     }
     fn calls(&self) -> usize {
@@ -43,13 +49,21 @@ impl Scripted {
 impl Provider for Scripted {
     fn issue<'a>(&'a self, ctx: &'a IssueContext<'a>) -> IssueFuture<'a> {
         *self.calls.lock().unwrap() += 1;
-        let answer = self.answers.lock().unwrap().pop_front().unwrap_or(Err("script exhausted".into()));
+        let answer = self
+            .answers
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Err("script exhausted".into()));
         let now = ctx.now;
         Box::pin(async move {
             let (value, lifetime) = answer?;
             Ok(Issued {
                 value: Secret::new(value),
-                expires_at: lifetime.map(|s| now.checked_add(jiff::SignedDuration::from_secs(s as i64)).unwrap()),
+                expires_at: lifetime.map(|s| {
+                    now.checked_add(jiff::SignedDuration::from_secs(s as i64))
+                        .unwrap()
+                }),
             })
         })
     }
@@ -85,7 +99,8 @@ async fn value(store: &CredentialStore, name: &str) -> Result<String, Credential
 #[tokio::test]
 async fn cached_until_refresh_ahead_then_refreshed() {
     let p = Scripted::default();
-    p.then_value("tok-1", Some(3600)).then_value("tok-2", Some(3600));
+    p.then_value("tok-1", Some(3600))
+        .then_value("tok-2", Some(3600));
     let (store, clock) = store_with(&[("a", &p)]);
     assert_eq!(value(&store, "a").await.unwrap(), "tok-1");
     // 5m ahead plus at most 10% jitter: not due before 54m30s.
@@ -162,7 +177,8 @@ async fn credentials_refresh_independently() {
     let a = Scripted::default();
     let b = Scripted::default();
     a.then_value("a-1", Some(600)).then_error("a issuer down");
-    b.then_value("b-1", Some(3600)).then_value("b-2", Some(3600));
+    b.then_value("b-1", Some(3600))
+        .then_value("b-2", Some(3600));
     let (store, clock) = store_with(&[("a", &a), ("b", &b)]);
     value(&store, "a").await.unwrap();
     value(&store, "b").await.unwrap();
@@ -182,7 +198,9 @@ async fn credentials_refresh_independently() {
 #[tokio::test]
 async fn values_without_expiry_are_reread_and_kept_when_rereading_fails() {
     let p = Scripted::default();
-    p.then_value("static-1", None).then_error("file gone").then_value("static-2", None);
+    p.then_value("static-1", None)
+        .then_error("file gone")
+        .then_value("static-2", None);
     let (store, clock) = store_with(&[("a", &p)]);
     value(&store, "a").await.unwrap();
     clock.advance(Duration::from_secs(600));
@@ -199,6 +217,9 @@ async fn concurrent_requests_share_one_fetch() {
     p.then_value("tok-1", Some(3600));
     let (store, _) = store_with(&[("a", &p)]);
     let (x, y, z) = tokio::join!(value(&store, "a"), value(&store, "a"), value(&store, "a"));
-    assert_eq!((x.unwrap(), y.unwrap(), z.unwrap()), ("tok-1".into(), "tok-1".into(), "tok-1".into()));
+    assert_eq!(
+        (x.unwrap(), y.unwrap(), z.unwrap()),
+        ("tok-1".into(), "tok-1".into(), "tok-1".into())
+    );
     assert_eq!(p.calls(), 1);
 }

@@ -9,14 +9,12 @@ use std::{sync::Arc, time::Duration};
 
 use common::{ExpectAuth, MockConfig, MockTokenEndpoint};
 use jiff::Timestamp;
-use warrant::{
-    credentials::{
-        CredentialSource, CredentialStore, ManualClock,
-        exec::ExecProvider,
-        file::FileProvider,
-        oauth::{ClientAuth, Grant, OAuthProvider, TokenClient},
-        store::RefreshSettings,
-    },
+use warrant::credentials::{
+    CredentialSource, CredentialStore, ManualClock,
+    exec::ExecProvider,
+    file::FileProvider,
+    oauth::{ClientAuth, Grant, OAuthProvider, TokenClient},
+    store::RefreshSettings,
 };
 
 fn settings() -> RefreshSettings {
@@ -77,12 +75,18 @@ async fn no_credential_value_in_captured_logs() {
     let issued = store.current("oauth").await.unwrap();
     assert_eq!(issued.expose(), "issued-access-token-1");
     assert!(store.current("exec").await.is_err());
-    assert!(store.current("oauth-post").await.is_err(), "the mock expects basic auth");
+    assert!(
+        store.current("oauth-post").await.is_err(),
+        "the mock expects basic auth"
+    );
     clock.advance(Duration::from_secs(3400));
     store.refresh_due().await;
     tracing::info!(status = ?store.status(), secret = ?issued, "status");
     let text = logs.text();
-    assert!(text.contains("credential issued"), "logs were not captured: {text}");
+    assert!(
+        text.contains("credential issued"),
+        "logs were not captured: {text}"
+    );
     assert!(text.contains("credential issuer failed"), "{text}");
     for secret in [
         "sk-secret-from-file-7731",
@@ -91,6 +95,9 @@ async fn no_credential_value_in_captured_logs() {
         "issued-access-token-1",
         "issued-access-token-2",
     ] {
-        assert!(!text.contains(secret), "{secret} leaked into the logs:\n{text}");
+        assert!(
+            !text.contains(secret),
+            "{secret} leaked into the logs:\n{text}"
+        );
     }
 }

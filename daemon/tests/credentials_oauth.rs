@@ -10,7 +10,10 @@ use std::{path::Path, sync::Arc, time::Duration};
 use common::{ExpectAuth, MockConfig, MockTokenEndpoint, my_uid, write_private};
 use warrant::{
     config::CredentialConfig,
-    credentials::{CredentialError, CredentialSource, CredentialStore, ManualClock, StoreOptions, store_from_config},
+    credentials::{
+        CredentialError, CredentialSource, CredentialStore, ManualClock, StoreOptions,
+        store_from_config,
+    },
 };
 
 #[derive(serde::Deserialize)]
@@ -27,13 +30,19 @@ fn build(toml_text: &str) -> (CredentialStore, Arc<ManualClock>) {
         file_owner_uid: my_uid(),
         credentials_directory: None,
     };
-    (store_from_config(&parsed.credential, clock.clone(), &options).unwrap(), clock)
+    (
+        store_from_config(&parsed.credential, clock.clone(), &options).unwrap(),
+        clock,
+    )
 }
 
 fn secret_file(dir: &Path) -> String {
     let path = dir.join("client-secret");
     write_private(&path, CLIENT_SECRET);
-    format!("[[credential]]\nname = \"idp-secret\"\nsource = \"file\"\npath = \"{}\"\n", path.display())
+    format!(
+        "[[credential]]\nname = \"idp-secret\"\nsource = \"file\"\npath = \"{}\"\n",
+        path.display()
+    )
 }
 
 fn mock(grant_type: &'static str, auth: ExpectAuth) -> MockConfig {
@@ -66,7 +75,10 @@ async fn client_credentials_with_client_secret_basic() {
     assert!(!form.contains_key("client_secret"));
     let status = store.status();
     let openai = status.iter().find(|s| s.name == "openai").unwrap();
-    assert_eq!(openai.expires_at, Some("2026-01-14T16:00:00Z".parse().unwrap()));
+    assert_eq!(
+        openai.expires_at,
+        Some("2026-01-14T16:00:00Z".parse().unwrap())
+    );
     // Served from the cache: no second call.
     store.current("openai").await.unwrap();
     assert_eq!(idp.calls(), 1);
@@ -85,7 +97,10 @@ async fn client_credentials_with_client_secret_post() {
         secret_file(dir.path()),
         idp.url
     ));
-    assert_eq!(store.current("openai").await.unwrap().expose(), "issued-access-token-1");
+    assert_eq!(
+        store.current("openai").await.unwrap().expose(),
+        "issued-access-token-1"
+    );
 }
 
 #[tokio::test]
@@ -103,7 +118,10 @@ async fn wrong_client_secret_is_rejected_with_the_oauth_error_code() {
     ));
     match store.current("openai").await {
         Err(CredentialError::Unavailable { reason, .. }) => {
-            assert!(reason.contains("401") && reason.contains("invalid_client"), "{reason}");
+            assert!(
+                reason.contains("401") && reason.contains("invalid_client"),
+                "{reason}"
+            );
             assert!(!reason.contains(CLIENT_SECRET), "{reason}");
         }
         other => panic!("{other:?}"),
@@ -150,7 +168,10 @@ async fn client_credentials_with_private_key_jwt() {
         key_path.display()
     );
     let (store, _) = build(&config);
-    assert_eq!(store.current("openai").await.unwrap().expose(), "issued-access-token-1");
+    assert_eq!(
+        store.current("openai").await.unwrap().expose(),
+        "issued-access-token-1"
+    );
     let form = idp.requests.lock().unwrap()[0].clone();
     let header = jsonwebtoken::decode_header(&form["client_assertion"]).unwrap();
     assert_eq!(header.kid.as_deref(), Some("host-key-1"));
@@ -168,7 +189,10 @@ async fn token_exchange_with_subject_token_from_a_file() {
     let subject = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJpbnN0YW5jZSJ9.";
     let idp = MockTokenEndpoint::start(MockConfig {
         subject_token: Some(subject.into()),
-        ..mock("urn:ietf:params:oauth:grant-type:token-exchange", ExpectAuth::None)
+        ..mock(
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            ExpectAuth::None,
+        )
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -179,9 +203,15 @@ async fn token_exchange_with_subject_token_from_a_file() {
         idp.url,
         subject_path.display()
     ));
-    assert_eq!(store.current("openai").await.unwrap().expose(), "issued-access-token-1");
+    assert_eq!(
+        store.current("openai").await.unwrap().expose(),
+        "issued-access-token-1"
+    );
     let form = idp.requests.lock().unwrap()[0].clone();
-    assert_eq!(form["requested_token_type"], "urn:ietf:params:oauth:token-type:access_token");
+    assert_eq!(
+        form["requested_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
 }
 
 #[tokio::test]
@@ -201,7 +231,10 @@ async fn token_exchange_with_subject_from_another_credential_and_client_auth() {
         secret_file(dir.path()),
         idp.url
     ));
-    assert_eq!(store.current("openai").await.unwrap().expose(), "issued-access-token-1");
+    assert_eq!(
+        store.current("openai").await.unwrap().expose(),
+        "issued-access-token-1"
+    );
 }
 
 #[tokio::test]
@@ -209,7 +242,10 @@ async fn jwt_bearer_grant_sends_the_subject_as_assertion() {
     let subject = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJob3N0In0.";
     let idp = MockTokenEndpoint::start(MockConfig {
         subject_token: Some(subject.into()),
-        ..mock("urn:ietf:params:oauth:grant-type:jwt-bearer", ExpectAuth::None)
+        ..mock(
+            "urn:ietf:params:oauth:grant-type:jwt-bearer",
+            ExpectAuth::None,
+        )
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
@@ -220,7 +256,10 @@ async fn jwt_bearer_grant_sends_the_subject_as_assertion() {
         idp.url,
         subject_path.display()
     ));
-    assert_eq!(store.current("openai").await.unwrap().expose(), "issued-access-token-1");
+    assert_eq!(
+        store.current("openai").await.unwrap().expose(),
+        "issued-access-token-1"
+    );
 }
 
 #[tokio::test]
@@ -236,7 +275,10 @@ async fn refresh_ahead_backoff_and_serve_stale_against_the_token_endpoint() {
         secret_file(dir.path()),
         idp.url
     ));
-    assert_eq!(store.current("openai").await.unwrap().expose(), "issued-access-token-1");
+    assert_eq!(
+        store.current("openai").await.unwrap().expose(),
+        "issued-access-token-1"
+    );
     // Refresh is due between 54m30s and 55m after issue (5m ahead, ≤10% jitter).
     clock.advance(Duration::from_secs(54 * 60));
     store.refresh_due().await;
@@ -246,7 +288,10 @@ async fn refresh_ahead_backoff_and_serve_stale_against_the_token_endpoint() {
     store.refresh_due().await;
     assert_eq!(idp.calls(), 2);
     // The issuer fails: the cached token is still served.
-    assert_eq!(store.current("openai").await.unwrap().expose(), "issued-access-token-1");
+    assert_eq!(
+        store.current("openai").await.unwrap().expose(),
+        "issued-access-token-1"
+    );
     // Backing off: no call within the first second.
     store.refresh_due().await;
     assert_eq!(idp.calls(), 2);
@@ -257,5 +302,8 @@ async fn refresh_ahead_backoff_and_serve_stale_against_the_token_endpoint() {
     idp.fail(None);
     clock.advance(Duration::from_secs(3));
     store.refresh_due().await;
-    assert_eq!(store.current("openai").await.unwrap().expose(), "issued-access-token-2");
+    assert_eq!(
+        store.current("openai").await.unwrap().expose(),
+        "issued-access-token-2"
+    );
 }

@@ -9,7 +9,8 @@ use common::{my_uid, write_private};
 use warrant::{
     config::CredentialConfig,
     credentials::{
-        CredentialError, CredentialSource, CredentialStore, ManualClock, StoreOptions, store_from_config,
+        CredentialError, CredentialSource, CredentialStore, ManualClock, StoreOptions,
+        store_from_config,
     },
 };
 
@@ -22,7 +23,10 @@ fn start() -> jiff::Timestamp {
     "2026-01-14T15:00:00Z".parse().unwrap()
 }
 
-fn build(toml_text: &str, credentials_directory: Option<&Path>) -> (CredentialStore, Arc<ManualClock>) {
+fn build(
+    toml_text: &str,
+    credentials_directory: Option<&Path>,
+) -> (CredentialStore, Arc<ManualClock>) {
     let parsed: Credentials = toml::from_str(toml_text).unwrap();
     let clock = Arc::new(ManualClock::new(start()));
     let options = StoreOptions {
@@ -47,11 +51,20 @@ async fn file_credential_is_read_and_trimmed() {
     let path = dir.path().join("openai");
     write_private(&path, "sk-file-credential-1\n");
     let (store, _) = build(
-        &format!("[[credential]]\nname = \"openai\"\nsource = \"file\"\npath = \"{}\"\n", path.display()),
+        &format!(
+            "[[credential]]\nname = \"openai\"\nsource = \"file\"\npath = \"{}\"\n",
+            path.display()
+        ),
         None,
     );
-    assert_eq!(store.current("openai").await.unwrap().expose(), "sk-file-credential-1");
-    assert!(matches!(store.current("other").await, Err(CredentialError::NotConfigured(_))));
+    assert_eq!(
+        store.current("openai").await.unwrap().expose(),
+        "sk-file-credential-1"
+    );
+    assert!(matches!(
+        store.current("other").await,
+        Err(CredentialError::NotConfigured(_))
+    ));
 }
 
 #[tokio::test]
@@ -61,7 +74,10 @@ async fn group_or_world_readable_file_is_refused_with_path_and_mode() {
     write_private(&path, "sk-file-credential-2");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
     let (store, _) = build(
-        &format!("[[credential]]\nname = \"openai\"\nsource = \"file\"\npath = \"{}\"\n", path.display()),
+        &format!(
+            "[[credential]]\nname = \"openai\"\nsource = \"file\"\npath = \"{}\"\n",
+            path.display()
+        ),
         None,
     );
     let reason = unavailable(store.current("openai").await);
@@ -83,7 +99,12 @@ async fn file_not_owned_by_the_required_owner_is_refused() {
         file_owner_uid: my_uid() + 1,
         credentials_directory: None,
     };
-    let store = store_from_config(&parsed.credential, Arc::new(ManualClock::new(start())), &options).unwrap();
+    let store = store_from_config(
+        &parsed.credential,
+        Arc::new(ManualClock::new(start())),
+        &options,
+    )
+    .unwrap();
     let reason = unavailable(store.current("openai").await);
     assert!(reason.contains("owned by uid"), "{reason}");
 }
@@ -100,14 +121,23 @@ async fn file_rotation_is_picked_up_at_the_refresh_interval() {
         ),
         None,
     );
-    assert_eq!(store.current("k").await.unwrap().expose(), "sk-before-rotation");
+    assert_eq!(
+        store.current("k").await.unwrap().expose(),
+        "sk-before-rotation"
+    );
     write_private(&path, "sk-after-rotation");
     clock.advance(Duration::from_secs(59));
     assert_eq!(store.refresh_due().await, 0);
-    assert_eq!(store.current("k").await.unwrap().expose(), "sk-before-rotation");
+    assert_eq!(
+        store.current("k").await.unwrap().expose(),
+        "sk-before-rotation"
+    );
     clock.advance(Duration::from_secs(1));
     assert_eq!(store.refresh_due().await, 1);
-    assert_eq!(store.current("k").await.unwrap().expose(), "sk-after-rotation");
+    assert_eq!(
+        store.current("k").await.unwrap().expose(),
+        "sk-after-rotation"
+    );
 }
 
 #[tokio::test]
@@ -118,12 +148,18 @@ async fn systemd_credential_comes_from_the_credentials_directory() {
         "[[credential]]\nname = \"anthropic\"\nsource = \"systemd\"\nid = \"anthropic-key\"\n",
         Some(dir.path()),
     );
-    assert_eq!(store.current("anthropic").await.unwrap().expose(), "sk-ant-systemd-1");
+    assert_eq!(
+        store.current("anthropic").await.unwrap().expose(),
+        "sk-ant-systemd-1"
+    );
 }
 
 #[tokio::test]
 async fn systemd_credential_without_credentials_directory_says_so() {
-    let (store, _) = build("[[credential]]\nname = \"a\"\nsource = \"systemd\"\nid = \"a\"\n", None);
+    let (store, _) = build(
+        "[[credential]]\nname = \"a\"\nsource = \"systemd\"\nid = \"a\"\n",
+        None,
+    );
     let reason = unavailable(store.current("a").await);
     assert!(reason.contains("CREDENTIALS_DIRECTORY"), "{reason}");
 }
@@ -146,8 +182,17 @@ async fn exec_credential_with_expiry() {
     );
     assert_eq!(store.current("x").await.unwrap().expose(), "sk-exec-1");
     let status = &store.status()[0];
-    assert_eq!(status.expires_at, Some("2026-01-14T16:00:00Z".parse().unwrap()));
-    assert!(status.fingerprint.as_deref().unwrap().starts_with("sha256:"));
+    assert_eq!(
+        status.expires_at,
+        Some("2026-01-14T16:00:00Z".parse().unwrap())
+    );
+    assert!(
+        status
+            .fingerprint
+            .as_deref()
+            .unwrap()
+            .starts_with("sha256:")
+    );
     // After expiry the command runs again; it prints an expired value now.
     clock.set("2026-01-14T16:00:00Z".parse().unwrap());
     let reason = unavailable(store.current("x").await);
@@ -161,7 +206,13 @@ async fn exec_failure_does_not_reveal_stderr_or_stdout() {
     assert!(reason.contains("exit status: 3"), "{reason}");
     assert!(!reason.contains("sk-leaky-stderr"), "{reason}");
 
-    let (store, _) = build(&exec_config(r#"echo '{"value": "sk-leaky-stdout", "expires_at": 5}'"#, ""), None);
+    let (store, _) = build(
+        &exec_config(
+            r#"echo '{"value": "sk-leaky-stdout", "expires_at": 5}'"#,
+            "",
+        ),
+        None,
+    );
     let reason = unavailable(store.current("x").await);
     assert!(reason.contains("invalid output"), "{reason}");
     assert!(!reason.contains("sk-leaky-stdout"), "{reason}");

@@ -71,13 +71,17 @@ fn unknown_posture_reference_is_located() {
 
 #[test]
 fn posture_sections_are_checked() {
-    let (at, msg) = error_at("[[posture]]\nname = \"edr\"\nsource = \"file\"\npath = \"/x\"\nmax_age = \"soon\"\n");
+    let (at, msg) = error_at(
+        "[[posture]]\nname = \"edr\"\nsource = \"file\"\npath = \"/x\"\nmax_age = \"soon\"\n",
+    );
     assert_eq!(at, loc(5, 11), "{msg}");
     let (at, msg) = error_at("[[posture]]\nname = \"edr\"\nsource = \"command\"\n");
     assert_eq!(at, loc(3, 10), "{msg}");
     assert!(msg.contains("command"), "{msg}");
     let ok = Config::parse(
-        &format!("{BASE}[[posture]]\nname = \"edr\"\nsource = \"command\"\ncommand = [\"/usr/bin/edr-status\", \"--json\"]\nmax_age = \"15m\"\n[[policy]]\nworkload = \"agent\"\nposture = [\"edr\"]\n"),
+        &format!(
+            "{BASE}[[posture]]\nname = \"edr\"\nsource = \"command\"\ncommand = [\"/usr/bin/edr-status\", \"--json\"]\nmax_age = \"15m\"\n[[policy]]\nworkload = \"agent\"\nposture = [\"edr\"]\n"
+        ),
         "w.toml",
     );
     assert!(ok.is_ok(), "{:?}", ok.err());
@@ -85,7 +89,8 @@ fn posture_sections_are_checked() {
 
 #[test]
 fn bad_exe_signer_is_located() {
-    let (at, msg) = error_at("[[policy]]\nworkload = \"agent\"\nexe_signers = [\"ssh-rsa nope\"]\n");
+    let (at, msg) =
+        error_at("[[policy]]\nworkload = \"agent\"\nexe_signers = [\"ssh-rsa nope\"]\n");
     assert_eq!(at, loc(3, 16), "{msg}");
 }
 
@@ -110,7 +115,9 @@ fn oauth_settings_are_checked() {
     );
     assert_eq!(at, loc(4, 13), "{msg}");
     assert!(msg.contains("https"), "{msg}");
-    let (_, msg) = error_at("[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"https://idp.example/token\"\nclient_id = \"c\"\n");
+    let (_, msg) = error_at(
+        "[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"https://idp.example/token\"\nclient_id = \"c\"\n",
+    );
     assert!(msg.contains("client authentication"), "{msg}");
     let (at, msg) = error_at(
         "[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"https://idp.example/token\"\nclient_id = \"c\"\nclient_auth = \"private_key_jwt\"\n",
@@ -120,11 +127,15 @@ fn oauth_settings_are_checked() {
         "[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"https://idp.example/token\"\nclient_id = \"c\"\nprivate_key_path = \"/k.pem\"\nsigning_alg = \"XS999\"\n",
     );
     assert_eq!(at, loc(7, 15), "{msg}");
-    let (at, msg) = error_at("[[credential]]\nname = \"x\"\nsource = \"exec\"\ncommand = [\"/bin/x\"]\ntimeout = \"-3s\"\n");
+    let (at, msg) = error_at(
+        "[[credential]]\nname = \"x\"\nsource = \"exec\"\ncommand = [\"/bin/x\"]\ntimeout = \"-3s\"\n",
+    );
     assert_eq!(at, loc(5, 11), "{msg}");
     // Loopback http is allowed (a local token agent, tests).
     let ok = Config::parse(
-        &format!("{BASE}[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"http://127.0.0.1:8080/token\"\nclient_id = \"c\"\nclient_secret_credential = \"openai\"\nrefresh_ahead = \"2m\"\n"),
+        &format!(
+            "{BASE}[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"http://127.0.0.1:8080/token\"\nclient_id = \"c\"\nclient_secret_credential = \"openai\"\nrefresh_ahead = \"2m\"\n"
+        ),
         "w.toml",
     );
     assert!(ok.is_ok(), "{:?}", ok.err());
@@ -143,7 +154,10 @@ fn loose_credential_file_is_refused_with_its_path_and_mode() {
     assert_eq!(at, loc(2, 8), "{msg}");
     assert!(msg.contains(&path.display().to_string()), "{msg}");
     // As root: the mode is what is wrong. As another user: the owner.
-    assert!(msg.contains("0644") || msg.contains("owned by uid"), "{msg}");
+    assert!(
+        msg.contains("0644") || msg.contains("owned by uid"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -153,7 +167,9 @@ fn missing_required_keys_are_reported() {
     assert!(msg.contains("`path`"), "{msg}");
     let (_, msg) = error_at("[[credential]]\nname = \"k\"\nsource = \"systemd\"\n");
     assert!(msg.contains("`id`"), "{msg}");
-    let (_, msg) = error_at("[[credential]]\nname = \"k\"\nsource = \"token-exchange\"\ntoken_url = \"https://i/t\"\n");
+    let (_, msg) = error_at(
+        "[[credential]]\nname = \"k\"\nsource = \"token-exchange\"\ntoken_url = \"https://i/t\"\n",
+    );
     assert!(msg.contains("subject_token_path"), "{msg}");
 }
 

@@ -34,11 +34,26 @@ fn ssh_keygen(args: &[&str], dir: &Path) {
 /// A key pair and a "binary" signed with it in namespace `namespace`.
 fn signed_binary(namespace: &str) -> Signed {
     let dir = tempfile::tempdir().unwrap();
-    ssh_keygen(&["-q", "-t", "ed25519", "-N", "", "-C", "release", "-f", "key"], dir.path());
-    std::fs::write(dir.path().join("agent"), b"\x7fELF pretend this is a release build").unwrap();
-    ssh_keygen(&["-Y", "sign", "-n", namespace, "-f", "key", "agent"], dir.path());
+    ssh_keygen(
+        &[
+            "-q", "-t", "ed25519", "-N", "", "-C", "release", "-f", "key",
+        ],
+        dir.path(),
+    );
+    std::fs::write(
+        dir.path().join("agent"),
+        b"\x7fELF pretend this is a release build",
+    )
+    .unwrap();
+    ssh_keygen(
+        &["-Y", "sign", "-n", namespace, "-f", "key", "agent"],
+        dir.path(),
+    );
     assert!(dir.path().join("agent.sig").exists());
-    let public_key = std::fs::read_to_string(dir.path().join("key.pub")).unwrap().trim().to_owned();
+    let public_key = std::fs::read_to_string(dir.path().join("key.pub"))
+        .unwrap()
+        .trim()
+        .to_owned();
     Signed { dir, public_key }
 }
 
@@ -64,7 +79,9 @@ fn tampered_binary_fails() {
     let signers = ExeSigners::new(&[&s.public_key], None).unwrap();
     std::fs::write(s.exe(), b"\x7fELF pretend this is a release build, patched").unwrap();
     // Attested as the tampered bytes: the hash matches, the signature not.
-    let err = signers.check(&s.exe(), &sha256(&s.exe()), now()).unwrap_err();
+    let err = signers
+        .check(&s.exe(), &sha256(&s.exe()), now())
+        .unwrap_err();
     assert!(err.contains("does not verify"), "{err}");
 }
 
@@ -81,7 +98,9 @@ fn binary_swapped_after_attestation_fails() {
 fn signature_for_another_namespace_fails() {
     let s = signed_binary("file");
     let signers = ExeSigners::new(&[&s.public_key], None).unwrap();
-    let err = signers.check(&s.exe(), &sha256(&s.exe()), now()).unwrap_err();
+    let err = signers
+        .check(&s.exe(), &sha256(&s.exe()), now())
+        .unwrap_err();
     assert!(err.contains("namespace"), "{err}");
 }
 
@@ -90,7 +109,9 @@ fn signature_by_an_unlisted_key_fails() {
     let s = signed_binary("warrant-exe");
     let other = signed_binary("warrant-exe");
     let signers = ExeSigners::new(&[&other.public_key], None).unwrap();
-    let err = signers.check(&s.exe(), &sha256(&s.exe()), now()).unwrap_err();
+    let err = signers
+        .check(&s.exe(), &sha256(&s.exe()), now())
+        .unwrap_err();
     assert!(err.contains("not among exe_signers"), "{err}");
 }
 
@@ -99,7 +120,9 @@ fn missing_signature_file_fails() {
     let s = signed_binary("warrant-exe");
     std::fs::remove_file(s.dir.path().join("agent.sig")).unwrap();
     let signers = ExeSigners::new(&[&s.public_key], None).unwrap();
-    let err = signers.check(&s.exe(), &sha256(&s.exe()), now()).unwrap_err();
+    let err = signers
+        .check(&s.exe(), &sha256(&s.exe()), now())
+        .unwrap_err();
     assert!(err.contains("no signature"), "{err}");
 }
 
@@ -148,7 +171,10 @@ exe_signers = ["{}"]
     // Another binary (different hash) in the same place is refused.
     std::fs::write(&exe, b"something else").unwrap();
     let hash = sha256(&exe);
-    let d = policy.evaluate(&PolicyInput { exe_sha256: Some(&hash), ..input });
+    let d = policy.evaluate(&PolicyInput {
+        exe_sha256: Some(&hash),
+        ..input
+    });
     assert!(!d.allowed);
     assert_eq!(d.deny_reasons().next().unwrap().factor, Factor::Identity);
 }

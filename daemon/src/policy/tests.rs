@@ -91,7 +91,14 @@ fn a_request_passing_every_factor_is_allowed() {
     let factors: Vec<Factor> = d.factors.iter().map(|f| f.factor).collect();
     assert_eq!(
         factors,
-        [Factor::Request, Factor::Identity, Factor::Location, Factor::Time, Factor::Posture, Factor::Budget]
+        [
+            Factor::Request,
+            Factor::Identity,
+            Factor::Location,
+            Factor::Time,
+            Factor::Posture,
+            Factor::Budget
+        ]
     );
 }
 
@@ -103,7 +110,11 @@ fn deny_by_default_without_a_rule_for_the_workload() {
     });
     assert!(!d.allowed);
     assert_eq!(failing(&d), [Factor::Identity]);
-    assert!(d.summary().contains("no [[policy]] for workload \"batch\""), "{}", d.summary());
+    assert!(
+        d.summary().contains("no [[policy]] for workload \"batch\""),
+        "{}",
+        d.summary()
+    );
 }
 
 #[test]
@@ -116,26 +127,61 @@ fn upstream_not_listed_is_denied() {
     assert!(!d.allowed);
     assert_eq!(failing(&d), [Factor::Request]);
     // Host names compare case-insensitively.
-    assert!(p.evaluate(&PolicyInput { upstream_host: "API.OpenAI.com", ..input() }).allowed);
+    assert!(
+        p.evaluate(&PolicyInput {
+            upstream_host: "API.OpenAI.com",
+            ..input()
+        })
+        .allowed
+    );
 }
 
 #[test]
 fn path_globs_allow_and_deny() {
     let p = policy(FULL_RULE);
-    assert!(p.evaluate(&PolicyInput { path: "/v1/chat/completions?stream=true", ..input() }).allowed);
-    let d = p.evaluate(&PolicyInput { path: "/v1/fine_tuning/jobs", ..input() });
+    assert!(
+        p.evaluate(&PolicyInput {
+            path: "/v1/chat/completions?stream=true",
+            ..input()
+        })
+        .allowed
+    );
+    let d = p.evaluate(&PolicyInput {
+        path: "/v1/fine_tuning/jobs",
+        ..input()
+    });
     assert!(!d.allowed);
-    assert!(d.summary().contains("path \"/v1/fine_tuning/jobs\""), "{}", d.summary());
+    assert!(
+        d.summary().contains("path \"/v1/fine_tuning/jobs\""),
+        "{}",
+        d.summary()
+    );
 }
 
 #[test]
 fn model_globs_allow_and_deny() {
     let p = policy(FULL_RULE);
-    assert!(p.evaluate(&PolicyInput { model: Some("claude-sonnet-4"), ..input() }).allowed);
-    let d = p.evaluate(&PolicyInput { model: Some("o1-pro"), ..input() });
+    assert!(
+        p.evaluate(&PolicyInput {
+            model: Some("claude-sonnet-4"),
+            ..input()
+        })
+        .allowed
+    );
+    let d = p.evaluate(&PolicyInput {
+        model: Some("o1-pro"),
+        ..input()
+    });
     assert_eq!(failing(&d), [Factor::Request]);
-    assert!(d.summary().contains("model \"o1-pro\" is not allowed"), "{}", d.summary());
-    let d = p.evaluate(&PolicyInput { model: None, ..input() });
+    assert!(
+        d.summary().contains("model \"o1-pro\" is not allowed"),
+        "{}",
+        d.summary()
+    );
+    let d = p.evaluate(&PolicyInput {
+        model: None,
+        ..input()
+    });
     assert!(!d.allowed, "a rule with models denies requests naming none");
 }
 
@@ -143,26 +189,55 @@ fn model_globs_allow_and_deny() {
 fn model_read_from_the_body_feeds_the_decision() {
     let body = br#"{"model":"gpt-4o","messages":[]}"#;
     let model = model_of("openai", "/v1/chat/completions", body);
-    assert!(policy(FULL_RULE).evaluate(&PolicyInput { model: model.as_deref(), ..input() }).allowed);
+    assert!(
+        policy(FULL_RULE)
+            .evaluate(&PolicyInput {
+                model: model.as_deref(),
+                ..input()
+            })
+            .allowed
+    );
 }
 
 #[test]
 fn environment_allows_and_denies() {
     let p = policy(FULL_RULE);
-    let d = p.evaluate(&PolicyInput { environment: Some("staging"), ..input() });
+    let d = p.evaluate(&PolicyInput {
+        environment: Some("staging"),
+        ..input()
+    });
     assert_eq!(failing(&d), [Factor::Location]);
-    let d = p.evaluate(&PolicyInput { environment: None, ..input() });
+    let d = p.evaluate(&PolicyInput {
+        environment: None,
+        ..input()
+    });
     assert_eq!(failing(&d), [Factor::Location]);
 }
 
 #[test]
 fn region_globs_allow_and_deny() {
     let p = policy(FULL_RULE);
-    assert!(p.evaluate(&PolicyInput { region: Some("eu-west-3"), ..input() }).allowed);
-    let d = p.evaluate(&PolicyInput { region: Some("ap-south-1"), ..input() });
+    assert!(
+        p.evaluate(&PolicyInput {
+            region: Some("eu-west-3"),
+            ..input()
+        })
+        .allowed
+    );
+    let d = p.evaluate(&PolicyInput {
+        region: Some("ap-south-1"),
+        ..input()
+    });
     assert_eq!(failing(&d), [Factor::Location]);
-    assert!(d.summary().contains("region \"ap-south-1\""), "{}", d.summary());
-    let d = p.evaluate(&PolicyInput { region: None, ..input() });
+    assert!(
+        d.summary().contains("region \"ap-south-1\""),
+        "{}",
+        d.summary()
+    );
+    let d = p.evaluate(&PolicyInput {
+        region: None,
+        ..input()
+    });
     assert_eq!(failing(&d), [Factor::Location]);
 }
 
@@ -170,11 +245,21 @@ fn region_globs_allow_and_deny() {
 fn time_window_allows_and_denies_with_local_time_in_the_reason() {
     let p = policy(FULL_RULE);
     // Wednesday 19:00 in New York.
-    let d = p.evaluate(&PolicyInput { now: ts("2026-01-15T00:00:00Z"), ..input() });
+    let d = p.evaluate(&PolicyInput {
+        now: ts("2026-01-15T00:00:00Z"),
+        ..input()
+    });
     assert_eq!(failing(&d), [Factor::Time]);
-    assert!(d.summary().contains("Wed 19:00 America/New_York"), "{}", d.summary());
+    assert!(
+        d.summary().contains("Wed 19:00 America/New_York"),
+        "{}",
+        d.summary()
+    );
     // Saturday 10:00.
-    let d = p.evaluate(&PolicyInput { now: ts("2026-01-17T15:00:00Z"), ..input() });
+    let d = p.evaluate(&PolicyInput {
+        now: ts("2026-01-17T15:00:00Z"),
+        ..input()
+    });
     assert_eq!(failing(&d), [Factor::Time]);
 }
 
@@ -182,13 +267,49 @@ fn time_window_allows_and_denies_with_local_time_in_the_reason() {
 fn time_window_on_the_dst_days() {
     let p = policy(FULL_RULE.replace("Mon-Fri", "*").as_str());
     // Spring forward, Sunday 2026-03-08: 08:00 EDT = 12:00Z.
-    assert!(p.evaluate(&PolicyInput { now: ts("2026-03-08T12:00:00Z"), ..input() }).allowed);
-    assert!(!p.evaluate(&PolicyInput { now: ts("2026-03-08T11:30:00Z"), ..input() }).allowed);
+    assert!(
+        p.evaluate(&PolicyInput {
+            now: ts("2026-03-08T12:00:00Z"),
+            ..input()
+        })
+        .allowed
+    );
+    assert!(
+        !p.evaluate(&PolicyInput {
+            now: ts("2026-03-08T11:30:00Z"),
+            ..input()
+        })
+        .allowed
+    );
     // Fall back, Sunday 2026-11-01: 08:00 EST = 13:00Z; 17:59 EST = 22:59Z.
-    assert!(!p.evaluate(&PolicyInput { now: ts("2026-11-01T12:30:00Z"), ..input() }).allowed);
-    assert!(p.evaluate(&PolicyInput { now: ts("2026-11-01T13:00:00Z"), ..input() }).allowed);
-    assert!(p.evaluate(&PolicyInput { now: ts("2026-11-01T22:59:00Z"), ..input() }).allowed);
-    assert!(!p.evaluate(&PolicyInput { now: ts("2026-11-01T23:00:00Z"), ..input() }).allowed);
+    assert!(
+        !p.evaluate(&PolicyInput {
+            now: ts("2026-11-01T12:30:00Z"),
+            ..input()
+        })
+        .allowed
+    );
+    assert!(
+        p.evaluate(&PolicyInput {
+            now: ts("2026-11-01T13:00:00Z"),
+            ..input()
+        })
+        .allowed
+    );
+    assert!(
+        p.evaluate(&PolicyInput {
+            now: ts("2026-11-01T22:59:00Z"),
+            ..input()
+        })
+        .allowed
+    );
+    assert!(
+        !p.evaluate(&PolicyInput {
+            now: ts("2026-11-01T23:00:00Z"),
+            ..input()
+        })
+        .allowed
+    );
 }
 
 #[test]
@@ -201,7 +322,14 @@ upstreams = ["api.openai.com"]
 time = { days = "Mon-Fri", hours = "22:00-06:00", tz = "Europe/Berlin" }
 "#,
     );
-    let at = |now| p.evaluate(&PolicyInput { workload: "batch", now: ts(now), ..input() }).allowed;
+    let at = |now| {
+        p.evaluate(&PolicyInput {
+            workload: "batch",
+            now: ts(now),
+            ..input()
+        })
+        .allowed
+    };
     assert!(at("2026-01-16T22:00:00Z")); // Fri 23:00 Berlin
     assert!(at("2026-01-17T04:00:00Z")); // Sat 05:00, Friday's night
     assert!(!at("2026-01-17T22:00:00Z")); // Sat 23:00
@@ -230,11 +358,16 @@ fn posture_missing_result_denies() {
 #[test]
 fn posture_fresh_pass_allows_and_stale_pass_denies() {
     let p = posture_rule();
-    p.posture()
-        .record(0, br#"{"status":"pass","checked_at":"2026-01-14T14:30:00Z"}"#);
+    p.posture().record(
+        0,
+        br#"{"status":"pass","checked_at":"2026-01-14T14:30:00Z"}"#,
+    );
     assert!(p.evaluate(&input()).allowed);
     // 1h01m after the check.
-    let d = p.evaluate(&PolicyInput { now: ts("2026-01-14T15:31:00Z"), ..input() });
+    let d = p.evaluate(&PolicyInput {
+        now: ts("2026-01-14T15:31:00Z"),
+        ..input()
+    });
     assert_eq!(failing(&d), [Factor::Posture]);
     assert!(d.summary().contains("stale"), "{}", d.summary());
 }
@@ -252,8 +385,10 @@ fn posture_failing_or_unreadable_denies() {
     p.posture().record(0, b"not json");
     assert!(!p.evaluate(&input()).allowed);
     // A pass replaces the failure.
-    p.posture()
-        .record(0, br#"{"status":"pass","checked_at":"2026-01-14T14:59:00Z"}"#);
+    p.posture().record(
+        0,
+        br#"{"status":"pass","checked_at":"2026-01-14T14:59:00Z"}"#,
+    );
     assert!(p.evaluate(&input()).allowed);
     p.posture().record_error(0, "cannot read /x".into());
     assert!(!p.evaluate(&input()).allowed);
@@ -261,7 +396,8 @@ fn posture_failing_or_unreadable_denies() {
 
 #[test]
 fn signature_required_but_executable_unknown_denies() {
-    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEzZqFN1uBpGFJVwLtJWUxbqbR6PUVmz9DjuYJ8TzLdm test";
+    let key =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEzZqFN1uBpGFJVwLtJWUxbqbR6PUVmz9DjuYJ8TzLdm test";
     let p = policy(&format!(
         "[[policy]]\nworkload = \"support-agent\"\nupstreams = [\"api.openai.com\"]\nexe_signers = [\"{key}\"]\n"
     ));
@@ -284,11 +420,17 @@ upstreams = ["api.openai.com"]
 models = ["gpt-4o"]
 "#,
     );
-    let d = p.evaluate(&PolicyInput { model: Some("gpt-4o"), ..input() });
+    let d = p.evaluate(&PolicyInput {
+        model: Some("gpt-4o"),
+        ..input()
+    });
     assert!(d.allowed);
     assert_eq!(d.rule, Some(1));
     // Rule 0 fails request and location, rule 1 only request: rule 1 shown.
-    let d = p.evaluate(&PolicyInput { model: Some("o3"), ..input() });
+    let d = p.evaluate(&PolicyInput {
+        model: Some("o3"),
+        ..input()
+    });
     assert!(!d.allowed);
     assert_eq!(d.rule, Some(1));
     assert_eq!(failing(&d), [Factor::Request]);
@@ -296,8 +438,17 @@ models = ["gpt-4o"]
 
 struct Exhausted;
 impl BudgetGate for Exhausted {
-    fn check(&self, _: &str, _: usize, limits: &RuleLimits, _: &PolicyInput<'_>) -> Result<(), String> {
-        Err(format!("over {} tokens per hour", limits.tokens_per_hour.unwrap_or(0)))
+    fn check(
+        &self,
+        _: &str,
+        _: usize,
+        limits: &RuleLimits,
+        _: &PolicyInput<'_>,
+    ) -> Result<(), String> {
+        Err(format!(
+            "over {} tokens per hour",
+            limits.tokens_per_hour.unwrap_or(0)
+        ))
     }
 }
 
@@ -306,17 +457,27 @@ fn budget_gate_is_asked_last_and_can_deny() {
     let p = policy(&format!("{FULL_RULE}tokens_per_hour = 1000\n"));
     assert_eq!(
         p.limits(0),
-        Some(RuleLimits { tokens_per_hour: Some(1000), ..RuleLimits::default() })
+        Some(RuleLimits {
+            tokens_per_hour: Some(1000),
+            ..RuleLimits::default()
+        })
     );
     let d = p.evaluate_with(&input(), &Exhausted);
     assert!(!d.allowed);
     assert_eq!(failing(&d), [Factor::Budget]);
-    assert!(d.summary().contains("over 1000 tokens per hour"), "{}", d.summary());
+    assert!(
+        d.summary().contains("over 1000 tokens per hour"),
+        "{}",
+        d.summary()
+    );
 }
 
 #[test]
 fn decision_serializes_factor_by_factor_for_the_403_body() {
-    let d = policy(FULL_RULE).evaluate(&PolicyInput { region: Some("ap-south-1"), ..input() });
+    let d = policy(FULL_RULE).evaluate(&PolicyInput {
+        region: Some("ap-south-1"),
+        ..input()
+    });
     let json = serde_json::to_value(&d).unwrap();
     assert_eq!(json["allowed"], false);
     assert_eq!(json["factors"][2]["factor"], "location");

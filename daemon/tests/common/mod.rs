@@ -77,10 +77,18 @@ impl MockTokenEndpoint {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let fail_with = Arc::new(Mutex::new(None));
         let issued = Arc::new(Mutex::new(0u32));
-        let state = (config, url.clone(), Arc::clone(&requests), Arc::clone(&fail_with), issued);
+        let state = (
+            config,
+            url.clone(),
+            Arc::clone(&requests),
+            Arc::clone(&fail_with),
+            issued,
+        );
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let state = state.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -218,17 +226,26 @@ fn check_assertion(
         return Err("client_assertion_type".into());
     }
     let assertion = form.get("client_assertion").ok_or("no assertion")?;
-    let key = jsonwebtoken::DecodingKey::from_ec_pem(public_pem.as_bytes()).map_err(|e| e.to_string())?;
+    let key =
+        jsonwebtoken::DecodingKey::from_ec_pem(public_pem.as_bytes()).map_err(|e| e.to_string())?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
     // The test's clock is not the wall clock: lifetimes are checked below.
     validation.validate_exp = false;
     validation.required_spec_claims.clear();
     validation.set_audience(&[token_url]);
     validation.set_issuer(&[client_id]);
-    let data = jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation).map_err(|e| e.to_string())?;
+    let data = jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation)
+        .map_err(|e| e.to_string())?;
     let claims = data.claims;
-    let (iat, exp) = (claims["iat"].as_i64().ok_or("iat")?, claims["exp"].as_i64().ok_or("exp")?);
-    if claims["sub"] != client_id || claims["jti"].as_str().is_none_or(str::is_empty) || exp <= iat || exp - iat > 300 {
+    let (iat, exp) = (
+        claims["iat"].as_i64().ok_or("iat")?,
+        claims["exp"].as_i64().ok_or("exp")?,
+    );
+    if claims["sub"] != client_id
+        || claims["jti"].as_str().is_none_or(str::is_empty)
+        || exp <= iat
+        || exp - iat > 300
+    {
         return Err("claims".into());
     }
     Ok(())
@@ -258,7 +275,7 @@ pub struct LogWriter(CapturedLogs);
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 .0.lock().unwrap().extend_from_slice(buf);
+        self.0.0.lock().unwrap().extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
