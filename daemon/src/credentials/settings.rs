@@ -300,16 +300,16 @@ pub fn validate(configs: &[CredentialConfig], text: &str, origin: &str) -> Resul
                 ));
             }
         }
-        if let Some(grant) = &config.grant {
-            if !["token-exchange", "jwt-bearer"].contains(&grant.get_ref().as_str()) {
-                return Err(err(
-                    grant.span(),
-                    format!(
-                        "unknown grant {:?}; expected \"token-exchange\" or \"jwt-bearer\"",
-                        grant.get_ref()
-                    ),
-                ));
-            }
+        if let Some(grant) = &config.grant
+            && !["token-exchange", "jwt-bearer"].contains(&grant.get_ref().as_str())
+        {
+            return Err(err(
+                grant.span(),
+                format!(
+                    "unknown grant {:?}; expected \"token-exchange\" or \"jwt-bearer\"",
+                    grant.get_ref()
+                ),
+            ));
         }
         let source = config.source.get_ref().as_str();
         let missing = match source {

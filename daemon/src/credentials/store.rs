@@ -260,10 +260,10 @@ impl CredentialStore {
         let now = self.inner.clock.now();
         let mut attempted = 0;
         for entry in self.inner.entries.values() {
-            if Self::is_due(entry, now) {
-                if let Refresh::Done = self.refresh_entry(entry).await {
-                    attempted += 1;
-                }
+            if Self::is_due(entry, now)
+                && let Refresh::Done = self.refresh_entry(entry).await
+            {
+                attempted += 1;
             }
         }
         attempted
@@ -289,10 +289,10 @@ impl CredentialStore {
                     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         ticks.tick().await;
-                        if let Some(entry) = store.inner.entries.get(&name) {
-                            if Self::is_due(entry, store.inner.clock.now()) {
-                                store.refresh_entry(entry).await;
-                            }
+                        if let Some(entry) = store.inner.entries.get(&name)
+                            && Self::is_due(entry, store.inner.clock.now())
+                        {
+                            store.refresh_entry(entry).await;
                         }
                     }
                 })

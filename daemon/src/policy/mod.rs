@@ -450,13 +450,13 @@ pub fn validate(
         for key in &policy.exe_signers {
             signature::parse_signer(key.get_ref()).map_err(|e| err(key.span(), e))?;
         }
-        if let Some(limit) = policy.cost_per_day_usd {
-            if !(limit.is_finite() && limit >= 0.0) {
-                return Err(err(
-                    policy.workload.span(),
-                    "cost_per_day_usd must be a non-negative number".to_owned(),
-                ));
-            }
+        if let Some(limit) = policy.cost_per_day_usd
+            && !(limit.is_finite() && limit >= 0.0)
+        {
+            return Err(err(
+                policy.workload.span(),
+                "cost_per_day_usd must be a non-negative number".to_owned(),
+            ));
         }
     }
     Ok(())
