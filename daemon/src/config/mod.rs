@@ -490,16 +490,16 @@ impl Config {
                         .to_owned(),
                 ));
             }
-            if let Some(form) = &upstream.anthropic_auth {
-                if !["x-api-key", "bearer"].contains(&form.get_ref().as_str()) {
-                    return Err(err(
-                        form.span(),
-                        format!(
-                            "anthropic_auth must be \"x-api-key\" or \"bearer\", not {:?}",
-                            form.get_ref()
-                        ),
-                    ));
-                }
+            if let Some(form) = &upstream.anthropic_auth
+                && !["x-api-key", "bearer"].contains(&form.get_ref().as_str())
+            {
+                return Err(err(
+                    form.span(),
+                    format!(
+                        "anthropic_auth must be \"x-api-key\" or \"bearer\", not {:?}",
+                        form.get_ref()
+                    ),
+                ));
             }
         }
         for policy in &self.policies {
