@@ -87,10 +87,11 @@ pub struct CredentialStore {
     inner: Arc<Inner>,
 }
 
-/// A fetch the caller should not start: the entry is backing off.
+/// Whether `refresh_entry` called the provider.
 enum Refresh {
     Done,
-    BackingOff,
+    /// Not due any more (another caller refreshed it) or backing off.
+    Skipped,
 }
 
 impl CredentialStore {
@@ -198,7 +199,7 @@ impl CredentialStore {
         let _one_at_a_time = entry.fetching.lock().await;
         // Whoever held the lock before may have refreshed already.
         if !Self::is_due(entry, self.inner.clock.now()) {
-            return Refresh::BackingOff;
+            return Refresh::Skipped;
         }
         let ctx = IssueContext {
             now: self.inner.clock.now(),

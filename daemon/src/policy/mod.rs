@@ -10,6 +10,9 @@
 //! - posture: every named check passes and is fresh;
 //! - budget: left to the budget module through `BudgetGate`.
 //!
+//! Globs are globset's syntax, where `*` also matches `/`: a path glob
+//! "/v1beta/models/*" covers every model method below it.
+//!
 //! Every decision lists each factor with its reason, for the audit record and
 //! the 403 body. When no rule allows, the reasons shown are those of the rule
 //! that came closest (most factors passing), so the agent's operator sees the
