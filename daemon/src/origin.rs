@@ -122,6 +122,7 @@ pub fn normalize(addr: SocketAddr) -> SocketAddr {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]

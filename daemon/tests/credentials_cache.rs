@@ -18,10 +18,13 @@ use warrant::{
     secret::Secret,
 };
 
+/// A value and its lifetime in seconds, or an issuer error.
+type Answer = Result<(String, Option<u64>), String>;
+
 /// Answers from a script; counts calls.
 #[derive(Clone, Default)]
 struct Scripted {
-    answers: Arc<Mutex<VecDeque<Result<(String, Option<u64>), String>>>>,
+    answers: Arc<Mutex<VecDeque<Answer>>>,
     calls: Arc<Mutex<usize>>,
 }
 

@@ -177,3 +177,93 @@ fn missing_required_keys_are_reported() {
 fn embedded_default_still_parses() {
     Config::embedded_default().unwrap();
 }
+
+/// Every key the commented reference in default.toml documents for the
+/// credential, posture and policy sections is accepted.
+#[test]
+fn every_documented_key_parses() {
+    let text = format!(
+        r#"{BASE}
+[[credential]]
+name = "anthropic-exec"
+source = "exec"
+command = ["/usr/local/bin/fetch-key", "anthropic"]
+timeout = "10s"
+[[credential]]
+name = "idp-client-secret"
+source = "systemd"
+id = "idp-client-secret"
+[[credential]]
+name = "openai-oauth"
+source = "oauth2"
+token_url = "https://idp.example.com/oauth2/token"
+client_id = "warrant-host-1"
+client_secret_credential = "idp-client-secret"
+client_auth = "client_secret_post"
+audience = "https://api.openai.com"
+scope = "model.request"
+resource = "https://api.openai.com/"
+refresh_ahead = "5m"
+refresh_interval = "5m"
+[[credential]]
+name = "openai-jwt"
+source = "oauth2"
+token_url = "https://idp.example.com/oauth2/token"
+client_id = "warrant-host-1"
+private_key_path = "/nonexistent/host-key.pem"
+signing_alg = "ES256"
+key_id = "host-key-1"
+assertion_audience = "https://idp.example.com/"
+[[credential]]
+name = "anthropic-federated"
+source = "token-exchange"
+token_url = "https://idp.example.com/oauth2/token"
+subject_token_path = "/run/warrant/identity.jwt"
+subject_token_type = "urn:ietf:params:oauth:token-type:jwt"
+requested_token_type = "urn:ietf:params:oauth:token-type:access_token"
+audience = "https://api.anthropic.com"
+[[credential]]
+name = "jwt-bearer"
+source = "token-exchange"
+grant = "jwt-bearer"
+token_url = "https://idp.example.com/oauth2/token"
+subject_token_credential = "anthropic-federated"
+[[posture]]
+name = "vuln-scan"
+source = "file"
+path = "/var/lib/scanner/latest.json"
+max_age = "1h"
+interval = "60s"
+[[posture]]
+name = "edr"
+source = "command"
+command = ["/usr/bin/edr-status", "--json"]
+timeout = "10s"
+[[policy]]
+workload = "agent"
+upstreams = ["api.openai.com"]
+paths = ["/v1/chat/completions", "/v1beta/models/*"]
+models = ["gpt-4o*"]
+environments = ["production"]
+regions = ["us-*"]
+time = {{ days = "Mon-Fri", hours = "22:00-06:00", tz = "America/New_York" }}
+posture = ["vuln-scan", "edr"]
+exe_signers = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEzZqFN1uBpGFJVwLtJWUxbqbR6PUVmz9DjuYJ8TzLdm release"]
+exe_signature_namespace = "warrant-exe"
+tokens_per_hour = 200000
+cost_per_day_usd = 50.0
+requests_per_minute = 60
+"#
+    );
+    let config = Config::parse(&text, "w.toml").unwrap();
+    // And the runtime objects build from it.
+    let posture =
+        std::sync::Arc::new(warrant::policy::PostureStore::from_config(&config.postures).unwrap());
+    warrant::policy::Policy::new(&config.policies, posture).unwrap();
+    warrant::credentials::store_from_config(
+        &config.credentials,
+        std::sync::Arc::new(warrant::credentials::SystemClock),
+        &warrant::credentials::StoreOptions::default(),
+    )
+    .unwrap();
+}

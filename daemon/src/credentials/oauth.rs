@@ -82,6 +82,9 @@ impl TokenClient {
         if let Some(value) = authorization {
             request = request.header(http::header::AUTHORIZATION, value);
         }
+        // The body buffer (which may hold a client secret or subject token)
+        // is owned by hyper once sent and is not zeroized; the form it is
+        // copied from is.
         let request = request
             .body(Full::new(Bytes::from(form.as_bytes().to_vec())))
             .map_err(|e| format!("bad token_url {url:?}: {e}"))?;

@@ -208,8 +208,8 @@ fn signing_alg(config: &CredentialConfig) -> Result<jsonwebtoken::Algorithm, Str
         .map_err(|_| format!("unknown signing_alg {name:?}; expected e.g. RS256, ES256, EdDSA"))
 }
 
-/// Builds the store for every `[[credential]]`. Must run inside a tokio
-/// runtime when any oauth2 or token-exchange credential is configured.
+/// Builds the store for every `[[credential]]`. Nothing is fetched yet:
+/// call `prefetch` and `spawn_refresher` on the result.
 pub fn store_from_config(
     configs: &[CredentialConfig],
     clock: Arc<dyn Clock>,
@@ -300,16 +300,16 @@ pub fn validate(configs: &[CredentialConfig], text: &str, origin: &str) -> Resul
                 ));
             }
         }
-        if let Some(grant) = &config.grant {
-            if !["token-exchange", "jwt-bearer"].contains(&grant.get_ref().as_str()) {
-                return Err(err(
-                    grant.span(),
-                    format!(
-                        "unknown grant {:?}; expected \"token-exchange\" or \"jwt-bearer\"",
-                        grant.get_ref()
-                    ),
-                ));
-            }
+        if let Some(grant) = &config.grant
+            && !["token-exchange", "jwt-bearer"].contains(&grant.get_ref().as_str())
+        {
+            return Err(err(
+                grant.span(),
+                format!(
+                    "unknown grant {:?}; expected \"token-exchange\" or \"jwt-bearer\"",
+                    grant.get_ref()
+                ),
+            ));
         }
         let source = config.source.get_ref().as_str();
         let missing = match source {

@@ -87,10 +87,11 @@ pub struct CredentialStore {
     inner: Arc<Inner>,
 }
 
-/// A fetch the caller should not start: the entry is backing off.
+/// Whether `refresh_entry` called the provider.
 enum Refresh {
     Done,
-    BackingOff,
+    /// Not due any more (another caller refreshed it) or backing off.
+    Skipped,
 }
 
 impl CredentialStore {
@@ -198,7 +199,7 @@ impl CredentialStore {
         let _one_at_a_time = entry.fetching.lock().await;
         // Whoever held the lock before may have refreshed already.
         if !Self::is_due(entry, self.inner.clock.now()) {
-            return Refresh::BackingOff;
+            return Refresh::Skipped;
         }
         let ctx = IssueContext {
             now: self.inner.clock.now(),
@@ -260,10 +261,10 @@ impl CredentialStore {
         let now = self.inner.clock.now();
         let mut attempted = 0;
         for entry in self.inner.entries.values() {
-            if Self::is_due(entry, now) {
-                if let Refresh::Done = self.refresh_entry(entry).await {
-                    attempted += 1;
-                }
+            if Self::is_due(entry, now)
+                && let Refresh::Done = self.refresh_entry(entry).await
+            {
+                attempted += 1;
             }
         }
         attempted
@@ -289,10 +290,10 @@ impl CredentialStore {
                     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     loop {
                         ticks.tick().await;
-                        if let Some(entry) = store.inner.entries.get(&name) {
-                            if Self::is_due(entry, store.inner.clock.now()) {
-                                store.refresh_entry(entry).await;
-                            }
+                        if let Some(entry) = store.inner.entries.get(&name)
+                            && Self::is_due(entry, store.inner.clock.now())
+                        {
+                            store.refresh_entry(entry).await;
                         }
                     }
                 })

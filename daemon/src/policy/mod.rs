@@ -10,6 +10,9 @@
 //! - posture: every named check passes and is fresh;
 //! - budget: left to the budget module through `BudgetGate`.
 //!
+//! Globs are globset's syntax, where `*` also matches `/`: a path glob
+//! "/v1beta/models/*" covers every model method below it.
+//!
 //! Every decision lists each factor with its reason, for the audit record and
 //! the 403 body. When no rule allows, the reasons shown are those of the rule
 //! that came closest (most factors passing), so the agent's operator sees the
@@ -450,13 +453,13 @@ pub fn validate(
         for key in &policy.exe_signers {
             signature::parse_signer(key.get_ref()).map_err(|e| err(key.span(), e))?;
         }
-        if let Some(limit) = policy.cost_per_day_usd {
-            if !(limit.is_finite() && limit >= 0.0) {
-                return Err(err(
-                    policy.workload.span(),
-                    "cost_per_day_usd must be a non-negative number".to_owned(),
-                ));
-            }
+        if let Some(limit) = policy.cost_per_day_usd
+            && !(limit.is_finite() && limit >= 0.0)
+        {
+            return Err(err(
+                policy.workload.span(),
+                "cost_per_day_usd must be a non-negative number".to_owned(),
+            ));
         }
     }
     Ok(())

@@ -13,10 +13,10 @@ use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 
 /// The model named by a request, if any.
 pub fn model_of(upstream_scheme: &str, path: &str, body_prefix: &[u8]) -> Option<String> {
-    if upstream_scheme == "gemini" {
-        if let Some(model) = gemini_model(path) {
-            return Some(model);
-        }
+    if upstream_scheme == "gemini"
+        && let Some(model) = gemini_model(path)
+    {
+        return Some(model);
     }
     json_model(body_prefix)
 }

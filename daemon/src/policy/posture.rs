@@ -115,10 +115,10 @@ impl PostureStore {
     }
 
     fn store(&self, index: usize, result: PostureResult) {
-        if let Ok(mut results) = self.results.write() {
-            if let Some(slot) = results.get_mut(index) {
-                *slot = Some(result);
-            }
+        if let Ok(mut results) = self.results.write()
+            && let Some(slot) = results.get_mut(index)
+        {
+            *slot = Some(result);
         }
     }
 
