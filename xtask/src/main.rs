@@ -116,7 +116,7 @@ fn test(unprivileged: bool) -> Result<()> {
     result
 }
 
-const BENCHES: &[&str] = &["redirect", "attest", "policy"];
+const BENCHES: &[&str] = &["redirect", "attest", "policy", "proxy"];
 
 fn bench(name: Option<&str>) -> Result<()> {
     setup::run()?;

@@ -101,6 +101,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
     );
     let posture =
         Arc::new(PostureStore::from_config(&config.postures).map_err(anyhow::Error::msg)?);
+    // Read every posture check once before serving: until a check has a
+    // result, rules that need it deny.
+    posture.refresh_all().await;
     let _posture_refreshers = posture.clone().spawn_refresher();
     let policy = Policy::new(&config.policies, posture).map_err(anyhow::Error::msg)?;
 
