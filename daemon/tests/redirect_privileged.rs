@@ -201,9 +201,7 @@ fn tagged_connect_lands_on_the_injector_with_a_complete_origin() {
         "the client exec'd python inside the tagged cgroup"
     );
     assert_eq!(origin.exec_gen, fx.maps().exec_generation(connected.pid));
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
-    let now_ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
-    assert!(origin.connect_boot_ns > 0 && origin.connect_boot_ns <= now_ns);
+    assert!(origin.connect_boot_ns > 0 && origin.connect_boot_ns <= boot_ns());
     assert_eq!(stream.peer_addr().unwrap().port(), connected.local_port);
 
     // getpeername shows the dialled address, not the listener.
@@ -463,6 +461,11 @@ os.execv("/bin/sleep", ["sleep", "60"])
     );
 }
 
+fn boot_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).unwrap();
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
 /// The start of a process in CLOCK_BOOTTIME ns, from /proc/PID/stat.
 fn start_boot_ns(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -552,6 +555,16 @@ fn pid_reuse_after_connect_is_visible_through_the_origin() {
     drop(stream);
     assert!(client.line().starts_with("got"));
     fx.cgroups.kill_all();
+    // Start times have clock-tick resolution (10 ms). Recycling a pid through
+    // the whole pid space takes far longer than that; only root can force it
+    // at once (clone3 set_tid, as here), so let a couple of ticks pass first.
+    let tick_ns = 1_000_000_000
+        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .unwrap()
+            .unwrap() as u64;
+    wait_until("two clock ticks after the connect", TIMEOUT, || {
+        boot_ns() > origin.connect_boot_ns + 2 * tick_ns
+    });
     let reused = spawn_with_pid(connected.pid);
     assert_eq!(reused, connected.pid);
     let started = start_boot_ns(reused);
