@@ -122,12 +122,10 @@ pub fn run() -> Result<()> {
         .unwrap_or("(none)")
         .to_owned();
     println!("\n== side by side");
-    println!("   {:<44} {}", "the agent sent", "the provider received");
-    println!(
-        "   {:<44} {}",
-        "Authorization: Bearer placeholder",
-        format!("Authorization: {}", mask(&received))
-    );
+    let sent = "Authorization: Bearer placeholder";
+    let got = format!("Authorization: {}", mask(&received));
+    println!("   {:<44} the provider received", "the agent sent");
+    println!("   {sent:<44} {got}");
     let verdict = if received == format!("Bearer {real_key}") {
         "the real key, which the agent never held"
     } else {

@@ -65,6 +65,8 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&[
                 "clippy",
                 "--workspace",
+                "--exclude",
+                "warrant-ebpf",
                 "--all-targets",
                 "--",
                 "-D",

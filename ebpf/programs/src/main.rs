@@ -164,7 +164,7 @@ fn new_origin(
         )
     };
     // Safety: a lookup whose value is copied out at once.
-    let exec_gen = unsafe { EXEC_GEN.get(&tgid).copied().unwrap_or(0) };
+    let exec_gen = unsafe { EXEC_GEN.get(tgid).copied().unwrap_or(0) };
     Origin {
         dst_addr,
         dst_port: u16::from_be(dst_port_be as u16),
@@ -226,7 +226,7 @@ pub fn warrant_connect4(ctx: SockAddrContext) -> i32 {
                 AF_INET,
             );
             if ORIGIN_BY_COOKIE
-                .insert(&origin.cookie, &origin, BPF_ANY as u64)
+                .insert(origin.cookie, origin, BPF_ANY as u64)
                 .is_err()
             {
                 // Without an Origin the injector would refuse the connection
@@ -257,7 +257,7 @@ pub fn warrant_connect6(ctx: SockAddrContext) -> i32 {
             let redirect_family = if to_ip4 { AF_INET } else { AF_INET6 };
             let origin = new_origin(&ctx, dst, sock.user_port, AF_INET6, redirect_family);
             if ORIGIN_BY_COOKIE
-                .insert(&origin.cookie, &origin, BPF_ANY as u64)
+                .insert(origin.cookie, origin, BPF_ANY as u64)
                 .is_err()
             {
                 return REJECT;
@@ -299,7 +299,7 @@ fn redirected_origin(ctx: &SockAddrContext) -> Option<Origin> {
     // Safety: helper call on the context the kernel passed us; the value is copied out.
     unsafe {
         let cookie = bpf_get_socket_cookie(ctx.sock_addr as *mut _);
-        ORIGIN_BY_COOKIE.get(&cookie).copied()
+        ORIGIN_BY_COOKIE.get(cookie).copied()
     }
 }
 
@@ -329,11 +329,7 @@ pub fn warrant_getpeername6(ctx: SockAddrContext) -> i32 {
 pub fn warrant_sockops(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
         BPF_SOCK_OPS_TCP_CONNECT_CB => on_tcp_connect(&ctx),
-        BPF_SOCK_OPS_STATE_CB => {
-            if ctx.arg(1) == TCP_CLOSE {
-                on_tcp_close(&ctx);
-            }
-        }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => on_tcp_close(&ctx),
         _ => {}
     }
     0
@@ -376,7 +372,7 @@ fn on_tcp_connect(ctx: &SockOpsContext) {
     // Safety: helper call on the context the kernel passed us.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
     // Safety: the value is copied out at once.
-    let Some(origin) = (unsafe { ORIGIN_BY_COOKIE.get(&cookie).copied() }) else {
+    let Some(origin) = (unsafe { ORIGIN_BY_COOKIE.get(cookie).copied() }) else {
         return;
     };
     let key = peer_key(ctx, origin.redirect_family);
@@ -390,7 +386,7 @@ fn on_tcp_close(ctx: &SockOpsContext) {
     // Safety: helper call on the context the kernel passed us.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
     // Safety: the value is copied out at once.
-    let Some(origin) = (unsafe { ORIGIN_BY_COOKIE.get(&cookie).copied() }) else {
+    let Some(origin) = (unsafe { ORIGIN_BY_COOKIE.get(cookie).copied() }) else {
         return;
     };
     let key = peer_key(ctx, origin.redirect_family);
