@@ -22,6 +22,16 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
 ];
 
+/// The official SDKs the end-to-end tests drive, pinned so a new release
+/// cannot change the tests under us. Installed into target/sdk, not system-wide.
+const PYTHON_SDKS: &[&str] = &["openai==3.57.0", "anthropic==2.14.0", "google-genai==3.6.1"];
+const NODE_SDKS: &[&str] = &["openai@6.49.0"];
+
+/// Where the SDKs go; the tests read WARRANT_SDK_DIR or fall back to this.
+pub fn sdk_dir() -> std::path::PathBuf {
+    crate::workspace_root().join("target/sdk")
+}
+
 pub fn run() -> Result<()> {
     let missing: Vec<&str> = APT_PACKAGES
         .iter()
@@ -72,6 +82,51 @@ pub fn run() -> Result<()> {
             bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
         }
     }
+    install_sdks()
+}
+
+/// pip and npm into target/sdk, skipped when the marker for this exact list
+/// of versions is there.
+fn install_sdks() -> Result<()> {
+    let dir = sdk_dir();
+    let marker = dir.join(format!(
+        ".installed-{}",
+        [PYTHON_SDKS, NODE_SDKS]
+            .concat()
+            .join(",")
+            .replace(['=', '@', '/'], "_")
+    ));
+    if marker.exists() {
+        return Ok(());
+    }
+    println!(
+        "xtask setup: installing the provider SDKs into {}",
+        dir.display()
+    );
+    let python = dir.join("python");
+    let _ = std::fs::remove_dir_all(&python);
+    run_cmd(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
+            .arg(&python)
+            .args(PYTHON_SDKS),
+    )?;
+    let node = dir.join("node");
+    std::fs::create_dir_all(&node)?;
+    run_cmd(
+        Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&node)
+            .args(NODE_SDKS),
+    )?;
+    std::fs::write(&marker, b"")?;
     Ok(())
 }
 

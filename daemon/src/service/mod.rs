@@ -153,11 +153,15 @@ pub async fn run(options: RunOptions) -> Result<()> {
     if let Some(listener6) = listener6 {
         servers.push(tokio::spawn(injector.serve(listener6)));
     }
-    let addrs: Vec<SocketAddr> = std::iter::once(config.daemon.listen)
+    let addrs: Vec<SocketAddr> = std::iter::once(SocketAddr::V4(settings.listen4))
         .chain(settings.listen6.map(SocketAddr::V6))
         .collect();
     tracing::info!(listen = ?addrs, "ready");
-    notify("READY=1\nSTATUS=serving");
+    let listening: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    notify(&format!(
+        "READY=1\nSTATUS=serving on {}",
+        listening.join(" ")
+    ));
 
     wait_for_shutdown().await?;
     notify("STOPPING=1");

@@ -140,6 +140,15 @@ impl TestProcess {
         line.trim_end().to_owned()
     }
 
+    /// The next line, or None once the process closed its output.
+    pub fn try_line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(line.trim_end().to_owned()),
+        }
+    }
+
     pub fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{line}").expect("write to test process");
@@ -181,3 +190,4 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+pub mod mock_provider;

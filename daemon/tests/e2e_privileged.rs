@@ -1,0 +1,655 @@
+//! The whole product on the host's kernel: the real `warrant` binary with its
+//! eBPF programs attached to a cgroup the test creates, agents in a tagged
+//! sub-cgroup using the official SDKs with a placeholder key, a mock provider
+//! on a loopback address, and the provider hostnames mapped to it by a private
+//! /etc/hosts in the agent's own mount namespace. Needs root and the SDKs
+//! (`cargo xtask setup` installs them into target/sdk).
+#![cfg(feature = "privileged-tests")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::Read,
+    net::{SocketAddr, TcpStream},
+    os::unix::{fs::PermissionsExt, net::UnixDatagram},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU8, Ordering},
+    time::Duration,
+};
+
+use support::{
+    TestCgroup, TestPins, TestProcess,
+    mock_provider::{MockProvider, MockSettings},
+};
+
+const PLACEHOLDER: &str = "placeholder";
+static NEXT_IP: AtomicU8 = AtomicU8::new(20);
+
+fn sdk_dir() -> PathBuf {
+    std::env::var_os("WARRANT_SDK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sdk"))
+}
+
+/// The real credentials of one test run: unique, so a hit in a scan is ours.
+fn real_keys() -> HashMap<&'static str, String> {
+    let tag = support::unique("k").replace('-', "");
+    HashMap::from([
+        (
+            "openai",
+            format!("sk-proj-REALopenai{tag}abcdefghijklmnopqrstuvwxyz012345"),
+        ),
+        (
+            "anthropic",
+            format!("sk-ant-api03-REALanthropic{tag}abcdefghijklmnopqrstuvwxyz"),
+        ),
+        (
+            "gemini",
+            format!("AIzaSyREALgemini{tag}abcdefghijklmnopqrstu"),
+        ),
+    ])
+}
+
+/// One running stack: daemon, mock provider, cgroups, pins, files.
+struct Stack {
+    cgroups: TestCgroup,
+    pins: TestPins,
+    dir: tempfile::TempDir,
+    mock: MockProvider,
+    daemon: Option<Child>,
+    listen: SocketAddr,
+    keys: HashMap<&'static str, String>,
+    /// The loopback address the provider hostnames resolve to for agents.
+    provider_ip: String,
+}
+
+impl Stack {
+    fn start() -> Stack {
+        Self::start_with(&[])
+    }
+
+    /// `unreachable` lists hostnames mapped to an address where nothing listens.
+    fn start_with(unreachable: &[&str]) -> Stack {
+        let n = NEXT_IP.fetch_add(2, Ordering::SeqCst);
+        let provider_ip = format!("127.0.0.{n}");
+        let dead_ip = format!("127.0.0.{}", n + 1);
+        let keys = real_keys();
+        let mock = MockProvider::start(
+            &[format!("{provider_ip}:443").parse().unwrap()],
+            MockSettings {
+                keys: keys
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+                record_file: None,
+                event_delay: Duration::from_millis(5),
+            },
+        )
+        .expect("mock provider");
+        let cgroups = TestCgroup::new();
+        cgroups.sub("warrant-agents.slice/agent.service");
+        cgroups.sub("other.service");
+        let pins = TestPins::new();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir(d.join("creds")).unwrap();
+        for (name, key) in &keys {
+            let path = d.join("creds").join(name);
+            fs::write(&path, key).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        fs::write(d.join("provider-ca.pem"), &mock.ca_pem).unwrap();
+        let mut hosts = String::from("127.0.0.1 localhost\n");
+        for host in support::mock_provider::HOSTS {
+            let ip = if unreachable.contains(&host) {
+                &dead_ip
+            } else {
+                &provider_ip
+            };
+            hosts.push_str(&format!("{ip} {host}\n"));
+        }
+        hosts.push_str(&format!("{provider_ip} other.example\n"));
+        fs::write(d.join("hosts"), hosts).unwrap();
+        let config = format!(
+            r#"
+[daemon]
+listen = "127.0.0.1:0"
+state_dir = "{d}/state"
+audit_log = "{d}/audit.jsonl"
+metrics = "127.0.0.1:0"
+cgroup_root = "{root}"
+bpf_pin_dir = "{pins}"
+
+[[workload]]
+name = "agents"
+slice = "warrant-agents.slice"
+
+[[upstream]]
+host = "api.openai.com"
+scheme = "openai"
+credential = "openai"
+ca_file = "{d}/provider-ca.pem"
+
+[[upstream]]
+host = "api.anthropic.com"
+scheme = "anthropic"
+credential = "anthropic"
+ca_file = "{d}/provider-ca.pem"
+
+[[upstream]]
+host = "generativelanguage.googleapis.com"
+scheme = "gemini"
+credential = "gemini"
+ca_file = "{d}/provider-ca.pem"
+
+[[credential]]
+name = "openai"
+source = "file"
+path = "{d}/creds/openai"
+
+[[credential]]
+name = "anthropic"
+source = "file"
+path = "{d}/creds/anthropic"
+
+[[credential]]
+name = "gemini"
+source = "file"
+path = "{d}/creds/gemini"
+
+[[policy]]
+workload = "agents"
+upstreams = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
+"#,
+            d = d.display(),
+            root = cgroups.path.display(),
+            pins = pins.path.display(),
+        );
+        fs::write(d.join("warrant.toml"), config).unwrap();
+        let mut stack = Stack {
+            cgroups,
+            pins,
+            dir,
+            mock,
+            daemon: None,
+            listen: "127.0.0.1:1".parse().unwrap(),
+            keys,
+            provider_ip,
+        };
+        stack.run_daemon(true);
+        stack
+    }
+
+    /// Starts `warrant run` and waits for READY=1; returns its listen address.
+    fn run_daemon(&mut self, detach_on_exit: bool) {
+        let d = self.dir.path();
+        let notify_path = d.join(support::unique("notify"));
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("daemon.log"))
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warrant"));
+        cmd.arg("run").arg("--config").arg(d.join("warrant.toml"));
+        if detach_on_exit {
+            cmd.arg("--detach-on-exit");
+        }
+        let child = cmd
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WARRANT_LOG", "debug")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = notify
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no READY=1 from warrant ({e}): {}", self.log()));
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            if text.lines().any(|l| l == "READY=1") {
+                let status = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("STATUS=serving on "))
+                    .unwrap();
+                self.listen = status.split(' ').next().unwrap().parse().unwrap();
+                return;
+            }
+        }
+    }
+
+    fn stop_daemon(&mut self, signal: nix::sys::signal::Signal) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn bundle(&self) -> PathBuf {
+        self.dir.path().join("state/trust-bundle.pem")
+    }
+
+    /// Runs `argv` as an agent in `unit` (relative to the test cgroup), with
+    /// placeholder keys, the trust bundle and the private /etc/hosts.
+    fn agent(&mut self, unit: &str, argv: &[&str]) -> TestProcess {
+        let bundle = self.bundle();
+        self.agent_trusting(unit, &bundle, argv)
+    }
+
+    /// As `agent`, trusting the CA bundle `trust` instead of warrant's.
+    fn agent_trusting(&mut self, unit: &str, trust: &Path, argv: &[&str]) -> TestProcess {
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+        ])
+        .arg(self.dir.path().join("hosts"))
+        .args(argv)
+        .env("OPENAI_API_KEY", PLACEHOLDER)
+        .env("ANTHROPIC_API_KEY", PLACEHOLDER)
+        .env("GEMINI_API_KEY", PLACEHOLDER)
+        .env_remove("GOOGLE_API_KEY")
+        .env("SSL_CERT_FILE", trust)
+        .env("REQUESTS_CA_BUNDLE", trust)
+        .env("CURL_CA_BUNDLE", trust)
+        .env("NODE_EXTRA_CA_CERTS", trust)
+        .env("PYTHONPATH", sdk_dir().join("python"))
+        .env("NODE_PATH", sdk_dir().join("node/node_modules"))
+        .stderr(Stdio::inherit());
+        let dir = self.cgroups.path.join(unit);
+        self.cgroups.spawn(&dir, &mut cmd)
+    }
+
+    fn tagged(&mut self, argv: &[&str]) -> TestProcess {
+        self.agent("warrant-agents.slice/agent.service", argv)
+    }
+
+    /// Requests the mock saw for `host`.
+    fn seen(&self, host: &str) -> Vec<serde_json::Value> {
+        self.mock
+            .records()
+            .into_iter()
+            .filter(|r| r["host"] == host)
+            .collect()
+    }
+
+    /// Nothing that holds a real key may contain one: the daemon's log, the
+    /// audit file, the agent's outputs passed in.
+    fn assert_no_real_key_in(&self, outputs: &[String]) {
+        let mut haystacks = vec![("daemon log".to_owned(), self.log())];
+        if let Ok(audit) = fs::read_to_string(self.dir.path().join("audit.jsonl")) {
+            haystacks.push(("audit log".to_owned(), audit));
+        }
+        for (i, out) in outputs.iter().enumerate() {
+            haystacks.push((format!("agent output {i}"), out.clone()));
+        }
+        for (what, text) in haystacks {
+            for key in self.keys.values() {
+                assert!(
+                    !text.contains(key.as_str()),
+                    "a real credential appears in the {what}"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.cgroups.kill_all();
+        self.stop_daemon(nix::sys::signal::Signal::SIGTERM);
+    }
+}
+
+/// Reads lines until the process exits; panics with them if it did not print `done`.
+fn run_to_end(process: &mut TestProcess) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let line = process.try_line();
+        match line {
+            Some(line) if line == "done" => return lines,
+            Some(line) => lines.push(line),
+            None => panic!("the agent exited before finishing; it printed {lines:#?}"),
+        }
+    }
+}
+
+fn assert_real_key_arrived(records: &[serde_json::Value], header: &str, expected: &str) {
+    assert!(!records.is_empty(), "the provider saw no request");
+    for record in records {
+        let got = record["headers"][header].as_str().unwrap_or_default();
+        assert_eq!(got, expected, "the provider received {header}: {got:?}");
+        assert!(
+            !record.to_string().contains(PLACEHOLDER),
+            "the placeholder reached the provider: {record}"
+        );
+    }
+}
+
+const PY_OPENAI: &str = r#"
+import openai
+c = openai.OpenAI()
+r = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+print("json", r.choices[0].message.content, r.usage.total_tokens, flush=True)
+s = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                              stream=True, stream_options={"include_usage": True})
+text = "".join((ch.choices[0].delta.content or "") for ch in s if ch.choices)
+print("stream", text, flush=True)
+print("done", flush=True)
+"#;
+
+#[test]
+fn python_openai_sdk_gets_the_real_key_streaming_and_not() {
+    let mut stack = Stack::start();
+    let mut agent = stack.tagged(&["python3", "-c", PY_OPENAI]);
+    let lines = run_to_end(&mut agent);
+    assert_eq!(
+        lines,
+        [
+            "json Hello from the mock provider. 19",
+            "stream Hello from the mock provider."
+        ]
+    );
+    let records = stack.seen("api.openai.com");
+    assert_eq!(records.len(), 2);
+    assert_real_key_arrived(
+        &records,
+        "authorization",
+        &format!("Bearer {}", stack.keys["openai"]),
+    );
+    stack.assert_no_real_key_in(&lines);
+}
+
+const PY_ANTHROPIC: &str = r#"
+import anthropic
+c = anthropic.Anthropic()
+m = c.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+print("json", m.content[0].text, m.usage.output_tokens, flush=True)
+with c.messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as s:
+    print("stream", "".join(s.text_stream), flush=True)
+print("done", flush=True)
+"#;
+
+#[test]
+fn python_anthropic_sdk_gets_the_real_key_streaming_and_not() {
+    let mut stack = Stack::start();
+    let mut agent = stack.tagged(&["python3", "-c", PY_ANTHROPIC]);
+    let lines = run_to_end(&mut agent);
+    assert_eq!(
+        lines,
+        [
+            "json Hello from the mock provider. 7",
+            "stream Hello from the mock provider."
+        ]
+    );
+    let records = stack.seen("api.anthropic.com");
+    assert_eq!(records.len(), 2);
+    // Current SDKs send `Authorization: Bearer`, older ones `x-api-key`:
+    // warrant keeps the form the agent used.
+    let header = if records[0]["headers"]["x-api-key"].is_string() {
+        "x-api-key"
+    } else {
+        "authorization"
+    };
+    let expected = match header {
+        "x-api-key" => stack.keys["anthropic"].clone(),
+        _ => format!("Bearer {}", stack.keys["anthropic"]),
+    };
+    assert_real_key_arrived(&records, header, &expected);
+    stack.assert_no_real_key_in(&lines);
+}
+
+const PY_GENAI: &str = r#"
+import os
+from google import genai
+c = genai.Client(api_key=os.environ["GEMINI_API_KEY"])
+r = c.models.generate_content(model="gemini-2.5-flash", contents="hi")
+print("json", r.text, flush=True)
+text = "".join(chunk.text or "" for chunk in c.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
+print("stream", text, flush=True)
+print("done", flush=True)
+"#;
+
+#[test]
+fn python_google_genai_sdk_gets_the_real_key_streaming_and_not() {
+    let mut stack = Stack::start();
+    let mut agent = stack.tagged(&["python3", "-c", PY_GENAI]);
+    let lines = run_to_end(&mut agent);
+    assert_eq!(
+        lines,
+        [
+            "json Hello from the mock provider.",
+            "stream Hello from the mock provider."
+        ]
+    );
+    let records = stack.seen("generativelanguage.googleapis.com");
+    assert_eq!(records.len(), 2);
+    assert_real_key_arrived(&records, "x-goog-api-key", &stack.keys["gemini"]);
+    for record in &records {
+        assert!(
+            !record["query"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("key="),
+            "no key= query reaches Gemini"
+        );
+    }
+    stack.assert_no_real_key_in(&lines);
+}
+
+const NODE_OPENAI: &str = r#"
+const OpenAI = require("openai");
+(async () => {
+  const c = new OpenAI();
+  const r = await c.chat.completions.create({ model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] });
+  console.log("json", r.choices[0].message.content, r.usage.total_tokens);
+  const s = await c.chat.completions.create({ model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }], stream: true });
+  let text = "";
+  for await (const ch of s) text += (ch.choices[0] && ch.choices[0].delta.content) || "";
+  console.log("stream", text);
+  console.log("done");
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+#[test]
+fn node_openai_sdk_gets_the_real_key_streaming_and_not() {
+    let mut stack = Stack::start();
+    let mut agent = stack.tagged(&["node", "-e", NODE_OPENAI]);
+    let lines = run_to_end(&mut agent);
+    assert_eq!(
+        lines,
+        [
+            "json Hello from the mock provider. 19",
+            "stream Hello from the mock provider."
+        ]
+    );
+    let records = stack.seen("api.openai.com");
+    assert_eq!(records.len(), 2);
+    assert_real_key_arrived(
+        &records,
+        "authorization",
+        &format!("Bearer {}", stack.keys["openai"]),
+    );
+}
+
+#[test]
+fn curl_speaks_http2_and_http1_through_the_injector() {
+    let mut stack = Stack::start();
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let script = format!(
+            "curl -sS {flag} -o /dev/null -w '%{{http_code}} %{{http_version}}\\n' https://api.openai.com/v1/chat/completions \
+             -H 'Authorization: Bearer placeholder' -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o\"}}'; echo done"
+        );
+        let mut agent = stack.tagged(&["sh", "-c", &script]);
+        let lines = run_to_end(&mut agent);
+        assert_eq!(lines, [format!("200 {version}")], "curl {flag}");
+    }
+    assert_real_key_arrived(
+        &stack.seen("api.openai.com"),
+        "authorization",
+        &format!("Bearer {}", stack.keys["openai"]),
+    );
+}
+
+const PY_HELD_STREAM: &str = r#"
+import http.client, json, ssl
+conn = http.client.HTTPSConnection("api.openai.com", 443, context=ssl.create_default_context())
+conn.request("POST", "/v1/chat/completions", body=json.dumps({"model": "gpt-4o", "stream": True}),
+             headers={"Authorization": "Bearer placeholder", "x-mock-hold": "1", "content-type": "application/json"})
+resp = conn.getresponse()
+for line in resp:
+    if line.startswith(b"data: "):
+        print("first event", flush=True)
+        break
+rest = resp.read()
+print("rest", rest.count(b"data: "), flush=True)
+print("done", flush=True)
+"#;
+
+#[test]
+fn the_first_sse_event_reaches_the_agent_while_the_provider_still_holds_the_rest() {
+    let mut stack = Stack::start();
+    let mut agent = stack.tagged(&["python3", "-c", PY_HELD_STREAM]);
+    // The provider sends one event and then waits for us: if anything on the
+    // way buffered the response, this line would never come.
+    assert_eq!(agent.line(), "first event");
+    stack.mock.release_held();
+    assert_eq!(run_to_end(&mut agent), ["rest 4"]);
+}
+
+const PY_OTHER_SITE: &str = r#"
+import socket, ssl, sys
+# Trust only the provider's own CA (not warrant's), and do not check the name:
+# the handshake succeeds only if the real server's certificate comes through.
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+ctx.check_hostname = False
+with socket.create_connection(("other.example", 443)) as raw:
+    with ctx.wrap_socket(raw, server_hostname="other.example") as tls:
+        issuer = dict(x[0] for x in tls.getpeercert()["issuer"])
+        print("issuer", issuer["commonName"], flush=True)
+print("done", flush=True)
+"#;
+
+#[test]
+fn a_host_that_is_not_an_upstream_is_spliced_with_the_real_servers_certificate() {
+    let mut stack = Stack::start();
+    let ca = stack.dir.path().join("provider-ca.pem");
+    let mut agent = stack.tagged(&["python3", "-c", PY_OTHER_SITE, ca.to_str().unwrap()]);
+    assert_eq!(
+        run_to_end(&mut agent),
+        ["issuer warrant mock provider test CA"]
+    );
+    assert!(
+        stack.log().contains("not an intercepted host: splicing"),
+        "the connection was redirected and spliced"
+    );
+}
+
+#[test]
+fn an_untagged_agent_is_not_intercepted() {
+    let mut stack = Stack::start();
+    // It trusts the provider's certificate, as a host trusts the real one.
+    let provider_ca = stack.dir.path().join("provider-ca.pem");
+    let mut agent =
+        stack.agent_trusting("other.service", &provider_ca, &["python3", "-c", PY_OPENAI]);
+    assert!(
+        agent.try_line().is_none(),
+        "the placeholder must not work without warrant"
+    );
+    let records = stack.seen("api.openai.com");
+    assert_eq!(
+        records.len(),
+        1,
+        "the SDK reached the provider directly; daemon log:\n{}",
+        stack.log()
+    );
+    assert_eq!(records[0]["headers"]["authorization"], "Bearer placeholder");
+}
+
+#[test]
+fn a_direct_connection_to_the_listener_is_refused_and_logged() {
+    let stack = Stack::start();
+    let mut stream = TcpStream::connect(stack.listen).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the listener closes a connection that has no Origin");
+    support::wait_until("the refusal to be logged", Duration::from_secs(10), || {
+        stack.log().contains("without an Origin")
+    });
+}
+
+const PY_ERRORS: &str = r#"
+import anthropic
+c = anthropic.Anthropic(max_retries=0)
+try:
+    c.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+except anthropic.APIStatusError as e:
+    print("status", e.status_code, flush=True)
+    print("type", e.body["type"], e.body["error"]["type"], flush=True)
+    print("names warrant", "warrant" in e.body["error"]["message"], flush=True)
+print("done", flush=True)
+"#;
+
+#[test]
+fn an_unreachable_provider_gives_an_error_in_the_providers_shape() {
+    let mut stack = Stack::start_with(&["api.anthropic.com"]);
+    let mut agent = stack.tagged(&["python3", "-c", PY_ERRORS]);
+    let lines = run_to_end(&mut agent);
+    assert_eq!(
+        lines,
+        ["status 502", "type error api_error", "names warrant True"]
+    );
+    stack.assert_no_real_key_in(&lines);
+}
+
+#[test]
+fn a_killed_daemon_fails_closed_and_its_successor_adopts_the_programs() {
+    let mut stack = Stack::start();
+    stack.stop_daemon(nix::sys::signal::Signal::SIGTERM);
+    // Detached on exit (the default for tests): start one that keeps its pins.
+    stack.run_daemon(false);
+    stack.stop_daemon(nix::sys::signal::Signal::SIGKILL);
+    let mut agent = stack.tagged(&["python3", "-c", "import openai\ntry:\n  openai.OpenAI(max_retries=0).models.list()\nexcept openai.APIConnectionError:\n  print('refused', flush=True)\nprint('done', flush=True)"]);
+    assert_eq!(
+        run_to_end(&mut agent),
+        ["refused"],
+        "with no daemon, tagged connections are refused"
+    );
+    assert!(
+        stack.seen("api.openai.com").is_empty(),
+        "nothing reached the provider directly"
+    );
+    stack.run_daemon(true);
+    let mut agent = stack.tagged(&["python3", "-c", PY_OPENAI]);
+    assert_eq!(run_to_end(&mut agent).len(), 2);
+    assert_real_key_arrived(
+        &stack.seen("api.openai.com"),
+        "authorization",
+        &format!("Bearer {}", stack.keys["openai"]),
+    );
+    let links = fs::read_dir(&stack.pins.path)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("links-"))
+        .count();
+    assert_eq!(links, 1);
+}
