@@ -10,6 +10,11 @@
 //! - requests/s at concurrency 64 (h1 keep-alive connections);
 //! - streaming throughput of one large SSE response.
 //!
+//! nginx (if installed: `cargo xtask bench proxy` installs nginx-light) runs
+//! beside them as the reference: a TLS-terminating reverse proxy to the same
+//! mock that sets the same Authorization header, with a keep-alive upstream
+//! pool and response buffering off (as streaming needs), one worker per core.
+//!
 //! Run it in release (`cargo run --release --example bench_proxy`); debug
 //! figures mean nothing. Counts can be scaled with BENCH_SCALE (default 1.0).
 //! Everything stays on 127.0.0.1.
@@ -111,6 +116,13 @@ async fn main() {
         origins: None,
         mock,
     };
+    let nginx_server = Nginx::start(dir.path(), &ca, &ca_key, &ca_file, mock);
+    let via_nginx = nginx_server.as_ref().map(|n| Target {
+        addr: n.addr,
+        roots: roots(&ca.pem()),
+        origins: None,
+        mock,
+    });
     let through = Target {
         addr: proxy,
         roots: warrant_roots,
@@ -118,34 +130,62 @@ async fn main() {
         mock,
     };
 
-    println!("bench proxy: direct = client -> mock upstream; warrant = client -> injector -> mock");
     println!(
-        "{:<34} {:>12} {:>12} {:>8}",
-        "", "direct", "warrant", "ratio"
+        "bench proxy: direct = client -> mock upstream; warrant = client -> injector -> mock;"
     );
+    println!("             nginx = client -> nginx (TLS reverse proxy, same header) -> mock");
+    println!(
+        "{:<30} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "", "direct", "warrant", "nginx", "w/direct", "w/nginx"
+    );
+    let nginx = via_nginx.as_ref();
 
     let n = scale(3000);
     let (d50, d99) = keep_alive(&direct, n).await;
     let (w50, w99) = keep_alive(&through, n).await;
-    row("keep-alive p50 (ms)", d50, w50);
-    row("keep-alive p99 (ms)", d99, w99);
-    println!("{:<34} {:>12.3}", "added keep-alive p50 (ms)", w50 - d50);
+    let (n50, n99) = match nginx {
+        Some(t) => keep_alive(t, n).await,
+        None => (f64::NAN, f64::NAN),
+    };
+    row("keep-alive p50 (ms)", d50, w50, n50);
+    row("keep-alive p99 (ms)", d99, w99, n99);
+    println!(
+        "{:<30} {:>10.3}   (target <= 0.2 ms)",
+        "added keep-alive p50 (ms)",
+        w50 - d50
+    );
 
     let n = scale(300);
     let d = new_connections(&direct, n).await;
     let w = new_connections(&through, n).await;
-    row("new-connection p50 (ms)", d, w);
+    let x = match nginx {
+        Some(t) => new_connections(t, n).await,
+        None => f64::NAN,
+    };
+    row("new-connection p50 (ms)", d, w, x);
 
     let n = scale(200);
     let d = throughput(&direct, 64, n).await;
     let w = throughput(&through, 64, n).await;
-    row("requests/s, concurrency 64", d, w);
+    let x = match nginx {
+        Some(t) => throughput(t, 64, n).await,
+        None => f64::NAN,
+    };
+    row("requests/s, concurrency 64", d, w, x);
+    println!(
+        "{:<30} {:>10}   (target >= 1.00)",
+        "requests/s warrant/nginx",
+        format!("{:.2}", w / x)
+    );
 
     let chunks = scale(4096); // 64 MiB at scale 1
     let d = streaming(&direct, chunks).await;
     let w = streaming(&through, chunks).await;
-    row("SSE streaming (MiB/s)", d, w);
-
+    let x = match nginx {
+        Some(t) => streaming(t, chunks).await,
+        None => f64::NAN,
+    };
+    row("SSE streaming (MiB/s)", d, w, x);
     println!(
         "{:<34} {:>12}",
         "process RSS (MiB, mock + injector)",
@@ -177,11 +217,118 @@ fn leaf_cache(ca: &Arc<LocalCa>) {
     );
 }
 
-fn row(name: &str, direct: f64, warrant: f64) {
+fn row(name: &str, direct: f64, warrant: f64, nginx: f64) {
     println!(
-        "{name:<34} {direct:>12.3} {warrant:>12.3} {:>8.2}",
-        warrant / direct
+        "{name:<30} {direct:>10.3} {warrant:>10.3} {nginx:>10.3} {:>9.2} {:>9.2}",
+        warrant / direct,
+        warrant / nginx
     );
+}
+
+/// nginx as a TLS-terminating reverse proxy in front of the mock, stopped on drop.
+struct Nginx {
+    addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl Nginx {
+    fn start(
+        dir: &std::path::Path,
+        ca: &rcgen::Certificate,
+        ca_key: &KeyPair,
+        mock_ca: &std::path::Path,
+        mock: SocketAddr,
+    ) -> Option<Nginx> {
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(binary) = binary else {
+            println!(
+                "nginx not found: the nginx column is empty (cargo xtask bench proxy installs it)"
+            );
+            return None;
+        };
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![HOST.to_owned()])
+            .unwrap()
+            .signed_by(&key, ca, ca_key)
+            .unwrap();
+        let ngx = dir.join("nginx");
+        std::fs::create_dir_all(ngx.join("logs")).unwrap();
+        std::fs::write(ngx.join("cert.pem"), cert.pem()).unwrap();
+        std::fs::write(ngx.join("key.pem"), key.serialize_pem()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = format!(
+            r#"daemon off;
+worker_processes auto;
+pid {ngx}/nginx.pid;
+error_log {ngx}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {ngx}/body; proxy_temp_path {ngx}/proxy;
+  fastcgi_temp_path {ngx}/fcgi; uwsgi_temp_path {ngx}/uwsgi; scgi_temp_path {ngx}/scgi;
+  upstream mock {{ server {mock}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port} ssl http2;
+    ssl_certificate {ngx}/cert.pem;
+    ssl_certificate_key {ngx}/key.pem;
+    keepalive_requests 100000;
+    location / {{
+      proxy_pass https://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host {HOST};
+      proxy_set_header Authorization "Bearer sk-bench-credential-0123456789";
+      proxy_ssl_server_name on;
+      proxy_ssl_name {HOST};
+      proxy_ssl_verify on;
+      proxy_ssl_trusted_certificate {mock_ca};
+      proxy_ssl_session_reuse on;
+      proxy_buffering off;
+    }}
+  }}
+}}
+"#,
+            ngx = ngx.display(),
+            mock_ca = mock_ca.display(),
+        );
+        std::fs::write(ngx.join("nginx.conf"), conf).unwrap();
+        let child = std::process::Command::new(binary)
+            .arg("-p")
+            .arg(&ngx)
+            .arg("-c")
+            .arg(ngx.join("nginx.conf"))
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        // Ready when it accepts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx did not start; see {}/logs/error.log",
+                ngx.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(Nginx { addr, child })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT: graceful shutdown of the master and its workers.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::SIGQUIT,
+        );
+        let _ = self.child.wait();
+    }
 }
 
 fn rss_mib() -> String {

@@ -131,6 +131,9 @@ fn bench(name: Option<&str>) -> Result<()> {
         ),
         None => BENCHES.to_vec(),
     };
+    if names.contains(&"proxy") {
+        setup::install_nginx()?;
+    }
     for name in names {
         let example = format!("bench_{name}");
         if !std::path::Path::new("daemon/examples")

@@ -130,6 +130,33 @@ fn install_sdks() -> Result<()> {
     Ok(())
 }
 
+/// nginx, the reference in `bench proxy`. Installed without starting its
+/// service: a policy-rc.d that denies every start is put in place for the
+/// install (only if the machine has none) and removed again.
+pub fn install_nginx() -> Result<()> {
+    if dpkg_installed("nginx-light") || dpkg_installed("nginx") {
+        return Ok(());
+    }
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# written by cargo xtask for one install\nexit 101\n",
+        )?;
+        run_cmd(Command::new("chmod").arg("755").arg(policy))?;
+    }
+    let result = run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "nginx-light"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    );
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
+}
+
 fn dpkg_installed(package: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", package])
