@@ -66,12 +66,14 @@ async fn main() {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: OpenSSL (nginx) takes a leaf whose subject equals its
+    // issuer for a self-signed certificate.
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "bench mock CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec![HOST.to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
+    let cert = leaf_params().signed_by(&key, &ca, &ca_key).unwrap();
     let ca_file = dir.path().join("mock-ca.pem");
     std::fs::write(&ca_file, ca.pem()).unwrap();
     let mut server = ServerConfig::builder()
@@ -217,6 +219,14 @@ fn leaf_cache(ca: &Arc<LocalCa>) {
     );
 }
 
+fn leaf_params() -> CertificateParams {
+    let mut params = CertificateParams::new(vec![HOST.to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, HOST);
+    params
+}
+
 fn row(name: &str, direct: f64, warrant: f64, nginx: f64) {
     println!(
         "{name:<30} {direct:>10.3} {warrant:>10.3} {nginx:>10.3} {:>9.2} {:>9.2}",
@@ -228,6 +238,7 @@ fn row(name: &str, direct: f64, warrant: f64, nginx: f64) {
 /// nginx as a TLS-terminating reverse proxy in front of the mock, stopped on drop.
 struct Nginx {
     addr: SocketAddr,
+    dir: std::path::PathBuf,
     child: std::process::Child,
 }
 
@@ -316,12 +327,23 @@ http {{
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-        Some(Nginx { addr, child })
+        Some(Nginx {
+            addr,
+            dir: ngx,
+            child,
+        })
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.dir.join("logs/error.log");
+            eprintln!(
+                "nginx error log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
         // SIGQUIT: graceful shutdown of the master and its workers.
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),

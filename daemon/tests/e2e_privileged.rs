@@ -343,7 +343,9 @@ fn assert_real_key_arrived(records: &[serde_json::Value], header: &str, expected
 }
 
 const PY_OPENAI: &str = r#"
-import openai
+import openai, os
+# What a prompt-injected agent could print: its whole environment.
+print("env", " ".join(f"{k}={v}" for k, v in sorted(os.environ.items())), flush=True)
 c = openai.OpenAI()
 r = c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
 print("json", r.choices[0].message.content, r.usage.total_tokens, flush=True)
@@ -359,13 +361,16 @@ fn python_openai_sdk_gets_the_real_key_streaming_and_not() {
     let mut stack = Stack::start();
     let mut agent = stack.tagged(&["python3", "-c", PY_OPENAI]);
     let lines = run_to_end(&mut agent);
+    assert!(lines[0].starts_with("env ") && lines[0].contains("OPENAI_API_KEY=placeholder"));
     assert_eq!(
-        lines,
+        lines[1..],
         [
             "json Hello from the mock provider. 19",
             "stream Hello from the mock provider."
         ]
     );
+    // Neither the agent's environment nor anything it printed holds the key
+    // (checked below with the daemon's log).
     let records = stack.seen("api.openai.com");
     assert_eq!(records.len(), 2);
     assert_real_key_arrived(
@@ -568,9 +573,10 @@ fn an_untagged_agent_is_not_intercepted() {
     let provider_ca = stack.dir.path().join("provider-ca.pem");
     let mut agent =
         stack.agent_trusting("other.service", &provider_ca, &["python3", "-c", PY_OPENAI]);
+    let printed: Vec<String> = std::iter::from_fn(|| agent.try_line()).collect();
     assert!(
-        agent.try_line().is_none(),
-        "the placeholder must not work without warrant"
+        printed.iter().all(|l| !l.starts_with("json")),
+        "the placeholder must not work without warrant: {printed:?}"
     );
     let records = stack.seen("api.openai.com");
     assert_eq!(
@@ -640,7 +646,7 @@ fn a_killed_daemon_fails_closed_and_its_successor_adopts_the_programs() {
     );
     stack.run_daemon(true);
     let mut agent = stack.tagged(&["python3", "-c", PY_OPENAI]);
-    assert_eq!(run_to_end(&mut agent).len(), 2);
+    assert_eq!(run_to_end(&mut agent).len(), 3);
     assert_real_key_arrived(
         &stack.seen("api.openai.com"),
         "authorization",

@@ -36,9 +36,24 @@ pub enum Command {
     },
     /// Print the embedded default configuration (every key, commented).
     DefaultConfig,
+    /// The local CA that agents must trust.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
     /// Remove warrant's pinned eBPF programs and maps (stops all redirection).
     /// For uninstalling; a running daemon must be stopped first.
     Detach {
+        #[arg(long, default_value = "/etc/warrant/warrant.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Print the CA certificate (PEM). The trust bundle for agents (system
+    /// roots plus this CA) is `<state_dir>/trust-bundle.pem`.
+    Export {
         #[arg(long, default_value = "/etc/warrant/warrant.toml")]
         config: PathBuf,
     },
@@ -91,6 +106,27 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Ca {
+            command: CaCommand::Export { config },
+        } => {
+            let config = match load_or_default(&config) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match crate::tls::ca_pem_in(&config.daemon.state_dir) {
+                Ok(pem) => {
+                    print!("{pem}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("warrant ca export: {err} (has the daemon run once?)");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::DefaultConfig => {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
