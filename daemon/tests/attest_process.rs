@@ -67,18 +67,31 @@ fn blocking_script(path: &Path) -> Vec<u8> {
 /// while the kernel is still setting up the new program (argv is empty then),
 /// so the child's own word is the readiness signal.
 fn spawn(program: &Path, args: &[&str], cwd: &Path) -> Spawned {
-    let mut child = Spawned(
-        Command::new(program)
-            .args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = Spawned(spawn_fresh(&mut cmd));
     wait_ready(&mut child);
     child
+}
+
+/// Spawns a program this test process has just written. Another test thread
+/// may fork while our write descriptor is still open; the forked child holds
+/// it until it execs, and exec of the file then fails with ETXTBSY for a
+/// moment. Retry that case alone, a bounded number of times.
+fn spawn_fresh(cmd: &mut Command) -> std::process::Child {
+    for _ in 0..200 {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(2))
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{cmd:?} stayed busy (ETXTBSY)");
 }
 
 fn wait_ready(child: &mut Spawned) {
@@ -337,7 +350,7 @@ fn a_child_that_really_execs_after_connect_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let first = interpreter(dir.path(), "agent-bin");
     let second = interpreter(dir.path(), "other-bin");
-    let mut child = Spawned(
+    let mut child = Spawned(spawn_fresh(
         Command::new(&first)
             .args([
                 "-c",
@@ -347,10 +360,8 @@ fn a_child_that_really_execs_after_connect_is_refused() {
                 ),
             ])
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+            .stdout(Stdio::piped()),
+    ));
     wait_ready(&mut child);
     let tgid = child.tgid();
     let generations = Arc::new(ExeIdentityGenerations {
