@@ -63,8 +63,6 @@ struct Stack {
     daemon: Option<Child>,
     listen: SocketAddr,
     keys: HashMap<&'static str, String>,
-    /// The loopback address the provider hostnames resolve to for agents.
-    provider_ip: String,
 }
 
 impl Stack {
@@ -178,7 +176,6 @@ upstreams = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleap
             daemon: None,
             listen: "127.0.0.1:1".parse().unwrap(),
             keys,
-            provider_ip,
         };
         stack.run_daemon(true);
         stack
@@ -384,9 +381,9 @@ fn python_openai_sdk_gets_the_real_key_streaming_and_not() {
 const PY_ANTHROPIC: &str = r#"
 import anthropic
 c = anthropic.Anthropic()
-m = c.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+m = c.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
 print("json", m.content[0].text, m.usage.output_tokens, flush=True)
-with c.messages.stream(model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as s:
+with c.messages.stream(model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as s:
     print("stream", "".join(s.text_stream), flush=True)
 print("done", flush=True)
 "#;
@@ -607,7 +604,7 @@ const PY_ERRORS: &str = r#"
 import anthropic
 c = anthropic.Anthropic(max_retries=0)
 try:
-    c.messages.create(model="claude-sonnet-4-5", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    c.messages.create(model="claude-sonnet-4-6", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
 except anthropic.APIStatusError as e:
     print("status", e.status_code, flush=True)
     print("type", e.body["type"], e.body["error"]["type"], flush=True)
