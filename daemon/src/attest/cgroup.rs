@@ -19,28 +19,9 @@ const MAX_WALK: usize = 100_000;
 /// Cached ids before the cache is emptied (removed cgroups leave entries).
 const MAX_ENTRIES: usize = 65_536;
 
-/// The cgroup2 mount point, from /proc/mounts (the first cgroup2 entry).
+/// The cgroup2 mount point (found from /proc/mounts, as the eBPF side finds it).
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    parse_cgroup2_mount(&mounts)
-}
-
-pub fn parse_cgroup2_mount(mounts: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let _source = fields.next()?;
-        let target = fields.next()?;
-        (fields.next()? == "cgroup2").then(|| PathBuf::from(unescape_mount(target)))
-    })
-}
-
-/// /proc/mounts escapes space, tab, newline and backslash as octal.
-fn unescape_mount(field: &str) -> String {
-    field
-        .replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    crate::redirect::cgroup::cgroup2_mount().ok()
 }
 
 /// The systemd unit of a cgroup path: its last `*.service` or `*.scope`
@@ -154,18 +135,6 @@ impl CgroupResolver {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    #[test]
-    fn the_cgroup2_mount_is_found_among_v1_mounts() {
-        let mounts = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
-                      cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
-                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(
-            parse_cgroup2_mount(mounts),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(parse_cgroup2_mount("proc /proc proc rw 0 0\n"), None);
-    }
 
     #[test]
     fn the_unit_is_the_last_service_or_scope_component() {
