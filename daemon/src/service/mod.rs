@@ -2,6 +2,7 @@
 //! request path, and its life cycle (readiness, signals, shutdown).
 
 mod gate;
+pub mod swap;
 
 use std::{
     net::SocketAddr,
