@@ -17,6 +17,9 @@ pub enum RecordKind {
     /// A workload or process put in (or out of) quarantine, by an operator
     /// or an automated rule.
     Quarantine,
+    /// The daemon started (also the first write, so that a fail-closed
+    /// audit log that cannot be written refuses the very first request).
+    Daemon,
 }
 
 /// How a request ended, for filtering without parsing messages.

@@ -18,16 +18,27 @@ pub struct Observed {
     log: RequestLog,
     status: u16,
     bytes: u64,
+    /// The body's exact length when known: hyper stops polling a body once
+    /// it has sent that many bytes, without waiting for its end.
+    exact: Option<u64>,
 }
 
 impl Observed {
     pub fn new(inner: ProxyBody, log: RequestLog, status: u16) -> Observed {
+        let exact = inner.size_hint().exact();
         Observed {
             inner,
             log,
             status,
             bytes: 0,
+            exact,
         }
+    }
+}
+
+impl Observed {
+    fn ended(&self) -> bool {
+        self.inner.is_end_stream() || self.exact.is_some_and(|n| self.bytes >= n)
     }
 }
 
@@ -47,7 +58,7 @@ impl Body for Observed {
                     this.bytes += data.len() as u64;
                 }
                 // hyper stops polling a body that says it has ended.
-                if this.inner.is_end_stream() {
+                if this.ended() {
                     this.log.finish(this.status, this.bytes, true);
                 }
             }
@@ -71,7 +82,7 @@ impl Drop for Observed {
     fn drop(&mut self) {
         // A no-op when already finished; an empty body may end without
         // ever being polled.
-        let complete = self.inner.is_end_stream();
+        let complete = self.ended();
         self.log.finish(self.status, self.bytes, complete);
     }
 }

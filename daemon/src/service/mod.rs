@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::{net::TcpListener, signal::unix::SignalKind};
 
-pub use control::DaemonBackend;
+pub use control::{DaemonBackend, validate_reload};
 pub use gate::WarrantGate;
 
 use crate::{
@@ -107,6 +107,12 @@ pub async fn run(options: RunOptions) -> Result<()> {
         );
     }
     let monitor = Monitor::new(audit, metrics.clone(), config.response.clone());
+    let mut started = crate::audit::AuditRecord::new(crate::audit::RecordKind::Daemon);
+    started.message = Some(format!(
+        "warrant {} started with {origin}",
+        env!("CARGO_PKG_VERSION")
+    ));
+    monitor.record(&started);
     let _metrics_server = match config.daemon.metrics {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
