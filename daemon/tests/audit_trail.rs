@@ -35,7 +35,10 @@ async fn text_of(response: http::Response<hyper::body::Incoming>) -> (u16, Strin
     let status = response.status().as_u16();
     let headers = format!("{:?}", response.headers());
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, format!("{headers}\n{}", String::from_utf8_lossy(&body)))
+    (
+        status,
+        format!("{headers}\n{}", String::from_utf8_lossy(&body)),
+    )
 }
 
 fn requests(h: &Monitored) -> Vec<Value> {
@@ -56,7 +59,11 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
     let mut agent = h.h1(mock.addr, OPENAI).await;
     let (status, text) = text_of(
         agent
-            .send(request(OPENAI, "/v1/chat/completions", &[("authorization", "Bearer placeholder")]))
+            .send(request(
+                OPENAI,
+                "/v1/chat/completions",
+                &[("authorization", "Bearer placeholder")],
+            ))
             .await,
     )
     .await;
@@ -111,19 +118,41 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
     assert!(ok["time"].as_str().unwrap().ends_with('Z'));
 
     let echo = by_path("/v1/echo");
-    assert_eq!((echo["outcome"].clone(), echo["status"].clone()), ("forwarded".into(), 401.into()));
+    assert_eq!(
+        (echo["outcome"].clone(), echo["status"].clone()),
+        ("forwarded".into(), 401.into())
+    );
 
     let denied = by_path("/v1/deny/x");
     assert_eq!(denied["outcome"], "denied");
     assert_eq!(denied["status"], 403);
-    assert!(denied.get("credential").is_none(), "no credential for a denied request");
+    assert!(
+        denied.get("credential").is_none(),
+        "no credential for a denied request"
+    );
     let factors = denied["decision"]["factors"].as_array().unwrap();
-    assert!(factors.iter().any(|f| f["factor"] == "time" && f["passed"] == false));
+    assert!(
+        factors
+            .iter()
+            .any(|f| f["factor"] == "time" && f["passed"] == false)
+    );
 
-    let failed = records.iter().find(|r| r["outcome"] == "upstream_error").unwrap();
+    let failed = records
+        .iter()
+        .find(|r| r["outcome"] == "upstream_error")
+        .unwrap();
     assert_eq!(failed["status"], 502);
-    let unavailable = records.iter().find(|r| r["outcome"] == "no_credential").unwrap();
-    assert_eq!((unavailable["status"].clone(), unavailable["upstream"].clone()), (503.into(), MISSING.into()));
+    let unavailable = records
+        .iter()
+        .find(|r| r["outcome"] == "no_credential")
+        .unwrap();
+    assert_eq!(
+        (
+            unavailable["status"].clone(),
+            unavailable["upstream"].clone()
+        ),
+        (503.into(), MISSING.into())
+    );
 
     // Control socket: status and reload.
     let socket = h.dir.path().join("control.sock");
@@ -150,7 +179,10 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
     assert_eq!(reload["valid"], true);
     let creds = status["credentials"].as_array().unwrap();
     let openai = creds.iter().find(|c| c["name"] == "openai").unwrap();
-    assert_eq!(openai["fingerprint"], warrant::secret::fingerprint(CANARY.as_bytes()));
+    assert_eq!(
+        openai["fingerprint"],
+        warrant::secret::fingerprint(CANARY.as_bytes())
+    );
     let missing_cred = creds.iter().find(|c| c["name"] == "missing").unwrap();
     assert!(missing_cred["failures"].as_u64().unwrap() >= 1);
     seen.push(status.to_string());
@@ -158,10 +190,8 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
 
     // Metrics: a real parser, and the counts.
     let exposition = h.monitor.metrics.render();
-    let scrape = prometheus_parse::Scrape::parse(
-        exposition.lines().map(|l| Ok(l.to_owned())),
-    )
-    .unwrap();
+    let scrape =
+        prometheus_parse::Scrape::parse(exposition.lines().map(|l| Ok(l.to_owned()))).unwrap();
     let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
         scrape
             .samples
@@ -176,23 +206,55 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
             })
             .sum()
     };
-    assert_eq!(value("warrant_requests_total", &[("workload", WORKLOAD), ("outcome", "forwarded")]), 2.0);
-    assert_eq!(value("warrant_denials_total", &[("workload", WORKLOAD), ("reason", "time")]), 1.0);
-    assert_eq!(value("warrant_requests_total", &[("outcome", "no_credential")]), 1.0);
-    assert_eq!(value("warrant_connections_total", &[("kind", "intercepted")]), 3.0);
+    assert_eq!(
+        value(
+            "warrant_requests_total",
+            &[("workload", WORKLOAD), ("outcome", "forwarded")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            "warrant_denials_total",
+            &[("workload", WORKLOAD), ("reason", "time")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("warrant_requests_total", &[("outcome", "no_credential")]),
+        1.0
+    );
+    assert_eq!(
+        value("warrant_connections_total", &[("kind", "intercepted")]),
+        3.0
+    );
     assert_eq!(value("warrant_audit_records_total", &[]), 5.0);
-    assert!(value("warrant_credential_refreshes_total", &[("credential", "openai"), ("result", "ok")]) >= 1.0);
-    assert!(value("warrant_credential_refreshes_total", &[("credential", "missing"), ("result", "error")]) >= 1.0);
     assert!(
-        scrape.samples.iter().any(|s| s.metric == "warrant_upstream_latency_seconds"
-            && matches!(s.value, prometheus_parse::Value::Histogram(_))),
+        value(
+            "warrant_credential_refreshes_total",
+            &[("credential", "openai"), ("result", "ok")]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "warrant_credential_refreshes_total",
+            &[("credential", "missing"), ("result", "error")]
+        ) >= 1.0
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "warrant_upstream_latency_seconds"
+                && matches!(s.value, prometheus_parse::Value::Histogram(_))),
         "{exposition}"
     );
     // The usage module's API lands in the same exposition.
     h.monitor.metrics.add_tokens(WORKLOAD, "gpt-4o", 12, 34);
     h.monitor.metrics.add_cost(WORKLOAD, "gpt-4o", 0.25);
     let exposition = h.monitor.metrics.render();
-    let scrape = prometheus_parse::Scrape::parse(exposition.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let scrape =
+        prometheus_parse::Scrape::parse(exposition.lines().map(|l| Ok(l.to_owned()))).unwrap();
     assert!(scrape.samples.iter().any(|s| s.metric == "warrant_tokens_total"
         && s.labels.get("kind") == Some("output")
         // prometheus-parse types OpenMetrics counters (`# TYPE x counter`
@@ -208,13 +270,23 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
         ("audit file", audit.as_str()),
         ("metrics", exposition.as_str()),
     ] {
-        assert!(!text.contains(CANARY), "the canary credential appeared in the {place}");
+        assert!(
+            !text.contains(CANARY),
+            "the canary credential appeared in the {place}"
+        );
     }
     for text in &seen {
-        assert!(!text.contains(CANARY), "the canary credential appeared in a response");
+        assert!(
+            !text.contains(CANARY),
+            "the canary credential appeared in a response"
+        );
     }
     // It did reach the upstream.
-    assert!(mock.seen().iter().any(|s| s.headers.get("authorization").is_some_and(|v| v.to_str().unwrap().contains(CANARY))));
+    assert!(mock.seen().iter().any(|s| {
+        s.headers
+            .get("authorization")
+            .is_some_and(|v| v.to_str().unwrap().contains(CANARY))
+    }));
 }
 
 #[tokio::test]
@@ -235,11 +307,21 @@ async fn the_metrics_endpoint_serves_parseable_text_on_loopback() {
         )
         .await;
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().contains("openmetrics-text"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("openmetrics-text")
+    );
     let text = body_text(response).await;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    assert!(scrape.samples.iter().any(|s| s.metric == "warrant_connections_total"
-        && s.labels.get("kind") == Some("passthrough")));
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "warrant_connections_total"
+                && s.labels.get("kind") == Some("passthrough"))
+    );
 }
 
 #[tokio::test]
@@ -259,7 +341,10 @@ async fn fail_closed_refuses_requests_while_the_audit_log_cannot_be_written() {
     assert_eq!(response.status(), 503);
     let text = body_text(response).await;
     assert!(text.contains("audit log cannot be written"), "{text}");
-    assert!(mock.seen().iter().all(|s| s.uri.path() != "/v1/models"), "nothing forwarded");
+    assert!(
+        mock.seen().iter().all(|s| s.uri.path() != "/v1/models"),
+        "nothing forwarded"
+    );
     assert!(logs().contains("AUDIT RECORDS ARE BEING LOST"));
     assert!(!h.monitor.audit.health().writable);
 }
@@ -275,7 +360,13 @@ async fn fail_open_keeps_serving_and_counts_dropped_records() {
         assert_eq!(response.status(), 200);
         body_text(response).await;
     }
-    eventually("two dropped records", || h.monitor.audit.health().dropped >= 2).await;
+    eventually("two dropped records", || {
+        h.monitor.audit.health().dropped >= 2
+    })
+    .await;
     let exposition = h.monitor.metrics.render();
-    assert!(exposition.contains("warrant_audit_dropped_total 2"), "{exposition}");
+    assert!(
+        exposition.contains("warrant_audit_dropped_total 2"),
+        "{exposition}"
+    );
 }

@@ -26,7 +26,8 @@ async fn call(socket: &Path, request: ControlRequest) -> Result<Value, client::C
 
 fn serve(h: &Monitored) -> PathBuf {
     let socket = h.dir.path().join("run/control.sock");
-    let server = ControlServer::bind(&socket, None, h.monitor.clone(), Arc::new(NoBackend)).unwrap();
+    let server =
+        ControlServer::bind(&socket, None, h.monitor.clone(), Arc::new(NoBackend)).unwrap();
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "root-only socket");
     tokio::spawn(server.serve());
@@ -62,8 +63,14 @@ async fn revoking_a_workload_closes_its_live_stream_within_a_second_and_refuses_
     body_text(ok).await;
 
     let status = call(&socket, ControlRequest::Status).await.unwrap();
-    assert_eq!(status["workloads"][WORKLOAD]["connections"], 1, "{status:#}");
-    assert_eq!(status["workloads"]["agent-b"]["connections"], 1, "{status:#}");
+    assert_eq!(
+        status["workloads"][WORKLOAD]["connections"], 1,
+        "{status:#}"
+    );
+    assert_eq!(
+        status["workloads"]["agent-b"]["connections"], 1,
+        "{status:#}"
+    );
 
     let start = Instant::now();
     let revoked = call(&socket, revoke_workload(WORKLOAD)).await.unwrap();
@@ -88,7 +95,13 @@ async fn revoking_a_workload_closes_its_live_stream_within_a_second_and_refuses_
     assert_eq!(refused.status(), 403);
     let text = body_text(refused).await;
     let error: Value = serde_json::from_str(&text).unwrap();
-    assert!(error["error"]["message"].as_str().unwrap().contains("quarantined"), "{text}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("quarantined"),
+        "{text}"
+    );
     // The other workload is untouched.
     let ok = other.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(ok.status(), 200);
@@ -119,8 +132,17 @@ async fn revoking_a_workload_closes_its_live_stream_within_a_second_and_refuses_
     assert_eq!(sse["outcome"], "aborted");
     let quarantines: Vec<_> = lines.iter().filter(|l| l["kind"] == "quarantine").collect();
     assert_eq!(quarantines.len(), 2, "revoke and restore: {quarantines:#?}");
-    assert!(quarantines[0]["actor"].as_str().unwrap().starts_with("operator (uid "));
-    assert!(lines.iter().any(|l| l["outcome"] == "quarantined" && l["status"] == 403));
+    assert!(
+        quarantines[0]["actor"]
+            .as_str()
+            .unwrap()
+            .starts_with("operator (uid ")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["outcome"] == "quarantined" && l["status"] == 403)
+    );
     let metrics = h.monitor.metrics.render();
     assert!(metrics.contains("warrant_denials_total{workload=\"agent-a\",upstream=\"api.openai.com\",reason=\"quarantined\"} 1"), "{metrics}");
 }
@@ -159,13 +181,24 @@ async fn a_pid_quarantine_closes_that_process_only_and_expires_with_for() {
     let ok = bystander.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(ok.status(), 200);
     let mut again = h.h1_as(mock.addr, OPENAI, 6001).await;
-    assert_eq!(again.send(request(OPENAI, "/v1/models", &[])).await.status(), 403);
+    assert_eq!(
+        again
+            .send(request(OPENAI, "/v1/models", &[]))
+            .await
+            .status(),
+        403
+    );
 
     // Expiry: the table forgets a quarantine whose time is up.
     let later = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_secs(3601))
         .unwrap();
-    assert!(h.monitor.quarantines.check(None, 6001, jiff::Timestamp::now()).is_some());
+    assert!(
+        h.monitor
+            .quarantines
+            .check(None, 6001, jiff::Timestamp::now())
+            .is_some()
+    );
     assert!(h.monitor.quarantines.check(None, 6001, later).is_none());
 }
 
@@ -212,7 +245,10 @@ async fn a_non_root_peer_is_refused_by_the_socket_mode_and_by_its_peer_credentia
     let h = Monitored::start(&pki, None, "").await;
     let socket = serve(&h);
     // Let nobody reach the socket file (the temp dir is 0700).
-    for dir in [h.dir.path().to_path_buf(), socket.parent().unwrap().to_path_buf()] {
+    for dir in [
+        h.dir.path().to_path_buf(),
+        socket.parent().unwrap().to_path_buf(),
+    ] {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     // Mode 0600: the kernel refuses the connect.

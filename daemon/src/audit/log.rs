@@ -166,7 +166,7 @@ impl AuditLog {
             Err(error) => {
                 let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 let first = !self.failing.swap(true, Ordering::Relaxed);
-                if first || dropped % REPORT_EVERY == 0 {
+                if first || dropped.is_multiple_of(REPORT_EVERY) {
                     tracing::error!(
                         %error,
                         dropped,
@@ -191,8 +191,11 @@ impl FileSink {
         if let Some(dir) = self.path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o750)
-                .create(dir)?;
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o750,
+            )
+            .create(dir)?;
         }
         // 0600: records name programs, paths and credential fingerprints;
         // they are for the operator only.
@@ -208,7 +211,11 @@ impl FileSink {
 
     fn append(&mut self, line: &str) -> std::io::Result<()> {
         let needed = line.len() as u64 + 1;
-        if self.file.is_some() && self.max_bytes > 0 && self.size > 0 && self.size + needed > self.max_bytes {
+        if self.file.is_some()
+            && self.max_bytes > 0
+            && self.size > 0
+            && self.size + needed > self.max_bytes
+        {
             self.rotate()?;
         }
         if self.file.is_none() {
@@ -262,11 +269,101 @@ impl Journal {
     /// at debug only: the file is the record of reference.
     fn send(&self, line: &str) {
         let mut datagram = Vec::with_capacity(line.len() + 96);
-        datagram.extend_from_slice(b"SYSLOG_IDENTIFIER=warrant-audit\nPRIORITY=6\nWARRANT_AUDIT=1\nMESSAGE=");
+        datagram.extend_from_slice(
+            b"SYSLOG_IDENTIFIER=warrant-audit\nPRIORITY=6\nWARRANT_AUDIT=1\nMESSAGE=",
+        );
         datagram.extend_from_slice(line.as_bytes());
         datagram.push(b'\n');
         if let Err(error) = self.socket.send_to(&datagram, &self.path) {
             tracing::debug!(%error, "audit record not sent to the journal");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::audit::RecordKind;
+
+    fn record(n: usize) -> AuditRecord {
+        let mut record = AuditRecord::new(RecordKind::Request);
+        record.message = Some(format!("record {n:04}"));
+        record
+    }
+
+    #[test]
+    fn the_log_rotates_by_size_and_keeps_the_configured_number_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/audit.jsonl");
+        let config = AuditConfig {
+            max_bytes: 400,
+            keep: 2,
+            ..AuditConfig::default()
+        };
+        let log = AuditLog::open(&path, &config, None);
+        for n in 0..40 {
+            assert!(log.write(&record(n)));
+        }
+        let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+        let rotated = |n: u32| PathBuf::from(format!("{}.{n}", path.display()));
+        assert!(size(&path) <= 400);
+        assert!(size(&rotated(1)) <= 400 && size(&rotated(2)) <= 400);
+        assert!(!rotated(3).exists(), "only `keep` rotated files");
+        // The newest record is in the live file, every line whole.
+        let live = std::fs::read_to_string(&path).unwrap();
+        assert!(live.contains("record 0039"));
+        for file in [path.clone(), rotated(1), rotated(2)] {
+            for line in std::fs::read_to_string(file).unwrap().lines() {
+                serde_json::from_str::<serde_json::Value>(line).unwrap();
+            }
+        }
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(log.health().written, 40);
+    }
+
+    #[test]
+    fn records_reach_the_journal_socket_with_the_native_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("journal.sock");
+        let journal = UnixDatagram::bind(&socket).unwrap();
+        let log = AuditLog::open(Path::new(""), &AuditConfig::default(), Some(&socket));
+        assert!(log.write(&record(7)));
+        let mut buf = vec![0u8; 4096];
+        let n = journal.recv(&mut buf).unwrap();
+        let datagram = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            datagram.contains("SYSLOG_IDENTIFIER=warrant-audit\n"),
+            "{datagram}"
+        );
+        let message = datagram
+            .lines()
+            .find_map(|l| l.strip_prefix("MESSAGE="))
+            .unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(message).unwrap();
+        assert_eq!(parsed["message"], "record 0007");
+    }
+
+    #[test]
+    fn a_failed_write_is_counted_and_fail_closed_stops_accepting_until_a_write_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, &AuditConfig::default(), None);
+        assert!(log.accepting());
+        // The directory goes away: the next reopen fails.
+        if let Ok(mut sink) = log.file.as_ref().unwrap().lock() {
+            sink.file = None;
+        }
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::write(dir.path(), b"a file where the directory was").unwrap();
+        assert!(!log.write(&record(1)));
+        assert!(!log.accepting());
+        assert_eq!(log.health().dropped, 1);
+        std::fs::remove_file(dir.path()).unwrap();
+        assert!(log.write(&record(2)), "recovers once the path is writable");
+        assert!(log.accepting());
     }
 }

@@ -292,7 +292,11 @@ impl Monitor {
 /// the file on disk, if it does not.
 fn changed_on_disk(attestation: &AttestationSummary) -> Option<String> {
     let files = [
-        ("executable", Some(&attestation.exe), &attestation.exe_sha256),
+        (
+            "executable",
+            Some(&attestation.exe),
+            &attestation.exe_sha256,
+        ),
         (
             "entrypoint",
             attestation.entrypoint.as_ref(),
@@ -319,7 +323,9 @@ fn changed_on_disk(attestation: &AttestationSummary) -> Option<String> {
                 ));
             }
             Err(error) => {
-                return Some(format!("the {what} {path} cannot be read any more: {error}"));
+                return Some(format!(
+                    "the {what} {path} cannot be read any more: {error}"
+                ));
             }
         }
     }
@@ -353,7 +359,9 @@ struct LogInner {
 
 impl std::fmt::Debug for RequestLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestLog").field("tgid", &self.0.tgid).finish()
+        f.debug_struct("RequestLog")
+            .field("tgid", &self.0.tgid)
+            .finish()
     }
 }
 
@@ -473,7 +481,10 @@ impl RequestLog {
         record.outcome = Some(outcome);
         let workload = record.workload.clone();
         let workload_label = workload.clone().unwrap_or_else(|| UNKNOWN.to_owned());
-        let upstream_label = record.upstream.clone().unwrap_or_else(|| UNKNOWN.to_owned());
+        let upstream_label = record
+            .upstream
+            .clone()
+            .unwrap_or_else(|| UNKNOWN.to_owned());
         monitor
             .metrics
             .requests
@@ -569,10 +580,9 @@ fn denial_reason(record: &AuditRecord, outcome: Outcome) -> Option<String> {
             None if record.attestation.is_none() => "unattested".to_owned(),
             None => "policy".to_owned(),
         }),
-        Outcome::Quarantined
-        | Outcome::AgentKey
-        | Outcome::Refused
-        | Outcome::AuditUnavailable => Some(outcome_label(outcome).to_owned()),
+        Outcome::Quarantined | Outcome::AgentKey | Outcome::Refused | Outcome::AuditUnavailable => {
+            Some(outcome_label(outcome).to_owned())
+        }
         _ => None,
     }
 }

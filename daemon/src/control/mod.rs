@@ -258,7 +258,9 @@ impl ControlServer {
                 let target = target(workload, pid)?;
                 let duration = for_secs.map(Duration::from_secs);
                 let reason = reason.unwrap_or_else(|| "revoked by an operator".to_owned());
-                let closed = self.monitor.quarantine(target.clone(), &reason, actor, duration);
+                let closed = self
+                    .monitor
+                    .quarantine(target.clone(), &reason, actor, duration);
                 let until = self
                     .monitor
                     .quarantines
@@ -307,7 +309,12 @@ fn target(workload: Option<String>, pid: Option<u32>) -> Result<Target, String> 
 /// Whether a peer may use the control socket: root, or a member of the admin
 /// group. Supplementary groups are read from /proc/PID/status, since
 /// SO_PEERCRED carries only the primary group.
-pub fn authorize(uid: u32, gid: u32, pid: Option<i32>, admin_gid: Option<u32>) -> Result<(), String> {
+pub fn authorize(
+    uid: u32,
+    gid: u32,
+    pid: Option<i32>,
+    admin_gid: Option<u32>,
+) -> Result<(), String> {
     if uid == 0 {
         return Ok(());
     }
@@ -388,8 +395,16 @@ mod tests {
     #[test]
     fn requests_parse_from_their_documented_json() {
         let r: ControlRequest =
-            serde_json::from_str(r#"{"cmd":"revoke","workload":"a","for_secs":60}"#).unwrap_or(ControlRequest::Status);
-        assert!(matches!(r, ControlRequest::Revoke { workload: Some(_), for_secs: Some(60), .. }));
+            serde_json::from_str(r#"{"cmd":"revoke","workload":"a","for_secs":60}"#)
+                .unwrap_or(ControlRequest::Status);
+        assert!(matches!(
+            r,
+            ControlRequest::Revoke {
+                workload: Some(_),
+                for_secs: Some(60),
+                ..
+            }
+        ));
         assert!(target(Some("a".into()), Some(1)).is_err());
         assert!(target(None, None).is_err());
     }

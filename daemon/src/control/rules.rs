@@ -177,7 +177,14 @@ mod tests {
         assert_eq!(trigger.rule, RULE_DENIALS);
         // The count starts afresh after a trigger.
         assert_eq!(rules.denial("b", t + Duration::from_secs(3)), None);
-        assert!(Rules::new(ResponseConfig { denials: 0, ..config() }).denial("b", t).is_none());
+        assert!(
+            Rules::new(ResponseConfig {
+                denials: 0,
+                ..config()
+            })
+            .denial("b", t)
+            .is_none()
+        );
     }
 
     #[test]
@@ -216,7 +223,10 @@ mod tests {
         let rules = Rules::new(config());
         assert!(rules.agent_key(&[]).is_none());
         assert!(rules.agent_key(&["sha256:abc".into()]).is_some());
-        let off = Rules::new(ResponseConfig { agent_key: false, ..config() });
+        let off = Rules::new(ResponseConfig {
+            agent_key: false,
+            ..config()
+        });
         assert!(off.agent_key(&["sha256:abc".into()]).is_none());
     }
 }

@@ -149,9 +149,10 @@ impl Metrics {
             "Credential fetches from their providers, by credential and result",
             credential_refreshes.clone(),
         );
-        let upstream_latency = Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            latency_histogram,
-        );
+        let upstream_latency =
+            Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
         registry.register(
             "upstream_latency_seconds",
             "Time from forwarding a request to the upstream's response headers",
@@ -316,8 +317,9 @@ fn answer(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
         response
     };
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     response
 }

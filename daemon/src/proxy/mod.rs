@@ -197,7 +197,8 @@ impl Injector {
                     "connection without an Origin (not redirected by warrant; a process connected to the listener directly): closed"
                 );
                 drop(stream);
-                self.monitor.connection_refused(None, "no Origin: not redirected by warrant");
+                self.monitor
+                    .connection_refused(None, "no Origin: not redirected by warrant");
                 continue;
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
@@ -370,7 +371,9 @@ impl Injector {
             req.uri().path(),
             content_length(req.headers()),
         );
-        let response = self.phases(req, origin, tls_upstream, tls, &log, live).await;
+        let response = self
+            .phases(req, origin, tls_upstream, tls, &log, live)
+            .await;
         let status = response.status().as_u16();
         response.map(|body| observed::Observed::new(body, log, status).boxed())
     }
@@ -400,7 +403,8 @@ impl Injector {
         log.upstream(&upstream.host);
         let shape = upstream.splicer.scheme().error_shape;
         if !self.monitor.accepting() {
-            let message = "warrant refused this request: its audit log cannot be written (fail-closed)";
+            let message =
+                "warrant refused this request: its audit log cannot be written (fail-closed)";
             log.outcome(Outcome::AuditUnavailable, Some(message));
             return error_response(shape, StatusCode::SERVICE_UNAVAILABLE, message);
         }

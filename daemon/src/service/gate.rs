@@ -60,9 +60,10 @@ impl WarrantGate {
             }
         };
         let report = self.workloads.evaluate(&attestation);
-        request
-            .audit
-            .identified(report.matched.as_deref(), AttestationSummary::of(&attestation));
+        request.audit.identified(
+            report.matched.as_deref(),
+            AttestationSummary::of(&attestation),
+        );
         let Some(workload) = report.matched.as_deref() else {
             let refusal = report.refusal(&attestation);
             tracing::warn!(tgid = attestation.tgid, unit = ?attestation.unit, exe = %attestation.exe.display(), "no workload matches: request refused");

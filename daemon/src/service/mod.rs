@@ -21,10 +21,10 @@ pub use gate::WarrantGate;
 use crate::{
     attest::{self, Attestor, InstanceHandle, WorkloadMatcher},
     audit::{AuditLog, Monitor},
-    control::ControlServer,
-    metrics::Metrics,
     config::Config,
+    control::ControlServer,
     credentials::{self, StoreOptions, SystemClock},
+    metrics::Metrics,
     notify::notify,
     policy::{Policy, PostureStore},
     proxy::Injector,
@@ -193,7 +193,11 @@ pub async fn run(options: RunOptions) -> Result<()> {
         let _ = tagger_stopped.await;
     }));
 
-    let attestor = Arc::new(Attestor::new(&config.attest, maps.clone(), instance.clone()));
+    let attestor = Arc::new(Attestor::new(
+        &config.attest,
+        maps.clone(),
+        instance.clone(),
+    ));
     let rules_name_models = config.policies.iter().any(|p| !p.models.is_empty());
     let gate = Arc::new(WarrantGate::new(
         attestor.clone(),

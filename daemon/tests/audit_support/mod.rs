@@ -253,7 +253,13 @@ impl Monitored {
 
     pub async fn h1_as(&self, dst: SocketAddr, sni: &str, tgid: u32) -> Sender {
         let tcp = self.connect_as(dst, tgid).await;
-        let tls = tls_over(tcp, roots_from_pem(&self.warrant_ca_pem), sni, &[b"http/1.1"]).await;
+        let tls = tls_over(
+            tcp,
+            roots_from_pem(&self.warrant_ca_pem),
+            sni,
+            &[b"http/1.1"],
+        )
+        .await;
         Sender::h1(tls).await
     }
 
@@ -285,7 +291,10 @@ pub fn read_lines(path: &Path) -> Vec<serde_json::Value> {
 pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::task::yield_now().await;
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
