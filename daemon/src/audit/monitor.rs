@@ -481,10 +481,13 @@ impl RequestLog {
         record.outcome = Some(outcome);
         let workload = record.workload.clone();
         let workload_label = workload.clone().unwrap_or_else(|| UNKNOWN.to_owned());
-        let upstream_label = record
-            .upstream
-            .clone()
-            .unwrap_or_else(|| UNKNOWN.to_owned());
+        // A passed-through host is whatever the agent put in Host: not a
+        // label value (unbounded), the audit line has it.
+        let upstream_label = match (outcome, &record.upstream) {
+            (Outcome::PassedThrough, _) => "other".to_owned(),
+            (_, Some(host)) => host.clone(),
+            (_, None) => UNKNOWN.to_owned(),
+        };
         monitor
             .metrics
             .requests

@@ -108,7 +108,15 @@ pub struct Metrics {
     pub rule_triggers: Family<RuleLabels, Counter>,
     pub quarantine_actions: Family<QuarantineLabels, Counter>,
     pub quarantines_active: Gauge,
+    /// Model names seen as label values: the model comes from the agent's
+    /// request body, so the number of distinct values is capped.
+    models: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct model label values kept; later new ones count as "other".
+pub const MAX_MODELS: usize = 200;
+/// Longest model label value kept (longer ones count as "other").
+const MAX_MODEL_LEN: usize = 100;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -215,17 +223,37 @@ impl Metrics {
             rule_triggers,
             quarantine_actions,
             quarantines_active,
+            models: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// The label value for `model`: itself while fewer than [`MAX_MODELS`]
+    /// distinct models were seen, else "other", so that an agent cannot grow
+    /// the exposition without bound by inventing model names.
+    pub fn model_label(&self, model: &str) -> String {
+        if model.len() > MAX_MODEL_LEN {
+            return "other".to_owned();
+        }
+        let Ok(mut models) = self.models.lock() else {
+            return "other".to_owned();
+        };
+        if models.contains(model) || models.len() < MAX_MODELS {
+            models.insert(model.to_owned());
+            model.to_owned()
+        } else {
+            "other".to_owned()
         }
     }
 
     /// For the usage module: tokens of one response.
     pub fn add_tokens(&self, workload: &str, model: &str, input: u64, output: u64) {
+        let model = self.model_label(model);
         for (kind, n) in [("input", input), ("output", output)] {
             if n > 0 {
                 self.tokens
                     .get_or_create(&TokenLabels {
                         workload: workload.to_owned(),
-                        model: model.to_owned(),
+                        model: model.clone(),
                         kind: kind.to_owned(),
                     })
                     .inc_by(n);
@@ -239,7 +267,7 @@ impl Metrics {
             self.cost
                 .get_or_create(&CostLabels {
                     workload: workload.to_owned(),
-                    model: model.to_owned(),
+                    model: self.model_label(model),
                 })
                 .inc_by(usd);
         }
@@ -322,4 +350,24 @@ fn answer(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         http::HeaderValue::from_static("no-store"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_label_values_are_capped() {
+        let metrics = Metrics::new();
+        for n in 0..MAX_MODELS {
+            assert_eq!(metrics.model_label(&format!("m{n}")), format!("m{n}"));
+        }
+        assert_eq!(
+            metrics.model_label("m0"),
+            "m0",
+            "a known model keeps its name"
+        );
+        assert_eq!(metrics.model_label("invented-by-an-agent"), "other");
+        assert_eq!(metrics.model_label(&"x".repeat(500)), "other");
+    }
 }
