@@ -280,3 +280,79 @@ async fn a_non_root_peer_is_refused_by_the_socket_mode_and_by_its_peer_credentia
     // Root is served.
     assert!(call(&socket, ControlRequest::Status).await.is_ok());
 }
+
+#[tokio::test]
+async fn the_cli_revokes_restores_and_shows_status_through_the_socket() {
+    let pki = TestPki::new();
+    let h = Monitored::start(&pki, None, "").await;
+    let socket = serve(&h);
+    let cli = |args: &[&str]| {
+        let socket = socket.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_warrant"))
+                .args(&args)
+                .arg("--socket")
+                .arg(&socket)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = cli(&[
+        "revoke",
+        "--workload",
+        "agent-z",
+        "--for",
+        "1h",
+        "--reason",
+        "drill",
+    ])
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("quarantined workload agent-z"), "{stdout}");
+    assert!(stdout.contains("until 20"), "{stdout}");
+    let out = cli(&["status"]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("QUARANTINES"), "{stdout}");
+    assert!(stdout.contains("workload agent-z"), "{stdout}");
+    assert!(stdout.contains("drill"), "{stdout}");
+    let out = cli(&["status", "--json"]).await.unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["quarantines"][0]["reason"], "drill");
+    let out = cli(&["restore", "--workload", "agent-z"]).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("restored workload agent-z"));
+    let out = cli(&["revoke"]).await.unwrap();
+    assert!(!out.status.success(), "a target is required");
+}
+
+#[tokio::test]
+async fn revoking_closes_a_live_h2_stream_within_a_second() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &[b"h2", b"http/1.1"]).await;
+    let h = Monitored::start(&pki, None, "").await;
+    let socket = serve(&h);
+    let tcp = h.connect_as(mock.addr, 4242).await;
+    let tls = tls_over(tcp, roots_from_pem(&h.warrant_ca_pem), OPENAI, &[b"h2"]).await;
+    let mut agent = Sender::h2(tls).await;
+    let response = agent.send(request(OPENAI, "/v1/sse", &[])).await;
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    let start = Instant::now();
+    call(&socket, revoke_workload(WORKLOAD)).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the revoked h2 stream was not closed");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+}
