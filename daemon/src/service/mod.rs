@@ -113,16 +113,22 @@ pub async fn run(options: RunOptions) -> Result<()> {
         env!("CARGO_PKG_VERSION")
     ));
     monitor.record(&started);
+    // Metrics are for operators; a port conflict must not stop agents from
+    // being served, so a bind failure is reported and the daemon goes on.
     let _metrics_server = match config.daemon.metrics {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot serve metrics on {addr}"))?;
-            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
-                metrics.clone(),
-                listener,
-            ))))
-        }
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, "metrics served");
+                Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
+                    metrics.clone(),
+                    listener,
+                ))))
+            }
+            Err(error) => {
+                tracing::error!(%addr, %error, "cannot serve metrics: continuing without them");
+                None
+            }
+        },
         None => None,
     };
 
