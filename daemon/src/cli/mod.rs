@@ -161,6 +161,29 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::DefaultConfig => {
+            print!("{DEFAULT_CONFIG}");
+            ExitCode::SUCCESS
+        }
+        Command::Detach { config } => {
+            let config = match load_or_default(&config) {
+                Ok(config) => config,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match crate::redirect::remove_pins(&config.daemon.bpf_pin_dir) {
+                Ok(()) => {
+                    println!("removed {}", config.daemon.bpf_pin_dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("warrant detach: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Status { socket, json } => {
             control::run(&socket.path, &ControlRequest::Status, json)
         }
@@ -190,29 +213,6 @@ pub fn main() -> ExitCode {
         Command::Reload { socket } => control::run(&socket.path, &ControlRequest::Reload, false),
         Command::Explain { pid, socket } => {
             control::run(&socket.path, &ControlRequest::Explain { pid }, false)
-        }
-        Command::DefaultConfig => {
-            print!("{DEFAULT_CONFIG}");
-            ExitCode::SUCCESS
-        }
-        Command::Detach { config } => {
-            let config = match load_or_default(&config) {
-                Ok(config) => config,
-                Err(err) => {
-                    eprintln!("{err}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match crate::redirect::remove_pins(&config.daemon.bpf_pin_dir) {
-                Ok(()) => {
-                    println!("removed {}", config.daemon.bpf_pin_dir.display());
-                    ExitCode::SUCCESS
-                }
-                Err(err) => {
-                    eprintln!("warrant detach: {err}");
-                    ExitCode::FAILURE
-                }
-            }
         }
     }
 }
