@@ -356,3 +356,39 @@ async fn revoking_closes_a_live_h2_stream_within_a_second() {
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn the_configured_admin_group_gets_mode_0660_and_is_served() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to run a client as nobody");
+        return;
+    }
+    let Ok(Some(group)) = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(65534)) else {
+        eprintln!("skipped: no group 65534 on this host");
+        return;
+    };
+    let pki = TestPki::new();
+    let h = Monitored::start(&pki, None, "").await;
+    let socket = h.dir.path().join("run/control.sock");
+    let server = ControlServer::bind(
+        &socket,
+        Some(&group.name),
+        h.monitor.clone(),
+        Arc::new(NoBackend),
+    )
+    .unwrap();
+    tokio::spawn(server.serve());
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 65534);
+    std::fs::set_permissions(h.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = tokio::task::spawn_blocking({
+        let socket = socket.clone();
+        move || status_as_nobody(&socket)
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("QUARANTINES"));
+}
