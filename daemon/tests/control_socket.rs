@@ -138,6 +138,8 @@ async fn revoking_a_workload_closes_its_live_stream_within_a_second_and_refuses_
             .unwrap()
             .starts_with("operator (uid ")
     );
+    assert_eq!(quarantines[0]["target"]["workload"], WORKLOAD);
+    assert_eq!(quarantines[1]["message"], "quarantine lifted");
     assert!(
         lines
             .iter()

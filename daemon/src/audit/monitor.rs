@@ -140,18 +140,14 @@ impl Monitor {
             .inc();
         self.refresh_quarantine_gauge();
         let mut record = AuditRecord::new(RecordKind::Quarantine);
-        match &target {
-            Target::Workload(name) => record.workload = Some(name.clone()),
-            Target::Pid(pid) => {
-                record.message = Some(format!("pid {pid}"));
-            }
+        if let Target::Workload(name) = &target {
+            record.workload = Some(name.clone());
         }
+        record.target = Some(target);
+        record.until = until;
         record.outcome = Some(Outcome::Quarantined);
         record.actor = Some(actor.to_owned());
-        record.message = Some(match record.message.take() {
-            Some(pid) => format!("{pid}: {reason}; {closed} connection(s) closed"),
-            None => format!("{reason}; {closed} connection(s) closed"),
-        });
+        record.message = Some(format!("{reason}; {closed} connection(s) closed"));
         self.record(&record);
         closed
     }
@@ -172,8 +168,9 @@ impl Monitor {
         if let Target::Workload(name) = target {
             record.workload = Some(name.clone());
         }
+        record.target = Some(target.clone());
         record.actor = Some(actor.to_owned());
-        record.message = Some(format!("{target}: quarantine lifted"));
+        record.message = Some("quarantine lifted".to_owned());
         self.record(&record);
         Some(lifted)
     }

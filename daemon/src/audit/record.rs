@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::{attest::Attestation, origin::Origin, policy::Decision};
+use crate::{attest::Attestation, control::quarantine::Target, origin::Origin, policy::Decision};
 
 /// What a record is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -177,6 +177,12 @@ pub struct AuditRecord {
     /// For quarantine records: who acted (operator, or the rule's name).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
+    /// For quarantine records: what was quarantined or restored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// For quarantine records: when it ends (absent: until restored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<jiff::Timestamp>,
 }
 
 impl AuditRecord {
@@ -203,6 +209,8 @@ impl AuditRecord {
             response_bytes: None,
             message: None,
             actor: None,
+            target: None,
+            until: None,
         }
     }
 
