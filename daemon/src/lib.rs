@@ -6,10 +6,13 @@
 //! an Origin and splices the real credential into each request.
 
 pub mod attest;
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod credentials;
 pub mod duration;
+pub mod metrics;
 pub mod notify;
 pub mod origin;
 pub mod policy;

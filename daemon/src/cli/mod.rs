@@ -1,10 +1,15 @@
 //! The `warrant` command line.
 
+mod control;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, DEFAULT_CONFIG};
+use crate::{
+    config::{Config, DEFAULT_CONFIG, DEFAULT_CONTROL_SOCKET},
+    control::ControlRequest,
+};
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +52,71 @@ pub enum Command {
         #[arg(long, default_value = "/etc/warrant/warrant.toml")]
         config: PathBuf,
     },
+    /// Live view: workloads and their connections, credentials (expiry, never
+    /// values), budgets, instance identity, quarantines, audit health.
+    Status {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print the daemon's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Quarantine a workload or a process: new requests are refused (403)
+    /// and its live connections are closed at once.
+    Revoke {
+        #[command(flatten)]
+        target: TargetArg,
+        /// How long, e.g. "1h", "30m" (default: until `warrant restore`).
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// Why, for the audit record.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Lift a quarantine.
+    Restore {
+        #[command(flatten)]
+        target: TargetArg,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Ask the daemon to re-read its configuration (validated and reported;
+    /// applying it needs a restart for now).
+    Reload {
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// The attestation of a process and which workload it matches.
+    Explain {
+        #[arg(long)]
+        pid: u32,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct SocketArg {
+    /// The daemon's control socket.
+    #[arg(long = "socket", env = "WARRANT_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub path: PathBuf,
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct TargetArg {
+    /// A workload name from the config.
+    #[arg(long)]
+    pub workload: Option<String>,
+    /// A process id (the quarantine follows that process, whatever its workload).
+    #[arg(long)]
+    pub pid: Option<u32>,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::duration::parse(text)
 }
 
 #[derive(Subcommand)]
@@ -149,6 +219,36 @@ pub fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Status { socket, json } => {
+            control::run(&socket.path, &ControlRequest::Status, json)
+        }
+        Command::Revoke {
+            target,
+            duration,
+            reason,
+            socket,
+        } => control::run(
+            &socket.path,
+            &ControlRequest::Revoke {
+                workload: target.workload,
+                pid: target.pid,
+                for_secs: duration.map(|d| d.as_secs().max(1)),
+                reason,
+            },
+            false,
+        ),
+        Command::Restore { target, socket } => control::run(
+            &socket.path,
+            &ControlRequest::Restore {
+                workload: target.workload,
+                pid: target.pid,
+            },
+            false,
+        ),
+        Command::Reload { socket } => control::run(&socket.path, &ControlRequest::Reload, false),
+        Command::Explain { pid, socket } => {
+            control::run(&socket.path, &ControlRequest::Explain { pid }, false)
         }
     }
 }

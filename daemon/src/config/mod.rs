@@ -7,6 +7,7 @@
 //! the commented reference for every key.
 
 mod location;
+mod observe;
 
 use std::{
     net::SocketAddr,
@@ -17,6 +18,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use location::{ConfigError, Location};
+pub use observe::{
+    AuditConfig, AuditFailureMode, ControlConfig, DEFAULT_CONTROL_SOCKET, ResponseConfig,
+};
 
 /// The embedded default configuration: a host-only setup whose credentials
 /// come from files under /etc/warrant/credentials.
@@ -46,6 +50,12 @@ pub struct Config {
     pub policies: Vec<PolicyConfig>,
     #[serde(default, rename = "posture")]
     pub postures: Vec<PostureConfig>,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub control: ControlConfig,
+    #[serde(default)]
+    pub response: ResponseConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -549,6 +559,24 @@ impl Config {
                     "[daemon] listen = {} is not a loopback address; the injector must not be reachable from other hosts",
                     self.daemon.listen
                 ),
+            ));
+        }
+        if let Some(metrics) = self.daemon.metrics
+            && !metrics.ip().is_loopback()
+        {
+            return Err(ConfigError::new(
+                origin,
+                None,
+                format!(
+                    "[daemon] metrics = {metrics} is not a loopback address; metrics name workloads and models and are served without authentication"
+                ),
+            ));
+        }
+        if self.response.rate_multiple < 0.0 || !self.response.rate_multiple.is_finite() {
+            return Err(ConfigError::new(
+                origin,
+                None,
+                "[response] rate_multiple must be 0 (off) or a positive number".to_owned(),
             ));
         }
         if self.intercept.ports.contains(&self.daemon.listen.port()) {

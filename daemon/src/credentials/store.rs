@@ -67,7 +67,12 @@ struct Entry {
 struct Inner {
     entries: HashMap<String, Entry>,
     clock: Arc<dyn Clock>,
+    /// Told of every provider call and whether it worked (the metrics).
+    observer: std::sync::OnceLock<RefreshObserver>,
 }
+
+/// Called with a credential's name and whether its refresh worked.
+pub type RefreshObserver = Arc<dyn Fn(&str, bool) + Send + Sync>;
 
 /// What `warrant status` shows of a credential: never its value.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -100,8 +105,14 @@ impl CredentialStore {
             inner: Arc::new(Inner {
                 entries: HashMap::new(),
                 clock,
+                observer: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Sets what is told of every refresh (once; later calls are ignored).
+    pub fn observe_refreshes(&self, observer: RefreshObserver) {
+        let _ = self.inner.observer.set(observer);
     }
 
     /// Adds a credential. Only before the store is shared (clones taken).
@@ -216,6 +227,9 @@ impl CredentialStore {
             )),
             _ => Ok(issued),
         });
+        if let Some(observer) = self.inner.observer.get() {
+            observer(&entry.name, result.is_ok());
+        }
         match result {
             Ok(issued) => {
                 let refresh_at = refresh_time(now, issued.expires_at, &entry.settings);

@@ -9,7 +9,7 @@ use std::{future::Future, pin::Pin};
 
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::origin::Origin;
+use crate::{audit::RequestLog, origin::Origin};
 
 /// What the gate is told about one request. `headers` are the agent's as
 /// sent (they hold at most a placeholder key: real-looking keys were refused
@@ -28,6 +28,9 @@ pub struct GateRequest<'a> {
     /// [`RequestGate::body_prefix_len`] (e.g. for the "model" field); empty
     /// when the gate asks for none. The whole body is still forwarded.
     pub body_prefix: &'a [u8],
+    /// The request's audit record: the gate adds who called (workload,
+    /// attestation), the model and the policy decision.
+    pub audit: &'a RequestLog,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,6 +20,8 @@
 mod body;
 mod gate;
 mod io;
+pub mod live;
+mod observed;
 mod redact;
 mod upstream;
 
@@ -41,12 +43,15 @@ use tokio::{
 };
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
+use live::{ConnectionKind, LiveConnection};
+
 pub use body::ForwardBody;
 pub use gate::{AllowAll, GateDecision, GateFuture, GateRequest, RequestGate};
 pub use redact::{BoxError, Redact};
 pub use upstream::{ConnectError, POOL_IDLE_TIMEOUT, connect_marked};
 
 use crate::{
+    audit::{Monitor, Outcome, RequestLog},
     config::{AgentKeyAction, Config, ProxyConfig},
     credentials::CredentialSource,
     origin::{Origin, OriginSource},
@@ -98,6 +103,7 @@ pub struct Injector {
     bypass_mark: u32,
     clients: upstream::UpstreamClients,
     connections: Arc<Semaphore>,
+    monitor: Arc<Monitor>,
 }
 
 impl Injector {
@@ -149,6 +155,7 @@ impl Injector {
                 Duration::from_secs(limits.upstream_connect_timeout_secs),
             ),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
+            monitor: Monitor::disabled(),
             bypass_mark: config.daemon.bypass_mark,
             limits,
         })
@@ -158,6 +165,17 @@ impl Injector {
     pub fn with_gate(mut self, gate: Arc<dyn RequestGate>) -> Injector {
         self.gate = gate;
         self
+    }
+
+    /// Sets the audit log, metrics, quarantines and live-connection
+    /// registry (default: [`Monitor::disabled`]).
+    pub fn with_monitor(mut self, monitor: Arc<Monitor>) -> Injector {
+        self.monitor = monitor;
+        self
+    }
+
+    pub fn monitor(&self) -> &Arc<Monitor> {
+        &self.monitor
     }
 
     /// Accepts connections on `listener` until the task is dropped. Call once
@@ -179,6 +197,8 @@ impl Injector {
                     "connection without an Origin (not redirected by warrant; a process connected to the listener directly): closed"
                 );
                 drop(stream);
+                self.monitor
+                    .connection_refused(None, "no Origin: not redirected by warrant");
                 continue;
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
@@ -187,13 +207,27 @@ impl Injector {
                     max_connections = self.limits.max_connections,
                     "connection cap reached: closed"
                 );
+                self.monitor
+                    .connection_refused(Some(&origin), "connection cap reached");
                 continue;
             };
             let this = self.clone();
+            let registration = self.monitor.register(origin);
             tokio::spawn(async move {
-                if let Err(error) = this.connection(stream, origin).await {
-                    tracing::debug!(%peer, tgid = origin.tgid, %error, "connection ended with an error");
+                let live = registration.connection.clone();
+                // A quarantine closes the connection at once, mid-stream too:
+                // dropping the connection's future closes its socket.
+                tokio::select! {
+                    result = this.connection(stream, origin, live.clone()) => {
+                        if let Err(error) = result {
+                            tracing::debug!(%peer, tgid = origin.tgid, %error, "connection ended with an error");
+                        }
+                    }
+                    () = live.closed() => {
+                        tracing::info!(%peer, tgid = origin.tgid, "connection closed by a quarantine");
+                    }
                 }
+                drop(registration);
                 drop(permit);
             });
         }
@@ -207,6 +241,7 @@ impl Injector {
         self: Arc<Self>,
         mut stream: TcpStream,
         origin: Origin,
+        live: Arc<LiveConnection>,
     ) -> Result<(), BoxError> {
         let _ = stream.set_nodelay(true);
         let mut first = [0u8; 1];
@@ -216,7 +251,9 @@ impl Injector {
         }
         // 0x16: a TLS handshake record. Anything else is taken as plain HTTP.
         if first[0] != 0x16 {
-            return self.serve_http(stream, origin, None).await;
+            self.monitor.metrics.connection("plain");
+            live.set_kind(ConnectionKind::Plain, None);
+            return self.serve_http(stream, origin, None, live).await;
         }
         let mut recorded = Vec::new();
         let sni = {
@@ -234,8 +271,12 @@ impl Injector {
         let upstream = sni.as_deref().and_then(|s| self.upstreams.get(s)).cloned();
         let Some(upstream) = upstream else {
             tracing::debug!(sni = ?sni, dst = %origin.original_dst, "not an intercepted host: splicing");
+            self.monitor.metrics.connection("passthrough");
+            live.set_kind(ConnectionKind::Passthrough, sni.as_deref());
             return self.tunnel(recorded, stream, origin).await;
         };
+        self.monitor.metrics.connection("intercepted");
+        live.set_kind(ConnectionKind::Intercepted, Some(&upstream.host));
         let config = self.leafs.server_config(&upstream.host)?;
         let replay = io::Prefixed::new(recorded, stream);
         let tls = tokio::time::timeout(
@@ -243,7 +284,7 @@ impl Injector {
             TlsAcceptor::from(config).accept(replay),
         )
         .await??;
-        self.serve_http(tls, origin, Some(upstream)).await
+        self.serve_http(tls, origin, Some(upstream), live).await
     }
 
     /// Splices `recorded` and then the rest of the stream, both ways,
@@ -277,6 +318,7 @@ impl Injector {
         stream: S,
         origin: Origin,
         upstream: Option<Arc<Upstream>>,
+        live: Arc<LiveConnection>,
     ) -> Result<(), BoxError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -288,7 +330,8 @@ impl Injector {
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
             let upstream = upstream.clone();
-            async move { Ok::<_, Infallible>(this.request(req, origin, upstream, tls).await) }
+            let live = live.clone();
+            async move { Ok::<_, Infallible>(this.request(req, origin, upstream, tls, live).await) }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -310,13 +353,40 @@ impl Injector {
         Ok(())
     }
 
-    /// One request, through every phase.
+    /// One request: its audit record is started here and finished when the
+    /// response body ends (see `observed`).
     async fn request(
+        &self,
+        req: Request<Incoming>,
+        origin: Origin,
+        tls_upstream: Option<Arc<Upstream>>,
+        tls: bool,
+        live: Arc<LiveConnection>,
+    ) -> Response<ProxyBody> {
+        live.request_started();
+        let log = self.monitor.request(
+            &origin,
+            Some(live.clone()),
+            req.method(),
+            req.uri().path(),
+            content_length(req.headers()),
+        );
+        let response = self
+            .phases(req, origin, tls_upstream, tls, &log, live)
+            .await;
+        let status = response.status().as_u16();
+        response.map(|body| observed::Observed::new(body, log, status).boxed())
+    }
+
+    /// One request, through every phase.
+    async fn phases(
         &self,
         mut req: Request<Incoming>,
         origin: Origin,
         tls_upstream: Option<Arc<Upstream>>,
         tls: bool,
+        log: &RequestLog,
+        live: Arc<LiveConnection>,
     ) -> Response<ProxyBody> {
         // Route: by SNI for TLS; by Host (or h2 :authority) for plain HTTP,
         // and then only to upstreams that opted in with `plain_http`.
@@ -327,9 +397,17 @@ impl Injector {
                 .filter(|up| up.plain_http),
         };
         let Some(upstream) = upstream else {
-            return self.pass_through(req, origin).await;
+            log.outcome(Outcome::PassedThrough, None);
+            return self.pass_through(req, origin, log).await;
         };
+        log.upstream(&upstream.host);
         let shape = upstream.splicer.scheme().error_shape;
+        if !self.monitor.accepting() {
+            let message =
+                "warrant refused this request: its audit log cannot be written (fail-closed)";
+            log.outcome(Outcome::AuditUnavailable, Some(message));
+            return error_response(shape, StatusCode::SERVICE_UNAVAILABLE, message);
+        }
         if !tls && !resolves_to(&upstream.host, origin.original_dst).await {
             tracing::warn!(
                 upstream = %upstream.host,
@@ -337,19 +415,18 @@ impl Injector {
                 tgid = origin.tgid,
                 "plain HTTP to an address the host does not resolve to: refused"
             );
-            return error_response(
-                shape,
-                StatusCode::FORBIDDEN,
-                &format!(
-                    "warrant refused this request: {} is not an address of {} (plain HTTP destinations are checked against DNS)",
-                    origin.original_dst.ip(),
-                    upstream.host
-                ),
+            let message = format!(
+                "warrant refused this request: {} is not an address of {} (plain HTTP destinations are checked against DNS)",
+                origin.original_dst.ip(),
+                upstream.host
             );
+            log.outcome(Outcome::Refused, Some(&message));
+            return error_response(shape, StatusCode::FORBIDDEN, &message);
         }
 
         let findings = upstream.splicer.inspect(req.headers(), req.uri());
         if !findings.is_empty() {
+            log.agent_keys(findings.iter().map(|f| f.fingerprint.clone()).collect());
             for finding in &findings {
                 tracing::warn!(
                     upstream = %upstream.host,
@@ -363,14 +440,12 @@ impl Injector {
             }
             if self.limits.agent_keys == AgentKeyAction::Refuse {
                 let prints: Vec<&str> = findings.iter().map(|f| f.fingerprint.as_str()).collect();
-                return error_response(
-                    shape,
-                    StatusCode::FORBIDDEN,
-                    &format!(
-                        "warrant refused this request: it carries what looks like a real API key ({}); the agent must use a placeholder, warrant injects the credential",
-                        prints.join(", ")
-                    ),
+                let message = format!(
+                    "warrant refused this request: it carries what looks like a real API key ({}); the agent must use a placeholder, warrant injects the credential",
+                    prints.join(", ")
                 );
+                log.outcome(Outcome::AgentKey, Some(&message));
+                return error_response(shape, StatusCode::FORBIDDEN, &message);
             }
         }
 
@@ -384,11 +459,9 @@ impl Injector {
             match ForwardBody::prefetch(body, wanted, self.header_timeout()).await {
                 Ok(read) => read,
                 Err(error) => {
-                    return error_response(
-                        shape,
-                        StatusCode::BAD_REQUEST,
-                        &format!("warrant could not read the request: {error}"),
-                    );
+                    let message = format!("warrant could not read the request: {error}");
+                    log.outcome(Outcome::Refused, Some(&message));
+                    return error_response(shape, StatusCode::BAD_REQUEST, &message);
                 }
             }
         };
@@ -402,31 +475,40 @@ impl Injector {
                 path: parts.uri.path(),
                 headers: &parts.headers,
                 body_prefix: &prefix,
+                audit: log,
             })
             .await;
         drop(prefix);
-        if let GateDecision::Refuse { status, message } = decision {
-            return error_response(
-                shape,
-                status,
-                &format!("warrant policy refused this request: {message}"),
+        if let Some(quarantine) = self
+            .monitor
+            .quarantined(log.workload().as_deref(), origin.tgid)
+        {
+            let message = format!(
+                "warrant refused this request: {} is quarantined ({})",
+                quarantine.target, quarantine.reason
             );
+            log.outcome(Outcome::Quarantined, Some(&message));
+            return error_response(shape, StatusCode::FORBIDDEN, &message);
+        }
+        if let GateDecision::Refuse { status, message } = decision {
+            let message = format!("warrant policy refused this request: {message}");
+            log.outcome(Outcome::Denied, Some(&message));
+            return error_response(shape, status, &message);
         }
 
         let credential = match self.credentials.current(&upstream.credential).await {
             Ok(credential) => credential,
             Err(error) => {
                 tracing::warn!(upstream = %upstream.host, %error, "no credential");
-                return error_response(
-                    shape,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!(
-                        "warrant has no credential for {} right now: {error}",
-                        upstream.host
-                    ),
+                let message = format!(
+                    "warrant has no credential for {} right now: {error}",
+                    upstream.host
                 );
+                log.outcome(Outcome::NoCredential, Some(&message));
+                return error_response(shape, StatusCode::SERVICE_UNAVAILABLE, &message);
             }
         };
+        log.credential(&upstream.credential, &credential);
 
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
@@ -441,14 +523,12 @@ impl Injector {
             Ok(forward) => forward,
             Err(error) => {
                 tracing::error!(upstream = %upstream.host, %error, "cannot rewrite the request");
-                return error_response(
-                    shape,
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    &format!(
-                        "warrant cannot forward this request to {}: {error}",
-                        upstream.host
-                    ),
+                let message = format!(
+                    "warrant cannot forward this request to {}: {error}",
+                    upstream.host
                 );
+                log.outcome(Outcome::Refused, Some(&message));
+                return error_response(shape, StatusCode::INTERNAL_SERVER_ERROR, &message);
             }
         };
 
@@ -458,25 +538,26 @@ impl Injector {
             tls.then_some(&upstream.tls),
         ) {
             Ok(client) => client,
-            Err(error) => return self.upstream_failed(shape, &upstream.host, &error),
+            Err(error) => return self.upstream_failed(shape, &upstream.host, &error, log),
         };
         let timeout = Duration::from_secs(self.limits.upstream_response_timeout_secs);
+        let sent = std::time::Instant::now();
         let mut response = match tokio::time::timeout(timeout, client.request(forward)).await {
             Ok(Ok(response)) => response,
-            Ok(Err(error)) => return self.upstream_failed(shape, &upstream.host, &error),
+            Ok(Err(error)) => return self.upstream_failed(shape, &upstream.host, &error, log),
             Err(_) => {
                 tracing::warn!(upstream = %upstream.host, "upstream response timed out");
-                return error_response(
-                    shape,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!(
-                        "warrant: {} did not answer within {} s",
-                        upstream.host,
-                        timeout.as_secs()
-                    ),
+                let message = format!(
+                    "warrant: {} did not answer within {} s",
+                    upstream.host,
+                    timeout.as_secs()
                 );
+                log.outcome(Outcome::UpstreamError, Some(&message));
+                return error_response(shape, StatusCode::GATEWAY_TIMEOUT, &message);
             }
         };
+        log.upstream_responded(&upstream.host, sent.elapsed());
+        log.outcome(Outcome::Forwarded, None);
 
         if let Some(agent_side) = upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -487,7 +568,12 @@ impl Injector {
                     Ok((agent, remote)) => {
                         let mut agent = TokioIo::new(agent);
                         let mut remote = TokioIo::new(remote);
-                        let _ = tokio::io::copy_bidirectional(&mut agent, &mut remote).await;
+                        // The upgraded stream outlives the HTTP connection's
+                        // task: a quarantine closes it here.
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut agent, &mut remote) => {}
+                            () = live.closed() => {}
+                        }
                     }
                     Err(error) => tracing::debug!(%error, "upgrade failed"),
                 }
@@ -511,9 +597,15 @@ impl Injector {
 
     /// Plain HTTP to a host that is not configured: forwarded unchanged
     /// (no credential) to the original destination.
-    async fn pass_through(&self, req: Request<Incoming>, origin: Origin) -> Response<ProxyBody> {
+    async fn pass_through(
+        &self,
+        req: Request<Incoming>,
+        origin: Origin,
+        log: &RequestLog,
+    ) -> Response<ProxyBody> {
         let req = req.map(ForwardBody::streaming);
         let host = request_host(&req).unwrap_or_else(|| origin.original_dst.ip().to_string());
+        log.upstream(&host);
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers, false);
         let Some(target) = upstream_uri(&host, origin.original_dst, false, &parts.uri) else {
@@ -527,7 +619,7 @@ impl Injector {
         parts.version = Version::HTTP_11;
         let client = match self.clients.get(&host, origin.original_dst, None) {
             Ok(client) => client,
-            Err(error) => return self.upstream_failed(ErrorShape::OpenAi, &host, &error),
+            Err(error) => return self.upstream_failed(ErrorShape::OpenAi, &host, &error, log),
         };
         match client.request(Request::from_parts(parts, body)).await {
             Ok(response) => {
@@ -535,7 +627,7 @@ impl Injector {
                 strip_hop_by_hop(&mut parts.headers, false);
                 Response::from_parts(parts, body.map_err(BoxError::from).boxed())
             }
-            Err(error) => self.upstream_failed(ErrorShape::OpenAi, &host, &error),
+            Err(error) => self.upstream_failed(ErrorShape::OpenAi, &host, &error, log),
         }
     }
 
@@ -544,6 +636,7 @@ impl Injector {
         shape: ErrorShape,
         host: &str,
         error: &(dyn std::error::Error + 'static),
+        log: &RequestLog,
     ) -> Response<ProxyBody> {
         let cause = error_chain(error);
         tracing::warn!(upstream = %host, cause = %cause, "upstream failed");
@@ -552,11 +645,9 @@ impl Injector {
         } else {
             StatusCode::BAD_GATEWAY
         };
-        error_response(
-            shape,
-            status,
-            &format!("warrant could not reach {host}: {cause}"),
-        )
+        let message = format!("warrant could not reach {host}: {cause}");
+        log.outcome(Outcome::UpstreamError, Some(&message));
+        error_response(shape, status, &message)
     }
 }
 
@@ -617,6 +708,16 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = next.source();
     }
     parts.join(": ")
+}
+
+/// The request body's declared length, for the audit record.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn empty() -> ProxyBody {

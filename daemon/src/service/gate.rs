@@ -8,6 +8,7 @@ use http::StatusCode;
 
 use crate::{
     attest::{Attestor, WorkloadMatcher},
+    audit::AttestationSummary,
     policy::{Policy, PolicyInput},
     proxy::{GateDecision, GateFuture, GateRequest, RequestGate},
 };
@@ -59,6 +60,10 @@ impl WarrantGate {
             }
         };
         let report = self.workloads.evaluate(&attestation);
+        request.audit.identified(
+            report.matched.as_deref(),
+            AttestationSummary::of(&attestation),
+        );
         let Some(workload) = report.matched.as_deref() else {
             let refusal = report.refusal(&attestation);
             tracing::warn!(tgid = attestation.tgid, unit = ?attestation.unit, exe = %attestation.exe.display(), "no workload matches: request refused");
@@ -68,6 +73,7 @@ impl WarrantGate {
         };
         let instance = attestation.instance.as_ref();
         let model = crate::policy::model_of(request.scheme, request.path, request.body_prefix);
+        request.audit.model(model.as_deref());
         let exe_sha256 = attestation.exe_hash.bytes();
         let decision = self.policy.evaluate(&PolicyInput {
             workload,
@@ -81,6 +87,7 @@ impl WarrantGate {
             model: model.as_deref(),
             now: jiff::Timestamp::now(),
         });
+        request.audit.decided(&decision);
         if decision.allowed {
             tracing::debug!(
                 workload,

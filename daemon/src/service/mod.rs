@@ -1,6 +1,7 @@
 //! `warrant run`: the daemon, assembled from its parts in the order of the
 //! request path, and its life cycle (readiness, signals, shutdown).
 
+mod control;
 mod gate;
 pub mod swap;
 
@@ -15,12 +16,16 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::{net::TcpListener, signal::unix::SignalKind};
 
+pub use control::{DaemonBackend, validate_reload};
 pub use gate::WarrantGate;
 
 use crate::{
     attest::{self, Attestor, InstanceHandle, WorkloadMatcher},
+    audit::{AuditLog, Monitor},
     config::Config,
+    control::ControlServer,
     credentials::{self, StoreOptions, SystemClock},
+    metrics::Metrics,
     notify::notify,
     policy::{Policy, PostureStore},
     proxy::Injector,
@@ -40,11 +45,18 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/warrant/warrant.toml";
 
 /// The configuration `warrant run` uses, and where it came from.
 pub fn load_config(path: Option<&Path>) -> Result<(Config, String)> {
+    let (config, origin, _) = load_config_from(path)?;
+    Ok((config, origin))
+}
+
+/// Like [`load_config`], also returning the file read (None: the embedded
+/// default), which `warrant reload` reads again.
+fn load_config_from(path: Option<&Path>) -> Result<(Config, String, Option<PathBuf>)> {
     let path = path
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
     if path.exists() {
-        return Ok((Config::load(&path)?, path.display().to_string()));
+        return Ok((Config::load(&path)?, path.display().to_string(), Some(path)));
     }
     if path != Path::new(DEFAULT_CONFIG_PATH) {
         anyhow::bail!("{}: no such file", path.display());
@@ -52,11 +64,12 @@ pub fn load_config(path: Option<&Path>) -> Result<(Config, String)> {
     Ok((
         Config::embedded_default()?,
         "the embedded default config".to_owned(),
+        None,
     ))
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
-    let (config, origin) = load_config(options.config.as_deref())?;
+    let (config, origin, config_path) = load_config_from(options.config.as_deref())?;
     tracing::info!(config = %origin, "starting");
     credentials::make_non_dumpable().context("cannot make the process non-dumpable")?;
     raise_open_file_limit();
@@ -79,6 +92,47 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let pki = Pki::init(&config)?;
     tracing::info!(bundle = %pki.trust_bundle.display(), "trust bundle written");
 
+    // The audit trail and metrics first: everything after may produce
+    // records and counts.
+    let metrics = Arc::new(Metrics::new());
+    let audit = AuditLog::open(
+        &config.daemon.audit_log,
+        &config.audit,
+        AuditLog::journal_socket(&config.audit).as_deref(),
+    );
+    if !audit.health().writable {
+        tracing::error!(
+            path = %config.daemon.audit_log.display(),
+            fail_closed = audit.health().fail_closed,
+            "the audit log cannot be written"
+        );
+    }
+    let monitor = Monitor::new(audit, metrics.clone(), config.response.clone());
+    let mut started = crate::audit::AuditRecord::new(crate::audit::RecordKind::Daemon);
+    started.message = Some(format!(
+        "warrant {} started with {origin}",
+        env!("CARGO_PKG_VERSION")
+    ));
+    monitor.record(&started);
+    // Metrics are for operators; a port conflict must not stop agents from
+    // being served, so a bind failure is reported and the daemon goes on.
+    let _metrics_server = match config.daemon.metrics {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                tracing::info!(%addr, "metrics served");
+                Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
+                    metrics.clone(),
+                    listener,
+                ))))
+            }
+            Err(error) => {
+                tracing::error!(%addr, %error, "cannot serve metrics: continuing without them");
+                None
+            }
+        },
+        None => None,
+    };
+
     notify("STATUS=fetching credentials and the instance identity");
     let credentials = Arc::new(
         credentials::store_from_config(
@@ -88,9 +142,16 @@ pub async fn run(options: RunOptions) -> Result<()> {
         )
         .map_err(anyhow::Error::msg)?,
     );
+    {
+        let metrics = metrics.clone();
+        credentials.observe_refreshes(Arc::new(move |name, ok| {
+            metrics.credential_refreshed(name, ok);
+        }));
+    }
     credentials.prefetch().await;
     let _credential_refreshers = credentials.spawn_refresher();
     let instance = InstanceHandle::default();
+    let credential_status = credentials.clone();
     let provider = attest::instance::Provider::from_config(&config.instance, state_dir)?;
     if let Err(error) = provider.refresh(&instance).await {
         // Conditions that need the identity fail closed until it is fetched.
@@ -139,17 +200,38 @@ pub async fn run(options: RunOptions) -> Result<()> {
         let _ = tagger_stopped.await;
     }));
 
-    let attestor = Arc::new(Attestor::new(&config.attest, maps.clone(), instance));
+    let attestor = Arc::new(Attestor::new(
+        &config.attest,
+        maps.clone(),
+        instance.clone(),
+    ));
     let rules_name_models = config.policies.iter().any(|p| !p.models.is_empty());
     let gate = Arc::new(WarrantGate::new(
-        attestor,
+        attestor.clone(),
         WorkloadMatcher::new(&config.workloads),
         policy,
         rules_name_models,
     ));
     let injector = Arc::new(
-        Injector::new(&config, pki.leafs, maps, credentials, &pki.system_roots)?.with_gate(gate),
+        Injector::new(&config, pki.leafs, maps, credentials, &pki.system_roots)?
+            .with_gate(gate)
+            .with_monitor(monitor.clone()),
     );
+    let control = ControlServer::bind(
+        &config.control.socket,
+        config.control.admin_group.as_deref(),
+        monitor.clone(),
+        Arc::new(DaemonBackend {
+            credentials: credential_status,
+            instance,
+            attestor,
+            workloads: WorkloadMatcher::new(&config.workloads),
+            config_path,
+        }),
+    )?;
+    tracing::info!(socket = %control.path().display(), "control socket ready");
+    let _control_server = AbortOnDrop(tokio::spawn(control.serve()));
+    let _exe_check = monitor.spawn_exe_check().map(AbortOnDrop);
     let mut servers = vec![tokio::spawn(injector.clone().serve(listener4))];
     if let Some(listener6) = listener6 {
         servers.push(tokio::spawn(injector.serve(listener6)));
@@ -180,6 +262,15 @@ pub async fn run(options: RunOptions) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Stops a background task when the daemon's `run` returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The attestor keeps a pidfd per recently seen process and every proxied

@@ -1,0 +1,224 @@
+//! The audit record: one JSON line per request, per refused connection and
+//! per quarantine. Built from facts the request path already has; never
+//! holds a credential, only its name and `secret::fingerprint`.
+
+use serde::Serialize;
+
+use crate::{attest::Attestation, control::quarantine::Target, origin::Origin, policy::Decision};
+
+/// What a record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    /// One HTTP request through the injector.
+    Request,
+    /// A connection closed before any request: no Origin, or over the cap.
+    ConnectionRefused,
+    /// A workload or process put in (or out of) quarantine, by an operator
+    /// or an automated rule.
+    Quarantine,
+    /// The daemon started (also the first write, so that a fail-closed
+    /// audit log that cannot be written refuses the very first request).
+    Daemon,
+}
+
+/// How a request ended, for filtering without parsing messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Forwarded with the credential; `status` is the upstream's.
+    Forwarded,
+    /// Plain HTTP to a host that is not configured: forwarded unchanged.
+    PassedThrough,
+    /// Refused by policy (or attestation, or no matching workload).
+    Denied,
+    /// Refused because the workload or process is quarantined.
+    Quarantined,
+    /// Refused because the agent sent what looks like a real key.
+    AgentKey,
+    /// Refused by the injector itself (bad destination, unreadable request).
+    Refused,
+    /// The credential could not be had.
+    NoCredential,
+    /// The upstream failed or timed out.
+    UpstreamError,
+    /// Refused because the audit log cannot be written (fail-closed).
+    AuditUnavailable,
+    /// The connection was closed before the response ended.
+    Aborted,
+}
+
+/// The attestation as the audit record shows it: who called.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AttestationSummary {
+    pub tgid: u32,
+    pub uid: u32,
+    pub unit: Option<String>,
+    pub cgroup: Option<String>,
+    pub exe: String,
+    pub exe_sha256: Option<String>,
+    pub entrypoint: Option<String>,
+    pub entrypoint_sha256: Option<String>,
+    pub instance_id: Option<String>,
+    pub region: Option<String>,
+}
+
+impl AttestationSummary {
+    pub fn of(attestation: &Attestation) -> AttestationSummary {
+        let instance = attestation.instance.as_ref();
+        let entrypoint = attestation.entrypoint.as_ref();
+        AttestationSummary {
+            tgid: attestation.tgid,
+            uid: attestation.uid,
+            unit: attestation.unit.clone(),
+            cgroup: attestation.cgroup.clone(),
+            exe: attestation.exe.display().to_string(),
+            exe_sha256: attestation.exe_hash.hex().map(str::to_owned),
+            entrypoint: entrypoint
+                .and_then(|e| e.path.as_ref())
+                .map(|p| p.display().to_string()),
+            entrypoint_sha256: entrypoint.and_then(|e| e.hash.hex()).map(str::to_owned),
+            instance_id: instance.claim("instance_id").ok().map(str::to_owned),
+            region: instance.claim("region").ok().map(str::to_owned),
+        }
+    }
+}
+
+/// The connection as the kernel described it (before attestation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OriginSummary {
+    pub tgid: u32,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub original_dst: std::net::SocketAddr,
+}
+
+impl From<&Origin> for OriginSummary {
+    fn from(origin: &Origin) -> Self {
+        OriginSummary {
+            tgid: origin.tgid,
+            uid: origin.uid,
+            cgroup_id: origin.cgroup_id,
+            original_dst: origin.original_dst,
+        }
+    }
+}
+
+/// The credential used: its name and fingerprint, never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialRef {
+    pub name: String,
+    pub fingerprint: String,
+}
+
+/// Token and cost accounting, filled by the usage module when it parsed the
+/// response (absent fields: not known).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Usage {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+}
+
+/// One audit line. Optional fields are left out when unknown, so a line says
+/// only what was established.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditRecord {
+    /// RFC 3339, UTC.
+    pub time: String,
+    pub kind: RecordKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin: Option<OriginSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<AttestationSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Without the query string (it may carry a key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The policy decision with every factor and its reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Decision>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialRef>,
+    /// Fingerprints of real-looking keys the agent sent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub agent_keys: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// From the request's arrival to the end of the response body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// From forwarding to the upstream's response headers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_latency_ms: Option<u64>,
+    /// The request body's declared length (Content-Length), when given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_bytes: Option<u64>,
+    /// Response body bytes sent to the agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_bytes: Option<u64>,
+    /// Why, in words (a refusal's message, a quarantine's reason).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// For quarantine records: who acted (operator, or the rule's name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// For quarantine records: what was quarantined or restored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
+    /// For quarantine records: when it ends (absent: until restored).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<jiff::Timestamp>,
+}
+
+impl AuditRecord {
+    pub fn new(kind: RecordKind) -> AuditRecord {
+        AuditRecord {
+            time: jiff::Timestamp::now().to_string(),
+            kind,
+            outcome: None,
+            origin: None,
+            workload: None,
+            attestation: None,
+            upstream: None,
+            method: None,
+            path: None,
+            model: None,
+            decision: None,
+            credential: None,
+            agent_keys: Vec::new(),
+            status: None,
+            usage: None,
+            latency_ms: None,
+            upstream_latency_ms: None,
+            request_bytes: None,
+            response_bytes: None,
+            message: None,
+            actor: None,
+            target: None,
+            until: None,
+        }
+    }
+
+    /// The JSON line, without its newline.
+    pub fn to_line(&self) -> String {
+        // Serializing plain data into a String cannot fail; the fallback
+        // keeps the line valid JSON all the same.
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"kind\":\"error\",\"message\":{:?}}}", e.to_string()))
+    }
+}

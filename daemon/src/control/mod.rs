@@ -1,0 +1,411 @@
+//! The control socket: a unix socket for `warrant status`, `revoke`,
+//! `restore`, `reload` and `explain`.
+//!
+//! # Access
+//! The socket (`[control] socket`, default `/run/warrant/control.sock`) is
+//! owned by root with mode 0600, or 0660 and group `[control] admin_group`.
+//! Every connection's peer credentials (SO_PEERCRED) are checked as well:
+//! uid 0, or a member of the admin group (primary or supplementary). Anyone
+//! else gets one error response (`"permission denied: ..."`) and the
+//! connection is closed.
+//!
+//! # Protocol
+//! One JSON object per line in each direction; one request per connection
+//! is the usual use, but a client may send several. Requests:
+//!
+//! ```text
+//! {"cmd":"status"}
+//! {"cmd":"revoke","workload":"support-agent","for_secs":3600,"reason":"..."}
+//! {"cmd":"revoke","pid":1234}
+//! {"cmd":"restore","workload":"support-agent"}
+//! {"cmd":"restore","pid":1234}
+//! {"cmd":"reload"}
+//! {"cmd":"explain","pid":1234}
+//! ```
+//!
+//! `revoke` needs exactly one of `workload` and `pid`; `for_secs` (default:
+//! until restored) and `reason` are optional. Answers are
+//! `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`. Results:
+//! - status: `{"connections":[...], "workloads":{NAME:{"connections":N}},
+//!   "credentials":[{"name","fingerprint","expires_at",...}],
+//!   "budgets":..., "instance":{...}, "quarantines":[...], "audit":{...}}`
+//! - revoke: `{"target":..., "closed":N, "until":TIME|null}`
+//! - restore: `{"target":..., "restored":true|false}`
+//! - reload: whatever the daemon reports (the configuration is validated)
+//! - explain: `{"text":"..."}`, the attestation and the workload match.
+
+pub mod client;
+pub mod quarantine;
+pub mod rules;
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+};
+
+use crate::audit::Monitor;
+
+use quarantine::Target;
+
+/// One request on the control socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum ControlRequest {
+    Status,
+    Revoke {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workload: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_secs: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    Restore {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workload: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
+    Reload,
+    Explain {
+        pid: u32,
+    },
+}
+
+/// The daemon parts the control socket reports on or acts through, beside
+/// the monitor. Every method has a neutral default, so tests and partial
+/// daemons implement only what they have.
+pub trait ControlBackend: Send + Sync + 'static {
+    /// Credentials with their expiry and fingerprint, never their value.
+    fn credentials(&self) -> Value {
+        Value::Array(Vec::new())
+    }
+    fn instance(&self) -> Value {
+        Value::Null
+    }
+    fn budgets(&self) -> Value {
+        json!({"note": "budgets are not metered yet"})
+    }
+    /// Re-reads the configuration. Blocking is fine (runs off the runtime).
+    fn reload(&self) -> Result<Value, String> {
+        Err("reload is not available".to_owned())
+    }
+    /// The attestation of `pid` and its workload match, as text. Blocking
+    /// is fine (runs off the runtime).
+    fn explain(&self, pid: u32) -> Result<String, String> {
+        let _ = pid;
+        Err("explain is not available".to_owned())
+    }
+}
+
+/// A backend with nothing beyond the monitor.
+pub struct NoBackend;
+impl ControlBackend for NoBackend {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin group {0:?} does not exist")]
+    NoSuchGroup(String),
+}
+
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+    admin_gid: Option<u32>,
+    monitor: Arc<Monitor>,
+    backend: Arc<dyn ControlBackend>,
+}
+
+impl ControlServer {
+    /// Binds the socket at `path` (a stale socket file is replaced), root
+    /// owned, mode 0600, or 0660 with group `admin_group`.
+    pub fn bind(
+        path: &Path,
+        admin_group: Option<&str>,
+        monitor: Arc<Monitor>,
+        backend: Arc<dyn ControlBackend>,
+    ) -> Result<ControlServer, ControlError> {
+        let io = |source| ControlError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let admin_gid = match admin_group {
+            Some(name) => Some(
+                nix::unistd::Group::from_name(name)
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| ControlError::NoSuchGroup(name.to_owned()))?
+                    .gid
+                    .as_raw(),
+            ),
+            None => None,
+        };
+        if let Some(dir) = path.parent() {
+            // 0755: the socket's own mode is what guards it; the directory
+            // must be traversable for an admin group.
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o755,
+            )
+            .create(dir)
+            .map_err(io)?;
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        // Bound under a umask that leaves it owner-only, so that there is no
+        // moment at which it is open to others.
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = UnixListener::bind(path);
+        nix::sys::stat::umask(old);
+        let listener = bound.map_err(io)?;
+        let mode = if let Some(gid) = admin_gid {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(io)?;
+            0o660
+        } else {
+            0o600
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+        Ok(ControlServer {
+            listener,
+            path: path.to_path_buf(),
+            admin_gid,
+            monitor,
+            backend,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves until the task is dropped.
+    pub async fn serve(self) {
+        let this = Arc::new(self);
+        loop {
+            let stream = match this.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let this = this.clone();
+            tokio::spawn(async move {
+                if let Err(error) = this.connection(stream).await {
+                    tracing::debug!(%error, "control connection ended with an error");
+                }
+            });
+        }
+    }
+
+    async fn connection(&self, stream: UnixStream) -> std::io::Result<()> {
+        let (read, mut write) = stream.into_split();
+        let peer = write.as_ref().peer_cred()?;
+        if let Err(refusal) = authorize(peer.uid(), peer.gid(), peer.pid(), self.admin_gid) {
+            tracing::warn!(uid = peer.uid(), pid = ?peer.pid(), "control socket: {refusal}");
+            let answer = json!({"ok": false, "error": refusal});
+            write.write_all(format!("{answer}\n").as_bytes()).await?;
+            return Ok(());
+        }
+        let actor = format!("operator (uid {})", peer.uid());
+        let mut lines = BufReader::new(read).lines();
+        while let Some(line) = lines.next_line().await? {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let answer = match serde_json::from_str::<ControlRequest>(&line) {
+                Ok(request) => match self.handle(request, &actor).await {
+                    Ok(result) => json!({"ok": true, "result": result}),
+                    Err(error) => json!({"ok": false, "error": error}),
+                },
+                Err(error) => json!({"ok": false, "error": format!("bad request: {error}")}),
+            };
+            write.write_all(format!("{answer}\n").as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, request: ControlRequest, actor: &str) -> Result<Value, String> {
+        match request {
+            ControlRequest::Status => Ok(status(&self.monitor, self.backend.as_ref())),
+            ControlRequest::Revoke {
+                workload,
+                pid,
+                for_secs,
+                reason,
+            } => {
+                let target = target(workload, pid)?;
+                let duration = for_secs.map(Duration::from_secs);
+                let reason = reason.unwrap_or_else(|| "revoked by an operator".to_owned());
+                let closed = self
+                    .monitor
+                    .quarantine(target.clone(), &reason, actor, duration);
+                let until = self
+                    .monitor
+                    .quarantines
+                    .list(jiff::Timestamp::now())
+                    .into_iter()
+                    .find(|q| q.target == target)
+                    .and_then(|q| q.until);
+                Ok(json!({"target": target, "closed": closed, "until": until}))
+            }
+            ControlRequest::Restore { workload, pid } => {
+                let target = target(workload, pid)?;
+                let restored = self.monitor.restore(&target, actor).is_some();
+                Ok(json!({"target": target, "restored": restored}))
+            }
+            ControlRequest::Reload => {
+                let backend = self.backend.clone();
+                tokio::task::spawn_blocking(move || backend.reload())
+                    .await
+                    .map_err(|e| format!("reload failed: {e}"))?
+            }
+            ControlRequest::Explain { pid } => {
+                let backend = self.backend.clone();
+                let text = tokio::task::spawn_blocking(move || backend.explain(pid))
+                    .await
+                    .map_err(|e| format!("explain failed: {e}"))??;
+                Ok(json!({"text": text}))
+            }
+        }
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn target(workload: Option<String>, pid: Option<u32>) -> Result<Target, String> {
+    match (workload, pid) {
+        (Some(name), None) if !name.is_empty() => Ok(Target::Workload(name)),
+        (None, Some(pid)) if pid > 0 => Ok(Target::Pid(pid)),
+        _ => Err("give exactly one of workload and pid".to_owned()),
+    }
+}
+
+/// Whether a peer may use the control socket: root, or a member of the admin
+/// group. Supplementary groups are read from /proc/PID/status, since
+/// SO_PEERCRED carries only the primary group.
+pub fn authorize(
+    uid: u32,
+    gid: u32,
+    pid: Option<i32>,
+    admin_gid: Option<u32>,
+) -> Result<(), String> {
+    if uid == 0 {
+        return Ok(());
+    }
+    if let Some(admin) = admin_gid
+        && (gid == admin || pid.is_some_and(|pid| supplementary_groups(pid).contains(&admin)))
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "permission denied: the warrant control socket is for root{} (you are uid {uid})",
+        if admin_gid.is_some() {
+            " and the configured admin group"
+        } else {
+            ""
+        }
+    ))
+}
+
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|groups| {
+            groups
+                .split_whitespace()
+                .filter_map(|g| g.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `status` result.
+pub fn status(monitor: &Monitor, backend: &dyn ControlBackend) -> Value {
+    let connections: Vec<_> = monitor.live.snapshot().iter().map(|c| c.info()).collect();
+    let mut workloads = serde_json::Map::new();
+    for connection in &connections {
+        let name = connection
+            .workload
+            .clone()
+            .unwrap_or_else(|| crate::audit::UNKNOWN.to_owned());
+        let entry = workloads
+            .entry(name)
+            .or_insert_with(|| json!({"connections": 0, "requests": 0}));
+        if let Some(n) = entry.get("connections").and_then(Value::as_u64) {
+            entry["connections"] = json!(n + 1);
+        }
+        if let Some(n) = entry.get("requests").and_then(Value::as_u64) {
+            entry["requests"] = json!(n + connection.requests);
+        }
+    }
+    json!({
+        "connections": connections,
+        "workloads": workloads,
+        "credentials": backend.credentials(),
+        "budgets": backend.budgets(),
+        "instance": backend.instance(),
+        "quarantines": monitor.quarantines.list(jiff::Timestamp::now()),
+        "audit": monitor.audit.health(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_or_the_admin_group_is_authorized() {
+        assert!(authorize(0, 0, None, None).is_ok());
+        let refused = authorize(1000, 1000, None, None).unwrap_err();
+        assert!(refused.starts_with("permission denied"), "{refused}");
+        assert!(authorize(1000, 50, None, Some(50)).is_ok());
+        assert!(authorize(1000, 1000, None, Some(50)).is_err());
+    }
+
+    #[test]
+    fn requests_parse_from_their_documented_json() {
+        let r: ControlRequest =
+            serde_json::from_str(r#"{"cmd":"revoke","workload":"a","for_secs":60}"#)
+                .unwrap_or(ControlRequest::Status);
+        assert!(matches!(
+            r,
+            ControlRequest::Revoke {
+                workload: Some(_),
+                for_secs: Some(60),
+                ..
+            }
+        ));
+        assert!(target(Some("a".into()), Some(1)).is_err());
+        assert!(target(None, None).is_err());
+    }
+}

@@ -1,0 +1,373 @@
+//! Prometheus metrics (OpenMetrics text format, `GET /metrics` on the
+//! loopback `[daemon] metrics` address), with prometheus-client.
+//!
+//! Label values are workload, upstream, model and credential names and
+//! fixed reason words: never a credential, a path or a message. The usage
+//! module counts tokens and cost with [`Metrics::add_tokens`] and
+//! [`Metrics::add_cost`].
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub workload: String,
+    pub upstream: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub workload: String,
+    pub upstream: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub workload: String,
+    pub model: String,
+    /// input | output
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    pub workload: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CredentialLabels {
+    pub credential: String,
+    /// ok | error
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// intercepted | passthrough | plain | refused
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuarantineLabels {
+    /// revoke | restore
+    pub action: String,
+    /// operator, or the rule's name
+    pub actor: String,
+}
+
+/// Upstream response times from 5 ms to about 80 s (LLM calls are slow).
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub denials: Family<DenialLabels, Counter>,
+    pub tokens: Family<TokenLabels, Counter>,
+    pub cost: Family<CostLabels, Counter<f64, AtomicU64>>,
+    pub credential_refreshes: Family<CredentialLabels, Counter>,
+    pub upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    pub live_connections: Gauge,
+    pub connections: Family<ConnectionLabels, Counter>,
+    pub audit_records: Counter,
+    pub audit_dropped: Counter,
+    pub rule_triggers: Family<RuleLabels, Counter>,
+    pub quarantine_actions: Family<QuarantineLabels, Counter>,
+    pub quarantines_active: Gauge,
+    /// Model names seen as label values: the model comes from the agent's
+    /// request body, so the number of distinct values is capped.
+    models: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Distinct model label values kept; later new ones count as "other".
+pub const MAX_MODELS: usize = 200;
+/// Longest model label value kept (longer ones count as "other").
+const MAX_MODEL_LEN: usize = 100;
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("warrant");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by workload, upstream and outcome",
+            requests.clone(),
+        );
+        let denials = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "denials",
+            "Refused requests by workload, upstream and reason (policy factor, quarantine, agent_key...)",
+            denials.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens by workload, model and kind (input, output)",
+            tokens.clone(),
+        );
+        let cost = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "cost_usd",
+            "Estimated cost in US dollars by workload and model",
+            cost.clone(),
+        );
+        let credential_refreshes = Family::<CredentialLabels, Counter>::default();
+        registry.register(
+            "credential_refreshes",
+            "Credential fetches from their providers, by credential and result",
+            credential_refreshes.clone(),
+        );
+        let upstream_latency =
+            Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "upstream_latency_seconds",
+            "Time from forwarding a request to the upstream's response headers",
+            upstream_latency.clone(),
+        );
+        let live_connections = Gauge::default();
+        registry.register(
+            "live_connections",
+            "Agent connections open now",
+            live_connections.clone(),
+        );
+        let connections = Family::<ConnectionLabels, Counter>::default();
+        registry.register(
+            "connections",
+            "Accepted connections by kind: intercepted (TLS terminated), passthrough (spliced untouched), plain (HTTP), refused (no Origin, over the cap)",
+            connections.clone(),
+        );
+        let audit_records = Counter::default();
+        registry.register(
+            "audit_records",
+            "Audit records written",
+            audit_records.clone(),
+        );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_dropped",
+            "Audit records that could not be written",
+            audit_dropped.clone(),
+        );
+        let rule_triggers = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "rule_triggers",
+            "Automated response rules that quarantined a workload or process",
+            rule_triggers.clone(),
+        );
+        let quarantine_actions = Family::<QuarantineLabels, Counter>::default();
+        registry.register(
+            "quarantine_actions",
+            "Quarantines placed (revoke) and lifted (restore), by actor",
+            quarantine_actions.clone(),
+        );
+        let quarantines_active = Gauge::default();
+        registry.register(
+            "quarantines_active",
+            "Quarantines in force",
+            quarantines_active.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            denials,
+            tokens,
+            cost,
+            credential_refreshes,
+            upstream_latency,
+            live_connections,
+            connections,
+            audit_records,
+            audit_dropped,
+            rule_triggers,
+            quarantine_actions,
+            quarantines_active,
+            models: std::sync::Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// The label value for `model`: itself while fewer than [`MAX_MODELS`]
+    /// distinct models were seen, else "other", so that an agent cannot grow
+    /// the exposition without bound by inventing model names.
+    pub fn model_label(&self, model: &str) -> String {
+        if model.len() > MAX_MODEL_LEN {
+            return "other".to_owned();
+        }
+        let Ok(mut models) = self.models.lock() else {
+            return "other".to_owned();
+        };
+        if models.contains(model) || models.len() < MAX_MODELS {
+            models.insert(model.to_owned());
+            model.to_owned()
+        } else {
+            "other".to_owned()
+        }
+    }
+
+    /// For the usage module: tokens of one response.
+    pub fn add_tokens(&self, workload: &str, model: &str, input: u64, output: u64) {
+        let model = self.model_label(model);
+        for (kind, n) in [("input", input), ("output", output)] {
+            if n > 0 {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        workload: workload.to_owned(),
+                        model: model.clone(),
+                        kind: kind.to_owned(),
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// For the usage module: the estimated cost of one response.
+    pub fn add_cost(&self, workload: &str, model: &str, usd: f64) {
+        if usd > 0.0 && usd.is_finite() {
+            self.cost
+                .get_or_create(&CostLabels {
+                    workload: workload.to_owned(),
+                    model: self.model_label(model),
+                })
+                .inc_by(usd);
+        }
+    }
+
+    /// For the credential store: one provider fetch and whether it worked.
+    pub fn credential_refreshed(&self, credential: &str, ok: bool) {
+        self.credential_refreshes
+            .get_or_create(&CredentialLabels {
+                credential: credential.to_owned(),
+                result: if ok { "ok" } else { "error" }.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn connection(&self, kind: &str) {
+        self.connections
+            .get_or_create(&ConnectionLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_responded(&self, upstream: &str, latency: Duration) {
+        self.upstream_latency
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_owned(),
+            })
+            .observe(latency.as_secs_f64());
+    }
+
+    /// The whole exposition, OpenMetrics text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        if encode(&mut out, &self.registry).is_err() {
+            tracing::error!("cannot encode the metrics");
+        }
+        out
+    }
+}
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Serves `GET /metrics` (any path, in fact) on `listener` until dropped.
+pub async fn serve(metrics: Arc<Metrics>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(answer(&metrics, &req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut response = if req.method() == http::Method::GET {
+        let mut response = Response::new(Full::new(Bytes::from(metrics.render())));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static(CONTENT_TYPE),
+        );
+        response
+    } else {
+        let mut response = Response::new(Full::new(Bytes::from_static(b"GET only\n")));
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        response
+    };
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_label_values_are_capped() {
+        let metrics = Metrics::new();
+        for n in 0..MAX_MODELS {
+            assert_eq!(metrics.model_label(&format!("m{n}")), format!("m{n}"));
+        }
+        assert_eq!(
+            metrics.model_label("m0"),
+            "m0",
+            "a known model keeps its name"
+        );
+        assert_eq!(metrics.model_label("invented-by-an-agent"), "other");
+        assert_eq!(metrics.model_label(&"x".repeat(500)), "other");
+    }
+}

@@ -1,0 +1,67 @@
+//! What the control socket sees of the running daemon: credentials (status,
+//! never values), the instance identity, `explain` and `reload`.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    attest::{Attestor, InstanceHandle, WorkloadMatcher},
+    config::Config,
+    control::ControlBackend,
+    credentials::CredentialStore,
+};
+
+pub struct DaemonBackend {
+    pub credentials: Arc<CredentialStore>,
+    pub instance: InstanceHandle,
+    pub attestor: Arc<Attestor>,
+    pub workloads: WorkloadMatcher,
+    /// The file `reload` re-reads; None: the embedded default is in use.
+    pub config_path: Option<PathBuf>,
+}
+
+impl ControlBackend for DaemonBackend {
+    fn credentials(&self) -> Value {
+        serde_json::to_value(self.credentials.status()).unwrap_or(Value::Null)
+    }
+
+    fn instance(&self) -> Value {
+        serde_json::to_value(self.instance.current().as_ref()).unwrap_or(Value::Null)
+    }
+
+    fn reload(&self) -> Result<Value, String> {
+        match &self.config_path {
+            Some(path) => validate_reload(path),
+            None => {
+                Err("warrant runs on its embedded default config: nothing to reload".to_owned())
+            }
+        }
+    }
+
+    fn explain(&self, pid: u32) -> Result<String, String> {
+        crate::attest::explain::explain_pid(pid, &self.attestor, &self.workloads)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// `warrant reload` for now: re-reads and validates the file and reports
+/// what it holds. Applying it to the running daemon is not done yet, and the
+/// answer says so.
+pub fn validate_reload(path: &Path) -> Result<Value, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    tracing::info!(config = %path.display(), "reload requested: configuration is valid");
+    Ok(json!({
+        "config": path.display().to_string(),
+        "valid": true,
+        "applied": false,
+        "note": "the configuration is valid; applying it needs a restart for now",
+        "workloads": config.workloads.len(),
+        "upstreams": config.upstreams.len(),
+        "credentials": config.credentials.len(),
+        "policies": config.policies.len(),
+    }))
+}

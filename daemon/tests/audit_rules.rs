@@ -1,0 +1,175 @@
+//! Automated response through the proxy: each rule quarantines (audit
+//! record, metric, live connections closed) and is lifted again. The rate
+//! rule's windows are tested with synthetic time in `control::rules`.
+//! Loopback only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod audit_support;
+
+use std::time::Duration;
+
+use audit_support::*;
+use http_body_util::BodyExt;
+use warrant::control::quarantine::Target;
+
+fn triggers(h: &Monitored, rule: &str) -> bool {
+    h.monitor
+        .metrics
+        .render()
+        .contains(&format!("warrant_rule_triggers_total{{rule=\"{rule}\"}} 1"))
+}
+
+fn quarantine_records(h: &Monitored, actor: &str) -> usize {
+    h.audit_lines()
+        .iter()
+        .filter(|l| l["kind"] == "quarantine" && l["actor"] == actor)
+        .count()
+}
+
+#[tokio::test]
+async fn n_policy_denials_within_the_window_quarantine_the_workload_until_restored() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &[b"http/1.1"]).await;
+    let h = Monitored::start(
+        &pki,
+        None,
+        "[response]\ndenials = 3\ndenial_window_secs = 60\n",
+    )
+    .await;
+    let mut agent = h.h1(mock.addr, OPENAI).await;
+    for _ in 0..2 {
+        let r = agent.send(request(OPENAI, "/v1/deny/x", &[])).await;
+        assert_eq!(r.status(), 403);
+        body_text(r).await;
+    }
+    // Two denials: not yet.
+    let r = agent.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(r.status(), 200);
+    body_text(r).await;
+    let r = agent.send(request(OPENAI, "/v1/deny/x", &[])).await;
+    body_text(r).await;
+    eventually("the quarantine", || quarantine_records(&h, "denials") == 1).await;
+    assert!(triggers(&h, "denials"));
+    // The workload's connection was closed; a new one is refused.
+    let mut again = h.h1(mock.addr, OPENAI).await;
+    let r = again.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(r.status(), 403);
+    assert!(body_text(r).await.contains("3 policy denials within 60 s"));
+    // Un-triggered: restored, served again.
+    assert!(
+        h.monitor
+            .restore(&Target::Workload(WORKLOAD.into()), "test")
+            .is_some()
+    );
+    let r = again.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_real_key_from_an_agent_quarantines_its_process_and_the_rule_can_be_off() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &[b"http/1.1"]).await;
+    let leaked = "sk-proj-LEAKED0123456789abcdefghijklmnopqrstuv";
+    let h = Monitored::start(&pki, None, "").await;
+    let mut agent = h.h1(mock.addr, OPENAI).await;
+    let r = agent
+        .send(request(
+            OPENAI,
+            "/v1/models",
+            &[("authorization", &format!("Bearer {leaked}"))],
+        ))
+        .await;
+    assert_eq!(r.status(), 403);
+    body_text(r).await;
+    eventually("the quarantine", || {
+        quarantine_records(&h, "agent_key") == 1
+    })
+    .await;
+    assert!(triggers(&h, "agent_key"));
+    // Refused before attestation, so the process is what is quarantined.
+    let quarantined = h.monitor.quarantines.list(jiff::Timestamp::now());
+    assert_eq!(quarantined[0].target, Target::Pid(4242));
+    let mut again = h.h1(mock.addr, OPENAI).await;
+    let r = again.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(r.status(), 403);
+    assert!(body_text(r).await.contains("quarantined"));
+    assert!(h.monitor.restore(&Target::Pid(4242), "test").is_some());
+    let r = again.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(r.status(), 200);
+    body_text(r).await;
+    let audit = h.audit_text();
+    assert!(!audit.contains(leaked), "only the fingerprint is recorded");
+    assert!(audit.contains(&warrant::secret::fingerprint(leaked.as_bytes())));
+
+    // Off: the finding is still refused and recorded, nobody is quarantined.
+    let off = Monitored::start(&pki, None, "[response]\nagent_key = false\n").await;
+    let mut agent = off.h1(mock.addr, OPENAI).await;
+    let r = agent
+        .send(request(
+            OPENAI,
+            "/v1/models",
+            &[("authorization", &format!("Bearer {leaked}"))],
+        ))
+        .await;
+    assert_eq!(r.status(), 403);
+    body_text(r).await;
+    let r = agent.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(r.status(), 200);
+    assert!(
+        off.monitor
+            .quarantines
+            .list(jiff::Timestamp::now())
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn an_executable_changed_on_disk_behind_a_live_workload_is_revoked() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &[b"http/1.1"]).await;
+    let h = Monitored::start(&pki, None, "").await;
+    let mut agent = h.h1(mock.addr, OPENAI).await;
+    let response = agent.send(request(OPENAI, "/v1/sse", &[])).await;
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+
+    // Unchanged: nothing happens.
+    assert!(h.monitor.check_executables().await.is_empty());
+    let original = std::fs::read(&h.exe).unwrap();
+    std::fs::write(&h.exe, b"#!/bin/sh\necho version 2 (tampered)\n").unwrap();
+    let applied = h.monitor.check_executables().await;
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].0, Target::Workload(WORKLOAD.into()));
+    assert!(
+        applied[0].1.reason.contains("changed on disk"),
+        "{}",
+        applied[0].1.reason
+    );
+    // The live stream is closed.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream of the changed workload was not closed"
+    );
+    assert!(triggers(&h, "exe_changed"));
+    assert_eq!(quarantine_records(&h, "exe_changed"), 1);
+
+    // Un-triggered: the file is back, the quarantine lifted; a new
+    // connection is served and the check finds nothing.
+    std::fs::write(&h.exe, original).unwrap();
+    assert!(
+        h.monitor
+            .restore(&Target::Workload(WORKLOAD.into()), "test")
+            .is_some()
+    );
+    let mut again = h.h1(mock.addr, OPENAI).await;
+    let response = again.send(request(OPENAI, "/v1/sse", &[])).await;
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    body.frame().await.unwrap().unwrap();
+    assert!(h.monitor.check_executables().await.is_empty());
+    mock.release.notify_waiters();
+}

@@ -1,0 +1,301 @@
+//! The injector with its monitor (audit log in a temp dir, metrics,
+//! quarantines, live connections), a real credential store reading a canary
+//! key from a root-only file, and a gate that names a workload. Loopback only.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use warrant::{
+    audit::{AttestationSummary, AuditLog, Monitor},
+    config::Config,
+    credentials::{CredentialStore, StoreOptions, SystemClock, store_from_config},
+    metrics::Metrics,
+    origin::{Origin, StaticOrigins},
+    policy::{Decision, Factor, FactorOutcome},
+    proxy::{GateDecision, GateFuture, GateRequest, Injector, RequestGate},
+    tls::{LeafCache, LocalCa},
+};
+
+#[path = "../injector_support/mod.rs"]
+pub mod injector_support;
+
+pub use injector_support::*;
+
+/// The real credential of these tests: it must never be seen anywhere but
+/// at the mock upstream.
+pub const CANARY: &str = "sk-CANARY-7f3c9e1a-do-not-leak-0123456789abcdef";
+pub const WORKLOAD: &str = "agent-a";
+
+/// Names every caller `WORKLOAD` (tgid 4242) or `agent-b` (other tgids),
+/// with an attestation whose executable is `exe`; denies paths under
+/// /v1/deny with a time-factor reason, as policy would.
+pub struct TestGate {
+    pub exe: PathBuf,
+    pub exe_sha256: String,
+}
+
+impl TestGate {
+    pub fn new(exe: &Path) -> TestGate {
+        use sha2::Digest;
+        let bytes = std::fs::read(exe).unwrap();
+        TestGate {
+            exe: exe.to_path_buf(),
+            exe_sha256: hex::encode(sha2::Sha256::digest(&bytes)),
+        }
+    }
+}
+
+impl RequestGate for TestGate {
+    fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
+        Box::pin(async move {
+            let workload = if request.origin.tgid == 4242 {
+                WORKLOAD
+            } else {
+                "agent-b"
+            };
+            request.audit.identified(
+                Some(workload),
+                AttestationSummary {
+                    tgid: request.origin.tgid,
+                    uid: request.origin.uid,
+                    unit: Some(format!("{workload}.service")),
+                    cgroup: Some(format!("/system.slice/{workload}.service")),
+                    exe: self.exe.display().to_string(),
+                    exe_sha256: Some(self.exe_sha256.clone()),
+                    entrypoint: None,
+                    entrypoint_sha256: None,
+                    instance_id: Some("i-test".to_owned()),
+                    region: Some("local".to_owned()),
+                },
+            );
+            request.audit.model(Some("gpt-4o"));
+            let denied = request.path.starts_with("/v1/deny");
+            let decision = Decision {
+                allowed: !denied,
+                workload: workload.to_owned(),
+                rule: Some(0),
+                factors: vec![
+                    FactorOutcome {
+                        factor: Factor::Request,
+                        passed: true,
+                        reason: "upstream allowed".into(),
+                    },
+                    FactorOutcome {
+                        factor: Factor::Time,
+                        passed: !denied,
+                        reason: if denied {
+                            "outside Mon-Fri 08:00-18:00".into()
+                        } else {
+                            "within hours".into()
+                        },
+                    },
+                ],
+            };
+            request.audit.decided(&decision);
+            if denied {
+                GateDecision::Refuse {
+                    status: http::StatusCode::FORBIDDEN,
+                    message: decision.summary(),
+                }
+            } else {
+                GateDecision::Allow
+            }
+        })
+    }
+}
+
+pub struct Monitored {
+    pub proxy: SocketAddr,
+    pub origins: Arc<StaticOrigins>,
+    pub warrant_ca_pem: String,
+    pub monitor: Arc<Monitor>,
+    pub credentials: Arc<CredentialStore>,
+    pub config_path: PathBuf,
+    pub audit_path: PathBuf,
+    pub exe: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+/// The config: the OpenAI upstream (the mock, via ca_file) with the canary
+/// credential, and `MISSING` whose credential file does not exist. `audit`
+/// is the `[daemon] audit_log` value; `extra` adds sections.
+pub fn monitored_config(dir: &Path, ca_file: &Path, audit: &str, extra: &str) -> String {
+    let d = dir.display();
+    let ca = ca_file.display();
+    format!(
+        r#"
+[daemon]
+state_dir = "{d}/state"
+audit_log = "{audit}"
+
+{extra}
+
+[[upstream]]
+host = "{OPENAI}"
+scheme = "openai"
+credential = "openai"
+ca_file = "{ca}"
+
+[[upstream]]
+host = "{MISSING}"
+scheme = "openai"
+credential = "missing"
+ca_file = "{ca}"
+
+[[credential]]
+name = "openai"
+source = "file"
+path = "{d}/openai.key"
+
+[[credential]]
+name = "missing"
+source = "file"
+path = "{d}/missing.key"
+"#
+    )
+}
+
+impl Monitored {
+    /// `audit`: None for `<dir>/audit.jsonl`, else the path to use (e.g.
+    /// /dev/full).
+    pub async fn start(pki: &TestPki, audit: Option<&str>, extra: &str) -> Monitored {
+        capture_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("openai.key");
+        std::fs::write(&key, CANARY).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let exe = dir.path().join("agent-exe");
+        std::fs::write(&exe, b"#!/bin/sh\necho version 1\n").unwrap();
+        let audit_path = match audit {
+            Some(path) => PathBuf::from(path),
+            None => dir.path().join("audit.jsonl"),
+        };
+        let text = monitored_config(
+            dir.path(),
+            &pki.ca_file,
+            &audit_path.display().to_string(),
+            extra,
+        );
+        let config_path = dir.path().join("warrant.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let config = Config::parse(&text, "test").unwrap();
+        let hosts: Vec<String> = config
+            .upstreams
+            .iter()
+            .map(|u| u.host.get_ref().clone())
+            .collect();
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        let ca = Arc::new(LocalCa::load_or_create(&state, &hosts).unwrap());
+        let warrant_ca_pem = ca.ca_pem().to_owned();
+        let leafs = Arc::new(LeafCache::new(ca));
+        let origins = Arc::new(StaticOrigins::default());
+        let metrics = Arc::new(Metrics::new());
+        let monitor = Monitor::new(
+            AuditLog::open(&config.daemon.audit_log, &config.audit, None),
+            metrics.clone(),
+            config.response.clone(),
+        );
+        let credentials = Arc::new(
+            store_from_config(
+                &config.credentials,
+                Arc::new(SystemClock),
+                &StoreOptions::default(),
+            )
+            .unwrap(),
+        );
+        {
+            let metrics = metrics.clone();
+            credentials.observe_refreshes(Arc::new(move |name, ok| {
+                metrics.credential_refreshed(name, ok);
+            }));
+        }
+        credentials.prefetch().await;
+        let injector = Injector::new(&config, leafs, origins.clone(), credentials.clone(), &[])
+            .unwrap()
+            .with_gate(Arc::new(TestGate::new(&exe)))
+            .with_monitor(monitor.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap();
+        tokio::spawn(Arc::new(injector).serve(listener));
+        Monitored {
+            proxy,
+            origins,
+            warrant_ca_pem,
+            monitor,
+            credentials,
+            config_path,
+            audit_path,
+            exe,
+            dir,
+        }
+    }
+
+    /// A redirected agent connection from process `tgid` to `dst`.
+    pub async fn connect_as(&self, dst: SocketAddr, tgid: u32) -> TcpStream {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let local = socket.local_addr().unwrap();
+        let origin = Origin {
+            tgid,
+            pid: tgid,
+            ..origin(dst)
+        };
+        self.origins.insert(local, origin);
+        socket.connect(self.proxy).await.unwrap()
+    }
+
+    pub async fn h1_as(&self, dst: SocketAddr, sni: &str, tgid: u32) -> Sender {
+        let tcp = self.connect_as(dst, tgid).await;
+        let tls = tls_over(
+            tcp,
+            roots_from_pem(&self.warrant_ca_pem),
+            sni,
+            &[b"http/1.1"],
+        )
+        .await;
+        Sender::h1(tls).await
+    }
+
+    pub async fn h1(&self, dst: SocketAddr, sni: &str) -> Sender {
+        self.h1_as(dst, sni, 4242).await
+    }
+
+    /// The audit lines so far, parsed.
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        read_lines(&self.audit_path)
+    }
+
+    pub fn audit_text(&self) -> String {
+        std::fs::read_to_string(&self.audit_path).unwrap_or_default()
+    }
+}
+
+pub fn read_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits (bounded) until `done` holds, polling cheaply: audit lines are
+/// written when the response body ends, which the client may see a moment
+/// before the server finishes.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
