@@ -122,6 +122,9 @@ metrics = "127.0.0.1:0"
 cgroup_root = "{root}"
 bpf_pin_dir = "{pins}"
 
+[control]
+socket = "{d}/control.sock"
+
 [[workload]]
 name = "agents"
 slice = "warrant-agents.slice"

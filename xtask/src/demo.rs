@@ -260,6 +260,11 @@ impl World {
             "daemon.bpf_pin_dir".into(),
             self.pin_dir.display().to_string(),
         );
+        set(
+            &mut doc["control"]["socket"],
+            "control.socket".into(),
+            format!("{dir}/control.sock"),
+        );
         if let Some(upstreams) = doc["upstream"].as_array_of_tables_mut() {
             for upstream in upstreams
                 .iter_mut()
