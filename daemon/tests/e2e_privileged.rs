@@ -659,3 +659,66 @@ fn a_killed_daemon_fails_closed_and_its_successor_adopts_the_programs() {
         .count();
     assert_eq!(links, 1);
 }
+
+#[test]
+fn reload_applies_a_new_policy_without_dropping_a_live_stream_and_refuses_a_bad_file() {
+    let mut stack = Stack::start();
+    let config_path = stack.dir.path().join("warrant.toml");
+    let socket = stack.dir.path().join("control.sock");
+    let reload = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_warrant"))
+            .args(["reload", "--socket"])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    // A stream is in flight, held by the provider after its first event.
+    let mut streaming = stack.tagged(&["python3", "-c", PY_HELD_STREAM]);
+    assert_eq!(streaming.line(), "first event");
+
+    // New policy: this workload may only list models.
+    let original = fs::read_to_string(&config_path).unwrap();
+    let restricted = original.replace(
+        "upstreams = [\"api.openai.com\", \"api.anthropic.com\", \"generativelanguage.googleapis.com\"]",
+        "upstreams = [\"api.openai.com\"]\npaths = [\"/v1/models\"]",
+    );
+    assert_ne!(restricted, original);
+    fs::write(&config_path, &restricted).unwrap();
+    let (ok, answer) = reload();
+    assert!(ok && answer.contains("\"applied\": true"), "{answer}");
+
+    // The live stream finishes normally.
+    stack.mock.release_held();
+    assert_eq!(run_to_end(&mut streaming), ["rest 4"]);
+
+    // New requests follow the new policy.
+    let denied = "import openai\ntry:\n  openai.OpenAI(max_retries=0).chat.completions.create(model='gpt-4o', messages=[])\nexcept openai.PermissionDeniedError as e:\n  print('denied', e.status_code, 'is not allowed' in str(e), flush=True)\nprint('done', flush=True)";
+    let mut agent = stack.tagged(&["python3", "-c", denied]);
+    assert_eq!(run_to_end(&mut agent), ["denied 403 True"]);
+
+    // A broken file is refused and the running configuration stays.
+    fs::write(
+        &config_path,
+        format!("{restricted}\n[[policy]]\nworkload = \"nobody\"\n"),
+    )
+    .unwrap();
+    let (ok, answer) = reload();
+    assert!(!ok && answer.contains("nobody"), "{answer}");
+    let mut agent = stack.tagged(&["python3", "-c", denied]);
+    assert_eq!(run_to_end(&mut agent), ["denied 403 True"]);
+
+    // And SIGHUP (systemd's ExecReload) applies a good one.
+    fs::write(&config_path, &original).unwrap();
+    let pid = stack.daemon.as_ref().unwrap().id() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGHUP).unwrap();
+    support::wait_until("the SIGHUP reload", Duration::from_secs(20), || {
+        stack.log().matches("configuration reloaded").count() >= 2
+    });
+    let mut agent = stack.tagged(&["python3", "-c", PY_OPENAI]);
+    assert_eq!(run_to_end(&mut agent).len(), 3);
+}

@@ -215,6 +215,34 @@ impl RedirectMaps {
             .map_err(map_err(map_names::CONFIG))
     }
 
+    /// Changes the intercepted ports and the QUIC refusal (config reload).
+    pub fn set_intercept(&self, ports: &[u16], block_quic: bool) -> Result<(), RedirectError> {
+        {
+            let mut map = lock(&self.ports);
+            let stale: Vec<u16> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|p| !ports.contains(p))
+                .collect();
+            for port in stale {
+                map.remove(&port).map_err(map_err(map_names::PORTS))?;
+            }
+            for port in ports {
+                map.insert(port, 1, 0).map_err(map_err(map_names::PORTS))?;
+            }
+        }
+        let mut config = lock(&self.config);
+        let mut current = config.get(&0, 0).map_err(map_err(map_names::CONFIG))?;
+        if block_quic {
+            current.flags |= FLAG_BLOCK_QUIC;
+        } else {
+            current.flags &= !FLAG_BLOCK_QUIC;
+        }
+        config
+            .set(0, current, 0)
+            .map_err(map_err(map_names::CONFIG))
+    }
+
     /// Tags a cgroup (by id): its processes and all its descendants' are redirected.
     pub fn tag(&self, cgroup_id: u64) -> Result<(), RedirectError> {
         lock(&self.tagged)

@@ -144,7 +144,17 @@ impl Tagger {
     /// Follows the tree until `shutdown` resolves: rescans on every cgroup
     /// created or removed below the root, and every RESCAN_INTERVAL.
     pub async fn watch(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<Tagger, RedirectError> {
+        let (_keep, updates) = tokio::sync::mpsc::unbounded_channel();
+        self.watch_with_updates(updates, shutdown).await
+    }
+
+    /// As `watch`, also taking new selectors (config reload) from `updates`.
+    pub async fn watch_with_updates(
         mut self,
+        mut updates: tokio::sync::mpsc::UnboundedReceiver<Vec<CgroupSelector>>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<Tagger, RedirectError> {
         let inotify =
@@ -165,6 +175,7 @@ impl Tagger {
             tokio::select! {
                 _ = &mut shutdown => return Ok(self),
                 _ = ticker.tick() => {}
+                Some(selectors) = updates.recv() => self.selectors = selectors,
                 event = stream.next() => {
                     if event.is_none() {
                         return Err(RedirectError::Cgroup("inotify stream ended".into()));

@@ -1,32 +1,26 @@
 //! What the control socket sees of the running daemon: credentials (status,
 //! never values), the instance identity, `explain` and `reload`.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{path::Path, sync::Arc};
 
 use serde_json::{Value, json};
 
+use super::reload::Reloader;
 use crate::{
     attest::{Attestor, InstanceHandle, WorkloadMatcher},
     config::Config,
     control::ControlBackend,
-    credentials::CredentialStore,
 };
 
 pub struct DaemonBackend {
-    pub credentials: Arc<CredentialStore>,
+    pub reloader: Arc<Reloader>,
     pub instance: InstanceHandle,
     pub attestor: Arc<Attestor>,
-    pub workloads: WorkloadMatcher,
-    /// The file `reload` re-reads; None: the embedded default is in use.
-    pub config_path: Option<PathBuf>,
 }
 
 impl ControlBackend for DaemonBackend {
     fn credentials(&self) -> Value {
-        serde_json::to_value(self.credentials.status()).unwrap_or(Value::Null)
+        serde_json::to_value(self.reloader.credential_store.get().status()).unwrap_or(Value::Null)
     }
 
     fn instance(&self) -> Value {
@@ -34,16 +28,13 @@ impl ControlBackend for DaemonBackend {
     }
 
     fn reload(&self) -> Result<Value, String> {
-        match &self.config_path {
-            Some(path) => validate_reload(path),
-            None => {
-                Err("warrant runs on its embedded default config: nothing to reload".to_owned())
-            }
-        }
+        // Called off the runtime's workers (see ControlBackend).
+        tokio::runtime::Handle::current().block_on(self.reloader.reload())
     }
 
     fn explain(&self, pid: u32) -> Result<String, String> {
-        crate::attest::explain::explain_pid(pid, &self.attestor, &self.workloads)
+        let workloads = WorkloadMatcher::new(&self.reloader.config().workloads);
+        crate::attest::explain::explain_pid(pid, &self.attestor, &workloads)
             .map_err(|e| e.to_string())
     }
 }

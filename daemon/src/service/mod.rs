@@ -3,6 +3,7 @@
 
 mod control;
 mod gate;
+pub mod reload;
 pub mod swap;
 
 use std::{
@@ -134,24 +135,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     };
 
     notify("STATUS=fetching credentials and the instance identity");
-    let credentials = Arc::new(
-        credentials::store_from_config(
-            &config.credentials,
-            Arc::new(SystemClock),
-            &StoreOptions::default(),
-        )
-        .map_err(anyhow::Error::msg)?,
-    );
-    {
-        let metrics = metrics.clone();
-        credentials.observe_refreshes(Arc::new(move |name, ok| {
-            metrics.credential_refreshed(name, ok);
-        }));
-    }
-    credentials.prefetch().await;
-    let _credential_refreshers = credentials.spawn_refresher();
     let instance = InstanceHandle::default();
-    let credential_status = credentials.clone();
     let provider = attest::instance::Provider::from_config(&config.instance, state_dir)?;
     if let Err(error) = provider.refresh(&instance).await {
         // Conditions that need the identity fail closed until it is fetched.
@@ -161,14 +145,6 @@ pub async fn run(options: RunOptions) -> Result<()> {
         instance.clone(),
         Duration::from_secs(config.instance.refresh_secs),
     );
-    let posture =
-        Arc::new(PostureStore::from_config(&config.postures).map_err(anyhow::Error::msg)?);
-    // Read every posture check once before serving: until a check has a
-    // result, rules that need it deny.
-    posture.refresh_all().await;
-    let _posture_refreshers = posture.clone().spawn_refresher();
-    let policy = Policy::new(&config.policies, posture).map_err(anyhow::Error::msg)?;
-
     notify("STATUS=attaching the eBPF programs");
     let listener4 = TcpListener::bind(config.daemon.listen)
         .await
@@ -196,7 +172,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
         maps.clone(),
     )?;
     let (stop_tagger, tagger_stopped) = tokio::sync::oneshot::channel::<()>();
-    let tagger_task = tokio::spawn(tagger.watch(async {
+    let (tagging_updates, tagging_updated) = tokio::sync::mpsc::unbounded_channel();
+    let tagger_task = tokio::spawn(tagger.watch_with_updates(tagging_updated, async {
         let _ = tagger_stopped.await;
     }));
 
@@ -205,28 +182,45 @@ pub async fn run(options: RunOptions) -> Result<()> {
         maps.clone(),
         instance.clone(),
     ));
-    let rules_name_models = config.policies.iter().any(|p| !p.models.is_empty());
-    let gate = Arc::new(WarrantGate::new(
-        attestor.clone(),
-        WorkloadMatcher::new(&config.workloads),
-        policy,
-        rules_name_models,
-    ));
+    // Everything the request path decides with, built the same way at start
+    // and on every reload (`reload.rs`).
+    let build: reload::Builder = {
+        let (metrics, attestor) = (metrics.clone(), attestor.clone());
+        Box::new(move |config: Arc<Config>| {
+            let (metrics, attestor) = (metrics.clone(), attestor.clone());
+            Box::pin(async move { build_generation(&config, &metrics, &attestor).await })
+        })
+    };
+    let config = Arc::new(config);
+    let reloader = Arc::new(
+        reload::Reloader::start(
+            config_path.clone(),
+            config.clone(),
+            build,
+            maps.clone(),
+            tagging_updates,
+        )
+        .await?,
+    );
     let injector = Arc::new(
-        Injector::new(&config, pki.leafs, maps, credentials, &pki.system_roots)?
-            .with_gate(gate)
-            .with_monitor(monitor.clone()),
+        Injector::new(
+            &config,
+            pki.leafs,
+            maps,
+            reloader.credentials.clone(),
+            &pki.system_roots,
+        )?
+        .with_gate(reloader.gate.clone())
+        .with_monitor(monitor.clone()),
     );
     let control = ControlServer::bind(
         &config.control.socket,
         config.control.admin_group.as_deref(),
         monitor.clone(),
         Arc::new(DaemonBackend {
-            credentials: credential_status,
+            reloader: reloader.clone(),
             instance,
             attestor,
-            workloads: WorkloadMatcher::new(&config.workloads),
-            config_path,
         }),
     )?;
     tracing::info!(socket = %control.path().display(), "control socket ready");
@@ -246,7 +240,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         listening.join(" ")
     ));
 
-    wait_for_shutdown().await?;
+    wait_for_shutdown(&reloader).await?;
     notify("STOPPING=1");
     for server in servers {
         server.abort();
@@ -264,8 +258,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
     Ok(())
 }
 
-/// Stops a background task when the daemon's `run` returns.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Stops a background task when dropped (the daemon's `run` returns, or a
+/// reload replaces the generation the task belongs to).
+pub struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -289,13 +284,79 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn wait_for_shutdown() -> Result<()> {
+/// Resolves on SIGTERM or SIGINT; reloads the configuration on SIGHUP.
+async fn wait_for_shutdown(reloader: &reload::Reloader) -> Result<()> {
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM"); return Ok(()); }
+            _ = int.recv() => { tracing::info!("SIGINT"); return Ok(()); }
+            _ = hup.recv() => {
+                notify("RELOADING=1");
+                match reloader.reload().await {
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(%error, "reload refused; the running configuration stays"),
+                }
+                notify("READY=1");
+            }
+        }
     }
-    Ok(())
+}
+
+/// Credentials, posture checks, policy and the gate for one configuration,
+/// with their background refreshers.
+async fn build_generation(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    attestor: &Arc<Attestor>,
+) -> Result<reload::Generation> {
+    let credentials = Arc::new(
+        credentials::store_from_config(
+            &config.credentials,
+            Arc::new(SystemClock),
+            &StoreOptions::default(),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
+    {
+        let metrics = metrics.clone();
+        credentials.observe_refreshes(Arc::new(move |name, ok| {
+            metrics.credential_refreshed(name, ok);
+        }));
+    }
+    // Fetched before serving (or before a reload swaps them in), so the
+    // first request does not wait on an issuer.
+    credentials.prefetch().await;
+    let mut tasks: Vec<AbortOnDrop> = credentials
+        .spawn_refresher()
+        .into_iter()
+        .map(AbortOnDrop)
+        .collect();
+    let posture =
+        Arc::new(PostureStore::from_config(&config.postures).map_err(anyhow::Error::msg)?);
+    // Read every posture check once first: until a check has a result,
+    // rules that need it deny.
+    posture.refresh_all().await;
+    tasks.extend(
+        posture
+            .clone()
+            .spawn_refresher()
+            .into_iter()
+            .map(AbortOnDrop),
+    );
+    let policy = Policy::new(&config.policies, posture).map_err(anyhow::Error::msg)?;
+    let rules_name_models = config.policies.iter().any(|p| !p.models.is_empty());
+    let gate = Arc::new(WarrantGate::new(
+        attestor.clone(),
+        WorkloadMatcher::new(&config.workloads),
+        policy,
+        rules_name_models,
+    ));
+    Ok(reload::Generation {
+        gate,
+        credentials,
+        tasks,
+    })
 }

@@ -1,0 +1,254 @@
+//! `warrant reload` and SIGHUP: apply a new configuration without dropping
+//! a connection.
+//!
+//! The new file is parsed and validated first; if anything is wrong the
+//! running configuration stays and the error is returned. Otherwise what
+//! the request path decides with is rebuilt and swapped in whole: workloads,
+//! policies and posture checks (the gate), credentials (fetched before the
+//! swap, so the first request after a reload does not wait), intercepted
+//! ports and tagging. Requests already in flight finish with what they had;
+//! new ones use the new configuration. Sections bound to sockets, files or
+//! the CA at start ([daemon], [proxy], [audit], [control], [response],
+//! [instance], [attest], [[upstream]]) are not changed by a reload: the answer
+//! lists those that differ and need a restart.
+
+use std::{path::PathBuf, sync::Arc};
+
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, mpsc};
+
+use super::{AbortOnDrop, swap::Swap};
+use crate::{
+    config::Config,
+    credentials::{CredentialSource, CredentialStore},
+    proxy::RequestGate,
+    redirect::{RedirectMaps, tagging},
+};
+
+/// What one configuration builds for the request path, with the background
+/// tasks (refreshers) that belong to it.
+pub struct Generation {
+    pub gate: Arc<dyn RequestGate>,
+    pub credentials: Arc<CredentialStore>,
+    pub tasks: Vec<AbortOnDrop>,
+}
+
+/// Builds a [`Generation`] from a configuration (the same function serves
+/// the start and every reload, so both build the same thing).
+pub type Builder = Box<
+    dyn Fn(
+            Arc<Config>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = anyhow::Result<Generation>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+pub struct Reloader {
+    path: Option<PathBuf>,
+    build: Builder,
+    /// The configuration in force, and the tasks of its generation.
+    state: Mutex<(Arc<Config>, Vec<AbortOnDrop>)>,
+    pub gate: Arc<Swap<dyn RequestGate>>,
+    pub credentials: Arc<Swap<dyn CredentialSource>>,
+    /// The same store as `credentials`, for `warrant status`.
+    pub credential_store: Arc<Swap<CredentialStore>>,
+    /// The configuration in force, readable without waiting on a reload.
+    current: Swap<Config>,
+    maps: Arc<RedirectMaps>,
+    tagging: mpsc::UnboundedSender<Vec<tagging::CgroupSelector>>,
+}
+
+impl Reloader {
+    pub async fn start(
+        path: Option<PathBuf>,
+        config: Arc<Config>,
+        build: Builder,
+        maps: Arc<RedirectMaps>,
+        tagging: mpsc::UnboundedSender<Vec<tagging::CgroupSelector>>,
+    ) -> anyhow::Result<Reloader> {
+        let generation = build(config.clone()).await?;
+        Ok(Reloader {
+            path,
+            build,
+            current: Swap::new(config.clone()),
+            state: Mutex::new((config, generation.tasks)),
+            gate: Arc::new(Swap::new(generation.gate)),
+            credentials: Arc::new(Swap::new(
+                generation.credentials.clone() as Arc<dyn CredentialSource>
+            )),
+            credential_store: Arc::new(Swap::new(generation.credentials)),
+            maps,
+            tagging,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.current.get()
+    }
+
+    /// Re-reads the file and applies it; on any error the running
+    /// configuration stays untouched.
+    pub async fn reload(&self) -> Result<Value, String> {
+        let path = self
+            .path
+            .as_ref()
+            .ok_or("warrant runs on its embedded default config: there is no file to reload")?;
+        let new = Arc::new(Config::load(path).map_err(|e| e.to_string())?);
+        let mut state = self.state.lock().await;
+        let restart_needed = restart_only_changes(&state.0, &new);
+        let generation = (self.build)(new.clone())
+            .await
+            .map_err(|e| format!("the new configuration cannot be applied: {e:#}"))?;
+        self.maps
+            .set_intercept(&new.intercept.ports, new.intercept.block_quic)
+            .map_err(|e| format!("cannot update the intercepted ports: {e}"))?;
+        // The tagger applies new selectors on its next turn.
+        let _ = self.tagging.send(tagging::selectors(&new));
+        self.credentials.set(generation.credentials.clone());
+        self.credential_store.set(generation.credentials);
+        self.gate.set(generation.gate);
+        // Dropping the old tasks stops the old refreshers.
+        *state = (new.clone(), generation.tasks);
+        self.current.set(new.clone());
+        tracing::info!(config = %path.display(), ?restart_needed, "configuration reloaded");
+        Ok(json!({
+            "config": path.display().to_string(),
+            "valid": true,
+            "applied": true,
+            "restart_needed": restart_needed,
+            "workloads": new.workloads.len(),
+            "credentials": new.credentials.len(),
+            "policies": new.policies.len(),
+        }))
+    }
+}
+
+/// The sections that differ between `old` and `new` but are only read at
+/// start.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let differs = |a: String, b: String| a != b;
+    let mut changed = Vec::new();
+    let sections: [(&'static str, String, String); 7] = [
+        (
+            "[daemon]",
+            format!("{:?}", old.daemon),
+            format!("{:?}", new.daemon),
+        ),
+        (
+            "[proxy]",
+            format!("{:?}", old.proxy),
+            format!("{:?}", new.proxy),
+        ),
+        (
+            "[audit]",
+            format!("{:?}", old.audit),
+            format!("{:?}", new.audit),
+        ),
+        (
+            "[control]",
+            format!("{:?}", old.control),
+            format!("{:?}", new.control),
+        ),
+        (
+            "[response]",
+            format!("{:?}", old.response),
+            format!("{:?}", new.response),
+        ),
+        (
+            "[instance]",
+            format!("{:?}", old.instance),
+            format!("{:?}", new.instance),
+        ),
+        (
+            "[attest]",
+            format!("{:?}", old.attest),
+            format!("{:?}", new.attest),
+        ),
+    ];
+    for (name, a, b) in sections {
+        if differs(a, b) {
+            changed.push(name);
+        }
+    }
+    if upstream_keys(old) != upstream_keys(new) {
+        changed.push("[[upstream]]");
+    }
+    changed
+}
+
+/// Every upstream's settings without their positions in the file.
+fn upstream_keys(config: &Config) -> Vec<String> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| {
+            format!(
+                "{} {} {} {:?} {:?} {:?} {:?} {}",
+                u.host.get_ref(),
+                u.scheme.get_ref(),
+                u.credential.get_ref(),
+                u.header,
+                u.value_template,
+                u.anthropic_auth.as_ref().map(|a| a.get_ref()),
+                u.ca_file,
+                u.plain_http
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[[workload]]
+name = "a"
+unit = "a.service"
+
+[[upstream]]
+host = "api.openai.com"
+scheme = "openai"
+credential = "c"
+
+[[credential]]
+name = "c"
+source = "exec"
+command = ["true"]
+"#;
+
+    #[test]
+    fn policy_and_workload_changes_need_no_restart() {
+        let old = Config::parse(BASE, "old").unwrap();
+        let new = Config::parse(
+            &format!("{BASE}\n[[policy]]\nworkload = \"a\"\nupstreams = [\"api.openai.com\"]\n"),
+            "new",
+        )
+        .unwrap();
+        assert!(restart_only_changes(&old, &new).is_empty());
+    }
+
+    #[test]
+    fn moving_an_upstream_in_the_file_is_not_a_change_but_editing_it_is() {
+        let old = Config::parse(BASE, "old").unwrap();
+        let moved = Config::parse(&format!("\n\n{BASE}"), "new").unwrap();
+        assert!(restart_only_changes(&old, &moved).is_empty());
+        let edited = Config::parse(
+            &BASE.replace(
+                "scheme = \"openai\"",
+                "scheme = \"generic\"\nheader = \"x-key\"",
+            ),
+            "new",
+        )
+        .unwrap();
+        assert_eq!(restart_only_changes(&old, &edited), ["[[upstream]]"]);
+        let listen = Config::parse(
+            &format!("[daemon]\nlisten = \"127.0.0.1:1\"\n{BASE}"),
+            "new",
+        )
+        .unwrap();
+        assert_eq!(restart_only_changes(&old, &listen), ["[daemon]"]);
+    }
+}
