@@ -722,3 +722,51 @@ fn reload_applies_a_new_policy_without_dropping_a_live_stream_and_refuses_a_bad_
     let mut agent = stack.tagged(&["python3", "-c", PY_OPENAI]);
     assert_eq!(run_to_end(&mut agent).len(), 3);
 }
+
+#[test]
+fn explain_shows_the_attestation_and_the_decision_for_a_planned_request() {
+    let mut stack = Stack::start();
+    let socket = stack.dir.path().join("control.sock");
+    let wait = "import sys\nprint('ready', flush=True)\nsys.stdin.readline()";
+    let explain = |pid: u32, request: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_warrant"))
+            .args([
+                "explain",
+                "--pid",
+                &pid.to_string(),
+                "--request",
+                request,
+                "--socket",
+            ])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let mut tagged = stack.tagged(&["python3", "-c", wait]);
+    assert_eq!(tagged.line(), "ready");
+    let text = explain(
+        tagged.pid,
+        "POST https://api.openai.com/v1/chat/completions model=gpt-4o",
+    );
+    assert!(text.contains("warrant-agents.slice"), "{text}");
+    assert!(
+        text.contains("decision: allowed for workload \"agents\""),
+        "{text}"
+    );
+
+    let mut other = stack.agent("other.service", &["python3", "-c", wait]);
+    assert_eq!(other.line(), "ready");
+    let text = explain(other.pid, "POST https://api.openai.com/v1/chat/completions");
+    assert!(
+        text.contains("decision: denied (no workload matches this process)"),
+        "{text}"
+    );
+    // Nothing was sent.
+    assert!(stack.mock.records().is_empty());
+}

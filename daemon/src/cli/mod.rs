@@ -92,6 +92,11 @@ pub enum Command {
     Explain {
         #[arg(long)]
         pid: u32,
+        /// Also show what policy would decide for this request, e.g.
+        /// 'POST https://api.openai.com/v1/chat/completions model=gpt-4o'
+        /// (nothing is sent).
+        #[arg(long)]
+        request: Option<String>,
         #[command(flatten)]
         socket: SocketArg,
     },
@@ -247,9 +252,15 @@ pub fn main() -> ExitCode {
             false,
         ),
         Command::Reload { socket } => control::run(&socket.path, &ControlRequest::Reload, false),
-        Command::Explain { pid, socket } => {
-            control::run(&socket.path, &ControlRequest::Explain { pid }, false)
-        }
+        Command::Explain {
+            pid,
+            request,
+            socket,
+        } => control::run(
+            &socket.path,
+            &ControlRequest::Explain { pid, request },
+            false,
+        ),
     }
 }
 

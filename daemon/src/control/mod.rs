@@ -80,6 +80,9 @@ pub enum ControlRequest {
     Reload,
     Explain {
         pid: u32,
+        /// "METHOD URL [model=NAME]": also show what policy would decide.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
     },
 }
 
@@ -106,6 +109,12 @@ pub trait ControlBackend: Send + Sync + 'static {
     fn explain(&self, pid: u32) -> Result<String, String> {
         let _ = pid;
         Err("explain is not available".to_owned())
+    }
+    /// As `explain`, plus the policy decision for `request` ("METHOD URL
+    /// [model=NAME]"), without sending anything.
+    fn explain_request(&self, pid: u32, request: &str) -> Result<String, String> {
+        let _ = (pid, request);
+        Err("explain --request is not available".to_owned())
     }
 }
 
@@ -281,11 +290,14 @@ impl ControlServer {
                     .await
                     .map_err(|e| format!("reload failed: {e}"))?
             }
-            ControlRequest::Explain { pid } => {
+            ControlRequest::Explain { pid, request } => {
                 let backend = self.backend.clone();
-                let text = tokio::task::spawn_blocking(move || backend.explain(pid))
-                    .await
-                    .map_err(|e| format!("explain failed: {e}"))??;
+                let text = tokio::task::spawn_blocking(move || match request {
+                    Some(request) => backend.explain_request(pid, &request),
+                    None => backend.explain(pid),
+                })
+                .await
+                .map_err(|e| format!("explain failed: {e}"))??;
                 Ok(json!({"text": text}))
             }
         }

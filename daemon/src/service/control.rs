@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::reload::Reloader;
 use crate::{
-    attest::{Attestor, InstanceHandle, WorkloadMatcher},
+    attest::{Attestor, InstanceHandle},
     config::Config,
     control::ControlBackend,
 };
@@ -33,15 +33,111 @@ impl ControlBackend for DaemonBackend {
     }
 
     fn explain(&self, pid: u32) -> Result<String, String> {
-        let workloads = WorkloadMatcher::new(&self.reloader.config().workloads);
-        crate::attest::explain::explain_pid(pid, &self.attestor, &workloads)
+        let gate = self.reloader.warrant_gate.get();
+        crate::attest::explain::explain_pid(pid, &self.attestor, gate.workloads())
             .map_err(|e| e.to_string())
+    }
+
+    fn explain_request(&self, pid: u32, request: &str) -> Result<String, String> {
+        let planned = PlannedRequest::parse(request)?;
+        let gate = self.reloader.warrant_gate.get();
+        let origin = crate::attest::explain::origin_for_pid(pid, &self.attestor)
+            .map_err(|e| e.to_string())?;
+        let attestation = self.attestor.attest(&origin).map_err(|e| e.to_string())?;
+        let report = gate.workloads().evaluate(&attestation);
+        let mut text = crate::attest::explain::render(&attestation, &report);
+        text.push_str(&format!(
+            "request {} {}{} model={}\n",
+            planned.method,
+            planned.host,
+            planned.path,
+            planned.model.as_deref().unwrap_or("(none)")
+        ));
+        let config = self.reloader.config();
+        if !config
+            .upstreams
+            .iter()
+            .any(|u| u.host.get_ref().eq_ignore_ascii_case(&planned.host))
+        {
+            text.push_str(&format!(
+                "  {} is not a configured upstream: warrant would pass it through untouched, with no credential\n",
+                planned.host
+            ));
+            return Ok(text);
+        }
+        let Some(workload) = report.matched.as_deref() else {
+            text.push_str("  decision: denied (no workload matches this process)\n");
+            return Ok(text);
+        };
+        let decision = gate.decide_for(
+            workload,
+            &attestation,
+            &planned.host,
+            &planned.method,
+            &planned.path,
+            planned.model.as_deref(),
+        );
+        text.push_str(&format!(
+            "  decision: {} for workload {workload:?}\n",
+            if decision.allowed {
+                "allowed"
+            } else {
+                "denied"
+            }
+        ));
+        for factor in &decision.factors {
+            let name = serde_json::to_value(factor.factor)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let verdict = if factor.passed { "pass" } else { "FAIL" };
+            text.push_str(&format!("    {name:<9} {verdict}  {}\n", factor.reason));
+        }
+        Ok(text)
     }
 }
 
-/// `warrant reload` for now: re-reads and validates the file and reports
-/// what it holds. Applying it to the running daemon is not done yet, and the
-/// answer says so.
+/// A request described on the command line: "METHOD URL [model=NAME]".
+#[derive(Debug, PartialEq, Eq)]
+struct PlannedRequest {
+    method: String,
+    host: String,
+    path: String,
+    model: Option<String>,
+}
+
+impl PlannedRequest {
+    fn parse(text: &str) -> Result<PlannedRequest, String> {
+        let usage =
+            || format!("--request {text:?}: expected \"METHOD https://HOST/PATH [model=NAME]\"");
+        let mut words = text.split_whitespace();
+        let method = words.next().ok_or_else(usage)?.to_ascii_uppercase();
+        let uri: http::Uri = words
+            .next()
+            .ok_or_else(usage)?
+            .parse()
+            .map_err(|e| format!("{}: {e}", usage()))?;
+        let host = uri.host().ok_or_else(usage)?.to_ascii_lowercase();
+        let path = uri.path().to_owned();
+        let mut model = None;
+        for word in words {
+            match word.split_once('=') {
+                Some(("model", value)) => model = Some(value.to_owned()),
+                _ => return Err(format!("{}: unknown {word:?}", usage())),
+            }
+        }
+        Ok(PlannedRequest {
+            method,
+            host,
+            path,
+            model,
+        })
+    }
+}
+
+/// Re-reads and validates a file and reports what it holds, without
+/// applying it (for backends that cannot apply; the daemon's reload is
+/// `reload::Reloader`).
 pub fn validate_reload(path: &Path) -> Result<Value, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     tracing::info!(config = %path.display(), "reload requested: configuration is valid");
@@ -55,4 +151,31 @@ pub fn validate_reload(path: &Path) -> Result<Value, String> {
         "credentials": config.credentials.len(),
         "policies": config.policies.len(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PlannedRequest;
+
+    #[test]
+    fn a_planned_request_is_read_from_the_command_line_form() {
+        let planned =
+            PlannedRequest::parse("post https://API.openai.com/v1/chat/completions model=gpt-4o")
+                .unwrap();
+        assert_eq!(
+            planned,
+            PlannedRequest {
+                method: "POST".into(),
+                host: "api.openai.com".into(),
+                path: "/v1/chat/completions".into(),
+                model: Some("gpt-4o".into()),
+            }
+        );
+        assert!(PlannedRequest::parse("GET").is_err());
+        assert!(
+            PlannedRequest::parse("GET https://x/y colour=blue")
+                .unwrap_err()
+                .contains("colour")
+        );
+    }
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use http::StatusCode;
 
 use crate::{
-    attest::{Attestor, WorkloadMatcher},
+    attest::{Attestation, Attestor, WorkloadMatcher},
     audit::AttestationSummary,
-    policy::{Policy, PolicyInput},
+    policy::{Decision, Policy, PolicyInput},
     proxy::{GateDecision, GateFuture, GateRequest, RequestGate},
 };
 
@@ -47,6 +47,38 @@ impl WarrantGate {
         }
     }
 
+    /// The policy decision for a request by an attested process of
+    /// `workload`: what the gate enforces and `warrant explain --request`
+    /// shows, computed the same way.
+    pub fn decide_for(
+        &self,
+        workload: &str,
+        attestation: &Attestation,
+        upstream: &str,
+        method: &str,
+        path: &str,
+        model: Option<&str>,
+    ) -> Decision {
+        let instance = attestation.instance.as_ref();
+        let exe_sha256 = attestation.exe_hash.bytes();
+        self.policy.evaluate(&PolicyInput {
+            workload,
+            environment: instance.claim("environment").ok(),
+            region: instance.claim("region").ok(),
+            exe_path: Some(attestation.exe.as_path()),
+            exe_sha256: exe_sha256.as_ref(),
+            upstream_host: upstream,
+            method,
+            path,
+            model,
+            now: jiff::Timestamp::now(),
+        })
+    }
+
+    pub fn workloads(&self) -> &WorkloadMatcher {
+        &self.workloads
+    }
+
     async fn decide(&self, request: &GateRequest<'_>) -> GateDecision {
         // Known processes are answered inline; a first attestation (reading
         // /proc, hashing) runs on the blocking pool.
@@ -71,22 +103,16 @@ impl WarrantGate {
                 "no [[workload]] matches the calling process: {refusal}"
             ));
         };
-        let instance = attestation.instance.as_ref();
         let model = crate::policy::model_of(request.scheme, request.path, request.body_prefix);
         request.audit.model(model.as_deref());
-        let exe_sha256 = attestation.exe_hash.bytes();
-        let decision = self.policy.evaluate(&PolicyInput {
+        let decision = self.decide_for(
             workload,
-            environment: instance.claim("environment").ok(),
-            region: instance.claim("region").ok(),
-            exe_path: Some(attestation.exe.as_path()),
-            exe_sha256: exe_sha256.as_ref(),
-            upstream_host: request.upstream,
-            method: request.method.as_str(),
-            path: request.path,
-            model: model.as_deref(),
-            now: jiff::Timestamp::now(),
-        });
+            &attestation,
+            request.upstream,
+            request.method.as_str(),
+            request.path,
+            model.as_deref(),
+        );
         request.audit.decided(&decision);
         if decision.allowed {
             tracing::debug!(

@@ -17,7 +17,7 @@ use std::{path::PathBuf, sync::Arc};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 
-use super::{AbortOnDrop, swap::Swap};
+use super::{AbortOnDrop, WarrantGate, swap::Swap};
 use crate::{
     config::Config,
     credentials::{CredentialSource, CredentialStore},
@@ -28,7 +28,7 @@ use crate::{
 /// What one configuration builds for the request path, with the background
 /// tasks (refreshers) that belong to it.
 pub struct Generation {
-    pub gate: Arc<dyn RequestGate>,
+    pub gate: Arc<WarrantGate>,
     pub credentials: Arc<CredentialStore>,
     pub tasks: Vec<AbortOnDrop>,
 }
@@ -50,6 +50,8 @@ pub struct Reloader {
     /// The configuration in force, and the tasks of its generation.
     state: Mutex<(Arc<Config>, Vec<AbortOnDrop>)>,
     pub gate: Arc<Swap<dyn RequestGate>>,
+    /// The same gate, for `warrant explain --request`.
+    pub warrant_gate: Swap<WarrantGate>,
     pub credentials: Arc<Swap<dyn CredentialSource>>,
     /// The same store as `credentials`, for `warrant status`.
     pub credential_store: Arc<Swap<CredentialStore>>,
@@ -73,7 +75,8 @@ impl Reloader {
             build,
             current: Swap::new(config.clone()),
             state: Mutex::new((config, generation.tasks)),
-            gate: Arc::new(Swap::new(generation.gate)),
+            gate: Arc::new(Swap::new(generation.gate.clone() as Arc<dyn RequestGate>)),
+            warrant_gate: Swap::new(generation.gate),
             credentials: Arc::new(Swap::new(
                 generation.credentials.clone() as Arc<dyn CredentialSource>
             )),
@@ -108,7 +111,8 @@ impl Reloader {
         let _ = self.tagging.send(tagging::selectors(&new));
         self.credentials.set(generation.credentials.clone());
         self.credential_store.set(generation.credentials);
-        self.gate.set(generation.gate);
+        self.gate.set(generation.gate.clone());
+        self.warrant_gate.set(generation.gate);
         // Dropping the old tasks stops the old refreshers.
         *state = (new.clone(), generation.tasks);
         self.current.set(new.clone());
