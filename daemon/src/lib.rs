@@ -19,3 +19,4 @@ pub mod secret;
 pub mod service;
 pub mod splice;
 pub mod tls;
+pub mod usage;
