@@ -20,6 +20,7 @@
 mod body;
 mod gate;
 mod io;
+mod observe;
 mod redact;
 mod upstream;
 
@@ -42,7 +43,10 @@ use tokio::{
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 pub use body::ForwardBody;
-pub use gate::{AllowAll, GateDecision, GateFuture, GateRequest, RequestGate};
+pub use gate::{
+    Admission, AllowAll, GateDecision, GateFuture, GateRequest, RequestGate, ResponseObserver,
+};
+pub use observe::Observed;
 pub use redact::{BoxError, Redact};
 pub use upstream::{ConnectError, POOL_IDLE_TIMEOUT, connect_marked};
 
@@ -405,13 +409,32 @@ impl Injector {
             })
             .await;
         drop(prefix);
-        if let GateDecision::Refuse { status, message } = decision {
-            return error_response(
-                shape,
-                status,
-                &format!("warrant policy refused this request: {message}"),
-            );
-        }
+        let admission = match decision {
+            GateDecision::Allow => None,
+            GateDecision::Admit(admission) => Some(admission),
+            GateDecision::Refuse { status, message } => {
+                return error_response(
+                    shape,
+                    status,
+                    &format!("warrant policy refused this request: {message}"),
+                );
+            }
+            GateDecision::Throttle {
+                message,
+                retry_after,
+            } => {
+                let mut response = error_response(
+                    shape,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &format!("warrant refused this request: {message}"),
+                );
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+                return response;
+            }
+        };
 
         let credential = match self.credentials.current(&upstream.credential).await {
             Ok(credential) => credential,
@@ -504,8 +527,14 @@ impl Injector {
             "forwarded"
         );
         let (mut parts, body) = response.into_parts();
+        // The observer sees the upstream's head and bytes as they were sent.
+        let observer = admission.and_then(Admission::take).map(|mut observer| {
+            observer.head(parts.status, &parts.headers);
+            observer
+        });
         strip_hop_by_hop(&mut parts.headers, false);
         redact::headers(&mut parts.headers, &credential);
+        let body = Observed::new(body, observer);
         Response::from_parts(parts, Redact::new(body, credential).boxed())
     }
 

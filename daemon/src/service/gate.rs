@@ -9,16 +9,20 @@ use http::StatusCode;
 use crate::{
     attest::{Attestor, WorkloadMatcher},
     policy::{Policy, PolicyInput},
-    proxy::{GateDecision, GateFuture, GateRequest, RequestGate},
+    proxy::{Admission, GateDecision, GateFuture, GateRequest, RequestGate},
+    usage::{AdmitRequest, Budgets},
 };
 
 pub struct WarrantGate {
     attestor: Arc<Attestor>,
     workloads: WorkloadMatcher,
     policy: Policy,
-    /// How much of a request body to read for its "model" field: non-zero
-    /// only when some rule names models, so bodies otherwise stream untouched.
+    /// How much of a request body to read for its "model" field (and, with
+    /// token or cost budgets, its max_tokens): non-zero only when some rule
+    /// needs it, so bodies otherwise stream untouched.
     body_prefix_len: usize,
+    /// Metering and budgets; asked after policy allowed.
+    budgets: Option<Budgets>,
 }
 
 /// Enough for the "model" field of any sensible request, which clients put
@@ -43,7 +47,22 @@ impl WarrantGate {
             workloads,
             policy,
             body_prefix_len,
+            budgets: None,
         }
+    }
+
+    /// Meters every allowed request and enforces the rules' budgets.
+    /// `rules_have_token_budgets`: some rule sets tokens_per_hour or
+    /// cost_per_day_usd, whose reservations need the request's max_tokens
+    /// and model from the body.
+    pub fn with_budgets(mut self, budgets: Budgets, rules_have_token_budgets: bool) -> Self {
+        if rules_have_token_budgets {
+            self.body_prefix_len = self
+                .body_prefix_len
+                .max(budgets.settings().body_prefix_bytes);
+        }
+        self.budgets = Some(budgets);
+        self
     }
 
     async fn decide(&self, request: &GateRequest<'_>) -> GateDecision {
@@ -88,7 +107,45 @@ impl WarrantGate {
                 path = request.path,
                 "allowed"
             );
-            GateDecision::Allow
+            let Some(budgets) = &self.budgets else {
+                return GateDecision::Allow;
+            };
+            // The budget factor: asked last, like policy's BudgetGate, but
+            // here because it awaits the ledger (Redis) and hands back the
+            // reservation the response settles.
+            let limits = decision
+                .rule
+                .and_then(|rule| self.policy.limits(rule))
+                .unwrap_or_default();
+            match budgets
+                .admit(AdmitRequest {
+                    workload,
+                    upstream: request.upstream,
+                    scheme: request.scheme,
+                    path: request.path,
+                    headers: request.headers,
+                    body_prefix: request.body_prefix,
+                    model: model.as_deref(),
+                    limits,
+                })
+                .await
+            {
+                Ok(observer) => GateDecision::Admit(Admission::new(Box::new(observer))),
+                Err(refusal) => {
+                    let message = format!("workload {workload:?}: {}", refusal.message());
+                    tracing::info!(workload, upstream = request.upstream, path = request.path, reason = %message, "refused by budget");
+                    match refusal.retry_after() {
+                        Some(retry_after) => GateDecision::Throttle {
+                            message,
+                            retry_after,
+                        },
+                        None => GateDecision::Refuse {
+                            status: refusal.status(),
+                            message,
+                        },
+                    }
+                }
+            }
         } else {
             let summary = decision.summary();
             tracing::info!(workload, upstream = request.upstream, path = request.path, reasons = %summary, "denied by policy");

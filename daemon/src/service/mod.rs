@@ -25,6 +25,7 @@ use crate::{
     proxy::Injector,
     redirect::{RedirectSettings, Redirector, tagging},
     tls::Pki,
+    usage::{Budgets, LocalLedger, PriceTable, redis::RedisLedger, settings::LedgerKind},
 };
 
 pub struct RunOptions {
@@ -140,12 +141,20 @@ pub async fn run(options: RunOptions) -> Result<()> {
 
     let attestor = Arc::new(Attestor::new(&config.attest, maps.clone(), instance));
     let rules_name_models = config.policies.iter().any(|p| !p.models.is_empty());
-    let gate = Arc::new(WarrantGate::new(
-        attestor,
-        WorkloadMatcher::new(&config.workloads),
-        policy,
-        rules_name_models,
-    ));
+    let budgets = usage_budgets(&config)?;
+    let rules_have_token_budgets = config
+        .policies
+        .iter()
+        .any(|p| p.tokens_per_hour.is_some() || p.cost_per_day_usd.is_some());
+    let gate = Arc::new(
+        WarrantGate::new(
+            attestor,
+            WorkloadMatcher::new(&config.workloads),
+            policy,
+            rules_name_models,
+        )
+        .with_budgets(budgets, rules_have_token_budgets),
+    );
     let injector = Arc::new(
         Injector::new(&config, pki.leafs, maps, credentials, &pki.system_roots)?.with_gate(gate),
     );
@@ -175,6 +184,32 @@ pub async fn run(options: RunOptions) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Metering and budgets: the embedded ledger in the state directory, and
+/// Redis first when configured.
+pub fn usage_budgets(config: &Config) -> Result<Budgets> {
+    let settings = config.usage.clone();
+    let prices =
+        PriceTable::new(&config.prices, settings.default_prices).map_err(anyhow::Error::msg)?;
+    let path = config.daemon.state_dir.join("usage.sqlite");
+    let local = LocalLedger::open(&path, jiff::Timestamp::now().as_second())
+        .with_context(|| format!("cannot open the usage ledger {}", path.display()))?;
+    let redis = match (&settings.ledger, &settings.redis_url) {
+        (LedgerKind::Redis, Some(url)) => Some(
+            RedisLedger::new(url, Duration::from_millis(settings.redis_timeout_ms))
+                .map_err(anyhow::Error::msg)?,
+        ),
+        _ => None,
+    };
+    Ok(Budgets::new(
+        settings,
+        prices,
+        local,
+        true,
+        redis,
+        Arc::new(SystemClock),
+    ))
 }
 
 /// The attestor keeps a pidfd per recently seen process and every proxied

@@ -501,8 +501,16 @@ mod tests {
         })
     }
 
-    /// Each fixture: provider, file, request path, expected usage and model.
-    const CASES: &[(Provider, &str, &str, (u64, u64, u64), &str)] = &[
+    /// Provider, file, request path, expected (input, cached, output), model.
+    type Case = (
+        Provider,
+        &'static str,
+        &'static str,
+        (u64, u64, u64),
+        &'static str,
+    );
+
+    const CASES: &[Case] = &[
         (
             Provider::OpenAi,
             "openai_chat.json",
