@@ -134,16 +134,7 @@ impl WarrantGate {
                 Err(refusal) => {
                     let message = format!("workload {workload:?}: {}", refusal.message());
                     tracing::info!(workload, upstream = request.upstream, path = request.path, reason = %message, "refused by budget");
-                    match refusal.retry_after() {
-                        Some(retry_after) => GateDecision::Throttle {
-                            message,
-                            retry_after,
-                        },
-                        None => GateDecision::Refuse {
-                            status: refusal.status(),
-                            message,
-                        },
-                    }
+                    refusal.into_decision(message)
                 }
             }
         } else {

@@ -41,7 +41,11 @@ use super::{
     settings::{RedisUnreachable, UsageConfig},
     window::{Amounts, Series, limits_of},
 };
-use crate::{credentials::Clock, policy::RuleLimits, proxy::ResponseObserver};
+use crate::{
+    credentials::Clock,
+    policy::RuleLimits,
+    proxy::{GateDecision, ResponseObserver},
+};
 
 /// Why admission refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +102,21 @@ impl Refusal {
             Refusal::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::Unpriced { .. } => StatusCode::FORBIDDEN,
             Refusal::LedgerUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The proxy's answer: 429 with Retry-After when over a budget, else
+    /// the refusal's status. `message` is what the agent is told.
+    pub fn into_decision(self, message: String) -> GateDecision {
+        match self.retry_after() {
+            Some(retry_after) => GateDecision::Throttle {
+                message,
+                retry_after,
+            },
+            None => GateDecision::Refuse {
+                status: self.status(),
+                message,
+            },
         }
     }
 
