@@ -483,3 +483,59 @@ async fn a_daemon_restarted_mid_stream_remembers_the_reservation() {
         .unwrap_err();
     assert_eq!(over.used, WORST);
 }
+
+#[test]
+fn every_documented_usage_key_parses_and_bad_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let with = |extra: &str| {
+        warrant::config::Config::parse(&config_text(dir.path(), &ca, extra), "w.toml")
+    };
+    let config = with(
+        r#"
+[usage]
+ledger = "redis"
+redis_url = "redis://10.0.0.5:6379/0"
+redis_unreachable = "local"
+redis_timeout_ms = 250
+per_upstream = true
+default_max_output_tokens = 4096
+input_bytes_per_token = 4
+max_json_bytes = 1048576
+body_prefix_bytes = 1048576
+default_prices = true
+
+[[price]]
+model = "gpt-4o*"
+input = 2.50
+output = 10.00
+cached_input = 1.25
+"#,
+    )
+    .unwrap();
+    assert!(config.usage.per_upstream);
+    assert_eq!(config.prices.len(), 1);
+    // The commented reference in the embedded default names every key.
+    for key in [
+        "ledger",
+        "redis_url",
+        "redis_unreachable",
+        "redis_timeout_ms",
+        "per_upstream",
+        "default_max_output_tokens",
+        "input_bytes_per_token",
+        "max_json_bytes",
+        "body_prefix_bytes",
+        "default_prices",
+        "[[price]]",
+        "requests_per_minute",
+    ] {
+        assert!(warrant::config::DEFAULT_CONFIG.contains(key), "{key}");
+    }
+    let err = with("[[price]]\nmodel = \"x\"\ninput = -1.0\noutput = 1.0\n").unwrap_err();
+    assert!(err.to_string().contains("non-negative"), "{err}");
+    let err = with("[usage]\nledger = \"redis\"\n").unwrap_err();
+    assert!(err.to_string().contains("redis_url"), "{err}");
+    let err = with("[usage]\nledger = \"etcd\"\n").unwrap_err();
+    assert!(err.to_string().contains("w.toml:"), "{err}");
+}

@@ -65,6 +65,11 @@ impl WarrantGate {
         self
     }
 
+    /// Metering and budget state, for `warrant status` and metrics.
+    pub fn budgets(&self) -> Option<&Budgets> {
+        self.budgets.as_ref()
+    }
+
     async fn decide(&self, request: &GateRequest<'_>) -> GateDecision {
         // Known processes are answered inline; a first attestation (reading
         // /proc, hashing) runs on the blocking pool.

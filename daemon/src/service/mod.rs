@@ -142,6 +142,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let attestor = Arc::new(Attestor::new(&config.attest, maps.clone(), instance));
     let rules_name_models = config.policies.iter().any(|p| !p.models.is_empty());
     let budgets = usage_budgets(&config)?;
+    // Keeps the Redis state in status current between requests.
+    let _redis_probe = budgets.spawn_probe(Duration::from_secs(10));
     let rules_have_token_budgets = config
         .policies
         .iter()

@@ -403,6 +403,20 @@ impl Budgets {
         }
     }
 
+    /// Probes Redis every `every` (None without Redis), so that status shows
+    /// an outage and a recovery without waiting for a request.
+    pub fn spawn_probe(&self, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        self.shared.redis.as_ref()?;
+        let this = self.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                this.probe().await;
+            }
+        }))
+    }
+
     /// Probes Redis (for status after an outage, without waiting for a
     /// request). No-op without Redis.
     pub async fn probe(&self) {

@@ -100,7 +100,7 @@ pub struct Reading {
 }
 
 enum Framing {
-    Sse(SseSplitter),
+    Sse(FastSse),
     Document {
         buf: Vec<u8>,
         /// `buf` holds only the tail.
@@ -213,6 +213,109 @@ impl GeminiUsage {
     }
 }
 
+/// The streaming fast path: most events carry no usage object (content
+/// deltas; OpenAI's `"usage":null`), so a chunk is only searched (SIMD
+/// memmem) for a usage key followed by an object, and for where its last
+/// event ends. Only a region of whole events that has such a key is split
+/// into events and parsed; everything else is passed over without a copy
+/// beyond the unfinished last event.
+#[derive(Default)]
+struct FastSse {
+    /// The bytes of the event not yet ended by a blank line.
+    pending: Vec<u8>,
+    /// The current event outgrew `MAX_EVENT`: skipped up to its end.
+    skipping: bool,
+    dropped: u64,
+}
+
+impl FastSse {
+    /// Returns a region of whole events to parse, if it has usage.
+    fn feed(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+        let Some(end) = events_end(&self.pending, chunk) else {
+            if !self.skipping {
+                self.pending.extend_from_slice(chunk);
+                if self.pending.len() > MAX_EVENT {
+                    self.pending = Vec::new();
+                    self.skipping = true;
+                    self.dropped += 1;
+                }
+            }
+            return None;
+        };
+        let whole = &chunk[..end];
+        let region = if self.skipping {
+            // The oversized event ends in `whole`; what follows it there
+            // is lost with it (rare: an event over 1 MiB).
+            self.skipping = false;
+            None
+        } else if has_usage_object(&self.pending, whole) {
+            let mut region = std::mem::take(&mut self.pending);
+            region.extend_from_slice(whole);
+            Some(region)
+        } else {
+            None
+        };
+        self.pending.clear();
+        self.pending.extend_from_slice(&chunk[end..]);
+        region
+    }
+}
+
+/// Where in `chunk` the last complete event ends (just past its blank
+/// line: "\n\n", "\r\n\r\n" or "\r\r"), looking across the joint with
+/// `before` too.
+fn events_end(before: &[u8], chunk: &[u8]) -> Option<usize> {
+    let within = [&b"\n\n"[..], b"\n\r\n", b"\r\r"]
+        .iter()
+        .filter_map(|sep| memchr::memmem::rfind(chunk, sep).map(|at| at + sep.len()))
+        .max();
+    if within.is_some() {
+        return within;
+    }
+    // A blank line cut between the two: at most 3 bytes from each side.
+    let tail = &before[before.len().saturating_sub(3)..];
+    let head = &chunk[..chunk.len().min(3)];
+    let mut joint = [0u8; 6];
+    joint[..tail.len()].copy_from_slice(tail);
+    joint[tail.len()..tail.len() + head.len()].copy_from_slice(head);
+    let joint = &joint[..tail.len() + head.len()];
+    [&b"\n\n"[..], b"\n\r\n", b"\r\r"]
+        .iter()
+        .filter_map(|sep| memchr::memmem::rfind(joint, sep).map(|at| at + sep.len()))
+        .filter(|&end| end > tail.len())
+        .max()
+        .map(|end| end - tail.len())
+}
+
+/// Whether `a` followed by `b` may hold a usage key ("usage" or
+/// "usageMetadata") whose value is not null. A key cut off at the end
+/// counts as a hit: a false hit only costs a parse.
+fn has_usage_object(a: &[u8], b: &[u8]) -> bool {
+    fn hit_in(buf: &[u8]) -> bool {
+        memchr::memmem::find_iter(buf, b"\"usage").any(|at| {
+            let mut rest = &buf[at + 6..];
+            rest = rest.strip_prefix(b"Metadata").unwrap_or(rest);
+            let Some(rest) = rest.strip_prefix(b"\"") else {
+                // "usage" followed by something else, or cut off.
+                return rest.is_empty() || b"Metadata".starts_with(rest);
+            };
+            let rest = rest.trim_ascii_start();
+            let Some(rest) = rest.strip_prefix(b":") else {
+                return rest.is_empty();
+            };
+            !rest.trim_ascii_start().starts_with(b"n")
+        })
+    }
+    if hit_in(a) || hit_in(b) {
+        return true;
+    }
+    // A key cut between the two.
+    let tail = &a[a.len().saturating_sub(24)..];
+    let head = &b[..b.len().min(24)];
+    let joint: Vec<u8> = tail.iter().chain(head).copied().collect();
+    hit_in(&joint)
+}
+
 impl Meter {
     /// `status` and `content_type` are the response's; `path` the request's.
     /// `max_json` bounds the copy of a non-streaming JSON body.
@@ -230,7 +333,7 @@ impl Meter {
             Framing::Error
         } else {
             match mime.as_deref() {
-                Some("text/event-stream") => Framing::Sse(SseSplitter::new(MAX_EVENT)),
+                Some("text/event-stream") => Framing::Sse(FastSse::default()),
                 Some("application/json") | None
                     if provider == Provider::Gemini && path.contains(":streamGenerateContent") =>
                 {
@@ -259,11 +362,9 @@ impl Meter {
     /// One frame of the body, as forwarded.
     pub fn feed(&mut self, chunk: &[u8]) {
         match &mut self.framing {
-            Framing::Sse(splitter) => {
-                let mut events = Vec::new();
-                splitter.feed(chunk, &mut |e| events.push(e));
-                for event in events {
-                    self.event(event);
+            Framing::Sse(fast) => {
+                if let Some(region) = fast.feed(chunk) {
+                    self.events(&region);
                 }
             }
             Framing::Document {
@@ -290,13 +391,9 @@ impl Meter {
     pub fn finish(mut self) -> Reading {
         let mut opaque = None;
         match std::mem::replace(&mut self.framing, Framing::Error) {
-            Framing::Sse(mut splitter) => {
-                let mut events = Vec::new();
-                splitter.finish(&mut |e| events.push(e));
-                for event in events {
-                    self.event(event);
-                }
-                self.unparsed += splitter.dropped;
+            Framing::Sse(fast) => {
+                self.unparsed += fast.dropped;
+                self.events(&fast.pending);
             }
             Framing::Document {
                 buf, overflowed, ..
@@ -353,9 +450,21 @@ impl Meter {
         }
     }
 
+    /// Splits a region of whole events and parses those with usage.
+    fn events(&mut self, region: &[u8]) {
+        let mut splitter = SseSplitter::new(MAX_EVENT);
+        let mut events = Vec::new();
+        splitter.feed(region, &mut |e| events.push(e));
+        splitter.finish(&mut |e| events.push(e));
+        self.unparsed += splitter.dropped;
+        for event in events {
+            self.event(event);
+        }
+    }
+
     fn event(&mut self, event: Event) {
         let data = event.data.trim_ascii();
-        if data.is_empty() || data == b"[DONE]" {
+        if data.is_empty() || data == b"[DONE]" || !has_usage_object(data, &[]) {
             return;
         }
         match serde_json::from_slice::<Doc>(data) {
@@ -627,6 +736,28 @@ mod tests {
                 meter.feed(std::slice::from_ref(b));
             }
             assert_eq!(meter.finish().usage, usage(i, c, o), "{name}");
+        }
+    }
+
+    #[test]
+    fn crlf_and_cr_streams_meter_wherever_they_are_cut() {
+        for newline in [&b"\r\n"[..], b"\r"] {
+            let body: Vec<u8> = fixture("anthropic_messages_stream.sse")
+                .split(|b| *b == b'\n')
+                .collect::<Vec<_>>()
+                .join(newline);
+            for a in 0..body.len() {
+                let mut m = Meter::new(
+                    Provider::Anthropic,
+                    200,
+                    Some("text/event-stream"),
+                    "/v1/messages",
+                    1 << 20,
+                );
+                m.feed(&body[..a]);
+                m.feed(&body[a..]);
+                assert_eq!(m.finish().usage, usage(25, 0, 15), "cut at {a}");
+            }
         }
     }
 
