@@ -265,12 +265,8 @@ impl FastSse {
 /// line: "\n\n", "\r\n\r\n" or "\r\r"), looking across the joint with
 /// `before` too.
 fn events_end(before: &[u8], chunk: &[u8]) -> Option<usize> {
-    let within = [&b"\n\n"[..], b"\n\r\n", b"\r\r"]
-        .iter()
-        .filter_map(|sep| memchr::memmem::rfind(chunk, sep).map(|at| at + sep.len()))
-        .max();
-    if within.is_some() {
-        return within;
+    if let Some(end) = last_blank_line_end(chunk) {
+        return Some(end);
     }
     // A blank line cut between the two: at most 3 bytes from each side.
     let tail = &before[before.len().saturating_sub(3)..];
@@ -278,13 +274,28 @@ fn events_end(before: &[u8], chunk: &[u8]) -> Option<usize> {
     let mut joint = [0u8; 6];
     joint[..tail.len()].copy_from_slice(tail);
     joint[tail.len()..tail.len() + head.len()].copy_from_slice(head);
-    let joint = &joint[..tail.len() + head.len()];
-    [&b"\n\n"[..], b"\n\r\n", b"\r\r"]
-        .iter()
-        .filter_map(|sep| memchr::memmem::rfind(joint, sep).map(|at| at + sep.len()))
+    last_blank_line_end(&joint[..tail.len() + head.len()])
         .filter(|&end| end > tail.len())
-        .max()
         .map(|end| end - tail.len())
+}
+
+/// Just past the last blank line of `buf` (a line terminator, "\r\n" being
+/// one, right after another). Walks back from the end with memrchr, so it
+/// stops within the last event or two.
+fn last_blank_line_end(buf: &[u8]) -> Option<usize> {
+    let mut end = buf.len();
+    while let Some(at) = memchr::memrchr2(b'\n', b'\r', &buf[..end]) {
+        let start = if buf[at] == b'\n' && at > 0 && buf[at - 1] == b'\r' {
+            at - 1
+        } else {
+            at
+        };
+        if start > 0 && matches!(buf[start - 1], b'\n' | b'\r') {
+            return Some(at + 1);
+        }
+        end = start;
+    }
+    None
 }
 
 /// Whether `a` followed by `b` may hold a usage key ("usage" or
@@ -312,8 +323,10 @@ fn has_usage_object(a: &[u8], b: &[u8]) -> bool {
     // A key cut between the two.
     let tail = &a[a.len().saturating_sub(24)..];
     let head = &b[..b.len().min(24)];
-    let joint: Vec<u8> = tail.iter().chain(head).copied().collect();
-    hit_in(&joint)
+    let mut joint = [0u8; 48];
+    joint[..tail.len()].copy_from_slice(tail);
+    joint[tail.len()..tail.len() + head.len()].copy_from_slice(head);
+    hit_in(&joint[..tail.len() + head.len()])
 }
 
 impl Meter {
