@@ -213,24 +213,39 @@ impl GeminiUsage {
     }
 }
 
-/// The streaming fast path: most events carry no usage object (content
-/// deltas; OpenAI's `"usage":null`), so a chunk is only searched (SIMD
-/// memmem) for a usage key followed by an object, and for where its last
-/// event ends. Only a region of whole events that has such a key is split
-/// into events and parsed; everything else is passed over without a copy
-/// beyond the unfinished last event.
-#[derive(Default)]
+/// The streaming fast path. Most events carry no usage object (content
+/// deltas, pings, OpenAI's `"usage":null`), so each event is first judged
+/// cheaply: by its `event:` name (Anthropic and the responses API name their
+/// deltas), by its end (`"usage":null}`), and only then searched (SIMD
+/// memmem) for a usage key followed by an object. Only such events are
+/// copied and parsed. Gemini repeats cumulative counts in every chunk, so
+/// only its last such event is kept and parsed at the end. Event ends are
+/// found with memchr; bytes are copied only for the unfinished last event.
 struct FastSse {
+    provider: Provider,
     /// The bytes of the event not yet ended by a blank line.
     pending: Vec<u8>,
     /// The current event outgrew `MAX_EVENT`: skipped up to its end.
     skipping: bool,
     dropped: u64,
+    /// Gemini: the last event with usage.
+    last: Option<Vec<u8>>,
 }
 
 impl FastSse {
-    /// Returns a region of whole events to parse, if it has usage.
-    fn feed(&mut self, chunk: &[u8]) -> Option<Vec<u8>> {
+    fn new(provider: Provider) -> FastSse {
+        FastSse {
+            provider,
+            pending: Vec::new(),
+            skipping: false,
+            dropped: 0,
+            last: None,
+        }
+    }
+
+    /// Pushes onto `out` every event of `chunk` (with what came before) that
+    /// needs parsing now.
+    fn feed(&mut self, chunk: &[u8], out: &mut Vec<Vec<u8>>) {
         let Some(end) = events_end(&self.pending, chunk) else {
             if !self.skipping {
                 self.pending.extend_from_slice(chunk);
@@ -240,25 +255,100 @@ impl FastSse {
                     self.dropped += 1;
                 }
             }
-            return None;
+            return;
         };
         let whole = &chunk[..end];
-        let region = if self.skipping {
-            // The oversized event ends in `whole`; what follows it there
-            // is lost with it (rare: an event over 1 MiB).
+        let first = first_blank_line_end(&self.pending, whole).unwrap_or(whole.len());
+        if self.skipping {
+            // The oversized event ends here.
             self.skipping = false;
-            None
-        } else if has_usage_object(&self.pending, whole) {
-            let mut region = std::mem::take(&mut self.pending);
-            region.extend_from_slice(whole);
-            Some(region)
+        } else if self.pending.is_empty() {
+            self.consider(&whole[..first], out);
         } else {
-            None
-        };
+            let mut event = std::mem::take(&mut self.pending);
+            event.extend_from_slice(&whole[..first]);
+            self.consider(&event, out);
+        }
+        let mut rest = &whole[first..];
+        while !rest.is_empty() {
+            let at = first_blank_line_end(&[], rest).unwrap_or(rest.len());
+            self.consider(&rest[..at], out);
+            rest = &rest[at..];
+        }
         self.pending.clear();
         self.pending.extend_from_slice(&chunk[end..]);
-        region
     }
+
+    /// The stream ended: the unfinished event and Gemini's last one.
+    fn finish(mut self, out: &mut Vec<Vec<u8>>) {
+        let pending = std::mem::take(&mut self.pending);
+        if !self.skipping {
+            self.consider(&pending, out);
+        }
+        out.extend(self.last.take());
+    }
+
+    fn consider(&mut self, event: &[u8], out: &mut Vec<Vec<u8>>) {
+        let event = event.trim_ascii();
+        if event.is_empty() || skipped_by_name(event) {
+            return;
+        }
+        if event.ends_with(b"\"usage\":null}") || !has_usage_object(event, &[]) {
+            return;
+        }
+        if self.provider == Provider::Gemini {
+            self.last = Some(event.to_vec());
+        } else {
+            out.push(event.to_vec());
+        }
+    }
+}
+
+/// Named events that never carry usage: Anthropic's content blocks and
+/// pings, the responses API's deltas.
+fn skipped_by_name(event: &[u8]) -> bool {
+    let Some(rest) = event.strip_prefix(b"event:") else {
+        return false;
+    };
+    let line_end = memchr::memchr2(b'\n', b'\r', rest).unwrap_or(rest.len());
+    let name = rest[..line_end].trim_ascii();
+    name == b"ping" || name.starts_with(b"content_block_") || name.ends_with(b".delta")
+}
+
+/// Just past the first blank line of `buf`, where `before` are the bytes
+/// that came just before it (a blank line may start there).
+fn first_blank_line_end(before: &[u8], buf: &[u8]) -> Option<usize> {
+    let is_term = |b: u8| b == b'\n' || b == b'\r';
+    let mut from = 0;
+    while let Some(found) = memchr::memchr2(b'\n', b'\r', &buf[from..]) {
+        let at = from + found;
+        // The terminator at `at` and where it ends ("\r\n" is one).
+        let term_end = if buf[at] == b'\r' && buf.get(at + 1) == Some(&b'\n') {
+            at + 2
+        } else {
+            at + 1
+        };
+        // Which byte precedes this terminator's start.
+        let before_start = if at == 0 {
+            if buf[0] == b'\n' && before.last() == Some(&b'\r') {
+                // The second half of a "\r\n" cut in two: what precedes it.
+                before.len().checked_sub(2).map(|i| before[i])
+            } else {
+                before.last().copied()
+            }
+        } else if buf[at] == b'\n' && buf[at - 1] == b'\r' {
+            // Reached the '\n' of a pair whose '\r' was checked already.
+            from = at + 1;
+            continue;
+        } else {
+            Some(buf[at - 1])
+        };
+        if before_start.is_some_and(is_term) {
+            return Some(term_end);
+        }
+        from = term_end;
+    }
+    None
 }
 
 /// Where in `chunk` the last complete event ends (just past its blank
@@ -302,8 +392,10 @@ fn last_blank_line_end(buf: &[u8]) -> Option<usize> {
 /// "usageMetadata") whose value is not null. A key cut off at the end
 /// counts as a hit: a false hit only costs a parse.
 fn has_usage_object(a: &[u8], b: &[u8]) -> bool {
+    static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage"));
     fn hit_in(buf: &[u8]) -> bool {
-        memchr::memmem::find_iter(buf, b"\"usage").any(|at| {
+        USAGE_KEY.find_iter(buf).any(|at| {
             let mut rest = &buf[at + 6..];
             rest = rest.strip_prefix(b"Metadata").unwrap_or(rest);
             let Some(rest) = rest.strip_prefix(b"\"") else {
@@ -346,7 +438,7 @@ impl Meter {
             Framing::Error
         } else {
             match mime.as_deref() {
-                Some("text/event-stream") => Framing::Sse(FastSse::default()),
+                Some("text/event-stream") => Framing::Sse(FastSse::new(provider)),
                 Some("application/json") | None
                     if provider == Provider::Gemini && path.contains(":streamGenerateContent") =>
                 {
@@ -376,8 +468,10 @@ impl Meter {
     pub fn feed(&mut self, chunk: &[u8]) {
         match &mut self.framing {
             Framing::Sse(fast) => {
-                if let Some(region) = fast.feed(chunk) {
-                    self.events(&region);
+                let mut events = Vec::new();
+                fast.feed(chunk, &mut events);
+                for event in events {
+                    self.events(&event);
                 }
             }
             Framing::Document {
@@ -406,7 +500,11 @@ impl Meter {
         match std::mem::replace(&mut self.framing, Framing::Error) {
             Framing::Sse(fast) => {
                 self.unparsed += fast.dropped;
-                self.events(&fast.pending);
+                let mut events = Vec::new();
+                fast.finish(&mut events);
+                for event in events {
+                    self.events(&event);
+                }
             }
             Framing::Document {
                 buf, overflowed, ..
