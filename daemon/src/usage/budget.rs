@@ -281,13 +281,19 @@ impl Budgets {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(req.body_prefix.len() as u64);
-        let worst = worst_case(
-            &shape,
-            req.path,
-            body_len,
-            s.settings.input_bytes_per_token,
-            s.settings.default_max_output_tokens,
-        );
+        // Generation always has a request body; a request without one (GET
+        // /v1/models, a DELETE) produces no tokens and reserves none.
+        let worst = if body_len == 0 {
+            Usage::default()
+        } else {
+            worst_case(
+                &shape,
+                req.path,
+                body_len,
+                s.settings.input_bytes_per_token,
+                s.settings.default_max_output_tokens,
+            )
+        };
         let limits = limits_of(&req.limits);
         let price = model.as_deref().and_then(|m| s.prices.price(m));
         if limits[Series::CostPerDay.index()].is_some() && price.is_none() {
@@ -584,6 +590,12 @@ impl ResponseObserver for UsageObserver {
             unpriced: price.is_none(),
         };
         match &record.outcome {
+            // Nothing was at stake (a request without a body): not worth a
+            // warning, still counted as unknown in status.
+            Outcome::Unknown { reason } if worst.total() == 0 => tracing::debug!(
+                workload = %record.workload, upstream = %record.upstream, path = %record.path,
+                %reason, "usage unknown (a request without a body)"
+            ),
             Outcome::Unknown { reason } => tracing::warn!(
                 workload = %record.workload, upstream = %record.upstream, path = %record.path,
                 model = ?record.model, %reason, cut_off = record.cut_off,
@@ -600,5 +612,69 @@ impl ResponseObserver for UsageObserver {
         for sink in sinks {
             sink.record(&record);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::credentials::ManualClock;
+
+    fn budgets() -> Budgets {
+        Budgets::new(
+            UsageConfig::default(),
+            PriceTable::new(&[], true).unwrap(),
+            LocalLedger::in_memory(),
+            false,
+            None,
+            Arc::new(ManualClock::new(
+                jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+            )),
+        )
+    }
+
+    fn request<'a>(headers: &'a HeaderMap, body: &'a [u8], limits: RuleLimits) -> AdmitRequest<'a> {
+        AdmitRequest {
+            workload: "w",
+            upstream: "api.openai.com",
+            scheme: "openai",
+            path: "/v1/models",
+            headers,
+            body_prefix: body,
+            model: None,
+            limits,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_body_reserves_and_is_charged_no_tokens() {
+        let b = budgets();
+        let headers = HeaderMap::new();
+        let limits = RuleLimits {
+            tokens_per_hour: Some(10),
+            ..RuleLimits::default()
+        };
+        let observer = b.admit(request(&headers, b"", limits)).await.unwrap();
+        Box::new(observer).end(true);
+        assert_eq!(b.status().windows, vec![("w".to_owned(), [1, 0, 0])]);
+        assert_eq!(b.status().unknown, 1);
+    }
+
+    #[tokio::test]
+    async fn a_cost_budget_refuses_a_model_without_a_price() {
+        let b = budgets();
+        let headers = HeaderMap::new();
+        let limits = RuleLimits {
+            cost_per_day_usd: Some(1.0),
+            ..RuleLimits::default()
+        };
+        let refusal = b
+            .admit(request(&headers, br#"{"model":"llama-3-70b"}"#, limits))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(refusal.status(), StatusCode::FORBIDDEN);
+        assert!(refusal.message().contains("llama-3-70b"));
     }
 }
