@@ -2,7 +2,7 @@
 //!
 //! - Metering: one large OpenAI chat stream (SSE chunks as the API sends
 //!   them, cut into 16 KiB frames) through the proxy's response body path
-//!   (`Observed` + `Redact`), without an observer (passthrough, the
+//!   (`Metered` + `Redact`), without an observer (passthrough, the
 //!   baseline) and with the usage observer, in the same run; throughput and
 //!   ratio. Target: metered at least 95 % of passthrough. This baseline
 //!   has no sockets and no TLS, so it is the strictest one: through the
@@ -33,7 +33,7 @@ use hyper::body::{Body, Frame};
 use warrant::{
     credentials::SystemClock,
     policy::RuleLimits,
-    proxy::{Observed, Redact, ResponseObserver},
+    proxy::{Metered, Redact, ResponseObserver},
     secret::Secret,
     usage::{AdmitRequest, Budgets, LocalLedger, PriceTable, UsageConfig, redis::RedisLedger},
 };
@@ -123,7 +123,7 @@ async fn body_path(frames: &[Bytes], observer: Option<Box<dyn ResponseObserver>>
         o.head(StatusCode::OK, &headers);
     }
     let body = Redact::new(
-        Observed::new(Frames(frames.iter().cloned().collect()), observer),
+        Metered::new(Frames(frames.iter().cloned().collect()), observer),
         secret,
     );
     let start = Instant::now();

@@ -20,7 +20,7 @@
 mod body;
 mod gate;
 mod io;
-mod observe;
+mod metered;
 mod redact;
 mod upstream;
 
@@ -46,7 +46,7 @@ pub use body::ForwardBody;
 pub use gate::{
     Admission, AllowAll, GateDecision, GateFuture, GateRequest, RequestGate, ResponseObserver,
 };
-pub use observe::Observed;
+pub use metered::Metered;
 pub use redact::{BoxError, Redact};
 pub use upstream::{ConnectError, POOL_IDLE_TIMEOUT, connect_marked};
 
@@ -534,7 +534,7 @@ impl Injector {
         });
         strip_hop_by_hop(&mut parts.headers, false);
         redact::headers(&mut parts.headers, &credential);
-        let body = Observed::new(body, observer);
+        let body = Metered::new(body, observer);
         Response::from_parts(parts, Redact::new(body, credential).boxed())
     }
 

@@ -11,14 +11,14 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use super::gate::ResponseObserver;
 
-pub struct Observed<B> {
+pub struct Metered<B> {
     inner: B,
     observer: Option<Box<dyn ResponseObserver>>,
 }
 
-impl<B> Observed<B> {
-    pub fn new(inner: B, observer: Option<Box<dyn ResponseObserver>>) -> Observed<B> {
-        Observed { inner, observer }
+impl<B> Metered<B> {
+    pub fn new(inner: B, observer: Option<Box<dyn ResponseObserver>>) -> Metered<B> {
+        Metered { inner, observer }
     }
 
     fn end(&mut self, complete: bool) {
@@ -28,7 +28,7 @@ impl<B> Observed<B> {
     }
 }
 
-impl<B> Body for Observed<B>
+impl<B> Body for Metered<B>
 where
     B: Body<Data = Bytes> + Unpin,
 {
@@ -68,7 +68,7 @@ where
     }
 }
 
-impl<B> Drop for Observed<B> {
+impl<B> Drop for Metered<B> {
     fn drop(&mut self) {
         // Dropped before its end: the agent went away or the connection
         // broke. A body that ended reported already.
