@@ -191,16 +191,19 @@ pub struct BudgetStatus {
 }
 
 struct Shared {
-    local: LocalLedger,
+    // Shared by every generation of a reloaded config: the windows, the
+    // Redis connection, the counters and the sinks outlive a reload.
+    local: Arc<LocalLedger>,
     local_kind: &'static str,
-    redis: Option<RedisLedger>,
-    on_unreachable: RedisUnreachable,
-    redis_down: AtomicBool,
+    redis: Option<Arc<RedisLedger>>,
+    redis_down: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    sinks: Arc<Mutex<Vec<Arc<dyn UsageSink>>>>,
     clock: Arc<dyn Clock>,
+    // Replaced by a reload.
+    on_unreachable: RedisUnreachable,
     prices: PriceTable,
     settings: UsageConfig,
-    counters: Counters,
-    sinks: Mutex<Vec<Arc<dyn UsageSink>>>,
 }
 
 impl Shared {
@@ -242,16 +245,48 @@ impl Budgets {
     ) -> Budgets {
         Budgets {
             shared: Arc::new(Shared {
-                local,
+                local: Arc::new(local),
                 local_kind: if durable { "sqlite" } else { "memory" },
-                redis,
+                redis: redis.map(Arc::new),
                 on_unreachable: settings.redis_unreachable,
-                redis_down: AtomicBool::new(false),
+                redis_down: Arc::new(AtomicBool::new(false)),
                 clock,
                 prices,
                 settings,
-                counters: Counters::default(),
-                sinks: Mutex::new(Vec::new()),
+                counters: Arc::new(Counters::default()),
+                sinks: Arc::new(Mutex::new(Vec::new())),
+            }),
+        }
+    }
+
+    /// For a config reload: the same ledgers, windows, counters and sinks
+    /// (nothing spent is forgotten, reservations in flight settle into the
+    /// same windows), with the new settings and prices. `ledger` and
+    /// `redis_url` are not changed by a reload: they need a restart, and a
+    /// change is logged.
+    pub fn reconfigured(&self, settings: UsageConfig, prices: PriceTable) -> Budgets {
+        let s = &self.shared;
+        if settings.ledger != s.settings.ledger || settings.redis_url != s.settings.redis_url {
+            tracing::warn!(
+                "[usage] ledger and redis_url take effect at the next restart, not on reload"
+            );
+        }
+        Budgets {
+            shared: Arc::new(Shared {
+                local: s.local.clone(),
+                local_kind: s.local_kind,
+                redis: s.redis.clone(),
+                redis_down: s.redis_down.clone(),
+                counters: s.counters.clone(),
+                sinks: s.sinks.clone(),
+                clock: s.clock.clone(),
+                on_unreachable: settings.redis_unreachable,
+                prices,
+                settings: UsageConfig {
+                    ledger: s.settings.ledger,
+                    redis_url: s.settings.redis_url.clone(),
+                    ..settings
+                },
             }),
         }
     }
@@ -659,6 +694,39 @@ mod tests {
         Box::new(observer).end(true);
         assert_eq!(b.status().windows, vec![("w".to_owned(), [1, 0, 0])]);
         assert_eq!(b.status().unknown, 1);
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_what_was_spent_and_takes_the_new_prices() {
+        let b = budgets();
+        let headers = HeaderMap::new();
+        let limits = RuleLimits {
+            requests_per_minute: Some(1),
+            ..RuleLimits::default()
+        };
+        let held = b
+            .admit(request(&headers, br#"{"model":"m"}"#, limits))
+            .await
+            .unwrap();
+        let config = vec![crate::usage::PriceConfig {
+            model: "m".into(),
+            input: 1.0,
+            output: 1.0,
+            cached_input: None,
+        }];
+        let reloaded = b.reconfigured(
+            UsageConfig::default(),
+            PriceTable::new(&config, false).unwrap(),
+        );
+        assert!(
+            reloaded
+                .admit(request(&headers, b"{}", limits))
+                .await
+                .is_err()
+        );
+        assert!(reloaded.shared.prices.price("m").is_some());
+        drop(held);
+        assert_eq!(reloaded.status().windows, b.status().windows);
     }
 
     #[tokio::test]
