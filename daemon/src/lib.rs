@@ -22,3 +22,4 @@ pub mod secret;
 pub mod service;
 pub mod splice;
 pub mod tls;
+pub mod usage;

@@ -220,7 +220,14 @@ async fn bad_requests_get_a_clear_error() {
     )
     .await;
     assert!(both.unwrap_err().to_string().contains("exactly one"));
-    let explain = call(&socket, ControlRequest::Explain { pid: 1, request: None }).await;
+    let explain = call(
+        &socket,
+        ControlRequest::Explain {
+            pid: 1,
+            request: None,
+        },
+    )
+    .await;
     assert!(explain.unwrap_err().to_string().contains("not available"));
 }
 

@@ -119,7 +119,7 @@ fn test(unprivileged: bool) -> Result<()> {
     result
 }
 
-const BENCHES: &[&str] = &["redirect", "attest", "policy", "proxy"];
+const BENCHES: &[&str] = &["redirect", "attest", "policy", "proxy", "usage"];
 
 fn bench(name: Option<&str>) -> Result<()> {
     setup::run()?;

@@ -20,6 +20,8 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "python3",
     "iproute2",
+    // The fleet-wide budget tests start a redis-server on loopback.
+    "redis-server",
 ];
 
 /// The official SDKs the end-to-end tests drive, pinned so a new release

@@ -56,6 +56,12 @@ pub struct Config {
     pub control: ControlConfig,
     #[serde(default)]
     pub response: ResponseConfig,
+    /// Metering and budgets (see `usage::settings`).
+    #[serde(default)]
+    pub usage: crate::usage::UsageConfig,
+    /// Prices per model, before the built-in table (see `usage::price`).
+    #[serde(default, rename = "price")]
+    pub prices: Vec<crate::usage::PriceConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -758,6 +764,11 @@ impl Config {
             }
         }
         crate::policy::validate(&self.policies, &self.postures, text, origin)?;
+        self.usage
+            .validate()
+            .map_err(|msg| ConfigError::new(origin, None, msg))?;
+        crate::usage::PriceTable::new(&self.prices, false)
+            .map_err(|msg| ConfigError::new(origin, None, msg))?;
         Ok(())
     }
 

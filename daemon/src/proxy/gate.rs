@@ -5,8 +5,9 @@
 //! or injected: a refused request never causes a credential fetch. The
 //! policy module implements this trait; [`AllowAll`] is the default.
 
-use std::{future::Future, pin::Pin};
+use std::{fmt, future::Future, pin::Pin, time::Duration};
 
+use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 
 use crate::{audit::RequestLog, origin::Origin};
@@ -33,14 +34,62 @@ pub struct GateRequest<'a> {
     pub audit: &'a RequestLog,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum GateDecision {
     Allow,
+    /// Allowed; the admission watches the response as it streams back (usage
+    /// metering and budget reconciliation).
+    Admit(Admission),
     /// Answered with `status` and `message` in the provider's error shape.
     Refuse {
         status: StatusCode,
         message: String,
     },
+    /// Over a budget: 429 in the provider's error shape, with Retry-After.
+    Throttle {
+        message: String,
+        retry_after: Duration,
+    },
+}
+
+/// Watches one response on its way back to the agent. The proxy calls
+/// `head` once the upstream answered, `data` with every body chunk as it is
+/// forwarded (never holding it back), and `end` exactly once: `complete`
+/// when the body ended normally, false when it was cut off (agent gone,
+/// upstream error) or when no response came at all.
+pub trait ResponseObserver: Send + Sync + 'static {
+    fn head(&mut self, status: StatusCode, headers: &HeaderMap);
+    fn data(&mut self, chunk: &Bytes);
+    fn end(self: Box<Self>, complete: bool);
+}
+
+/// An admitted request's observer, handed by the gate to the proxy and by
+/// the proxy to the response body. If it is dropped before reaching a body
+/// (upstream unreachable, upgrade), it ends as not complete.
+pub struct Admission(Option<Box<dyn ResponseObserver>>);
+
+impl Admission {
+    pub fn new(observer: Box<dyn ResponseObserver>) -> Admission {
+        Admission(Some(observer))
+    }
+
+    pub(crate) fn take(mut self) -> Option<Box<dyn ResponseObserver>> {
+        self.0.take()
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if let Some(observer) = self.0.take() {
+            observer.end(false);
+        }
+    }
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Admission")
+    }
 }
 
 pub type GateFuture<'a> = Pin<Box<dyn Future<Output = GateDecision> + Send + 'a>>;

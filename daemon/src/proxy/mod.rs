@@ -21,6 +21,7 @@ mod body;
 mod gate;
 mod io;
 pub mod live;
+mod metered;
 mod observed;
 mod redact;
 mod upstream;
@@ -46,7 +47,10 @@ use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 use live::{ConnectionKind, LiveConnection};
 
 pub use body::ForwardBody;
-pub use gate::{AllowAll, GateDecision, GateFuture, GateRequest, RequestGate};
+pub use gate::{
+    Admission, AllowAll, GateDecision, GateFuture, GateRequest, RequestGate, ResponseObserver,
+};
+pub use metered::Metered;
 pub use redact::{BoxError, Redact};
 pub use upstream::{ConnectError, POOL_IDLE_TIMEOUT, connect_marked};
 
@@ -490,11 +494,28 @@ impl Injector {
             log.outcome(Outcome::Quarantined, Some(&message));
             return error_response(shape, StatusCode::FORBIDDEN, &message);
         }
-        if let GateDecision::Refuse { status, message } = decision {
-            let message = format!("warrant policy refused this request: {message}");
-            log.outcome(Outcome::Denied, Some(&message));
-            return error_response(shape, status, &message);
-        }
+        let admission = match decision {
+            GateDecision::Allow => None,
+            GateDecision::Admit(admission) => Some(admission),
+            GateDecision::Refuse { status, message } => {
+                let message = format!("warrant policy refused this request: {message}");
+                log.outcome(Outcome::Denied, Some(&message));
+                return error_response(shape, status, &message);
+            }
+            GateDecision::Throttle {
+                message,
+                retry_after,
+            } => {
+                let message = format!("warrant refused this request: {message}");
+                log.outcome(Outcome::Denied, Some(&message));
+                let mut response = error_response(shape, StatusCode::TOO_MANY_REQUESTS, &message);
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs().max(1)),
+                );
+                return response;
+            }
+        };
 
         let credential = match self.credentials.current(&upstream.credential).await {
             Ok(credential) => credential,
@@ -590,8 +611,14 @@ impl Injector {
             "forwarded"
         );
         let (mut parts, body) = response.into_parts();
+        // The observer sees the upstream's head and bytes as they were sent.
+        let observer = admission.and_then(Admission::take).map(|mut observer| {
+            observer.head(parts.status, &parts.headers);
+            observer
+        });
         strip_hop_by_hop(&mut parts.headers, false);
         redact::headers(&mut parts.headers, &credential);
+        let body = Metered::new(body, observer);
         Response::from_parts(parts, Redact::new(body, credential).boxed())
     }
 

@@ -27,6 +27,13 @@ impl ControlBackend for DaemonBackend {
         serde_json::to_value(self.instance.current().as_ref()).unwrap_or(Value::Null)
     }
 
+    fn budgets(&self) -> Value {
+        match self.reloader.warrant_gate.get().budgets() {
+            Some(budgets) => serde_json::to_value(budgets.status()).unwrap_or(Value::Null),
+            None => Value::Null,
+        }
+    }
+
     fn reload(&self) -> Result<Value, String> {
         // Called off the runtime's workers (see ControlBackend).
         tokio::runtime::Handle::current().block_on(self.reloader.reload())

@@ -8,18 +8,22 @@ use http::StatusCode;
 
 use crate::{
     attest::{Attestation, Attestor, WorkloadMatcher},
-    audit::AttestationSummary,
+    audit::{AttestationSummary, RequestLog},
     policy::{Decision, Policy, PolicyInput},
-    proxy::{GateDecision, GateFuture, GateRequest, RequestGate},
+    proxy::{Admission, GateDecision, GateFuture, GateRequest, RequestGate},
+    usage::{AdmitRequest, Budgets, UsageRecord, UsageSink},
 };
 
 pub struct WarrantGate {
     attestor: Arc<Attestor>,
     workloads: WorkloadMatcher,
     policy: Policy,
-    /// How much of a request body to read for its "model" field: non-zero
-    /// only when some rule names models, so bodies otherwise stream untouched.
+    /// How much of a request body to read for its "model" field (and, with
+    /// token or cost budgets, its max_tokens): non-zero only when some rule
+    /// needs it, so bodies otherwise stream untouched.
     body_prefix_len: usize,
+    /// Metering and budgets; asked after policy allowed.
+    budgets: Option<Budgets>,
 }
 
 /// Enough for the "model" field of any sensible request, which clients put
@@ -44,6 +48,7 @@ impl WarrantGate {
             workloads,
             policy,
             body_prefix_len,
+            budgets: None,
         }
     }
 
@@ -77,6 +82,25 @@ impl WarrantGate {
 
     pub fn workloads(&self) -> &WorkloadMatcher {
         &self.workloads
+    }
+
+    /// Meters every allowed request and enforces the rules' budgets.
+    /// `rules_have_token_budgets`: some rule sets tokens_per_hour or
+    /// cost_per_day_usd, whose reservations need the request's max_tokens
+    /// and model from the body.
+    pub fn with_budgets(mut self, budgets: Budgets, rules_have_token_budgets: bool) -> Self {
+        if rules_have_token_budgets {
+            self.body_prefix_len = self
+                .body_prefix_len
+                .max(budgets.settings().body_prefix_bytes);
+        }
+        self.budgets = Some(budgets);
+        self
+    }
+
+    /// Metering and budget state, for `warrant status` and metrics.
+    pub fn budgets(&self) -> Option<&Budgets> {
+        self.budgets.as_ref()
     }
 
     async fn decide(&self, request: &GateRequest<'_>) -> GateDecision {
@@ -121,7 +145,39 @@ impl WarrantGate {
                 path = request.path,
                 "allowed"
             );
-            GateDecision::Allow
+            let Some(budgets) = &self.budgets else {
+                return GateDecision::Allow;
+            };
+            // The budget factor: asked last, like policy's BudgetGate, but
+            // here because it awaits the ledger (Redis) and hands back the
+            // reservation the response settles.
+            let limits = decision
+                .rule
+                .and_then(|rule| self.policy.limits(rule))
+                .unwrap_or_default();
+            match budgets
+                .admit(AdmitRequest {
+                    workload,
+                    upstream: request.upstream,
+                    scheme: request.scheme,
+                    path: request.path,
+                    headers: request.headers,
+                    body_prefix: request.body_prefix,
+                    model: model.as_deref(),
+                    limits,
+                })
+                .await
+            {
+                Ok(observer) => {
+                    let audited = observer.with_sink(Arc::new(AuditUsage(request.audit.clone())));
+                    GateDecision::Admit(Admission::new(Box::new(audited)))
+                }
+                Err(refusal) => {
+                    let message = format!("workload {workload:?}: {}", refusal.message());
+                    tracing::info!(workload, upstream = request.upstream, path = request.path, reason = %message, "refused by budget");
+                    refusal.into_decision(message)
+                }
+            }
         } else {
             let summary = decision.summary();
             tracing::info!(workload, upstream = request.upstream, path = request.path, reasons = %summary, "denied by policy");
@@ -129,6 +185,20 @@ impl WarrantGate {
                 "workload {workload:?} is not allowed this request: {summary}"
             ))
         }
+    }
+}
+
+/// Puts a request's metered usage on its audit line (and, through it, in
+/// the token and cost metrics).
+struct AuditUsage(RequestLog);
+
+impl UsageSink for AuditUsage {
+    fn record(&self, record: &UsageRecord) {
+        self.0.usage(crate::audit::Usage {
+            input_tokens: Some(record.usage.input_tokens),
+            output_tokens: Some(record.usage.output_tokens),
+            cost_usd: Some(record.cost_micro_usd as f64 / 1e6),
+        });
     }
 }
 

@@ -32,6 +32,7 @@ use crate::{
     proxy::Injector,
     redirect::{RedirectSettings, Redirector, tagging},
     tls::Pki,
+    usage::{Budgets, LocalLedger, PriceTable, redis::RedisLedger, settings::LedgerKind},
 };
 
 pub struct RunOptions {
@@ -182,13 +183,20 @@ pub async fn run(options: RunOptions) -> Result<()> {
         maps.clone(),
         instance.clone(),
     ));
+    // The ledger is opened once; every generation reconfigures it (prices,
+    // settings) but keeps what was spent.
+    let budgets = usage_budgets(&config)?;
+    // Keeps the Redis state in status current between requests.
+    let _redis_probe = budgets
+        .spawn_probe(Duration::from_secs(10))
+        .map(AbortOnDrop);
     // Everything the request path decides with, built the same way at start
     // and on every reload (`reload.rs`).
     let build: reload::Builder = {
-        let (metrics, attestor) = (metrics.clone(), attestor.clone());
+        let (metrics, attestor, budgets) = (metrics.clone(), attestor.clone(), budgets.clone());
         Box::new(move |config: Arc<Config>| {
-            let (metrics, attestor) = (metrics.clone(), attestor.clone());
-            Box::pin(async move { build_generation(&config, &metrics, &attestor).await })
+            let (metrics, attestor, budgets) = (metrics.clone(), attestor.clone(), budgets.clone());
+            Box::pin(async move { build_generation(&config, &metrics, &attestor, &budgets).await })
         })
     };
     let config = Arc::new(config);
@@ -268,6 +276,32 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Metering and budgets: the embedded ledger in the state directory, and
+/// Redis first when configured.
+pub fn usage_budgets(config: &Config) -> Result<Budgets> {
+    let settings = config.usage.clone();
+    let prices =
+        PriceTable::new(&config.prices, settings.default_prices).map_err(anyhow::Error::msg)?;
+    let path = config.daemon.state_dir.join("usage.sqlite");
+    let local = LocalLedger::open(&path, jiff::Timestamp::now().as_second())
+        .with_context(|| format!("cannot open the usage ledger {}", path.display()))?;
+    let redis = match (&settings.ledger, &settings.redis_url) {
+        (LedgerKind::Redis, Some(url)) => Some(
+            RedisLedger::new(url, Duration::from_millis(settings.redis_timeout_ms))
+                .map_err(anyhow::Error::msg)?,
+        ),
+        _ => None,
+    };
+    Ok(Budgets::new(
+        settings,
+        prices,
+        local,
+        true,
+        redis,
+        Arc::new(SystemClock),
+    ))
+}
+
 /// The attestor keeps a pidfd per recently seen process and every proxied
 /// connection holds two sockets: lift the soft limit (1024 under systemd) to
 /// the hard one.
@@ -311,6 +345,7 @@ async fn build_generation(
     config: &Config,
     metrics: &Arc<Metrics>,
     attestor: &Arc<Attestor>,
+    budgets: &Budgets,
 ) -> Result<reload::Generation> {
     let credentials = Arc::new(
         credentials::store_from_config(
@@ -348,12 +383,24 @@ async fn build_generation(
     );
     let policy = Policy::new(&config.policies, posture).map_err(anyhow::Error::msg)?;
     let rules_name_models = config.policies.iter().any(|p| !p.models.is_empty());
-    let gate = Arc::new(WarrantGate::new(
-        attestor.clone(),
-        WorkloadMatcher::new(&config.workloads),
-        policy,
-        rules_name_models,
-    ));
+    let prices =
+        PriceTable::new(&config.prices, config.usage.default_prices).map_err(anyhow::Error::msg)?;
+    let rules_have_token_budgets = config
+        .policies
+        .iter()
+        .any(|p| p.tokens_per_hour.is_some() || p.cost_per_day_usd.is_some());
+    let gate = Arc::new(
+        WarrantGate::new(
+            attestor.clone(),
+            WorkloadMatcher::new(&config.workloads),
+            policy,
+            rules_name_models,
+        )
+        .with_budgets(
+            budgets.reconfigured(config.usage.clone(), prices),
+            rules_have_token_budgets,
+        ),
+    );
     Ok(reload::Generation {
         gate,
         credentials,

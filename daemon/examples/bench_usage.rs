@@ -1,0 +1,276 @@
+//! `cargo xtask bench usage`: what metering and budgets cost.
+//!
+//! - Metering: one large OpenAI chat stream (SSE chunks as the API sends
+//!   them, cut into 16 KiB frames) through the proxy's response body path
+//!   (`Metered` + `Redact`), without an observer (passthrough, the
+//!   baseline) and with the usage observer, in the same run; throughput and
+//!   ratio. Target: metered at least 95 % of passthrough. This baseline
+//!   has no sockets and no TLS, so it is the strictest one: through the
+//!   injector the same absolute cost per byte is a smaller share.
+//! - Ledger: one reservation and its settlement, in memory (the baseline),
+//!   in the embedded SQLite ledger, and in Redis when a redis-server is on
+//!   PATH (started on 127.0.0.1, a free port, no persistence); microseconds
+//!   per request and ratio.
+//!
+//! Run in release (`cargo run --release --example bench_usage`). Counts can
+//! be scaled with BENCH_SCALE (default 1.0). Loopback only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    collections::VecDeque,
+    io::{BufRead, BufReader},
+    pin::Pin,
+    process::{Command, Stdio},
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use warrant::{
+    credentials::SystemClock,
+    policy::RuleLimits,
+    proxy::{Metered, Redact, ResponseObserver},
+    secret::Secret,
+    usage::{AdmitRequest, Budgets, LocalLedger, PriceTable, UsageConfig, redis::RedisLedger},
+};
+
+fn scale() -> f64 {
+    std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
+}
+
+struct Frames(VecDeque<Bytes>);
+
+impl Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.get_mut().0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// A chat completion stream of about `bytes` bytes, in 16 KiB frames.
+fn stream(bytes: usize) -> Vec<Bytes> {
+    let chunk = "data: {\"id\":\"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT\",\"object\":\"chat.completion.chunk\",\"created\":1741569952,\"model\":\"gpt-4o-2024-08-06\",\"system_fingerprint\":\"fp_50cad350e4\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" streaming tokens\"},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n";
+    let usage = "data: {\"id\":\"chatcmpl-B9M\",\"object\":\"chat.completion.chunk\",\"created\":1741569952,\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":50000,\"total_tokens\":50010}}\n\ndata: [DONE]\n\n";
+    let mut all = Vec::with_capacity(bytes + 1024);
+    while all.len() < bytes {
+        all.extend_from_slice(chunk.as_bytes());
+    }
+    all.extend_from_slice(usage.as_bytes());
+    all.chunks(16 * 1024).map(Bytes::copy_from_slice).collect()
+}
+
+fn budgets(local: LocalLedger, durable: bool, redis: Option<RedisLedger>) -> Budgets {
+    Budgets::new(
+        UsageConfig::default(),
+        PriceTable::new(&[], true).unwrap(),
+        local,
+        durable,
+        redis,
+        Arc::new(SystemClock),
+    )
+}
+
+fn limits() -> RuleLimits {
+    RuleLimits {
+        requests_per_minute: Some(u64::MAX / 4),
+        tokens_per_hour: Some(u64::MAX / 4),
+        cost_per_day_usd: None,
+    }
+}
+
+async fn observer(budgets: &Budgets) -> Box<dyn ResponseObserver> {
+    let headers = HeaderMap::new();
+    let observer = budgets
+        .admit(AdmitRequest {
+            workload: "bench",
+            upstream: "api.openai.com",
+            scheme: "openai",
+            path: "/v1/chat/completions",
+            headers: &headers,
+            body_prefix: br#"{"model":"gpt-4o","max_tokens":1000,"stream":true}"#,
+            model: None,
+            limits: limits(),
+        })
+        .await
+        .unwrap();
+    Box::new(observer)
+}
+
+/// Bytes per second through the response body path.
+async fn body_path(frames: &[Bytes], observer: Option<Box<dyn ResponseObserver>>) -> f64 {
+    let total: usize = frames.iter().map(Bytes::len).sum();
+    let secret = Arc::new(Secret::new(
+        "sk-bench-0123456789abcdefghijklmnopqrstuv".to_owned(),
+    ));
+    let mut observer = observer;
+    if let Some(o) = observer.as_mut() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        o.head(StatusCode::OK, &headers);
+    }
+    let body = Redact::new(
+        Metered::new(Frames(frames.iter().cloned().collect()), observer),
+        secret,
+    );
+    let start = Instant::now();
+    let out = body.collect().await.unwrap().to_bytes();
+    let elapsed = start.elapsed();
+    assert_eq!(out.len(), total);
+    total as f64 / elapsed.as_secs_f64()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn per_request(n: usize, mut op: impl AsyncFnMut(usize)) -> Duration {
+    let start = Instant::now();
+    for i in 0..n {
+        op(i).await;
+    }
+    start.elapsed() / n as u32
+}
+
+struct RedisServer(std::process::Child, String);
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_server() -> Option<RedisServer> {
+    Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let mut child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut lines = BufReader::new(child.stdout.take()?).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("Ready to accept connections") => break,
+            Some(Ok(_)) => {}
+            _ => return None,
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Some(RedisServer(child, format!("redis://127.0.0.1:{port}/")))
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let s = scale();
+    // --- metering
+    let frames = stream((64.0 * 1024.0 * 1024.0 * s) as usize);
+    let mb = frames.iter().map(Bytes::len).sum::<usize>() as f64 / 1e6;
+    let meter_budgets = budgets(LocalLedger::in_memory(), false, None);
+    let (mut plain, mut metered) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        plain.push(body_path(&frames, None).await);
+        metered.push(body_path(&frames, Some(observer(&meter_budgets).await)).await);
+    }
+    let (p, m) = (median(plain), median(metered));
+    println!(
+        "bench usage: one {mb:.0} MB OpenAI chat stream through the response body path (median of 7)"
+    );
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}",
+        "", "passthrough", "metered", "ratio"
+    );
+    println!(
+        "{:<34} {:>12.0} {:>12.0} {:>8.3}",
+        "throughput (MB/s)",
+        p / 1e6,
+        m / 1e6,
+        m / p
+    );
+    println!(
+        "{:<34} {:>12.3}",
+        "metering cost (ns/byte)",
+        (1.0 / m - 1.0 / p) * 1e9
+    );
+    let status = meter_budgets.status();
+    assert_eq!(status.counted, 7, "every metered stream was counted");
+
+    // --- ledger
+    let n = (20_000.0 * s).max(100.0) as usize;
+    let want = [1, 1000, 1000];
+    let lim = [Some(u64::MAX / 4), Some(u64::MAX / 4), Some(u64::MAX / 4)];
+    let now = jiff::Timestamp::now().as_second();
+    let memory = LocalLedger::in_memory();
+    let mem = per_request(n, async |_| {
+        let placed = memory.reserve("bench", now, want, lim).unwrap();
+        memory.settle("bench", placed, want, [1, 500, 500]);
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = LocalLedger::open(&dir.path().join("usage.sqlite"), now).unwrap();
+    let sql = per_request(n, async |_| {
+        let placed = sqlite.reserve("bench", now, want, lim).unwrap();
+        sqlite.settle("bench", placed, want, [1, 500, 500]);
+    })
+    .await;
+    println!();
+    println!("ledger: one reservation + its settlement ({n} requests, sequential)");
+    println!("{:<34} {:>12} {:>8}", "", "us/request", "ratio");
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("{:<34} {:>12.2} {:>8.2}", "memory (baseline)", us(mem), 1.0);
+    println!(
+        "{:<34} {:>12.2} {:>8.2}",
+        "embedded (SQLite WAL)",
+        us(sql),
+        us(sql) / us(mem)
+    );
+    match redis_server() {
+        Some(server) => {
+            let redis = RedisLedger::new(&server.1, Duration::from_secs(2)).unwrap();
+            let n = n.min(5000);
+            let red = per_request(n, async |_| {
+                let placed = redis
+                    .reserve("bench", now, want, lim)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                redis
+                    .settle("bench", placed, [0, -500, -500])
+                    .await
+                    .unwrap();
+            })
+            .await;
+            println!(
+                "{:<34} {:>12.2} {:>8.2}",
+                "redis (loopback, script + HINCRBY)",
+                us(red),
+                us(red) / us(mem)
+            );
+        }
+        None => println!("redis: no redis-server on PATH, skipped"),
+    }
+}

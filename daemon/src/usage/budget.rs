@@ -1,0 +1,759 @@
+//! Budgets: admission reserves a request's worst case, the response's
+//! metered usage settles it.
+//!
+//! Per budget key (the workload, or workload/upstream with
+//! `[usage] per_upstream`) and per limit of the rule that allowed the
+//! request: requests per minute, tokens per hour, cost per day, each a
+//! sliding window (`window`). Admission checks and reserves in one atomic
+//! step (a mutex for the embedded ledger, a Lua script for Redis): the sum
+//! of what is admitted never passes a limit *as reserved*. The overshoot
+//! bound is therefore what the reservations under-estimate: for each request
+//! in flight, `max(0, actual input - estimated input)` plus, for a request
+//! without an output cap, `max(0, actual output - default_max_output_tokens)`
+//! (a request with a cap cannot pass it: providers enforce it). With N
+//! requests in flight that is at most N times the largest such error; it is
+//! zero when every request sets its cap and input estimates hold.
+//!
+//! Settling: a complete response is charged what its usage said; an error
+//! response (non-2xx) is charged the request but no tokens; a response whose
+//! usage is unknown, or that never came, is charged as reserved; a stream
+//! cut off before its final usage is charged the input seen and at least
+//! the reserved output (the provider may have generated up to the cap).
+//! Every case but the first is flagged in the usage record.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use http::{HeaderMap, StatusCode, header};
+use serde::Serialize;
+
+use super::{
+    ledger::{LocalLedger, OverLimit, Placed},
+    meter::{Meter, Outcome, Provider, Usage},
+    price::PriceTable,
+    redis::RedisLedger,
+    request::{request_shape, worst_case},
+    settings::{RedisUnreachable, UsageConfig},
+    window::{Amounts, Series, limits_of},
+};
+use crate::{
+    credentials::Clock,
+    policy::RuleLimits,
+    proxy::{GateDecision, ResponseObserver},
+};
+
+/// Why admission refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    OverBudget {
+        key: String,
+        over: OverLimit,
+    },
+    /// The rule has a cost budget and the model has no price.
+    Unpriced {
+        model: Option<String>,
+    },
+    /// Redis is unreachable and `redis_unreachable = "fail-closed"`.
+    LedgerUnavailable {
+        reason: String,
+    },
+}
+
+impl Refusal {
+    /// The message for the agent: names the budget and the wait.
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::OverBudget { key, over } => {
+                let (used, limit) = match over.series {
+                    Series::CostPerDay => (
+                        format!("${:.6}", over.used as f64 / 1e6),
+                        format!("${:.6}", over.limit as f64 / 1e6),
+                    ),
+                    _ => (over.used.to_string(), over.limit.to_string()),
+                };
+                let wait = match over.retry_after {
+                    Some(d) => format!("retry after {} s", d.as_secs()),
+                    None => {
+                        "this request alone is larger than the budget (lower max_tokens)".to_owned()
+                    }
+                };
+                format!(
+                    "budget {} of {key:?} exhausted: {used} used of {limit} in the sliding window (reservations of requests in flight included); {wait}",
+                    over.series.key()
+                )
+            }
+            Refusal::Unpriced { model } => format!(
+                "this workload has a cost_per_day_usd budget and model {} has no [[price]]; add one",
+                model.as_deref().unwrap_or("(none named)")
+            ),
+            Refusal::LedgerUnavailable { reason } => {
+                format!("the shared budget store is unreachable ({reason}) and budgets fail closed")
+            }
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Unpriced { .. } => StatusCode::FORBIDDEN,
+            Refusal::LedgerUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The proxy's answer: 429 with Retry-After when over a budget, else
+    /// the refusal's status. `message` is what the agent is told.
+    pub fn into_decision(self, message: String) -> GateDecision {
+        match self.retry_after() {
+            Some(retry_after) => GateDecision::Throttle {
+                message,
+                retry_after,
+            },
+            None => GateDecision::Refuse {
+                status: self.status(),
+                message,
+            },
+        }
+    }
+
+    /// Retry-After for a 429 (the window length when it never fits).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Refusal::OverBudget { over, .. } => Some(
+                over.retry_after
+                    .unwrap_or(Duration::from_secs(over.series.window_secs() as u64)),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// What one request was, for the audit log (given to every `UsageSink`).
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageRecord {
+    pub workload: String,
+    pub upstream: String,
+    pub provider: Provider,
+    pub path: String,
+    pub model: Option<String>,
+    /// What was charged (what the response said, or the reservation).
+    pub usage: Usage,
+    pub cost_micro_usd: u64,
+    pub reserved: Usage,
+    pub outcome: Outcome,
+    /// The response did not end normally (agent gone, upstream error).
+    pub cut_off: bool,
+    /// The model has no price: cost 0.
+    pub unpriced: bool,
+}
+
+pub trait UsageSink: Send + Sync {
+    fn record(&self, record: &UsageRecord);
+}
+
+/// Counters for status and metrics.
+#[derive(Debug, Default)]
+struct Counters {
+    responses: AtomicU64,
+    counted: AtomicU64,
+    unknown: AtomicU64,
+    cut_off: AtomicU64,
+    error_responses: AtomicU64,
+    over_budget: AtomicU64,
+    ledger_unavailable: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BudgetStatus {
+    /// sqlite | memory | redis
+    pub ledger: &'static str,
+    /// With Redis: whether the last call reached it.
+    pub redis_reachable: Option<bool>,
+    /// With Redis down and `redis_unreachable = "local"`: budgets are per
+    /// host right now.
+    pub local_fallback_active: bool,
+    pub recovered_in_flight: u64,
+    pub ledger_write_errors: u64,
+    pub responses: u64,
+    pub counted: u64,
+    pub unknown: u64,
+    pub cut_off: u64,
+    pub error_responses: u64,
+    pub over_budget: u64,
+    pub ledger_unavailable: u64,
+    /// Per key, used in each window (embedded ledger only): requests in the
+    /// last minute, tokens in the last hour, micro-USD in the last day.
+    pub windows: Vec<(String, Amounts)>,
+}
+
+struct Shared {
+    // Shared by every generation of a reloaded config: the windows, the
+    // Redis connection, the counters and the sinks outlive a reload.
+    local: Arc<LocalLedger>,
+    local_kind: &'static str,
+    redis: Option<Arc<RedisLedger>>,
+    redis_down: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    sinks: Arc<Mutex<Vec<Arc<dyn UsageSink>>>>,
+    clock: Arc<dyn Clock>,
+    // Replaced by a reload.
+    on_unreachable: RedisUnreachable,
+    prices: PriceTable,
+    settings: UsageConfig,
+}
+
+impl Shared {
+    fn now_secs(&self) -> i64 {
+        self.clock.now().as_second()
+    }
+}
+
+#[derive(Clone)]
+pub struct Budgets {
+    shared: Arc<Shared>,
+}
+
+/// One request as admission sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmitRequest<'a> {
+    pub workload: &'a str,
+    pub upstream: &'a str,
+    pub scheme: &'a str,
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+    pub body_prefix: &'a [u8],
+    /// The model policy found (the path's for Gemini).
+    pub model: Option<&'a str>,
+    pub limits: RuleLimits,
+}
+
+impl Budgets {
+    /// `local` is the embedded ledger (`LocalLedger::open` on
+    /// `<state_dir>/usage.sqlite`, or in memory); `redis`, if configured, is
+    /// asked first.
+    pub fn new(
+        settings: UsageConfig,
+        prices: PriceTable,
+        local: LocalLedger,
+        durable: bool,
+        redis: Option<RedisLedger>,
+        clock: Arc<dyn Clock>,
+    ) -> Budgets {
+        Budgets {
+            shared: Arc::new(Shared {
+                local: Arc::new(local),
+                local_kind: if durable { "sqlite" } else { "memory" },
+                redis: redis.map(Arc::new),
+                on_unreachable: settings.redis_unreachable,
+                redis_down: Arc::new(AtomicBool::new(false)),
+                clock,
+                prices,
+                settings,
+                counters: Arc::new(Counters::default()),
+                sinks: Arc::new(Mutex::new(Vec::new())),
+            }),
+        }
+    }
+
+    /// For a config reload: the same ledgers, windows, counters and sinks
+    /// (nothing spent is forgotten, reservations in flight settle into the
+    /// same windows), with the new settings and prices. `ledger` and
+    /// `redis_url` are not changed by a reload: they need a restart, and a
+    /// change is logged.
+    pub fn reconfigured(&self, settings: UsageConfig, prices: PriceTable) -> Budgets {
+        let s = &self.shared;
+        if settings.ledger != s.settings.ledger || settings.redis_url != s.settings.redis_url {
+            tracing::warn!(
+                "[usage] ledger and redis_url take effect at the next restart, not on reload"
+            );
+        }
+        Budgets {
+            shared: Arc::new(Shared {
+                local: s.local.clone(),
+                local_kind: s.local_kind,
+                redis: s.redis.clone(),
+                redis_down: s.redis_down.clone(),
+                counters: s.counters.clone(),
+                sinks: s.sinks.clone(),
+                clock: s.clock.clone(),
+                on_unreachable: settings.redis_unreachable,
+                prices,
+                settings: UsageConfig {
+                    ledger: s.settings.ledger,
+                    redis_url: s.settings.redis_url.clone(),
+                    ..settings
+                },
+            }),
+        }
+    }
+
+    /// Adds a receiver of every usage record (the audit log, metrics).
+    pub fn add_sink(&self, sink: Arc<dyn UsageSink>) {
+        self.shared
+            .sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sink);
+    }
+
+    pub fn settings(&self) -> &UsageConfig {
+        &self.shared.settings
+    }
+
+    /// Reserves the request's worst case against its rule's limits and
+    /// returns the observer that settles it when the response ends.
+    pub async fn admit(&self, req: AdmitRequest<'_>) -> Result<UsageObserver, Refusal> {
+        let s = &self.shared;
+        let shape = request_shape(req.body_prefix);
+        let model = req.model.map(str::to_owned).or(shape.model.clone());
+        let body_len = req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(req.body_prefix.len() as u64);
+        // Generation always has a request body; a request without one (GET
+        // /v1/models, a DELETE) produces no tokens and reserves none.
+        let worst = if body_len == 0 {
+            Usage::default()
+        } else {
+            worst_case(
+                &shape,
+                req.path,
+                body_len,
+                s.settings.input_bytes_per_token,
+                s.settings.default_max_output_tokens,
+            )
+        };
+        let limits = limits_of(&req.limits);
+        let price = model.as_deref().and_then(|m| s.prices.price(m));
+        if limits[Series::CostPerDay.index()].is_some() && price.is_none() {
+            return Err(Refusal::Unpriced { model });
+        }
+        let want: Amounts = [1, worst.total(), price.map_or(0, |p| p.micro_usd(&worst))];
+        let key = if s.settings.per_upstream {
+            format!("{}/{}", req.workload, req.upstream)
+        } else {
+            req.workload.to_owned()
+        };
+        let placement = if limits.iter().all(Option::is_none) {
+            Placement::None
+        } else {
+            self.reserve(&key, want, limits).await?
+        };
+        Ok(UsageObserver {
+            shared: s.clone(),
+            provider: Provider::from_scheme(req.scheme),
+            workload: req.workload.to_owned(),
+            upstream: req.upstream.to_owned(),
+            path: req.path.to_owned(),
+            model,
+            worst,
+            meter: None,
+            reservation: Some(Reservation {
+                shared: s.clone(),
+                key,
+                placement,
+                reserved: want,
+            }),
+            request_sink: None,
+        })
+    }
+
+    async fn reserve(
+        &self,
+        key: &str,
+        want: Amounts,
+        limits: [Option<u64>; 3],
+    ) -> Result<Placement, Refusal> {
+        let s = &self.shared;
+        let now = s.now_secs();
+        let over = |over: OverLimit| {
+            s.counters.over_budget.fetch_add(1, Ordering::Relaxed);
+            Refusal::OverBudget {
+                key: key.to_owned(),
+                over,
+            }
+        };
+        if let Some(redis) = &s.redis {
+            match redis.reserve(key, now, want, limits).await {
+                Ok(result) => {
+                    if s.redis_down.swap(false, Ordering::Relaxed) {
+                        tracing::info!("redis reachable again: budgets are fleet-wide again");
+                    }
+                    return result.map(Placement::Redis).map_err(over);
+                }
+                Err(error) => {
+                    if !s.redis_down.swap(true, Ordering::Relaxed) {
+                        tracing::error!(%error, fallback = ?s.on_unreachable, "redis unreachable");
+                    }
+                    if s.on_unreachable == RedisUnreachable::FailClosed {
+                        s.counters
+                            .ledger_unavailable
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Err(Refusal::LedgerUnavailable {
+                            reason: error.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        s.local
+            .reserve(key, now, want, limits)
+            .map(Placement::Local)
+            .map_err(over)
+    }
+
+    pub fn status(&self) -> BudgetStatus {
+        let s = &self.shared;
+        let c = &s.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let down = s.redis_down.load(Ordering::Relaxed);
+        let now = s.now_secs();
+        BudgetStatus {
+            ledger: if s.redis.is_some() {
+                "redis"
+            } else {
+                s.local_kind
+            },
+            redis_reachable: s.redis.as_ref().map(|_| !down),
+            local_fallback_active: s.redis.is_some()
+                && down
+                && s.on_unreachable == RedisUnreachable::Local,
+            recovered_in_flight: s.local.recovered_in_flight(),
+            ledger_write_errors: s.local.write_errors(),
+            responses: load(&c.responses),
+            counted: load(&c.counted),
+            unknown: load(&c.unknown),
+            cut_off: load(&c.cut_off),
+            error_responses: load(&c.error_responses),
+            over_budget: load(&c.over_budget),
+            ledger_unavailable: load(&c.ledger_unavailable),
+            windows: s
+                .local
+                .keys()
+                .into_iter()
+                .map(|k| {
+                    let used = s.local.used(&k, now);
+                    (k, used)
+                })
+                .collect(),
+        }
+    }
+
+    /// Probes Redis every `every` (None without Redis), so that status shows
+    /// an outage and a recovery without waiting for a request.
+    pub fn spawn_probe(&self, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        self.shared.redis.as_ref()?;
+        let this = self.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                this.probe().await;
+            }
+        }))
+    }
+
+    /// Probes Redis (for status after an outage, without waiting for a
+    /// request). No-op without Redis.
+    pub async fn probe(&self) {
+        if let Some(redis) = &self.shared.redis {
+            let up = redis.ping().await;
+            self.shared.redis_down.store(!up, Ordering::Relaxed);
+        }
+    }
+}
+
+enum Placement {
+    /// The rule has no limits: nothing reserved.
+    None,
+    Local(Placed),
+    Redis(Placed),
+}
+
+/// A reserved worst case, settled exactly once: by `settle`, or as reserved
+/// if dropped.
+struct Reservation {
+    shared: Arc<Shared>,
+    key: String,
+    placement: Placement,
+    reserved: Amounts,
+}
+
+impl Reservation {
+    fn settle(mut self, actual: Amounts) {
+        let placement = std::mem::replace(&mut self.placement, Placement::None);
+        let delta: [i64; 3] = std::array::from_fn(|i| actual[i] as i64 - self.reserved[i] as i64);
+        match placement {
+            Placement::None => {}
+            Placement::Local(placed) => {
+                self.shared
+                    .local
+                    .settle(&self.key, placed, self.reserved, actual)
+            }
+            Placement::Redis(placed) => {
+                if delta == [0; 3] {
+                    return;
+                }
+                // Settling must not wait on the response path (this runs
+                // in a body's drop); a failure leaves the reservation
+                // charged in full, which errs towards refusing.
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                let shared = self.shared.clone();
+                let key = self.key.clone();
+                runtime.spawn(async move {
+                    if let Some(redis) = &shared.redis
+                        && let Err(error) = redis.settle(&key, placed, delta).await
+                    {
+                        tracing::warn!(%error, key, "cannot settle a reservation in redis; it stays charged as reserved");
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Placement::Local(placed) = std::mem::replace(&mut self.placement, Placement::None) {
+            // Settling as reserved only clears the in-flight row.
+            self.shared
+                .local
+                .settle(&self.key, placed, self.reserved, self.reserved);
+        }
+    }
+}
+
+/// Meters one admitted request's response and settles its reservation.
+pub struct UsageObserver {
+    shared: Arc<Shared>,
+    provider: Provider,
+    workload: String,
+    upstream: String,
+    path: String,
+    model: Option<String>,
+    worst: Usage,
+    meter: Option<Meter>,
+    reservation: Option<Reservation>,
+    /// Told this request's usage when it ends (its audit line).
+    request_sink: Option<Arc<dyn UsageSink>>,
+}
+
+impl UsageObserver {
+    /// Also reports this request's usage to `sink` when the response ends.
+    pub fn with_sink(mut self, sink: Arc<dyn UsageSink>) -> UsageObserver {
+        self.request_sink = Some(sink);
+        self
+    }
+}
+
+impl ResponseObserver for UsageObserver {
+    fn head(&mut self, status: StatusCode, headers: &HeaderMap) {
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        self.meter = Some(Meter::new(
+            self.provider,
+            status.as_u16(),
+            content_type,
+            &self.path,
+            self.shared.settings.max_json_bytes,
+        ));
+    }
+
+    fn data(&mut self, chunk: &bytes::Bytes) {
+        if let Some(meter) = &mut self.meter {
+            meter.feed(chunk);
+        }
+    }
+
+    fn end(mut self: Box<Self>, complete: bool) {
+        let s = self.shared.clone();
+        let c = &s.counters;
+        c.responses.fetch_add(1, Ordering::Relaxed);
+        let reading = self.meter.take().map(Meter::finish);
+        let worst = self.worst;
+        let (usage, outcome, model) = match reading {
+            None => (
+                worst,
+                Outcome::Unknown {
+                    reason: "no response from the upstream".to_owned(),
+                },
+                None,
+            ),
+            Some(reading) => {
+                let usage = match (&reading.outcome, reading.usage) {
+                    (Outcome::ErrorResponse, _) => Usage::default(),
+                    (Outcome::Counted, Some(seen)) if complete || reading.output_final => seen,
+                    // Cut off before the final count: what was seen, and
+                    // at least the reserved output.
+                    (Outcome::Counted, Some(seen)) => Usage {
+                        input_tokens: if seen.input_tokens > 0 {
+                            seen.input_tokens
+                        } else {
+                            worst.input_tokens
+                        },
+                        cached_input_tokens: seen.cached_input_tokens,
+                        output_tokens: seen.output_tokens.max(worst.output_tokens),
+                    },
+                    _ => worst,
+                };
+                (usage, reading.outcome, reading.model)
+            }
+        };
+        match outcome {
+            Outcome::Counted => c.counted.fetch_add(1, Ordering::Relaxed),
+            Outcome::ErrorResponse => c.error_responses.fetch_add(1, Ordering::Relaxed),
+            Outcome::Unknown { .. } => c.unknown.fetch_add(1, Ordering::Relaxed),
+        };
+        if !complete {
+            c.cut_off.fetch_add(1, Ordering::Relaxed);
+        }
+        let model = model.or(self.model.take());
+        let price = model.as_deref().and_then(|m| s.prices.price(m));
+        let cost = price.map_or(0, |p| p.micro_usd(&usage));
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle([1, usage.total(), cost]);
+        }
+        let record = UsageRecord {
+            workload: std::mem::take(&mut self.workload),
+            upstream: std::mem::take(&mut self.upstream),
+            provider: self.provider,
+            path: std::mem::take(&mut self.path),
+            model,
+            usage,
+            cost_micro_usd: cost,
+            reserved: worst,
+            outcome,
+            cut_off: !complete,
+            unpriced: price.is_none(),
+        };
+        match &record.outcome {
+            // Nothing was at stake (a request without a body): not worth a
+            // warning, still counted as unknown in status.
+            Outcome::Unknown { reason } if worst.total() == 0 => tracing::debug!(
+                workload = %record.workload, upstream = %record.upstream, path = %record.path,
+                %reason, "usage unknown (a request without a body)"
+            ),
+            Outcome::Unknown { reason } => tracing::warn!(
+                workload = %record.workload, upstream = %record.upstream, path = %record.path,
+                model = ?record.model, %reason, cut_off = record.cut_off,
+                "usage unknown: charged as reserved"
+            ),
+            _ => tracing::debug!(
+                workload = %record.workload, upstream = %record.upstream, model = ?record.model,
+                input = usage.input_tokens, cached = usage.cached_input_tokens,
+                output = usage.output_tokens, cost_micro_usd = cost, cut_off = record.cut_off,
+                "usage"
+            ),
+        }
+        let sinks = s.sinks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for sink in sinks.iter().chain(self.request_sink.as_ref()) {
+            sink.record(&record);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::credentials::ManualClock;
+
+    fn budgets() -> Budgets {
+        Budgets::new(
+            UsageConfig::default(),
+            PriceTable::new(&[], true).unwrap(),
+            LocalLedger::in_memory(),
+            false,
+            None,
+            Arc::new(ManualClock::new(
+                jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+            )),
+        )
+    }
+
+    fn request<'a>(headers: &'a HeaderMap, body: &'a [u8], limits: RuleLimits) -> AdmitRequest<'a> {
+        AdmitRequest {
+            workload: "w",
+            upstream: "api.openai.com",
+            scheme: "openai",
+            path: "/v1/models",
+            headers,
+            body_prefix: body,
+            model: None,
+            limits,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_body_reserves_and_is_charged_no_tokens() {
+        let b = budgets();
+        let headers = HeaderMap::new();
+        let limits = RuleLimits {
+            tokens_per_hour: Some(10),
+            ..RuleLimits::default()
+        };
+        let observer = b.admit(request(&headers, b"", limits)).await.unwrap();
+        Box::new(observer).end(true);
+        assert_eq!(b.status().windows, vec![("w".to_owned(), [1, 0, 0])]);
+        assert_eq!(b.status().unknown, 1);
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_what_was_spent_and_takes_the_new_prices() {
+        let b = budgets();
+        let headers = HeaderMap::new();
+        let limits = RuleLimits {
+            requests_per_minute: Some(1),
+            ..RuleLimits::default()
+        };
+        let held = b
+            .admit(request(&headers, br#"{"model":"m"}"#, limits))
+            .await
+            .unwrap();
+        let config = vec![crate::usage::PriceConfig {
+            model: "m".into(),
+            input: 1.0,
+            output: 1.0,
+            cached_input: None,
+        }];
+        let reloaded = b.reconfigured(
+            UsageConfig::default(),
+            PriceTable::new(&config, false).unwrap(),
+        );
+        assert!(
+            reloaded
+                .admit(request(&headers, b"{}", limits))
+                .await
+                .is_err()
+        );
+        assert!(reloaded.shared.prices.price("m").is_some());
+        drop(held);
+        assert_eq!(reloaded.status().windows, b.status().windows);
+    }
+
+    #[tokio::test]
+    async fn a_cost_budget_refuses_a_model_without_a_price() {
+        let b = budgets();
+        let headers = HeaderMap::new();
+        let limits = RuleLimits {
+            cost_per_day_usd: Some(1.0),
+            ..RuleLimits::default()
+        };
+        let refusal = b
+            .admit(request(&headers, br#"{"model":"llama-3-70b"}"#, limits))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(refusal.status(), StatusCode::FORBIDDEN);
+        assert!(refusal.message().contains("llama-3-70b"));
+    }
+}

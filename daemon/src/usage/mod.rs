@@ -1,0 +1,30 @@
+//! Usage metering and budgets.
+//!
+//! - [`meter`] reads token usage from responses as they stream past
+//!   ([`sse`] splits event streams);
+//! - [`price`] turns usage into cost (the per-model price table);
+//! - [`request`] estimates a request's worst case from its body prefix;
+//! - [`window`] is the sliding-window arithmetic, [`ledger`] the embedded
+//!   (SQLite) store and [`redis`] the fleet-wide one;
+//! - [`budget`] ties them together: admission reserves, the response
+//!   settles ([`UsageObserver`] is the proxy's response observer).
+//!
+//! [`settings`] is the `[usage]` config section.
+
+pub mod budget;
+pub mod ledger;
+pub mod meter;
+pub mod price;
+pub mod redis;
+pub mod request;
+pub mod settings;
+pub mod sse;
+pub mod window;
+
+pub use budget::{
+    AdmitRequest, BudgetStatus, Budgets, Refusal, UsageObserver, UsageRecord, UsageSink,
+};
+pub use ledger::LocalLedger;
+pub use meter::{Meter, Outcome, Provider, Reading, Usage};
+pub use price::{PriceConfig, PriceTable};
+pub use settings::UsageConfig;

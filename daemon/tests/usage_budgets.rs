@@ -1,0 +1,541 @@
+//! Metering and budgets through the real in-process injector: a mock
+//! provider on loopback streams responses with usage; the gate admits with
+//! `Budgets`. Windows move on a manual clock; waits are on usage records
+//! (a sink), never on sleeps. Loopback only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod injector_support;
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use injector_support::*;
+use rustls::{
+    ServerConfig,
+    pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
+};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, mpsc, watch},
+};
+use tokio_rustls::TlsAcceptor;
+use warrant::{
+    credentials::ManualClock,
+    policy::RuleLimits,
+    proxy::{Admission, GateDecision, GateFuture, GateRequest, RequestGate},
+    usage::{
+        AdmitRequest, Budgets, LocalLedger, Outcome, PriceTable, UsageConfig, UsageRecord,
+        UsageSink,
+    },
+};
+
+// ---------------------------------------------------------------- provider
+
+/// A provider whose streams pause after their first event until released.
+struct Provider {
+    addr: SocketAddr,
+    release: watch::Sender<bool>,
+    started: Arc<AtomicUsize>,
+    started_changed: Arc<Notify>,
+}
+
+type MockBody = BoxBody<Bytes, Infallible>;
+
+const OPENAI_FIRST: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],\"usage\":null}\n\n";
+const OPENAI_REST: &str = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\ndata: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":50,\"total_tokens\":60}}\n\ndata: [DONE]\n\n";
+const ANTHROPIC_JSON: &str = "{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-20250514\",\"content\":[{\"type\":\"text\",\"text\":\"Hi\"}],\"stop_reason\":\"end_turn\",\"usage\":{\"input_tokens\":10,\"output_tokens\":50}}";
+
+impl Provider {
+    async fn start(pki: &TestPki) -> Provider {
+        let mut config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                pki.server_chain.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (release, released) = watch::channel(false);
+        let started = Arc::new(AtomicUsize::new(0));
+        let started_changed = Arc::new(Notify::new());
+        let (s, n) = (started.clone(), started_changed.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, released, s, n) =
+                    (acceptor.clone(), released.clone(), s.clone(), n.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let (released, s, n) = (released.clone(), s.clone(), n.clone());
+                        async move { Ok::<_, Infallible>(respond(req, released, s, n).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Provider {
+            addr,
+            release,
+            started,
+            started_changed,
+        }
+    }
+
+    /// Waits until `n` streams have sent their first event.
+    async fn wait_started(&self, n: usize) {
+        loop {
+            let changed = self.started_changed.notified();
+            if self.started.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    mut released: watch::Receiver<bool>,
+    started: Arc<AtomicUsize>,
+    started_changed: Arc<Notify>,
+) -> Response<MockBody> {
+    let path = req.uri().path().to_owned();
+    let _ = req.into_body().collect().await;
+    if path == "/v1/messages" {
+        return Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(ANTHROPIC_JSON.as_bytes())).boxed())
+            .unwrap();
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tokio::spawn(async move {
+        let _ = tx.send(Bytes::from_static(OPENAI_FIRST.as_bytes())).await;
+        started.fetch_add(1, Ordering::SeqCst);
+        started_changed.notify_waiters();
+        let _ = released.wait_for(|r| *r).await;
+        let _ = tx.send(Bytes::from_static(OPENAI_REST.as_bytes())).await;
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(ChannelBody(rx).boxed())
+        .unwrap()
+}
+
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.get_mut()
+            .0
+            .poll_recv(cx)
+            .map(|c| c.map(|d| Ok(Frame::data(d))))
+    }
+}
+
+// ---------------------------------------------------------------- gate
+
+/// Admits every request of workload "agent" against `limits`.
+struct BudgetOnly {
+    budgets: Budgets,
+    limits: RuleLimits,
+}
+
+impl RequestGate for BudgetOnly {
+    fn body_prefix_len(&self) -> usize {
+        64 * 1024
+    }
+
+    fn check<'a>(&'a self, r: GateRequest<'a>) -> GateFuture<'a> {
+        Box::pin(async move {
+            let admitted = self
+                .budgets
+                .admit(AdmitRequest {
+                    workload: "agent",
+                    upstream: r.upstream,
+                    scheme: r.scheme,
+                    path: r.path,
+                    headers: r.headers,
+                    body_prefix: r.body_prefix,
+                    model: None,
+                    limits: self.limits,
+                })
+                .await;
+            match admitted {
+                Ok(observer) => GateDecision::Admit(Admission::new(Box::new(observer))),
+                Err(refusal) => {
+                    let message = refusal.message();
+                    refusal.into_decision(message)
+                }
+            }
+        })
+    }
+}
+
+struct Records(mpsc::UnboundedSender<UsageRecord>);
+
+impl UsageSink for Records {
+    fn record(&self, record: &UsageRecord) {
+        let _ = self.0.send(record.clone());
+    }
+}
+
+fn budgets(
+    local: LocalLedger,
+    clock: Arc<ManualClock>,
+) -> (Budgets, mpsc::UnboundedReceiver<UsageRecord>) {
+    let budgets = Budgets::new(
+        UsageConfig::default(),
+        PriceTable::new(&[], true).unwrap(),
+        local,
+        false,
+        None,
+        clock,
+    );
+    let (tx, rx) = mpsc::unbounded_channel();
+    budgets.add_sink(Arc::new(Records(tx)));
+    (budgets, rx)
+}
+
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(
+        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ))
+}
+
+/// 132 bytes: reserved as 33 input tokens + 100 output = 133.
+const CHAT: &str = r#"{"model":"gpt-4o","max_tokens":100,"stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#;
+const WORST: u64 = 133;
+
+fn chat() -> Request<Full<Bytes>> {
+    assert_eq!(CHAT.len(), 132);
+    Request::builder()
+        .method(Method::POST)
+        .uri(format!("https://{OPENAI}/v1/chat/completions"))
+        .header("host", OPENAI)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer placeholder")
+        .body(Full::new(Bytes::from_static(CHAT.as_bytes())))
+        .unwrap()
+}
+
+async fn next_record(rx: &mut mpsc::UnboundedReceiver<UsageRecord>) -> UsageRecord {
+    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+        .await
+        .expect("a usage record")
+        .unwrap()
+}
+
+fn tokens(limit: u64) -> RuleLimits {
+    RuleLimits {
+        tokens_per_hour: Some(limit),
+        ..RuleLimits::default()
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_streams_never_overshoot_the_token_budget_and_settling_frees_room() {
+    let pki = TestPki::new();
+    let provider = Provider::start(&pki).await;
+    let (budgets, mut records) = budgets(LocalLedger::in_memory(), clock());
+    let limit = 1000;
+    let gate = Arc::new(BudgetOnly {
+        budgets: budgets.clone(),
+        limits: tokens(limit),
+    });
+    let harness = Harness::start_with(&pki, "", Some(gate)).await;
+
+    // N concurrent streams, all held open by the provider.
+    let n = 12;
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let mut agent = harness.h1(provider.addr, OPENAI).await;
+        tasks.push(tokio::spawn(async move {
+            let response = agent.send(chat()).await;
+            let status = response.status();
+            let retry = response.headers().get("retry-after").cloned();
+            let body = body_text(response).await;
+            (status, retry, body)
+        }));
+    }
+    let admitted = (limit / WORST) as usize; // 7
+    provider.wait_started(admitted).await;
+    // Every refusal has been answered before the streams are released.
+    let mut results = Vec::new();
+    let mut pending = Vec::new();
+    for task in tasks {
+        if task.is_finished() {
+            results.push(task.await.unwrap());
+        } else {
+            pending.push(task);
+        }
+    }
+    // The refused ones finish without the release; wait for exactly them.
+    while results.len() < n - admitted {
+        let (done, _, rest) = futures_util::future::select_all(pending).await;
+        results.push(done.unwrap());
+        pending = rest;
+    }
+    assert_eq!(
+        pending.len(),
+        admitted,
+        "admitted while the budget was reserved"
+    );
+    for (status, retry, body) in &results {
+        assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert!(retry.is_some());
+        assert!(body.contains("tokens_per_hour"), "{body}");
+    }
+    let reserved: u64 = budgets.status().windows[0].1[1];
+    assert_eq!(reserved, admitted as u64 * WORST);
+    assert!(reserved <= limit);
+
+    provider.release.send(true).unwrap();
+    for task in pending {
+        let (status, _, body) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("[DONE]"));
+    }
+    for _ in 0..admitted {
+        let record = next_record(&mut records).await;
+        assert_eq!(record.outcome, Outcome::Counted);
+        assert_eq!(record.usage.total(), 60);
+        assert!(!record.cut_off);
+        // gpt-4o at 2.50 / 10.00 per million: 10 * 2.5 + 50 * 10 = 525 micro-USD.
+        assert_eq!(record.cost_micro_usd, 525);
+    }
+    // Settled to what was used: 7 * 60 = 420; 580 left fits 4 more worst cases.
+    assert_eq!(budgets.status().windows[0].1[1], admitted as u64 * 60);
+    let headers = http::HeaderMap::new();
+    let admit = || {
+        budgets.admit(AdmitRequest {
+            workload: "agent",
+            upstream: OPENAI,
+            scheme: "openai",
+            path: "/v1/chat/completions",
+            headers: &headers,
+            body_prefix: CHAT.as_bytes(),
+            model: None,
+            limits: tokens(limit),
+        })
+    };
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(admit().await.expect("room freed by settling"));
+    }
+    assert!(admit().await.is_err());
+    assert_no_secret_in_logs();
+}
+
+#[tokio::test]
+async fn over_budget_gets_429_in_the_providers_shape_and_retry_after_is_honest() {
+    let pki = TestPki::new();
+    let provider = Provider::start(&pki).await;
+    let clock = clock();
+    let (budgets, mut records) = budgets(LocalLedger::in_memory(), clock.clone());
+    let gate = Arc::new(BudgetOnly {
+        budgets: budgets.clone(),
+        limits: RuleLimits {
+            requests_per_minute: Some(1),
+            ..RuleLimits::default()
+        },
+    });
+    let harness = Harness::start_with(&pki, "", Some(gate)).await;
+    let messages = || {
+        Request::builder()
+            .method(Method::POST)
+            .uri(format!("https://{ANTHROPIC}/v1/messages"))
+            .header("host", ANTHROPIC)
+            .header("x-api-key", "placeholder")
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[]}"#,
+            )))
+            .unwrap()
+    };
+    let mut agent = harness.h1(provider.addr, ANTHROPIC).await;
+    let first = agent.send(messages()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    body_text(first).await;
+    let record = next_record(&mut records).await;
+    assert_eq!(record.usage.output_tokens, 50);
+    assert_eq!(record.model.as_deref(), Some("claude-sonnet-4-20250514"));
+
+    let refused = agent.send(messages()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=61).contains(&retry), "{retry}");
+    let body: serde_json::Value = serde_json::from_str(&body_text(refused).await).unwrap();
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("requests_per_minute"), "{message}");
+
+    // One second early it is still refused; at Retry-After it is admitted.
+    clock.advance(Duration::from_secs(retry - 1));
+    assert_eq!(
+        agent.send(messages()).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    clock.advance(Duration::from_secs(1));
+    let again = agent.send(messages()).await;
+    assert_eq!(again.status(), StatusCode::OK);
+
+    // OpenAI's shape for an OpenAI upstream.
+    let mut openai = harness.h1(provider.addr, OPENAI).await;
+    let refused = openai.send(chat()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body: serde_json::Value = serde_json::from_str(&body_text(refused).await).unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert_eq!(body["error"]["code"], "warrant_429");
+}
+
+#[tokio::test]
+async fn a_stream_cut_off_by_the_agent_is_charged_what_was_seen_and_flagged() {
+    let pki = TestPki::new();
+    let provider = Provider::start(&pki).await;
+    let (budgets, mut records) = budgets(LocalLedger::in_memory(), clock());
+    let gate = Arc::new(BudgetOnly {
+        budgets: budgets.clone(),
+        limits: tokens(100_000),
+    });
+    let harness = Harness::start_with(&pki, "", Some(gate)).await;
+    let mut agent = harness.h1(provider.addr, OPENAI).await;
+    let mut response = agent.send(chat()).await;
+    // The first event arrives, then the agent goes away.
+    let first = response.body_mut().frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some());
+    drop(response);
+    drop(agent);
+    provider.release.send(true).unwrap();
+    let record = next_record(&mut records).await;
+    assert!(record.cut_off);
+    // No usage chunk was seen: charged as reserved, and flagged unknown.
+    assert!(matches!(record.outcome, Outcome::Unknown { .. }));
+    assert_eq!(record.usage.total(), WORST);
+    assert_eq!(budgets.status().cut_off, 1);
+    assert_eq!(budgets.status().windows[0].1[1], WORST);
+}
+
+#[tokio::test]
+async fn a_daemon_restarted_mid_stream_remembers_the_reservation() {
+    let pki = TestPki::new();
+    let provider = Provider::start(&pki).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.sqlite");
+    let now = 1_800_000_000;
+    let (budgets, _records) = budgets(LocalLedger::open(&path, now).unwrap(), clock());
+    let gate = Arc::new(BudgetOnly {
+        budgets: budgets.clone(),
+        limits: tokens(1000),
+    });
+    let harness = Harness::start_with(&pki, "", Some(gate)).await;
+    let mut agent = harness.h1(provider.addr, OPENAI).await;
+    let mut response = agent.send(chat()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.body_mut().frame().await.unwrap().unwrap();
+    // Mid-stream, what a restarted daemon would read from the state dir (the
+    // running one never settles: it is as good as killed).
+    let reopened = LocalLedger::open(&path, now + 1).unwrap();
+    assert_eq!(reopened.recovered_in_flight(), 1);
+    // gpt-4o worst case: 33 * 2.50 + 100 * 10.00 micro-USD, rounded up.
+    assert_eq!(reopened.used("agent", now + 1), [1, WORST, 1083]);
+    let over = reopened
+        .reserve(
+            "agent",
+            now + 1,
+            [1, 1000 - WORST + 1, 0],
+            [None, Some(1000), None],
+        )
+        .unwrap_err();
+    assert_eq!(over.used, WORST);
+}
+
+#[test]
+fn every_documented_usage_key_parses_and_bad_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let with = |extra: &str| {
+        warrant::config::Config::parse(&config_text(dir.path(), &ca, extra), "w.toml")
+    };
+    let config = with(
+        r#"
+[usage]
+ledger = "redis"
+redis_url = "redis://10.0.0.5:6379/0"
+redis_unreachable = "local"
+redis_timeout_ms = 250
+per_upstream = true
+default_max_output_tokens = 4096
+input_bytes_per_token = 4
+max_json_bytes = 1048576
+body_prefix_bytes = 1048576
+default_prices = true
+
+[[price]]
+model = "gpt-4o*"
+input = 2.50
+output = 10.00
+cached_input = 1.25
+"#,
+    )
+    .unwrap();
+    assert!(config.usage.per_upstream);
+    assert_eq!(config.prices.len(), 1);
+    // The commented reference in the embedded default names every key.
+    for key in [
+        "ledger",
+        "redis_url",
+        "redis_unreachable",
+        "redis_timeout_ms",
+        "per_upstream",
+        "default_max_output_tokens",
+        "input_bytes_per_token",
+        "max_json_bytes",
+        "body_prefix_bytes",
+        "default_prices",
+        "[[price]]",
+        "requests_per_minute",
+    ] {
+        assert!(warrant::config::DEFAULT_CONFIG.contains(key), "{key}");
+    }
+    let err = with("[[price]]\nmodel = \"x\"\ninput = -1.0\noutput = 1.0\n").unwrap_err();
+    assert!(err.to_string().contains("non-negative"), "{err}");
+    let err = with("[usage]\nledger = \"redis\"\n").unwrap_err();
+    assert!(err.to_string().contains("redis_url"), "{err}");
+    let err = with("[usage]\nledger = \"etcd\"\n").unwrap_err();
+    assert!(err.to_string().contains("w.toml:"), "{err}");
+}

@@ -1,0 +1,202 @@
+//! Fleet-wide budgets against a real redis-server that the test starts on
+//! 127.0.0.1 (a free port, no persistence) and stops. Without redis-server
+//! on PATH the tests say so and pass, except under CI (`cargo xtask setup`
+//! installs it there), where they fail.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use http::HeaderMap;
+use warrant::{
+    credentials::ManualClock,
+    policy::RuleLimits,
+    usage::{
+        AdmitRequest, Budgets, LocalLedger, PriceTable, Refusal, UsageConfig, redis::RedisLedger,
+        settings::RedisUnreachable,
+    },
+};
+
+struct RedisServer {
+    child: Child,
+    url: String,
+}
+
+impl RedisServer {
+    /// None when redis-server is not installed (outside CI).
+    fn start() -> Option<RedisServer> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed (cargo xtask setup installs it)"
+            );
+            eprintln!("redis-server not found: skipping (cargo xtask setup installs it)");
+            return None;
+        }
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Readiness: the server says so on stdout.
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("Ready to accept connections") => break,
+                Some(Ok(_)) => {}
+                _ => panic!("redis-server exited before it was ready"),
+            }
+        }
+        // Keep draining so that the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Some(RedisServer {
+            child,
+            url: format!("redis://127.0.0.1:{port}/"),
+        })
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn budgets(url: &str, on_down: RedisUnreachable, clock: Arc<ManualClock>) -> Budgets {
+    let settings = UsageConfig {
+        redis_unreachable: on_down,
+        redis_timeout_ms: 2000,
+        ..UsageConfig::default()
+    };
+    Budgets::new(
+        settings,
+        PriceTable::new(&[], true).unwrap(),
+        LocalLedger::in_memory(),
+        false,
+        Some(RedisLedger::new(url, Duration::from_millis(2000)).unwrap()),
+        clock,
+    )
+}
+
+const BODY: &[u8] = br#"{"model":"gpt-4o","max_tokens":96,"messages":[]}"#;
+/// 48 bytes -> 12 input tokens + 96 output.
+const WORST: u64 = 108;
+
+async fn admit(budgets: &Budgets, limit: u64) -> Result<warrant::usage::UsageObserver, Refusal> {
+    assert_eq!(BODY.len(), 48);
+    budgets
+        .admit(AdmitRequest {
+            workload: "fleet-agent",
+            upstream: "api.openai.com",
+            scheme: "openai",
+            path: "/v1/chat/completions",
+            headers: &HeaderMap::new(),
+            body_prefix: BODY,
+            model: None,
+            limits: RuleLimits {
+                tokens_per_hour: Some(limit),
+                ..RuleLimits::default()
+            },
+        })
+        .await
+}
+
+fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::new(
+        jiff::Timestamp::from_second(1_800_000_000).unwrap(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_sharing_one_redis_enforce_one_budget() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let clock = clock();
+    let a = budgets(&redis.url, RedisUnreachable::FailClosed, clock.clone());
+    let b = budgets(&redis.url, RedisUnreachable::FailClosed, clock.clone());
+    let limit = 1000; // 9 worst cases of 108
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let host = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move { admit(&host, limit).await }));
+    }
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(observer) => held.push(observer),
+            Err(Refusal::OverBudget { over, .. }) => {
+                assert!(over.retry_after.is_some());
+                refused += 1;
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(held.len() as u64, limit / WORST);
+    assert_eq!(refused, 20 - held.len());
+    assert_eq!(a.status().ledger, "redis");
+    assert_eq!(a.status().redis_reachable, Some(true));
+
+    // Dropping an observer that saw no response settles it as reserved; the
+    // window moves on the clock both hosts share.
+    drop(held);
+    assert!(admit(&b, limit).await.is_err());
+    clock.advance(Duration::from_secs(3661));
+    assert!(admit(&a, limit).await.is_ok());
+}
+
+#[tokio::test]
+async fn unreachable_redis_fails_closed_by_default_or_falls_back_to_local_budgets() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url.clone();
+    drop(redis);
+    let closed = budgets(&url, RedisUnreachable::FailClosed, clock());
+    match admit(&closed, 1000).await {
+        Err(refusal @ Refusal::LedgerUnavailable { .. }) => {
+            assert_eq!(refusal.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        }
+        other => panic!("expected fail closed, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(closed.status().redis_reachable, Some(false));
+    assert!(!closed.status().local_fallback_active);
+
+    let local = budgets(&url, RedisUnreachable::Local, clock());
+    let mut held = Vec::new();
+    for _ in 0..9 {
+        held.push(admit(&local, 1000).await.expect("local budget"));
+    }
+    // The same limit, enforced per host.
+    assert!(matches!(
+        admit(&local, 1000).await,
+        Err(Refusal::OverBudget { .. })
+    ));
+    let status = local.status();
+    assert!(status.local_fallback_active);
+    assert_eq!(status.windows[0].1[1], 9 * WORST);
+}
