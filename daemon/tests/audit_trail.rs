@@ -89,11 +89,20 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
     assert_eq!(status, 503, "{text}");
     seen.push(text);
 
-    eventually("five request records", || requests(&h).len() >= 5).await;
+    // Budget refusal.
+    let (status, text) = text_of(agent.send(request(OPENAI, "/v1/budget/x", &[])).await).await;
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("budget"), "{text}");
+    seen.push(text);
+
+    eventually("six request records", || requests(&h).len() >= 6).await;
     let records = requests(&h);
-    assert_eq!(records.len(), 5, "one line per request: {records:#?}");
+    assert_eq!(records.len(), 6, "one line per request: {records:#?}");
     let by_path = |p: &str| records.iter().find(|r| r["path"] == p).unwrap().clone();
 
+    let over = by_path("/v1/budget/x");
+    assert_eq!(over["outcome"], "denied", "{over}");
+    assert_eq!(over["status"], 429, "{over}");
     let ok = by_path("/v1/chat/completions");
     assert_eq!(ok["outcome"], "forwarded");
     assert_eq!(ok["status"], 200);
@@ -228,7 +237,7 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
         value("warrant_connections_total", &[("kind", "intercepted")]),
         3.0
     );
-    assert_eq!(value("warrant_audit_records_total", &[]), 5.0);
+    assert_eq!(value("warrant_audit_records_total", &[]), 6.0);
     assert!(
         value(
             "warrant_credential_refreshes_total",

@@ -98,6 +98,13 @@ impl RequestGate for TestGate {
                 ],
             };
             request.audit.decided(&decision);
+            if request.path.starts_with("/v1/budget") {
+                // What the budget factor answers when a workload is over.
+                return GateDecision::Throttle {
+                    message: "tokens_per_hour budget of workload agent-a is spent".to_owned(),
+                    retry_after: std::time::Duration::from_secs(60),
+                };
+            }
             if denied {
                 GateDecision::Refuse {
                     status: http::StatusCode::FORBIDDEN,
