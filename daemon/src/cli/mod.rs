@@ -1,5 +1,7 @@
 //! The `warrant` command line.
 
+pub mod tag;
+
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
@@ -42,6 +44,25 @@ pub enum Command {
         #[arg(long, default_value = "/etc/warrant/warrant.toml")]
         config: PathBuf,
     },
+    /// Make a systemd service a tagged workload: a drop-in places it in
+    /// warrant-agents.slice and points its TLS trust at warrant's bundle.
+    Tag {
+        /// The service (a bare name means NAME.service).
+        unit: String,
+        #[arg(long, default_value = "/etc/warrant/warrant.toml")]
+        config: PathBuf,
+        /// Write under this directory instead of / and do not call systemctl
+        /// (for building images and for tests).
+        #[arg(long, hide = true)]
+        root: Option<PathBuf>,
+    },
+    /// Remove exactly the drop-in `warrant tag` wrote.
+    Untag {
+        /// The service (a bare name means NAME.service).
+        unit: String,
+        #[arg(long, hide = true)]
+        root: Option<PathBuf>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -52,6 +73,15 @@ pub fn main() -> ExitCode {
             config,
             detach_on_exit,
         } => {
+            // Before the runtime: this reads and clears the environment,
+            // which is only sound while the process has one thread.
+            let inherited = match crate::service::activation::take_listeners() {
+                Ok(inherited) => inherited,
+                Err(err) => {
+                    eprintln!("warrant: {err:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -65,6 +95,7 @@ pub fn main() -> ExitCode {
             match runtime.block_on(crate::service::run(crate::service::RunOptions {
                 config,
                 detach_on_exit,
+                inherited,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
@@ -95,6 +126,8 @@ pub fn main() -> ExitCode {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
         }
+        Command::Tag { unit, config, root } => report(tag_unit(&unit, &config, root)),
+        Command::Untag { unit, root } => report(untag_unit(&unit, root)),
         Command::Detach { config } => {
             let config = match load_or_default(&config) {
                 Ok(config) => config,
@@ -115,6 +148,76 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("warrant: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tag_unit(unit: &str, config: &std::path::Path, root: Option<PathBuf>) -> anyhow::Result<()> {
+    let unit = tag::service_name(unit)?;
+    let config = load_or_default(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bundle = config.daemon.state_dir.join(crate::tls::TRUST_BUNDLE_FILE);
+    let on_system = root.is_none();
+    let root = root.unwrap_or_else(|| PathBuf::from("/"));
+    let outcome = tag::tag(&root, &unit, &bundle)?;
+    let path = tag::dropin_path(&root, &unit);
+    match outcome {
+        tag::Tagged::Written => println!("wrote {}", path.display()),
+        tag::Tagged::AlreadyTagged => println!("{unit} is already tagged ({})", path.display()),
+    }
+    if !config.workloads.iter().any(|w| {
+        w.slice
+            .as_ref()
+            .is_some_and(|s| s.get_ref() == tag::AGENTS_SLICE)
+    }) {
+        println!(
+            "note: no [[workload]] selects slice = \"{}\": add one, or the unit is not redirected",
+            tag::AGENTS_SLICE
+        );
+    }
+    if on_system {
+        after_change(&unit, outcome == tag::Tagged::Written)?;
+    }
+    Ok(())
+}
+
+fn untag_unit(unit: &str, root: Option<PathBuf>) -> anyhow::Result<()> {
+    let unit = tag::service_name(unit)?;
+    let on_system = root.is_none();
+    let root = root.unwrap_or_else(|| PathBuf::from("/"));
+    let removed = tag::untag(&root, &unit)?;
+    if !removed {
+        println!("{unit} was not tagged");
+        return Ok(());
+    }
+    println!("removed {}", tag::dropin_path(&root, &unit).display());
+    if on_system {
+        after_change(&unit, true)?;
+    }
+    Ok(())
+}
+
+/// Reloads systemd after a drop-in changed and says whether the unit must be
+/// restarted: a running unit keeps its slice and environment until then.
+fn after_change(unit: &str, changed: bool) -> anyhow::Result<()> {
+    if changed {
+        tag::daemon_reload()?;
+    }
+    if tag::unit_is_active(unit) {
+        if changed {
+            println!("{unit} is running: restart it to apply (systemctl restart {unit})");
+        }
+    } else {
+        println!("{unit} is not running: the change applies when it starts");
+    }
+    Ok(())
 }
 
 /// The config at `path`, or the embedded default when that file does not exist.
