@@ -44,6 +44,12 @@ pub fn run() -> Result<PathBuf> {
         Ok(())
     };
     install(&binary, "usr/bin/warrant", 0o755)?;
+    // Symbols are of no use on a host and double the package's size.
+    run_cmd(
+        Command::new("strip")
+            .arg("--strip-unneeded")
+            .arg(stage.join("usr/bin/warrant")),
+    )?;
     for unit in UNITS {
         install(
             &root.join("systemd").join(unit),

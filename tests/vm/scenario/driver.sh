@@ -25,7 +25,10 @@ check() {
 note() { NOTES="$NOTES $*"; }
 now() { date +%s.%N; }
 since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
-count() { grep -c "$1" "$2" 2>/dev/null || true; }
+count() {
+    n=$(grep -c -- "$1" "$2" 2>/dev/null)
+    echo "${n:-0}"
+}
 finish() {
     if [ -n "$FAILED" ]; then
         log "--- warrant journal"
@@ -44,8 +47,8 @@ wait_for() { # seconds, command...
     i=0
     while ! "$@"; do
         i=$((i + 1))
-        [ $i -ge $((limit * 10)) ] && return 1
-        sleep 0.1
+        [ $i -ge $((limit * 4)) ] && return 1
+        sleep 0.25
     done
 }
 ok_count() { count '"ok": true' "$T/agent.jsonl"; }
@@ -66,7 +69,7 @@ check "mock provider listens" python3 "$T/wait_port.py" 127.0.0.2 443 30 || fini
 
 # --- 1. install, configure, start, tag
 t=$(now)
-check "apt install ./warrant.deb" sh -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-download $T/warrant_*.deb > $T/apt.log 2>&1 || { cat $T/apt.log; false; }"
+check "apt install ./warrant.deb" sh -c "DEBIAN_FRONTEND=noninteractive apt-get install -y -q $T/warrant_*.deb > $T/apt.log 2>&1 || { cat $T/apt.log; false; }"
 note "install=$(since "$t")s"
 check "config is a conffile" grep -q /etc/warrant/warrant.toml /var/lib/dpkg/info/warrant.conffiles
 check "credentials dir is 0700" [ "$(stat -c %a /etc/warrant/credentials)" = 700 ]
@@ -84,6 +87,10 @@ t=$(now)
 check "systemctl enable --now warrant" systemctl enable --now warrant.service
 note "start=$(since "$t")s"
 check "warrant is active" systemctl is-active --quiet warrant.service
+if ! systemctl is-active --quiet warrant.service; then
+    # Nothing below can pass without the daemon.
+    finish
+fi
 check "warrant.socket is active" systemctl is-active --quiet warrant.socket
 check "watchdog configured" sh -c "systemctl show -p WatchdogUSec warrant.service | grep -q 30s"
 
@@ -103,6 +110,7 @@ check "tag says no restart needed (not running)" grep -q "not running" "$T/tag.o
 systemctl start agent.service
 check "agent runs in warrant-agents.slice" sh -c "systemctl show -p Slice agent.service | grep -qx Slice=warrant-agents.slice"
 check "agent makes requests through warrant" wait_for 90 at_least ok_count 3
+if [ "$(ok_count)" -lt 3 ]; then finish; fi
 check "the mock saw the real key" grep -q "Bearer $REAL" "$T/provider-saw.jsonl"
 check "the mock never saw the placeholder" [ "$(count "$PLACEHOLDER" "$T/provider-saw.jsonl")" -eq 0 ]
 
