@@ -30,6 +30,8 @@ count() {
     echo "${n:-0}"
 }
 finish() {
+    log "--- warrant's notable log lines"
+    journalctl -u warrant --no-pager -o short-monotonic | grep -E 'WARN|ERROR|tagged|ready|SIG|drain|watchdog' | cut -c1-300 | tail -60
     if [ -n "$FAILED" ]; then
         log "--- warrant journal"
         journalctl -u warrant -u warrant.socket --no-pager -o short-monotonic | tail -80
@@ -77,8 +79,8 @@ check "units installed" systemctl cat warrant.service warrant.socket warrant-age
 [ -x /usr/bin/warrant ] || finish
 
 # The shipped config, with the mock's CA trusted for the openai upstream.
-install -m 0644 "$T/provider-ca.pem" /etc/warrant/provider-ca.pem
-sed -i 's|^credential = "openai"$|&\nca_file = "/etc/warrant/provider-ca.pem"|' /etc/warrant/warrant.toml
+install -m 0644 "$T/provider-ca.pem" /usr/local/share/vmtest-provider-ca.pem
+sed -i 's|^credential = "openai"$|&\nca_file = "/usr/local/share/vmtest-provider-ca.pem"|' /etc/warrant/warrant.toml
 for provider in openai anthropic gemini; do
     install -m 0600 "$T/real-openai.key" "/etc/warrant/credentials/$provider"
 done
@@ -124,7 +126,12 @@ for round in 1 2 3; do
     check "restart $round: requests keep succeeding" wait_for 60 at_least ok_count $((before + 5))
 done
 systemctl stop agent.service
-check "no request failed across restarts" [ "$(fail_count)" -eq 0 ]
+check "no request failed (first request to the last restart)" [ "$(fail_count)" -eq 0 ]
+if [ "$(fail_count)" -gt 0 ]; then
+    log "failed requests, by error:"
+    grep '"ok": false' "$T/agent.jsonl" | cut -c1-220 | sort | uniq -c | head
+    log "first failure at line $(grep -n '"ok": false' "$T/agent.jsonl" | head -1 | cut -d: -f1), last at $(grep -n '"ok": false' "$T/agent.jsonl" | tail -1 | cut -d: -f1) of $(wc -l < "$T/agent.jsonl")"
+fi
 note "requests=$(ok_count) failed=$(fail_count)"
 check "warrant tag on a running unit asks for a restart" sh -c "warrant untag agent >/dev/null && systemctl start agent && warrant tag agent | grep -q 'restart it'"
 systemctl stop agent.service
@@ -153,4 +160,5 @@ check "untag removes the drop-in" [ ! -e /etc/systemd/system/agent.service.d/50-
 check "pins exist before purge" [ -d /sys/fs/bpf/warrant ]
 check "apt purge warrant" sh -c "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q warrant > $T/purge.log 2>&1 || { cat $T/purge.log; false; }"
 check "purge removed state, logs, pins and config" sh -c "[ ! -e /var/lib/warrant ] && [ ! -e /var/log/warrant ] && [ ! -e /sys/fs/bpf/warrant ] && [ ! -e /etc/warrant ]"
+ls -la /var/lib/warrant /var/log/warrant /sys/fs/bpf/warrant /etc/warrant 2>&1 | head -20
 finish
