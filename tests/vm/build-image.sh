@@ -42,6 +42,12 @@ resolve() {
 }
 k61=$(resolve linux-image-cloud-amd64 '^linux-image-6\.1\.')
 k612=$(resolve linux-image-6.12-cloud-amd64 '^linux-image-6\.12\.')
+if [ -z "$k61" ] || [ -z "$k612" ]; then
+    # A fresh machine may not have read its package lists yet.
+    apt-get update -qq
+    k61=$(resolve linux-image-cloud-amd64 '^linux-image-6\.1\.')
+    k612=$(resolve linux-image-6.12-cloud-amd64 '^linux-image-6\.12\.')
+fi
 [ -n "$k61" ] && [ -n "$k612" ] || { echo "cannot resolve the cloud kernels (apt-get update?)" >&2; exit 1; }
 mkdir -p "$work/debs" "$work/k"
 (cd "$work/debs" && apt-get download -q "$k61" "$k612" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
