@@ -1,5 +1,6 @@
 //! The `warrant` command line.
 
+pub mod ca;
 pub mod tag;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -56,6 +57,14 @@ pub enum Command {
         #[arg(long, hide = true)]
         root: Option<PathBuf>,
     },
+    /// The local CA certificate: print it, or add it to / remove it from the
+    /// system trust store (for agents that ignore SSL_CERT_FILE).
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+        #[arg(long, default_value = "/etc/warrant/warrant.toml", global = true)]
+        config: PathBuf,
+    },
     /// Remove exactly the drop-in `warrant tag` wrote.
     Untag {
         /// The service (a bare name means NAME.service).
@@ -63,6 +72,17 @@ pub enum Command {
         #[arg(long, hide = true)]
         root: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum CaAction {
+    /// Print the CA certificate (PEM).
+    Export,
+    /// Copy it to /usr/local/share/ca-certificates and run
+    /// update-ca-certificates.
+    Install,
+    /// Remove it from there and rebuild the system bundle.
+    Uninstall,
 }
 
 pub fn main() -> ExitCode {
@@ -128,6 +148,7 @@ pub fn main() -> ExitCode {
         }
         Command::Tag { unit, config, root } => report(tag_unit(&unit, &config, root)),
         Command::Untag { unit, root } => report(untag_unit(&unit, root)),
+        Command::Ca { action, config } => report(ca_command(action, &config)),
         Command::Detach { config } => {
             let config = match load_or_default(&config) {
                 Ok(config) => config,
@@ -200,6 +221,36 @@ fn untag_unit(unit: &str, root: Option<PathBuf>) -> anyhow::Result<()> {
     println!("removed {}", tag::dropin_path(&root, &unit).display());
     if on_system {
         after_change(&unit, true)?;
+    }
+    Ok(())
+}
+
+fn ca_command(action: CaAction, config: &std::path::Path) -> anyhow::Result<()> {
+    let root = std::path::Path::new("/");
+    if let CaAction::Uninstall = action {
+        if ca::uninstall(root)? {
+            ca::update_ca_certificates(true)?;
+            println!("removed {}", ca::system_ca_path(root).display());
+        } else {
+            println!("the CA was not in the system trust store");
+        }
+        return Ok(());
+    }
+    let config = load_or_default(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pem = crate::tls::ca_pem_in(&config.daemon.state_dir)
+        .map_err(|e| anyhow::anyhow!("{e} (the daemon creates the CA when it first starts)"))?;
+    match action {
+        CaAction::Export => print!("{pem}"),
+        CaAction::Install => {
+            if ca::install(root, &pem)? {
+                ca::update_ca_certificates(false)?;
+            }
+            println!(
+                "{} is in the system trust store (name-constrained to the intercepted hosts)",
+                ca::system_ca_path(root).display()
+            );
+        }
+        CaAction::Uninstall => {}
     }
     Ok(())
 }

@@ -96,6 +96,12 @@ fi
 check "warrant.socket is active" systemctl is-active --quiet warrant.socket
 check "watchdog configured" sh -c "systemctl show -p WatchdogUSec warrant.service | grep -q 30s"
 
+# The CA in the system trust store, for agents that ignore SSL_CERT_FILE.
+warrant ca export > "$T/warrant-ca.pem"
+CA_LINE=$(sed -n 2p "$T/warrant-ca.pem")
+check "warrant ca install" sh -c "warrant ca install > /dev/null 2>&1"
+check "the system bundle trusts warrant's CA" grep -qF "$CA_LINE" /etc/ssl/certs/ca-certificates.crt
+
 cat > /etc/systemd/system/agent.service <<UNIT
 [Unit]
 Description=test agent: the Python openai SDK with a placeholder key
@@ -160,5 +166,6 @@ check "untag removes the drop-in" [ ! -e /etc/systemd/system/agent.service.d/50-
 check "pins exist before purge" [ -d /sys/fs/bpf/warrant ]
 check "apt purge warrant" sh -c "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q warrant > $T/purge.log 2>&1 || { cat $T/purge.log; false; }"
 check "purge removed state, logs, pins and config" sh -c "[ ! -e /var/lib/warrant ] && [ ! -e /var/log/warrant ] && [ ! -e /sys/fs/bpf/warrant ] && [ ! -e /etc/warrant ]"
+check "purge removed the CA from the system bundle" sh -c "! grep -qF '$CA_LINE' /etc/ssl/certs/ca-certificates.crt"
 ls -la /var/lib/warrant /var/log/warrant /sys/fs/bpf/warrant /etc/warrant 2>&1 | head -20
 finish
