@@ -5,7 +5,8 @@
 #  1. apt install the .deb, start warrant, `warrant tag` an agent unit that
 #     runs the Python openai SDK with a placeholder key: the mock provider
 #     sees the real key.
-#  2. systemctl restart warrant while the agent loops: no request fails.
+#  2. systemctl restart warrant (three times), then an in-place upgrade of
+#     the package, while the agent loops: no request fails.
 #  3. an untagged unit reaches the mock itself with its placeholder (401);
 #     a unit in another slice that connects to the listener is refused.
 #  4. systemd-analyze security warrant.service.
@@ -131,6 +132,14 @@ for round in 1 2 3; do
     note "restart$round=$(since "$t")s"
     check "restart $round: requests keep succeeding" wait_for 60 at_least ok_count $((before + 5))
 done
+# An upgrade (the same .deb again) while the agent loops: the edited
+# conffile stays, postinst restarts the daemon, no request fails.
+before=$(ok_count)
+t=$(now)
+check "upgrade in place keeps the edited config" sh -c "DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold $T/warrant_*.deb > $T/upgrade.log 2>&1 && grep -q vmtest-provider-ca /etc/warrant/warrant.toml"
+note "upgrade=$(since "$t")s"
+check "upgrade: warrant active again" systemctl is-active --quiet warrant.service
+check "upgrade: requests keep succeeding" wait_for 60 at_least ok_count $((before + 5))
 systemctl stop agent.service
 check "no request failed (first request to the last restart)" [ "$(fail_count)" -eq 0 ]
 if [ "$(fail_count)" -gt 0 ]; then
