@@ -118,7 +118,7 @@ cat "$T/tag.out"
 check "tag says no restart needed (not running)" grep -q "not running" "$T/tag.out"
 systemctl start agent.service
 check "agent runs in warrant-agents.slice" sh -c "systemctl show -p Slice agent.service | grep -qx Slice=warrant-agents.slice"
-check "agent makes requests through warrant" wait_for 90 at_least ok_count 3
+check "agent makes requests through warrant" wait_for 180 at_least ok_count 3
 if [ "$(ok_count)" -lt 3 ]; then finish; fi
 check "the mock saw the real key" grep -q "Bearer $REAL" "$T/provider-saw.jsonl"
 check "the mock never saw the placeholder" [ "$(count "$PLACEHOLDER" "$T/provider-saw.jsonl")" -eq 0 ]
@@ -130,7 +130,7 @@ for round in 1 2 3; do
     systemctl restart warrant.service
     check "restart $round: warrant active again" systemctl is-active --quiet warrant.service
     note "restart$round=$(since "$t")s"
-    check "restart $round: requests keep succeeding" wait_for 60 at_least ok_count $((before + 5))
+    check "restart $round: requests keep succeeding" wait_for 120 at_least ok_count $((before + 5))
 done
 # An upgrade (the same .deb again) while the agent loops: the edited
 # conffile stays, postinst restarts the daemon, no request fails.
@@ -139,7 +139,7 @@ t=$(now)
 check "upgrade in place keeps the edited config" sh -c "DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold $T/warrant_*.deb > $T/upgrade.log 2>&1 && grep -q vmtest-provider-ca /etc/warrant/warrant.toml"
 note "upgrade=$(since "$t")s"
 check "upgrade: warrant active again" systemctl is-active --quiet warrant.service
-check "upgrade: requests keep succeeding" wait_for 60 at_least ok_count $((before + 5))
+check "upgrade: requests keep succeeding" wait_for 120 at_least ok_count $((before + 5))
 systemctl stop agent.service
 check "no request failed (first request to the last restart)" [ "$(fail_count)" -eq 0 ]
 if [ "$(fail_count)" -gt 0 ]; then
