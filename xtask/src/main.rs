@@ -6,9 +6,13 @@
 //! lint    rustfmt check and clippy with warnings denied
 //! demo    the daemon injecting a credential into a sample agent
 //! bench   the benchmarks, printed as ratios against a baseline in one run
+//! package the Debian package (target/debian/warrant_VERSION_amd64.deb)
+//! vm-test the package and its systemd units in Debian VMs (6.1 and 6.12)
 
 mod demo;
+mod package;
 mod setup;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -40,6 +44,15 @@ enum Task {
     Demo,
     /// Run a benchmark: redirect | attest | policy (all if none given).
     Bench { name: Option<String> },
+    /// Build the Debian package (release binary with its eBPF programs).
+    Package,
+    /// Install, tag, restart and purge the .deb in Debian VMs under qemu:
+    /// one verdict per kernel (6.1 and 6.12). Needs root (debootstrap).
+    VmTest {
+        /// Only this kernel: 6.1 or 6.12.
+        #[arg(long)]
+        kernel: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +99,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Demo => demo::run(),
         Task::Bench { name } => bench(name.as_deref()),
+        Task::Package => package::run().map(|_| ()),
+        Task::VmTest { kernel } => vm::run(kernel.as_deref()),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The `warrant` command line.
 
+pub mod ca;
 mod control;
+pub mod tag;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -41,11 +43,6 @@ pub enum Command {
     },
     /// Print the embedded default configuration (every key, commented).
     DefaultConfig,
-    /// The local CA that agents must trust.
-    Ca {
-        #[command(subcommand)]
-        command: CaCommand,
-    },
     /// Remove warrant's pinned eBPF programs and maps (stops all redirection).
     /// For uninstalling; a running daemon must be stopped first.
     Detach {
@@ -100,6 +97,33 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Make a systemd service a tagged workload: a drop-in places it in
+    /// warrant-agents.slice and points its TLS trust at warrant's bundle.
+    Tag {
+        /// The service (a bare name means NAME.service).
+        unit: String,
+        #[arg(long, default_value = "/etc/warrant/warrant.toml")]
+        config: PathBuf,
+        /// Write under this directory instead of / and do not call systemctl
+        /// (for building images and for tests).
+        #[arg(long, hide = true)]
+        root: Option<PathBuf>,
+    },
+    /// The local CA certificate: print it, or add it to / remove it from the
+    /// system trust store (for agents that ignore SSL_CERT_FILE).
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+        #[arg(long, default_value = "/etc/warrant/warrant.toml", global = true)]
+        config: PathBuf,
+    },
+    /// Remove exactly the drop-in `warrant tag` wrote.
+    Untag {
+        /// The service (a bare name means NAME.service).
+        unit: String,
+        #[arg(long, hide = true)]
+        root: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -125,13 +149,14 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Subcommand)]
-pub enum CaCommand {
-    /// Print the CA certificate (PEM). The trust bundle for agents (system
-    /// roots plus this CA) is `<state_dir>/trust-bundle.pem`.
-    Export {
-        #[arg(long, default_value = "/etc/warrant/warrant.toml")]
-        config: PathBuf,
-    },
+pub enum CaAction {
+    /// Print the CA certificate (PEM).
+    Export,
+    /// Copy it to /usr/local/share/ca-certificates and run
+    /// update-ca-certificates.
+    Install,
+    /// Remove it from there and rebuild the system bundle.
+    Uninstall,
 }
 
 pub fn main() -> ExitCode {
@@ -142,6 +167,15 @@ pub fn main() -> ExitCode {
             config,
             detach_on_exit,
         } => {
+            // Before the runtime: this reads and clears the environment,
+            // which is only sound while the process has one thread.
+            let inherited = match crate::service::activation::take_listeners() {
+                Ok(inherited) => inherited,
+                Err(err) => {
+                    eprintln!("warrant: {err:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -155,6 +189,7 @@ pub fn main() -> ExitCode {
             match runtime.block_on(crate::service::run(crate::service::RunOptions {
                 config,
                 detach_on_exit,
+                inherited,
             })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
@@ -181,31 +216,13 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Ca {
-            command: CaCommand::Export { config },
-        } => {
-            let config = match load_or_default(&config) {
-                Ok(config) => config,
-                Err(err) => {
-                    eprintln!("{err}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match crate::tls::ca_pem_in(&config.daemon.state_dir) {
-                Ok(pem) => {
-                    print!("{pem}");
-                    ExitCode::SUCCESS
-                }
-                Err(err) => {
-                    eprintln!("warrant ca export: {err} (has the daemon run once?)");
-                    ExitCode::FAILURE
-                }
-            }
-        }
         Command::DefaultConfig => {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
         }
+        Command::Tag { unit, config, root } => report(tag_unit(&unit, &config, root)),
+        Command::Untag { unit, root } => report(untag_unit(&unit, root)),
+        Command::Ca { action, config } => report(ca_command(action, &config)),
         Command::Detach { config } => {
             let config = match load_or_default(&config) {
                 Ok(config) => config,
@@ -262,6 +279,106 @@ pub fn main() -> ExitCode {
             false,
         ),
     }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("warrant: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tag_unit(unit: &str, config: &std::path::Path, root: Option<PathBuf>) -> anyhow::Result<()> {
+    let unit = tag::service_name(unit)?;
+    let config = load_or_default(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bundle = config.daemon.state_dir.join(crate::tls::TRUST_BUNDLE_FILE);
+    let on_system = root.is_none();
+    let root = root.unwrap_or_else(|| PathBuf::from("/"));
+    let outcome = tag::tag(&root, &unit, &bundle)?;
+    let path = tag::dropin_path(&root, &unit);
+    match outcome {
+        tag::Tagged::Written => println!("wrote {}", path.display()),
+        tag::Tagged::AlreadyTagged => println!("{unit} is already tagged ({})", path.display()),
+    }
+    if !config.workloads.iter().any(|w| {
+        w.slice
+            .as_ref()
+            .is_some_and(|s| s.get_ref() == tag::AGENTS_SLICE)
+    }) {
+        println!(
+            "note: no [[workload]] selects slice = \"{}\": add one, or the unit is not redirected",
+            tag::AGENTS_SLICE
+        );
+    }
+    if on_system {
+        after_change(&unit, outcome == tag::Tagged::Written)?;
+    }
+    Ok(())
+}
+
+fn untag_unit(unit: &str, root: Option<PathBuf>) -> anyhow::Result<()> {
+    let unit = tag::service_name(unit)?;
+    let on_system = root.is_none();
+    let root = root.unwrap_or_else(|| PathBuf::from("/"));
+    let removed = tag::untag(&root, &unit)?;
+    if !removed {
+        println!("{unit} was not tagged");
+        return Ok(());
+    }
+    println!("removed {}", tag::dropin_path(&root, &unit).display());
+    if on_system {
+        after_change(&unit, true)?;
+    }
+    Ok(())
+}
+
+fn ca_command(action: CaAction, config: &std::path::Path) -> anyhow::Result<()> {
+    let root = std::path::Path::new("/");
+    if let CaAction::Uninstall = action {
+        if ca::uninstall(root)? {
+            ca::update_ca_certificates(true)?;
+            println!("removed {}", ca::system_ca_path(root).display());
+        } else {
+            println!("the CA was not in the system trust store");
+        }
+        return Ok(());
+    }
+    let config = load_or_default(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pem = crate::tls::ca_pem_in(&config.daemon.state_dir)
+        .map_err(|e| anyhow::anyhow!("{e} (the daemon creates the CA when it first starts)"))?;
+    match action {
+        CaAction::Export => print!("{pem}"),
+        CaAction::Install => {
+            if ca::install(root, &pem)? {
+                ca::update_ca_certificates(false)?;
+            }
+            println!(
+                "{} is in the system trust store (name-constrained to the intercepted hosts)",
+                ca::system_ca_path(root).display()
+            );
+        }
+        CaAction::Uninstall => {}
+    }
+    Ok(())
+}
+
+/// Reloads systemd after a drop-in changed and says whether the unit must be
+/// restarted: a running unit keeps its slice and environment until then.
+fn after_change(unit: &str, changed: bool) -> anyhow::Result<()> {
+    if changed {
+        tag::daemon_reload()?;
+    }
+    if tag::unit_is_active(unit) {
+        if changed {
+            println!("{unit} is running: restart it to apply (systemctl restart {unit})");
+        }
+    } else {
+        println!("{unit} is not running: the change applies when it starts");
+    }
+    Ok(())
 }
 
 /// The config at `path`, or the embedded default when that file does not exist.

@@ -118,6 +118,24 @@ pub trait ControlBackend: Send + Sync + 'static {
     }
 }
 
+/// A fresh 0700 directory beside `path`, for binding the socket out of reach.
+fn private_staging_dir(path: &Path) -> std::io::Result<PathBuf> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    for attempt in 0..100u32 {
+        let dir = parent.join(format!(".control-staging-{}-{attempt}", std::process::id()));
+        match std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)
+        {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other(
+        "cannot create a staging directory for the control socket",
+    ))
+}
+
 /// A backend with nothing beyond the monitor.
 pub struct NoBackend;
 impl ControlBackend for NoBackend {}
@@ -181,19 +199,26 @@ impl ControlServer {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io(e)),
         }
-        // Bound under a umask that leaves it owner-only, so that there is no
-        // moment at which it is open to others.
-        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-        let bound = UnixListener::bind(path);
-        nix::sys::stat::umask(old);
+        // Bound inside a private (0700) directory, given its mode and group
+        // there, then renamed into place: there is no moment at which it is
+        // open to others. (Not a umask: that is process-wide, and would
+        // change the mode of files other threads create meanwhile.)
+        let staging = private_staging_dir(path).map_err(io)?;
+        let staged = staging.join("control.sock");
+        let bound = (|| {
+            let listener = UnixListener::bind(&staged)?;
+            let mode = if let Some(gid) = admin_gid {
+                std::os::unix::fs::chown(&staged, None, Some(gid))?;
+                0o660
+            } else {
+                0o600
+            };
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+            std::fs::rename(&staged, path)?;
+            Ok(listener)
+        })();
+        let _ = std::fs::remove_dir(&staging);
         let listener = bound.map_err(io)?;
-        let mode = if let Some(gid) = admin_gid {
-            std::os::unix::fs::chown(path, None, Some(gid)).map_err(io)?;
-            0o660
-        } else {
-            0o600
-        };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
         Ok(ControlServer {
             listener,
             path: path.to_path_buf(),

@@ -237,6 +237,22 @@ impl Injector {
         }
     }
 
+    /// Waits until no connection is open, or `timeout`; true when none is.
+    /// For shutdown, after the accept loops have stopped.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let all_free = |connections: &Semaphore| {
+            connections.available_permits() >= self.limits.max_connections
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !all_free(&self.connections) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.header_read_timeout_secs)
     }

@@ -21,6 +21,8 @@ use inotify::{Inotify, WatchMask};
 use super::{RedirectError, RedirectMaps, cgroup};
 use crate::config::Config;
 
+/// Walks per event at most while new directories keep appearing.
+const MAX_SETTLE_WALKS: usize = 8;
 /// How often the tree is rescanned even without inotify events.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(30);
 /// Deeper trees are not walked (the eBPF side looks 32 levels up, too).
@@ -167,10 +169,24 @@ impl Tagger {
         let mut ticker = tokio::time::interval(RESCAN_INTERVAL);
         tokio::pin!(shutdown);
         loop {
-            for dir in self.rescan()? {
-                // Adding a watch twice returns the existing one; a vanished
-                // directory simply fails.
-                let _ = watches.add(&dir, mask);
+            // A directory created after the walk but before its parent's
+            // watch was added sends no event (systemd creates
+            // warrant.slice/warrant-agents.slice/agent.service in one go):
+            // walk again once the watches are in place, until a walk finds
+            // nothing new. Bounded, in case the tree never stops changing;
+            // the periodic rescan covers what is left.
+            let mut dirs = self.rescan()?;
+            for _ in 0..MAX_SETTLE_WALKS {
+                for dir in &dirs {
+                    // Adding a watch twice returns the existing one; a
+                    // vanished directory simply fails.
+                    let _ = watches.add(dir, mask);
+                }
+                let again = self.rescan()?;
+                if again == dirs {
+                    break;
+                }
+                dirs = again;
             }
             tokio::select! {
                 _ = &mut shutdown => return Ok(self),

@@ -1,6 +1,7 @@
 //! `warrant run`: the daemon, assembled from its parts in the order of the
 //! request path, and its life cycle (readiness, signals, shutdown).
 
+pub mod activation;
 mod control;
 mod gate;
 pub mod reload;
@@ -41,7 +42,16 @@ pub struct RunOptions {
     /// Detach the eBPF programs and remove their pins on exit (demos, tests).
     /// A daemon that is only restarting keeps them: see `redirect`.
     pub detach_on_exit: bool,
+    /// Listeners passed by systemd (warrant.socket); None: bind `listen`.
+    /// Taken before the runtime starts (see `activation::take_listeners`).
+    pub inherited: Option<activation::Inherited>,
 }
+
+/// How long a stopping daemon lets requests in flight finish (idle
+/// keep-alive connections also hold it up to this long). Well below
+/// systemd's default TimeoutStopSec (90 s) with room to spare; new
+/// connections meanwhile wait in warrant.socket's backlog for the next daemon.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/warrant/warrant.toml";
 
@@ -147,18 +157,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
         Duration::from_secs(config.instance.refresh_secs),
     );
     notify("STATUS=attaching the eBPF programs");
-    let listener4 = TcpListener::bind(config.daemon.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.daemon.listen))?;
-    let listener6 = match config.listen6_on(listener4.local_addr()?.port()) {
-        Some(addr) => match TcpListener::bind(addr).await {
-            Ok(listener) => Some(listener),
-            Err(error) => {
-                tracing::warn!(%addr, %error, "no IPv6 listener: IPv6 connections go to the IPv4 listener");
-                None
-            }
-        },
-        None => None,
+    let (listener4, listener6) = match options.inherited {
+        Some(inherited) => adopt(&config, inherited)?,
+        None => bind(&config).await?,
     };
     let settings = RedirectSettings::from_config(
         &config,
@@ -236,7 +237,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let _exe_check = monitor.spawn_exe_check().map(AbortOnDrop);
     let mut servers = vec![tokio::spawn(injector.clone().serve(listener4))];
     if let Some(listener6) = listener6 {
-        servers.push(tokio::spawn(injector.serve(listener6)));
+        servers.push(tokio::spawn(injector.clone().serve(listener6)));
     }
     let addrs: Vec<SocketAddr> = std::iter::once(SocketAddr::V4(settings.listen4))
         .chain(settings.listen6.map(SocketAddr::V6))
@@ -247,11 +248,21 @@ pub async fn run(options: RunOptions) -> Result<()> {
         "READY=1\nSTATUS=serving on {}",
         listening.join(" ")
     ));
+    let _watchdog = crate::notify::spawn_watchdog();
 
     wait_for_shutdown(&reloader).await?;
-    notify("STOPPING=1");
+    notify("STOPPING=1\nSTATUS=finishing requests in flight");
+    // Stop accepting first: under socket activation the listening socket
+    // stays open in systemd, so new connections queue for the next daemon
+    // instead of landing on one that is going away.
     for server in servers {
         server.abort();
+    }
+    if !injector.drain(DRAIN_TIMEOUT).await {
+        tracing::warn!(
+            timeout = ?DRAIN_TIMEOUT,
+            "connections still open at shutdown (idle keep-alive or long streams): closed"
+        );
     }
     let _ = stop_tagger.send(());
     let _ = tagger_task.await;
@@ -406,4 +417,41 @@ async fn build_generation(
         credentials,
         tasks,
     })
+}
+
+type Listeners = (TcpListener, Option<TcpListener>);
+
+/// Binds `[daemon] listen` and the IPv6 listener on the same port.
+async fn bind(config: &Config) -> Result<Listeners> {
+    let listener4 = TcpListener::bind(config.daemon.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.daemon.listen))?;
+    let listener6 = match config.listen6_on(listener4.local_addr()?.port()) {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%addr, %error, "no IPv6 listener: IPv6 connections go to the IPv4 listener");
+                None
+            }
+        },
+        None => None,
+    };
+    Ok((listener4, listener6))
+}
+
+/// Serves on the listeners systemd passed. Their addresses win over
+/// `[daemon] listen` (the eBPF programs redirect to where the daemon really
+/// listens); a mismatch is logged so the operator can align the two files.
+fn adopt(config: &Config, inherited: activation::Inherited) -> Result<Listeners> {
+    let Some(v4) = inherited.v4 else {
+        anyhow::bail!("socket activation passed no IPv4 listener");
+    };
+    let listener4 = TcpListener::from_std(v4)?;
+    let addr4 = listener4.local_addr()?;
+    if addr4 != config.daemon.listen {
+        tracing::warn!(socket = %addr4, config = %config.daemon.listen, "warrant.socket listens elsewhere than [daemon] listen; using the socket");
+    }
+    let listener6 = inherited.v6.map(TcpListener::from_std).transpose()?;
+    tracing::info!(ipv4 = %addr4, ipv6 = ?listener6.as_ref().and_then(|l| l.local_addr().ok()), "listening on sockets passed by systemd");
+    Ok((listener4, listener6))
 }

@@ -22,7 +22,7 @@ const CA_DIR: &str = "ca";
 const KEY_FILE: &str = "ca-key.pem";
 const CERT_FILE: &str = "ca.pem";
 const RETIRED_DIR: &str = "ca-retired";
-const BUNDLE_FILE: &str = "trust-bundle.pem";
+pub const BUNDLE_FILE: &str = "trust-bundle.pem";
 
 /// The CA that signs leafs for the intercepted hosts.
 pub struct LocalCa {

@@ -1,0 +1,171 @@
+//! `cargo xtask package`: the Debian package, target/debian/warrant_VERSION_amd64.deb.
+//!
+//! Written with dpkg-deb from a staged tree rather than cargo-deb: nothing
+//! extra to compile on a fresh machine or in CI, and the few files are
+//! listed here in one place. Contents: /usr/bin/warrant, the units in
+//! /lib/systemd/system, /etc/warrant/warrant.toml (a conffile: kept on
+//! upgrade, removed on purge), /etc/warrant/credentials (0700), the README,
+//! and the maintainer scripts in systemd/debian/.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cargo, run_cmd, workspace_root};
+
+const UNITS: &[&str] = &["warrant.service", "warrant.socket", "warrant-agents.slice"];
+const MAINTAINER_SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
+
+/// Builds the release binary (with its eBPF programs) and the .deb; returns
+/// the .deb's path.
+pub fn run() -> Result<PathBuf> {
+    crate::setup::run()?;
+    cargo(&["build", "--release", "-p", "warrant"])?;
+    let root = workspace_root();
+    let binary = root.join("target/release/warrant");
+    let version = workspace_version(&root)?;
+    let stage = root.join("target/debian/stage");
+    if stage.exists() {
+        fs::remove_dir_all(&stage)?;
+    }
+    let install = |from: &Path, to: &str, mode: u32| -> Result<()> {
+        let dest = stage.join(to);
+        if let Some(dir) = dest.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::copy(from, &dest)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), dest.display()))?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
+        Ok(())
+    };
+    install(&binary, "usr/bin/warrant", 0o755)?;
+    // Symbols are of no use on a host and double the package's size.
+    run_cmd(
+        Command::new("strip")
+            .arg("--strip-unneeded")
+            .arg(stage.join("usr/bin/warrant")),
+    )?;
+    for unit in UNITS {
+        install(
+            &root.join("systemd").join(unit),
+            &format!("lib/systemd/system/{unit}"),
+            0o644,
+        )?;
+    }
+    install(
+        &root.join("daemon/src/config/default.toml"),
+        "etc/warrant/warrant.toml",
+        0o644,
+    )?;
+    let credentials = stage.join("etc/warrant/credentials");
+    fs::create_dir_all(&credentials)?;
+    fs::set_permissions(&credentials, fs::Permissions::from_mode(0o700))?;
+    install(
+        &root.join("README.md"),
+        "usr/share/doc/warrant/README.md",
+        0o644,
+    )?;
+    fs::write(
+        stage.join("usr/share/doc/warrant/copyright"),
+        "warrant\nLicense: MIT OR Apache-2.0\n",
+    )?;
+
+    let debian = stage.join("DEBIAN");
+    fs::create_dir_all(&debian)?;
+    for script in MAINTAINER_SCRIPTS {
+        install(
+            &root.join("systemd/debian").join(script),
+            &format!("DEBIAN/{script}"),
+            0o755,
+        )?;
+    }
+    fs::write(debian.join("conffiles"), "/etc/warrant/warrant.toml\n")?;
+    let installed_kib = du_kib(&stage)?;
+    let control = format!(
+        "Package: warrant\n\
+         Version: {version}\n\
+         Architecture: amd64\n\
+         Maintainer: warrant developers <warrant@localhost>\n\
+         Section: net\n\
+         Priority: optional\n\
+         Depends: {depends}, systemd\n\
+         Installed-Size: {installed_kib}\n\
+         Description: takes long-lived LLM API keys out of AI agents\n \
+         eBPF programs redirect tagged agents' connections to a local TLS\n \
+         injector that attests the calling process, checks policy and splices\n \
+         a short-lived credential into each request to the LLM provider.\n",
+        depends = shlib_depends(&binary)?,
+    );
+    fs::write(debian.join("control"), control)?;
+
+    let deb = root.join(format!("target/debian/warrant_{version}_amd64.deb"));
+    run_cmd(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "-z6", "--build"])
+            .arg(&stage)
+            .arg(&deb),
+    )?;
+    println!("xtask package: {}", deb.display());
+    Ok(deb)
+}
+
+fn workspace_version(root: &Path) -> Result<String> {
+    let manifest = fs::read_to_string(root.join("Cargo.toml"))?;
+    let doc: toml_edit::DocumentMut = manifest.parse()?;
+    doc["workspace"]["package"]["version"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no workspace.package.version in Cargo.toml")
+}
+
+/// libc6 at the newest GLIBC symbol version the binary uses, and libgcc-s1
+/// when it links libgcc_s (Rust's unwinder), from `objdump -T`.
+fn shlib_depends(binary: &Path) -> Result<String> {
+    let output = Command::new("objdump")
+        .arg("-T")
+        .arg(binary)
+        .output()
+        .context("cannot run objdump (binutils)")?;
+    if !output.status.success() {
+        bail!("objdump -T {} failed", binary.display());
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let newest = text
+        .split_whitespace()
+        .filter_map(|word| word.strip_prefix("(GLIBC_").or(word.strip_prefix("GLIBC_")))
+        .filter_map(|v| {
+            let v = v.trim_end_matches(')');
+            let mut parts = v.split('.').map(|p| p.parse::<u32>().ok());
+            Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
+        })
+        .max()
+        .unwrap_or((2, 17));
+    let mut depends = format!("libc6 (>= {}.{})", newest.0, newest.1);
+    if text.contains("GCC_") {
+        depends.push_str(", libgcc-s1");
+    }
+    Ok(depends)
+}
+
+fn du_kib(dir: &Path) -> Result<u64> {
+    fn walk(dir: &Path, total: &mut u64) -> Result<()> {
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                walk(&entry.path(), total)?;
+            } else {
+                *total += meta.len();
+            }
+        }
+        Ok(())
+    }
+    let mut total = 0;
+    walk(dir, &mut total)?;
+    Ok(total.div_ceil(1024))
+}
