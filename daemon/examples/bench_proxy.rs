@@ -61,6 +61,13 @@ fn scale(n: usize) -> usize {
 
 #[tokio::main]
 async fn main() {
+    // WARRANT_LOG=warn shows why a request failed.
+    if let Ok(filter) = std::env::var("WARRANT_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let dir = tempfile::tempdir().unwrap();
     // The mock provider and its CA.
     let ca_key = KeyPair::generate().unwrap();
@@ -519,7 +526,13 @@ async fn start_mock(acceptor: TlsAcceptor) -> SocketAddr {
                     return;
                 };
                 let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    Ok::<_, std::convert::Infallible>(mock_response(req))
+                    // Read the request body as a real API does: an h2 server
+                    // that answers before it has read the body resets the
+                    // stream, and after many resets it sends GOAWAY (rapid
+                    // reset protection), which would measure the mock.
+                    let (parts, body) = req.into_parts();
+                    let _ = body.collect().await;
+                    Ok::<_, std::convert::Infallible>(mock_response(Request::from_parts(parts, ())))
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), service)
@@ -532,7 +545,7 @@ async fn start_mock(acceptor: TlsAcceptor) -> SocketAddr {
 
 type MockBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
-fn mock_response(req: Request<Incoming>) -> Response<MockBody> {
+fn mock_response(req: Request<()>) -> Response<MockBody> {
     if req.uri().path() == "/v1/sse" {
         let chunks = req
             .uri()
