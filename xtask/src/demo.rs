@@ -135,7 +135,35 @@ pub fn run() -> Result<()> {
         "\n   The provider received {verdict} ({}).",
         world.dir.join("credentials/openai").display()
     );
+    print_audit_line(&world.dir.join("audit.jsonl"));
     Ok(())
+}
+
+/// What warrant recorded about the request (the audit line), in short.
+fn print_audit_line(path: &Path) {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let Some(record) = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["kind"] == "request")
+    else {
+        return;
+    };
+    println!("\n== warrant's audit line for it ({})", path.display());
+    println!(
+        "   workload {} (unit {}), {} {}{}, outcome {}, status {}",
+        record["workload"],
+        record["attestation"]["unit"],
+        record["method"].as_str().unwrap_or("?"),
+        record["upstream"].as_str().unwrap_or("?"),
+        record["path"].as_str().unwrap_or("?"),
+        record["outcome"],
+        record["status"]
+    );
+    println!(
+        "   credential {} {}, usage {}",
+        record["credential"]["name"], record["credential"]["fingerprint"], record["usage"]
+    );
 }
 
 fn wait_ready(notify: &UnixDatagram) -> Result<()> {
@@ -326,7 +354,7 @@ fn random() -> u64 {
 const AGENT: &str = r#"
 import http.client, json, os, ssl
 key = os.environ["OPENAI_API_KEY"]
-body = json.dumps({"model": "gpt-4o-mini", "stream": True,
+body = json.dumps({"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True},
                    "messages": [{"role": "user", "content": "Say hello."}]})
 headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 print(f"   agent: POST https://api.openai.com/v1/chat/completions with Authorization: Bearer {key}")
@@ -334,14 +362,18 @@ conn = http.client.HTTPSConnection("api.openai.com", 443, context=ssl.create_def
 conn.request("POST", "/v1/chat/completions", body=body, headers=headers)
 resp = conn.getresponse()
 print(f"   agent: HTTP {resp.status}, streaming:", end=" ", flush=True)
-text = ""
+text, usage = "", {}
 for line in resp:
     line = line.decode().strip()
     if line.startswith("data: ") and line != "data: [DONE]":
-        delta = json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+        chunk = json.loads(line[6:])
+        if not chunk["choices"]:
+            usage = chunk.get("usage") or {}
+            continue
+        delta = chunk["choices"][0]["delta"].get("content", "")
         text += delta
         print(repr(delta), end=" ", flush=True)
-print(f"\n   agent: the model said {text!r}")
+print(f"\n   agent: the model said {text!r} ({usage.get('total_tokens')} tokens)")
 if resp.status != 200:
     raise SystemExit(1)
 "#;
