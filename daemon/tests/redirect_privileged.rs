@@ -450,13 +450,16 @@ os.execv("/bin/sleep", ["sleep", "60"])
     );
 
     client.send("exec now");
-    let exe = format!("/proc/{}/exe", connected.pid);
-    wait_until("the client to exec sleep", TIMEOUT, || {
-        std::fs::read_link(&exe).is_ok_and(|p| p.file_name().is_some_and(|n| n == "sleep"))
+    // The tracepoint fires when the exec has succeeded; /proc/PID/exe shows
+    // the new program a moment earlier, so wait on the generation itself.
+    let maps = fx.maps();
+    wait_until("the exec generation to change", TIMEOUT, || {
+        maps.exec_generation(connected.pid) != origin.exec_gen
     });
-    assert_ne!(
-        fx.maps().exec_generation(connected.pid),
-        origin.exec_gen,
+    let exe = std::fs::read_link(format!("/proc/{}/exe", connected.pid)).unwrap();
+    assert_eq!(
+        exe.file_name().unwrap(),
+        "sleep",
         "the Origin no longer matches the program now running under that pid"
     );
 }
