@@ -307,7 +307,6 @@ pub struct Redirector {
     settings: RedirectSettings,
     maps: Arc<RedirectMaps>,
     links: Vec<PinnedLink>,
-    links_dir: PathBuf,
     /// Keeps the program fds open for the daemon's lifetime.
     _ebpf: Ebpf,
 }
@@ -422,7 +421,6 @@ impl Redirector {
             settings,
             maps,
             links,
-            links_dir,
             _ebpf: ebpf,
         })
     }
@@ -444,7 +442,6 @@ impl Redirector {
             let _ = link.unpin();
         }
         remove_pins(&self.settings.pin_dir)?;
-        let _ = &self.links_dir;
         Ok(())
     }
 }
