@@ -227,7 +227,7 @@ pub fn main() -> ExitCode {
             let config = match load_or_default(&config) {
                 Ok(config) => config,
                 Err(err) => {
-                    eprintln!("{err}");
+                    eprintln!("{err:#}");
                     return ExitCode::FAILURE;
                 }
             };
@@ -293,7 +293,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 
 fn tag_unit(unit: &str, config: &std::path::Path, root: Option<PathBuf>) -> anyhow::Result<()> {
     let unit = tag::service_name(unit)?;
-    let config = load_or_default(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = load_or_default(config)?;
     let bundle = config.daemon.state_dir.join(crate::tls::TRUST_BUNDLE_FILE);
     let on_system = root.is_none();
     let root = root.unwrap_or_else(|| PathBuf::from("/"));
@@ -346,7 +346,7 @@ fn ca_command(action: CaAction, config: &std::path::Path) -> anyhow::Result<()> 
         }
         return Ok(());
     }
-    let config = load_or_default(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = load_or_default(config)?;
     let pem = crate::tls::ca_pem_in(&config.daemon.state_dir)
         .map_err(|e| anyhow::anyhow!("{e} (the daemon creates the CA when it first starts)"))?;
     match action {
@@ -381,13 +381,9 @@ fn after_change(unit: &str, changed: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The config at `path`, or the embedded default when that file does not exist.
-pub fn load_or_default(path: &std::path::Path) -> Result<Config, crate::config::ConfigError> {
-    if path.exists() {
-        Config::load(path)
-    } else {
-        Config::embedded_default()
-    }
+/// The config the daemon would use for `path` (see `service::load_config`).
+pub fn load_or_default(path: &std::path::Path) -> anyhow::Result<Config> {
+    crate::service::load_config(Some(path)).map(|(config, _, _)| config)
 }
 
 fn init_tracing() {

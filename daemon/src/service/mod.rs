@@ -55,15 +55,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/warrant/warrant.toml";
 
-/// The configuration `warrant run` uses, and where it came from.
-pub fn load_config(path: Option<&Path>) -> Result<(Config, String)> {
-    let (config, origin, _) = load_config_from(path)?;
-    Ok((config, origin))
-}
-
-/// Like [`load_config`], also returning the file read (None: the embedded
-/// default), which `warrant reload` reads again.
-fn load_config_from(path: Option<&Path>) -> Result<(Config, String, Option<PathBuf>)> {
+/// The configuration `warrant run` (and every command that reads it) uses:
+/// the file at `path`, default /etc/warrant/warrant.toml; the embedded
+/// default when that default file does not exist; an error for any other
+/// missing file. Also says where it came from, and which file `warrant
+/// reload` reads again (None: the embedded default).
+pub fn load_config(path: Option<&Path>) -> Result<(Config, String, Option<PathBuf>)> {
     let path = path
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
@@ -81,7 +78,7 @@ fn load_config_from(path: Option<&Path>) -> Result<(Config, String, Option<PathB
 }
 
 pub async fn run(options: RunOptions) -> Result<()> {
-    let (config, origin, config_path) = load_config_from(options.config.as_deref())?;
+    let (config, origin, config_path) = load_config(options.config.as_deref())?;
     tracing::info!(config = %origin, "starting");
     credentials::make_non_dumpable().context("cannot make the process non-dumpable")?;
     raise_open_file_limit();
