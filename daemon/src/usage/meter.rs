@@ -214,15 +214,27 @@ impl GeminiUsage {
 }
 
 /// The streaming fast path. Most events carry no usage object (content
-/// deltas, pings, OpenAI's `"usage":null`), so each event is first judged
-/// cheaply: by its `event:` name (Anthropic and the responses API name their
-/// deltas), by its end (`"usage":null}`), and only then searched (SIMD
-/// memmem) for a usage key followed by an object. Only such events are
-/// copied and parsed. Gemini repeats cumulative counts in every chunk, so
-/// only its last such event is kept and parsed at the end. Event ends are
-/// found with memchr; bytes are copied only for the unfinished last event.
+/// deltas, pings, OpenAI's `"usage":null`), so events are not split one by
+/// one: each run of complete events is searched (SIMD memmem) for a usage
+/// key followed by an object, and only the event around such a hit is cut
+/// out, judged by its `event:` name (Anthropic and the responses API name
+/// their deltas), copied and parsed. Gemini repeats cumulative counts in
+/// every chunk, so the search runs backwards and only the last such event is
+/// kept, parsed at the end. Bytes are copied only for the unfinished last
+/// event.
+///
+/// OpenAI's chat chunks each carry `"usage":null`, one hit per event. So the
+/// first usage key seen also tells how this stream writes a key and its
+/// value (`"usage":{` or `"usage": {`): one serializer writes the whole
+/// stream, and from then on only that exact form is searched for, which
+/// passes over the nulls at memmem speed. A stream that changed its
+/// spelling midway would have its usage missed: it is then flagged unknown
+/// and charged as reserved, never counted as zero.
 struct FastSse {
     provider: Provider,
+    /// This stream's spelling of a usage key followed by an object, once a
+    /// usage key was seen.
+    object_key: Option<memchr::memmem::Finder<'static>>,
     /// The bytes of the event not yet ended by a blank line.
     pending: Vec<u8>,
     /// The current event outgrew `MAX_EVENT`: skipped up to its end.
@@ -236,6 +248,7 @@ impl FastSse {
     fn new(provider: Provider) -> FastSse {
         FastSse {
             provider,
+            object_key: None,
             pending: Vec::new(),
             skipping: false,
             dropped: 0,
@@ -269,14 +282,47 @@ impl FastSse {
             event.extend_from_slice(&whole[..first]);
             self.consider(&event, out);
         }
-        let mut rest = &whole[first..];
-        while !rest.is_empty() {
-            let at = first_blank_line_end(&[], rest).unwrap_or(rest.len());
-            self.consider(&rest[..at], out);
-            rest = &rest[at..];
-        }
+        self.search(&whole[first..], out);
         self.pending.clear();
         self.pending.extend_from_slice(&chunk[end..]);
+    }
+
+    /// Considers the events of `events` (whole events only) that hold a
+    /// usage object.
+    fn search(&mut self, events: &[u8], out: &mut Vec<Vec<u8>>) {
+        if self.provider == Provider::Gemini {
+            // Only the last one counts: search from the end.
+            let mut end = events.len();
+            while let Some(at) = USAGE_KEY_REV.rfind(&events[..end]) {
+                if usage_value_may_be_object(&events[at + USAGE_KEY.len()..]) {
+                    let event = event_around(events, at);
+                    self.consider(event, out);
+                    return;
+                }
+                end = at;
+            }
+            return;
+        }
+        let mut from = 0;
+        loop {
+            let finder = self.object_key.as_ref().unwrap_or(&USAGE_KEY_FWD);
+            let Some(found) = finder.find(&events[from..]) else {
+                return;
+            };
+            let at = from + found;
+            let rest = &events[at + USAGE_KEY.len()..];
+            if self.object_key.is_none() {
+                self.object_key = object_key_spelled_as(rest);
+            }
+            if !usage_value_may_be_object(rest) {
+                from = at + USAGE_KEY.len();
+                continue;
+            }
+            let event = event_around(events, at);
+            self.consider(event, out);
+            // Past the event: its offset within `events` plus its length.
+            from = (event.as_ptr() as usize - events.as_ptr() as usize) + event.len();
+        }
     }
 
     /// The stream ended: the unfinished event and Gemini's last one.
@@ -290,10 +336,7 @@ impl FastSse {
 
     fn consider(&mut self, event: &[u8], out: &mut Vec<Vec<u8>>) {
         let event = event.trim_ascii();
-        if event.is_empty() || skipped_by_name(event) {
-            return;
-        }
-        if event.ends_with(b"\"usage\":null}") || !has_usage_object(event, &[]) {
+        if event.is_empty() || skipped_by_name(event) || !has_usage_object(event) {
             return;
         }
         if self.provider == Provider::Gemini {
@@ -302,6 +345,32 @@ impl FastSse {
             out.push(event.to_vec());
         }
     }
+}
+
+/// A finder for `"usage"` spelled as in `rest` (what follows `"usage`)
+/// and followed by an object, e.g. `"usage": {`; None unless `rest` is the
+/// rest of a whole "usage" key with its value.
+fn object_key_spelled_as(rest: &[u8]) -> Option<memchr::memmem::Finder<'static>> {
+    let after_key = rest.strip_prefix(b"\"")?;
+    let value = after_key.iter().position(|b| !b.is_ascii_whitespace() && *b != b':')?;
+    let separator = &after_key[..value];
+    if separator.iter().filter(|b| **b == b':').count() != 1
+        || !matches!(after_key[value], b'{' | b'n')
+    {
+        return None;
+    }
+    let mut needle = b"\"usage\"".to_vec();
+    needle.extend_from_slice(separator);
+    needle.push(b'{');
+    Some(memchr::memmem::Finder::new(&needle).into_owned())
+}
+
+/// The event of `events` (whole events) that holds the byte at `at`.
+fn event_around(events: &[u8], at: usize) -> &[u8] {
+    let start = last_blank_line_end(&events[..at]).unwrap_or(0);
+    let end = first_blank_line_end(&events[start..at], &events[at..])
+        .map_or(events.len(), |len| at + len);
+    &events[start..end]
 }
 
 /// Named events that never carry usage: Anthropic's content blocks and
@@ -388,37 +457,35 @@ fn last_blank_line_end(buf: &[u8]) -> Option<usize> {
     None
 }
 
-/// Whether `a` followed by `b` may hold a usage key ("usage" or
-/// "usageMetadata") whose value is not null. A key cut off at the end
-/// counts as a hit: a false hit only costs a parse.
-fn has_usage_object(a: &[u8], b: &[u8]) -> bool {
-    static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage"));
-    fn hit_in(buf: &[u8]) -> bool {
-        USAGE_KEY.find_iter(buf).any(|at| {
-            let mut rest = &buf[at + 6..];
-            rest = rest.strip_prefix(b"Metadata").unwrap_or(rest);
-            let Some(rest) = rest.strip_prefix(b"\"") else {
-                // "usage" followed by something else, or cut off.
-                return rest.is_empty() || b"Metadata".starts_with(rest);
-            };
-            let rest = rest.trim_ascii_start();
-            let Some(rest) = rest.strip_prefix(b":") else {
-                return rest.is_empty();
-            };
-            !rest.trim_ascii_start().starts_with(b"n")
-        })
-    }
-    if hit_in(a) || hit_in(b) {
-        return true;
-    }
-    // A key cut between the two.
-    let tail = &a[a.len().saturating_sub(24)..];
-    let head = &b[..b.len().min(24)];
-    let mut joint = [0u8; 48];
-    joint[..tail.len()].copy_from_slice(tail);
-    joint[tail.len()..tail.len() + head.len()].copy_from_slice(head);
-    hit_in(&joint[..tail.len() + head.len()])
+/// A usage key: "usage" or "usageMetadata".
+const USAGE_KEY: &[u8] = b"\"usage";
+static USAGE_KEY_FWD: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(USAGE_KEY));
+static USAGE_KEY_REV: std::sync::LazyLock<memchr::memmem::FinderRev<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::FinderRev::new(USAGE_KEY));
+
+/// Whether `buf` may hold a usage key whose value is not null.
+fn has_usage_object(buf: &[u8]) -> bool {
+    USAGE_KEY_FWD
+        .find_iter(buf)
+        .any(|at| usage_value_may_be_object(&buf[at + USAGE_KEY.len()..]))
+}
+
+/// Whether what follows `"usage` (`rest`) may be the rest of a usage key
+/// whose value is not null. A key cut off at the end counts as a hit: a
+/// false hit only costs a parse. An escaped `\"usage\"` inside a string
+/// fails here, as its closing quote is preceded by a backslash.
+fn usage_value_may_be_object(rest: &[u8]) -> bool {
+    let rest = rest.strip_prefix(b"Metadata").unwrap_or(rest);
+    let Some(rest) = rest.strip_prefix(b"\"") else {
+        // "usage" followed by something else, or cut off.
+        return rest.is_empty() || b"Metadata".starts_with(rest);
+    };
+    let rest = rest.trim_ascii_start();
+    let Some(rest) = rest.strip_prefix(b":") else {
+        return rest.is_empty();
+    };
+    !rest.trim_ascii_start().starts_with(b"n")
 }
 
 impl Meter {
@@ -575,7 +642,7 @@ impl Meter {
 
     fn event(&mut self, event: Event) {
         let data = event.data.trim_ascii();
-        if data.is_empty() || data == b"[DONE]" || !has_usage_object(data, &[]) {
+        if data.is_empty() || data == b"[DONE]" || !has_usage_object(data) {
             return;
         }
         match serde_json::from_slice::<Doc>(data) {
