@@ -31,24 +31,13 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-use rustls::{
-    ClientConfig, RootCertStore, ServerConfig,
-    pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
-};
-use tokio::net::{TcpListener, TcpSocket};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
-use warrant::{
-    config::Config,
-    credentials::StaticCredentials,
-    origin::{Origin, StaticOrigins},
-    proxy::Injector,
-    tls::{LeafCache, LocalCa},
-};
+use hyper::body::{Body, Frame};
+use warrant::tls::{LeafCache, LocalCa};
 
-const HOST: &str = "api.openai.com";
+#[path = "support/loopback.rs"]
+mod loopback;
+use loopback::{CREDENTIAL, HOST, MockBody, MockCa, Target, one, roots};
+
 const SSE_CHUNK: usize = 16 * 1024;
 
 fn scale(n: usize) -> usize {
@@ -69,55 +58,18 @@ async fn main() {
             .try_init();
     }
     let dir = tempfile::tempdir().unwrap();
-    // The mock provider and its CA.
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    // Distinct names: OpenSSL (nginx) takes a leaf whose subject equals its
-    // issuer for a self-signed certificate.
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "bench mock CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = leaf_params().signed_by(&key, &ca, &ca_key).unwrap();
-    let ca_file = dir.path().join("mock-ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    let mut server = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let mock = start_mock(TlsAcceptor::from(Arc::new(server))).await;
+    let mock_ca = MockCa::new(dir.path());
+    let mock = loopback::start_mock(mock_ca.acceptor(), Arc::new(mock_response)).await;
 
     // The injector.
     let state = dir.path().join("state");
-    let text = format!(
-        "[daemon]\nstate_dir = \"{}\"\n[[upstream]]\nhost = \"{HOST}\"\nscheme = \"openai\"\ncredential = \"c\"\nca_file = \"{}\"\n[[credential]]\nname = \"c\"\nsource = \"file\"\npath = \"/nonexistent\"\n",
-        state.display(),
-        ca_file.display()
-    );
-    let config = Config::parse(&text, "bench").unwrap();
-    let local_ca = Arc::new(LocalCa::load_or_create(&state, &[HOST.to_owned()]).unwrap());
-    leaf_cache(&local_ca);
+    leaf_cache(&Arc::new(
+        LocalCa::load_or_create(&state, &[HOST.to_owned()]).unwrap(),
+    ));
+    let (proxy, origins, local_ca) =
+        loopback::start_injector(&state, &mock_ca.pem_file, None).await;
     let warrant_roots = roots(local_ca.ca_pem());
-    let origins = Arc::new(StaticOrigins::default());
-    let credentials =
-        Arc::new(StaticCredentials::default().with("c", "sk-bench-credential-0123456789"));
-    let injector = Injector::new(
-        &config,
-        Arc::new(LeafCache::new(local_ca)),
-        origins.clone(),
-        credentials,
-        &[],
-    )
-    .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    tokio::spawn(Arc::new(injector).serve(listener));
+    let ca = &mock_ca.cert;
 
     let direct = Target {
         addr: mock,
@@ -125,7 +77,7 @@ async fn main() {
         origins: None,
         mock,
     };
-    let nginx_server = Nginx::start(dir.path(), &ca, &ca_key, &ca_file, mock);
+    let nginx_server = Nginx::start(dir.path(), &mock_ca, mock);
     let via_nginx = nginx_server.as_ref().map(|n| Target {
         addr: n.addr,
         roots: roots(&ca.pem()),
@@ -226,14 +178,6 @@ fn leaf_cache(ca: &Arc<LocalCa>) {
     );
 }
 
-fn leaf_params() -> CertificateParams {
-    let mut params = CertificateParams::new(vec![HOST.to_owned()]).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, HOST);
-    params
-}
-
 fn row(name: &str, direct: f64, warrant: f64, nginx: f64) {
     println!(
         "{name:<30} {direct:>10.3} {warrant:>10.3} {nginx:>10.3} {:>9.2} {:>9.2}",
@@ -250,13 +194,7 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(
-        dir: &std::path::Path,
-        ca: &rcgen::Certificate,
-        ca_key: &KeyPair,
-        mock_ca: &std::path::Path,
-        mock: SocketAddr,
-    ) -> Option<Nginx> {
+    fn start(dir: &std::path::Path, mock_ca: &MockCa, mock: SocketAddr) -> Option<Nginx> {
         let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists());
@@ -266,11 +204,7 @@ impl Nginx {
             );
             return None;
         };
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![HOST.to_owned()])
-            .unwrap()
-            .signed_by(&key, ca, ca_key)
-            .unwrap();
+        let (cert, key) = mock_ca.leaf();
         let ngx = dir.join("nginx");
         std::fs::create_dir_all(ngx.join("logs")).unwrap();
         std::fs::write(ngx.join("cert.pem"), cert.pem()).unwrap();
@@ -301,7 +235,7 @@ http {{
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host {HOST};
-      proxy_set_header Authorization "Bearer sk-bench-credential-0123456789";
+      proxy_set_header Authorization "Bearer {CREDENTIAL}";
       proxy_ssl_server_name on;
       proxy_ssl_name {HOST};
       proxy_ssl_verify on;
@@ -313,7 +247,7 @@ http {{
 }}
 "#,
             ngx = ngx.display(),
-            mock_ca = mock_ca.display(),
+            mock_ca = mock_ca.pem_file.display(),
         );
         std::fs::write(ngx.join("nginx.conf"), conf).unwrap();
         let child = std::process::Command::new(binary)
@@ -370,87 +304,6 @@ fn rss_mib() -> String {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or("?".to_owned(), |kb| format!("{:.1}", kb as f64 / 1024.0))
-}
-
-fn roots(pem: &str) -> Arc<ClientConfig> {
-    let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
-}
-
-struct Target {
-    addr: SocketAddr,
-    roots: Arc<ClientConfig>,
-    /// Set for the injector: each connection gets an Origin pointing at the mock.
-    origins: Option<Arc<StaticOrigins>>,
-    mock: SocketAddr,
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-impl Target {
-    async fn connect(&self) -> Sender {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        if let Some(origins) = &self.origins {
-            origins.insert(
-                socket.local_addr().unwrap(),
-                Origin {
-                    original_dst: self.mock,
-                    pid: 1,
-                    tgid: 1,
-                    uid: 1000,
-                    gid: 1000,
-                    cgroup_id: 1,
-                    exec_gen: 0,
-                    connect_boot_ns: 0,
-                },
-            );
-        }
-        let tcp = socket.connect(self.addr).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let tls = TlsConnector::from(self.roots.clone())
-            .connect(ServerName::try_from(HOST).unwrap(), tcp)
-            .await
-            .unwrap();
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        send
-    }
-}
-
-fn request(path: &str) -> Request<Full<Bytes>> {
-    Request::builder()
-        .method("POST")
-        .uri(path)
-        .header("host", HOST)
-        .header("authorization", "Bearer placeholder")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(
-            b"{\"model\":\"gpt-4o\",\"messages\":[]}",
-        )))
-        .unwrap()
-}
-
-async fn one(send: &mut Sender, path: &str) -> usize {
-    send.ready().await.unwrap();
-    let response = send.send_request(request(path)).await.unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
-    response
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .len()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -512,38 +365,6 @@ async fn streaming(target: &Target, chunks: usize) -> f64 {
     assert_eq!(bytes, chunks * SSE_CHUNK);
     bytes as f64 / (1024.0 * 1024.0) / start.elapsed().as_secs_f64()
 }
-
-async fn start_mock(acceptor: TlsAcceptor) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    // Read the request body as a real API does: an h2 server
-                    // that answers before it has read the body resets the
-                    // stream, and after many resets it sends GOAWAY (rapid
-                    // reset protection), which would measure the mock.
-                    let (parts, body) = req.into_parts();
-                    let _ = body.collect().await;
-                    Ok::<_, std::convert::Infallible>(mock_response(Request::from_parts(parts, ())))
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-type MockBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 fn mock_response(req: Request<()>) -> Response<MockBody> {
     if req.uri().path() == "/v1/sse" {

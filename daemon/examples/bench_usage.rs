@@ -7,6 +7,13 @@
 //!   ratio. Target: metered at least 95 % of passthrough. This baseline
 //!   has no sockets and no TLS, so it is the strictest one: through the
 //!   injector the same absolute cost per byte is a smaller share.
+//! - Metering end to end: the same stream from a mock provider over TLS,
+//!   through the injector (TLS on both sides, h1 client, in-process with
+//!   `StaticOrigins`) to a client that reads it, once through an injector
+//!   whose gate allows everything (passthrough) and once through one whose
+//!   gate admits with the usage observer (budgets in memory, as the daemon
+//!   wires them), alternating, in the same run. This is the overhead an
+//!   agent sees.
 //! - Ledger: one reservation and its settlement, in memory (the baseline),
 //!   in the embedded SQLite ledger, and in Redis when a redis-server is on
 //!   PATH (started on 127.0.0.1, a free port, no persistence); microseconds
@@ -27,16 +34,23 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use warrant::{
     credentials::SystemClock,
     policy::RuleLimits,
-    proxy::{Metered, Redact, ResponseObserver},
+    proxy::{
+        Admission, GateDecision, GateFuture, GateRequest, Metered, Redact, RequestGate,
+        ResponseObserver,
+    },
     secret::Secret,
     usage::{AdmitRequest, Budgets, LocalLedger, PriceTable, UsageConfig, redis::RedisLedger},
 };
+
+#[path = "support/loopback.rs"]
+mod loopback;
+use loopback::{MockBody, MockCa, Target};
 
 fn scale() -> f64 {
     std::env::var("BENCH_SCALE")
@@ -105,6 +119,45 @@ async fn observer(budgets: &Budgets) -> Box<dyn ResponseObserver> {
         .await
         .unwrap();
     Box::new(observer)
+}
+
+/// A gate that admits every request with the usage observer, as the
+/// daemon's gate does after attestation and policy (which cost per request,
+/// not per byte, so they are left out of a throughput figure).
+struct MeteringGate(Budgets);
+
+impl RequestGate for MeteringGate {
+    fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
+        Box::pin(async move {
+            let observer = self
+                .0
+                .admit(AdmitRequest {
+                    workload: "bench",
+                    upstream: request.upstream,
+                    scheme: request.scheme,
+                    path: request.path,
+                    headers: request.headers,
+                    body_prefix: request.body_prefix,
+                    model: None,
+                    limits: limits(),
+                })
+                .await
+                .unwrap();
+            GateDecision::Admit(Admission::new(Box::new(observer)))
+        })
+    }
+
+    fn body_prefix_len(&self) -> usize {
+        4096
+    }
+}
+
+/// Bytes per second of one streamed response through the injector.
+async fn end_to_end(target: &Target) -> f64 {
+    let mut send = target.connect().await;
+    let start = Instant::now();
+    let bytes = loopback::one(&mut send, "/v1/chat/completions").await;
+    bytes as f64 / start.elapsed().as_secs_f64()
 }
 
 /// Bytes per second through the response body path.
@@ -184,7 +237,7 @@ fn redis_server() -> Option<RedisServer> {
     Some(RedisServer(child, format!("redis://127.0.0.1:{port}/")))
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() {
     let s = scale();
     // --- metering
@@ -218,6 +271,56 @@ async fn main() {
     );
     let status = meter_budgets.status();
     assert_eq!(status.counted, 7, "every metered stream was counted");
+
+    // --- metering end to end
+    let dir = tempfile::tempdir().unwrap();
+    let mock_ca = MockCa::new(dir.path());
+    let served = Arc::new(frames);
+    let respond: loopback::Respond = Arc::new(move |_req: Request<()>| -> Response<MockBody> {
+        Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(MockBody::new(Frames(served.iter().cloned().collect())))
+            .unwrap()
+    });
+    let mock = loopback::start_mock(mock_ca.acceptor(), respond).await;
+    let e2e_budgets = budgets(LocalLedger::in_memory(), false, None);
+    let gate: Arc<dyn RequestGate> = Arc::new(MeteringGate(e2e_budgets.clone()));
+    let mut targets = Vec::new();
+    for (name, gate) in [("plain", None), ("metered", Some(gate))] {
+        let state = dir.path().join(name);
+        let (addr, origins, local_ca) =
+            loopback::start_injector(&state, &mock_ca.pem_file, gate).await;
+        targets.push(Target {
+            addr,
+            roots: loopback::roots(local_ca.ca_pem()),
+            origins: Some(origins),
+            mock,
+        });
+    }
+    let (mut plain, mut metered) = (Vec::new(), Vec::new());
+    for _ in 0..7 {
+        plain.push(end_to_end(&targets[0]).await);
+        metered.push(end_to_end(&targets[1]).await);
+    }
+    let (p, m) = (median(plain), median(metered));
+    println!();
+    println!("the same stream end to end: mock -TLS-> injector -TLS-> client, h1 (median of 7)");
+    println!(
+        "{:<34} {:>12} {:>12} {:>8}",
+        "", "passthrough", "metered", "ratio"
+    );
+    println!(
+        "{:<34} {:>12.0} {:>12.0} {:>8.3}   (target >= 0.95)",
+        "throughput (MB/s)",
+        p / 1e6,
+        m / 1e6,
+        m / p
+    );
+    assert_eq!(
+        e2e_budgets.status().counted,
+        7,
+        "every stream through the metering injector was counted"
+    );
 
     // --- ledger
     let n = (20_000.0 * s).max(100.0) as usize;

@@ -234,7 +234,7 @@ struct FastSse {
     provider: Provider,
     /// This stream's spelling of a usage key followed by an object, once a
     /// usage key was seen.
-    object_key: Option<memchr::memmem::Finder<'static>>,
+    object_key: Option<Box<memchr::memmem::Finder<'static>>>,
     /// The bytes of the event not yet ended by a blank line.
     pending: Vec<u8>,
     /// The current event outgrew `MAX_EVENT`: skipped up to its end.
@@ -305,7 +305,7 @@ impl FastSse {
         }
         let mut from = 0;
         loop {
-            let finder = self.object_key.as_ref().unwrap_or(&USAGE_KEY_FWD);
+            let finder = self.object_key.as_deref().unwrap_or(&USAGE_KEY_FWD);
             let Some(found) = finder.find(&events[from..]) else {
                 return;
             };
@@ -350,9 +350,11 @@ impl FastSse {
 /// A finder for `"usage"` spelled as in `rest` (what follows `"usage`)
 /// and followed by an object, e.g. `"usage": {`; None unless `rest` is the
 /// rest of a whole "usage" key with its value.
-fn object_key_spelled_as(rest: &[u8]) -> Option<memchr::memmem::Finder<'static>> {
+fn object_key_spelled_as(rest: &[u8]) -> Option<Box<memchr::memmem::Finder<'static>>> {
     let after_key = rest.strip_prefix(b"\"")?;
-    let value = after_key.iter().position(|b| !b.is_ascii_whitespace() && *b != b':')?;
+    let value = after_key
+        .iter()
+        .position(|b| !b.is_ascii_whitespace() && *b != b':')?;
     let separator = &after_key[..value];
     if separator.iter().filter(|b| **b == b':').count() != 1
         || !matches!(after_key[value], b'{' | b'n')
@@ -362,7 +364,7 @@ fn object_key_spelled_as(rest: &[u8]) -> Option<memchr::memmem::Finder<'static>>
     let mut needle = b"\"usage\"".to_vec();
     needle.extend_from_slice(separator);
     needle.push(b'{');
-    Some(memchr::memmem::Finder::new(&needle).into_owned())
+    Some(Box::new(memchr::memmem::Finder::new(&needle).into_owned()))
 }
 
 /// The event of `events` (whole events) that holds the byte at `at`.
@@ -935,6 +937,67 @@ mod tests {
                 m.feed(&body[..a]);
                 m.feed(&body[a..]);
                 assert_eq!(m.finish().usage, usage(25, 0, 15), "cut at {a}");
+            }
+        }
+    }
+
+    /// An OpenAI chat stream of `chunks` content chunks, each with
+    /// `"usage":null` (as with `include_usage`), then `last`.
+    fn long_openai_stream(chunks: usize, last: &str) -> Vec<u8> {
+        let mut body = Vec::new();
+        for i in 0..chunks {
+            body.extend_from_slice(format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"token {i}\"}}}}],\"usage\":null}}\n\n").as_bytes());
+        }
+        body.extend_from_slice(last.as_bytes());
+        body.extend_from_slice(b"data: [DONE]\n\n");
+        body
+    }
+
+    fn meter_in_frames(body: &[u8], frame: usize) -> Reading {
+        let mut m = Meter::new(
+            Provider::OpenAi,
+            200,
+            Some("text/event-stream"),
+            "/v1/chat/completions",
+            1 << 20,
+        );
+        for chunk in body.chunks(frame) {
+            m.feed(chunk);
+        }
+        m.finish()
+    }
+
+    #[test]
+    fn a_long_stream_is_metered_in_frames_of_any_size() {
+        let body = long_openai_stream(
+            5000,
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5000}}\n\n",
+        );
+        for frame in [16 * 1024, 4096, 1000, 97] {
+            let reading = meter_in_frames(&body, frame);
+            assert_eq!(reading.outcome, Outcome::Counted, "frames of {frame}");
+            assert_eq!(reading.usage, usage(7, 0, 5000), "frames of {frame}");
+            assert!(reading.output_final);
+        }
+    }
+
+    #[test]
+    fn a_stream_that_respells_its_usage_key_midway_is_flagged_not_counted_as_zero() {
+        // Compact nulls first, then a spaced usage object: one serializer
+        // would not do this, and the fast path looks only for the first
+        // spelling, so the usage is missed unless it straddles a frame
+        // boundary (that event is searched in full). Either way the
+        // response must not pass as counted with other tokens.
+        let body = long_openai_stream(
+            2000,
+            "data: {\"choices\": [], \"usage\": {\"prompt_tokens\": 7, \"completion_tokens\": 9}}\n\n",
+        );
+        for frame in [16 * 1024, 4096, 1000, 97] {
+            let reading = meter_in_frames(&body, frame);
+            match reading.outcome {
+                Outcome::Counted => assert_eq!(reading.usage, usage(7, 0, 9), "frames of {frame}"),
+                Outcome::Unknown { .. } => assert_eq!(reading.usage, None, "frames of {frame}"),
+                Outcome::ErrorResponse => panic!("frames of {frame}: not an error response"),
             }
         }
     }
