@@ -312,7 +312,7 @@ fn connect_then_exec_is_refused_when_the_generation_moves() {
     let origin = origin_now(&attestor, child.tgid());
     attestor.attest(&origin).unwrap();
 
-    // What the sched_process_exec tracepoint records on an exec.
+    // What the eBPF exec programs record on an exec.
     generations.set(child.tgid(), process::boot_time_ns());
 
     match attestor.attest(&origin) {
@@ -323,7 +323,7 @@ fn connect_then_exec_is_refused_when_the_generation_moves() {
 
 /// Exec generations derived from the identity of /proc/PID/exe: generation
 /// 1 once the process runs another file than at the start. Stands in for
-/// the eBPF tracepoint so that a real exec can be observed without
+/// the eBPF exec programs so that a real exec can be observed without
 /// privileges.
 struct ExeIdentityGenerations {
     tgid: u32,

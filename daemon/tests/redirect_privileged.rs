@@ -10,7 +10,7 @@ use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, UdpSocket},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use support::{TestCgroup, TestPins, python, wait_until};
@@ -450,18 +450,120 @@ os.execv("/bin/sleep", ["sleep", "60"])
     );
 
     client.send("exec now");
-    // The tracepoint fires when the exec has succeeded; /proc/PID/exe shows
-    // the new program a moment earlier, so wait on the generation itself.
-    let maps = fx.maps();
-    wait_until("the exec generation to change", TIMEOUT, || {
-        maps.exec_generation(connected.pid) != origin.exec_gen
+    // The generation moves before /proc/PID/exe does (see the next test), so
+    // once the new program shows, the Origin must be stale.
+    let exe = format!("/proc/{}/exe", connected.pid);
+    wait_until("/proc/PID/exe to show sleep", TIMEOUT, || {
+        std::fs::read_link(&exe).is_ok_and(|path| path.file_name() == Some("sleep".as_ref()))
     });
-    let exe = std::fs::read_link(format!("/proc/{}/exe", connected.pid)).unwrap();
-    assert_eq!(
-        exe.file_name().unwrap(),
-        "sleep",
+    assert_ne!(
+        fx.maps().exec_generation(connected.pid),
+        origin.exec_gen,
         "the Origin no longer matches the program now running under that pid"
     );
+}
+
+#[test]
+fn exec_generation_moves_no_later_than_proc_exe_shows_the_new_program() {
+    let mut fx = Fixture::new();
+    // The kernel switches /proc/PID/exe in begin_new_exec; sched_process_exec
+    // fires only after the rest of the new program is loaded, which includes
+    // walking every argument string onto the new stack (create_elf_tables).
+    // Half a million arguments stretch that window from tens of microseconds
+    // to over ten milliseconds, several scheduler slices, so the watcher sees
+    // it even when it shares its CPU with other tests. They take 5 MB: the
+    // kernel allows a quarter of the stack limit, at most 6 MB. sleep sums
+    // its arguments.
+    let script = r#"
+import os, resource, sys
+cpu = os.environ.get("EXEC_CPU")
+if cpu:
+    os.sched_setaffinity(0, {int(cpu)})
+_, hard = resource.getrlimit(resource.RLIMIT_STACK)
+want = 24 << 20
+if hard != resource.RLIM_INFINITY:
+    want = min(want, hard)
+resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
+args = ["0"] * 500_000
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+os.execv("/bin/sleep", ["sleep", "60"] + args)
+"#;
+    // The watcher must run while the exec runs: on a shared CPU the woken
+    // child tends to run its whole exec before the watcher is scheduled
+    // again, and the window goes unobserved.
+    let _pinned = PinnedThread::apart();
+    let mut cmd = python(script);
+    if let Some(pinned) = &_pinned {
+        cmd.env("EXEC_CPU", pinned.other_cpu.to_string());
+    }
+    let agent = fx.cgroups.path.join("agent.service");
+    let mut child = fx.cgroups.spawn(&agent, &mut cmd);
+    let ready = child.line();
+    let pid: u32 = ready
+        .strip_prefix("ready ")
+        .unwrap_or_else(|| panic!("child said: {ready}"))
+        .parse()
+        .unwrap();
+    let exe = format!("/proc/{pid}/exe");
+    let old_exe = std::fs::read_link(&exe).unwrap();
+    let maps = fx.maps();
+    let before = maps.exec_generation(pid);
+    assert_ne!(before, 0, "python itself was exec'd in the tagged cgroup");
+
+    child.send("exec now");
+    // Spin on readlink (no sleep: the point is to see the switch the moment
+    // it happens) and read the generation as soon as the exe has changed.
+    let deadline = Instant::now() + TIMEOUT;
+    let at_switch = loop {
+        if std::fs::read_link(&exe).is_ok_and(|path| path != old_exe) {
+            break maps.exec_generation(pid);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {exe} to change from {}",
+            old_exe.display()
+        );
+        std::hint::spin_loop();
+    };
+    assert_ne!(
+        at_switch, before,
+        "/proc/{pid}/exe showed the new program while the exec generation was still the old one: \
+         an attestation reading /proc then would credit the old connection to the new program"
+    );
+}
+
+/// The calling thread pinned to one of its CPUs, with another one left for
+/// a child; the thread's affinity is restored on drop. None on one CPU.
+struct PinnedThread {
+    allowed: nix::sched::CpuSet,
+    other_cpu: usize,
+}
+
+impl PinnedThread {
+    fn apart() -> Option<PinnedThread> {
+        use nix::{sched, unistd::Pid};
+        let allowed = sched::sched_getaffinity(Pid::from_raw(0)).unwrap();
+        let cpus: Vec<usize> = (0..sched::CpuSet::count())
+            .filter(|&cpu| allowed.is_set(cpu).unwrap_or(false))
+            .collect();
+        let [mine, other, ..] = cpus[..] else {
+            return None;
+        };
+        let mut set = sched::CpuSet::new();
+        set.set(mine).unwrap();
+        sched::sched_setaffinity(Pid::from_raw(0), &set).unwrap();
+        Some(PinnedThread {
+            allowed,
+            other_cpu: other,
+        })
+    }
+}
+
+impl Drop for PinnedThread {
+    fn drop(&mut self) {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.allowed);
+    }
 }
 
 fn boot_ns() -> u64 {

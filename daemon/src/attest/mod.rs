@@ -50,10 +50,13 @@ pub use hash::{FileHash, HashCache};
 pub use instance::{InstanceHandle, InstanceState};
 pub use workload::{MatchReport, WorkloadMatcher};
 
-/// The exec generation of a process: bumped each time it execs (the eBPF
-/// tracepoint on sched_process_exec stores the boot time of the exec). The
-/// lead implements this on the eBPF map; [`MemoryExecGenerations`] serves
-/// tests.
+/// The exec generation of a process: bumped each time it execs. The eBPF
+/// programs store the boot time twice per exec: as the exec begins
+/// (`sched_prepare_exec`, or entry to `begin_new_exec` before Linux 6.10),
+/// before `/proc/PID/exe` shows the new program, so a /proc read that sees
+/// the new program also sees a new generation; and again at
+/// `sched_process_exec` once the exec has succeeded. The redirect module
+/// implements this on the eBPF map; [`MemoryExecGenerations`] serves tests.
 pub trait ExecGenerations: Send + Sync {
     /// The current generation of `tgid`. `None` means no exec was recorded
     /// since the programs were loaded, which is generation 0 (the value the
@@ -62,15 +65,15 @@ pub trait ExecGenerations: Send + Sync {
 }
 
 /// In-memory exec generations, set by hand (tests, and hosts without the
-/// exec tracepoint).
+/// eBPF exec programs).
 #[derive(Debug, Default)]
 pub struct MemoryExecGenerations {
     by_tgid: Mutex<HashMap<u32, u64>>,
 }
 
 impl MemoryExecGenerations {
-    /// Records an exec of `tgid` at generation `generation`, as the
-    /// tracepoint would.
+    /// Records an exec of `tgid` at generation `generation`, as the eBPF
+    /// exec programs would.
     pub fn set(&self, tgid: u32, generation: u64) {
         if let Ok(mut map) = self.by_tgid.lock() {
             map.insert(tgid, generation);

@@ -34,10 +34,10 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, RawTracePoint, SockOps,
+        CgroupAttachMode, CgroupSockAddr, FEntry, RawTracePoint, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
@@ -379,15 +379,14 @@ impl Redirector {
                 reason: e.to_string(),
             })?,
         ));
-        let exec: &mut RawTracePoint = program_mut(&mut ebpf, program_names::EXEC)?;
-        exec.load().map_err(attach_err(program_names::EXEC))?;
-        let id = exec
-            .attach("sched_process_exec")
-            .map_err(attach_err(program_names::EXEC))?;
-        let link = exec
-            .take_link(id)
-            .map_err(attach_err(program_names::EXEC))?;
-        fd_links.push((program_names::EXEC, FdLink::from(link)));
+        // The exec generation moves twice per exec (see ebpf/programs):
+        // before /proc/PID/exe shows the new program, and once the exec has
+        // succeeded.
+        fd_links.push(attach_exec_start(&mut ebpf)?);
+        fd_links.push((
+            program_names::EXEC,
+            attach_raw_tracepoint(&mut ebpf, program_names::EXEC, "sched_process_exec")?,
+        ));
 
         // New links first, then retire the old generation.
         let stamp = SystemTime::now()
@@ -444,6 +443,63 @@ impl Redirector {
         remove_pins(&self.settings.pin_dir)?;
         Ok(())
     }
+}
+
+/// Attaches the program that bumps the exec generation as an exec begins:
+/// the `sched_prepare_exec` tracepoint where the kernel has it (6.10+; it
+/// fires at the point of no return, so a failed exec never moves the
+/// generation), else an fentry on `begin_new_exec` (which needs BTF).
+fn attach_exec_start(ebpf: &mut Ebpf) -> Result<(&'static str, FdLink), RedirectError> {
+    let tracepoint_err =
+        match attach_raw_tracepoint(ebpf, program_names::EXEC_PREPARE, "sched_prepare_exec") {
+            Ok(link) => return Ok((program_names::EXEC_PREPARE, link)),
+            Err(e) => e,
+        };
+    let name = program_names::EXEC_BEGIN;
+    match attach_fentry(ebpf, name, "begin_new_exec") {
+        Ok(link) => {
+            tracing::info!(
+                tracepoint_error = %tracepoint_err,
+                "no sched_prepare_exec tracepoint: exec generations move on entry to begin_new_exec (fentry)"
+            );
+            Ok((name, link))
+        }
+        // Neither: refuse to start rather than leave the exec race open.
+        Err(fentry_err) => Err(RedirectError::Load(format!(
+            "nothing can stamp exec generations before the executable switches: {tracepoint_err}; {fentry_err}"
+        ))),
+    }
+}
+
+fn attach_fentry(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    function: &str,
+) -> Result<FdLink, RedirectError> {
+    let btf = Btf::from_sys_fs().map_err(|e| RedirectError::Attach {
+        program: name,
+        reason: format!(
+            "reading the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {}",
+            error_chain(&e)
+        ),
+    })?;
+    let program: &mut FEntry = program_mut(ebpf, name)?;
+    program.load(function, &btf).map_err(attach_err(name))?;
+    let id = program.attach().map_err(attach_err(name))?;
+    let link = program.take_link(id).map_err(attach_err(name))?;
+    Ok(FdLink::from(link))
+}
+
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoint: &str,
+) -> Result<FdLink, RedirectError> {
+    let program: &mut RawTracePoint = program_mut(ebpf, name)?;
+    program.load().map_err(attach_err(name))?;
+    let id = program.attach(tracepoint).map_err(attach_err(name))?;
+    let link = program.take_link(id).map_err(attach_err(name))?;
+    Ok(FdLink::from(link))
 }
 
 /// Removes every pin under `pin_dir` (links, maps) and the directory itself:

@@ -28,6 +28,13 @@ pub mod program_names {
     pub const SENDMSG4: &str = "warrant_sendmsg4";
     pub const SENDMSG6: &str = "warrant_sendmsg6";
     pub const SOCKOPS: &str = "warrant_sockops";
+    /// Raw tracepoint `sched_prepare_exec` (Linux 6.10+): the exec
+    /// generation moves before the executable does.
+    pub const EXEC_PREPARE: &str = "warrant_sched_prepare_exec";
+    /// fentry on `begin_new_exec`: the same, where that tracepoint is missing.
+    pub const EXEC_BEGIN: &str = "warrant_begin_new_exec";
+    /// Raw tracepoint `sched_process_exec`: it moves again once the exec
+    /// has succeeded.
     pub const EXEC: &str = "warrant_sched_process_exec";
 }
 

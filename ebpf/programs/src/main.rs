@@ -33,9 +33,9 @@ use aya_ebpf::{
             bpf_ktime_get_boot_ns,
         },
     },
-    macros::{cgroup_sock_addr, map, raw_tracepoint, sock_ops},
+    macros::{cgroup_sock_addr, fentry, map, raw_tracepoint, sock_ops},
     maps::{Array, HashMap, LruHashMap},
-    programs::{RawTracePointContext, SockAddrContext, SockOpsContext},
+    programs::{FEntryContext, RawTracePointContext, SockAddrContext, SockOpsContext},
 };
 use warrant_common::{
     AF_INET, AF_INET6, FLAG_BLOCK_QUIC, FLAG_ENABLED, MAX_CGROUP_DEPTH, Origin, PeerKey,
@@ -401,17 +401,62 @@ fn on_tcp_close(ctx: &SockOpsContext) {
     let _ = ORIGIN_BY_COOKIE.remove(&cookie);
 }
 
-/// A task in a tagged cgroup exec'd: give its process a new exec generation,
-/// so an Origin recorded before the exec no longer matches.
-#[raw_tracepoint(tracepoint = "sched_process_exec")]
-pub fn warrant_sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+/// Gives the current task's process a new exec generation (the boot time
+/// now), if it is in a tagged cgroup. Keyed by tgid, which an exec keeps even
+/// when a non-leader thread execs (de_thread hands it the leader's pid).
+#[inline(always)]
+fn bump_exec_generation() {
     if !current_task_is_tagged() {
-        return 0;
+        return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // Safety: a helper call with no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let _ = EXEC_GEN.insert(&tgid, &now, BPF_ANY as u64);
+}
+
+/// An exec begins: bump the generation before the kernel switches the
+/// process's executable. Either this program or the fentry below is attached
+/// (the daemon prefers this one; the tracepoint exists since Linux 6.10).
+///
+/// `begin_new_exec` installs the new mm, and with it the new
+/// `/proc/PID/exe`, in `exec_mmap`; `sched_process_exec` fires only once the
+/// whole exec has succeeded, after the old address space is torn down and
+/// the new program loaded. `sched_prepare_exec` fires in `begin_new_exec`
+/// at the point of no return, before `de_thread` and `exec_mmap`. Bumping
+/// there means that whoever sees the new executable in /proc also sees the
+/// new generation (the map update precedes the exe switch on this CPU, and
+/// the switch is published under task_lock, which the /proc read takes), so
+/// an attestation reading /proc during the exec is refused instead of
+/// crediting the connection to the new program.
+#[raw_tracepoint(tracepoint = "sched_prepare_exec")]
+pub fn warrant_sched_prepare_exec(_ctx: RawTracePointContext) -> i32 {
+    bump_exec_generation();
+    0
+}
+
+/// The same bump for kernels without `sched_prepare_exec` (Debian's 6.1):
+/// on entry to `begin_new_exec`. Needs the kernel's BTF.
+///
+/// Entry is slightly before the point of no return: `bprm_creds_from_file`
+/// (the security modules' creds hook) can still fail, and the process then
+/// keeps running its old program with a generation that has moved. That
+/// only refuses the connections it opened before the failed exec: fail
+/// closed, and rare.
+#[fentry(function = "begin_new_exec")]
+pub fn warrant_begin_new_exec(_ctx: FEntryContext) -> i32 {
+    bump_exec_generation();
+    0
+}
+
+/// An exec has succeeded: bump the generation again. A connect made by
+/// another thread of the process while the exec was under way (between the
+/// entry bump and de_thread killing that thread) recorded the intermediate
+/// generation; this second bump makes that Origin stale too, so the
+/// connection is not attributed to the new program once the exec is done.
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn warrant_sched_process_exec(_ctx: RawTracePointContext) -> i32 {
+    bump_exec_generation();
     0
 }
 
