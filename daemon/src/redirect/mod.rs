@@ -382,7 +382,7 @@ impl Redirector {
         // The exec generation moves twice per exec (see ebpf/programs):
         // before /proc/PID/exe shows the new program, and once the exec has
         // succeeded.
-        fd_links.push(attach_exec_start(&mut ebpf)?);
+        fd_links.extend(attach_exec_start(&mut ebpf));
         fd_links.push((
             program_names::EXEC,
             attach_raw_tracepoint(&mut ebpf, program_names::EXEC, "sched_process_exec")?,
@@ -448,11 +448,14 @@ impl Redirector {
 /// Attaches the program that bumps the exec generation as an exec begins:
 /// the `sched_prepare_exec` tracepoint where the kernel has it (6.10+; it
 /// fires at the point of no return, so a failed exec never moves the
-/// generation), else an fentry on `begin_new_exec` (which needs BTF).
-fn attach_exec_start(ebpf: &mut Ebpf) -> Result<(&'static str, FdLink), RedirectError> {
+/// generation), else an fentry on `begin_new_exec` (which needs BTF). With
+/// neither, generations move only once an exec has succeeded: the daemon
+/// still runs (refusing to would cut every agent off on such kernels), and
+/// says so, as the README's known limits describe that window.
+fn attach_exec_start(ebpf: &mut Ebpf) -> Option<(&'static str, FdLink)> {
     let tracepoint_err =
         match attach_raw_tracepoint(ebpf, program_names::EXEC_PREPARE, "sched_prepare_exec") {
-            Ok(link) => return Ok((program_names::EXEC_PREPARE, link)),
+            Ok(link) => return Some((program_names::EXEC_PREPARE, link)),
             Err(e) => e,
         };
     let name = program_names::EXEC_BEGIN;
@@ -462,12 +465,16 @@ fn attach_exec_start(ebpf: &mut Ebpf) -> Result<(&'static str, FdLink), Redirect
                 tracepoint_error = %tracepoint_err,
                 "no sched_prepare_exec tracepoint: exec generations move on entry to begin_new_exec (fentry)"
             );
-            Ok((name, link))
+            Some((name, link))
         }
-        // Neither: refuse to start rather than leave the exec race open.
-        Err(fentry_err) => Err(RedirectError::Load(format!(
-            "nothing can stamp exec generations before the executable switches: {tracepoint_err}; {fentry_err}"
-        ))),
+        Err(fentry_err) => {
+            tracing::warn!(
+                tracepoint_error = %tracepoint_err,
+                fentry_error = %fentry_err,
+                "nothing can stamp exec generations before the executable switches; they move only once an exec has succeeded (see the README's known limits)"
+            );
+            None
+        }
     }
 }
 
