@@ -32,7 +32,7 @@ count() {
 }
 finish() {
     log "--- warrant's notable log lines"
-    journalctl -u warrant --no-pager -o short-monotonic | grep -E 'WARN|ERROR|tagged|ready|SIG|drain|watchdog' | cut -c1-300 | tail -60
+    journalctl -u warrant --no-pager -o short-monotonic | grep -E 'WARN|ERROR|tagged|ready|SIG|drain|watchdog|exec generations' | cut -c1-300 | tail -60
     if [ -n "$FAILED" ]; then
         log "--- warrant journal"
         journalctl -u warrant -u warrant.socket --no-pager -o short-monotonic | tail -80
