@@ -24,6 +24,7 @@ pub mod live;
 mod metered;
 mod observed;
 mod redact;
+mod replay;
 mod upstream;
 
 use std::{collections::HashMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
@@ -569,17 +570,15 @@ impl Injector {
             }
         };
 
-        let client = match self.clients.get(
+        let timeout = Duration::from_secs(self.limits.upstream_response_timeout_secs);
+        let sent = std::time::Instant::now();
+        let send = self.clients.send(
             &upstream.host,
             origin.original_dst,
             tls.then_some(&upstream.tls),
-        ) {
-            Ok(client) => client,
-            Err(error) => return self.upstream_failed(shape, &upstream.host, &error, log),
-        };
-        let timeout = Duration::from_secs(self.limits.upstream_response_timeout_secs);
-        let sent = std::time::Instant::now();
-        let mut response = match tokio::time::timeout(timeout, client.request(forward)).await {
+            forward,
+        );
+        let mut response = match tokio::time::timeout(timeout, send).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => return self.upstream_failed(shape, &upstream.host, &error, log),
             Err(_) => {
@@ -646,7 +645,7 @@ impl Injector {
         origin: Origin,
         log: &RequestLog,
     ) -> Response<ProxyBody> {
-        let req = req.map(ForwardBody::streaming);
+        let req = req.map(|body| replay::ReplayBody::streaming(ForwardBody::streaming(body)));
         let host = request_host(&req).unwrap_or_else(|| origin.original_dst.ip().to_string());
         log.upstream(&host);
         let (mut parts, body) = req.into_parts();

@@ -2,6 +2,10 @@
 //! Origin's original destination, never a DNS lookup of ours), marked so the
 //! eBPF programs leave them alone, TLS verified against the system roots plus
 //! the upstream's `ca_file`, pooled and reused across agent connections.
+//!
+//! A request the upstream certainly did not process (an HTTP/2 stream
+//! refused, or left out by a GOAWAY; RFC 9113 §8.7) is sent once more, on a
+//! new connection, when its body could be kept (see `replay`).
 
 use std::{
     collections::HashMap,
@@ -14,9 +18,11 @@ use std::{
     time::Duration,
 };
 
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_util::{
     client::legacy::{
-        Client,
+        self, Client,
         connect::{Connected, Connection},
     },
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -27,6 +33,11 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 use tokio_rustls::{TlsConnector, client::TlsStream};
+
+use super::{
+    ForwardBody,
+    replay::{KEEP_LIMIT, ReplayBody},
+};
 
 /// How long an idle pooled upstream connection is kept. Provider load
 /// balancers close idle connections after about a minute or more; reusing
@@ -56,6 +67,15 @@ pub enum ConnectError {
     Timeout { dst: SocketAddr, secs: u64 },
     #[error("cannot set SO_MARK on the upstream socket: {0}")]
     Mark(nix::Error),
+}
+
+/// Why a request to an upstream got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Request(#[from] legacy::Error),
 }
 
 /// Opens TCP to `dst` with SO_MARK = `mark`, so the daemon's own sockets are
@@ -228,7 +248,7 @@ impl hyper::rt::Write for UpstreamIo {
     }
 }
 
-pub type UpstreamClient = Client<UpstreamConnector, super::ForwardBody>;
+pub type UpstreamClient = Client<UpstreamConnector, ReplayBody<ForwardBody>>;
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
@@ -271,6 +291,36 @@ impl UpstreamClients {
         if let Some(client) = clients.get(&key) {
             return Ok(client.clone());
         }
+        let client = builder()
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(self.connector(host, dst, tls)?);
+        if clients.len() >= MAX_POOLS {
+            tracing::warn!("too many upstream pools; dropping idle ones");
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// A client for one request on a connection of its own, so that a
+    /// retry cannot land on the connection that just refused it.
+    fn unpooled(
+        &self,
+        host: &str,
+        dst: SocketAddr,
+        tls: Option<&Arc<ClientConfig>>,
+    ) -> Result<UpstreamClient, ConnectError> {
+        Ok(builder()
+            .pool_max_idle_per_host(0)
+            .build(self.connector(host, dst, tls)?))
+    }
+
+    fn connector(
+        &self,
+        host: &str,
+        dst: SocketAddr,
+        tls: Option<&Arc<ClientConfig>>,
+    ) -> Result<UpstreamConnector, ConnectError> {
         let tls = match tls {
             Some(config) => {
                 let name =
@@ -283,22 +333,96 @@ impl UpstreamClients {
             }
             None => None,
         };
-        let connector = UpstreamConnector {
+        Ok(UpstreamConnector {
             dst,
             tls,
             mark: self.mark,
             timeout: self.connect_timeout,
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        if clients.len() >= MAX_POOLS {
-            tracing::warn!("too many upstream pools; dropping idle ones");
-            clients.clear();
-        }
-        clients.insert(key, client.clone());
-        Ok(client)
+        })
     }
+
+    /// Sends `request` to `host` at `dst` on a pooled connection. When the
+    /// upstream did not process it and its body could be kept, it is sent
+    /// once more on a new connection; the second answer, or error, stands.
+    pub async fn send(
+        &self,
+        host: &str,
+        dst: SocketAddr,
+        tls: Option<&Arc<ClientConfig>>,
+        request: Request<ForwardBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let client = self.get(host, dst, tls)?;
+        let (head, body) = request.into_parts();
+        let (body, rewind) = ReplayBody::new(body, KEEP_LIMIT);
+        // The head as rewritten, credential included, for a second attempt.
+        let again = head.clone();
+        let error = match client.request(Request::from_parts(head, body)).await {
+            Ok(response) => return Ok(response),
+            Err(error) => error,
+        };
+        let Some(why) = unprocessed(&error) else {
+            return Err(error.into());
+        };
+        let Some(body) = rewind.rewind() else {
+            tracing::info!(
+                upstream = %host,
+                %dst,
+                why,
+                "the upstream did not process the request, but its body was too large to keep: not retried"
+            );
+            return Err(error.into());
+        };
+        tracing::info!(
+            upstream = %host,
+            %dst,
+            why,
+            "the upstream did not process the request: sending it again on a new connection"
+        );
+        let client = self.unpooled(host, dst, tls)?;
+        Ok(client.request(Request::from_parts(again, body)).await?)
+    }
+}
+
+fn builder() -> legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    builder
+}
+
+/// Why `error` proves the upstream did not process the request, if it
+/// does: then sending it again is safe (RFC 9113 §8.7).
+/// - REFUSED_STREAM from the upstream: refused before any processing.
+/// - A GOAWAY from the upstream: h2 gives it to the streams above the
+///   GOAWAY's last-stream-id, and to requests that could not open a stream
+///   after it; a stream at or below it goes on or fails otherwise.
+/// - hyper's Canceled: the request was given back unsent (the connection
+///   closed before taking it). hyper-util resends those itself only on a
+///   reused connection.
+///
+/// Anything else (a reset with another code, a broken connection, a
+/// timeout) may come after the upstream acted on the request.
+fn unprocessed(error: &legacy::Error) -> Option<&'static str> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = cause {
+        if let Some(frame) = error.downcast_ref::<h2::Error>() {
+            return if !frame.is_remote() {
+                None
+            } else if frame.is_reset() && frame.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                Some("stream refused")
+            } else if frame.is_go_away() {
+                Some("left out by GOAWAY")
+            } else {
+                None
+            };
+        }
+        if let Some(hyper) = error.downcast_ref::<hyper::Error>()
+            && hyper.is_canceled()
+        {
+            return Some("not sent");
+        }
+        cause = error.source();
+    }
+    None
 }
