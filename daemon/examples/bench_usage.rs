@@ -152,16 +152,14 @@ impl RequestGate for MeteringGate {
     }
 }
 
-/// Bytes per second of one streamed response through the injector.
-async fn end_to_end(target: &Target) -> f64 {
+/// One streamed response through the injector.
+async fn end_to_end(target: &Target) -> Sample {
     let mut send = target.connect().await;
-    let start = Instant::now();
-    let bytes = loopback::one(&mut send, "/v1/chat/completions").await;
-    bytes as f64 / start.elapsed().as_secs_f64()
+    sample(async || loopback::one(&mut send, "/v1/chat/completions").await).await
 }
 
-/// Bytes per second through the response body path.
-async fn body_path(frames: &[Bytes], observer: Option<Box<dyn ResponseObserver>>) -> f64 {
+/// One stream through the response body path.
+async fn body_path(frames: &[Bytes], observer: Option<Box<dyn ResponseObserver>>) -> Sample {
     let total: usize = frames.iter().map(Bytes::len).sum();
     let secret = Arc::new(Secret::new(
         "sk-bench-0123456789abcdefghijklmnopqrstuv".to_owned(),
@@ -179,16 +177,111 @@ async fn body_path(frames: &[Bytes], observer: Option<Box<dyn ResponseObserver>>
         Metered::new(Frames(frames.iter().cloned().collect()), observer),
         secret,
     );
-    let start = Instant::now();
-    let out = body.collect().await.unwrap().to_bytes();
-    let elapsed = start.elapsed();
-    assert_eq!(out.len(), total);
-    total as f64 / elapsed.as_secs_f64()
+    sample(async || {
+        let out = body.collect().await.unwrap().to_bytes();
+        assert_eq!(out.len(), total);
+        total
+    })
+    .await
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// One transfer: bytes per second of wall time, and the process's CPU time
+/// per byte (client, mock and injector together). On a shared machine the
+/// CPU figure is the steadier one: other load slows the wall clock, not the
+/// work done.
+#[derive(Clone, Copy)]
+struct Sample {
+    bytes_per_sec: f64,
+    cpu_ns_per_byte: f64,
+}
+
+fn cpu_now() -> Duration {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID).unwrap();
+    Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+}
+
+/// Times `transfer`, which moves and returns a number of bytes.
+async fn sample(transfer: impl AsyncFnOnce() -> usize) -> Sample {
+    let (wall, cpu) = (Instant::now(), cpu_now());
+    let bytes = transfer().await as f64;
+    Sample {
+        bytes_per_sec: bytes / wall.elapsed().as_secs_f64(),
+        cpu_ns_per_byte: (cpu_now() - cpu).as_nanos() as f64 / bytes,
+    }
+}
+
+/// Passthrough against metered, measured in adjacent pairs (their order
+/// alternating) so that drift on a shared machine hits both alike.
+struct Paired {
+    passthrough: Vec<Sample>,
+    metered: Vec<Sample>,
+}
+
+async fn paired(
+    rounds: usize,
+    mut passthrough: impl AsyncFnMut() -> Sample,
+    mut metered: impl AsyncFnMut() -> Sample,
+) -> Paired {
+    let mut pairs = Paired {
+        passthrough: Vec::new(),
+        metered: Vec::new(),
+    };
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            pairs.passthrough.push(passthrough().await);
+            pairs.metered.push(metered().await);
+        } else {
+            pairs.metered.push(metered().await);
+            pairs.passthrough.push(passthrough().await);
+        }
+    }
+    pairs
+}
+
+impl Paired {
+    /// Medians of `figure` without and with metering, the median of the
+    /// pairs' ratios (metered over passthrough, inverted when lower is
+    /// better) and its quartiles.
+    fn row(&self, name: &str, figure: impl Fn(&Sample) -> f64, higher_is_better: bool) {
+        let p = median(self.passthrough.iter().map(&figure).collect());
+        let m = median(self.metered.iter().map(&figure).collect());
+        let mut ratios: Vec<f64> = self
+            .passthrough
+            .iter()
+            .zip(&self.metered)
+            .map(|(p, m)| {
+                let r = figure(m) / figure(p);
+                if higher_is_better { r } else { 1.0 / r }
+            })
+            .collect();
+        ratios.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "{name:<30} {p:>12.3} {m:>12.3} {:>8.3}   {:.3}..{:.3}",
+            median(ratios.clone()),
+            ratios[ratios.len() / 4],
+            ratios[ratios.len() * 3 / 4],
+        );
+    }
+
+    fn print(&self) {
+        println!(
+            "{:<30} {:>12} {:>12} {:>8}   quartiles (target: ratio >= 0.95)",
+            "", "passthrough", "metered", "ratio"
+        );
+        self.row("throughput (GB/s)", |s| s.bytes_per_sec / 1e9, true);
+        self.row("CPU per byte (ns), as speed", |s| s.cpu_ns_per_byte, false);
+        let cpu = |v: &[Sample]| median(v.iter().map(|s| s.cpu_ns_per_byte).collect());
+        println!(
+            "{:<30} {:>12.3}",
+            "metering CPU cost (ns/byte)",
+            cpu(&self.metered) - cpu(&self.passthrough)
+        );
+    }
 }
 
 async fn per_request(n: usize, mut op: impl AsyncFnMut(usize)) -> Duration {
@@ -244,33 +337,22 @@ async fn main() {
     let frames = stream((64.0 * 1024.0 * 1024.0 * s) as usize);
     let mb = frames.iter().map(Bytes::len).sum::<usize>() as f64 / 1e6;
     let meter_budgets = budgets(LocalLedger::in_memory(), false, None);
-    let (mut plain, mut metered) = (Vec::new(), Vec::new());
-    for _ in 0..7 {
-        plain.push(body_path(&frames, None).await);
-        metered.push(body_path(&frames, Some(observer(&meter_budgets).await)).await);
-    }
-    let (p, m) = (median(plain), median(metered));
+    const BODY_ROUNDS: usize = 15;
+    let body = paired(
+        BODY_ROUNDS,
+        async || body_path(&frames, None).await,
+        async || body_path(&frames, Some(observer(&meter_budgets).await)).await,
+    )
+    .await;
     println!(
-        "bench usage: one {mb:.0} MB OpenAI chat stream through the response body path (median of 7)"
+        "bench usage: one {mb:.0} MB OpenAI chat stream through the response body path alone (median of {BODY_ROUNDS} pairs)"
     );
-    println!(
-        "{:<34} {:>12} {:>12} {:>8}",
-        "", "passthrough", "metered", "ratio"
-    );
-    println!(
-        "{:<34} {:>12.0} {:>12.0} {:>8.3}",
-        "throughput (MB/s)",
-        p / 1e6,
-        m / 1e6,
-        m / p
-    );
-    println!(
-        "{:<34} {:>12.3}",
-        "metering cost (ns/byte)",
-        (1.0 / m - 1.0 / p) * 1e9
-    );
+    body.print();
     let status = meter_budgets.status();
-    assert_eq!(status.counted, 7, "every metered stream was counted");
+    assert_eq!(
+        status.counted, BODY_ROUNDS as u64,
+        "every metered stream was counted"
+    );
 
     // --- metering end to end
     let dir = tempfile::tempdir().unwrap();
@@ -297,28 +379,21 @@ async fn main() {
             mock,
         });
     }
-    let (mut plain, mut metered) = (Vec::new(), Vec::new());
-    for _ in 0..7 {
-        plain.push(end_to_end(&targets[0]).await);
-        metered.push(end_to_end(&targets[1]).await);
-    }
-    let (p, m) = (median(plain), median(metered));
+    const E2E_ROUNDS: usize = 21;
+    let e2e = paired(
+        E2E_ROUNDS,
+        async || end_to_end(&targets[0]).await,
+        async || end_to_end(&targets[1]).await,
+    )
+    .await;
     println!();
-    println!("the same stream end to end: mock -TLS-> injector -TLS-> client, h1 (median of 7)");
     println!(
-        "{:<34} {:>12} {:>12} {:>8}",
-        "", "passthrough", "metered", "ratio"
+        "the same stream end to end: mock -TLS-> injector -TLS-> client, h1 (median of {E2E_ROUNDS} pairs)"
     );
-    println!(
-        "{:<34} {:>12.0} {:>12.0} {:>8.3}   (target >= 0.95)",
-        "throughput (MB/s)",
-        p / 1e6,
-        m / 1e6,
-        m / p
-    );
+    e2e.print();
     assert_eq!(
         e2e_budgets.status().counted,
-        7,
+        E2E_ROUNDS as u64,
         "every stream through the metering injector was counted"
     );
 
