@@ -7,8 +7,8 @@ use std::{path::PathBuf, sync::Arc};
 
 use warrant::{
     attest::{
-        Attestation, Entrypoint, FileHash, InstanceState, Interpreter, Target, WorkloadMatcher,
-        explain,
+        Attestation, Entrypoint, FileHash, InstanceState, Interpreter, Target, UserNamespace,
+        WorkloadMatcher, explain,
     },
     config::Config,
 };
@@ -40,6 +40,7 @@ fn attestation() -> Attestation {
             path: Some(PathBuf::from("/srv/support/agent.py")),
             hash: sha(SCRIPT_HASH),
         }),
+        user_namespace: UserNamespace::Host,
         instance: Arc::new(InstanceState::Pending),
     }
 }

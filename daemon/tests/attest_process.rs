@@ -18,7 +18,7 @@ use std::{
 use warrant::{
     attest::{
         AttestError, Attestor, ExecGenerations, InstanceHandle, MemoryExecGenerations, Target,
-        process,
+        UserNamespace, process,
     },
     config::AttestConfig,
     origin::Origin,
@@ -67,7 +67,18 @@ fn blocking_script(path: &Path) -> Vec<u8> {
 /// while the kernel is still setting up the new program (argv is empty then),
 /// so the child's own word is the readiness signal.
 fn spawn(program: &Path, args: &[&str], cwd: &Path) -> Spawned {
+    spawn_with(program, args, cwd, |_| {})
+}
+
+/// [`spawn`], with `configure` applied to the command first.
+fn spawn_with(
+    program: &Path,
+    args: &[&str],
+    cwd: &Path,
+    configure: impl FnOnce(&mut Command),
+) -> Spawned {
     let mut cmd = Command::new(program);
+    configure(&mut cmd);
     cmd.args(args)
         .current_dir(cwd)
         .stdin(Stdio::piped())
@@ -548,5 +559,134 @@ async fn async_attestation_answers_known_processes_inline() {
     assert_eq!(second.exe_hash, first.exe_hash);
     assert_eq!(second.cgroup, first.cgroup);
     assert_eq!(attestor.image_stats().misses, 1);
+    assert_eq!(attestor.image_stats().hits, 1);
+}
+
+/// The inode of the user namespace of `tgid`, as /proc/PID/ns/user names it.
+fn user_ns_inode(tgid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{tgid}/ns/user"))
+        .unwrap()
+        .ino()
+}
+
+#[test]
+fn a_process_in_a_new_user_namespace_is_attested_as_nested_and_others_as_host() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+
+    let plain = spawn(&agent, &["x"], dir.path());
+    let att = attestor
+        .attest(&origin_now(&attestor, plain.tgid()))
+        .unwrap();
+    assert_eq!(att.user_namespace, UserNamespace::Host);
+
+    // unshare(CLONE_NEWUSER) in the forked child before it execs the agent:
+    // "ready" then comes from inside the new namespace. Root, or any user
+    // where unprivileged user namespaces are enabled, may do this.
+    let nested = spawn_with(&agent, &["x"], dir.path(), |cmd| {
+        // Safety: the closure runs between fork and exec and makes one
+        // system call; it allocates nothing and takes no lock.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    });
+    let inode = user_ns_inode(nested.tgid());
+    assert_ne!(inode, user_ns_inode(std::process::id()));
+    let origin = origin_now(&attestor, nested.tgid());
+    let att = attestor.attest(&origin).unwrap();
+    assert_eq!(att.user_namespace, UserNamespace::Nested { inode });
+    assert_eq!(att.exe, agent);
+    // The cached image does not carry the namespace: it is read again.
+    let again = attestor.attest(&origin).unwrap();
+    assert_eq!(again.user_namespace, UserNamespace::Nested { inode });
+    assert_eq!(attestor.image_stats().hits, 1);
+}
+
+/// A forked child of this test, killed and reaped on drop.
+struct Forked(nix::unistd::Pid);
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(self.0, None);
+    }
+}
+
+#[test]
+fn a_process_that_enters_a_user_namespace_after_its_first_attestation_is_then_nested() {
+    use std::os::fd::AsRawFd;
+    let (go_read, go_write) = nix::unistd::pipe().unwrap();
+    let (done_read, done_write) = nix::unistd::pipe().unwrap();
+    // Safety: the child makes only raw system calls (read, unshare, write,
+    // _exit) before it exits: a child forked from this multi-threaded test
+    // must not allocate or take locks.
+    let child = match unsafe { nix::unistd::fork() }.unwrap() {
+        nix::unistd::ForkResult::Child => unsafe {
+            // Close every inherited descriptor but our two pipe ends at once:
+            // a write descriptor of another test's freshly written program
+            // held here would make its exec fail with ETXTBSY.
+            let (go, done) = (go_read.as_raw_fd(), done_write.as_raw_fd());
+            let (low, high) = (go.min(done) as libc::c_uint, go.max(done) as libc::c_uint);
+            for (first, last) in [
+                (3, low - 1),
+                (low + 1, high - 1),
+                (high + 1, libc::c_uint::MAX),
+            ] {
+                if first <= last {
+                    libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint);
+                }
+            }
+            let mut byte = 0u8;
+            libc::read(go_read.as_raw_fd(), (&raw mut byte).cast(), 1);
+            let answer: u8 = if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                b'1'
+            } else {
+                b'0'
+            };
+            libc::write(done_write.as_raw_fd(), (&raw const answer).cast(), 1);
+            // Block until the test kills us.
+            libc::read(go_read.as_raw_fd(), (&raw mut byte).cast(), 1);
+            libc::_exit(0)
+        },
+        nix::unistd::ForkResult::Parent { child } => Forked(child),
+    };
+    drop(done_write);
+    let tgid = child.0.as_raw() as u32;
+    // The child is this test binary, which is large in a debug build: skip
+    // hashing it, which is beside the point here.
+    let attestor = Attestor::new(
+        &AttestConfig { max_hash_bytes: 1 },
+        Arc::new(MemoryExecGenerations::default()),
+        InstanceHandle::default(),
+    );
+    let origin = origin_now(&attestor, tgid);
+    assert_eq!(
+        attestor.attest(&origin).unwrap().user_namespace,
+        UserNamespace::Host
+    );
+
+    nix::unistd::write(&go_write, b"g").unwrap();
+    let mut answer = [0u8; 1];
+    assert_eq!(
+        nix::unistd::read(done_read.as_raw_fd(), &mut answer).unwrap(),
+        1
+    );
+    assert_eq!(&answer, b"1", "unshare(CLONE_NEWUSER) failed in the child");
+
+    let att = attestor.attest(&origin).unwrap();
+    assert_eq!(
+        att.user_namespace,
+        UserNamespace::Nested {
+            inode: user_ns_inode(tgid)
+        }
+    );
+    // Served from the image cache, yet the namespace is the current one.
     assert_eq!(attestor.image_stats().hits, 1);
 }

@@ -73,6 +73,7 @@ pub fn render(att: &Attestation, report: &MatchReport) -> String {
     );
     let _ = writeln!(out, "  exe         {}", att.exe.display());
     let _ = writeln!(out, "  exe sha256  {}", hash_text(&att.exe_hash));
+    let _ = writeln!(out, "  user ns     {}", att.user_namespace);
     match &att.entrypoint {
         None => {
             let _ = writeln!(out, "  entrypoint  none (not a recognised interpreter)");
@@ -134,6 +135,9 @@ pub fn render(att: &Attestation, report: &MatchReport) -> String {
                 "    {ok} {:<18} expected {}, attested {}",
                 sel.selector, sel.expected, sel.actual
             );
+            if let Some(reason) = &sel.refused {
+                let _ = writeln!(out, "         refused: {reason}");
+            }
         }
     }
     out

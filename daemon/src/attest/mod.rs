@@ -14,15 +14,27 @@
 //! Anything that changed refuses the connection ([`AttestError`]).
 //!
 //! What a process runs (executable, its hash, the entrypoint) cannot change
-//! without an exec, so it is read once per process image and cached with
-//! the pidfd that pinned it, its start time and its exec generation. While
-//! that pidfd's process is alive (or a zombie), its pid cannot have been
-//! reused, so a later connection of the same process costs one
-//! pidfd_send_signal and the generation lookup. Argv rewritten by the
-//! process after its first attestation is therefore ignored, which makes the
-//! entrypoint harder to spoof, not easier. Each cached image holds one file
-//! descriptor: the daemon should raise its RLIMIT_NOFILE soft limit (systemd
-//! starts services at 1024).
+//! without an exec, short of `prctl(PR_SET_MM_MAP)`, so it is read once per
+//! process image and cached with the pidfd that pinned it, its start time
+//! and its exec generation. While that pidfd's process is alive (or a
+//! zombie), its pid cannot have been reused, so a later connection of the
+//! same process costs one pidfd_send_signal, one stat of its user namespace
+//! and the generation lookup. Argv rewritten by the process after its first
+//! attestation is therefore ignored, which makes the entrypoint harder to
+//! spoof, not easier.
+//!
+//! Each cached image holds one file descriptor: the daemon should raise its
+//! RLIMIT_NOFILE soft limit (systemd starts services at 1024).
+//!
+//! The user namespace is read on every attestation, never cached: the exe
+//! link can be repointed with `PR_SET_MM_MAP` by a process holding
+//! CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN in its *own* user namespace,
+//! which any process that can create one has, so [`UserNamespace::Nested`]
+//! tells the matcher not to trust the exe and entrypoint selectors. A process
+//! can enter a nested namespace after its first attestation but cannot
+//! return to the host's, so a read after the image is conservative. Only the
+//! connecting process is looked at: a `CLONE_VM` child in a namespace of its
+//! own shares the mm and can repoint its exe too (README, Known limits).
 //!
 //! Attestation does blocking file I/O (a cold hash reads the whole binary):
 //! async callers run it with `tokio::task::spawn_blocking`.
@@ -122,6 +134,40 @@ pub enum AttestError {
     },
 }
 
+/// Whether a process runs in the daemon's user namespace (the host's: the
+/// daemon runs there to load eBPF) or in one nested below it. Serialized
+/// for audit and `explain` as "host" or "nested:<inode>".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserNamespace {
+    Host,
+    /// `inode` is that of /proc/PID/ns/user, as `ls -l` shows it
+    /// ("user:[inode]").
+    Nested {
+        inode: u64,
+    },
+}
+
+impl UserNamespace {
+    pub fn is_nested(&self) -> bool {
+        matches!(self, UserNamespace::Nested { .. })
+    }
+}
+
+impl std::fmt::Display for UserNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UserNamespace::Host => f.write_str("host"),
+            UserNamespace::Nested { inode } => write!(f, "nested:{inode}"),
+        }
+    }
+}
+
+impl Serialize for UserNamespace {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// Who made a connection, as far as the host can tell.
 #[derive(Debug, Clone, Serialize)]
 pub struct Attestation {
@@ -143,6 +189,8 @@ pub struct Attestation {
     /// argv[0], for the record.
     pub argv0: Option<String>,
     pub entrypoint: Option<Entrypoint>,
+    /// Read at this attestation (not cached with the image).
+    pub user_namespace: UserNamespace,
     /// The host's instance identity when the connection was attested.
     #[serde(serialize_with = "instance::serialize_shared")]
     pub instance: Arc<InstanceState>,
@@ -200,6 +248,9 @@ pub struct Attestor {
     generations: Arc<dyn ExecGenerations>,
     instance: InstanceHandle,
     ticks_per_second: u64,
+    /// The daemon's own user namespace, read once; `None` if unreadable, and
+    /// then every process counts as nested (fail closed).
+    own_user_ns: Option<process::NamespaceId>,
 }
 
 impl Attestor {
@@ -227,6 +278,15 @@ impl Attestor {
             generations,
             instance,
             ticks_per_second: process::ticks_per_second(),
+            own_user_ns: match process::own_user_namespace() {
+                Ok(ns) => Some(ns),
+                Err(err) => {
+                    tracing::warn!(
+                        "cannot read /proc/self/ns/user ({err}): every process will count as in a nested user namespace"
+                    );
+                    None
+                }
+            },
         }
     }
 
@@ -264,26 +324,27 @@ impl Attestor {
 
     /// Attests the process that made the connection described by `origin`.
     pub fn attest(&self, origin: &Origin) -> Result<Attestation, AttestError> {
-        let image = match self.cached_image(origin)? {
-            Some(image) => image,
+        let (image, userns) = match self.cached_image(origin)? {
+            Some(found) => found,
             None => self.attest_image(origin)?,
         };
         let cgroup = self.cgroups.path_of(origin.cgroup_id, origin.tgid);
-        Ok(self.assemble(origin, &image, cgroup))
+        Ok(self.assemble(origin, &image, userns, cgroup))
     }
 
     /// [`Attestor::attest`] for async callers: a process already attested
-    /// (and a known cgroup) is answered inline, in about a microsecond; the
-    /// first connection of a process, which reads /proc and may hash a
-    /// binary, runs on the blocking pool.
+    /// (and a known cgroup) is answered inline (a pidfd signal, a stat of
+    /// its user namespace, the generation lookup); the first connection of a
+    /// process, which reads /proc and may hash a binary, runs on the
+    /// blocking pool.
     pub async fn attest_async(
         self: &Arc<Self>,
         origin: Origin,
     ) -> Result<Attestation, AttestError> {
         if let Some(cgroup) = self.cgroups.cached(origin.cgroup_id)
-            && let Some(image) = self.cached_image(&origin)?
+            && let Some((image, userns)) = self.cached_image(&origin)?
         {
-            return Ok(self.assemble(&origin, &image, Some(cgroup)));
+            return Ok(self.assemble(&origin, &image, userns, Some(cgroup)));
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.attest(&origin))
@@ -295,6 +356,7 @@ impl Attestor {
         &self,
         origin: &Origin,
         image: &ProcessImage,
+        user_namespace: UserNamespace,
         cgroup: Option<String>,
     ) -> Attestation {
         Attestation {
@@ -312,18 +374,27 @@ impl Attestor {
             exe_hash: image.exe_hash.clone(),
             argv0: image.argv0.clone(),
             entrypoint: image.entrypoint.clone(),
+            user_namespace,
             instance: self.instance.current(),
         }
     }
 
     /// The cached image of the process, if the process pinned when it was
-    /// read is still alive (so `tgid` still names it) and has not exec'd.
-    fn cached_image(&self, origin: &Origin) -> Result<Option<Arc<ProcessImage>>, AttestError> {
+    /// read is still alive (so `tgid` still names it) and has not exec'd,
+    /// with its user namespace as of now.
+    fn cached_image(&self, origin: &Origin) -> Result<Option<CurrentImage>, AttestError> {
         use std::sync::atomic::Ordering::Relaxed;
         let tgid = origin.tgid;
         let Some(cached) = self.images.lock().ok().and_then(|m| m.get(&tgid).cloned()) else {
             return Ok(None);
         };
+        if cached.exec_gen != origin.exec_gen {
+            return Ok(None);
+        }
+        // Read before the liveness check: a pid is not reused before its
+        // process is reaped, so the pinned process still alive afterwards
+        // means `tgid` named it when its namespace was read.
+        let userns = self.user_namespace(tgid)?;
         if !cached.pidfd.is_alive() {
             // That process was reaped; `tgid` may now be another one.
             if let Ok(mut images) = self.images.lock() {
@@ -331,17 +402,14 @@ impl Attestor {
             }
             return Ok(None);
         }
-        if cached.exec_gen != origin.exec_gen {
-            return Ok(None);
-        }
         self.check_start(origin, cached.start_ticks)?;
         self.check_generation(origin)?;
         self.image_hits.fetch_add(1, Relaxed);
-        Ok(Some(cached.image.clone()))
+        Ok(Some((cached.image.clone(), userns)))
     }
 
     /// The full path: pin the process, check it, read its image, cache it.
-    fn attest_image(&self, origin: &Origin) -> Result<Arc<ProcessImage>, AttestError> {
+    fn attest_image(&self, origin: &Origin) -> Result<CurrentImage, AttestError> {
         use std::sync::atomic::Ordering::Relaxed;
         let tgid = origin.tgid;
         self.image_misses.fetch_add(1, Relaxed);
@@ -358,7 +426,8 @@ impl Attestor {
         let started = self.start_ticks(tgid)?;
         self.check_start(origin, started)?;
         self.check_generation(origin)?;
-        let image = Arc::new(self.read_image(origin, &pidfd, started)?);
+        let (image, userns) = self.read_image(origin, &pidfd, started)?;
+        let image = Arc::new(image);
         if image.is_stable()
             && let Ok(mut images) = self.images.lock()
         {
@@ -375,7 +444,7 @@ impl Attestor {
                 }),
             );
         }
-        Ok(image)
+        Ok((image, userns))
     }
 
     /// A process that started after the connect is not the one that made
@@ -394,15 +463,15 @@ impl Attestor {
         Ok(())
     }
 
-    /// Reads what the process runs from /proc, then checks that it is still
-    /// the process pinned by `pidfd`, with the start time and generation it
-    /// had, running the same executable.
+    /// Reads what the process runs from /proc, and its user namespace, then
+    /// checks that it is still the process pinned by `pidfd`, with the start
+    /// time and generation it had, running the same executable.
     fn read_image(
         &self,
         origin: &Origin,
         pidfd: &process::PidFd,
         started: u64,
-    ) -> Result<ProcessImage, AttestError> {
+    ) -> Result<(ProcessImage, UserNamespace), AttestError> {
         let tgid = origin.tgid;
         let exe = process::exe_path(tgid).map_err(|e| read_err(tgid, "exe", e))?;
         let argv = process::cmdline(tgid).map_err(|e| read_err(tgid, "cmdline", e))?;
@@ -414,6 +483,11 @@ impl Attestor {
         };
         let exe_name = process::file_name(&exe).trim_end_matches(" (deleted)");
         let entrypoint = entrypoint::resolve(tgid, exe_name, &argv, &self.hashes);
+        // The namespace is read after the exe and argv: repointing them takes
+        // a nested namespace, which a process cannot leave for the host's, so
+        // a process that repointed them before those reads shows as nested
+        // here. Read first, it could unshare and repoint in between.
+        let userns = self.user_namespace(tgid)?;
 
         // Everything above was read from /proc/PID; make sure PID is still
         // the process we pinned, running the program it connected with.
@@ -436,12 +510,19 @@ impl Attestor {
                 });
             }
         }
-        Ok(ProcessImage {
+        let image = ProcessImage {
             exe,
             exe_hash,
             argv0: argv.first().cloned(),
             entrypoint,
-        })
+        };
+        Ok((image, userns))
+    }
+
+    /// Where `tgid` runs relative to the daemon's own user namespace.
+    fn user_namespace(&self, tgid: u32) -> Result<UserNamespace, AttestError> {
+        let ns = process::user_namespace(tgid).map_err(|e| read_err(tgid, "user namespace", e))?;
+        Ok(classify_user_namespace(self.own_user_ns, ns))
     }
 
     fn check_generation(&self, origin: &Origin) -> Result<(), AttestError> {
@@ -468,6 +549,22 @@ impl Attestor {
     }
 }
 
+/// A process image and the user namespace its process is in now.
+type CurrentImage = (Arc<ProcessImage>, UserNamespace);
+
+/// Host only when the namespace is exactly the daemon's; anything else,
+/// including an unknown daemon namespace, is nested.
+fn classify_user_namespace(
+    own: Option<process::NamespaceId>,
+    ns: process::NamespaceId,
+) -> UserNamespace {
+    if own == Some(ns) {
+        UserNamespace::Host
+    } else {
+        UserNamespace::Nested { inode: ns.ino }
+    }
+}
+
 fn read_err(tgid: u32, what: &'static str, source: std::io::Error) -> AttestError {
     if source.kind() == std::io::ErrorKind::NotFound || source.raw_os_error() == Some(libc::ESRCH) {
         return AttestError::ProcessGone { tgid };
@@ -477,6 +574,7 @@ fn read_err(tgid: u32, what: &'static str, source: std::io::Error) -> AttestErro
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
@@ -484,6 +582,34 @@ mod tests {
         fn shared<T: Send + Sync>() {}
         shared::<Attestor>();
         shared::<Attestation>();
+    }
+
+    #[test]
+    fn only_the_daemons_own_user_namespace_is_the_host() {
+        let own = process::NamespaceId { dev: 4, ino: 100 };
+        let other = process::NamespaceId { dev: 4, ino: 200 };
+        assert_eq!(classify_user_namespace(Some(own), own), UserNamespace::Host);
+        assert_eq!(
+            classify_user_namespace(Some(own), other),
+            UserNamespace::Nested { inode: 200 }
+        );
+        // Same inode on another device is another namespace.
+        let elsewhere = process::NamespaceId { dev: 5, ino: 100 };
+        assert!(classify_user_namespace(Some(own), elsewhere).is_nested());
+        // Without our own namespace nothing counts as the host.
+        assert!(classify_user_namespace(None, own).is_nested());
+    }
+
+    #[test]
+    fn user_namespaces_serialize_as_host_or_nested_inode() {
+        assert_eq!(
+            serde_json::to_value(UserNamespace::Host).unwrap(),
+            serde_json::json!("host")
+        );
+        assert_eq!(
+            serde_json::to_value(UserNamespace::Nested { inode: 4026532210 }).unwrap(),
+            serde_json::json!("nested:4026532210")
+        );
     }
 
     #[test]

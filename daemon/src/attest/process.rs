@@ -124,6 +124,36 @@ pub fn exe_path(tgid: u32) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/{tgid}/exe"))
 }
 
+/// A namespace as the kernel identifies it: the device and inode of its
+/// nsfs file (`/proc/PID/ns/*`). Two processes are in the same namespace
+/// exactly when both numbers are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NamespaceId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// The user namespace of process `tgid` (stat follows the ns link to the
+/// namespace itself). Reading another user's link needs ptrace-read access,
+/// which the daemon has.
+pub fn user_namespace(tgid: u32) -> io::Result<NamespaceId> {
+    namespace_of(&proc_dir(tgid).join("ns/user"))
+}
+
+/// The daemon's own user namespace.
+pub fn own_user_namespace() -> io::Result<NamespaceId> {
+    namespace_of(Path::new("/proc/self/ns/user"))
+}
+
+fn namespace_of(link: &Path) -> io::Result<NamespaceId> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(link)?;
+    Ok(NamespaceId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
 /// The process's current working directory.
 pub fn cwd(tgid: u32) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/{tgid}/cwd"))
@@ -282,6 +312,13 @@ mod tests {
     fn start_time_is_field_22_even_with_parentheses_in_the_name() {
         let stat = b"4242 (we ird) (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 100";
         assert_eq!(parse_start_ticks(stat), Some(987654));
+    }
+
+    #[test]
+    fn our_user_namespace_read_through_our_pid_is_our_own() {
+        let mine = own_user_namespace().unwrap();
+        assert_eq!(user_namespace(std::process::id()).unwrap(), mine);
+        assert_ne!(mine.ino, 0);
     }
 
     #[test]

@@ -3,11 +3,16 @@
 //! match wins. The report explains each selector of each workload, for
 //! `warrant explain` and for the body of a 403; it holds attested facts and
 //! configured values, never a secret.
+//!
+//! The selectors on what program runs (exe, exe_sha256, entrypoint_sha256)
+//! refuse a process in a nested user namespace unless the workload sets
+//! `allow_user_namespaces`: there /proc/PID/exe and argv can be repointed
+//! with prctl(PR_SET_MM_MAP), so they would name whatever the process chose.
 
 use globset::{Glob, GlobMatcher};
 use serde::Serialize;
 
-use super::{Attestation, FileHash};
+use super::{Attestation, FileHash, UserNamespace};
 use crate::config::WorkloadConfig;
 
 /// One selector's verdict.
@@ -20,6 +25,10 @@ pub struct SelectorResult {
     /// What was attested (or why it is unknown).
     pub actual: String,
     pub matched: bool,
+    /// Why the selector was refused whatever the attested value (a nested
+    /// user namespace); absent when `matched` compares the values.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -48,10 +57,28 @@ impl MatchReport {
             if let Some(reason) = &verdict.unusable {
                 lines.push(format!("workload {:?}: {reason}", verdict.workload));
             }
-            for sel in verdict.selectors.iter().filter(|s| !s.matched) {
+            for sel in verdict
+                .selectors
+                .iter()
+                .filter(|s| !s.matched && s.refused.is_none())
+            {
                 lines.push(format!(
                     "workload {:?}: {} {} expected, attested {}",
                     verdict.workload, sel.selector, sel.expected, sel.actual
+                ));
+            }
+            // One line for the selectors refused for the same reason.
+            let refused: Vec<&SelectorResult> = verdict
+                .selectors
+                .iter()
+                .filter(|s| s.refused.is_some())
+                .collect();
+            if let Some(reason) = refused.first().and_then(|s| s.refused.as_ref()) {
+                let names: Vec<&str> = refused.iter().map(|s| s.selector).collect();
+                lines.push(format!(
+                    "workload {:?}: {} refused: {reason}",
+                    verdict.workload,
+                    names.join(", ")
                 ));
             }
         }
@@ -74,6 +101,7 @@ impl MatchReport {
                 "unit": att.unit,
                 "exe": att.exe.display().to_string(),
                 "exe_sha256": att.exe_hash.describe(),
+                "user_namespace": att.user_namespace,
                 "entrypoint": att.entrypoint.as_ref().map(|ep| serde_json::json!({
                     "interpreter": ep.interpreter,
                     "target": ep.target,
@@ -95,6 +123,7 @@ struct Compiled {
     exe: Option<String>,
     exe_sha256: Vec<String>,
     entrypoint_sha256: Vec<String>,
+    allow_user_namespaces: bool,
     uid: Option<u32>,
     gid: Option<u32>,
     unusable: Option<String>,
@@ -146,6 +175,7 @@ impl WorkloadMatcher {
                     exe: c.exe.as_ref().map(|e| e.get_ref().clone()),
                     exe_sha256,
                     entrypoint_sha256,
+                    allow_user_namespaces: c.allow_user_namespaces,
                     uid: c.uid,
                     gid: c.gid,
                     unusable,
@@ -192,6 +222,7 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
             expected: unit.clone(),
             actual: att.unit.clone().unwrap_or_else(|| "none".to_owned()),
             matched: att.unit.as_deref() == Some(unit.as_str()),
+            refused: None,
         });
     }
     if let Some(slice) = &w.slice {
@@ -204,6 +235,7 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
             expected: slice.clone(),
             actual: att.cgroup.clone().unwrap_or_else(unknown),
             matched,
+            refused: None,
         });
     }
     if let Some((text, glob)) = &w.cgroup {
@@ -212,18 +244,33 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
             expected: text.clone(),
             actual: att.cgroup.clone().unwrap_or_else(unknown),
             matched: att.cgroup.as_deref().is_some_and(|p| glob.is_match(p)),
+            refused: None,
         });
     }
+    let program = program_refusal(w, att.user_namespace);
+    let program = |result: SelectorResult| match &program {
+        Some(reason) => SelectorResult {
+            matched: false,
+            refused: Some(reason.clone()),
+            ..result
+        },
+        None => result,
+    };
     if let Some(exe) = &w.exe {
-        selectors.push(SelectorResult {
+        selectors.push(program(SelectorResult {
             selector: "exe",
             expected: exe.clone(),
             actual: att.exe.display().to_string(),
             matched: att.exe.as_os_str() == exe.as_str(),
-        });
+            refused: None,
+        }));
     }
     if !w.exe_sha256.is_empty() {
-        selectors.push(hash_selector("exe_sha256", &w.exe_sha256, &att.exe_hash));
+        selectors.push(program(hash_selector(
+            "exe_sha256",
+            &w.exe_sha256,
+            &att.exe_hash,
+        )));
     }
     if !w.entrypoint_sha256.is_empty() {
         let result = match &att.entrypoint {
@@ -233,9 +280,10 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
                 expected: one_of(&w.entrypoint_sha256),
                 actual: "none: the executable is not a recognised interpreter".to_owned(),
                 matched: false,
+                refused: None,
             },
         };
-        selectors.push(result);
+        selectors.push(program(result));
     }
     if let Some(uid) = w.uid {
         selectors.push(SelectorResult {
@@ -243,6 +291,7 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
             expected: uid.to_string(),
             actual: att.uid.to_string(),
             matched: att.uid == uid,
+            refused: None,
         });
     }
     if let Some(gid) = w.gid {
@@ -251,6 +300,7 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
             expected: gid.to_string(),
             actual: att.gid.to_string(),
             matched: att.gid == gid,
+            refused: None,
         });
     }
     WorkloadVerdict {
@@ -261,6 +311,19 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
     }
 }
 
+/// Why the selectors on what program runs cannot be believed for this
+/// process, if they cannot.
+fn program_refusal(w: &Compiled, userns: UserNamespace) -> Option<String> {
+    if w.allow_user_namespaces || !userns.is_nested() {
+        return None;
+    }
+    Some(format!(
+        "process runs in a nested user namespace ({userns}), where /proc/PID/exe and argv \
+         can be repointed with prctl(PR_SET_MM); set allow_user_namespaces = true on this \
+         workload to accept it"
+    ))
+}
+
 /// Absent hashes (too large, unreadable) match nothing: fail closed.
 fn hash_selector(selector: &'static str, allowed: &[String], hash: &FileHash) -> SelectorResult {
     SelectorResult {
@@ -268,6 +331,7 @@ fn hash_selector(selector: &'static str, allowed: &[String], hash: &FileHash) ->
         expected: one_of(allowed),
         actual: hash.describe(),
         matched: hash.hex().is_some_and(|h| allowed.iter().any(|a| a == h)),
+        refused: None,
     }
 }
 
@@ -276,5 +340,155 @@ fn one_of(list: &[String]) -> String {
         list[0].clone()
     } else {
         format!("one of [{}]", list.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::{path::PathBuf, sync::Arc};
+
+    use super::*;
+    use crate::attest::{Entrypoint, InstanceState, Interpreter, Target};
+
+    const EXE_HASH: &str = "aa00000000000000000000000000000000000000000000000000000000000001";
+    const SCRIPT_HASH: &str = "bb00000000000000000000000000000000000000000000000000000000000002";
+    const NESTED: UserNamespace = UserNamespace::Nested { inode: 4026532210 };
+
+    fn sha(hex: &str) -> FileHash {
+        FileHash::Sha256 {
+            sha256: hex.to_owned(),
+        }
+    }
+
+    fn attestation(user_namespace: UserNamespace) -> Attestation {
+        Attestation {
+            tgid: 4242,
+            pid: 4242,
+            uid: 1001,
+            gid: 1002,
+            cgroup_id: 77,
+            cgroup: Some("/warrant.slice/warrant-agents.slice/agent.service".to_owned()),
+            unit: Some("agent.service".to_owned()),
+            exe: PathBuf::from("/usr/bin/python3"),
+            exe_hash: sha(EXE_HASH),
+            argv0: Some("python3".to_owned()),
+            entrypoint: Some(Entrypoint {
+                interpreter: Interpreter::Python,
+                target: Target::Script("agent.py".to_owned()),
+                path: Some(PathBuf::from("/srv/agent.py")),
+                hash: sha(SCRIPT_HASH),
+            }),
+            user_namespace,
+            instance: Arc::new(InstanceState::Pending),
+        }
+    }
+
+    /// A workload on unit and on every selector of what program runs.
+    fn program_workload(extra: &str) -> WorkloadMatcher {
+        let text = format!(
+            "[[workload]]\nname = \"agent\"\nunit = \"agent.service\"\n\
+             exe = \"/usr/bin/python3\"\nexe_sha256 = [\"{EXE_HASH}\"]\n\
+             entrypoint_sha256 = [\"{SCRIPT_HASH}\"]\n{extra}"
+        );
+        let config = crate::config::Config::parse(&text, "test").unwrap();
+        WorkloadMatcher::new(&config.workloads)
+    }
+
+    #[test]
+    fn program_selectors_match_a_process_in_the_host_user_namespace() {
+        let report = program_workload("").evaluate(&attestation(UserNamespace::Host));
+        assert_eq!(report.matched.as_deref(), Some("agent"));
+        assert!(
+            report.workloads[0]
+                .selectors
+                .iter()
+                .all(|s| s.refused.is_none())
+        );
+    }
+
+    #[test]
+    fn program_selectors_refuse_a_nested_user_namespace_and_say_why() {
+        let report = program_workload("").evaluate(&attestation(NESTED));
+        assert_eq!(report.matched, None);
+        let verdict = &report.workloads[0];
+        let refused: Vec<_> = verdict
+            .selectors
+            .iter()
+            .filter(|s| s.refused.is_some())
+            .map(|s| s.selector)
+            .collect();
+        assert_eq!(refused, ["exe", "exe_sha256", "entrypoint_sha256"]);
+        assert!(
+            verdict
+                .selectors
+                .iter()
+                .all(|s| s.matched == (s.selector == "unit"))
+        );
+        // The attested values are still shown, and would have matched.
+        assert_eq!(verdict.selectors[1].actual, "/usr/bin/python3");
+
+        let why = report.why_not();
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert_eq!(
+            why[0],
+            "workload \"agent\": exe, exe_sha256, entrypoint_sha256 refused: process runs in a \
+             nested user namespace (nested:4026532210), where /proc/PID/exe and argv can be \
+             repointed with prctl(PR_SET_MM); set allow_user_namespaces = true on this \
+             workload to accept it"
+        );
+    }
+
+    #[test]
+    fn allow_user_namespaces_accepts_a_nested_process_but_still_checks_the_hashes() {
+        let matcher = program_workload("allow_user_namespaces = true\n");
+        let report = matcher.evaluate(&attestation(NESTED));
+        assert_eq!(report.matched.as_deref(), Some("agent"));
+
+        let mut att = attestation(NESTED);
+        att.exe_hash = sha(SCRIPT_HASH);
+        let report = matcher.evaluate(&att);
+        assert_eq!(report.matched, None);
+        let why = report.why_not();
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].contains(&format!("exe_sha256 {EXE_HASH} expected")),
+            "{why:?}"
+        );
+        assert!(!why[0].contains("user namespace"), "{why:?}");
+    }
+
+    #[test]
+    fn workloads_without_program_selectors_ignore_the_user_namespace() {
+        let text = "[[workload]]\nname = \"cg\"\nunit = \"agent.service\"\n\
+                    slice = \"warrant-agents.slice\"\ncgroup = \"/warrant.slice/**\"\n\
+                    uid = 1001\ngid = 1002\n";
+        let config = crate::config::Config::parse(text, "test").unwrap();
+        let report = WorkloadMatcher::new(&config.workloads).evaluate(&attestation(NESTED));
+        assert_eq!(report.matched.as_deref(), Some("cg"));
+        assert!(report.why_not().is_empty());
+    }
+
+    #[test]
+    fn the_refusal_and_explain_show_the_user_namespace() {
+        let att = attestation(NESTED);
+        let report = program_workload("").evaluate(&att);
+        let body = report.refusal(&att);
+        assert_eq!(body["attested"]["user_namespace"], "nested:4026532210");
+        let reasons = body["reasons"].as_array().unwrap();
+        assert!(
+            reasons[0]
+                .as_str()
+                .unwrap()
+                .contains("allow_user_namespaces = true")
+        );
+
+        let text = crate::attest::explain::render(&att, &report);
+        assert!(text.contains("user ns     nested:4026532210"), "{text}");
+        assert!(text.contains("FAIL exe "), "{text}");
+        assert!(
+            text.contains("refused: process runs in a nested user namespace"),
+            "{text}"
+        );
     }
 }

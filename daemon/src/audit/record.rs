@@ -4,7 +4,12 @@
 
 use serde::Serialize;
 
-use crate::{attest::Attestation, control::quarantine::Target, origin::Origin, policy::Decision};
+use crate::{
+    attest::{Attestation, UserNamespace},
+    control::quarantine::Target,
+    origin::Origin,
+    policy::Decision,
+};
 
 /// What a record is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -59,6 +64,9 @@ pub struct AttestationSummary {
     pub exe_sha256: Option<String>,
     pub entrypoint: Option<String>,
     pub entrypoint_sha256: Option<String>,
+    /// "host" or "nested:<inode>"; absent only from records made without
+    /// an [`Attestation`].
+    pub user_namespace: Option<UserNamespace>,
     pub instance_id: Option<String>,
     pub region: Option<String>,
 }
@@ -78,6 +86,7 @@ impl AttestationSummary {
                 .and_then(|e| e.path.as_ref())
                 .map(|p| p.display().to_string()),
             entrypoint_sha256: entrypoint.and_then(|e| e.hash.hex()).map(str::to_owned),
+            user_namespace: Some(attestation.user_namespace),
             instance_id: instance.claim("instance_id").ok().map(str::to_owned),
             region: instance.claim("region").ok().map(str::to_owned),
         }

@@ -360,6 +360,14 @@ pub struct WorkloadConfig {
     pub exe_sha256: Vec<Spanned<String>>,
     #[serde(default)]
     pub entrypoint_sha256: Vec<Spanned<String>>,
+    /// Whether exe, exe_sha256 and entrypoint_sha256 may match a process in
+    /// a nested user namespace. Default false: there the process can hold
+    /// the capabilities that let prctl(PR_SET_MM_MAP) repoint /proc/PID/exe,
+    /// so those selectors would attest whatever program it names. Units with
+    /// PrivateUsers=yes and rootless containers need it. Selectors on unit,
+    /// slice, cgroup, uid and gid are unaffected.
+    #[serde(default)]
+    pub allow_user_namespaces: bool,
     #[serde(default)]
     pub uid: Option<u32>,
     #[serde(default)]

@@ -88,3 +88,26 @@ fn listen6_defaults_to_ipv6_loopback_on_the_same_port() {
     let config = Config::parse("[daemon]\nlisten6 = \"\"\n", "t").unwrap();
     assert_eq!(config.listen6(), None);
 }
+
+#[test]
+fn allow_user_namespaces_defaults_to_false_and_parses_per_workload() {
+    let text = "[[workload]]\nname = \"a\"\nunit = \"a.service\"\n\n\
+                [[workload]]\nname = \"b\"\nexe = \"/usr/bin/b\"\nallow_user_namespaces = true\n";
+    let config = Config::parse(text, "w.toml").unwrap();
+    assert!(!config.workloads[0].allow_user_namespaces);
+    assert!(config.workloads[1].allow_user_namespaces);
+}
+
+#[test]
+fn allow_user_namespaces_must_be_a_boolean_and_spelled_right() {
+    let text = "[[workload]]\nname = \"a\"\nallow_user_namespaces = \"yes\"\n";
+    let err = Config::parse(text, "w.toml").unwrap_err();
+    assert_eq!(err.at.map(|l| l.line), Some(3), "{err}");
+    assert!(err.to_string().starts_with("w.toml:3:"), "{err}");
+    assert!(err.message.contains("bool"), "{err}");
+
+    let text = "[[workload]]\nname = \"a\"\nallow_user_namespace = true\n";
+    let err = Config::parse(text, "w.toml").unwrap_err();
+    assert_eq!(err.at, Some(Location { line: 3, column: 1 }), "{err}");
+    assert!(err.message.contains("allow_user_namespace"), "{err}");
+}

@@ -70,6 +70,7 @@ impl RequestGate for TestGate {
                     exe_sha256: Some(self.exe_sha256.clone()),
                     entrypoint: None,
                     entrypoint_sha256: None,
+                    user_namespace: None,
                     instance_id: Some("i-test".to_owned()),
                     region: Some("local".to_owned()),
                 },
