@@ -124,18 +124,17 @@ pub fn exe_path(tgid: u32) -> io::Result<PathBuf> {
     std::fs::read_link(format!("/proc/{tgid}/exe"))
 }
 
-/// A namespace as the kernel identifies it: the device and inode of its
-/// nsfs file (`/proc/PID/ns/*`). Two processes are in the same namespace
-/// exactly when both numbers are equal.
+/// A namespace as the kernel identifies it: the number in its
+/// `/proc/PID/ns/*` link (`user:[4026531837]`), the inode of its nsfs file.
+/// The kernel allocates these from one system-wide pool, so two processes
+/// are in the same namespace exactly when the numbers are equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NamespaceId {
-    pub dev: u64,
     pub ino: u64,
 }
 
-/// The user namespace of process `tgid` (stat follows the ns link to the
-/// namespace itself). Reading another user's link needs ptrace-read access,
-/// which the daemon has.
+/// The user namespace of process `tgid`. Reading another user's link needs
+/// ptrace-read access, which the daemon has.
 pub fn user_namespace(tgid: u32) -> io::Result<NamespaceId> {
     namespace_of(&proc_dir(tgid).join("ns/user"))
 }
@@ -145,13 +144,24 @@ pub fn own_user_namespace() -> io::Result<NamespaceId> {
     namespace_of(Path::new("/proc/self/ns/user"))
 }
 
+/// Reads the link rather than stat-ing through it: the kernel formats the
+/// link from the namespace's number, where a stat would look up its nsfs
+/// file (several times dearer, on every attestation).
 fn namespace_of(link: &Path) -> io::Result<NamespaceId> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(link)?;
-    Ok(NamespaceId {
-        dev: meta.dev(),
-        ino: meta.ino(),
+    let target = std::fs::read_link(link)?;
+    parse_namespace_link(target.as_os_str().as_encoded_bytes()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} points at {target:?}, not type:[number]", link.display()),
+        )
     })
+}
+
+fn parse_namespace_link(target: &[u8]) -> Option<NamespaceId> {
+    let open = memchr::memchr(b'[', target)?;
+    let number = target.get(open + 1..)?.strip_suffix(b"]")?;
+    let ino = std::str::from_utf8(number).ok()?.parse().ok()?;
+    Some(NamespaceId { ino })
 }
 
 /// The process's current working directory.
@@ -307,6 +317,22 @@ pub fn is_deleted(path: &Path) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn namespace_links_parse_to_their_number() {
+        assert_eq!(
+            parse_namespace_link(b"user:[4026531837]"),
+            Some(NamespaceId { ino: 4026531837 })
+        );
+        for bad in [
+            &b"user:4026531837"[..],
+            b"user:[]",
+            b"user:[12a]",
+            b"user:[1",
+        ] {
+            assert_eq!(parse_namespace_link(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn start_time_is_field_22_even_with_parentheses_in_the_name() {
