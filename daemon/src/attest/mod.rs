@@ -18,7 +18,7 @@
 //! process image and cached with the pidfd that pinned it, its start time
 //! and its exec generation. While that pidfd's process is alive (or a
 //! zombie), its pid cannot have been reused, so a later connection of the
-//! same process costs one pidfd_send_signal, one stat of its user namespace
+//! same process costs one pidfd_send_signal, one readlink of its user namespace
 //! and the generation lookup. Argv rewritten by the process after its first
 //! attestation is therefore ignored, which makes the entrypoint harder to
 //! spoof, not easier.
@@ -333,7 +333,7 @@ impl Attestor {
     }
 
     /// [`Attestor::attest`] for async callers: a process already attested
-    /// (and a known cgroup) is answered inline (a pidfd signal, a stat of
+    /// (and a known cgroup) is answered inline (a pidfd signal, a readlink of
     /// its user namespace, the generation lookup); the first connection of a
     /// process, which reads /proc and may hash a binary, runs on the
     /// blocking pool.
