@@ -262,6 +262,19 @@ async fn send(agent: &mut Sender, req: Request<Full<Bytes>>) -> (StatusCode, Str
     .expect("the injector answered")
 }
 
+/// `warrant_upstream_retries_total` for reasons containing `reason`.
+fn retries(harness: &Harness, reason: &str) -> u64 {
+    harness
+        .monitor
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("warrant_upstream_retries_total{"))
+        .filter(|l| l.contains(&format!("reason=\"{reason}")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
 fn real_key() -> Option<String> {
     Some(format!("Bearer {OPENAI_KEY}"))
 }
@@ -288,6 +301,7 @@ async fn a_refused_stream_is_sent_again_on_a_new_connection_with_the_credential(
     assert_eq!(attempts[1].authorization, real_key());
     assert_eq!(attempts[1].body, body);
     assert!(logs().contains("sending it again on a new connection"));
+    assert_eq!(retries(&harness, "stream refused"), 1);
     assert_no_secret_in_logs();
 }
 
@@ -315,6 +329,7 @@ async fn a_body_already_sent_in_part_is_replayed_whole_after_a_refusal() {
     assert_eq!(attempts[1].body, body);
     assert_eq!(attempts[1].connection, 2);
     assert_eq!(attempts[1].authorization, real_key());
+    assert_eq!(retries(&harness, "stream refused"), 1);
     assert_no_secret_in_logs();
 }
 
@@ -337,6 +352,8 @@ async fn a_request_left_out_by_a_goaway_is_sent_again_on_a_new_connection() {
     assert_eq!(attempts[0].connection, 2);
     assert_eq!(attempts[0].authorization, real_key());
     assert_eq!(attempts[0].body, body);
+    // Left out by the GOAWAY, or (if it came before dispatch) not sent.
+    assert_eq!(retries(&harness, ""), 1);
     assert_no_secret_in_logs();
 }
 
@@ -362,6 +379,7 @@ async fn a_refused_request_whose_body_was_too_large_to_keep_is_not_sent_again() 
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     assert_eq!(attempts[0].body, body);
     assert!(logs().contains("too large to keep"));
+    assert_eq!(retries(&harness, ""), 0);
     assert_no_secret_in_logs();
 }
 
@@ -382,5 +400,6 @@ async fn a_reset_after_the_upstream_read_the_request_is_not_sent_again() {
     let attempts = upstream.attempts();
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     assert_eq!(attempts[0].body, body);
+    assert_eq!(retries(&harness, ""), 0);
     assert_no_secret_in_logs();
 }

@@ -423,6 +423,12 @@ impl RequestLog {
         self.edit(|r| r.upstream_latency_ms = Some(millis(latency)));
     }
 
+    /// The request was sent to `upstream` again, on a new connection.
+    pub fn upstream_retried(&self, upstream: &str, reason: &str) {
+        self.0.monitor.metrics.upstream_retried(upstream, reason);
+        self.edit(|r| r.upstream_retry = Some(reason.to_owned()));
+    }
+
     /// For the usage module: tokens and cost of this response. Counted in
     /// the metrics at once, written with the record when it finishes.
     pub fn usage(&self, usage: Usage) {

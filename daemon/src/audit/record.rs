@@ -174,6 +174,11 @@ pub struct AuditRecord {
     /// From forwarding to the upstream's response headers.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_latency_ms: Option<u64>,
+    /// Why the request was sent to the upstream a second time, on a new
+    /// connection (the upstream had not processed the first: "stream
+    /// refused", "left out by GOAWAY", "not sent").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_retry: Option<String>,
     /// The request body's declared length (Content-Length), when given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_bytes: Option<u64>,
@@ -214,6 +219,7 @@ impl AuditRecord {
             usage: None,
             latency_ms: None,
             upstream_latency_ms: None,
+            upstream_retry: None,
             request_bytes: None,
             response_bytes: None,
             message: None,

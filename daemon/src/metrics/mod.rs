@@ -70,6 +70,13 @@ pub struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub upstream: String,
+    /// stream refused | left out by GOAWAY | not sent
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
     /// intercepted | passthrough | plain | refused
     pub kind: String,
@@ -101,6 +108,7 @@ pub struct Metrics {
     pub cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     pub credential_refreshes: Family<CredentialLabels, Counter>,
     pub upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+    pub upstream_retries: Family<RetryLabels, Counter>,
     pub live_connections: Gauge,
     pub connections: Family<ConnectionLabels, Counter>,
     pub audit_records: Counter,
@@ -166,6 +174,12 @@ impl Metrics {
             "Time from forwarding a request to the upstream's response headers",
             upstream_latency.clone(),
         );
+        let upstream_retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "upstream_retries",
+            "Requests sent again on a new connection because the upstream had not processed them",
+            upstream_retries.clone(),
+        );
         let live_connections = Gauge::default();
         registry.register(
             "live_connections",
@@ -216,6 +230,7 @@ impl Metrics {
             cost,
             credential_refreshes,
             upstream_latency,
+            upstream_retries,
             live_connections,
             connections,
             audit_records,
@@ -297,6 +312,15 @@ impl Metrics {
                 upstream: upstream.to_owned(),
             })
             .observe(latency.as_secs_f64());
+    }
+
+    pub fn upstream_retried(&self, upstream: &str, reason: &str) {
+        self.upstream_retries
+            .get_or_create(&RetryLabels {
+                upstream: upstream.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// The whole exposition, OpenMetrics text.

@@ -577,6 +577,7 @@ impl Injector {
             origin.original_dst,
             tls.then_some(&upstream.tls),
             forward,
+            |why| log.upstream_retried(&upstream.host, why),
         );
         let mut response = match tokio::time::timeout(timeout, send).await {
             Ok(Ok(response)) => response,

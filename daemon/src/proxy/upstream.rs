@@ -343,13 +343,15 @@ impl UpstreamClients {
 
     /// Sends `request` to `host` at `dst` on a pooled connection. When the
     /// upstream did not process it and its body could be kept, it is sent
-    /// once more on a new connection; the second answer, or error, stands.
+    /// once more on a new connection, after telling `retried` why; the
+    /// second answer, or error, stands.
     pub async fn send(
         &self,
         host: &str,
         dst: SocketAddr,
         tls: Option<&Arc<ClientConfig>>,
         request: Request<ForwardBody>,
+        retried: impl FnOnce(&'static str),
     ) -> Result<Response<Incoming>, SendError> {
         let client = self.get(host, dst, tls)?;
         let (head, body) = request.into_parts();
@@ -378,6 +380,7 @@ impl UpstreamClients {
             why,
             "the upstream did not process the request: sending it again on a new connection"
         );
+        retried(why);
         let client = self.unpooled(host, dst, tls)?;
         Ok(client.request(Request::from_parts(again, body)).await?)
     }

@@ -32,6 +32,7 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 use warrant::{
+    audit::Monitor,
     config::Config,
     credentials::StaticCredentials,
     origin::{Origin, StaticOrigins},
@@ -377,6 +378,8 @@ pub struct Harness {
     /// The trust bundle the injector wrote (no system roots in tests).
     pub trust_bundle: PathBuf,
     pub state_dir: tempfile::TempDir,
+    /// The injector's monitor (audit disabled; metrics live).
+    pub monitor: Arc<Monitor>,
 }
 
 pub fn config_text(state_dir: &std::path::Path, ca_file: &std::path::Path, extra: &str) -> String {
@@ -487,6 +490,7 @@ impl Harness {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
         let injector = Arc::new(injector);
+        let monitor = injector.monitor().clone();
         tokio::spawn(injector.clone().serve(listener));
         // The same injector behind an IPv6 listener, where the host has ::1.
         let proxy6 = match TcpListener::bind("[::1]:0").await {
@@ -504,6 +508,7 @@ impl Harness {
             warrant_ca_pem,
             trust_bundle,
             state_dir,
+            monitor,
         }
     }
 
