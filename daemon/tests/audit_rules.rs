@@ -1,7 +1,6 @@
 //! Automated response through the proxy: each rule quarantines (audit
-//! record, metric, live connections closed) and is lifted again. The rate
-//! rule's windows are tested with synthetic time in `control::rules`.
-//! Loopback only.
+//! record, metric, live connections closed) and is lifted again. The rules'
+//! clock is the harness's, moved by the test. Loopback only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod audit_support;
@@ -63,6 +62,66 @@ async fn n_policy_denials_within_the_window_quarantine_the_workload_until_restor
     );
     let r = again.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_burst_over_the_rate_baseline_quarantines_the_workload_until_restored() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &[b"http/1.1"]).await;
+    let h = Monitored::start(
+        &pki,
+        None,
+        "[response]\nrate_multiple = 3.0\nrate_window_secs = 60\nrate_baseline_windows = 2\nrate_min_requests = 10\n",
+    )
+    .await;
+    let mut agent = h.h1(mock.addr, OPENAI).await;
+    // One request, and its audit line written: the rules have counted it
+    // (they run after the line) before the test moves their clock.
+    let mut sent = 0;
+    let mut ok = async |agent: &mut Sender| {
+        let r = agent.send(request(OPENAI, "/v1/models", &[])).await;
+        assert_eq!(r.status(), 200);
+        body_text(r).await;
+        sent += 1;
+        let want = sent;
+        eventually("the request's audit line", || {
+            h.audit_lines()
+                .iter()
+                .filter(|l| l["kind"] == "request")
+                .count()
+                >= want
+        })
+        .await;
+    };
+    // Two windows of two requests each: the baseline is 2 a window.
+    for _ in 0..2 {
+        ok(&mut agent).await;
+        ok(&mut agent).await;
+        h.advance(Duration::from_secs(60));
+    }
+    // Nine in the third window: over 3 x 2, but under rate_min_requests.
+    for _ in 0..9 {
+        ok(&mut agent).await;
+    }
+    assert_eq!(quarantine_records(&h, "rate"), 0);
+    // The tenth trips the rule.
+    ok(&mut agent).await;
+    eventually("the quarantine", || quarantine_records(&h, "rate") == 1).await;
+    assert!(triggers(&h, "rate"));
+    let mut again = h.h1(mock.addr, OPENAI).await;
+    let r = again.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(r.status(), 403);
+    let text = body_text(r).await;
+    assert!(
+        text.contains("10 requests in 60 s, over 3 x its baseline of 2.0"),
+        "{text}"
+    );
+    assert!(
+        h.monitor
+            .restore(&Target::Workload(WORKLOAD.into()), "test")
+            .is_some()
+    );
+    ok(&mut again).await;
 }
 
 #[tokio::test]

@@ -41,22 +41,38 @@ use crate::{
 /// The label value when a workload or model is not known.
 pub const UNKNOWN: &str = "unknown";
 
+/// Where the rules read the time: the monotonic clock, or a test's.
+pub type RuleClock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
 pub struct Monitor {
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
     pub quarantines: Quarantines,
     pub rules: Rules,
     pub live: Arc<LiveConnections>,
+    clock: RuleClock,
 }
 
 impl Monitor {
     pub fn new(audit: AuditLog, metrics: Arc<Metrics>, response: ResponseConfig) -> Arc<Monitor> {
+        Monitor::with_clock(audit, metrics, response, Arc::new(Instant::now))
+    }
+
+    /// [`Monitor::new`] with the rules' windows on `clock`, so that a test
+    /// can move time instead of waiting for it.
+    pub fn with_clock(
+        audit: AuditLog,
+        metrics: Arc<Metrics>,
+        response: ResponseConfig,
+        clock: RuleClock,
+    ) -> Arc<Monitor> {
         Arc::new(Monitor {
             audit,
             metrics,
             quarantines: Quarantines::default(),
             rules: Rules::new(response),
             live: Arc::new(LiveConnections::default()),
+            clock,
         })
     }
 
@@ -514,7 +530,7 @@ impl RequestLog {
         monitor.record(&record);
 
         // The rules, after the request's own line.
-        let now = Instant::now();
+        let now = (monitor.clock)();
         let mut triggers = Vec::new();
         if let Some(trigger) = monitor.rules.agent_key(&record.agent_keys) {
             let target = match &workload {

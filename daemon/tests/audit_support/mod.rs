@@ -7,7 +7,8 @@ use std::{
     net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -128,6 +129,8 @@ pub struct Monitored {
     pub audit_path: PathBuf,
     pub exe: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The time the automated rules see: it moves only with [`Monitored::advance`].
+    pub rule_time: Arc<Mutex<Instant>>,
 }
 
 /// The config: the OpenAI upstream (the mock, via ca_file) with the canary
@@ -205,11 +208,16 @@ impl Monitored {
         let leafs = Arc::new(LeafCache::new(ca));
         let origins = Arc::new(StaticOrigins::default());
         let metrics = Arc::new(Metrics::new());
-        let monitor = Monitor::new(
-            AuditLog::open(&config.daemon.audit_log, &config.audit, None),
-            metrics.clone(),
-            config.response.clone(),
-        );
+        let rule_time = Arc::new(Mutex::new(Instant::now()));
+        let monitor = {
+            let rule_time = rule_time.clone();
+            Monitor::with_clock(
+                AuditLog::open(&config.daemon.audit_log, &config.audit, None),
+                metrics.clone(),
+                config.response.clone(),
+                Arc::new(move || *rule_time.lock().unwrap()),
+            )
+        };
         let credentials = Arc::new(
             store_from_config(
                 &config.credentials,
@@ -242,7 +250,13 @@ impl Monitored {
             audit_path,
             exe,
             dir,
+            rule_time,
         }
+    }
+
+    /// Moves the rules' clock forward.
+    pub fn advance(&self, by: Duration) {
+        *self.rule_time.lock().unwrap() += by;
     }
 
     /// A redirected agent connection from process `tgid` to `dst`.
