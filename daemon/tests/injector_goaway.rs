@@ -27,15 +27,11 @@ use h2::{Reason, RecvStream};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use injector_support::*;
-use rustls::{
-    ServerConfig,
-    pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer},
-};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
 };
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_rustls::server::TlsStream;
 
 /// Upper bound for anything the tests wait on, so a regression fails
 /// instead of hanging. Nothing waits for it to pass.
@@ -74,15 +70,7 @@ struct Upstream {
 
 impl Upstream {
     async fn start(pki: &TestPki, first: First) -> Upstream {
-        let mut config = ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(
-                pki.server_chain.clone(),
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
-            )
-            .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = pki.acceptor(&[b"h2"]);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));

@@ -133,6 +133,20 @@ impl TestPki {
     pub fn roots(&self) -> RootCertStore {
         roots_from_pem(&self.ca_pem)
     }
+
+    /// A TLS acceptor for a mock provider with this PKI's server
+    /// certificate, speaking `alpn` (e.g. h2 and http/1.1).
+    pub fn acceptor(&self, alpn: &[&[u8]]) -> TlsAcceptor {
+        let mut config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                self.server_chain.clone(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.clone())),
+            )
+            .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsAcceptor::from(Arc::new(config))
+    }
 }
 
 pub fn roots_from_pem(pem: &str) -> RootCertStore {
@@ -169,16 +183,8 @@ pub struct Mock {
 impl Mock {
     /// A TLS mock provider speaking `alpn` (e.g. h2 and http/1.1).
     pub async fn start(pki: &TestPki, alpn: &[&[u8]]) -> Mock {
-        let mut config = ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(
-                pki.server_chain.clone(),
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.server_key.clone())),
-            )
-            .unwrap();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Self::start_with(
-            Some(TlsAcceptor::from(Arc::new(config))),
+            Some(pki.acceptor(alpn)),
             pki.server_chain[0].clone(),
             "127.0.0.1",
         )
