@@ -332,6 +332,38 @@ fn connect_then_exec_is_refused_when_the_generation_moves() {
     }
 }
 
+#[test]
+fn a_prctl_set_mm_in_the_cgroup_refuses_its_processes_cached_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let child = spawn(&agent, &["x"], dir.path());
+    let generations = Arc::new(MemoryExecGenerations::default());
+    let attestor = attestor(generations.clone());
+    let origin = origin_now(&attestor, child.tgid());
+    attestor.attest(&origin).unwrap();
+
+    // What the eBPF prctl watch records when a task of that cgroup (the
+    // agent, or a CLONE_VM child acting for it) calls prctl(PR_SET_MM).
+    generations.set_mm_tampered(origin.cgroup_id, process::boot_time_ns());
+
+    // The image is cached, and still refused; so is a fresh attestation.
+    for _ in 0..2 {
+        match attestor.attest(&origin) {
+            Err(AttestError::MmTampered { cgroup_id, .. }) if cgroup_id == origin.cgroup_id => {}
+            other => panic!("expected MmTampered, got {other:?}"),
+        }
+        attestor.forget_processes();
+    }
+    // Another cgroup is not affected.
+    let elsewhere = Arc::new(MemoryExecGenerations::default());
+    elsewhere.set_mm_tampered(origin.cgroup_id.wrapping_add(1), 1);
+    let unaffected = self::attestor(elsewhere);
+    unaffected
+        .attest(&origin_now(&unaffected, child.tgid()))
+        .unwrap();
+}
+
 /// Exec generations derived from the identity of /proc/PID/exe: generation
 /// 1 once the process runs another file than at the start. Stands in for
 /// the eBPF exec programs so that a real exec can be observed without

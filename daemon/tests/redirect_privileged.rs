@@ -464,6 +464,43 @@ os.execv("/bin/sleep", ["sleep", "60"])
 }
 
 #[test]
+fn prctl_set_mm_in_a_tagged_cgroup_marks_it_and_elsewhere_does_not() {
+    use warrant::attest::ExecGenerations;
+    let mut fx = Fixture::new();
+    // PR_SET_MM (35), PR_SET_MM_MAP (14) with no map: the kernel refuses
+    // it (EINVAL), but the watch sees the attempt on entry.
+    let script = r#"
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print("prctl", libc.prctl(35, 14, 0, 0, 0), ctypes.get_errno(), flush=True)
+"#;
+    let agent = fx.cgroups.path.join("agent.service");
+    let other = fx.cgroups.path.join("other.service");
+    let (agent_id, other_id) = (
+        cgroup::cgroup_id(&agent).unwrap(),
+        cgroup::cgroup_id(&other).unwrap(),
+    );
+    assert_eq!(fx.maps().mm_tampered(agent_id), None);
+
+    let mut untagged = fx.cgroups.spawn(&other, &mut python(script));
+    assert!(untagged.line().starts_with("prctl -1"));
+    let mut tagged = fx.cgroups.spawn(&agent, &mut python(script));
+    assert!(tagged.line().starts_with("prctl -1"));
+
+    // The map is written on syscall entry, before the call returned.
+    let marked = fx
+        .maps()
+        .mm_tampered(agent_id)
+        .expect("the tagged cgroup is marked");
+    assert!(marked > 0 && marked <= boot_ns(), "{marked}");
+    assert_eq!(
+        fx.maps().mm_tampered(other_id),
+        None,
+        "untagged: not watched"
+    );
+}
+
+#[test]
 fn exec_generation_moves_no_later_than_proc_exe_shows_the_new_program() {
     let mut fx = Fixture::new();
     // The kernel switches /proc/PID/exe in begin_new_exec; sched_process_exec

@@ -118,6 +118,12 @@ fn test(unprivileged: bool) -> Result<()> {
         );
     }
     let bpffs_was_mounted = bpffs_mounted();
+    // The prctl watch is a tracepoint, found through tracefs; systemd hosts
+    // mount it, a bare build machine may not.
+    let tracefs_was_mounted = tracefs_mounted();
+    if !tracefs_was_mounted {
+        run_cmd(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))?;
+    }
     let result = cargo(&[
         "test",
         "-p",
@@ -131,7 +137,19 @@ fn test(unprivileged: bool) -> Result<()> {
         // The tests mounted bpffs (as the daemon does); leave the host as found.
         let _ = Command::new("umount").arg("/sys/fs/bpf").status();
     }
+    if !tracefs_was_mounted {
+        let _ = Command::new("umount").arg(TRACEFS).status();
+    }
     result
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+fn tracefs_mounted() -> bool {
+    std::fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+    })
 }
 
 const BENCHES: &[&str] = &["redirect", "attest", "policy", "proxy", "usage"];

@@ -74,6 +74,14 @@ pub trait ExecGenerations: Send + Sync {
     /// since the programs were loaded, which is generation 0 (the value the
     /// connect program records in that case).
     fn current(&self, tgid: u32) -> Option<u64>;
+
+    /// When a task in cgroup `cgroup_id` last called prctl(PR_SET_MM),
+    /// which can repoint `/proc/PID/exe` and argv of any process sharing
+    /// its memory (boot ns); None if none did since the programs were loaded.
+    fn mm_tampered(&self, cgroup_id: u64) -> Option<u64> {
+        let _ = cgroup_id;
+        None
+    }
 }
 
 /// In-memory exec generations, set by hand (tests, and hosts without the
@@ -81,6 +89,7 @@ pub trait ExecGenerations: Send + Sync {
 #[derive(Debug, Default)]
 pub struct MemoryExecGenerations {
     by_tgid: Mutex<HashMap<u32, u64>>,
+    tampered: Mutex<HashMap<u64, u64>>,
 }
 
 impl MemoryExecGenerations {
@@ -91,11 +100,23 @@ impl MemoryExecGenerations {
             map.insert(tgid, generation);
         }
     }
+
+    /// Records a prctl(PR_SET_MM) in cgroup `cgroup_id` at `at_boot_ns`, as
+    /// the eBPF prctl watch would.
+    pub fn set_mm_tampered(&self, cgroup_id: u64, at_boot_ns: u64) {
+        if let Ok(mut map) = self.tampered.lock() {
+            map.insert(cgroup_id, at_boot_ns);
+        }
+    }
 }
 
 impl ExecGenerations for MemoryExecGenerations {
     fn current(&self, tgid: u32) -> Option<u64> {
         self.by_tgid.lock().ok()?.get(&tgid).copied()
+    }
+
+    fn mm_tampered(&self, cgroup_id: u64) -> Option<u64> {
+        self.tampered.lock().ok()?.get(&cgroup_id).copied()
     }
 }
 
@@ -120,6 +141,14 @@ pub enum AttestError {
         tgid: u32,
         at_connect: u64,
         now: u64,
+    },
+    #[error(
+        "a process in cgroup {cgroup_id} (that of process {tgid}) called prctl(PR_SET_MM) at {at_boot_ns} ns after boot, which can repoint the executable and argv /proc shows: nothing in that cgroup is attested until it is recreated (restart the unit)"
+    )]
+    MmTampered {
+        tgid: u32,
+        cgroup_id: u64,
+        at_boot_ns: u64,
     },
     #[error("process {tgid} changed while being attested: {what}")]
     ChangedDuringAttestation { tgid: u32, what: &'static str },
@@ -526,6 +555,13 @@ impl Attestor {
     }
 
     fn check_generation(&self, origin: &Origin) -> Result<(), AttestError> {
+        if let Some(at_boot_ns) = self.generations.mm_tampered(origin.cgroup_id) {
+            return Err(AttestError::MmTampered {
+                tgid: origin.tgid,
+                cgroup_id: origin.cgroup_id,
+                at_boot_ns,
+            });
+        }
         let now = self.generations.current(origin.tgid).unwrap_or(0);
         if now != origin.exec_gen {
             return Err(AttestError::ExecedSinceConnect {

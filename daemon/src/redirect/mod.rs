@@ -37,7 +37,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, FEntry, RawTracePoint, SockOps,
+        CgroupAttachMode, CgroupSockAddr, FEntry, RawTracePoint, SockOps, TracePoint,
         links::{FdLink, PinnedLink},
     },
 };
@@ -146,6 +146,7 @@ pub struct RedirectMaps {
     tagged: Mutex<HashMap<MapData, u64, u8>>,
     origin_by_peer: Mutex<HashMap<MapData, PeerKey, RawOrigin>>,
     exec_gen: Mutex<HashMap<MapData, u32, u64>>,
+    mm_tampered: Mutex<HashMap<MapData, u64, u64>>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> RedirectError {
@@ -191,6 +192,10 @@ impl RedirectMaps {
             exec_gen: Mutex::new(
                 HashMap::try_from(take(ebpf, map_names::EXEC_GEN)?)
                     .map_err(map_err(map_names::EXEC_GEN))?,
+            ),
+            mm_tampered: Mutex::new(
+                HashMap::try_from(take(ebpf, map_names::MM_TAMPERED)?)
+                    .map_err(map_err(map_names::MM_TAMPERED))?,
             ),
         })
     }
@@ -272,6 +277,10 @@ impl RedirectMaps {
 impl crate::attest::ExecGenerations for RedirectMaps {
     fn current(&self, tgid: u32) -> Option<u64> {
         Some(self.exec_generation(tgid)).filter(|&generation| generation != 0)
+    }
+
+    fn mm_tampered(&self, cgroup_id: u64) -> Option<u64> {
+        lock(&self.mm_tampered).get(&cgroup_id, 0).ok()
     }
 }
 
@@ -387,6 +396,7 @@ impl Redirector {
             program_names::EXEC,
             attach_raw_tracepoint(&mut ebpf, program_names::EXEC, "sched_process_exec")?,
         ));
+        fd_links.extend(attach_prctl_watch(&mut ebpf));
 
         // New links first, then retire the old generation.
         let stamp = SystemTime::now()
@@ -472,6 +482,35 @@ fn attach_exec_start(ebpf: &mut Ebpf) -> Option<(&'static str, FdLink)> {
                 tracepoint_error = %tracepoint_err,
                 fentry_error = %fentry_err,
                 "nothing can stamp exec generations before the executable switches; they move only once an exec has succeeded (see the README's known limits)"
+            );
+            None
+        }
+    }
+}
+
+/// Attaches the watch on prctl(PR_SET_MM) (the `syscalls:sys_enter_prctl`
+/// tracepoint, found through tracefs). Without it the daemon still runs and
+/// says so: the README's known limits describe what it then cannot see.
+fn attach_prctl_watch(ebpf: &mut Ebpf) -> Option<(&'static str, FdLink)> {
+    let name = program_names::PRCTL;
+    let attached = (|| {
+        let program: &mut TracePoint = program_mut(ebpf, name)?;
+        program.load().map_err(attach_err(name))?;
+        let id = program
+            .attach("syscalls", "sys_enter_prctl")
+            .map_err(attach_err(name))?;
+        let link = program.take_link(id).map_err(attach_err(name))?;
+        FdLink::try_from(link).map_err(|e| RedirectError::Attach {
+            program: name,
+            reason: e.to_string(),
+        })
+    })();
+    match attached {
+        Ok(link) => Some((name, link)),
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "cannot watch prctl(PR_SET_MM) (needs tracefs at /sys/kernel/tracing and CONFIG_FTRACE_SYSCALLS): a process that repoints its exe link through a CLONE_VM child is not noticed"
             );
             None
         }

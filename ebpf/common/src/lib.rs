@@ -17,6 +17,7 @@ pub mod map_names {
     pub const ORIGIN_BY_COOKIE: &str = "WARRANT_ORIGIN_BY_COOKIE";
     pub const ORIGIN_BY_PEER: &str = "WARRANT_ORIGIN_BY_PEER";
     pub const EXEC_GEN: &str = "WARRANT_EXEC_GEN";
+    pub const MM_TAMPERED: &str = "WARRANT_MM_TAMPERED";
 }
 
 /// Names of the programs in the eBPF object.
@@ -36,6 +37,8 @@ pub mod program_names {
     /// Raw tracepoint `sched_process_exec`: it moves again once the exec
     /// has succeeded.
     pub const EXEC: &str = "warrant_sched_process_exec";
+    /// syscalls:sys_enter_prctl: PR_SET_MM from a tagged cgroup.
+    pub const PRCTL: &str = "warrant_sys_enter_prctl";
 }
 
 /// How deep below the root the programs look for a tagged ancestor cgroup.

@@ -33,9 +33,11 @@ use aya_ebpf::{
             bpf_ktime_get_boot_ns,
         },
     },
-    macros::{cgroup_sock_addr, fentry, map, raw_tracepoint, sock_ops},
+    macros::{cgroup_sock_addr, fentry, map, raw_tracepoint, sock_ops, tracepoint},
     maps::{Array, HashMap, LruHashMap},
-    programs::{FEntryContext, RawTracePointContext, SockAddrContext, SockOpsContext},
+    programs::{
+        FEntryContext, RawTracePointContext, SockAddrContext, SockOpsContext, TracePointContext,
+    },
 };
 use warrant_common::{
     AF_INET, AF_INET6, FLAG_BLOCK_QUIC, FLAG_ENABLED, MAX_CGROUP_DEPTH, Origin, PeerKey,
@@ -73,6 +75,11 @@ static ORIGIN_BY_PEER: LruHashMap<PeerKey, Origin> = LruHashMap::pinned(MAX_CONN
 
 #[map(name = "WARRANT_EXEC_GEN")]
 static EXEC_GEN: LruHashMap<u32, u64> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
+
+/// cgroup id -> boot time of the last prctl(PR_SET_MM) made in it by a
+/// tagged task (see `warrant_sys_enter_prctl`).
+#[map(name = "WARRANT_MM_TAMPERED")]
+static MM_TAMPERED: LruHashMap<u64, u64> = LruHashMap::pinned(4096, 0);
 
 /// Is the current task in a tagged cgroup or below one?
 #[inline(always)]
@@ -457,6 +464,39 @@ pub fn warrant_begin_new_exec(_ctx: FEntryContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn warrant_sched_process_exec(_ctx: RawTracePointContext) -> i32 {
     bump_exec_generation();
+    0
+}
+
+/// prctl(2) (include/uapi/linux/prctl.h): PR_SET_MM and its one read-only
+/// sub-option.
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_MAP_SIZE: u64 = 15;
+
+/// A tagged task calls prctl(PR_SET_MM, ...): it may repoint the exe link,
+/// argv or other fields of its mm (PR_SET_MM_MAP with exe_fd needs only a
+/// capability in the caller's own user namespace). The mm may be shared
+/// with another process (a CLONE_VM child acting for the agent), so no
+/// process's generation can express it: the cgroup is marked instead, and
+/// the attestor no longer trusts the program identity of anything in it.
+/// Only CRIU-like tools use PR_SET_MM; an agent has no reason to. The mark
+/// is made on entry, whether or not the call then succeeds: fail closed.
+#[tracepoint(category = "syscalls", name = "sys_enter_prctl")]
+pub fn warrant_sys_enter_prctl(ctx: TracePointContext) -> u32 {
+    // The syscalls:sys_enter_* record: 8 bytes of common fields, the
+    // syscall number (padded to 8), then each argument in 8 bytes.
+    // Safety: reads within the tracepoint's record.
+    let option: u64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
+    if option != PR_SET_MM {
+        return 0;
+    }
+    // Safety: as above.
+    let what: u64 = unsafe { ctx.read_at(24) }.unwrap_or(0);
+    if what == PR_SET_MM_MAP_SIZE || !current_task_is_tagged() {
+        return 0;
+    }
+    // Safety: helper calls with no arguments.
+    let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_boot_ns()) };
+    let _ = MM_TAMPERED.insert(&cgroup, &now, BPF_ANY as u64);
     0
 }
 
