@@ -489,8 +489,10 @@ fn attach_exec_start(ebpf: &mut Ebpf) -> Option<(&'static str, FdLink)> {
 }
 
 /// Attaches the watch on prctl(PR_SET_MM) (the `syscalls:sys_enter_prctl`
-/// tracepoint, found through tracefs). Without it the daemon still runs and
-/// says so: the README's known limits describe what it then cannot see.
+/// tracepoint, found through tracefs and opened with perf_event_open, which
+/// Debian's kernels keep to CAP_SYS_ADMIN at their default
+/// perf_event_paranoid of 3). Without it the daemon still runs and says so:
+/// the README's known limits describe what it then cannot see.
 fn attach_prctl_watch(ebpf: &mut Ebpf) -> Option<(&'static str, FdLink)> {
     let name = program_names::PRCTL;
     let attached = (|| {
@@ -510,7 +512,7 @@ fn attach_prctl_watch(ebpf: &mut Ebpf) -> Option<(&'static str, FdLink)> {
         Err(error) => {
             tracing::warn!(
                 %error,
-                "cannot watch prctl(PR_SET_MM) (needs tracefs at /sys/kernel/tracing and CONFIG_FTRACE_SYSCALLS): a process that repoints its exe link through a CLONE_VM child is not noticed"
+                "no prctl(PR_SET_MM) watch (needs tracefs, and perf_event_paranoid <= 2 on Debian kernels): exe repointing via a CLONE_VM child goes unnoticed"
             );
             None
         }

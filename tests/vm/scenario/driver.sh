@@ -86,6 +86,10 @@ for provider in openai anthropic gemini; do
     install -m 0600 "$T/real-openai.key" "/etc/warrant/credentials/$provider"
 done
 check "warrant check-config" warrant check-config /etc/warrant/warrant.toml
+# Debian's kernels default to perf_event_paranoid = 3 (a Debian patch: only
+# CAP_SYS_ADMIN may open perf events); at 2, CAP_PERFMON attaches the prctl
+# watch, as the README says.
+check "perf_event_paranoid = 2" sysctl -q -w kernel.perf_event_paranoid=2
 t=$(now)
 check "systemctl enable --now warrant" systemctl enable --now warrant.service
 note "start=$(since "$t")s"
@@ -95,6 +99,7 @@ if ! systemctl is-active --quiet warrant.service; then
     finish
 fi
 check "warrant.socket is active" systemctl is-active --quiet warrant.socket
+check "the prctl(PR_SET_MM) watch is attached" sh -c "! journalctl -u warrant --no-pager | grep -q 'no prctl(PR_SET_MM) watch'"
 check "watchdog configured" sh -c "systemctl show -p WatchdogUSec warrant.service | grep -q 30s"
 
 # The CA in the system trust store, for agents that ignore SSL_CERT_FILE.
