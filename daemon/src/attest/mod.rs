@@ -432,7 +432,7 @@ impl Attestor {
             return Ok(None);
         }
         self.check_start(origin, cached.start_ticks)?;
-        self.check_generation(origin)?;
+        self.check_unchanged(origin)?;
         self.image_hits.fetch_add(1, Relaxed);
         Ok(Some((cached.image.clone(), userns)))
     }
@@ -454,7 +454,7 @@ impl Attestor {
         })?;
         let started = self.start_ticks(tgid)?;
         self.check_start(origin, started)?;
-        self.check_generation(origin)?;
+        self.check_unchanged(origin)?;
         let (image, userns) = self.read_image(origin, &pidfd, started)?;
         let image = Arc::new(image);
         if image.is_stable()
@@ -529,7 +529,7 @@ impl Attestor {
                 what: "start time (pid reused)",
             });
         }
-        self.check_generation(origin)?;
+        self.check_unchanged(origin)?;
         match process::exe_path(tgid) {
             Ok(again) if again == exe => {}
             _ => {
@@ -554,7 +554,9 @@ impl Attestor {
         Ok(classify_user_namespace(self.own_user_ns, ns))
     }
 
-    fn check_generation(&self, origin: &Origin) -> Result<(), AttestError> {
+    /// The process runs what it ran at connect: no prctl(PR_SET_MM) in its
+    /// cgroup, and no exec since.
+    fn check_unchanged(&self, origin: &Origin) -> Result<(), AttestError> {
         if let Some(at_boot_ns) = self.generations.mm_tampered(origin.cgroup_id) {
             return Err(AttestError::MmTampered {
                 tgid: origin.tgid,

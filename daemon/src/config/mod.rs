@@ -247,6 +247,10 @@ impl Default for ProxyConfig {
     }
 }
 
+/// The link-local metadata address of AWS, GCP and Azure. Only ever used as
+/// the default endpoint of a cloud provider that the config selects.
+pub const DEFAULT_METADATA_ENDPOINT: &str = "http://169.254.169.254";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
@@ -259,7 +263,7 @@ pub struct InstanceConfig {
     #[serde(default)]
     pub region: Option<String>,
     /// Metadata service base URL for aws, gcp and azure. Default: the
-    /// link-local address (`attest::instance::DEFAULT_METADATA_ENDPOINT`);
+    /// link-local address ([`DEFAULT_METADATA_ENDPOINT`]);
     /// contacted only when `provider` names a cloud. Tests point it at a
     /// loopback mock.
     #[serde(default)]

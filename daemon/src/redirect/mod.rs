@@ -495,18 +495,7 @@ fn attach_exec_start(ebpf: &mut Ebpf) -> Option<(&'static str, FdLink)> {
 /// the README's known limits describe what it then cannot see.
 fn attach_prctl_watch(ebpf: &mut Ebpf) -> Option<(&'static str, FdLink)> {
     let name = program_names::PRCTL;
-    let attached = (|| {
-        let program: &mut TracePoint = program_mut(ebpf, name)?;
-        program.load().map_err(attach_err(name))?;
-        let id = program
-            .attach("syscalls", "sys_enter_prctl")
-            .map_err(attach_err(name))?;
-        let link = program.take_link(id).map_err(attach_err(name))?;
-        FdLink::try_from(link).map_err(|e| RedirectError::Attach {
-            program: name,
-            reason: e.to_string(),
-        })
-    })();
+    let attached = attach_tracepoint(ebpf, name, "syscalls", "sys_enter_prctl");
     match attached {
         Ok(link) => Some((name, link)),
         Err(error) => {
@@ -517,6 +506,24 @@ fn attach_prctl_watch(ebpf: &mut Ebpf) -> Option<(&'static str, FdLink)> {
             None
         }
     }
+}
+
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &str,
+    tracepoint: &str,
+) -> Result<FdLink, RedirectError> {
+    let program: &mut TracePoint = program_mut(ebpf, name)?;
+    program.load().map_err(attach_err(name))?;
+    let id = program
+        .attach(category, tracepoint)
+        .map_err(attach_err(name))?;
+    let link = program.take_link(id).map_err(attach_err(name))?;
+    FdLink::try_from(link).map_err(|e| RedirectError::Attach {
+        program: name,
+        reason: e.to_string(),
+    })
 }
 
 fn attach_fentry(

@@ -295,8 +295,8 @@ impl FastSse {
             let mut end = events.len();
             while let Some(at) = USAGE_KEY_REV.rfind(&events[..end]) {
                 if usage_value_may_be_object(&events[at + USAGE_KEY.len()..]) {
-                    let event = event_around(events, at);
-                    self.consider(event, out);
+                    let (start, end) = event_bounds(events, at);
+                    self.keep(&events[start..end], out);
                     return;
                 }
                 end = at;
@@ -318,10 +318,9 @@ impl FastSse {
                 from = at + USAGE_KEY.len();
                 continue;
             }
-            let event = event_around(events, at);
-            self.consider(event, out);
-            // Past the event: its offset within `events` plus its length.
-            from = (event.as_ptr() as usize - events.as_ptr() as usize) + event.len();
+            let (start, end) = event_bounds(events, at);
+            self.keep(&events[start..end], out);
+            from = end;
         }
     }
 
@@ -334,9 +333,18 @@ impl FastSse {
         out.extend(self.last.take());
     }
 
+    /// An event not searched yet: kept if it holds a usage object.
     fn consider(&mut self, event: &[u8], out: &mut Vec<Vec<u8>>) {
+        if has_usage_object(event) {
+            self.keep(event, out);
+        }
+    }
+
+    /// An event with a usage object: to parse, unless its name says it is
+    /// a delta.
+    fn keep(&mut self, event: &[u8], out: &mut Vec<Vec<u8>>) {
         let event = event.trim_ascii();
-        if event.is_empty() || skipped_by_name(event) || !has_usage_object(event) {
+        if event.is_empty() || skipped_by_name(event) {
             return;
         }
         if self.provider == Provider::Gemini {
@@ -367,12 +375,13 @@ fn object_key_spelled_as(rest: &[u8]) -> Option<Box<memchr::memmem::Finder<'stat
     Some(Box::new(memchr::memmem::Finder::new(&needle).into_owned()))
 }
 
-/// The event of `events` (whole events) that holds the byte at `at`.
-fn event_around(events: &[u8], at: usize) -> &[u8] {
+/// Where the event of `events` (whole events) that holds the byte at `at`
+/// starts and ends.
+fn event_bounds(events: &[u8], at: usize) -> (usize, usize) {
     let start = last_blank_line_end(&events[..at]).unwrap_or(0);
     let end = first_blank_line_end(&events[start..at], &events[at..])
         .map_or(events.len(), |len| at + len);
-    &events[start..end]
+    (start, end)
 }
 
 /// Named events that never carry usage: Anthropic's content blocks and

@@ -29,11 +29,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::config::InstanceConfig;
-
-/// The link-local metadata address of AWS, GCP and Azure. Only ever used as
-/// the default endpoint of a cloud provider that the config selects.
-pub const DEFAULT_METADATA_ENDPOINT: &str = "http://169.254.169.254";
+use crate::config::{DEFAULT_METADATA_ENDPOINT, InstanceConfig};
 
 /// Verified (or, where the config allows, unverified) claims of a provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
