@@ -17,7 +17,8 @@ use warrant::{
         provider::{IssueContext, IssueFuture, Issued, Provider},
         store::RefreshSettings,
     },
-    policy::{Policy, PolicyInput, PostureStore, model_of},
+    policy::{Policy, PolicyInput, PostureStore},
+    provider::{RequestHead, Scheme, api},
     secret::Secret,
 };
 
@@ -127,7 +128,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let policy = Policy::new(&config.policies, posture)?;
     let now = "2026-01-14T15:00:00Z".parse()?;
     let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Summarise the ticket."}],"stream":true}"#;
-    let model = model_of("openai", "/v1/chat/completions", body);
+    let uri: http::Uri = "/v1/chat/completions".parse()?;
+    let headers = http::HeaderMap::new();
+    let head = RequestHead {
+        method: &http::Method::POST,
+        uri: &uri,
+        headers: &headers,
+    };
+    let parse = |body: &[u8]| api(Scheme::OpenAi).parse(&head, body);
+    let model = parse(body)?.model;
     let realistic = PolicyInput {
         workload: "agent-7",
         environment: Some("production"),
@@ -162,7 +171,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         black_box(policy.evaluate(black_box(&denied)));
     });
     let model_ns = per_op(N, || {
-        black_box(model_of("openai", "/v1/chat/completions", black_box(body)));
+        let _ = black_box(parse(black_box(body)));
     });
 
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -214,7 +223,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         deny_ns / base_ns
     );
     println!(
-        "  model_of: JSON body prefix                {model_ns:8.0} ns   {:.2}x",
+        "  request parse: JSON body prefix           {model_ns:8.0} ns   {:.2}x",
         model_ns / base_ns
     );
     println!("credential lookup");

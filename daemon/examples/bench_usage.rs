@@ -40,6 +40,7 @@ use hyper::body::{Body, Frame};
 use warrant::{
     credentials::SystemClock,
     policy::RuleLimits,
+    provider::{RequestHead, Scheme, api},
     proxy::{
         Admission, GateDecision, GateFuture, GateRequest, Metered, Redact, RequestGate,
         ResponseObserver,
@@ -105,15 +106,24 @@ fn limits() -> RuleLimits {
 
 async fn observer(budgets: &Budgets) -> Box<dyn ResponseObserver> {
     let headers = HeaderMap::new();
+    let uri: http::Uri = "/v1/chat/completions".parse().unwrap();
+    let head = RequestHead {
+        method: &http::Method::POST,
+        uri: &uri,
+        headers: &headers,
+    };
+    let request = api(Scheme::OpenAi)
+        .parse(
+            &head,
+            br#"{"model":"gpt-4o","max_tokens":1000,"stream":true}"#,
+        )
+        .unwrap();
     let observer = budgets
         .admit(AdmitRequest {
             workload: "bench",
             upstream: "api.openai.com",
-            scheme: "openai",
-            path: "/v1/chat/completions",
-            headers: &headers,
-            body_prefix: br#"{"model":"gpt-4o","max_tokens":1000,"stream":true}"#,
-            model: None,
+            scheme: Scheme::OpenAi,
+            request: &request,
             limits: limits(),
         })
         .await
@@ -135,10 +145,7 @@ impl RequestGate for MeteringGate {
                     workload: "bench",
                     upstream: request.upstream,
                     scheme: request.scheme,
-                    path: request.path,
-                    headers: request.headers,
-                    body_prefix: request.body_prefix,
-                    model: None,
+                    request: request.request,
                     limits: limits(),
                 })
                 .await

@@ -2,7 +2,7 @@
 //!
 //! The path of one request, module by module: `redirect` (eBPF: tagged
 //! cgroups' connections go to the injector, with an `origin::Origin`), then
-//! the injector (`tls`, `proxy`, `splice`), which refuses connections without
+//! the injector (`tls`, `proxy`, `provider`), which refuses connections without
 //! an Origin and splices the real credential into each request.
 
 pub mod attest;
@@ -16,10 +16,11 @@ pub mod metrics;
 pub mod notify;
 pub mod origin;
 pub mod policy;
+pub mod provider;
 pub mod proxy;
 pub mod redirect;
 pub mod secret;
 pub mod service;
-pub mod splice;
+
 pub mod tls;
 pub mod usage;

@@ -11,7 +11,10 @@ use http::{StatusCode, Version};
 use http_body_util::BodyExt;
 use injector_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use warrant::proxy::{GateDecision, GateFuture, GateRequest, RequestGate};
+use warrant::{
+    provider::Scheme,
+    proxy::{GateDecision, GateFuture, GateRequest, RequestGate},
+};
 
 /// Upper bound for anything the tests wait on, so a regression fails
 /// instead of hanging. Nothing waits for it to pass.
@@ -386,7 +389,8 @@ impl RequestGate for ModelGate {
             .lock()
             .unwrap()
             .push(request.body_prefix.to_vec());
-        let allowed = request.scheme == "openai" && request.body_prefix == b"{\"model\":\"gpt-4o";
+        let allowed =
+            request.scheme == Scheme::OpenAi && request.body_prefix == b"{\"model\":\"gpt-4o";
         Box::pin(async move {
             if allowed {
                 GateDecision::Allow
@@ -404,7 +408,7 @@ impl RequestGate for RefuseAll {
     fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
         let message = format!(
             "{} {} is not allowed for uid {}",
-            request.method, request.path, request.origin.uid
+            request.request.method, request.request.path, request.origin.uid
         );
         Box::pin(async move {
             GateDecision::Refuse {

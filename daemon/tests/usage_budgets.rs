@@ -31,6 +31,7 @@ use tokio::{
 use warrant::{
     credentials::ManualClock,
     policy::RuleLimits,
+    provider::{RequestHead, Scheme, api},
     proxy::{Admission, GateDecision, GateFuture, GateRequest, RequestGate},
     usage::{
         AdmitRequest, Budgets, LocalLedger, Outcome, PriceTable, UsageConfig, UsageRecord,
@@ -169,10 +170,7 @@ impl RequestGate for BudgetOnly {
                     workload: "agent",
                     upstream: r.upstream,
                     scheme: r.scheme,
-                    path: r.path,
-                    headers: r.headers,
-                    body_prefix: r.body_prefix,
-                    model: None,
+                    request: r.request,
                     limits: self.limits,
                 })
                 .await;
@@ -323,16 +321,20 @@ async fn concurrent_streams_never_overshoot_the_token_budget_and_settling_frees_
     }
     // Settled to what was used: 7 * 60 = 420; 580 left fits 4 more worst cases.
     assert_eq!(budgets.status().windows[0].1[1], admitted as u64 * 60);
+    let uri: http::Uri = "/v1/chat/completions".parse().unwrap();
     let headers = http::HeaderMap::new();
+    let head = RequestHead {
+        method: &http::Method::POST,
+        uri: &uri,
+        headers: &headers,
+    };
+    let chat = api(Scheme::OpenAi).parse(&head, CHAT.as_bytes()).unwrap();
     let admit = || {
         budgets.admit(AdmitRequest {
             workload: "agent",
             upstream: OPENAI,
-            scheme: "openai",
-            path: "/v1/chat/completions",
-            headers: &headers,
-            body_prefix: CHAT.as_bytes(),
-            model: None,
+            scheme: Scheme::OpenAi,
+            request: &chat,
             limits: tokens(limit),
         })
     };

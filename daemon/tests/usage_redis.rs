@@ -15,6 +15,7 @@ use http::HeaderMap;
 use warrant::{
     credentials::ManualClock,
     policy::RuleLimits,
+    provider::{RequestHead, Scheme, api},
     usage::{
         AdmitRequest, Budgets, LocalLedger, PriceTable, Refusal, UsageConfig, redis::RedisLedger,
         settings::RedisUnreachable,
@@ -107,15 +108,20 @@ const WORST: u64 = 108;
 
 async fn admit(budgets: &Budgets, limit: u64) -> Result<warrant::usage::UsageObserver, Refusal> {
     assert_eq!(BODY.len(), 48);
+    let uri: http::Uri = "/v1/chat/completions".parse().unwrap();
+    let headers = HeaderMap::new();
+    let head = RequestHead {
+        method: &http::Method::POST,
+        uri: &uri,
+        headers: &headers,
+    };
+    let request = api(Scheme::OpenAi).parse(&head, BODY).unwrap();
     budgets
         .admit(AdmitRequest {
             workload: "fleet-agent",
             upstream: "api.openai.com",
-            scheme: "openai",
-            path: "/v1/chat/completions",
-            headers: &HeaderMap::new(),
-            body_prefix: BODY,
-            model: None,
+            scheme: Scheme::OpenAi,
+            request: &request,
             limits: RuleLimits {
                 tokens_per_hour: Some(limit),
                 ..RuleLimits::default()

@@ -378,12 +378,56 @@ pub struct WorkloadConfig {
     pub gid: Option<u32>,
 }
 
+/// An upstream's API, as the config names it: `openai | anthropic | gemini |
+/// generic`. Only the syntax: what each one means (how it takes its
+/// credential, shapes its errors, names its model, reports its usage) is the
+/// `provider` module's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// `Authorization: Bearer`.
+    OpenAi,
+    /// `x-api-key` (Bearer for OAuth tokens).
+    Anthropic,
+    /// `x-goog-api-key`; `?key=` is stripped.
+    Gemini,
+    /// A gateway: the configured `header` and `value_template`.
+    Generic,
+}
+
+impl Scheme {
+    /// The name as written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::OpenAi => "openai",
+            Scheme::Anthropic => "anthropic",
+            Scheme::Gemini => "gemini",
+            Scheme::Generic => "generic",
+        }
+    }
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `anthropic_auth`: the header an Anthropic credential goes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnthropicAuth {
+    /// `x-api-key: <key>`, the form every Anthropic API version takes.
+    XApiKey,
+    /// `Authorization: Bearer <key>`.
+    Bearer,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub host: Spanned<String>,
-    /// openai | anthropic | gemini | generic
-    pub scheme: Spanned<String>,
+    pub scheme: Spanned<Scheme>,
     pub credential: Spanned<String>,
     /// For scheme "generic": the header to set and its value template, where
     /// "{credential}" is replaced by the credential.
@@ -391,10 +435,9 @@ pub struct UpstreamConfig {
     pub header: Option<String>,
     #[serde(default)]
     pub value_template: Option<String>,
-    /// anthropic only: "x-api-key" or "bearer" forces that form; default is
-    /// the form the agent used.
+    /// anthropic only: forces that form; default is the form the agent used.
     #[serde(default)]
-    pub anthropic_auth: Option<Spanned<String>>,
+    pub anthropic_auth: Option<AnthropicAuth>,
     /// Extra CA certificates (PEM) trusted for this upstream, beside the
     /// system roots: for private gateways and tests.
     #[serde(default)]
@@ -687,17 +730,6 @@ impl Config {
         crate::policy::posture::validate(&self.postures, text, origin)?;
         let mut hosts = std::collections::HashSet::new();
         for upstream in &self.upstreams {
-            const SCHEMES: &[&str] = &["openai", "anthropic", "gemini", "generic"];
-            if !SCHEMES.contains(&upstream.scheme.get_ref().as_str()) {
-                return Err(err(
-                    upstream.scheme.span(),
-                    format!(
-                        "unknown scheme {:?}; expected one of {}",
-                        upstream.scheme.get_ref(),
-                        SCHEMES.join(", ")
-                    ),
-                ));
-            }
             if !credential_names.contains(upstream.credential.get_ref().as_str()) {
                 return Err(err(
                     upstream.credential.span(),
@@ -725,22 +757,11 @@ impl Config {
                     format!("upstream {:?} is defined twice", upstream.host.get_ref()),
                 ));
             }
-            if upstream.scheme.get_ref() == "generic" && upstream.header.is_none() {
+            if *upstream.scheme.get_ref() == Scheme::Generic && upstream.header.is_none() {
                 return Err(err(
                     upstream.scheme.span(),
                     "scheme \"generic\" needs `header` (and optionally `value_template`)"
                         .to_owned(),
-                ));
-            }
-            if let Some(form) = &upstream.anthropic_auth
-                && !["x-api-key", "bearer"].contains(&form.get_ref().as_str())
-            {
-                return Err(err(
-                    form.span(),
-                    format!(
-                        "anthropic_auth must be \"x-api-key\" or \"bearer\", not {:?}",
-                        form.get_ref()
-                    ),
                 ));
             }
         }

@@ -19,7 +19,6 @@
 //! one thing to change. Everything is compiled once (globs, time zones, keys)
 //! so that `evaluate` does no parsing.
 
-pub mod model;
 pub mod posture;
 pub mod signature;
 pub mod time;
@@ -32,7 +31,6 @@ use serde::Serialize;
 
 use crate::config::{ConfigError, Location, PolicyConfig, PostureConfig};
 
-pub use model::model_of;
 pub use posture::PostureStore;
 pub use signature::ExeSigners;
 pub use time::TimeWindow;
@@ -52,7 +50,7 @@ pub struct PolicyInput<'a> {
     pub method: &'a str,
     /// The request path; a query string is ignored for matching.
     pub path: &'a str,
-    /// See `model_of`.
+    /// The model the request names (`provider::Request::model`).
     pub model: Option<&'a str>,
     pub now: Timestamp,
 }

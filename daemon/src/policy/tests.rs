@@ -188,7 +188,17 @@ fn model_globs_allow_and_deny() {
 #[test]
 fn model_read_from_the_body_feeds_the_decision() {
     let body = br#"{"model":"gpt-4o","messages":[]}"#;
-    let model = model_of("openai", "/v1/chat/completions", body);
+    let uri: http::Uri = "/v1/chat/completions".parse().unwrap();
+    let headers = http::HeaderMap::new();
+    let head = crate::provider::RequestHead {
+        method: &http::Method::POST,
+        uri: &uri,
+        headers: &headers,
+    };
+    let model = crate::provider::api(crate::provider::Scheme::OpenAi)
+        .parse(&head, body)
+        .unwrap()
+        .model;
     assert!(
         policy(FULL_RULE)
             .evaluate(&PolicyInput {

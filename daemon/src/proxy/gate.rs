@@ -8,9 +8,13 @@
 use std::{fmt, future::Future, pin::Pin, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 
-use crate::{audit::RequestLog, origin::Origin};
+use crate::{
+    audit::RequestLog,
+    origin::Origin,
+    provider::{self, Scheme},
+};
 
 /// What the gate is told about one request. `headers` are the agent's as
 /// sent (they hold at most a placeholder key: real-looking keys were refused
@@ -20,10 +24,11 @@ pub struct GateRequest<'a> {
     pub origin: &'a Origin,
     /// The configured upstream host, lower case.
     pub upstream: &'a str,
-    /// The upstream's scheme: openai | anthropic | gemini | generic.
-    pub scheme: &'a str,
-    pub method: &'a Method,
-    pub path: &'a str,
+    /// The upstream's API.
+    pub scheme: Scheme,
+    /// The request as the upstream's provider read it: the one parse that
+    /// policy, budgets and the audit line use.
+    pub request: &'a provider::Request,
     pub headers: &'a HeaderMap,
     /// The first bytes of the request body, up to the gate's
     /// [`RequestGate::body_prefix_len`] (e.g. for the "model" field); empty

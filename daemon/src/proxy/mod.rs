@@ -60,8 +60,8 @@ use crate::{
     config::{AgentKeyAction, Config, ProxyConfig},
     credentials::CredentialSource,
     origin::{Origin, OriginSource},
+    provider::{self, Provider, RequestHead, Scheme, SpliceError},
     secret::Secret,
-    splice::{ErrorShape, SpliceError, Splicer, error_body},
     tls::{self, LeafCache, TlsError},
 };
 
@@ -89,7 +89,7 @@ pub enum ProxyError {
 struct Upstream {
     /// Lower case.
     host: String,
-    splicer: Splicer,
+    provider: Provider,
     credential: String,
     tls: Arc<ClientConfig>,
     /// Plain HTTP requests to this host get the credential too.
@@ -133,7 +133,7 @@ impl Injector {
                         source,
                     }
                 })?;
-            let splicer = Splicer::from_config(up).map_err(|source| ProxyError::Splice {
+            let provider = Provider::from_config(up).map_err(|source| ProxyError::Splice {
                 host: host.clone(),
                 source,
             })?;
@@ -141,7 +141,7 @@ impl Injector {
                 host.clone(),
                 Arc::new(Upstream {
                     host,
-                    splicer,
+                    provider,
                     credential: up.credential.get_ref().clone(),
                     tls,
                     plain_http: up.plain_http,
@@ -422,7 +422,7 @@ impl Injector {
             return self.pass_through(req, origin, log).await;
         };
         log.upstream(&upstream.host);
-        let shape = upstream.splicer.scheme().error_shape;
+        let shape = upstream.provider.scheme();
         if !self.monitor.accepting() {
             let message =
                 "warrant refused this request: its audit log cannot be written (fail-closed)";
@@ -445,7 +445,7 @@ impl Injector {
             return error_response(shape, StatusCode::FORBIDDEN, &message);
         }
 
-        let findings = upstream.splicer.inspect(req.headers(), req.uri());
+        let findings = upstream.provider.inspect(req.headers(), req.uri());
         if !findings.is_empty() {
             log.agent_keys(findings.iter().map(|f| f.fingerprint.clone()).collect());
             for finding in &findings {
@@ -486,14 +486,26 @@ impl Injector {
                 }
             }
         };
+        let head = RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+        };
+        let parsed = match upstream.provider.parse(&head, &prefix) {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                let message = format!("warrant refused this request: {error}");
+                log.outcome(Outcome::Refused, Some(&message));
+                return error_response(shape, StatusCode::BAD_REQUEST, &message);
+            }
+        };
         let decision = self
             .gate
             .check(GateRequest {
                 origin: &origin,
                 upstream: &upstream.host,
-                scheme: upstream.splicer.scheme().name,
-                method: &parts.method,
-                path: parts.uri.path(),
+                scheme: shape,
+                request: &parsed,
                 headers: &parts.headers,
                 body_prefix: &prefix,
                 audit: log,
@@ -653,7 +665,7 @@ impl Injector {
         strip_hop_by_hop(&mut parts.headers, false);
         let Some(target) = upstream_uri(&host, origin.original_dst, false, &parts.uri) else {
             return error_response(
-                ErrorShape::OpenAi,
+                Scheme::OpenAi,
                 StatusCode::BAD_REQUEST,
                 "warrant cannot rebuild the request URI",
             );
@@ -662,7 +674,7 @@ impl Injector {
         parts.version = Version::HTTP_11;
         let client = match self.clients.get(&host, origin.original_dst, None) {
             Ok(client) => client,
-            Err(error) => return self.upstream_failed(ErrorShape::OpenAi, &host, &error, log),
+            Err(error) => return self.upstream_failed(Scheme::OpenAi, &host, &error, log),
         };
         match client.request(Request::from_parts(parts, body)).await {
             Ok(response) => {
@@ -670,13 +682,13 @@ impl Injector {
                 strip_hop_by_hop(&mut parts.headers, false);
                 Response::from_parts(parts, body.map_err(BoxError::from).boxed())
             }
-            Err(error) => self.upstream_failed(ErrorShape::OpenAi, &host, &error, log),
+            Err(error) => self.upstream_failed(Scheme::OpenAi, &host, &error, log),
         }
     }
 
     fn upstream_failed(
         &self,
-        shape: ErrorShape,
+        shape: Scheme,
         host: &str,
         error: &(dyn std::error::Error + 'static),
         log: &RequestLog,
@@ -709,8 +721,8 @@ fn rewrite(
 ) -> Result<Request<ForwardBody>, SpliceError> {
     let keep_upgrade = is_upgrade(&parts.headers);
     let uri = upstream
-        .splicer
-        .apply(&mut parts.headers, &parts.uri, credential)?;
+        .provider
+        .splice(&mut parts.headers, &parts.uri, credential)?;
     strip_hop_by_hop(&mut parts.headers, keep_upgrade);
     // The client sets Host (h1) or :authority (h2) from the URI.
     parts.headers.remove(header::HOST);
@@ -769,8 +781,8 @@ fn empty() -> ProxyBody {
         .boxed()
 }
 
-fn error_response(shape: ErrorShape, status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let body = error_body(shape, status, message);
+fn error_response(shape: Scheme, status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = provider::error_body(shape, status, message);
     let mut response = Response::new(
         Full::new(Bytes::from(body))
             .map_err(|never| match never {})

@@ -127,24 +127,21 @@ impl WarrantGate {
                 "no [[workload]] matches the calling process: {refusal}"
             ));
         };
-        let model = crate::policy::model_of(request.scheme, request.path, request.body_prefix);
-        request.audit.model(model.as_deref());
+        let parsed = request.request;
+        let path = parsed.path.as_str();
+        let model = parsed.model.as_deref();
+        request.audit.model(model);
         let decision = self.decide_for(
             workload,
             &attestation,
             request.upstream,
-            request.method.as_str(),
-            request.path,
-            model.as_deref(),
+            parsed.method.as_str(),
+            path,
+            model,
         );
         request.audit.decided(&decision);
         if decision.allowed {
-            tracing::debug!(
-                workload,
-                upstream = request.upstream,
-                path = request.path,
-                "allowed"
-            );
+            tracing::debug!(workload, upstream = request.upstream, path, "allowed");
             let Some(budgets) = &self.budgets else {
                 return GateDecision::Allow;
             };
@@ -160,10 +157,7 @@ impl WarrantGate {
                     workload,
                     upstream: request.upstream,
                     scheme: request.scheme,
-                    path: request.path,
-                    headers: request.headers,
-                    body_prefix: request.body_prefix,
-                    model: model.as_deref(),
+                    request: parsed,
                     limits,
                 })
                 .await
@@ -174,13 +168,13 @@ impl WarrantGate {
                 }
                 Err(refusal) => {
                     let message = format!("workload {workload:?}: {}", refusal.message());
-                    tracing::info!(workload, upstream = request.upstream, path = request.path, reason = %message, "refused by budget");
+                    tracing::info!(workload, upstream = request.upstream, path, reason = %message, "refused by budget");
                     refusal.into_decision(message)
                 }
             }
         } else {
             let summary = decision.summary();
-            tracing::info!(workload, upstream = request.upstream, path = request.path, reasons = %summary, "denied by policy");
+            tracing::info!(workload, upstream = request.upstream, path, reasons = %summary, "denied by policy");
             refuse(format!(
                 "workload {workload:?} is not allowed this request: {summary}"
             ))

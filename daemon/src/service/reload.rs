@@ -195,7 +195,7 @@ fn upstream_keys(config: &Config) -> Vec<String> {
                 u.credential.get_ref(),
                 u.header,
                 u.value_template,
-                u.anthropic_auth.as_ref().map(|a| a.get_ref()),
+                u.anthropic_auth,
                 u.ca_file,
                 u.plain_http
             )

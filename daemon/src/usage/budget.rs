@@ -34,16 +34,17 @@ use serde::Serialize;
 
 use super::{
     ledger::{LocalLedger, OverLimit, Placed},
-    meter::{Meter, Outcome, Provider, Usage},
+    meter::{Meter, Outcome, Usage},
     price::PriceTable,
     redis::RedisLedger,
-    request::{request_shape, worst_case},
+    request::worst_case,
     settings::{RedisUnreachable, UsageConfig},
     window::{Amounts, Series, limits_of},
 };
 use crate::{
     credentials::Clock,
     policy::RuleLimits,
+    provider::{self, Scheme, UsageFormat},
     proxy::{GateDecision, ResponseObserver},
 };
 
@@ -137,7 +138,7 @@ impl Refusal {
 pub struct UsageRecord {
     pub workload: String,
     pub upstream: String,
-    pub provider: Provider,
+    pub provider: Scheme,
     pub path: String,
     pub model: Option<String>,
     /// What was charged (what the response said, or the reservation).
@@ -222,12 +223,11 @@ pub struct Budgets {
 pub struct AdmitRequest<'a> {
     pub workload: &'a str,
     pub upstream: &'a str,
-    pub scheme: &'a str,
-    pub path: &'a str,
-    pub headers: &'a HeaderMap,
-    pub body_prefix: &'a [u8],
-    /// The model policy found (the path's for Gemini).
-    pub model: Option<&'a str>,
+    /// The upstream's API: how its responses report usage.
+    pub scheme: Scheme,
+    /// The request as the provider parse read it (the same parse policy
+    /// decided on).
+    pub request: &'a provider::Request,
     pub limits: RuleLimits,
 }
 
@@ -308,23 +308,14 @@ impl Budgets {
     /// returns the observer that settles it when the response ends.
     pub async fn admit(&self, req: AdmitRequest<'_>) -> Result<UsageObserver, Refusal> {
         let s = &self.shared;
-        let shape = request_shape(req.body_prefix);
-        let model = req.model.map(str::to_owned).or(shape.model.clone());
-        let body_len = req
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(req.body_prefix.len() as u64);
+        let model = req.request.model.clone();
         // Generation always has a request body; a request without one (GET
         // /v1/models, a DELETE) produces no tokens and reserves none.
-        let worst = if body_len == 0 {
+        let worst = if req.request.body_len == 0 {
             Usage::default()
         } else {
             worst_case(
-                &shape,
-                req.path,
-                body_len,
+                req.request,
                 s.settings.input_bytes_per_token,
                 s.settings.default_max_output_tokens,
             )
@@ -347,10 +338,11 @@ impl Budgets {
         };
         Ok(UsageObserver {
             shared: s.clone(),
-            provider: Provider::from_scheme(req.scheme),
+            provider: req.scheme,
+            format: provider::api(req.scheme).usage(),
             workload: req.workload.to_owned(),
             upstream: req.upstream.to_owned(),
-            path: req.path.to_owned(),
+            path: req.request.path.clone(),
             model,
             worst,
             meter: None,
@@ -534,7 +526,8 @@ impl Drop for Reservation {
 /// Meters one admitted request's response and settles its reservation.
 pub struct UsageObserver {
     shared: Arc<Shared>,
-    provider: Provider,
+    provider: Scheme,
+    format: &'static UsageFormat,
     workload: String,
     upstream: String,
     path: String,
@@ -560,7 +553,7 @@ impl ResponseObserver for UsageObserver {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
         self.meter = Some(Meter::new(
-            self.provider,
+            self.format,
             status.as_u16(),
             content_type,
             &self.path,
@@ -680,15 +673,24 @@ mod tests {
         )
     }
 
-    fn request<'a>(headers: &'a HeaderMap, body: &'a [u8], limits: RuleLimits) -> AdmitRequest<'a> {
+    /// A request to /v1/models with `body` (the model it names is read).
+    fn parsed(body: &[u8]) -> provider::Request {
+        let uri: http::Uri = "/v1/models".parse().unwrap();
+        let headers = HeaderMap::new();
+        let head = provider::RequestHead {
+            method: &http::Method::POST,
+            uri: &uri,
+            headers: &headers,
+        };
+        provider::api(Scheme::OpenAi).parse(&head, body).unwrap()
+    }
+
+    fn request(parsed: &provider::Request, limits: RuleLimits) -> AdmitRequest<'_> {
         AdmitRequest {
             workload: "w",
             upstream: "api.openai.com",
-            scheme: "openai",
-            path: "/v1/models",
-            headers,
-            body_prefix: body,
-            model: None,
+            scheme: Scheme::OpenAi,
+            request: parsed,
             limits,
         }
     }
@@ -696,12 +698,11 @@ mod tests {
     #[tokio::test]
     async fn a_request_without_a_body_reserves_and_is_charged_no_tokens() {
         let b = budgets();
-        let headers = HeaderMap::new();
         let limits = RuleLimits {
             tokens_per_hour: Some(10),
             ..RuleLimits::default()
         };
-        let observer = b.admit(request(&headers, b"", limits)).await.unwrap();
+        let observer = b.admit(request(&parsed(b""), limits)).await.unwrap();
         Box::new(observer).end(true);
         assert_eq!(b.status().windows, vec![("w".to_owned(), [1, 0, 0])]);
         assert_eq!(b.status().unknown, 1);
@@ -710,13 +711,12 @@ mod tests {
     #[tokio::test]
     async fn a_reload_keeps_what_was_spent_and_takes_the_new_prices() {
         let b = budgets();
-        let headers = HeaderMap::new();
         let limits = RuleLimits {
             requests_per_minute: Some(1),
             ..RuleLimits::default()
         };
         let held = b
-            .admit(request(&headers, br#"{"model":"m"}"#, limits))
+            .admit(request(&parsed(br#"{"model":"m"}"#), limits))
             .await
             .unwrap();
         let config = vec![crate::usage::PriceConfig {
@@ -731,7 +731,7 @@ mod tests {
         );
         assert!(
             reloaded
-                .admit(request(&headers, b"{}", limits))
+                .admit(request(&parsed(b"{}"), limits))
                 .await
                 .is_err()
         );
@@ -743,13 +743,12 @@ mod tests {
     #[tokio::test]
     async fn a_cost_budget_refuses_a_model_without_a_price() {
         let b = budgets();
-        let headers = HeaderMap::new();
         let limits = RuleLimits {
             cost_per_day_usd: Some(1.0),
             ..RuleLimits::default()
         };
         let refusal = b
-            .admit(request(&headers, br#"{"model":"llama-3-70b"}"#, limits))
+            .admit(request(&parsed(br#"{"model":"llama-3-70b"}"#), limits))
             .await
             .err()
             .unwrap();

@@ -25,54 +25,14 @@
 use serde::{Deserialize, Serialize};
 
 use super::sse::{Event, SseSplitter};
+pub use crate::provider::Usage;
+use crate::provider::{UsageFields, UsageFormat, UsageMetadata};
 
 /// The largest SSE event or JSON-array element that is parsed; larger ones
 /// are skipped (usage events are a few hundred bytes).
 pub const MAX_EVENT: usize = 1 << 20;
 /// What is kept of a JSON document too large to copy whole.
 const TAIL: usize = 64 * 1024;
-
-/// Whose response format to expect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    OpenAi,
-    Anthropic,
-    Gemini,
-}
-
-impl Provider {
-    /// From an upstream's scheme; `generic` gateways are taken to speak the
-    /// OpenAI format (most LLM gateways do), and are flagged when they don't.
-    pub fn from_scheme(scheme: &str) -> Provider {
-        match scheme {
-            "anthropic" => Provider::Anthropic,
-            "gemini" => Provider::Gemini,
-            _ => Provider::OpenAi,
-        }
-    }
-}
-
-/// Tokens of one response. `input_tokens` includes the cached ones (and
-/// Anthropic's cache writes); `output_tokens` includes reasoning/thinking.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub input_tokens: u64,
-    pub cached_input_tokens: u64,
-    pub output_tokens: u64,
-}
-
-impl Usage {
-    pub fn total(&self) -> u64 {
-        self.input_tokens.saturating_add(self.output_tokens)
-    }
-
-    fn merge_max(&mut self, other: Usage) {
-        self.input_tokens = self.input_tokens.max(other.input_tokens);
-        self.cached_input_tokens = self.cached_input_tokens.max(other.cached_input_tokens);
-        self.output_tokens = self.output_tokens.max(other.output_tokens);
-    }
-}
 
 /// What the meter made of a response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -117,7 +77,7 @@ enum Framing {
 }
 
 pub struct Meter {
-    provider: Provider,
+    format: &'static UsageFormat,
     framing: Framing,
     usage: Option<Usage>,
     model: Option<String>,
@@ -135,82 +95,13 @@ struct Doc {
     model: Option<String>,
     #[serde(rename = "modelVersion")]
     model_version: Option<String>,
-    usage: Option<RawUsage>,
+    usage: Option<UsageFields>,
     #[serde(rename = "usageMetadata")]
-    usage_metadata: Option<GeminiUsage>,
+    usage_metadata: Option<UsageMetadata>,
     /// Anthropic `message_start`.
     message: Option<Box<Doc>>,
     /// OpenAI responses API stream events.
     response: Option<Box<Doc>>,
-}
-
-#[derive(Deserialize, Default)]
-struct RawUsage {
-    // OpenAI chat, completions, embeddings.
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    prompt_tokens_details: Option<Cached>,
-    // OpenAI responses; Anthropic.
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    input_tokens_details: Option<Cached>,
-    // Anthropic prompt caching.
-    cache_creation_input_tokens: Option<u64>,
-    cache_read_input_tokens: Option<u64>,
-}
-
-#[derive(Deserialize, Default)]
-struct Cached {
-    cached_tokens: Option<u64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct GeminiUsage {
-    prompt_token_count: Option<u64>,
-    candidates_token_count: Option<u64>,
-    cached_content_token_count: Option<u64>,
-    thoughts_token_count: Option<u64>,
-    tool_use_prompt_token_count: Option<u64>,
-}
-
-impl RawUsage {
-    fn normalize(&self, provider: Provider) -> Usage {
-        let v = |x: Option<u64>| x.unwrap_or(0);
-        match provider {
-            // Anthropic's input_tokens excludes cache reads and writes.
-            Provider::Anthropic => Usage {
-                input_tokens: v(self.input_tokens)
-                    .saturating_add(v(self.cache_creation_input_tokens))
-                    .saturating_add(v(self.cache_read_input_tokens)),
-                cached_input_tokens: v(self.cache_read_input_tokens),
-                output_tokens: v(self.output_tokens),
-            },
-            _ => Usage {
-                input_tokens: v(self.prompt_tokens.or(self.input_tokens)),
-                cached_input_tokens: v(self
-                    .prompt_tokens_details
-                    .as_ref()
-                    .or(self.input_tokens_details.as_ref())
-                    .and_then(|d| d.cached_tokens)),
-                output_tokens: v(self.completion_tokens.or(self.output_tokens)),
-            },
-        }
-    }
-}
-
-impl GeminiUsage {
-    fn normalize(&self) -> Usage {
-        let v = |x: Option<u64>| x.unwrap_or(0);
-        Usage {
-            input_tokens: v(self.prompt_token_count)
-                .saturating_add(v(self.tool_use_prompt_token_count)),
-            cached_input_tokens: v(self.cached_content_token_count),
-            // Thinking tokens are billed as output but not in candidates.
-            output_tokens: v(self.candidates_token_count)
-                .saturating_add(v(self.thoughts_token_count)),
-        }
-    }
 }
 
 /// The streaming fast path. Most events carry no usage object (content
@@ -231,7 +122,9 @@ impl GeminiUsage {
 /// spelling midway would have its usage missed: it is then flagged unknown
 /// and charged as reserved, never counted as zero.
 struct FastSse {
-    provider: Provider,
+    /// The provider repeats cumulative counts: only the last usage event
+    /// counts (Gemini).
+    last_event_only: bool,
     /// This stream's spelling of a usage key followed by an object, once a
     /// usage key was seen.
     object_key: Option<Box<memchr::memmem::Finder<'static>>>,
@@ -245,9 +138,9 @@ struct FastSse {
 }
 
 impl FastSse {
-    fn new(provider: Provider) -> FastSse {
+    fn new(last_event_only: bool) -> FastSse {
         FastSse {
-            provider,
+            last_event_only,
             object_key: None,
             pending: Vec::new(),
             skipping: false,
@@ -290,7 +183,7 @@ impl FastSse {
     /// Considers the events of `events` (whole events only) that hold a
     /// usage object.
     fn search(&mut self, events: &[u8], out: &mut Vec<Vec<u8>>) {
-        if self.provider == Provider::Gemini {
+        if self.last_event_only {
             // Only the last one counts: search from the end.
             let mut end = events.len();
             while let Some(at) = USAGE_KEY_REV.rfind(&events[..end]) {
@@ -347,7 +240,7 @@ impl FastSse {
         if event.is_empty() || skipped_by_name(event) {
             return;
         }
-        if self.provider == Provider::Gemini {
+        if self.last_event_only {
             self.last = Some(event.to_vec());
         } else {
             out.push(event.to_vec());
@@ -503,7 +396,7 @@ impl Meter {
     /// `status` and `content_type` are the response's; `path` the request's.
     /// `max_json` bounds the copy of a non-streaming JSON body.
     pub fn new(
-        provider: Provider,
+        format: &'static UsageFormat,
         status: u16,
         content_type: Option<&str>,
         path: &str,
@@ -516,10 +409,8 @@ impl Meter {
             Framing::Error
         } else {
             match mime.as_deref() {
-                Some("text/event-stream") => Framing::Sse(FastSse::new(provider)),
-                Some("application/json") | None
-                    if provider == Provider::Gemini && path.contains(":streamGenerateContent") =>
-                {
+                Some("text/event-stream") => Framing::Sse(FastSse::new(format.last_event_only)),
+                Some("application/json") | None if (format.json_array_stream)(path) => {
                     Framing::Array {
                         pending: Vec::new(),
                     }
@@ -533,7 +424,7 @@ impl Meter {
             }
         };
         Meter {
-            provider,
+            format,
             framing,
             usage: None,
             model: None,
@@ -667,18 +558,12 @@ impl Meter {
         if self.model.is_none() && model.is_some() {
             self.model = model;
         }
-        let final_marker = match (self.provider, doc.kind.as_deref()) {
-            // OpenAI sends usage once, at the end; Anthropic's message_delta
-            // carries the final output count.
-            (Provider::OpenAi, _) => doc.usage.is_some(),
-            (Provider::Anthropic, Some("message_delta")) => doc.usage.is_some(),
-            _ => false,
-        };
+        let final_marker = doc.usage.is_some() && (self.format.final_count)(doc.kind.as_deref());
         if let Some(usage) = &doc.usage {
-            self.merge(usage.normalize(self.provider));
+            self.merge((self.format.usage)(usage));
         }
         if let Some(usage) = &doc.usage_metadata {
-            self.merge(usage.normalize());
+            self.merge(usage.tokens());
         }
         self.output_final |= final_marker;
         for inner in [doc.message, doc.response].into_iter().flatten() {
@@ -745,13 +630,13 @@ impl Meter {
             };
             let mut de = serde_json::Deserializer::from_slice(value);
             if key == b"\"usage\"" {
-                if let Ok(raw) = <RawUsage as Deserialize>::deserialize(&mut de) {
-                    self.merge(raw.normalize(self.provider));
+                if let Ok(raw) = <UsageFields as Deserialize>::deserialize(&mut de) {
+                    self.merge((self.format.usage)(&raw));
                     self.output_final = true;
                     return;
                 }
-            } else if let Ok(raw) = <GeminiUsage as Deserialize>::deserialize(&mut de) {
-                self.merge(raw.normalize());
+            } else if let Ok(raw) = <UsageMetadata as Deserialize>::deserialize(&mut de) {
+                self.merge(raw.tokens());
                 self.output_final = true;
                 return;
             }
@@ -764,6 +649,7 @@ impl Meter {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::provider::{Scheme, api};
 
     fn fixture(name: &str) -> Vec<u8> {
         let path = format!("{}/tests/fixtures/usage/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -780,9 +666,15 @@ mod tests {
         }
     }
 
-    fn read(provider: Provider, name: &str, path: &str, cuts: &[usize]) -> Reading {
+    fn read(provider: Scheme, name: &str, path: &str, cuts: &[usize]) -> Reading {
         let body = fixture(name);
-        let mut meter = Meter::new(provider, 200, Some(content_type(name)), path, 1 << 20);
+        let mut meter = Meter::new(
+            api(provider).usage(),
+            200,
+            Some(content_type(name)),
+            path,
+            1 << 20,
+        );
         let mut from = 0;
         for &cut in cuts.iter().chain(std::iter::once(&body.len())) {
             meter.feed(&body[from..cut]);
@@ -801,7 +693,7 @@ mod tests {
 
     /// Provider, file, request path, expected (input, cached, output), model.
     type Case = (
-        Provider,
+        Scheme,
         &'static str,
         &'static str,
         (u64, u64, u64),
@@ -810,77 +702,77 @@ mod tests {
 
     const CASES: &[Case] = &[
         (
-            Provider::OpenAi,
+            Scheme::OpenAi,
             "openai_chat.json",
             "/v1/chat/completions",
             (19, 0, 10),
             "gpt-4o-2024-08-06",
         ),
         (
-            Provider::OpenAi,
+            Scheme::OpenAi,
             "openai_chat_stream.sse",
             "/v1/chat/completions",
             (1200, 1024, 9),
             "gpt-4o-mini-2024-07-18",
         ),
         (
-            Provider::OpenAi,
+            Scheme::OpenAi,
             "openai_responses.json",
             "/v1/responses",
             (36, 0, 87),
             "gpt-4.1-2025-04-14",
         ),
         (
-            Provider::OpenAi,
+            Scheme::OpenAi,
             "openai_responses_stream.sse",
             "/v1/responses",
             (37, 0, 11),
             "gpt-4.1-2025-04-14",
         ),
         (
-            Provider::OpenAi,
+            Scheme::OpenAi,
             "openai_completions.json",
             "/v1/completions",
             (5, 0, 7),
             "gpt-3.5-turbo-instruct",
         ),
         (
-            Provider::OpenAi,
+            Scheme::OpenAi,
             "openai_embeddings.json",
             "/v1/embeddings",
             (8, 0, 0),
             "text-embedding-3-small",
         ),
         (
-            Provider::Anthropic,
+            Scheme::Anthropic,
             "anthropic_messages.json",
             "/v1/messages",
             (3595, 1500, 503),
             "claude-sonnet-4-20250514",
         ),
         (
-            Provider::Anthropic,
+            Scheme::Anthropic,
             "anthropic_messages_stream.sse",
             "/v1/messages",
             (25, 0, 15),
             "claude-opus-4-1-20250805",
         ),
         (
-            Provider::Gemini,
+            Scheme::Gemini,
             "gemini_generate.json",
             "/v1beta/models/gemini-2.5-flash:generateContent",
             (8, 0, 1024),
             "gemini-2.5-flash",
         ),
         (
-            Provider::Gemini,
+            Scheme::Gemini,
             "gemini_stream.sse",
             "/v1beta/models/gemini-2.5-pro:streamGenerateContent",
             (4010, 4000, 110),
             "gemini-2.5-pro",
         ),
         (
-            Provider::Gemini,
+            Scheme::Gemini,
             "gemini_stream_array.json",
             "/v1beta/models/gemini-2.0-flash:streamGenerateContent",
             (6, 0, 9),
@@ -920,7 +812,13 @@ mod tests {
     fn byte_by_byte_streams_still_meter() {
         for &(provider, name, path, (i, c, o), _) in CASES {
             let body = fixture(name);
-            let mut meter = Meter::new(provider, 200, Some(content_type(name)), path, 1 << 20);
+            let mut meter = Meter::new(
+                api(provider).usage(),
+                200,
+                Some(content_type(name)),
+                path,
+                1 << 20,
+            );
             for b in &body {
                 meter.feed(std::slice::from_ref(b));
             }
@@ -937,7 +835,7 @@ mod tests {
                 .join(newline);
             for a in 0..body.len() {
                 let mut m = Meter::new(
-                    Provider::Anthropic,
+                    api(Scheme::Anthropic).usage(),
                     200,
                     Some("text/event-stream"),
                     "/v1/messages",
@@ -964,7 +862,7 @@ mod tests {
 
     fn meter_in_frames(body: &[u8], frame: usize) -> Reading {
         let mut m = Meter::new(
-            Provider::OpenAi,
+            api(Scheme::OpenAi).usage(),
             200,
             Some("text/event-stream"),
             "/v1/chat/completions",
@@ -1014,7 +912,7 @@ mod tests {
     #[test]
     fn an_openai_stream_without_the_usage_chunk_is_unknown_and_says_why() {
         let reading = read(
-            Provider::OpenAi,
+            Scheme::OpenAi,
             "openai_chat_stream_no_usage.sse",
             "/v1/chat/completions",
             &[],
@@ -1028,16 +926,11 @@ mod tests {
 
     #[test]
     fn an_unknown_content_type_is_flagged_not_ignored() {
-        let reading = read(
-            Provider::OpenAi,
-            "unknown_audio.bin",
-            "/v1/audio/speech",
-            &[],
-        );
+        let reading = read(Scheme::OpenAi, "unknown_audio.bin", "/v1/audio/speech", &[]);
         assert!(matches!(reading.outcome, Outcome::Unknown { .. }));
         let garbage = {
             let mut m = Meter::new(
-                Provider::OpenAi,
+                api(Scheme::OpenAi).usage(),
                 200,
                 Some("application/json"),
                 "/v1/x",
@@ -1052,7 +945,7 @@ mod tests {
     #[test]
     fn error_responses_are_not_charged_tokens() {
         let mut m = Meter::new(
-            Provider::Anthropic,
+            api(Scheme::Anthropic).usage(),
             429,
             Some("application/json"),
             "/v1/messages",
@@ -1073,7 +966,7 @@ mod tests {
         body.extend_from_slice(b"{}],\"model\":\"text-embedding-3-large\",\"usage\":{\"prompt_tokens\":70000,\"total_tokens\":70000}}");
         assert!(body.len() > 200 * 1024);
         let mut m = Meter::new(
-            Provider::OpenAi,
+            api(Scheme::OpenAi).usage(),
             200,
             Some("application/json"),
             "/v1/embeddings",
@@ -1090,7 +983,7 @@ mod tests {
     #[test]
     fn the_top_level_anthropic_usage_wins_over_one_inside_tool_input() {
         let reading = read(
-            Provider::Anthropic,
+            Scheme::Anthropic,
             "anthropic_messages.json",
             "/v1/messages",
             &[],
@@ -1103,7 +996,7 @@ mod tests {
         let body = fixture("anthropic_messages_stream.sse");
         let cut = memchr::memmem::find(&body, b"event: message_delta").unwrap();
         let mut m = Meter::new(
-            Provider::Anthropic,
+            api(Scheme::Anthropic).usage(),
             200,
             Some("text/event-stream"),
             "/v1/messages",

@@ -25,6 +25,6 @@ pub use budget::{
     AdmitRequest, BudgetStatus, Budgets, Refusal, UsageObserver, UsageRecord, UsageSink,
 };
 pub use ledger::LocalLedger;
-pub use meter::{Meter, Outcome, Provider, Reading, Usage};
+pub use meter::{Meter, Outcome, Reading, Usage};
 pub use price::{PriceConfig, PriceTable};
 pub use settings::UsageConfig;

@@ -77,7 +77,7 @@ impl RequestGate for TestGate {
                 },
             );
             request.audit.model(Some("gpt-4o"));
-            let denied = request.path.starts_with("/v1/deny");
+            let denied = request.request.path.starts_with("/v1/deny");
             let decision = Decision {
                 allowed: !denied,
                 workload: workload.to_owned(),
@@ -100,7 +100,7 @@ impl RequestGate for TestGate {
                 ],
             };
             request.audit.decided(&decision);
-            if request.path.starts_with("/v1/budget") {
+            if request.request.path.starts_with("/v1/budget") {
                 // What the budget factor answers when a workload is over.
                 return GateDecision::Throttle {
                     message: "tokens_per_hour budget of workload agent-a is spent".to_owned(),

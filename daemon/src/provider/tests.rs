@@ -1,16 +1,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use crate::config::Config;
+use crate::{config::Config, secret};
 
 const REAL: &str = "sk-real-credential-0123456789abcdefABCDEF";
 
-fn splicer(upstream_toml: &str) -> Splicer {
+fn provider(upstream_toml: &str) -> Provider {
     let text = format!(
         "[[credential]]\nname = \"c\"\nsource = \"file\"\npath = \"/x\"\n\n[[upstream]]\ncredential = \"c\"\n{upstream_toml}\n"
     );
     let config = Config::parse(&text, "test").unwrap();
-    Splicer::from_config(&config.upstreams[0]).unwrap()
+    Provider::from_config(&config.upstreams[0]).unwrap()
 }
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -37,7 +37,7 @@ fn secret() -> Secret {
 
 #[test]
 fn openai_replaces_every_duplicate_in_any_letter_case_with_one_bearer() {
-    let s = splicer("host = \"api.openai.com\"\nscheme = \"openai\"");
+    let s = provider("host = \"api.openai.com\"\nscheme = \"openai\"");
     let mut h = headers(&[
         ("Authorization", "Bearer placeholder"),
         ("AUTHORIZATION", "Bearer placeholder-2"),
@@ -46,7 +46,7 @@ fn openai_replaces_every_duplicate_in_any_letter_case_with_one_bearer() {
         ("content-type", "application/json"),
     ]);
     let uri: Uri = "/v1/chat/completions".parse().unwrap();
-    s.apply(&mut h, &uri, &secret()).unwrap();
+    s.splice(&mut h, &uri, &secret()).unwrap();
     assert_eq!(values(&h, "authorization"), vec![format!("Bearer {REAL}")]);
     assert!(h.get("api-key").is_none());
     assert_eq!(values(&h, "content-type"), vec!["application/json"]);
@@ -55,11 +55,11 @@ fn openai_replaces_every_duplicate_in_any_letter_case_with_one_bearer() {
 
 #[test]
 fn anthropic_keeps_the_agents_form_and_strips_both_header_names() {
-    let s = splicer("host = \"api.anthropic.com\"\nscheme = \"anthropic\"");
+    let s = provider("host = \"api.anthropic.com\"\nscheme = \"anthropic\"");
     let uri: Uri = "/v1/messages".parse().unwrap();
 
     let mut bearer = headers(&[("authorization", "Bearer placeholder")]);
-    s.apply(&mut bearer, &uri, &secret()).unwrap();
+    s.splice(&mut bearer, &uri, &secret()).unwrap();
     assert_eq!(
         values(&bearer, "authorization"),
         vec![format!("Bearer {REAL}")]
@@ -71,29 +71,29 @@ fn anthropic_keeps_the_agents_form_and_strips_both_header_names() {
         ("x-api-key", "placeholder"),
         ("Authorization", "Bearer placeholder"),
     ]);
-    s.apply(&mut x_api_key, &uri, &secret()).unwrap();
+    s.splice(&mut x_api_key, &uri, &secret()).unwrap();
     assert_eq!(values(&x_api_key, "x-api-key"), vec![REAL]);
     assert!(x_api_key.get("authorization").is_none());
 
     let mut neither = HeaderMap::new();
-    s.apply(&mut neither, &uri, &secret()).unwrap();
+    s.splice(&mut neither, &uri, &secret()).unwrap();
     assert_eq!(values(&neither, "x-api-key"), vec![REAL]);
 }
 
 #[test]
 fn anthropic_auth_forces_one_form_and_oauth_tokens_always_go_as_bearer() {
     let uri: Uri = "/v1/messages".parse().unwrap();
-    let forced = splicer(
+    let forced = provider(
         "host = \"api.anthropic.com\"\nscheme = \"anthropic\"\nanthropic_auth = \"x-api-key\"",
     );
     let mut h = headers(&[("authorization", "Bearer placeholder")]);
-    forced.apply(&mut h, &uri, &secret()).unwrap();
+    forced.splice(&mut h, &uri, &secret()).unwrap();
     assert_eq!(values(&h, "x-api-key"), vec![REAL]);
     assert!(h.get("authorization").is_none());
 
     let oauth = Secret::new("sk-ant-oat01-abcdef".to_owned());
     let mut h = headers(&[("x-api-key", "placeholder")]);
-    forced.apply(&mut h, &uri, &oauth).unwrap();
+    forced.splice(&mut h, &uri, &oauth).unwrap();
     assert_eq!(
         values(&h, "authorization"),
         vec!["Bearer sk-ant-oat01-abcdef"]
@@ -102,7 +102,7 @@ fn anthropic_auth_forces_one_form_and_oauth_tokens_always_go_as_bearer() {
 
     let jwt = Secret::new("eyJhbGciOiJSUzI1NiJ9.e30.sig".to_owned());
     let mut h = headers(&[("x-api-key", "placeholder")]);
-    forced.apply(&mut h, &uri, &jwt).unwrap();
+    forced.splice(&mut h, &uri, &jwt).unwrap();
     assert_eq!(
         values(&h, "authorization"),
         vec!["Bearer eyJhbGciOiJSUzI1NiJ9.e30.sig"]
@@ -111,36 +111,36 @@ fn anthropic_auth_forces_one_form_and_oauth_tokens_always_go_as_bearer() {
 
 #[test]
 fn gemini_sets_x_goog_api_key_and_removes_every_key_query_parameter() {
-    let s = splicer("host = \"generativelanguage.googleapis.com\"\nscheme = \"gemini\"");
+    let s = provider("host = \"generativelanguage.googleapis.com\"\nscheme = \"gemini\"");
     let mut h = headers(&[("x-goog-api-key", "placeholder"), ("X-Goog-Api-Key", "p2")]);
     let uri: Uri = "https://generativelanguage.googleapis.com/v1beta/models/m:generateContent?key=placeholder&alt=sse&%6Bey=other&keys=kept"
         .parse()
         .unwrap();
-    let uri = s.apply(&mut h, &uri, &secret()).unwrap();
+    let uri = s.splice(&mut h, &uri, &secret()).unwrap();
     assert_eq!(values(&h, "x-goog-api-key"), vec![REAL]);
     assert_eq!(uri.query(), Some("alt=sse&keys=kept"));
     assert_eq!(uri.host(), Some("generativelanguage.googleapis.com"));
 
     let only_key: Uri = "/v1beta/models?key=placeholder".parse().unwrap();
     let uri = s
-        .apply(&mut HeaderMap::new(), &only_key, &secret())
+        .splice(&mut HeaderMap::new(), &only_key, &secret())
         .unwrap();
     assert_eq!(uri.to_string(), "/v1beta/models");
 }
 
 #[test]
 fn generic_uses_the_configured_header_and_template() {
-    let s = splicer(
+    let s = provider(
         "host = \"gw.internal\"\nscheme = \"generic\"\nheader = \"X-Gateway-Token\"\nvalue_template = \"Token {credential}\"",
     );
     let mut h = headers(&[("x-gateway-token", "placeholder"), ("X-GATEWAY-TOKEN", "p")]);
-    s.apply(&mut h, &"/".parse().unwrap(), &secret()).unwrap();
+    s.splice(&mut h, &"/".parse().unwrap(), &secret()).unwrap();
     assert_eq!(values(&h, "x-gateway-token"), vec![format!("Token {REAL}")]);
 }
 
 #[test]
 fn real_looking_agent_keys_are_findings_with_fingerprints_only() {
-    let s = splicer("host = \"api.openai.com\"\nscheme = \"openai\"");
+    let s = provider("host = \"api.openai.com\"\nscheme = \"openai\"");
     let leaked = "sk-proj-AbCdEf0123456789AbCdEf0123456789";
     let h = headers(&[
         ("Authorization", "Bearer placeholder"),
@@ -155,7 +155,7 @@ fn real_looking_agent_keys_are_findings_with_fingerprints_only() {
     );
     assert!(!format!("{findings:?}").contains(leaked));
 
-    let g = splicer("host = \"generativelanguage.googleapis.com\"\nscheme = \"gemini\"");
+    let g = provider("host = \"generativelanguage.googleapis.com\"\nscheme = \"gemini\"");
     let uri: Uri = "/v1?key=AIzaSyA0123456789abcdefghijklmnopqrstu"
         .parse()
         .unwrap();
@@ -188,28 +188,80 @@ fn placeholders_are_not_findings() {
 
 #[test]
 fn error_bodies_have_each_providers_shape() {
-    let openai: serde_json::Value = serde_json::from_str(&error_body(
-        ErrorShape::OpenAi,
-        StatusCode::BAD_GATEWAY,
-        "m",
-    ))
-    .unwrap();
+    let openai: serde_json::Value =
+        serde_json::from_str(&error_body(Scheme::OpenAi, StatusCode::BAD_GATEWAY, "m")).unwrap();
     assert_eq!(openai["error"]["message"], "m");
     assert!(openai["error"]["type"].is_string() && openai["error"]["code"].is_string());
-    let anthropic: serde_json::Value = serde_json::from_str(&error_body(
-        ErrorShape::Anthropic,
-        StatusCode::BAD_GATEWAY,
-        "m",
-    ))
-    .unwrap();
+    let anthropic: serde_json::Value =
+        serde_json::from_str(&error_body(Scheme::Anthropic, StatusCode::BAD_GATEWAY, "m")).unwrap();
     assert_eq!(anthropic["type"], "error");
     assert_eq!(anthropic["error"]["message"], "m");
     let gemini: serde_json::Value = serde_json::from_str(&error_body(
-        ErrorShape::Gemini,
+        Scheme::Gemini,
         StatusCode::GATEWAY_TIMEOUT,
         "m",
     ))
     .unwrap();
     assert_eq!(gemini["error"]["code"], 504);
     assert_eq!(gemini["error"]["status"], "DEADLINE_EXCEEDED");
+}
+
+#[test]
+fn each_scheme_reads_its_model_and_the_query_loses_its_credential() {
+    let gemini = provider("host = \"generativelanguage.googleapis.com\"\nscheme = \"gemini\"");
+    let uri: Uri = "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse&key=placeholder"
+        .parse()
+        .unwrap();
+    let headers = HeaderMap::new();
+    let head = RequestHead {
+        method: &http::Method::POST,
+        uri: &uri,
+        headers: &headers,
+    };
+    let request = gemini.parse(&head, br#"{"model":"m"}"#).unwrap();
+    assert_eq!(request.model.as_deref(), Some("gemini-2.0-flash"));
+    assert!(request.stream);
+    assert_eq!(request.query.as_deref(), Some("alt=sse"));
+    // Not a model path: the body's model.
+    let files: Uri = "/v1beta/files".parse().unwrap();
+    let head = RequestHead {
+        uri: &files,
+        ..head
+    };
+    assert_eq!(
+        gemini
+            .parse(&head, br#"{"model":"m"}"#)
+            .unwrap()
+            .model
+            .as_deref(),
+        Some("m")
+    );
+    // OpenAI never reads the model from the path.
+    let openai = provider("host = \"api.openai.com\"\nscheme = \"openai\"");
+    let request = openai.parse(&head, b"{}").unwrap();
+    assert_eq!((request.model, request.stream), (None, false));
+}
+
+#[test]
+fn an_unknown_scheme_or_anthropic_auth_is_a_config_error_naming_the_choices() {
+    let error = |upstream: &str| {
+        let text = format!(
+            "[[credential]]\nname = \"c\"\nsource = \"file\"\npath = \"/x\"\n\n[[upstream]]\ncredential = \"c\"\nhost = \"h.example\"\n{upstream}\n"
+        );
+        crate::config::Config::parse(&text, "test")
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let scheme = error("scheme = \"mistral\"");
+    assert!(
+        scheme.contains("mistral") && scheme.contains("gemini"),
+        "{scheme}"
+    );
+    assert!(scheme.contains("test:9:"), "{scheme}");
+    let auth = error("scheme = \"anthropic\"\nanthropic_auth = \"basic\"");
+    assert!(
+        auth.contains("basic") && auth.contains("x-api-key"),
+        "{auth}"
+    );
 }

@@ -1,0 +1,126 @@
+//! Gemini: `x-goog-api-key` (it also takes OAuth Bearer tokens, and `?key=`
+//! in the query: both stripped); errors `{"error":{"code","message",
+//! "status"}}` with google.rpc code names; the model in the path,
+//! `/v1beta/models/{model}:generateContent`; usage in `usageMetadata`,
+//! repeated cumulatively in every chunk of a stream, and
+//! `:streamGenerateContent` without `alt=sse` streams a JSON array.
+
+use http::{HeaderMap, HeaderName, StatusCode};
+
+use super::{
+    AgentHeaders, AmbiguousRequest, Api, AuthSettings, Request, RequestHead, SpliceError, Usage,
+    UsageFormat, UsageMetadata, openai, raw, request::json_request, usage::or_zero,
+};
+use crate::secret::Secret;
+
+pub struct Gemini;
+
+impl Api for Gemini {
+    fn credential_headers(&self) -> &'static [&'static str] {
+        &["x-goog-api-key", "authorization"]
+    }
+
+    fn credential_query(&self) -> &'static [&'static str] {
+        &["key"]
+    }
+
+    fn inject(
+        &self,
+        headers: &mut HeaderMap,
+        credential: &Secret,
+        _: &AuthSettings,
+        _: AgentHeaders,
+    ) -> Result<(), SpliceError> {
+        headers.insert(HeaderName::from_static("x-goog-api-key"), raw(credential)?);
+        Ok(())
+    }
+
+    fn error_body(&self, status: StatusCode, _: &str, message: &str) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "code": status.as_u16(),
+                "message": message,
+                "status": rpc_status(status),
+            }
+        })
+    }
+
+    fn parse(
+        &self,
+        head: &RequestHead<'_>,
+        body_prefix: &[u8],
+    ) -> Result<Request, AmbiguousRequest> {
+        let mut request = json_request(head, body_prefix);
+        if let Some(model) = path_model(&request.path) {
+            request.model = Some(model);
+        }
+        request.stream |= request.path.contains(":streamGenerateContent");
+        Ok(request)
+    }
+
+    fn usage(&self) -> &'static UsageFormat {
+        &USAGE
+    }
+}
+
+/// `models/{model}` in the path, if there.
+fn path_model(path: &str) -> Option<String> {
+    let (_, rest) = path.split_once("/models/")?;
+    let name = rest.split([':', '/']).next()?;
+    (!name.is_empty()).then(|| name.to_owned())
+}
+
+static USAGE: UsageFormat = UsageFormat {
+    // Gemini's counts are in usageMetadata; a `usage` object, if a gateway
+    // sends one, is read the OpenAI way.
+    usage: |fields| (openai::USAGE.usage)(fields),
+    final_count: |_| false,
+    last_event_only: true,
+    json_array_stream: |path| path.contains(":streamGenerateContent"),
+};
+
+impl UsageMetadata {
+    /// The counts, as billed: tool-use prompts are input, thinking tokens
+    /// are output (they are not in `candidatesTokenCount`).
+    pub fn tokens(&self) -> Usage {
+        Usage {
+            input_tokens: or_zero(self.prompt_token_count)
+                .saturating_add(or_zero(self.tool_use_prompt_token_count)),
+            cached_input_tokens: or_zero(self.cached_content_token_count),
+            output_tokens: or_zero(self.candidates_token_count)
+                .saturating_add(or_zero(self.thoughts_token_count)),
+        }
+    }
+}
+
+/// google.rpc.Code names, as Gemini puts them in `error.status`.
+fn rpc_status(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_model_comes_from_the_path() {
+        assert_eq!(
+            path_model("/v1beta/models/gemini-2.0-flash:generateContent").as_deref(),
+            Some("gemini-2.0-flash")
+        );
+        assert_eq!(
+            path_model("/v1beta/models/gemini-1.5-pro:streamGenerateContent").as_deref(),
+            Some("gemini-1.5-pro")
+        );
+        assert_eq!(path_model("/v1beta/files"), None);
+    }
+}

@@ -1,0 +1,56 @@
+//! A generic gateway: the credential goes in the configured `header`, as
+//! `value_template` with `{credential}` replaced. Most internal LLM
+//! gateways are OpenAI-compatible, so errors, the request parse and usage
+//! are OpenAI's (a gateway that reports usage otherwise is metered as
+//! unknown, charged as reserved, never as zero).
+
+use http::{HeaderMap, StatusCode};
+use zeroize::Zeroizing;
+
+use super::{
+    AgentHeaders, AmbiguousRequest, Api, AuthSettings, Request, RequestHead, SpliceError,
+    UsageFormat, openai, request::json_request, sensitive,
+};
+use crate::secret::Secret;
+
+pub struct Generic;
+
+impl Api for Generic {
+    fn credential_headers(&self) -> &'static [&'static str] {
+        // Only the configured header (added by `Provider`).
+        &[]
+    }
+
+    fn inject(
+        &self,
+        headers: &mut HeaderMap,
+        credential: &Secret,
+        auth: &AuthSettings,
+        _: AgentHeaders,
+    ) -> Result<(), SpliceError> {
+        if let Some(name) = &auth.header {
+            let text = Zeroizing::new(
+                auth.value_template
+                    .replace("{credential}", credential.expose()),
+            );
+            headers.insert(name.clone(), sensitive(text, credential)?);
+        }
+        Ok(())
+    }
+
+    fn error_body(&self, status: StatusCode, kind: &str, message: &str) -> serde_json::Value {
+        openai::error_body(status, kind, message)
+    }
+
+    fn parse(
+        &self,
+        head: &RequestHead<'_>,
+        body_prefix: &[u8],
+    ) -> Result<Request, AmbiguousRequest> {
+        Ok(json_request(head, body_prefix))
+    }
+
+    fn usage(&self) -> &'static UsageFormat {
+        &openai::USAGE
+    }
+}
