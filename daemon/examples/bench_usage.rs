@@ -2,7 +2,7 @@
 //!
 //! - Metering: one large OpenAI chat stream (SSE chunks as the API sends
 //!   them, cut into 16 KiB frames) through the proxy's response body path
-//!   (`Metered` + `Redact`), without an observer (passthrough, the
+//!   (`Tap` + `Redact`), without an observer (passthrough, the
 //!   baseline) and with the usage observer, in the same run; throughput and
 //!   ratio. Target: metered at least 95 % of passthrough. This baseline
 //!   has no sockets and no TLS, so it is the strictest one: through the
@@ -39,14 +39,15 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use warrant::{
     credentials::SystemClock,
+    origin::Origin,
     policy::RuleLimits,
     provider::{RequestHead, Scheme, api},
-    proxy::{
-        Admission, GateDecision, GateFuture, GateRequest, Metered, Redact, RequestGate,
-        ResponseObserver,
-    },
+    proxy::{GateFuture, GateRequest, Identity, Redact, Refusal, RequestGate, Tap, Verdict},
     secret::Secret,
-    usage::{AdmitRequest, Budgets, LocalLedger, PriceTable, UsageConfig, redis::RedisLedger},
+    usage::{
+        Admission, AdmitRequest, Budgets, LocalLedger, PriceTable, ResponseObserver, UsageConfig,
+        redis::RedisLedger,
+    },
 };
 
 #[path = "support/loopback.rs"]
@@ -137,7 +138,15 @@ async fn observer(budgets: &Budgets) -> Box<dyn ResponseObserver> {
 struct MeteringGate(Budgets);
 
 impl RequestGate for MeteringGate {
-    fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
+    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>> {
+        Box::pin(async move { Ok(Identity::unattested(origin)) })
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        _: &'a Identity,
+        request: GateRequest<'a>,
+    ) -> GateFuture<'a, Result<Verdict, Refusal>> {
         Box::pin(async move {
             let observer = self
                 .0
@@ -150,7 +159,7 @@ impl RequestGate for MeteringGate {
                 })
                 .await
                 .unwrap();
-            GateDecision::Admit(Admission::new(Box::new(observer)))
+            Ok(Verdict::Admit(Admission::new(Box::new(observer))))
         })
     }
 
@@ -180,9 +189,9 @@ async fn body_path(frames: &[Bytes], observer: Option<Box<dyn ResponseObserver>>
         );
         o.head(StatusCode::OK, &headers);
     }
-    let body = Redact::new(
-        Metered::new(Frames(frames.iter().cloned().collect()), observer),
-        secret,
+    let body = Tap::new(
+        Redact::new(Frames(frames.iter().cloned().collect()), secret),
+        observer,
     );
     sample(async || {
         let out = body.collect().await.unwrap().to_bytes();

@@ -8,10 +8,12 @@
 pub mod attest;
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod credentials;
 pub mod duration;
+pub mod error;
 pub mod metrics;
 pub mod notify;
 pub mod origin;
@@ -19,8 +21,9 @@ pub mod policy;
 pub mod provider;
 pub mod proxy;
 pub mod redirect;
+pub mod response;
 pub mod secret;
 pub mod service;
-
+pub mod swap;
 pub mod tls;
 pub mod usage;

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use audit_support::*;
 use http_body_util::BodyExt;
-use warrant::control::quarantine::Target;
+use warrant::response::Target;
 
 fn triggers(h: &Monitored, rule: &str) -> bool {
-    h.monitor
-        .metrics
+    h.responder
+        .audit()
+        .metrics()
         .render()
         .contains(&format!("warrant_rule_triggers_total{{rule=\"{rule}\"}} 1"))
 }
@@ -56,7 +57,7 @@ async fn n_policy_denials_within_the_window_quarantine_the_workload_until_restor
     assert!(body_text(r).await.contains("3 policy denials within 60 s"));
     // Un-triggered: restored, served again.
     assert!(
-        h.monitor
+        h.responder
             .restore(&Target::Workload(WORKLOAD.into()), "test")
             .is_some()
     );
@@ -117,7 +118,7 @@ async fn a_burst_over_the_rate_baseline_quarantines_the_workload_until_restored(
         "{text}"
     );
     assert!(
-        h.monitor
+        h.responder
             .restore(&Target::Workload(WORKLOAD.into()), "test")
             .is_some()
     );
@@ -146,13 +147,13 @@ async fn a_real_key_from_an_agent_quarantines_its_process_and_the_rule_can_be_of
     .await;
     assert!(triggers(&h, "agent_key"));
     // Refused before attestation, so the process is what is quarantined.
-    let quarantined = h.monitor.quarantines.list(jiff::Timestamp::now());
+    let quarantined = h.responder.quarantines().list(jiff::Timestamp::now());
     assert_eq!(quarantined[0].target, Target::Pid(4242));
     let mut again = h.h1(mock.addr, OPENAI).await;
     let r = again.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(r.status(), 403);
     assert!(body_text(r).await.contains("quarantined"));
-    assert!(h.monitor.restore(&Target::Pid(4242), "test").is_some());
+    assert!(h.responder.restore(&Target::Pid(4242), "test").is_some());
     let r = again.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(r.status(), 200);
     body_text(r).await;
@@ -175,8 +176,8 @@ async fn a_real_key_from_an_agent_quarantines_its_process_and_the_rule_can_be_of
     let r = agent.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(r.status(), 200);
     assert!(
-        off.monitor
-            .quarantines
+        off.responder
+            .quarantines()
             .list(jiff::Timestamp::now())
             .is_empty()
     );
@@ -193,10 +194,10 @@ async fn an_executable_changed_on_disk_behind_a_live_workload_is_revoked() {
     body.frame().await.unwrap().unwrap();
 
     // Unchanged: nothing happens.
-    assert!(h.monitor.check_executables().await.is_empty());
+    assert!(h.responder.check_executables().await.is_empty());
     let original = std::fs::read(&h.exe).unwrap();
     std::fs::write(&h.exe, b"#!/bin/sh\necho version 2 (tampered)\n").unwrap();
-    let applied = h.monitor.check_executables().await;
+    let applied = h.responder.check_executables().await;
     assert_eq!(applied.len(), 1);
     assert_eq!(applied[0].0, Target::Workload(WORKLOAD.into()));
     assert!(
@@ -220,7 +221,7 @@ async fn an_executable_changed_on_disk_behind_a_live_workload_is_revoked() {
     // connection is served and the check finds nothing.
     std::fs::write(&h.exe, original).unwrap();
     assert!(
-        h.monitor
+        h.responder
             .restore(&Target::Workload(WORKLOAD.into()), "test")
             .is_some()
     );
@@ -229,6 +230,6 @@ async fn an_executable_changed_on_disk_behind_a_live_workload_is_revoked() {
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     body.frame().await.unwrap().unwrap();
-    assert!(h.monitor.check_executables().await.is_empty());
+    assert!(h.responder.check_executables().await.is_empty());
     mock.release.notify_waiters();
 }

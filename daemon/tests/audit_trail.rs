@@ -168,7 +168,7 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
     let server = ControlServer::bind(
         &socket,
         None,
-        h.monitor.clone(),
+        h.responder.clone(),
         Arc::new(Backend {
             credentials: h.credentials.clone(),
             config: h.config_path.clone(),
@@ -198,7 +198,7 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
     seen.push(reload.to_string());
 
     // Metrics: a real parser, and the counts.
-    let exposition = h.monitor.metrics.render();
+    let exposition = h.responder.audit().metrics().render();
     let scrape =
         prometheus_parse::Scrape::parse(exposition.lines().map(|l| Ok(l.to_owned()))).unwrap();
     let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
@@ -259,9 +259,15 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
         "{exposition}"
     );
     // The usage module's API lands in the same exposition.
-    h.monitor.metrics.add_tokens(WORKLOAD, "gpt-4o", 12, 34);
-    h.monitor.metrics.add_cost(WORKLOAD, "gpt-4o", 0.25);
-    let exposition = h.monitor.metrics.render();
+    h.responder
+        .audit()
+        .metrics()
+        .add_tokens(WORKLOAD, "gpt-4o", 12, 34);
+    h.responder
+        .audit()
+        .metrics()
+        .add_cost(WORKLOAD, "gpt-4o", 0.25);
+    let exposition = h.responder.audit().metrics().render();
     let scrape =
         prometheus_parse::Scrape::parse(exposition.lines().map(|l| Ok(l.to_owned()))).unwrap();
     assert!(scrape.samples.iter().any(|s| s.metric == "warrant_tokens_total"
@@ -345,7 +351,10 @@ async fn fail_closed_refuses_requests_while_the_audit_log_cannot_be_written() {
     let response = agent.send(request(OPENAI, "/v1/first", &[])).await;
     assert_eq!(response.status(), 200);
     body_text(response).await;
-    eventually("a dropped record", || h.monitor.audit.health().dropped >= 1).await;
+    eventually("a dropped record", || {
+        h.responder.audit().health().dropped >= 1
+    })
+    .await;
     let response = agent.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(response.status(), 503);
     let text = body_text(response).await;
@@ -355,7 +364,7 @@ async fn fail_closed_refuses_requests_while_the_audit_log_cannot_be_written() {
         "nothing forwarded"
     );
     assert!(logs().contains("AUDIT RECORDS ARE BEING LOST"));
-    assert!(!h.monitor.audit.health().writable);
+    assert!(!h.responder.audit().health().writable);
 }
 
 #[tokio::test]
@@ -370,10 +379,10 @@ async fn fail_open_keeps_serving_and_counts_dropped_records() {
         body_text(response).await;
     }
     eventually("two dropped records", || {
-        h.monitor.audit.health().dropped >= 2
+        h.responder.audit().health().dropped >= 2
     })
     .await;
-    let exposition = h.monitor.metrics.render();
+    let exposition = h.responder.audit().metrics().render();
     assert!(
         exposition.contains("warrant_audit_dropped_total 2"),
         "{exposition}"

@@ -27,7 +27,7 @@ async fn call(socket: &Path, request: ControlRequest) -> Result<Value, client::C
 fn serve(h: &Monitored) -> PathBuf {
     let socket = h.dir.path().join("run/control.sock");
     let server =
-        ControlServer::bind(&socket, None, h.monitor.clone(), Arc::new(NoBackend)).unwrap();
+        ControlServer::bind(&socket, None, h.responder.clone(), Arc::new(NoBackend)).unwrap();
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "root-only socket");
     tokio::spawn(server.serve());
@@ -145,7 +145,7 @@ async fn revoking_a_workload_closes_its_live_stream_within_a_second_and_refuses_
             .iter()
             .any(|l| l["outcome"] == "quarantined" && l["status"] == 403)
     );
-    let metrics = h.monitor.metrics.render();
+    let metrics = h.responder.audit().metrics().render();
     assert!(metrics.contains("warrant_denials_total{workload=\"agent-a\",upstream=\"api.openai.com\",reason=\"quarantined\"} 1"), "{metrics}");
 }
 
@@ -196,12 +196,12 @@ async fn a_pid_quarantine_closes_that_process_only_and_expires_with_for() {
         .checked_add(jiff::SignedDuration::from_secs(3601))
         .unwrap();
     assert!(
-        h.monitor
-            .quarantines
+        h.responder
+            .quarantines()
             .check(None, 6001, jiff::Timestamp::now())
             .is_some()
     );
-    assert!(h.monitor.quarantines.check(None, 6001, later).is_none());
+    assert!(h.responder.quarantines().check(None, 6001, later).is_none());
 }
 
 #[tokio::test]
@@ -382,7 +382,7 @@ async fn the_configured_admin_group_gets_mode_0660_and_is_served() {
     let server = ControlServer::bind(
         &socket,
         Some(&group.name),
-        h.monitor.clone(),
+        h.responder.clone(),
         Arc::new(NoBackend),
     )
     .unwrap();

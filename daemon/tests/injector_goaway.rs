@@ -253,8 +253,9 @@ async fn send(agent: &mut Sender, req: Request<Full<Bytes>>) -> (StatusCode, Str
 /// `warrant_upstream_retries_total` for reasons containing `reason`.
 fn retries(harness: &Harness, reason: &str) -> u64 {
     harness
-        .monitor
-        .metrics
+        .responder
+        .audit()
+        .metrics()
         .render()
         .lines()
         .filter(|l| l.starts_with("warrant_upstream_retries_total{"))

@@ -12,8 +12,9 @@ use http_body_util::BodyExt;
 use injector_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warrant::{
+    origin::Origin,
     provider::Scheme,
-    proxy::{GateDecision, GateFuture, GateRequest, RequestGate},
+    proxy::{GateFuture, GateRequest, Identity, Refusal, RequestGate, Verdict},
 };
 
 /// Upper bound for anything the tests wait on, so a regression fails
@@ -384,7 +385,15 @@ impl RequestGate for ModelGate {
         16
     }
 
-    fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
+    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>> {
+        Box::pin(async move { Ok(Identity::unattested(origin)) })
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        _: &'a Identity,
+        request: GateRequest<'a>,
+    ) -> GateFuture<'a, Result<Verdict, Refusal>> {
         self.prefixes
             .lock()
             .unwrap()
@@ -393,29 +402,29 @@ impl RequestGate for ModelGate {
             request.scheme == Scheme::OpenAi && request.body_prefix == b"{\"model\":\"gpt-4o";
         Box::pin(async move {
             if allowed {
-                GateDecision::Allow
+                Ok(Verdict::Allow)
             } else {
-                GateDecision::Refuse {
-                    status: StatusCode::FORBIDDEN,
-                    message: "model not allowed".to_owned(),
-                }
+                Err(Refusal::policy(StatusCode::FORBIDDEN, "model not allowed"))
             }
         })
     }
 }
 
 impl RequestGate for RefuseAll {
-    fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
+    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>> {
+        Box::pin(async move { Ok(Identity::unattested(origin)) })
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        _: &'a Identity,
+        request: GateRequest<'a>,
+    ) -> GateFuture<'a, Result<Verdict, Refusal>> {
         let message = format!(
             "{} {} is not allowed for uid {}",
             request.request.method, request.request.path, request.origin.uid
         );
-        Box::pin(async move {
-            GateDecision::Refuse {
-                status: StatusCode::FORBIDDEN,
-                message,
-            }
-        })
+        Box::pin(async move { Err(Refusal::policy(StatusCode::FORBIDDEN, message)) })
     }
 }
 

@@ -30,12 +30,14 @@ use tokio::{
 };
 use warrant::{
     credentials::ManualClock,
+    origin::Origin,
     policy::RuleLimits,
     provider::{RequestHead, Scheme, api},
-    proxy::{Admission, GateDecision, GateFuture, GateRequest, RequestGate},
+    proxy::{GateFuture, GateRequest, Identity, Refusal, RequestGate, Verdict},
+    response::Target,
     usage::{
-        AdmitRequest, Budgets, LocalLedger, Outcome, PriceTable, UsageConfig, UsageRecord,
-        UsageSink,
+        Admission, AdmitRequest, Budgets, LocalLedger, Outcome, PriceTable, UsageConfig,
+        UsageRecord, UsageSink,
     },
 };
 
@@ -162,7 +164,15 @@ impl RequestGate for BudgetOnly {
         64 * 1024
     }
 
-    fn check<'a>(&'a self, r: GateRequest<'a>) -> GateFuture<'a> {
+    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>> {
+        Box::pin(async move { Ok(Identity::unattested(origin)) })
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        _: &'a Identity,
+        r: GateRequest<'a>,
+    ) -> GateFuture<'a, Result<Verdict, Refusal>> {
         Box::pin(async move {
             let admitted = self
                 .budgets
@@ -175,13 +185,44 @@ impl RequestGate for BudgetOnly {
                 })
                 .await;
             match admitted {
-                Ok(observer) => GateDecision::Admit(Admission::new(Box::new(observer))),
-                Err(refusal) => {
-                    let message = refusal.message();
-                    refusal.into_decision(message)
-                }
+                Ok(observer) => Ok(Verdict::Admit(Admission::new(Box::new(observer)))),
+                Err(refusal) => Err(match refusal.retry_after() {
+                    Some(wait) => Refusal::throttled(refusal.message(), wait),
+                    None => Refusal::policy(refusal.status(), refusal.message()),
+                }),
             }
         })
+    }
+}
+
+/// Identifies every caller as workload "agent", counts the requests it is
+/// asked to authorize, and admits them like [`BudgetOnly`].
+struct CountingGate {
+    inner: BudgetOnly,
+    authorized: AtomicUsize,
+}
+
+impl RequestGate for CountingGate {
+    fn body_prefix_len(&self) -> usize {
+        self.inner.body_prefix_len()
+    }
+
+    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>> {
+        Box::pin(async move {
+            Ok(Identity {
+                workload: Some("agent".to_owned()),
+                ..Identity::unattested(origin)
+            })
+        })
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        identity: &'a Identity,
+        request: GateRequest<'a>,
+    ) -> GateFuture<'a, Result<Verdict, Refusal>> {
+        self.authorized.fetch_add(1, Ordering::SeqCst);
+        self.inner.authorize(identity, request)
     }
 }
 
@@ -344,6 +385,68 @@ async fn concurrent_streams_never_overshoot_the_token_budget_and_settling_frees_
     }
     assert!(admit().await.is_err());
     assert_no_secret_in_logs();
+}
+
+#[tokio::test]
+async fn quarantined_requests_are_never_evaluated_reserved_or_charged() {
+    let pki = TestPki::new();
+    let provider = Provider::start(&pki).await;
+    let (budgets, mut records) = budgets(LocalLedger::in_memory(), clock());
+    let gate = Arc::new(CountingGate {
+        inner: BudgetOnly {
+            budgets: budgets.clone(),
+            limits: RuleLimits {
+                requests_per_minute: Some(100),
+                tokens_per_hour: Some(1_000_000),
+                ..RuleLimits::default()
+            },
+        },
+        authorized: AtomicUsize::new(0),
+    });
+    let harness = Harness::start_with(&pki, "", Some(gate.clone())).await;
+    let agent_workload = Target::Workload("agent".to_owned());
+    harness
+        .responder
+        .quarantine(agent_workload.clone(), "test", "operator", None);
+    let mut agent = harness.h1(provider.addr, ANTHROPIC).await;
+    for _ in 0..5 {
+        let refused = agent.send(anthropic_messages()).await;
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        let body = body_text(refused).await;
+        assert!(body.contains("quarantined"), "{body}");
+    }
+    // Refused right after identification: policy and budgets never saw
+    // them, nothing was reserved and nothing charged.
+    assert_eq!(gate.authorized.load(Ordering::SeqCst), 0);
+    let status = budgets.status();
+    assert!(status.windows.is_empty(), "{:?}", status.windows);
+    assert_eq!(status.responses, 0);
+
+    // Restored: the next request is evaluated, reserved and charged once.
+    assert!(
+        harness
+            .responder
+            .restore(&agent_workload, "operator")
+            .is_some()
+    );
+    let served = agent.send(anthropic_messages()).await;
+    assert_eq!(served.status(), StatusCode::OK);
+    body_text(served).await;
+    next_record(&mut records).await;
+    assert_eq!(gate.authorized.load(Ordering::SeqCst), 1);
+    assert_eq!(budgets.status().windows[0].1[0], 1);
+}
+
+fn anthropic_messages() -> Request<Full<Bytes>> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(format!("https://{ANTHROPIC}/v1/messages"))
+        .header("host", ANTHROPIC)
+        .header("x-api-key", "placeholder")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[]}"#,
+        )))
+        .unwrap()
 }
 
 #[tokio::test]

@@ -17,8 +17,8 @@ use warrant::{
     policy::RuleLimits,
     provider::{RequestHead, Scheme, api},
     usage::{
-        AdmitRequest, Budgets, LocalLedger, PriceTable, Refusal, UsageConfig, redis::RedisLedger,
-        settings::RedisUnreachable,
+        AdmitRequest, BudgetRefusal, Budgets, LocalLedger, PriceTable, UsageConfig,
+        redis::RedisLedger, settings::RedisUnreachable,
     },
 };
 
@@ -106,7 +106,10 @@ const BODY: &[u8] = br#"{"model":"gpt-4o","max_tokens":96,"messages":[]}"#;
 /// 48 bytes -> 12 input tokens + 96 output.
 const WORST: u64 = 108;
 
-async fn admit(budgets: &Budgets, limit: u64) -> Result<warrant::usage::UsageObserver, Refusal> {
+async fn admit(
+    budgets: &Budgets,
+    limit: u64,
+) -> Result<warrant::usage::UsageObserver, BudgetRefusal> {
     assert_eq!(BODY.len(), 48);
     let uri: http::Uri = "/v1/chat/completions".parse().unwrap();
     let headers = HeaderMap::new();
@@ -155,7 +158,7 @@ async fn two_hosts_sharing_one_redis_enforce_one_budget() {
     for task in tasks {
         match task.await.unwrap() {
             Ok(observer) => held.push(observer),
-            Err(Refusal::OverBudget { over, .. }) => {
+            Err(BudgetRefusal::OverBudget { over, .. }) => {
                 assert!(over.retry_after.is_some());
                 refused += 1;
             }
@@ -184,7 +187,7 @@ async fn unreachable_redis_fails_closed_by_default_or_falls_back_to_local_budget
     drop(redis);
     let closed = budgets(&url, RedisUnreachable::FailClosed, clock());
     match admit(&closed, 1000).await {
-        Err(refusal @ Refusal::LedgerUnavailable { .. }) => {
+        Err(refusal @ BudgetRefusal::LedgerUnavailable { .. }) => {
             assert_eq!(refusal.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         }
         other => panic!("expected fail closed, got {:?}", other.map(|_| ())),
@@ -200,7 +203,7 @@ async fn unreachable_redis_fails_closed_by_default_or_falls_back_to_local_budget
     // The same limit, enforced per host.
     assert!(matches!(
         admit(&local, 1000).await,
-        Err(Refusal::OverBudget { .. })
+        Err(BudgetRefusal::OverBudget { .. })
     ));
     let status = local.status();
     assert!(status.local_fallback_active);

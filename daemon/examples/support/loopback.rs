@@ -23,10 +23,12 @@ use rustls::{
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use warrant::{
+    audit::Audit,
     config::Config,
     credentials::StaticCredentials,
     origin::{Origin, StaticOrigins},
-    proxy::{Injector, RequestGate},
+    proxy::{AllowAll, FixedGeneration, Injector, RequestGate},
+    response::Responder,
     tls::{LeafCache, LocalCa},
 };
 
@@ -146,17 +148,16 @@ pub async fn start_injector(
     let local_ca = Arc::new(LocalCa::load_or_create(state, &[HOST.to_owned()]).unwrap());
     let origins = Arc::new(StaticOrigins::default());
     let credentials = Arc::new(StaticCredentials::default().with("c", CREDENTIAL));
-    let mut injector = Injector::new(
+    let gate = gate.unwrap_or_else(|| Arc::new(AllowAll));
+    let injector = Injector::new(
         &config,
         Arc::new(LeafCache::new(local_ca.clone())),
         origins.clone(),
-        credentials,
+        FixedGeneration::serve(gate, credentials),
+        Responder::without_rules(Audit::disabled()),
         &[],
     )
     .unwrap();
-    if let Some(gate) = gate {
-        injector = injector.with_gate(gate);
-    }
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(Arc::new(injector).serve(listener));

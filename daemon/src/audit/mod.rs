@@ -2,20 +2,89 @@
 //! per quarantine, so that an operator can answer "which program called
 //! which model, under which policy, with which credential, at what cost".
 //!
+//! Audit is a sink: the request path writes to it and never reads from it.
+//! Who called, the model and the decision flow forward through the proxy's
+//! phases; the record only collects them.
+//!
 //! - `record`: the line's shape (`AuditRecord`); credentials appear only as
 //!   name and fingerprint.
 //! - `log`: where lines go (file with size-based rotation, journald) and
 //!   what happens when they cannot be written (fail-open or fail-closed).
-//! - `monitor`: the hub the proxy and the control socket share (audit,
-//!   metrics, quarantines, rules, live connections) and the per-request
-//!   `RequestLog`.
+//! - `request`: the record of one request in progress ([`RequestLog`]),
+//!   written and counted in the metrics once, when the response ends.
 
 mod log;
-mod monitor;
 mod record;
+mod request;
+
+use std::sync::Arc;
 
 pub use log::{AuditHealth, AuditLog, JOURNAL_SOCKET};
-pub use monitor::{Monitor, RequestLog, UNKNOWN};
 pub use record::{
-    AttestationSummary, AuditRecord, CredentialRef, OriginSummary, Outcome, RecordKind, Usage,
+    AttestationSummary, AuditRecord, CredentialRef, OriginSummary, Outcome, RecordKind, Target,
+    Usage,
 };
+pub use request::{Finished, RequestLog, UNKNOWN};
+
+use crate::{metrics::Metrics, origin::Origin};
+
+/// Where every record goes: the audit log, and the metrics that count
+/// records and requests.
+pub struct Audit {
+    log: AuditLog,
+    metrics: Arc<Metrics>,
+}
+
+impl Audit {
+    pub fn new(log: AuditLog, metrics: Arc<Metrics>) -> Arc<Audit> {
+        Arc::new(Audit { log, metrics })
+    }
+
+    /// No audit output (metrics still count): for tests and tools that do
+    /// not keep an audit trail. The daemon always opens its log.
+    pub fn disabled() -> Arc<Audit> {
+        Audit::new(AuditLog::disabled(), Arc::new(Metrics::new()))
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Writes a record and counts it.
+    pub fn record(&self, record: &AuditRecord) {
+        if self.log.write(record) {
+            self.metrics.audit_records.inc();
+        } else {
+            self.metrics.audit_dropped.inc();
+        }
+    }
+
+    /// Whether requests may be served (fail-closed audit).
+    pub fn accepting(&self) -> bool {
+        self.log.accepting()
+    }
+
+    pub fn health(&self) -> AuditHealth {
+        self.log.health()
+    }
+
+    /// A connection closed before any request.
+    pub fn connection_refused(&self, origin: Option<&Origin>, reason: &str) {
+        self.metrics.connection("refused");
+        let mut record = AuditRecord::new(RecordKind::ConnectionRefused);
+        record.origin = origin.map(OriginSummary::from);
+        record.message = Some(reason.to_owned());
+        self.record(&record);
+    }
+
+    /// Starts the record of one request.
+    pub fn request(
+        self: &Arc<Self>,
+        origin: &Origin,
+        method: &http::Method,
+        path: &str,
+        request_bytes: Option<u64>,
+    ) -> RequestLog {
+        RequestLog::start(self.clone(), origin, method, path, request_bytes)
+    }
+}

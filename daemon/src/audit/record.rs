@@ -2,11 +2,10 @@
 //! per quarantine. Built from facts the request path already has; never
 //! holds a credential, only its name and `secret::fingerprint`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     attest::{Attestation, UserNamespace},
-    control::quarantine::Target,
     origin::Origin,
     policy::Decision,
 };
@@ -89,6 +88,24 @@ impl AttestationSummary {
             user_namespace: Some(attestation.user_namespace),
             instance_id: instance.claim("instance_id").ok().map(str::to_owned),
             region: instance.claim("region").ok().map(str::to_owned),
+        }
+    }
+}
+
+/// What a quarantine record is about (see `response`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Workload(String),
+    /// A process (its tgid), whatever its workload.
+    Pid(u32),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Workload(name) => write!(f, "workload {name:?}"),
+            Target::Pid(pid) => write!(f, "pid {pid}"),
         }
     }
 }

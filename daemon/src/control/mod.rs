@@ -35,8 +35,6 @@
 //! - explain: `{"text":"..."}`, the attestation and the workload match.
 
 pub mod client;
-pub mod quarantine;
-pub mod rules;
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -52,9 +50,9 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::audit::Monitor;
+use crate::response::Responder;
 
-use quarantine::Target;
+use crate::response::Target;
 
 /// One request on the control socket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,7 +85,7 @@ pub enum ControlRequest {
 }
 
 /// The daemon parts the control socket reports on or acts through, beside
-/// the monitor. Every method has a neutral default, so tests and partial
+/// the responder. Every method has a neutral default, so tests and partial
 /// daemons implement only what they have.
 pub trait ControlBackend: Send + Sync + 'static {
     /// Credentials with their expiry and fingerprint, never their value.
@@ -136,7 +134,7 @@ fn private_staging_dir(path: &Path) -> std::io::Result<PathBuf> {
     ))
 }
 
-/// A backend with nothing beyond the monitor.
+/// A backend with nothing beyond the responder.
 pub struct NoBackend;
 impl ControlBackend for NoBackend {}
 
@@ -156,7 +154,7 @@ pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
     admin_gid: Option<u32>,
-    monitor: Arc<Monitor>,
+    responder: Arc<Responder>,
     backend: Arc<dyn ControlBackend>,
 }
 
@@ -166,7 +164,7 @@ impl ControlServer {
     pub fn bind(
         path: &Path,
         admin_group: Option<&str>,
-        monitor: Arc<Monitor>,
+        responder: Arc<Responder>,
         backend: Arc<dyn ControlBackend>,
     ) -> Result<ControlServer, ControlError> {
         let io = |source| ControlError::Io {
@@ -223,7 +221,7 @@ impl ControlServer {
             listener,
             path: path.to_path_buf(),
             admin_gid,
-            monitor,
+            responder,
             backend,
         })
     }
@@ -282,7 +280,7 @@ impl ControlServer {
 
     async fn handle(&self, request: ControlRequest, actor: &str) -> Result<Value, String> {
         match request {
-            ControlRequest::Status => Ok(status(&self.monitor, self.backend.as_ref())),
+            ControlRequest::Status => Ok(status(&self.responder, self.backend.as_ref())),
             ControlRequest::Revoke {
                 workload,
                 pid,
@@ -293,11 +291,11 @@ impl ControlServer {
                 let duration = for_secs.map(Duration::from_secs);
                 let reason = reason.unwrap_or_else(|| "revoked by an operator".to_owned());
                 let closed = self
-                    .monitor
+                    .responder
                     .quarantine(target.clone(), &reason, actor, duration);
                 let until = self
-                    .monitor
-                    .quarantines
+                    .responder
+                    .quarantines()
                     .list(jiff::Timestamp::now())
                     .into_iter()
                     .find(|q| q.target == target)
@@ -306,7 +304,7 @@ impl ControlServer {
             }
             ControlRequest::Restore { workload, pid } => {
                 let target = target(workload, pid)?;
-                let restored = self.monitor.restore(&target, actor).is_some();
+                let restored = self.responder.restore(&target, actor).is_some();
                 Ok(json!({"target": target, "restored": restored}))
             }
             ControlRequest::Reload => {
@@ -387,8 +385,13 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
 }
 
 /// The `status` result.
-pub fn status(monitor: &Monitor, backend: &dyn ControlBackend) -> Value {
-    let connections: Vec<_> = monitor.live.snapshot().iter().map(|c| c.info()).collect();
+pub fn status(responder: &Responder, backend: &dyn ControlBackend) -> Value {
+    let connections: Vec<_> = responder
+        .live()
+        .snapshot()
+        .iter()
+        .map(|c| c.info())
+        .collect();
     let mut workloads = serde_json::Map::new();
     for connection in &connections {
         let name = connection
@@ -411,8 +414,8 @@ pub fn status(monitor: &Monitor, backend: &dyn ControlBackend) -> Value {
         "credentials": backend.credentials(),
         "budgets": backend.budgets(),
         "instance": backend.instance(),
-        "quarantines": monitor.quarantines.list(jiff::Timestamp::now()),
-        "audit": monitor.audit.health(),
+        "quarantines": responder.quarantines().list(jiff::Timestamp::now()),
+        "audit": responder.audit().health(),
     })
 }
 

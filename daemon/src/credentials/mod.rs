@@ -5,7 +5,6 @@
 //! providers (file, systemd, exec, oauth2/token-exchange), caching and
 //! refreshing each credential; `settings::store_from_config` builds it.
 
-pub mod clock;
 pub mod exec;
 pub mod file;
 pub mod oauth;
@@ -13,7 +12,8 @@ pub mod provider;
 pub mod settings;
 pub mod store;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+// The clock credentials are judged by is the daemon's one clock.
+pub use crate::clock::{self, Clock, ManualClock, SystemClock};
 pub use settings::{StoreOptions, store_from_config};
 pub use store::{CredentialStatus, CredentialStore};
 

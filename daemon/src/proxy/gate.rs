@@ -1,25 +1,65 @@
-//! The seam for the per-request policy decision.
+//! The seam for the per-request decision, asked in two steps so that the
+//! identity flows forward.
 //!
-//! The proxy asks its [`RequestGate`] about every request to a configured
-//! upstream, after the agent-key check and before any credential is fetched
-//! or injected: a refused request never causes a credential fetch. The
-//! policy module implements this trait; [`AllowAll`] is the default.
+//! 1. [`RequestGate::identify`]: who is calling (the attestation of the
+//!    process behind the connection and the workload it matches). The proxy
+//!    records it, shows it on the live connection, and checks quarantines
+//!    with it before anything else is decided.
+//! 2. [`RequestGate::authorize`]: may this identified caller make this
+//!    request (policy, then budgets)? The answer is a [`Verdict`] or a
+//!    typed [`Refusal`]; an admitted request comes with the observer that
+//!    meters its response.
+//!
+//! Both come before any credential is fetched or injected: a refused
+//! request never causes a credential fetch. `service::WarrantGate` is the
+//! daemon's gate; tests and benchmarks pass their own.
 
-use std::{fmt, future::Future, pin::Pin, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc};
 
-use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 
+use super::Refusal;
 use crate::{
-    audit::RequestLog,
+    attest::Attestation,
+    audit::{AttestationSummary, RequestLog},
     origin::Origin,
     provider::{self, Scheme},
+    usage::Admission,
 };
 
-/// What the gate is told about one request. `headers` are the agent's as
-/// sent (they hold at most a placeholder key: real-looking keys were refused
-/// or reported before); `path` excludes the query, which may carry a key.
-#[derive(Debug)]
+/// Who made a request, as the gate established it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The `[[workload]]` the process matches; None when it matches none
+    /// (`authorize` then refuses, after quarantines were checked).
+    pub workload: Option<String>,
+    /// What the audit line and `warrant status` show of the attestation.
+    pub summary: AttestationSummary,
+    /// The attestation itself, for the gate's own verdict (None from gates
+    /// that do not attest, in tests).
+    pub attestation: Option<Arc<Attestation>>,
+}
+
+impl Identity {
+    /// A caller known only by its Origin (no attestation, no workload): for
+    /// gates of tests and benchmarks that do not attest.
+    pub fn unattested(origin: &Origin) -> Identity {
+        Identity {
+            workload: None,
+            summary: AttestationSummary {
+                tgid: origin.tgid,
+                uid: origin.uid,
+                ..AttestationSummary::default()
+            },
+            attestation: None,
+        }
+    }
+}
+
+/// What the gate is told about one identified request. `headers` are the
+/// agent's as sent (they hold at most a placeholder key: real-looking keys
+/// were refused or reported before).
+#[derive(Debug, Clone, Copy)]
 pub struct GateRequest<'a> {
     pub origin: &'a Origin,
     /// The configured upstream host, lower case.
@@ -31,76 +71,35 @@ pub struct GateRequest<'a> {
     pub request: &'a provider::Request,
     pub headers: &'a HeaderMap,
     /// The first bytes of the request body, up to the gate's
-    /// [`RequestGate::body_prefix_len`] (e.g. for the "model" field); empty
-    /// when the gate asks for none. The whole body is still forwarded.
+    /// [`RequestGate::body_prefix_len`]; empty when the gate asks for none.
+    /// The whole body is still forwarded.
     pub body_prefix: &'a [u8],
-    /// The request's audit record: the gate adds who called (workload,
-    /// attestation), the model and the policy decision.
+    /// The request's audit record, for the decision and its factors.
     pub audit: &'a RequestLog,
 }
 
+/// An authorized request.
 #[derive(Debug)]
-pub enum GateDecision {
+pub enum Verdict {
     Allow,
-    /// Allowed; the admission watches the response as it streams back (usage
-    /// metering and budget reconciliation).
+    /// Allowed; the admission watches the response as it streams back
+    /// (usage metering and budget reconciliation).
     Admit(Admission),
-    /// Answered with `status` and `message` in the provider's error shape.
-    Refuse {
-        status: StatusCode,
-        message: String,
-    },
-    /// Over a budget: 429 in the provider's error shape, with Retry-After.
-    Throttle {
-        message: String,
-        retry_after: Duration,
-    },
 }
 
-/// Watches one response on its way back to the agent. The proxy calls
-/// `head` once the upstream answered, `data` with every body chunk as it is
-/// forwarded (never holding it back), and `end` exactly once: `complete`
-/// when the body ended normally, false when it was cut off (agent gone,
-/// upstream error) or when no response came at all.
-pub trait ResponseObserver: Send + Sync + 'static {
-    fn head(&mut self, status: StatusCode, headers: &HeaderMap);
-    fn data(&mut self, chunk: &Bytes);
-    fn end(self: Box<Self>, complete: bool);
-}
-
-/// An admitted request's observer, handed by the gate to the proxy and by
-/// the proxy to the response body. If it is dropped before reaching a body
-/// (upstream unreachable, upgrade), it ends as not complete.
-pub struct Admission(Option<Box<dyn ResponseObserver>>);
-
-impl Admission {
-    pub fn new(observer: Box<dyn ResponseObserver>) -> Admission {
-        Admission(Some(observer))
-    }
-
-    pub(crate) fn take(mut self) -> Option<Box<dyn ResponseObserver>> {
-        self.0.take()
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        if let Some(observer) = self.0.take() {
-            observer.end(false);
-        }
-    }
-}
-
-impl fmt::Debug for Admission {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Admission")
-    }
-}
-
-pub type GateFuture<'a> = Pin<Box<dyn Future<Output = GateDecision> + Send + 'a>>;
+pub type GateFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub trait RequestGate: Send + Sync + 'static {
-    fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a>;
+    /// Who is behind `origin`. A refusal here (the process cannot be
+    /// attested) ends the request.
+    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>>;
+
+    /// Whether `identity` may make `request`.
+    fn authorize<'a>(
+        &'a self,
+        identity: &'a Identity,
+        request: GateRequest<'a>,
+    ) -> GateFuture<'a, Result<Verdict, Refusal>>;
 
     /// How many bytes of the request body the gate needs to see. The proxy
     /// holds up to that much of the body back until the gate has decided,
@@ -110,12 +109,22 @@ pub trait RequestGate: Send + Sync + 'static {
     }
 }
 
-/// Allows every request (until policy is wired in).
+/// Identifies every caller as no workload and allows every request: for
+/// tests and benchmarks of the proxy itself (passed explicitly; the daemon
+/// always runs `service::WarrantGate`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AllowAll;
 
 impl RequestGate for AllowAll {
-    fn check<'a>(&'a self, _request: GateRequest<'a>) -> GateFuture<'a> {
-        Box::pin(async { GateDecision::Allow })
+    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>> {
+        Box::pin(async move { Ok(Identity::unattested(origin)) })
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        _: &'a Identity,
+        _: GateRequest<'a>,
+    ) -> GateFuture<'a, Result<Verdict, Refusal>> {
+        Box::pin(async { Ok(Verdict::Allow) })
     }
 }

@@ -394,6 +394,28 @@ fn builder() -> legacy::Builder {
     builder
 }
 
+/// Whether `error` (or any of its sources) is a timeout, by type: a connect
+/// timeout of ours, hyper's own timeouts, or an I/O timeout.
+pub fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if matches!(
+            error.downcast_ref::<ConnectError>(),
+            Some(ConnectError::Timeout { .. })
+        ) || error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+            || error
+                .downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 /// Why `error` proves the upstream did not process the request, if it
 /// does: then sending it again is safe (RFC 9113 §8.7).
 /// - REFUSED_STREAM from the upstream: refused before any processing.

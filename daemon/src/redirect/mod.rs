@@ -347,7 +347,7 @@ impl Redirector {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(EBPF_OBJECT)
-            .map_err(|e| RedirectError::Load(error_chain(&e)))?;
+            .map_err(|e| RedirectError::Load(crate::error::chain(&e)))?;
         let maps = Arc::new(RedirectMaps::take_from(&mut ebpf)?);
         maps.write_settings(&settings)?;
 
@@ -535,7 +535,7 @@ fn attach_fentry(
         program: name,
         reason: format!(
             "reading the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {}",
-            error_chain(&e)
+            crate::error::chain(&e)
         ),
     })?;
     let program: &mut FEntry = program_mut(ebpf, name)?;
@@ -616,21 +616,8 @@ where
 fn attach_err(program: &'static str) -> impl Fn(aya::programs::ProgramError) -> RedirectError {
     move |e| RedirectError::Attach {
         program,
-        reason: error_chain(&e),
+        reason: crate::error::chain(&e),
     }
-}
-
-/// An error and its sources, "outer: inner: innermost": aya's errors keep the
-/// errno in their source.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]

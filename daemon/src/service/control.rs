@@ -20,7 +20,7 @@ pub struct DaemonBackend {
 
 impl ControlBackend for DaemonBackend {
     fn credentials(&self) -> Value {
-        serde_json::to_value(self.reloader.credential_store.get().status()).unwrap_or(Value::Null)
+        serde_json::to_value(self.reloader.current().credentials.status()).unwrap_or(Value::Null)
     }
 
     fn instance(&self) -> Value {
@@ -28,7 +28,7 @@ impl ControlBackend for DaemonBackend {
     }
 
     fn budgets(&self) -> Value {
-        match self.reloader.warrant_gate.get().budgets() {
+        match self.reloader.current().gate.clone().budgets() {
             Some(budgets) => serde_json::to_value(budgets.status()).unwrap_or(Value::Null),
             None => Value::Null,
         }
@@ -40,14 +40,14 @@ impl ControlBackend for DaemonBackend {
     }
 
     fn explain(&self, pid: u32) -> Result<String, String> {
-        let gate = self.reloader.warrant_gate.get();
+        let gate = self.reloader.current().gate.clone();
         crate::attest::explain::explain_pid(pid, &self.attestor, gate.workloads())
             .map_err(|e| e.to_string())
     }
 
     fn explain_request(&self, pid: u32, request: &str) -> Result<String, String> {
         let planned = PlannedRequest::parse(request)?;
-        let gate = self.reloader.warrant_gate.get();
+        let gate = self.reloader.current().gate.clone();
         let origin = crate::attest::explain::origin_for_pid(pid, &self.attestor)
             .map_err(|e| e.to_string())?;
         let attestation = self.attestor.attest(&origin).map_err(|e| e.to_string())?;

@@ -1,6 +1,7 @@
-//! The per-request decision: who is asking (attestation, workload) and
-//! whether policy lets them. The injector asks before any credential is
-//! fetched; a refusal is answered with 403 in the provider's error shape.
+//! The daemon's gate: who is asking (attestation, workload), then whether
+//! policy and budgets let them. The proxy asks before any credential is
+//! fetched, in two steps (see `proxy::gate`): `identify`, after which it
+//! checks quarantines, and `authorize`.
 
 use std::sync::Arc;
 
@@ -10,8 +11,8 @@ use crate::{
     attest::{Attestation, Attestor, WorkloadMatcher},
     audit::{AttestationSummary, RequestLog},
     policy::{Decision, Policy, PolicyInput},
-    proxy::{Admission, GateDecision, GateFuture, GateRequest, RequestGate},
-    usage::{AdmitRequest, Budgets, UsageRecord, UsageSink},
+    proxy::{GateFuture, GateRequest, Identity, Refusal, RequestGate, Verdict},
+    usage::{Admission, AdmitRequest, BudgetRefusal, Budgets, UsageRecord, UsageSink},
 };
 
 pub struct WarrantGate {
@@ -103,109 +104,154 @@ impl WarrantGate {
         self.budgets.as_ref()
     }
 
-    async fn decide(&self, request: &GateRequest<'_>) -> GateDecision {
+    async fn identify_origin(&self, origin: &crate::origin::Origin) -> Result<Identity, Refusal> {
         // Known processes are answered inline; a first attestation (reading
         // /proc, hashing) runs on the blocking pool.
-        let attestation = match self.attestor.attest_async(*request.origin).await {
-            Ok(attestation) => attestation,
-            Err(error) => {
-                tracing::warn!(tgid = request.origin.tgid, %error, "attestation failed: request refused");
-                return refuse(format!(
-                    "the calling process could not be attested: {error}"
-                ));
-            }
+        let attestation = self.attestor.attest_async(*origin).await.map_err(|error| {
+            tracing::warn!(tgid = origin.tgid, %error, "attestation failed: request refused");
+            Refusal::policy(
+                StatusCode::FORBIDDEN,
+                format!("the calling process could not be attested: {error}"),
+            )
+        })?;
+        let workload = self.workloads.evaluate(&attestation).matched;
+        Ok(Identity {
+            workload,
+            summary: AttestationSummary::of(&attestation),
+            attestation: Some(Arc::new(attestation)),
+        })
+    }
+
+    async fn authorize_request(
+        &self,
+        identity: &Identity,
+        request: &GateRequest<'_>,
+    ) -> Result<Verdict, Refusal> {
+        let Some(attestation) = identity.attestation.as_deref() else {
+            return Err(Refusal::policy(
+                StatusCode::FORBIDDEN,
+                "the calling process was not attested",
+            ));
         };
-        let report = self.workloads.evaluate(&attestation);
-        request.audit.identified(
-            report.matched.as_deref(),
-            AttestationSummary::of(&attestation),
-        );
-        let Some(workload) = report.matched.as_deref() else {
-            let refusal = report.refusal(&attestation);
+        let Some(workload) = identity.workload.as_deref() else {
+            let refusal = self.workloads.evaluate(attestation).refusal(attestation);
             tracing::warn!(tgid = attestation.tgid, unit = ?attestation.unit, exe = %attestation.exe.display(), "no workload matches: request refused");
-            return refuse(format!(
-                "no [[workload]] matches the calling process: {refusal}"
+            return Err(Refusal::policy(
+                StatusCode::FORBIDDEN,
+                format!("no [[workload]] matches the calling process: {refusal}"),
             ));
         };
         let parsed = request.request;
         let path = parsed.path.as_str();
-        let model = parsed.model.as_deref();
-        request.audit.model(model);
         let decision = self.decide_for(
             workload,
-            &attestation,
+            attestation,
             request.upstream,
             parsed.method.as_str(),
             path,
-            model,
+            parsed.model.as_deref(),
         );
         request.audit.decided(&decision);
-        if decision.allowed {
-            tracing::debug!(workload, upstream = request.upstream, path, "allowed");
-            let Some(budgets) = &self.budgets else {
-                return GateDecision::Allow;
-            };
-            // The budget factor: asked last, like policy's BudgetGate, but
-            // here because it awaits the ledger (Redis) and hands back the
-            // reservation the response settles.
-            let limits = decision
-                .rule
-                .and_then(|rule| self.policy.limits(rule))
-                .unwrap_or_default();
-            match budgets
-                .admit(AdmitRequest {
-                    workload,
-                    upstream: request.upstream,
-                    scheme: request.scheme,
-                    request: parsed,
-                    limits,
-                })
-                .await
-            {
-                Ok(observer) => {
-                    let audited = observer.with_sink(Arc::new(AuditUsage(request.audit.clone())));
-                    GateDecision::Admit(Admission::new(Box::new(audited)))
-                }
-                Err(refusal) => {
-                    let message = format!("workload {workload:?}: {}", refusal.message());
-                    tracing::info!(workload, upstream = request.upstream, path, reason = %message, "refused by budget");
-                    refusal.into_decision(message)
-                }
-            }
-        } else {
+        if !decision.allowed {
             let summary = decision.summary();
             tracing::info!(workload, upstream = request.upstream, path, reasons = %summary, "denied by policy");
-            refuse(format!(
-                "workload {workload:?} is not allowed this request: {summary}"
-            ))
+            return Err(Refusal::policy(
+                StatusCode::FORBIDDEN,
+                format!("workload {workload:?} is not allowed this request: {summary}"),
+            ));
+        }
+        tracing::debug!(workload, upstream = request.upstream, path, "allowed");
+        self.admit(workload, &decision, request).await
+    }
+
+    /// The budget factor: asked last, like policy's BudgetGate, but here
+    /// because it awaits the ledger (Redis) and hands back the reservation
+    /// the response settles.
+    async fn admit(
+        &self,
+        workload: &str,
+        decision: &Decision,
+        request: &GateRequest<'_>,
+    ) -> Result<Verdict, Refusal> {
+        let Some(budgets) = &self.budgets else {
+            return Ok(Verdict::Allow);
+        };
+        let limits = decision
+            .rule
+            .and_then(|rule| self.policy.limits(rule))
+            .unwrap_or_default();
+        let admitted = budgets
+            .admit(AdmitRequest {
+                workload,
+                upstream: request.upstream,
+                scheme: request.scheme,
+                request: request.request,
+                limits,
+            })
+            .await;
+        match admitted {
+            Ok(observer) => {
+                let audited = observer.with_sink(Arc::new(AuditUsage {
+                    log: request.audit.clone(),
+                    workload: workload.to_owned(),
+                    model: request.request.model.clone(),
+                }));
+                Ok(Verdict::Admit(Admission::new(Box::new(audited))))
+            }
+            Err(refusal) => {
+                let message = format!("workload {workload:?}: {}", refusal.message());
+                tracing::info!(workload, upstream = request.upstream, path = %request.request.path, reason = %message, "refused by budget");
+                Err(budget_refusal(&refusal, message))
+            }
         }
     }
 }
 
-/// Puts a request's metered usage on its audit line (and, through it, in
-/// the token and cost metrics).
-struct AuditUsage(RequestLog);
-
-impl UsageSink for AuditUsage {
-    fn record(&self, record: &UsageRecord) {
-        self.0.usage(crate::audit::Usage {
-            input_tokens: Some(record.usage.input_tokens),
-            output_tokens: Some(record.usage.output_tokens),
-            cost_usd: Some(record.cost_micro_usd as f64 / 1e6),
-        });
+/// The proxy's answer to a budget refusal: 429 with Retry-After when over a
+/// budget, else the refusal's status.
+fn budget_refusal(refusal: &BudgetRefusal, message: String) -> Refusal {
+    match refusal.retry_after() {
+        Some(retry_after) => Refusal::throttled(message, retry_after),
+        None => Refusal::policy(refusal.status(), message),
     }
 }
 
-fn refuse(message: String) -> GateDecision {
-    GateDecision::Refuse {
-        status: StatusCode::FORBIDDEN,
-        message,
+/// Puts a request's metered usage on its audit line (and, through it, in
+/// the token and cost metrics), with the workload and model passed forward.
+struct AuditUsage {
+    log: RequestLog,
+    workload: String,
+    model: Option<String>,
+}
+
+impl UsageSink for AuditUsage {
+    fn record(&self, record: &UsageRecord) {
+        self.log.usage(
+            &self.workload,
+            self.model.as_deref(),
+            crate::audit::Usage {
+                input_tokens: Some(record.usage.input_tokens),
+                output_tokens: Some(record.usage.output_tokens),
+                cost_usd: Some(record.cost_micro_usd as f64 / 1e6),
+            },
+        );
     }
 }
 
 impl RequestGate for WarrantGate {
-    fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
-        Box::pin(async move { self.decide(&request).await })
+    fn identify<'a>(
+        &'a self,
+        origin: &'a crate::origin::Origin,
+    ) -> GateFuture<'a, Result<Identity, Refusal>> {
+        Box::pin(self.identify_origin(origin))
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        identity: &'a Identity,
+        request: GateRequest<'a>,
+    ) -> GateFuture<'a, Result<Verdict, Refusal>> {
+        Box::pin(async move { self.authorize_request(identity, &request).await })
     }
 
     fn body_prefix_len(&self) -> usize {

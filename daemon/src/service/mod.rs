@@ -5,7 +5,6 @@ pub mod activation;
 mod control;
 mod gate;
 pub mod reload;
-pub mod swap;
 
 use std::{
     net::SocketAddr,
@@ -23,7 +22,7 @@ pub use gate::WarrantGate;
 
 use crate::{
     attest::{self, Attestor, InstanceHandle, WorkloadMatcher},
-    audit::{AuditLog, Monitor},
+    audit::{Audit, AuditLog},
     config::Config,
     control::ControlServer,
     credentials::{self, StoreOptions, SystemClock},
@@ -32,6 +31,7 @@ use crate::{
     policy::{Policy, PostureStore},
     proxy::Injector,
     redirect::{RedirectSettings, Redirector, tagging},
+    response::Responder,
     tls::Pki,
     usage::{Budgets, LocalLedger, PriceTable, redis::RedisLedger, settings::LedgerKind},
 };
@@ -116,13 +116,18 @@ pub async fn run(options: RunOptions) -> Result<()> {
             "the audit log cannot be written"
         );
     }
-    let monitor = Monitor::new(audit, metrics.clone(), config.response.clone());
+    let audit = Audit::new(audit, metrics.clone());
+    let responder = Responder::new(
+        audit.clone(),
+        config.response.clone(),
+        Arc::new(SystemClock),
+    );
     let mut started = crate::audit::AuditRecord::new(crate::audit::RecordKind::Daemon);
     started.message = Some(format!(
         "warrant {} started with {origin}",
         env!("CARGO_PKG_VERSION")
     ));
-    monitor.record(&started);
+    audit.record(&started);
     // Metrics are for operators; a port conflict must not stop agents from
     // being served, so a bind failure is reported and the daemon goes on.
     let _metrics_server = match config.daemon.metrics {
@@ -194,7 +199,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         let (metrics, attestor, budgets) = (metrics.clone(), attestor.clone(), budgets.clone());
         Box::new(move |config: Arc<Config>| {
             let (metrics, attestor, budgets) = (metrics.clone(), attestor.clone(), budgets.clone());
-            Box::pin(async move { build_generation(&config, &metrics, &attestor, &budgets).await })
+            Box::pin(async move { build_generation(config, &metrics, &attestor, &budgets).await })
         })
     };
     let config = Arc::new(config);
@@ -208,21 +213,18 @@ pub async fn run(options: RunOptions) -> Result<()> {
         )
         .await?,
     );
-    let injector = Arc::new(
-        Injector::new(
-            &config,
-            pki.leafs,
-            maps,
-            reloader.credentials.clone(),
-            &pki.system_roots,
-        )?
-        .with_gate(reloader.gate.clone())
-        .with_monitor(monitor.clone()),
-    );
+    let injector = Arc::new(Injector::new(
+        &config,
+        pki.leafs,
+        maps,
+        reloader.generation.clone(),
+        responder.clone(),
+        &pki.system_roots,
+    )?);
     let control = ControlServer::bind(
         &config.control.socket,
         config.control.admin_group.as_deref(),
-        monitor.clone(),
+        responder.clone(),
         Arc::new(DaemonBackend {
             reloader: reloader.clone(),
             instance,
@@ -231,7 +233,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     )?;
     tracing::info!(socket = %control.path().display(), "control socket ready");
     let _control_server = AbortOnDrop(tokio::spawn(control.serve()));
-    let _exe_check = monitor.spawn_exe_check().map(AbortOnDrop);
+    let _exe_check = responder.spawn_exe_check().map(AbortOnDrop);
     let mut servers = vec![tokio::spawn(injector.clone().serve(listener4))];
     if let Some(listener6) = listener6 {
         servers.push(tokio::spawn(injector.clone().serve(listener6)));
@@ -350,11 +352,11 @@ async fn wait_for_shutdown(reloader: &reload::Reloader) -> Result<()> {
 /// Credentials, posture checks, policy and the gate for one configuration,
 /// with their background refreshers.
 async fn build_generation(
-    config: &Config,
+    config: Arc<Config>,
     metrics: &Arc<Metrics>,
     attestor: &Arc<Attestor>,
     budgets: &Budgets,
-) -> Result<reload::Generation> {
+) -> Result<reload::Built> {
     let credentials = Arc::new(
         credentials::store_from_config(
             &config.credentials,
@@ -409,9 +411,12 @@ async fn build_generation(
             rules_have_token_budgets,
         ),
     );
-    Ok(reload::Generation {
-        gate,
-        credentials,
+    Ok(reload::Built {
+        generation: reload::Generation {
+            config,
+            gate,
+            credentials,
+        },
         tasks,
     })
 }

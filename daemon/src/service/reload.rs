@@ -3,10 +3,11 @@
 //!
 //! The new file is parsed and validated first; if anything is wrong the
 //! running configuration stays and the error is returned. Otherwise what
-//! the request path decides with is rebuilt and swapped in whole: workloads,
-//! policies and posture checks (the gate), credentials (fetched before the
-//! swap, so the first request after a reload does not wait), intercepted
-//! ports and tagging. Requests already in flight finish with what they had;
+//! the request path decides with is rebuilt as one `Generation` and swapped
+//! in whole, in one step: workloads, policies and posture checks (the gate),
+//! credentials (fetched before the swap, so the first request after a
+//! reload does not wait) and the configuration they came from; then
+//! intercepted ports and tagging. Requests already in flight finish with what they had;
 //! new ones use the new configuration. Sections bound to sockets, files or
 //! the CA at start ([daemon], [proxy], [audit], [control], [response],
 //! [instance], [attest], [[upstream]]) are not changed by a reload: the answer
@@ -17,19 +18,36 @@ use std::{path::PathBuf, sync::Arc};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 
-use super::{AbortOnDrop, WarrantGate, swap::Swap};
+use super::{AbortOnDrop, WarrantGate};
 use crate::{
     config::Config,
     credentials::{CredentialSource, CredentialStore},
-    proxy::RequestGate,
+    proxy::{self, RequestGate},
     redirect::{RedirectMaps, tagging},
+    swap::Swap,
 };
 
-/// What one configuration builds for the request path, with the background
-/// tasks (refreshers) that belong to it.
+/// What one configuration builds for the request path: swapped in whole,
+/// read once per request.
 pub struct Generation {
+    pub config: Arc<Config>,
     pub gate: Arc<WarrantGate>,
     pub credentials: Arc<CredentialStore>,
+}
+
+impl proxy::Generation for Generation {
+    fn gate(&self) -> &dyn RequestGate {
+        self.gate.as_ref()
+    }
+
+    fn credentials(&self) -> &dyn CredentialSource {
+        self.credentials.as_ref()
+    }
+}
+
+/// A generation with the background tasks (refreshers) that belong to it.
+pub struct Built {
+    pub generation: Generation,
     pub tasks: Vec<AbortOnDrop>,
 }
 
@@ -38,25 +56,21 @@ pub struct Generation {
 pub type Builder = Box<
     dyn Fn(
             Arc<Config>,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = anyhow::Result<Generation>> + Send>,
-        > + Send
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Built>> + Send>>
+        + Send
         + Sync,
 >;
 
 pub struct Reloader {
     path: Option<PathBuf>,
     build: Builder,
-    /// The configuration in force, and the tasks of its generation.
-    state: Mutex<(Arc<Config>, Vec<AbortOnDrop>)>,
-    pub gate: Arc<Swap<dyn RequestGate>>,
-    /// The same gate, for `warrant explain --request`.
-    pub warrant_gate: Swap<WarrantGate>,
-    pub credentials: Arc<Swap<dyn CredentialSource>>,
-    /// The same store as `credentials`, for `warrant status`.
-    pub credential_store: Arc<Swap<CredentialStore>>,
-    /// The configuration in force, readable without waiting on a reload.
-    current: Swap<Config>,
+    /// The tasks of the generation in force; held while a reload runs, so
+    /// two reloads never interleave.
+    tasks: Mutex<Vec<AbortOnDrop>>,
+    /// The generation in force: the proxy reads it once per request, the
+    /// control socket for status and explain.
+    pub generation: Arc<Swap<Generation>>,
     maps: Arc<RedirectMaps>,
     tagging: mpsc::UnboundedSender<Vec<tagging::CgroupSelector>>,
 }
@@ -69,26 +83,25 @@ impl Reloader {
         maps: Arc<RedirectMaps>,
         tagging: mpsc::UnboundedSender<Vec<tagging::CgroupSelector>>,
     ) -> anyhow::Result<Reloader> {
-        let generation = build(config.clone()).await?;
+        let built = build(config).await?;
         Ok(Reloader {
             path,
             build,
-            current: Swap::new(config.clone()),
-            state: Mutex::new((config, generation.tasks)),
-            gate: Arc::new(Swap::new(generation.gate.clone() as Arc<dyn RequestGate>)),
-            warrant_gate: Swap::new(generation.gate),
-            credentials: Arc::new(Swap::new(
-                generation.credentials.clone() as Arc<dyn CredentialSource>
-            )),
-            credential_store: Arc::new(Swap::new(generation.credentials)),
+            tasks: Mutex::new(built.tasks),
+            generation: Arc::new(Swap::new(Arc::new(built.generation))),
             maps,
             tagging,
         })
     }
 
+    /// The generation in force.
+    pub fn current(&self) -> Arc<Generation> {
+        self.generation.get()
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> Arc<Config> {
-        self.current.get()
+        self.current().config.clone()
     }
 
     /// Re-reads the file and applies it; on any error the running
@@ -99,9 +112,9 @@ impl Reloader {
             .as_ref()
             .ok_or("warrant runs on its embedded default config: there is no file to reload")?;
         let new = Arc::new(Config::load(path).map_err(|e| e.to_string())?);
-        let mut state = self.state.lock().await;
-        let restart_needed = restart_only_changes(&state.0, &new);
-        let generation = (self.build)(new.clone())
+        let mut tasks = self.tasks.lock().await;
+        let restart_needed = restart_only_changes(&self.config(), &new);
+        let built = (self.build)(new.clone())
             .await
             .map_err(|e| format!("the new configuration cannot be applied: {e:#}"))?;
         self.maps
@@ -109,13 +122,11 @@ impl Reloader {
             .map_err(|e| format!("cannot update the intercepted ports: {e}"))?;
         // The tagger applies new selectors on its next turn.
         let _ = self.tagging.send(tagging::selectors(&new));
-        self.credentials.set(generation.credentials.clone());
-        self.credential_store.set(generation.credentials);
-        self.gate.set(generation.gate.clone());
-        self.warrant_gate.set(generation.gate);
+        // One swap: the next request sees the new gate, credentials and
+        // configuration together.
+        self.generation.set(Arc::new(built.generation));
         // Dropping the old tasks stops the old refreshers.
-        *state = (new.clone(), generation.tasks);
-        self.current.set(new.clone());
+        *tasks = built.tasks;
         tracing::info!(config = %path.display(), ?restart_needed, "configuration reloaded");
         Ok(json!({
             "config": path.display().to_string(),

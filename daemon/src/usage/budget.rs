@@ -32,6 +32,7 @@ use std::{
 use http::{HeaderMap, StatusCode, header};
 use serde::Serialize;
 
+use super::observer::ResponseObserver;
 use super::{
     ledger::{LocalLedger, OverLimit, Placed},
     meter::{Meter, Outcome, Usage},
@@ -42,15 +43,14 @@ use super::{
     window::{Amounts, Series, limits_of},
 };
 use crate::{
-    credentials::Clock,
+    clock::Clock,
     policy::RuleLimits,
     provider::{self, Scheme, UsageFormat},
-    proxy::{GateDecision, ResponseObserver},
 };
 
 /// Why admission refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub enum BudgetRefusal {
     OverBudget {
         key: String,
         over: OverLimit,
@@ -65,11 +65,11 @@ pub enum Refusal {
     },
 }
 
-impl Refusal {
+impl BudgetRefusal {
     /// The message for the agent: names the budget and the wait.
     pub fn message(&self) -> String {
         match self {
-            Refusal::OverBudget { key, over } => {
+            BudgetRefusal::OverBudget { key, over } => {
                 let (used, limit) = match over.series {
                     Series::CostPerDay => (
                         format!("${:.6}", over.used as f64 / 1e6),
@@ -88,11 +88,11 @@ impl Refusal {
                     over.series.key()
                 )
             }
-            Refusal::Unpriced { model } => format!(
+            BudgetRefusal::Unpriced { model } => format!(
                 "this workload has a cost_per_day_usd budget and model {} has no [[price]]; add one",
                 model.as_deref().unwrap_or("(none named)")
             ),
-            Refusal::LedgerUnavailable { reason } => {
+            BudgetRefusal::LedgerUnavailable { reason } => {
                 format!("the shared budget store is unreachable ({reason}) and budgets fail closed")
             }
         }
@@ -100,31 +100,16 @@ impl Refusal {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::Unpriced { .. } => StatusCode::FORBIDDEN,
-            Refusal::LedgerUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    /// The proxy's answer: 429 with Retry-After when over a budget, else
-    /// the refusal's status. `message` is what the agent is told.
-    pub fn into_decision(self, message: String) -> GateDecision {
-        match self.retry_after() {
-            Some(retry_after) => GateDecision::Throttle {
-                message,
-                retry_after,
-            },
-            None => GateDecision::Refuse {
-                status: self.status(),
-                message,
-            },
+            BudgetRefusal::OverBudget { .. } => StatusCode::TOO_MANY_REQUESTS,
+            BudgetRefusal::Unpriced { .. } => StatusCode::FORBIDDEN,
+            BudgetRefusal::LedgerUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     /// Retry-After for a 429 (the window length when it never fits).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Refusal::OverBudget { over, .. } => Some(
+            BudgetRefusal::OverBudget { over, .. } => Some(
                 over.retry_after
                     .unwrap_or(Duration::from_secs(over.series.window_secs() as u64)),
             ),
@@ -306,7 +291,7 @@ impl Budgets {
 
     /// Reserves the request's worst case against its rule's limits and
     /// returns the observer that settles it when the response ends.
-    pub async fn admit(&self, req: AdmitRequest<'_>) -> Result<UsageObserver, Refusal> {
+    pub async fn admit(&self, req: AdmitRequest<'_>) -> Result<UsageObserver, BudgetRefusal> {
         let s = &self.shared;
         let model = req.request.model.clone();
         // Generation always has a request body; a request without one (GET
@@ -323,7 +308,7 @@ impl Budgets {
         let limits = limits_of(&req.limits);
         let price = model.as_deref().and_then(|m| s.prices.price(m));
         if limits[Series::CostPerDay.index()].is_some() && price.is_none() {
-            return Err(Refusal::Unpriced { model });
+            return Err(BudgetRefusal::Unpriced { model });
         }
         let want: Amounts = [1, worst.total(), price.map_or(0, |p| p.micro_usd(&worst))];
         let key = if s.settings.per_upstream {
@@ -361,12 +346,12 @@ impl Budgets {
         key: &str,
         want: Amounts,
         limits: [Option<u64>; 3],
-    ) -> Result<Placement, Refusal> {
+    ) -> Result<Placement, BudgetRefusal> {
         let s = &self.shared;
         let now = s.now_secs();
         let over = |over: OverLimit| {
             s.counters.over_budget.fetch_add(1, Ordering::Relaxed);
-            Refusal::OverBudget {
+            BudgetRefusal::OverBudget {
                 key: key.to_owned(),
                 over,
             }
@@ -387,7 +372,7 @@ impl Budgets {
                         s.counters
                             .ledger_unavailable
                             .fetch_add(1, Ordering::Relaxed);
-                        return Err(Refusal::LedgerUnavailable {
+                        return Err(BudgetRefusal::LedgerUnavailable {
                             reason: error.to_string(),
                         });
                     }
@@ -658,7 +643,7 @@ impl ResponseObserver for UsageObserver {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::credentials::ManualClock;
+    use crate::clock::ManualClock;
 
     fn budgets() -> Budgets {
         Budgets::new(

@@ -7,13 +7,14 @@
 //! - [`window`] is the sliding-window arithmetic, [`ledger`] the embedded
 //!   (SQLite) store and [`redis`] the fleet-wide one;
 //! - [`budget`] ties them together: admission reserves, the response
-//!   settles ([`UsageObserver`] is the proxy's response observer).
+//!   settles ([`UsageObserver`] is the proxy's [`ResponseObserver`]).
 //!
 //! [`settings`] is the `[usage]` config section.
 
 pub mod budget;
 pub mod ledger;
 pub mod meter;
+pub mod observer;
 pub mod price;
 pub mod redis;
 pub mod request;
@@ -22,9 +23,10 @@ pub mod sse;
 pub mod window;
 
 pub use budget::{
-    AdmitRequest, BudgetStatus, Budgets, Refusal, UsageObserver, UsageRecord, UsageSink,
+    AdmitRequest, BudgetRefusal, BudgetStatus, Budgets, UsageObserver, UsageRecord, UsageSink,
 };
 pub use ledger::LocalLedger;
 pub use meter::{Meter, Outcome, Reading, Usage};
+pub use observer::{Admission, ResponseObserver};
 pub use price::{PriceConfig, PriceTable};
 pub use settings::UsageConfig;

@@ -7,19 +7,23 @@ use std::{
     net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use warrant::{
-    audit::{AttestationSummary, AuditLog, Monitor},
+    audit::{AttestationSummary, Audit, AuditLog},
+    clock::ManualClock,
     config::Config,
     credentials::{CredentialStore, StoreOptions, SystemClock, store_from_config},
     metrics::Metrics,
     origin::{Origin, StaticOrigins},
     policy::{Decision, Factor, FactorOutcome},
-    proxy::{GateDecision, GateFuture, GateRequest, Injector, RequestGate},
+    proxy::{
+        FixedGeneration, GateFuture, GateRequest, Identity, Injector, Refusal, RequestGate, Verdict,
+    },
+    response::Responder,
     tls::{LeafCache, LocalCa},
 };
 
@@ -53,34 +57,50 @@ impl TestGate {
 }
 
 impl RequestGate for TestGate {
-    fn check<'a>(&'a self, request: GateRequest<'a>) -> GateFuture<'a> {
+    /// As the daemon's gate when rules name models: the model is read from
+    /// the body.
+    fn body_prefix_len(&self) -> usize {
+        64 * 1024
+    }
+
+    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>> {
+        let workload = if origin.tgid == 4242 {
+            WORKLOAD
+        } else {
+            "agent-b"
+        };
+        let identity = Identity {
+            workload: Some(workload.to_owned()),
+            summary: AttestationSummary {
+                tgid: origin.tgid,
+                uid: origin.uid,
+                unit: Some(format!("{workload}.service")),
+                cgroup: Some(format!("/system.slice/{workload}.service")),
+                exe: self.exe.display().to_string(),
+                exe_sha256: Some(self.exe_sha256.clone()),
+                entrypoint: None,
+                entrypoint_sha256: None,
+                user_namespace: None,
+                instance_id: Some("i-test".to_owned()),
+                region: Some("local".to_owned()),
+            },
+            attestation: None,
+        };
+        Box::pin(async move { Ok(identity) })
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        identity: &'a Identity,
+        request: GateRequest<'a>,
+    ) -> GateFuture<'a, Result<Verdict, Refusal>> {
         Box::pin(async move {
-            let workload = if request.origin.tgid == 4242 {
-                WORKLOAD
-            } else {
-                "agent-b"
-            };
-            request.audit.identified(
-                Some(workload),
-                AttestationSummary {
-                    tgid: request.origin.tgid,
-                    uid: request.origin.uid,
-                    unit: Some(format!("{workload}.service")),
-                    cgroup: Some(format!("/system.slice/{workload}.service")),
-                    exe: self.exe.display().to_string(),
-                    exe_sha256: Some(self.exe_sha256.clone()),
-                    entrypoint: None,
-                    entrypoint_sha256: None,
-                    user_namespace: None,
-                    instance_id: Some("i-test".to_owned()),
-                    region: Some("local".to_owned()),
-                },
-            );
-            request.audit.model(Some("gpt-4o"));
-            let denied = request.request.path.starts_with("/v1/deny");
+            let workload = identity.workload.clone().unwrap_or_default();
+            let path = &request.request.path;
+            let denied = path.starts_with("/v1/deny");
             let decision = Decision {
                 allowed: !denied,
-                workload: workload.to_owned(),
+                workload,
                 rule: Some(0),
                 factors: vec![
                     FactorOutcome {
@@ -100,20 +120,20 @@ impl RequestGate for TestGate {
                 ],
             };
             request.audit.decided(&decision);
-            if request.request.path.starts_with("/v1/budget") {
+            if path.starts_with("/v1/budget") {
                 // What the budget factor answers when a workload is over.
-                return GateDecision::Throttle {
-                    message: "tokens_per_hour budget of workload agent-a is spent".to_owned(),
-                    retry_after: std::time::Duration::from_secs(60),
-                };
+                return Err(Refusal::throttled(
+                    "tokens_per_hour budget of workload agent-a is spent",
+                    Duration::from_secs(60),
+                ));
             }
             if denied {
-                GateDecision::Refuse {
-                    status: http::StatusCode::FORBIDDEN,
-                    message: decision.summary(),
-                }
+                Err(Refusal::policy(
+                    http::StatusCode::FORBIDDEN,
+                    decision.summary(),
+                ))
             } else {
-                GateDecision::Allow
+                Ok(Verdict::Allow)
             }
         })
     }
@@ -123,14 +143,15 @@ pub struct Monitored {
     pub proxy: SocketAddr,
     pub origins: Arc<StaticOrigins>,
     pub warrant_ca_pem: String,
-    pub monitor: Arc<Monitor>,
+    pub responder: Arc<Responder>,
     pub credentials: Arc<CredentialStore>,
     pub config_path: PathBuf,
     pub audit_path: PathBuf,
     pub exe: PathBuf,
     pub dir: tempfile::TempDir,
-    /// The time the automated rules see: it moves only with [`Monitored::advance`].
-    pub rule_time: Arc<Mutex<Instant>>,
+    /// The time the automated rules and quarantines see: it moves only
+    /// with [`Monitored::advance`].
+    pub clock: Arc<ManualClock>,
 }
 
 /// The config: the OpenAI upstream (the mock, via ca_file) with the canary
@@ -208,16 +229,12 @@ impl Monitored {
         let leafs = Arc::new(LeafCache::new(ca));
         let origins = Arc::new(StaticOrigins::default());
         let metrics = Arc::new(Metrics::new());
-        let rule_time = Arc::new(Mutex::new(Instant::now()));
-        let monitor = {
-            let rule_time = rule_time.clone();
-            Monitor::with_clock(
-                AuditLog::open(&config.daemon.audit_log, &config.audit, None),
-                metrics.clone(),
-                config.response.clone(),
-                Arc::new(move || *rule_time.lock().unwrap()),
-            )
-        };
+        let clock = Arc::new(ManualClock::new(jiff::Timestamp::now()));
+        let audit = Audit::new(
+            AuditLog::open(&config.daemon.audit_log, &config.audit, None),
+            metrics.clone(),
+        );
+        let responder = Responder::new(audit, config.response.clone(), clock.clone());
         let credentials = Arc::new(
             store_from_config(
                 &config.credentials,
@@ -233,10 +250,16 @@ impl Monitored {
             }));
         }
         credentials.prefetch().await;
-        let injector = Injector::new(&config, leafs, origins.clone(), credentials.clone(), &[])
-            .unwrap()
-            .with_gate(Arc::new(TestGate::new(&exe)))
-            .with_monitor(monitor.clone());
+        let generation = FixedGeneration::serve(Arc::new(TestGate::new(&exe)), credentials.clone());
+        let injector = Injector::new(
+            &config,
+            leafs,
+            origins.clone(),
+            generation,
+            responder.clone(),
+            &[],
+        )
+        .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
         tokio::spawn(Arc::new(injector).serve(listener));
@@ -244,19 +267,19 @@ impl Monitored {
             proxy,
             origins,
             warrant_ca_pem,
-            monitor,
+            responder,
             credentials,
             config_path,
             audit_path,
             exe,
             dir,
-            rule_time,
+            clock,
         }
     }
 
-    /// Moves the rules' clock forward.
+    /// Moves the clock of the rules and quarantines forward.
     pub fn advance(&self, by: Duration) {
-        *self.rule_time.lock().unwrap() += by;
+        self.clock.advance(by);
     }
 
     /// A redirected agent connection from process `tgid` to `dst`.

@@ -32,11 +32,12 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector, client::TlsStream};
 use warrant::{
-    audit::Monitor,
+    audit::Audit,
     config::Config,
     credentials::StaticCredentials,
     origin::{Origin, StaticOrigins},
-    proxy::{Injector, RequestGate},
+    proxy::{AllowAll, FixedGeneration, Injector, RequestGate},
+    response::Responder,
     tls::{LeafCache, LocalCa},
 };
 
@@ -384,8 +385,9 @@ pub struct Harness {
     /// The trust bundle the injector wrote (no system roots in tests).
     pub trust_bundle: PathBuf,
     pub state_dir: tempfile::TempDir,
-    /// The injector's monitor (audit disabled; metrics live).
-    pub monitor: Arc<Monitor>,
+    /// The injector's responder (no automated rules; audit disabled,
+    /// metrics live).
+    pub responder: Arc<Responder>,
 }
 
 pub fn config_text(state_dir: &std::path::Path, ca_file: &std::path::Path, extra: &str) -> String {
@@ -461,7 +463,7 @@ impl Harness {
     }
 
     /// Starts the injector on 127.0.0.1:0 with `extra` TOML (e.g. a
-    /// `[proxy]` section) and an optional gate.
+    /// `[proxy]` section) and a gate (None: [`AllowAll`]).
     pub async fn start_with(
         pki: &TestPki,
         extra: &str,
@@ -487,16 +489,21 @@ impl Harness {
                 .with("anthropic", ANTHROPIC_KEY)
                 .with("gemini", GEMINI_KEY),
         );
-        let mut injector =
-            Injector::new(&config, leafs, origins.clone(), credentials, &[]).unwrap();
-        if let Some(gate) = gate {
-            injector = injector.with_gate(gate);
-        }
+        let gate = gate.unwrap_or_else(|| Arc::new(AllowAll));
+        let responder = Responder::without_rules(Audit::disabled());
+        let injector = Injector::new(
+            &config,
+            leafs,
+            origins.clone(),
+            FixedGeneration::serve(gate, credentials),
+            responder.clone(),
+            &[],
+        )
+        .unwrap();
         // Bound before the accept loop starts: connections wait in the backlog.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
         let injector = Arc::new(injector);
-        let monitor = injector.monitor().clone();
         tokio::spawn(injector.clone().serve(listener));
         // The same injector behind an IPv6 listener, where the host has ::1.
         let proxy6 = match TcpListener::bind("[::1]:0").await {
@@ -514,7 +521,7 @@ impl Harness {
             warrant_ca_pem,
             trust_bundle,
             state_dir,
-            monitor,
+            responder,
         }
     }
 

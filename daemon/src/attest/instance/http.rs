@@ -54,7 +54,7 @@ impl MetadataClient {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| unreachable(error_chain(&e)))?;
+                .map_err(|e| unreachable(crate::error::chain(&e)))?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_BODY)
                 .collect()
@@ -73,17 +73,6 @@ impl MetadataClient {
             .await
             .map_err(|_| unreachable(format!("no answer within {:?}", self.timeout)))?
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A query-string value, percent-encoded (audiences are URLs).

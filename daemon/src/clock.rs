@@ -1,5 +1,6 @@
-//! The time credentials are judged by, behind a trait so that tests can move
-//! it: expiry, refresh-ahead and backoff are then tested without waiting.
+//! The daemon's one clock, behind a trait so that tests can move it:
+//! credential expiry, refresh-ahead and backoff, budget windows and the
+//! automated response rules' windows are then tested without waiting.
 
 use std::{sync::Mutex, time::Duration};
 
@@ -9,7 +10,8 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
 }
 
-/// The system's wall clock: expiry times from issuers are wall-clock times.
+/// The system's wall clock: expiry times from issuers and budget windows
+/// are wall-clock times.
 pub struct SystemClock;
 
 impl Clock for SystemClock {
@@ -63,4 +65,10 @@ pub fn sub(at: Timestamp, by: Duration) -> Timestamp {
         .ok()
         .and_then(|d| at.checked_sub(d).ok())
         .unwrap_or(Timestamp::MIN)
+}
+
+/// How long from `since` to `now`; zero when `now` is earlier (the wall
+/// clock was set back).
+pub fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    Duration::try_from(now.duration_since(since)).unwrap_or(Duration::ZERO)
 }

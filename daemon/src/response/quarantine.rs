@@ -5,25 +5,9 @@
 use std::{collections::BTreeMap, sync::Mutex};
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// What is quarantined.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Target {
-    Workload(String),
-    /// A process (its tgid), whatever its workload.
-    Pid(u32),
-}
-
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Workload(name) => write!(f, "workload {name:?}"),
-            Target::Pid(pid) => write!(f, "pid {pid}"),
-        }
-    }
-}
+pub use crate::audit::Target;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Quarantine {

@@ -2,7 +2,8 @@
 //! them at once and `warrant status` can show them.
 //!
 //! Each accepted connection is registered with its Origin; its workload and
-//! attestation are filled in by the first request the gate attests. A
+//! attestation are filled in by the proxy once a request on it has been
+//! identified. A
 //! connection's task waits on [`LiveConnection::closed`] beside the
 //! connection itself, and drops it (closing the socket, mid-stream if need
 //! be) when asked to close.

@@ -1,16 +1,21 @@
 //! Automated response: the rules that decide to quarantine on their own.
 //!
-//! The rules only decide; the monitor places the quarantine, closes the
-//! connections, writes the audit record and counts the metric. Time is
-//! passed in, so every rule is tested without waiting.
+//! The rules only decide; the [`Responder`](super::Responder) places the
+//! quarantine, closes the connections, writes the audit record and counts
+//! the metric. Time is passed in, so every rule is tested without waiting.
 
 use std::{
     collections::{HashMap, VecDeque},
     sync::Mutex,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use crate::config::ResponseConfig;
+use jiff::Timestamp;
+
+use crate::{
+    clock::{add, elapsed},
+    config::ResponseConfig,
+};
 
 /// A rule's decision: quarantine, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,14 +32,14 @@ pub const RULE_EXE_CHANGED: &str = "exe_changed";
 
 pub struct Rules {
     config: ResponseConfig,
-    denials: Mutex<HashMap<String, VecDeque<Instant>>>,
+    denials: Mutex<HashMap<String, VecDeque<Timestamp>>>,
     rates: Mutex<HashMap<String, RateState>>,
 }
 
 /// Requests per fixed window: the current window's count and the counts of
 /// the previous `rate_baseline_windows` windows.
 struct RateState {
-    window_start: Instant,
+    window_start: Timestamp,
     count: u64,
     history: VecDeque<u64>,
 }
@@ -58,7 +63,7 @@ impl Rules {
     }
 
     /// A policy denial of `workload` at `now`.
-    pub fn denial(&self, workload: &str, now: Instant) -> Option<Trigger> {
+    pub fn denial(&self, workload: &str, now: Timestamp) -> Option<Trigger> {
         let limit = self.config.denials;
         if limit == 0 {
             return None;
@@ -67,10 +72,7 @@ impl Rules {
         let mut all = self.denials.lock().ok()?;
         let seen = all.entry(workload.to_owned()).or_default();
         seen.push_back(now);
-        while seen
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) > window)
-        {
+        while seen.front().is_some_and(|t| elapsed(*t, now) > window) {
             seen.pop_front();
         }
         if seen.len() < limit as usize {
@@ -88,7 +90,7 @@ impl Rules {
     }
 
     /// One request of `workload` at `now` (any outcome).
-    pub fn request(&self, workload: &str, now: Instant) -> Option<Trigger> {
+    pub fn request(&self, workload: &str, now: Timestamp) -> Option<Trigger> {
         let multiple = self.config.rate_multiple;
         if multiple <= 0.0 {
             return None;
@@ -102,13 +104,13 @@ impl Rules {
             history: VecDeque::new(),
         });
         // Roll the windows that ended (empty ones count as zero).
-        while now.saturating_duration_since(state.window_start) >= window {
+        while elapsed(state.window_start, now) >= window {
             state.history.push_back(state.count);
             if state.history.len() > keep {
                 state.history.pop_front();
             }
             state.count = 0;
-            state.window_start += window;
+            state.window_start = add(state.window_start, window);
         }
         state.count += 1;
         // No baseline until a full history has been seen: a new workload
@@ -165,18 +167,18 @@ mod tests {
     #[test]
     fn denials_trigger_at_n_within_the_window_and_not_when_spread_out() {
         let rules = Rules::new(config());
-        let t = Instant::now();
+        let t = Timestamp::from_second(1_800_000_000).unwrap();
         // Spread out: never three within 10 s.
         for i in 0..6 {
-            assert_eq!(rules.denial("a", t + Duration::from_secs(6 * i)), None);
+            assert_eq!(rules.denial("a", add(t, Duration::from_secs(6 * i))), None);
         }
-        let t = t + Duration::from_secs(100);
+        let t = add(t, Duration::from_secs(100));
         assert_eq!(rules.denial("b", t), None);
-        assert_eq!(rules.denial("b", t + Duration::from_secs(1)), None);
-        let trigger = rules.denial("b", t + Duration::from_secs(2)).unwrap();
+        assert_eq!(rules.denial("b", add(t, Duration::from_secs(1))), None);
+        let trigger = rules.denial("b", add(t, Duration::from_secs(2))).unwrap();
         assert_eq!(trigger.rule, RULE_DENIALS);
         // The count starts afresh after a trigger.
-        assert_eq!(rules.denial("b", t + Duration::from_secs(3)), None);
+        assert_eq!(rules.denial("b", add(t, Duration::from_secs(3))), None);
         assert!(
             Rules::new(ResponseConfig {
                 denials: 0,
@@ -190,22 +192,25 @@ mod tests {
     #[test]
     fn a_rate_far_above_the_baseline_triggers_and_a_steady_one_does_not() {
         let rules = Rules::new(config());
-        let t0 = Instant::now();
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
         // Three windows of 4 requests: the baseline.
         for w in 0..3u64 {
             for i in 0..4u64 {
-                let at = t0 + Duration::from_secs(w * 10 + i);
+                let at = add(t0, Duration::from_secs(w * 10 + i));
                 assert_eq!(rules.request("a", at), None);
             }
         }
         // A steady fourth window does not trigger.
         for i in 0..4u64 {
-            assert_eq!(rules.request("a", t0 + Duration::from_secs(30 + i)), None);
+            assert_eq!(
+                rules.request("a", add(t0, Duration::from_secs(30 + i))),
+                None
+            );
         }
         // A burst of 13 (> 3 x 4) in the fifth does, once.
         let mut triggers = 0;
         for i in 0..13u64 {
-            let at = t0 + Duration::from_millis(40_000 + i * 100);
+            let at = add(t0, Duration::from_millis(40_000 + i * 100));
             if let Some(trigger) = rules.request("a", at) {
                 assert_eq!(trigger.rule, RULE_RATE);
                 triggers += 1;
@@ -214,7 +219,10 @@ mod tests {
         assert_eq!(triggers, 1);
         // Un-triggered: back to the usual rate, no trigger.
         for i in 0..4u64 {
-            assert_eq!(rules.request("a", t0 + Duration::from_secs(50 + i)), None);
+            assert_eq!(
+                rules.request("a", add(t0, Duration::from_secs(50 + i))),
+                None
+            );
         }
     }
 

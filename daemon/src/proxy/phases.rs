@@ -1,0 +1,492 @@
+//! One request to a configured upstream, phase by phase.
+//!
+//! [`Injector::request`] starts the audit line, reads the generation in
+//! force once, runs the phases and hands the response to the one body tap.
+//! The phases run in one direction and each returns its result or a typed
+//! [`Refusal`], answered in one place ([`Refusal::respond`]):
+//!
+//! 1. route: by SNI for TLS; by Host for plain HTTP, only to upstreams that
+//!    opted in with `plain_http` (anything else is passed through);
+//! 2. audit health: a fail-closed audit log that cannot be written refuses;
+//! 3. destination: plain HTTP must go to an address the host resolves to;
+//! 4. agent keys: a real-looking key from the agent is refused (or warned);
+//! 5. identify: the gate attests the process and names its workload;
+//! 6. quarantine: a quarantined workload or process is refused here, before
+//!    its request is read, evaluated, reserved or charged;
+//! 7. read: the body prefix the gate needs, and the provider's parse;
+//! 8. authorize: policy, then budgets (the gate);
+//! 9. credential: from the cache or the issuer;
+//! 10. rewrite: the provider splices the credential (`rewrite`);
+//! 11. forward: to the upstream, within the response deadline;
+//! 12. respond: an upgrade is relayed; a body is redacted and tapped.
+
+use std::{sync::Arc, time::Duration};
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::{body::Incoming, upgrade::OnUpgrade};
+use hyper_util::rt::TokioIo;
+
+use super::{
+    ForwardBody, GateRequest, Generation, Identity, Injector, ProxyBody, Redact, Refusal,
+    RequestGate, Transport, Upstream, UpstreamError, Verdict, redact,
+    rewrite::{content_length, empty, is_upgrade, request_host, resolves_to, rewrite},
+    tap::{RequestEnding, Tap},
+};
+use crate::{
+    audit::{Outcome, RequestLog},
+    config::AgentKeyAction,
+    credentials::CredentialSource,
+    origin::Origin,
+    provider::{self, RequestHead},
+    response::live::LiveConnection,
+    secret::Secret,
+    usage::ResponseObserver,
+};
+
+/// What the phases learn that the end of the response needs.
+#[derive(Default)]
+struct Learned {
+    /// The workload the gate identified.
+    workload: Option<String>,
+    /// Fingerprints of real-looking keys the agent sent.
+    agent_keys: Vec<String>,
+    /// Watches the response (usage metering, budgets).
+    observer: Option<Box<dyn ResponseObserver>>,
+}
+
+/// The request as read for the gate.
+struct Read {
+    parts: http::request::Parts,
+    body: ForwardBody,
+    /// The body's first bytes (as many as the gate asked for).
+    prefix: Vec<u8>,
+    parsed: provider::Request,
+    /// The agent side of a protocol upgrade, taken before the request was
+    /// split.
+    upgrade: Option<OnUpgrade>,
+}
+
+/// One request as it travels through the phases.
+struct Call<'a> {
+    origin: Origin,
+    upstream: Arc<Upstream>,
+    transport: Transport,
+    log: &'a RequestLog,
+    live: &'a Arc<LiveConnection>,
+}
+
+impl Injector {
+    /// One request: its audit line is started here and finished when the
+    /// response body ends (see `tap`).
+    pub(super) async fn request(
+        &self,
+        req: Request<Incoming>,
+        origin: Origin,
+        sni_upstream: Option<Arc<Upstream>>,
+        live: Arc<LiveConnection>,
+    ) -> Response<ProxyBody> {
+        live.request_started();
+        let log = self.responder.audit().request(
+            &origin,
+            req.method(),
+            req.uri().path(),
+            content_length(req.headers()),
+        );
+        let mut learned = Learned::default();
+        let response = self
+            .route(req, origin, sni_upstream, &log, &live, &mut learned)
+            .await;
+        let status = response.status().as_u16();
+        let ending = RequestEnding {
+            log,
+            status,
+            responder: self.responder.clone(),
+            workload: learned.workload,
+            tgid: origin.tgid,
+            agent_keys: learned.agent_keys,
+        };
+        response.map(|body| Tap::new(body, learned.observer).finishing(ending).boxed())
+    }
+
+    /// Phase 1, route; then the rest, or the pass-through.
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        origin: Origin,
+        sni_upstream: Option<Arc<Upstream>>,
+        log: &RequestLog,
+        live: &Arc<LiveConnection>,
+        learned: &mut Learned,
+    ) -> Response<ProxyBody> {
+        let (upstream, transport) = match sni_upstream {
+            Some(upstream) => (Some(upstream), Transport::Tls),
+            None => {
+                let by_host = request_host(&req)
+                    .and_then(|h| self.upstreams.get(&h).cloned())
+                    .filter(|up| up.plain_http);
+                (by_host, Transport::Plain)
+            }
+        };
+        let Some(upstream) = upstream else {
+            log.outcome(Outcome::PassedThrough, None);
+            return self.pass_through(req, origin, log).await;
+        };
+        log.upstream(&upstream.host);
+        let shape = upstream.provider.scheme();
+        let call = Call {
+            origin,
+            upstream,
+            transport,
+            log,
+            live,
+        };
+        // The generation in force, read once: this request's gate and
+        // credentials come from the same configuration.
+        let generation = self.generations.current();
+        match self.phases(req, &call, generation.as_ref(), learned).await {
+            Ok(response) => response,
+            Err(refusal) => refusal.respond(shape, log),
+        }
+    }
+
+    /// Phases 2 to 12.
+    async fn phases(
+        &self,
+        req: Request<Incoming>,
+        call: &Call<'_>,
+        generation: &dyn Generation,
+        learned: &mut Learned,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        self.check_audit()?;
+        check_destination(call).await?;
+        // Learned before the check refuses: the rules act on refused
+        // requests too.
+        learned.agent_keys = agent_keys(call, &req);
+        self.check_agent_keys(&learned.agent_keys)?;
+        let gate = generation.gate();
+        let identity = self.identify(gate, call).await?;
+        learned.workload.clone_from(&identity.workload);
+        self.check_quarantine(identity.workload.as_deref(), call.origin.tgid)?;
+        let Read {
+            parts,
+            body,
+            prefix,
+            parsed,
+            upgrade,
+        } = self.read(req, gate.body_prefix_len(), call).await?;
+        call.log.model(parsed.model.as_deref());
+        let verdict = gate
+            .authorize(
+                &identity,
+                GateRequest {
+                    origin: &call.origin,
+                    upstream: &call.upstream.host,
+                    scheme: call.upstream.provider.scheme(),
+                    request: &parsed,
+                    headers: &parts.headers,
+                    body_prefix: &prefix,
+                    audit: call.log,
+                },
+            )
+            .await?;
+        drop(prefix);
+        let credential = credential(generation.credentials(), call).await?;
+        let forward = rewrite(
+            parts,
+            body,
+            &call.upstream,
+            &credential,
+            call.origin.original_dst,
+            call.transport,
+        )
+        .map_err(|error| {
+            tracing::error!(upstream = %call.upstream.host, %error, "cannot rewrite the request");
+            let message = format!(
+                "warrant cannot forward this request to {}: {error}",
+                call.upstream.host
+            );
+            Refusal::new(Outcome::Refused, StatusCode::INTERNAL_SERVER_ERROR, message)
+        })?;
+        let response = self.forward(call, forward).await?;
+        Ok(respond(
+            response, upgrade, verdict, credential, call, learned,
+        ))
+    }
+
+    /// Phase 2: a fail-closed audit log that cannot be written refuses.
+    fn check_audit(&self) -> Result<(), Refusal> {
+        if self.responder.audit().accepting() {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            Outcome::AuditUnavailable,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "warrant refused this request: its audit log cannot be written (fail-closed)",
+        ))
+    }
+
+    /// Phase 4: a real-looking key from the agent is refused, unless
+    /// `[proxy] agent_keys = "warn"`.
+    fn check_agent_keys(&self, fingerprints: &[String]) -> Result<(), Refusal> {
+        if fingerprints.is_empty() || self.limits.agent_keys != AgentKeyAction::Refuse {
+            return Ok(());
+        }
+        Err(Refusal::new(
+            Outcome::AgentKey,
+            StatusCode::FORBIDDEN,
+            format!(
+                "warrant refused this request: it carries what looks like a real API key ({}); the agent must use a placeholder, warrant injects the credential",
+                fingerprints.join(", ")
+            ),
+        ))
+    }
+
+    /// Phase 5: who is calling, recorded on the audit line and the live
+    /// connection. A process that cannot be attested is refused, unless it
+    /// is quarantined: then the quarantine is what refuses it.
+    async fn identify(&self, gate: &dyn RequestGate, call: &Call<'_>) -> Result<Identity, Refusal> {
+        let identity = match gate.identify(&call.origin).await {
+            Ok(identity) => identity,
+            Err(refusal) => {
+                self.check_quarantine(None, call.origin.tgid)?;
+                return Err(refusal);
+            }
+        };
+        let workload = identity.workload.as_deref();
+        call.live.set_identity(workload, &identity.summary);
+        call.log.identified(workload, identity.summary.clone());
+        Ok(identity)
+    }
+
+    /// Phase 6: a quarantined workload or process gets nothing further.
+    fn check_quarantine(&self, workload: Option<&str>, tgid: u32) -> Result<(), Refusal> {
+        let Some(quarantine) = self.responder.quarantined(workload, tgid) else {
+            return Ok(());
+        };
+        Err(Refusal::new(
+            Outcome::Quarantined,
+            StatusCode::FORBIDDEN,
+            format!(
+                "warrant refused this request: {} is quarantined ({})",
+                quarantine.target, quarantine.reason
+            ),
+        ))
+    }
+
+    /// Phase 7: takes the agent side of an upgrade, reads the body prefix
+    /// the gate asks for (`wanted` bytes; the whole body is still
+    /// forwarded) and parses the request with the upstream's provider.
+    async fn read(
+        &self,
+        mut req: Request<Incoming>,
+        wanted: usize,
+        call: &Call<'_>,
+    ) -> Result<Read, Refusal> {
+        // Taken before the request is split.
+        let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let (body, prefix) = if wanted == 0 {
+            (ForwardBody::streaming(body), Vec::new())
+        } else {
+            ForwardBody::prefetch(body, wanted, self.header_timeout())
+                .await
+                .map_err(|error| {
+                    Refusal::new(
+                        Outcome::Refused,
+                        StatusCode::BAD_REQUEST,
+                        format!("warrant could not read the request: {error}"),
+                    )
+                })?
+        };
+        let head = RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+        };
+        let parsed = call
+            .upstream
+            .provider
+            .parse(&head, &prefix)
+            .map_err(|error| {
+                Refusal::new(
+                    Outcome::Refused,
+                    StatusCode::BAD_REQUEST,
+                    format!("warrant refused this request: {error}"),
+                )
+            })?;
+        Ok(Read {
+            parts,
+            body,
+            prefix,
+            parsed,
+            upgrade,
+        })
+    }
+
+    /// Phase 11: sends the rewritten request; no response headers within
+    /// `[proxy] upstream_response_timeout_secs` is a gateway timeout.
+    async fn forward(
+        &self,
+        call: &Call<'_>,
+        request: Request<ForwardBody>,
+    ) -> Result<Response<Incoming>, Refusal> {
+        let host = &call.upstream.host;
+        let deadline = Duration::from_secs(self.limits.upstream_response_timeout_secs);
+        let sent = std::time::Instant::now();
+        let tls = match call.transport {
+            Transport::Tls => Some(&call.upstream.tls),
+            Transport::Plain => None,
+        };
+        let send = self
+            .clients
+            .send(host, call.origin.original_dst, tls, request, |why| {
+                call.log.upstream_retried(host, why)
+            });
+        let failed = |error: UpstreamError| {
+            tracing::warn!(upstream = %host, cause = %crate::error::chain(&error), "upstream failed");
+            Refusal::upstream_failed(host, &error)
+        };
+        let response = match tokio::time::timeout(deadline, send).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(failed(error.into())),
+            Err(_) => return Err(failed(UpstreamError::NoAnswer { after: deadline })),
+        };
+        call.log.upstream_responded(host, sent.elapsed());
+        call.log.outcome(Outcome::Forwarded, None);
+        Ok(response)
+    }
+}
+
+/// Phase 3: plain HTTP has no certificate to authenticate the destination,
+/// so the address the agent dialled must be one the host resolves to
+/// before a credential goes there.
+async fn check_destination(call: &Call<'_>) -> Result<(), Refusal> {
+    let dst = call.origin.original_dst;
+    let host = &call.upstream.host;
+    if call.transport == Transport::Tls || resolves_to(host, dst).await {
+        return Ok(());
+    }
+    tracing::warn!(
+        upstream = %host,
+        %dst,
+        tgid = call.origin.tgid,
+        "plain HTTP to an address the host does not resolve to: refused"
+    );
+    Err(Refusal::new(
+        Outcome::Refused,
+        StatusCode::FORBIDDEN,
+        format!(
+            "warrant refused this request: {} is not an address of {host} (plain HTTP destinations are checked against DNS)",
+            dst.ip()
+        ),
+    ))
+}
+
+/// Phase 4, first half: what looks like a real key from the agent, reported
+/// (log, audit line) by fingerprint only. Returns the fingerprints.
+fn agent_keys(call: &Call<'_>, req: &Request<Incoming>) -> Vec<String> {
+    let findings = call.upstream.provider.inspect(req.headers(), req.uri());
+    if findings.is_empty() {
+        return Vec::new();
+    }
+    for finding in &findings {
+        tracing::warn!(
+            upstream = %call.upstream.host,
+            tgid = call.origin.tgid,
+            uid = call.origin.uid,
+            cgroup_id = call.origin.cgroup_id,
+            location = %finding.location,
+            fingerprint = %finding.fingerprint,
+            "the agent sent what looks like a real API key (agents should hold only a placeholder)"
+        );
+    }
+    let prints: Vec<String> = findings.into_iter().map(|f| f.fingerprint).collect();
+    call.log.agent_keys(prints.clone());
+    prints
+}
+
+/// Phase 9: the upstream's credential, recorded by name and fingerprint.
+async fn credential(
+    credentials: &dyn CredentialSource,
+    call: &Call<'_>,
+) -> Result<Arc<Secret>, Refusal> {
+    let upstream = &call.upstream;
+    match credentials.current(&upstream.credential).await {
+        Ok(credential) => {
+            call.log.credential(&upstream.credential, &credential);
+            Ok(credential)
+        }
+        Err(error) => {
+            tracing::warn!(upstream = %upstream.host, %error, "no credential");
+            Err(Refusal::new(
+                Outcome::NoCredential,
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "warrant has no credential for {} right now: {error}",
+                    upstream.host
+                ),
+            ))
+        }
+    }
+}
+
+/// Phase 12: a protocol upgrade is relayed both ways (a quarantine closes
+/// it); a body goes back redacted, through the tap that meters it.
+fn respond(
+    mut response: Response<Incoming>,
+    upgrade: Option<OnUpgrade>,
+    verdict: Verdict,
+    credential: Arc<Secret>,
+    call: &Call<'_>,
+    learned: &mut Learned,
+) -> Response<ProxyBody> {
+    if let Some(agent_side) = upgrade
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        relay_upgrade(
+            agent_side,
+            hyper::upgrade::on(&mut response),
+            call.live.clone(),
+        );
+        let (parts, _) = response.into_parts();
+        return Response::from_parts(parts, empty());
+    }
+    tracing::debug!(
+        upstream = %call.upstream.host,
+        status = response.status().as_u16(),
+        tgid = call.origin.tgid,
+        "forwarded"
+    );
+    let (mut parts, body) = response.into_parts();
+    // The observer sees the upstream's head as it was sent.
+    if let Verdict::Admit(admission) = verdict
+        && let Some(mut observer) = admission.take()
+    {
+        observer.head(parts.status, &parts.headers);
+        learned.observer = Some(observer);
+    }
+    super::rewrite::strip_hop_by_hop(&mut parts.headers, false);
+    redact::headers(&mut parts.headers, &credential);
+    let body = body.map_err(super::BoxError::from);
+    Response::from_parts(parts, Redact::new(body, credential).boxed())
+}
+
+/// Relays an upgraded connection (WebSocket) until either side closes. The
+/// upgraded stream outlives the HTTP connection's task: a quarantine closes
+/// it here.
+fn relay_upgrade(agent_side: OnUpgrade, upstream_side: OnUpgrade, live: Arc<LiveConnection>) {
+    tokio::spawn(async move {
+        match tokio::try_join!(agent_side, upstream_side) {
+            Ok((agent, remote)) => {
+                let mut agent = TokioIo::new(agent);
+                let mut remote = TokioIo::new(remote);
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut agent, &mut remote) => {}
+                    () = live.closed() => {}
+                }
+            }
+            Err(error) => tracing::debug!(%error, "upgrade failed"),
+        }
+    });
+}
