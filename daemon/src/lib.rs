@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod duration;
 pub mod error;
 pub mod metrics;
+pub mod mounts;
 pub mod notify;
 pub mod origin;
 pub mod policy;

@@ -19,11 +19,6 @@ const MAX_WALK: usize = 100_000;
 /// Cached ids before the cache is emptied (removed cgroups leave entries).
 const MAX_ENTRIES: usize = 65_536;
 
-/// The cgroup2 mount point (found from /proc/mounts, as the eBPF side finds it).
-pub fn cgroup2_mount() -> Option<PathBuf> {
-    crate::redirect::cgroup::cgroup2_mount().ok()
-}
-
 /// The systemd unit of a cgroup path: its last `*.service` or `*.scope`
 /// component.
 pub fn unit_of(path: &str) -> Option<&str> {
@@ -156,7 +151,7 @@ mod tests {
 
     #[test]
     fn our_own_cgroup_resolves_from_its_id() {
-        let Some(mount) = cgroup2_mount() else {
+        let Ok(mount) = crate::mounts::cgroup2() else {
             return;
         };
         let resolver = CgroupResolver::new(Some(mount));

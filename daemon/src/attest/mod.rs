@@ -289,7 +289,7 @@ impl Attestor {
         generations: Arc<dyn ExecGenerations>,
         instance: InstanceHandle,
     ) -> Attestor {
-        Attestor::with_cgroup_mount(config, cgroup::cgroup2_mount(), generations, instance)
+        Attestor::with_cgroup_mount(config, crate::mounts::cgroup2().ok(), generations, instance)
     }
 
     pub fn with_cgroup_mount(

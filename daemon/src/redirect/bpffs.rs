@@ -2,7 +2,7 @@
 
 use std::{fs, path::Path};
 
-use super::{RedirectError, cgroup::mount_of_type};
+use super::RedirectError;
 
 /// Makes sure `pin_dir` lies on a mounted bpffs, mounting one at
 /// /sys/fs/bpf when none is (many hosts do not mount it until asked).
@@ -25,7 +25,7 @@ pub fn ensure_mounted(pin_dir: &Path) -> Result<(), RedirectError> {
             pin_dir.display()
         )));
     }
-    if mount_of_type(&mounts, "bpf").as_deref() == Some(default) {
+    if crate::mounts::of_type(&mounts, "bpf").as_deref() == Some(default) {
         return Ok(());
     }
     nix::mount::mount(
