@@ -95,6 +95,16 @@ pub struct QuarantineLabels {
     pub actor: String,
 }
 
+/// Registers `metric` under `name` and returns it (the registry keeps a
+/// clone sharing the same values).
+fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
+}
+
 /// Upstream response times from 5 ms to about 80 s (LLM calls are slow).
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
@@ -135,109 +145,94 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("warrant");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Requests by workload, upstream and outcome",
-            requests.clone(),
-        );
-        let denials = Family::<DenialLabels, Counter>::default();
-        registry.register(
-            "denials",
-            "Refused requests by workload, upstream and reason (policy factor, quarantine, agent_key...)",
-            denials.clone(),
-        );
-        let tokens = Family::<TokenLabels, Counter>::default();
-        registry.register(
-            "tokens",
-            "Tokens by workload, model and kind (input, output)",
-            tokens.clone(),
-        );
-        let cost = Family::<CostLabels, Counter<f64, AtomicU64>>::default();
-        registry.register(
-            "cost_usd",
-            "Estimated cost in US dollars by workload and model",
-            cost.clone(),
-        );
-        let credential_refreshes = Family::<CredentialLabels, Counter>::default();
-        registry.register(
-            "credential_refreshes",
-            "Credential fetches from their providers, by credential and result",
-            credential_refreshes.clone(),
-        );
-        let upstream_latency =
-            Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
-        registry.register(
-            "upstream_latency_seconds",
-            "Time from forwarding a request to the upstream's response headers",
-            upstream_latency.clone(),
-        );
-        let upstream_retries = Family::<RetryLabels, Counter>::default();
-        registry.register(
-            "upstream_retries",
-            "Requests sent again on a new connection because the upstream had not processed them",
-            upstream_retries.clone(),
-        );
-        let live_connections = Gauge::default();
-        registry.register(
-            "live_connections",
-            "Agent connections open now",
-            live_connections.clone(),
-        );
-        let connections = Family::<ConnectionLabels, Counter>::default();
-        registry.register(
-            "connections",
-            "Accepted connections by kind: intercepted (TLS terminated), passthrough (spliced untouched), plain (HTTP), refused (no Origin, over the cap)",
-            connections.clone(),
-        );
-        let audit_records = Counter::default();
-        registry.register(
-            "audit_records",
-            "Audit records written",
-            audit_records.clone(),
-        );
-        let audit_dropped = Counter::default();
-        registry.register(
-            "audit_dropped",
-            "Audit records that could not be written",
-            audit_dropped.clone(),
-        );
-        let rule_triggers = Family::<RuleLabels, Counter>::default();
-        registry.register(
-            "rule_triggers",
-            "Automated response rules that quarantined a workload or process",
-            rule_triggers.clone(),
-        );
-        let quarantine_actions = Family::<QuarantineLabels, Counter>::default();
-        registry.register(
-            "quarantine_actions",
-            "Quarantines placed (revoke) and lifted (restore), by actor",
-            quarantine_actions.clone(),
-        );
-        let quarantines_active = Gauge::default();
-        registry.register(
-            "quarantines_active",
-            "Quarantines in force",
-            quarantines_active.clone(),
-        );
         Metrics {
+            requests: registered(
+                &mut registry,
+                "requests",
+                "Requests by workload, upstream and outcome",
+                Family::<RequestLabels, Counter>::default(),
+            ),
+            denials: registered(
+                &mut registry,
+                "denials",
+                "Refused requests by workload, upstream and reason (policy factor, quarantine, agent_key...)",
+                Family::<DenialLabels, Counter>::default(),
+            ),
+            tokens: registered(
+                &mut registry,
+                "tokens",
+                "Tokens by workload, model and kind (input, output)",
+                Family::<TokenLabels, Counter>::default(),
+            ),
+            cost: registered(
+                &mut registry,
+                "cost_usd",
+                "Estimated cost in US dollars by workload and model",
+                Family::<CostLabels, Counter<f64, AtomicU64>>::default(),
+            ),
+            credential_refreshes: registered(
+                &mut registry,
+                "credential_refreshes",
+                "Credential fetches from their providers, by credential and result",
+                Family::<CredentialLabels, Counter>::default(),
+            ),
+            upstream_latency: registered(
+                &mut registry,
+                "upstream_latency_seconds",
+                "Time from forwarding a request to the upstream's response headers",
+                Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                    latency_histogram,
+                ),
+            ),
+            upstream_retries: registered(
+                &mut registry,
+                "upstream_retries",
+                "Requests sent again on a new connection because the upstream had not processed them",
+                Family::<RetryLabels, Counter>::default(),
+            ),
+            live_connections: registered(
+                &mut registry,
+                "live_connections",
+                "Agent connections open now",
+                Gauge::default(),
+            ),
+            connections: registered(
+                &mut registry,
+                "connections",
+                "Accepted connections by kind: intercepted (TLS terminated), passthrough (spliced untouched), plain (HTTP), refused (no Origin, over the cap)",
+                Family::<ConnectionLabels, Counter>::default(),
+            ),
+            audit_records: registered(
+                &mut registry,
+                "audit_records",
+                "Audit records written",
+                Counter::default(),
+            ),
+            audit_dropped: registered(
+                &mut registry,
+                "audit_dropped",
+                "Audit records that could not be written",
+                Counter::default(),
+            ),
+            rule_triggers: registered(
+                &mut registry,
+                "rule_triggers",
+                "Automated response rules that quarantined a workload or process",
+                Family::<RuleLabels, Counter>::default(),
+            ),
+            quarantine_actions: registered(
+                &mut registry,
+                "quarantine_actions",
+                "Quarantines placed (revoke) and lifted (restore), by actor",
+                Family::<QuarantineLabels, Counter>::default(),
+            ),
+            quarantines_active: registered(
+                &mut registry,
+                "quarantines_active",
+                "Quarantines in force",
+                Gauge::default(),
+            ),
             registry,
-            requests,
-            denials,
-            tokens,
-            cost,
-            credential_refreshes,
-            upstream_latency,
-            upstream_retries,
-            live_connections,
-            connections,
-            audit_records,
-            audit_dropped,
-            rule_triggers,
-            quarantine_actions,
-            quarantines_active,
             models: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
     }

@@ -82,20 +82,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     tracing::info!(config = %origin, "starting");
     credentials::make_non_dumpable().context("cannot make the process non-dumpable")?;
     raise_open_file_limit();
-    let state_dir = &config.daemon.state_dir;
-    // 0711: agents (any uid) must be able to open trust-bundle.pem by its
-    // path, but not list the directory; the CA key and the host key live in
-    // root-only files and directories inside.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o711)
-        .create(state_dir)
-        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
-    std::fs::set_permissions(
-        state_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o711),
-    )
-    .with_context(|| format!("cannot set the mode of {}", state_dir.display()))?;
+    prepare_state_dir(&config.daemon.state_dir)?;
 
     notify("STATUS=loading the local CA");
     let pki = Pki::init(&config)?;
@@ -103,84 +90,19 @@ pub async fn run(options: RunOptions) -> Result<()> {
 
     // The audit trail and metrics first: everything after may produce
     // records and counts.
-    let metrics = Arc::new(Metrics::new());
-    let audit = AuditLog::open(
-        &config.daemon.audit_log,
-        &config.audit,
-        AuditLog::journal_socket(&config.audit).as_deref(),
-    );
-    if !audit.health().writable {
-        tracing::error!(
-            path = %config.daemon.audit_log.display(),
-            fail_closed = audit.health().fail_closed,
-            "the audit log cannot be written"
-        );
-    }
-    let audit = Audit::new(audit, metrics.clone());
+    let (audit, metrics) = open_audit(&config, &origin);
     let responder = Responder::new(
         audit.clone(),
         config.response.clone(),
         Arc::new(SystemClock),
     );
-    let mut started = crate::audit::AuditRecord::new(crate::audit::RecordKind::Daemon);
-    started.message = Some(format!(
-        "warrant {} started with {origin}",
-        env!("CARGO_PKG_VERSION")
-    ));
-    audit.record(&started);
-    // Metrics are for operators; a port conflict must not stop agents from
-    // being served, so a bind failure is reported and the daemon goes on.
-    let _metrics_server = match config.daemon.metrics {
-        Some(addr) => match TcpListener::bind(addr).await {
-            Ok(listener) => {
-                tracing::info!(%addr, "metrics served");
-                Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
-                    metrics.clone(),
-                    listener,
-                ))))
-            }
-            Err(error) => {
-                tracing::error!(%addr, %error, "cannot serve metrics: continuing without them");
-                None
-            }
-        },
-        None => None,
-    };
+    let _metrics_server = serve_metrics(&config, &metrics).await;
 
     notify("STATUS=fetching credentials and the instance identity");
-    let instance = InstanceHandle::default();
-    let provider = attest::instance::Provider::from_config(&config.instance, state_dir)?;
-    if let Err(error) = provider.refresh(&instance).await {
-        // Conditions that need the identity fail closed until it is fetched.
-        tracing::warn!(%error, "instance identity not available yet");
-    }
-    let _instance_refresher = provider.spawn_refresh(
-        instance.clone(),
-        Duration::from_secs(config.instance.refresh_secs),
-    );
+    let (instance, _instance_refresher) = start_instance(&config).await?;
     notify("STATUS=attaching the eBPF programs");
-    let (listener4, listener6) = match options.inherited {
-        Some(inherited) => adopt(&config, inherited)?,
-        None => bind(&config).await?,
-    };
-    let settings = RedirectSettings::from_config(
-        &config,
-        listener4.local_addr()?,
-        listener6.as_ref().and_then(|l| l.local_addr().ok()),
-    )?;
-    let redirector = Redirector::start(settings.clone())?;
-    let maps = redirector.maps();
-    let tagger = tagging::Tagger::new(
-        &settings.cgroup_root,
-        tagging::selectors(&config),
-        maps.clone(),
-    )?;
-    let (stop_tagger, tagger_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (tagging_updates, tagging_updated) = tokio::sync::mpsc::unbounded_channel();
-    let tagger_task = tokio::spawn(tagger.watch_with_updates(tagging_updated, async {
-        let _ = tagger_stopped.await;
-    }));
-
+    let (listeners, redirection) = start_redirection(&config, options.inherited).await?;
+    let maps = redirection.redirector.maps();
     let attestor = Arc::new(Attestor::new(
         &config.attest,
         maps.clone(),
@@ -193,23 +115,15 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let _redis_probe = budgets
         .spawn_probe(Duration::from_secs(10))
         .map(AbortOnDrop);
-    // Everything the request path decides with, built the same way at start
-    // and on every reload (`reload.rs`).
-    let build: reload::Builder = {
-        let (metrics, attestor, budgets) = (metrics.clone(), attestor.clone(), budgets.clone());
-        Box::new(move |config: Arc<Config>| {
-            let (metrics, attestor, budgets) = (metrics.clone(), attestor.clone(), budgets.clone());
-            Box::pin(async move { build_generation(config, &metrics, &attestor, &budgets).await })
-        })
-    };
     let config = Arc::new(config);
+    let build = generation_builder(&metrics, &attestor, &budgets);
     let reloader = Arc::new(
         reload::Reloader::start(
-            config_path.clone(),
+            config_path,
             config.clone(),
             build,
             maps.clone(),
-            tagging_updates,
+            redirection.tagging_updates.clone(),
         )
         .await?,
     );
@@ -234,6 +148,161 @@ pub async fn run(options: RunOptions) -> Result<()> {
     tracing::info!(socket = %control.path().display(), "control socket ready");
     let _control_server = AbortOnDrop(tokio::spawn(control.serve()));
     let _exe_check = responder.spawn_exe_check().map(AbortOnDrop);
+    let servers = serve(&injector, listeners, &redirection.settings);
+    let _watchdog = crate::notify::spawn_watchdog();
+
+    wait_for_shutdown(&reloader).await?;
+    shutdown(servers, &injector, redirection, options.detach_on_exit).await
+}
+
+/// The state directory, created with mode 0711: agents (any uid) must be
+/// able to open trust-bundle.pem by its path, but not list the directory;
+/// the CA key and the host key live in root-only files and directories
+/// inside.
+fn prepare_state_dir(state_dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(state_dir)
+        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    std::fs::set_permissions(
+        state_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .with_context(|| format!("cannot set the mode of {}", state_dir.display()))
+}
+
+/// The audit trail (its first record says the daemon started with
+/// `origin`) and the metrics it counts in.
+fn open_audit(config: &Config, origin: &str) -> (Arc<Audit>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let log = AuditLog::open(
+        &config.daemon.audit_log,
+        &config.audit,
+        AuditLog::journal_socket(&config.audit).as_deref(),
+    );
+    if !log.health().writable {
+        tracing::error!(
+            path = %config.daemon.audit_log.display(),
+            fail_closed = log.health().fail_closed,
+            "the audit log cannot be written"
+        );
+    }
+    let audit = Audit::new(log, metrics.clone());
+    let mut started = crate::audit::AuditRecord::new(crate::audit::RecordKind::Daemon);
+    started.message = Some(format!(
+        "warrant {} started with {origin}",
+        env!("CARGO_PKG_VERSION")
+    ));
+    audit.record(&started);
+    (audit, metrics)
+}
+
+/// The metrics endpoint, when configured. Metrics are for operators; a port
+/// conflict must not stop agents from being served, so a bind failure is
+/// reported and the daemon goes on.
+async fn serve_metrics(config: &Config, metrics: &Arc<Metrics>) -> Option<AbortOnDrop> {
+    let addr = config.daemon.metrics?;
+    match TcpListener::bind(addr).await {
+        Ok(listener) => {
+            tracing::info!(%addr, "metrics served");
+            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
+                metrics.clone(),
+                listener,
+            ))))
+        }
+        Err(error) => {
+            tracing::error!(%addr, %error, "cannot serve metrics: continuing without them");
+            None
+        }
+    }
+}
+
+/// The host's instance identity, fetched once now and refreshed in the
+/// background. Conditions that need it fail closed until it is fetched.
+async fn start_instance(config: &Config) -> Result<(InstanceHandle, tokio::task::JoinHandle<()>)> {
+    let instance = InstanceHandle::default();
+    let provider =
+        attest::instance::Provider::from_config(&config.instance, &config.daemon.state_dir)?;
+    if let Err(error) = provider.refresh(&instance).await {
+        tracing::warn!(%error, "instance identity not available yet");
+    }
+    let refresher = provider.spawn_refresh(
+        instance.clone(),
+        Duration::from_secs(config.instance.refresh_secs),
+    );
+    Ok((instance, refresher))
+}
+
+/// The listeners, the eBPF programs that redirect to them and the tagger
+/// that follows the cgroup tree.
+struct Redirection {
+    settings: RedirectSettings,
+    redirector: Redirector,
+    /// New selectors for the tagger (on reload).
+    tagging_updates: tokio::sync::mpsc::UnboundedSender<Vec<tagging::CgroupSelector>>,
+    stop_tagger: tokio::sync::oneshot::Sender<()>,
+    tagger: tokio::task::JoinHandle<
+        std::result::Result<tagging::Tagger, crate::redirect::RedirectError>,
+    >,
+}
+
+async fn start_redirection(
+    config: &Config,
+    inherited: Option<activation::Inherited>,
+) -> Result<(Listeners, Redirection)> {
+    let listeners = match inherited {
+        Some(inherited) => adopt(config, inherited)?,
+        None => bind(config).await?,
+    };
+    let settings = RedirectSettings::from_config(
+        config,
+        listeners.0.local_addr()?,
+        listeners.1.as_ref().and_then(|l| l.local_addr().ok()),
+    )?;
+    let redirector = Redirector::start(settings.clone())?;
+    let tagger = tagging::Tagger::new(
+        &settings.cgroup_root,
+        tagging::selectors(config),
+        redirector.maps(),
+    )?;
+    let (stop_tagger, tagger_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (tagging_updates, tagging_updated) = tokio::sync::mpsc::unbounded_channel();
+    let tagger = tokio::spawn(tagger.watch_with_updates(tagging_updated, async {
+        let _ = tagger_stopped.await;
+    }));
+    Ok((
+        listeners,
+        Redirection {
+            settings,
+            redirector,
+            tagging_updates,
+            stop_tagger,
+            tagger,
+        },
+    ))
+}
+
+/// Everything the request path decides with, built the same way at start
+/// and on every reload (`reload.rs`).
+fn generation_builder(
+    metrics: &Arc<Metrics>,
+    attestor: &Arc<Attestor>,
+    budgets: &Budgets,
+) -> reload::Builder {
+    let (metrics, attestor, budgets) = (metrics.clone(), attestor.clone(), budgets.clone());
+    Box::new(move |config: Arc<Config>| {
+        let (metrics, attestor, budgets) = (metrics.clone(), attestor.clone(), budgets.clone());
+        Box::pin(async move { build_generation(config, &metrics, &attestor, &budgets).await })
+    })
+}
+
+/// Starts accepting on the listeners and tells systemd the daemon is ready.
+fn serve(
+    injector: &Arc<Injector>,
+    (listener4, listener6): Listeners,
+    settings: &RedirectSettings,
+) -> Vec<tokio::task::JoinHandle<std::io::Result<()>>> {
     let mut servers = vec![tokio::spawn(injector.clone().serve(listener4))];
     if let Some(listener6) = listener6 {
         servers.push(tokio::spawn(injector.clone().serve(listener6)));
@@ -247,9 +316,17 @@ pub async fn run(options: RunOptions) -> Result<()> {
         "READY=1\nSTATUS=serving on {}",
         listening.join(" ")
     ));
-    let _watchdog = crate::notify::spawn_watchdog();
+    servers
+}
 
-    wait_for_shutdown(&reloader).await?;
+/// Stops accepting, lets requests in flight finish (up to DRAIN_TIMEOUT),
+/// stops the tagger and, when asked, detaches the eBPF programs.
+async fn shutdown(
+    servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    injector: &Injector,
+    redirection: Redirection,
+    detach: bool,
+) -> Result<()> {
     notify("STOPPING=1\nSTATUS=finishing requests in flight");
     // Stop accepting first: under socket activation the listening socket
     // stays open in systemd, so new connections queue for the next daemon
@@ -263,10 +340,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
             "connections still open at shutdown (idle keep-alive or long streams): closed"
         );
     }
-    let _ = stop_tagger.send(());
-    let _ = tagger_task.await;
-    if options.detach_on_exit {
-        redirector.detach()?;
+    let _ = redirection.stop_tagger.send(());
+    let _ = redirection.tagger.await;
+    if detach {
+        redirection.redirector.detach()?;
         tracing::info!("eBPF programs detached");
     } else {
         tracing::info!(

@@ -35,7 +35,7 @@ use serde::Serialize;
 use super::observer::ResponseObserver;
 use super::{
     ledger::{LocalLedger, OverLimit, Placed},
-    meter::{Meter, Outcome, Usage},
+    meter::{Meter, Outcome, Reading, Usage},
     price::PriceTable,
     redis::RedisLedger,
     request::worst_case,
@@ -556,36 +556,8 @@ impl ResponseObserver for UsageObserver {
         let s = self.shared.clone();
         let c = &s.counters;
         c.responses.fetch_add(1, Ordering::Relaxed);
-        let reading = self.meter.take().map(Meter::finish);
         let worst = self.worst;
-        let (usage, outcome, model) = match reading {
-            None => (
-                worst,
-                Outcome::Unknown {
-                    reason: "no response from the upstream".to_owned(),
-                },
-                None,
-            ),
-            Some(reading) => {
-                let usage = match (&reading.outcome, reading.usage) {
-                    (Outcome::ErrorResponse, _) => Usage::default(),
-                    (Outcome::Counted, Some(seen)) if complete || reading.output_final => seen,
-                    // Cut off before the final count: what was seen, and
-                    // at least the reserved output.
-                    (Outcome::Counted, Some(seen)) => Usage {
-                        input_tokens: if seen.input_tokens > 0 {
-                            seen.input_tokens
-                        } else {
-                            worst.input_tokens
-                        },
-                        cached_input_tokens: seen.cached_input_tokens,
-                        output_tokens: seen.output_tokens.max(worst.output_tokens),
-                    },
-                    _ => worst,
-                };
-                (usage, reading.outcome, reading.model)
-            }
-        };
+        let (usage, outcome, model) = charge(self.meter.take().map(Meter::finish), worst, complete);
         match outcome {
             Outcome::Counted => c.counted.fetch_add(1, Ordering::Relaxed),
             Outcome::ErrorResponse => c.error_responses.fetch_add(1, Ordering::Relaxed),
@@ -613,29 +585,69 @@ impl ResponseObserver for UsageObserver {
             cut_off: !complete,
             unpriced: price.is_none(),
         };
-        match &record.outcome {
-            // Nothing was at stake (a request without a body): not worth a
-            // warning, still counted as unknown in status.
-            Outcome::Unknown { reason } if worst.total() == 0 => tracing::debug!(
-                workload = %record.workload, upstream = %record.upstream, path = %record.path,
-                %reason, "usage unknown (a request without a body)"
-            ),
-            Outcome::Unknown { reason } => tracing::warn!(
-                workload = %record.workload, upstream = %record.upstream, path = %record.path,
-                model = ?record.model, %reason, cut_off = record.cut_off,
-                "usage unknown: charged as reserved"
-            ),
-            _ => tracing::debug!(
-                workload = %record.workload, upstream = %record.upstream, model = ?record.model,
-                input = usage.input_tokens, cached = usage.cached_input_tokens,
-                output = usage.output_tokens, cost_micro_usd = cost, cut_off = record.cut_off,
-                "usage"
-            ),
-        }
+        log_usage(&record, worst);
         let sinks = s.sinks.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for sink in sinks.iter().chain(self.request_sink.as_ref()) {
             sink.record(&record);
         }
+    }
+}
+
+/// What a response is charged (see the module comment): its usage, the
+/// meter's outcome and the model the response named.
+fn charge(
+    reading: Option<Reading>,
+    worst: Usage,
+    complete: bool,
+) -> (Usage, Outcome, Option<String>) {
+    let Some(reading) = reading else {
+        let outcome = Outcome::Unknown {
+            reason: "no response from the upstream".to_owned(),
+        };
+        return (worst, outcome, None);
+    };
+    let usage = match (&reading.outcome, reading.usage) {
+        (Outcome::ErrorResponse, _) => Usage::default(),
+        (Outcome::Counted, Some(seen)) if complete || reading.output_final => seen,
+        // Cut off before the final count: what was seen, and at least the
+        // reserved output.
+        (Outcome::Counted, Some(seen)) => Usage {
+            input_tokens: if seen.input_tokens > 0 {
+                seen.input_tokens
+            } else {
+                worst.input_tokens
+            },
+            cached_input_tokens: seen.cached_input_tokens,
+            output_tokens: seen.output_tokens.max(worst.output_tokens),
+        },
+        _ => worst,
+    };
+    (usage, reading.outcome, reading.model)
+}
+
+/// The log line of a settled request: a warning when its usage was unknown
+/// and something was at stake.
+fn log_usage(record: &UsageRecord, worst: Usage) {
+    let usage = record.usage;
+    let cost = record.cost_micro_usd;
+    match &record.outcome {
+        // Nothing was at stake (a request without a body): not worth a
+        // warning, still counted as unknown in status.
+        Outcome::Unknown { reason } if worst.total() == 0 => tracing::debug!(
+            workload = %record.workload, upstream = %record.upstream, path = %record.path,
+            %reason, "usage unknown (a request without a body)"
+        ),
+        Outcome::Unknown { reason } => tracing::warn!(
+            workload = %record.workload, upstream = %record.upstream, path = %record.path,
+            model = ?record.model, %reason, cut_off = record.cut_off,
+            "usage unknown: charged as reserved"
+        ),
+        _ => tracing::debug!(
+            workload = %record.workload, upstream = %record.upstream, model = ?record.model,
+            input = usage.input_tokens, cached = usage.cached_input_tokens,
+            output = usage.output_tokens, cost_micro_usd = cost, cut_off = record.cut_off,
+            "usage"
+        ),
     }
 }
 
