@@ -8,9 +8,8 @@
 use http::{HeaderMap, HeaderName, StatusCode};
 
 use super::{
-    AgentHeaders, AmbiguousRequest, AnthropicAuth, Api, AuthSettings, Request, RequestHead,
-    SpliceError, Usage, UsageFields, UsageFormat, bearer, raw, request::json_request,
-    usage::or_zero,
+    AgentHeaders, AnthropicAuth, Api, AuthSettings, SpliceError, Usage, UsageFields, UsageFormat,
+    bearer, raw, usage::or_zero,
 };
 use crate::secret::Secret;
 
@@ -63,14 +62,6 @@ impl Api for Anthropic {
             "type": "error",
             "error": { "type": kind, "message": message }
         })
-    }
-
-    fn parse(
-        &self,
-        head: &RequestHead<'_>,
-        body_prefix: &[u8],
-    ) -> Result<Request, AmbiguousRequest> {
-        Ok(json_request(head, body_prefix))
     }
 
     fn usage(&self) -> &'static UsageFormat {

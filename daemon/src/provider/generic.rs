@@ -7,10 +7,7 @@
 use http::{HeaderMap, StatusCode};
 use zeroize::Zeroizing;
 
-use super::{
-    AgentHeaders, AmbiguousRequest, Api, AuthSettings, Request, RequestHead, SpliceError,
-    UsageFormat, openai, request::json_request, sensitive,
-};
+use super::{AgentHeaders, Api, AuthSettings, SpliceError, UsageFormat, openai, sensitive};
 use crate::secret::Secret;
 
 pub struct Generic;
@@ -40,14 +37,6 @@ impl Api for Generic {
 
     fn error_body(&self, status: StatusCode, kind: &str, message: &str) -> serde_json::Value {
         openai::error_body(status, kind, message)
-    }
-
-    fn parse(
-        &self,
-        head: &RequestHead<'_>,
-        body_prefix: &[u8],
-    ) -> Result<Request, AmbiguousRequest> {
-        Ok(json_request(head, body_prefix))
     }
 
     fn usage(&self) -> &'static UsageFormat {

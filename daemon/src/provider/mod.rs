@@ -64,12 +64,17 @@ pub trait Api: Sync {
     /// the error type name SDKs know (`permission_error`, ...).
     fn error_body(&self, status: StatusCode, kind: &str, message: &str) -> serde_json::Value;
 
-    /// Reads one request: see [`Request`].
+    /// Reads one request: see [`Request`]. The default reads a JSON body's
+    /// top-level fields (`request::json_request`), which every provider's
+    /// API takes; a provider that names more elsewhere (Gemini's path)
+    /// adds to it.
     fn parse(
         &self,
         head: &RequestHead<'_>,
         body_prefix: &[u8],
-    ) -> Result<Request, AmbiguousRequest>;
+    ) -> Result<Request, AmbiguousRequest> {
+        Ok(request::json_request(head, body_prefix))
+    }
 
     /// How its responses report usage.
     fn usage(&self) -> &'static UsageFormat;

@@ -7,8 +7,8 @@
 use http::{HeaderMap, StatusCode};
 
 use super::{
-    AgentHeaders, AmbiguousRequest, Api, AuthSettings, Request, RequestHead, SpliceError, Usage,
-    UsageFields, UsageFormat, bearer, request::json_request, usage::or_zero,
+    AgentHeaders, Api, AuthSettings, SpliceError, Usage, UsageFields, UsageFormat, bearer,
+    usage::or_zero,
 };
 use crate::secret::Secret;
 
@@ -33,14 +33,6 @@ impl Api for OpenAi {
 
     fn error_body(&self, status: StatusCode, kind: &str, message: &str) -> serde_json::Value {
         error_body(status, kind, message)
-    }
-
-    fn parse(
-        &self,
-        head: &RequestHead<'_>,
-        body_prefix: &[u8],
-    ) -> Result<Request, AmbiguousRequest> {
-        Ok(json_request(head, body_prefix))
     }
 
     fn usage(&self) -> &'static UsageFormat {
