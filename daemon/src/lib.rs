@@ -1,9 +1,13 @@
 //! warrant: takes long-lived LLM API keys out of AI agents.
 //!
-//! The path of one request, module by module: `redirect` (eBPF: tagged
-//! cgroups' connections go to the injector, with an `origin::Origin`), then
-//! the injector (`tls`, `proxy`, `provider`), which refuses connections without
-//! an Origin and splices the real credential into each request.
+//! The path of one request, module by module (ARCHITECTURE.md at the
+//! repository root walks it): `redirect` (eBPF: tagged cgroups' connections
+//! go to the injector, with an `origin::Origin`); `proxy` accepts them
+//! (refusing any without an Origin), terminates TLS (`tls`) and runs each
+//! request's phases: `attest` and the gate identify the caller, `response`
+//! refuses quarantined ones, `provider` reads the request once, `policy`
+//! and `usage` (budgets) decide, `credentials` supplies the key, `provider`
+//! splices it in, the response is metered (`usage`) and audited (`audit`).
 
 pub mod attest;
 pub mod audit;

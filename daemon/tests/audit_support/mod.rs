@@ -1,4 +1,4 @@
-//! The injector with its monitor (audit log in a temp dir, metrics,
+//! The injector with its responder (audit log in a temp dir, metrics,
 //! quarantines, live connections), a real credential store reading a canary
 //! key from a root-only file, and a gate that names a workload. Loopback only.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
