@@ -47,7 +47,9 @@ impl ControlBackend for DaemonBackend {
 
     fn explain_request(&self, pid: u32, request: &str) -> Result<String, String> {
         let planned = PlannedRequest::parse(request)?;
-        let gate = self.reloader.current().gate.clone();
+        // One generation: the gate and the configuration it was built from.
+        let generation = self.reloader.current();
+        let (gate, config) = (&generation.gate, &generation.config);
         let origin = crate::attest::explain::origin_for_pid(pid, &self.attestor)
             .map_err(|e| e.to_string())?;
         let attestation = self.attestor.attest(&origin).map_err(|e| e.to_string())?;
@@ -60,7 +62,6 @@ impl ControlBackend for DaemonBackend {
             planned.path,
             planned.model.as_deref().unwrap_or("(none)")
         ));
-        let config = self.reloader.config();
         if !config
             .upstreams
             .iter()
