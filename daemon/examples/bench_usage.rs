@@ -39,7 +39,6 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use warrant::{
     credentials::SystemClock,
-    origin::Origin,
     policy::RuleLimits,
     provider::{RequestHead, Scheme, api},
     proxy::{GateFuture, GateRequest, Identity, Redact, Refusal, RequestGate, Tap, Verdict},
@@ -138,10 +137,6 @@ async fn observer(budgets: &Budgets) -> Box<dyn ResponseObserver> {
 struct MeteringGate(Budgets);
 
 impl RequestGate for MeteringGate {
-    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>> {
-        Box::pin(async move { Ok(Identity::unattested(origin)) })
-    }
-
     fn authorize<'a>(
         &'a self,
         _: &'a Identity,

@@ -12,7 +12,6 @@ use http_body_util::BodyExt;
 use injector_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warrant::{
-    origin::Origin,
     provider::Scheme,
     proxy::{GateFuture, GateRequest, Identity, Refusal, RequestGate, Verdict},
 };
@@ -385,10 +384,6 @@ impl RequestGate for ModelGate {
         16
     }
 
-    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>> {
-        Box::pin(async move { Ok(Identity::unattested(origin)) })
-    }
-
     fn authorize<'a>(
         &'a self,
         _: &'a Identity,
@@ -411,10 +406,6 @@ impl RequestGate for ModelGate {
 }
 
 impl RequestGate for RefuseAll {
-    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>> {
-        Box::pin(async move { Ok(Identity::unattested(origin)) })
-    }
-
     fn authorize<'a>(
         &'a self,
         _: &'a Identity,

@@ -164,10 +164,6 @@ impl RequestGate for BudgetOnly {
         64 * 1024
     }
 
-    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>> {
-        Box::pin(async move { Ok(Identity::unattested(origin)) })
-    }
-
     fn authorize<'a>(
         &'a self,
         _: &'a Identity,
@@ -463,17 +459,7 @@ async fn over_budget_gets_429_in_the_providers_shape_and_retry_after_is_honest()
         },
     });
     let harness = Harness::start_with(&pki, "", Some(gate)).await;
-    let messages = || {
-        Request::builder()
-            .method(Method::POST)
-            .uri(format!("https://{ANTHROPIC}/v1/messages"))
-            .header("host", ANTHROPIC)
-            .header("x-api-key", "placeholder")
-            .body(Full::new(Bytes::from_static(
-                br#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[]}"#,
-            )))
-            .unwrap()
-    };
+    let messages = anthropic_messages;
     let mut agent = harness.h1(provider.addr, ANTHROPIC).await;
     let first = agent.send(messages()).await;
     assert_eq!(first.status(), StatusCode::OK);
