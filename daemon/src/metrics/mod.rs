@@ -145,39 +145,40 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("warrant");
+        let r = &mut registry;
         Metrics {
             requests: registered(
-                &mut registry,
+                r,
                 "requests",
                 "Requests by workload, upstream and outcome",
-                Family::<RequestLabels, Counter>::default(),
+                Family::default(),
             ),
             denials: registered(
-                &mut registry,
+                r,
                 "denials",
                 "Refused requests by workload, upstream and reason (policy factor, quarantine, agent_key...)",
-                Family::<DenialLabels, Counter>::default(),
+                Family::default(),
             ),
             tokens: registered(
-                &mut registry,
+                r,
                 "tokens",
                 "Tokens by workload, model and kind (input, output)",
-                Family::<TokenLabels, Counter>::default(),
+                Family::default(),
             ),
             cost: registered(
-                &mut registry,
+                r,
                 "cost_usd",
                 "Estimated cost in US dollars by workload and model",
-                Family::<CostLabels, Counter<f64, AtomicU64>>::default(),
+                Family::default(),
             ),
             credential_refreshes: registered(
-                &mut registry,
+                r,
                 "credential_refreshes",
                 "Credential fetches from their providers, by credential and result",
-                Family::<CredentialLabels, Counter>::default(),
+                Family::default(),
             ),
             upstream_latency: registered(
-                &mut registry,
+                r,
                 "upstream_latency_seconds",
                 "Time from forwarding a request to the upstream's response headers",
                 Family::<UpstreamLabels, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -185,49 +186,49 @@ impl Metrics {
                 ),
             ),
             upstream_retries: registered(
-                &mut registry,
+                r,
                 "upstream_retries",
                 "Requests sent again on a new connection because the upstream had not processed them",
-                Family::<RetryLabels, Counter>::default(),
+                Family::default(),
             ),
             live_connections: registered(
-                &mut registry,
+                r,
                 "live_connections",
                 "Agent connections open now",
                 Gauge::default(),
             ),
             connections: registered(
-                &mut registry,
+                r,
                 "connections",
                 "Accepted connections by kind: intercepted (TLS terminated), passthrough (spliced untouched), plain (HTTP), refused (no Origin, over the cap)",
-                Family::<ConnectionLabels, Counter>::default(),
+                Family::default(),
             ),
             audit_records: registered(
-                &mut registry,
+                r,
                 "audit_records",
                 "Audit records written",
                 Counter::default(),
             ),
             audit_dropped: registered(
-                &mut registry,
+                r,
                 "audit_dropped",
                 "Audit records that could not be written",
                 Counter::default(),
             ),
             rule_triggers: registered(
-                &mut registry,
+                r,
                 "rule_triggers",
                 "Automated response rules that quarantined a workload or process",
-                Family::<RuleLabels, Counter>::default(),
+                Family::default(),
             ),
             quarantine_actions: registered(
-                &mut registry,
+                r,
                 "quarantine_actions",
                 "Quarantines placed (revoke) and lifted (restore), by actor",
-                Family::<QuarantineLabels, Counter>::default(),
+                Family::default(),
             ),
             quarantines_active: registered(
-                &mut registry,
+                r,
                 "quarantines_active",
                 "Quarantines in force",
                 Gauge::default(),
