@@ -192,22 +192,7 @@ impl Injector {
             .await?;
         drop(prefix);
         let credential = credential(generation.credentials(), call).await?;
-        let forward = rewrite(
-            parts,
-            body,
-            &call.upstream,
-            &credential,
-            call.origin.original_dst,
-            call.transport,
-        )
-        .map_err(|error| {
-            tracing::error!(upstream = %call.upstream.host, %error, "cannot rewrite the request");
-            let message = format!(
-                "warrant cannot forward this request to {}: {error}",
-                call.upstream.host
-            );
-            Refusal::new(Outcome::Refused, StatusCode::INTERNAL_SERVER_ERROR, message)
-        })?;
+        let forward = splice(parts, body, &credential, call)?;
         let response = self.forward(call, forward).await?;
         Ok(respond(
             response, upgrade, verdict, credential, call, learned,
@@ -429,6 +414,25 @@ async fn credential(
             ))
         }
     }
+}
+
+/// Phase 10: the request rewritten for the upstream, the credential spliced
+/// in by its provider (see `rewrite`).
+fn splice(
+    parts: http::request::Parts,
+    body: ForwardBody,
+    credential: &Secret,
+    call: &Call<'_>,
+) -> Result<Request<ForwardBody>, Refusal> {
+    let dst = call.origin.original_dst;
+    rewrite(parts, body, &call.upstream, credential, dst, call.transport).map_err(|error| {
+        tracing::error!(upstream = %call.upstream.host, %error, "cannot rewrite the request");
+        let message = format!(
+            "warrant cannot forward this request to {}: {error}",
+            call.upstream.host
+        );
+        Refusal::new(Outcome::Refused, StatusCode::INTERNAL_SERVER_ERROR, message)
+    })
 }
 
 /// Phase 12: a protocol upgrade is relayed both ways (a quarantine closes
