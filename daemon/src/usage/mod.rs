@@ -3,7 +3,8 @@
 //! - [`meter`] reads token usage from responses as they stream past
 //!   ([`sse`] splits event streams);
 //! - [`price`] turns usage into cost (the per-model price table);
-//! - [`request`] estimates a request's worst case from its body prefix;
+//! - [`request`] estimates a request's worst case from the provider's parse
+//!   of it (`provider::Request`, the same parse policy decides on);
 //! - [`window`] is the sliding-window arithmetic, [`ledger`] the embedded
 //!   (SQLite) store and [`redis`] the fleet-wide one;
 //! - [`budget`] ties them together: admission reserves, the response

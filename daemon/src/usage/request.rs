@@ -1,4 +1,5 @@
-//! The worst case a request may use, from the first bytes of its body.
+//! The worst case a request may use, from the provider's parse of its first
+//! bytes (`provider::Request`).
 //!
 //! Output: the request's own cap (`max_tokens` for OpenAI chat and
 //! completions and Anthropic messages, `max_completion_tokens`,
