@@ -11,9 +11,10 @@
 use std::{hint::black_box, sync::Arc, time::Instant};
 
 use warrant::{
+    clock::ManualClock,
     config::Config,
     credentials::{
-        CredentialSource, CredentialStore, ManualClock, StaticCredentials,
+        CredentialSource, CredentialStore, StaticCredentials,
         provider::{IssueContext, IssueFuture, Issued, Provider},
         store::RefreshSettings,
     },
@@ -118,14 +119,14 @@ impl Provider for Fixed {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = Config::parse(&realistic_config(), "bench.toml")?;
-    let posture = Arc::new(PostureStore::from_config(&config.postures)?);
+    let posture = Arc::new(PostureStore::compile(&config.postures, &config.source)?);
     for index in 0..2 {
         posture.record(
             index,
             br#"{"status":"pass","checked_at":"2026-01-14T14:55:00Z"}"#,
         );
     }
-    let policy = Policy::new(&config.policies, posture)?;
+    let policy = Policy::compile(&config.policies, posture, &config.source)?;
     let now = "2026-01-14T15:00:00Z".parse()?;
     let body = br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Summarise the ticket."}],"stream":true}"#;
     let uri: http::Uri = "/v1/chat/completions".parse()?;

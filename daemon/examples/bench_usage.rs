@@ -38,13 +38,14 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame};
 use warrant::{
-    credentials::SystemClock,
+    clock::SystemClock,
+    config::UsageConfig,
     policy::RuleLimits,
     provider::{RequestHead, Scheme, api},
     proxy::{GateFuture, GateRequest, Identity, Redact, Refusal, RequestGate, Tap, Verdict},
     secret::Secret,
     usage::{
-        Admission, AdmitRequest, Budgets, LocalLedger, PriceTable, ResponseObserver, UsageConfig,
+        Admission, AdmitRequest, Budgets, LocalLedger, PriceTable, ResponseObserver,
         redis::RedisLedger,
     },
 };

@@ -5,12 +5,26 @@
 
 use std::time::Duration;
 
+/// A duration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DurationError {
+    #[error("bad duration {text:?} (expected e.g. \"30s\", \"5m\", \"1h\"): {source}")]
+    Syntax {
+        text: String,
+        #[source]
+        source: jiff::Error,
+    },
+    #[error("duration {0:?} must not be negative")]
+    Negative(String),
+}
+
 /// Parses a non-negative duration such as "10s" or "1h30m".
-pub fn parse(text: &str) -> Result<Duration, String> {
-    let signed: jiff::SignedDuration = text.parse().map_err(|e| {
-        format!("bad duration {text:?} (expected e.g. \"30s\", \"5m\", \"1h\"): {e}")
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
+    let signed: jiff::SignedDuration = text.parse().map_err(|source| DurationError::Syntax {
+        text: text.to_owned(),
+        source,
     })?;
-    Duration::try_from(signed).map_err(|_| format!("duration {text:?} must not be negative"))
+    Duration::try_from(signed).map_err(|_| DurationError::Negative(text.to_owned()))
 }
 
 #[cfg(test)]

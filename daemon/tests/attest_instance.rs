@@ -412,7 +412,13 @@ async fn an_unreachable_endpoint_fails_and_claims_fail_closed() {
     assert!(matches!(err, InstanceError::Unreachable { .. }), "{err}");
     let state = handle.current();
     assert!(matches!(state.as_ref(), InstanceState::Failed { .. }));
-    assert!(state.claim("region").unwrap_err().contains("failed"));
+    assert!(
+        state
+            .claim("region")
+            .unwrap_err()
+            .to_string()
+            .contains("failed")
+    );
 }
 
 // ---- gcp ----------------------------------------------------------------
@@ -554,7 +560,8 @@ async fn gcp_without_jwks_records_unverified_claims_that_fail_closed() {
             ..
         }
     ));
-    assert!(state.claim("region").unwrap_err().contains("unverified"));
+    let err = state.claim("region").unwrap_err().to_string();
+    assert!(err.contains("unverified"), "{err}");
 }
 
 #[tokio::test]

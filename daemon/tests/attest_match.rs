@@ -59,7 +59,8 @@ gid = 1002
 "#;
 
 fn matcher(text: &str) -> WorkloadMatcher {
-    WorkloadMatcher::new(&Config::parse(text, "test").unwrap().workloads)
+    let config = Config::parse(text, "test").unwrap();
+    WorkloadMatcher::compile(&config.workloads, &config.source).unwrap()
 }
 
 #[test]

@@ -478,10 +478,9 @@ fn explain_attests_a_live_process_and_matches_its_workload() {
         node.display(),
         sha256(&body)
     );
-    let workloads = warrant::config::Config::parse(&config, "test")
-        .unwrap()
-        .workloads;
-    let matcher = warrant::attest::WorkloadMatcher::new(&workloads);
+    let config = warrant::config::Config::parse(&config, "test").unwrap();
+    let matcher =
+        warrant::attest::WorkloadMatcher::compile(&config.workloads, &config.source).unwrap();
 
     let text = warrant::attest::explain::explain_pid(child.tgid(), &attestor, &matcher).unwrap();
 

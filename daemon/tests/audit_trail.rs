@@ -12,7 +12,7 @@ use audit_support::*;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use warrant::{
-    control::{ControlBackend, ControlRequest, ControlServer, client},
+    control::{ControlBackend, ControlRequest, ControlServer, RequestError, client},
     credentials::CredentialStore,
 };
 
@@ -26,8 +26,8 @@ impl ControlBackend for Backend {
     fn credentials(&self) -> Value {
         serde_json::to_value(self.credentials.status()).unwrap()
     }
-    fn reload(&self) -> Result<Value, String> {
-        warrant::service::validate_reload(&self.config)
+    fn reload(&self) -> Result<Value, RequestError> {
+        warrant::service::validate_reload(&self.config).map_err(RequestError::daemon)
     }
 }
 

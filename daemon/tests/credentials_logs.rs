@@ -9,8 +9,9 @@ use std::{sync::Arc, time::Duration};
 
 use common::{ExpectAuth, MockConfig, MockTokenEndpoint};
 use jiff::Timestamp;
+use warrant::clock::ManualClock;
 use warrant::credentials::{
-    CredentialSource, CredentialStore, ManualClock,
+    CredentialSource, CredentialStore,
     exec::ExecProvider,
     file::FileProvider,
     oauth::{ClientAuth, Grant, OAuthProvider, TokenClient},

@@ -9,11 +9,9 @@ use std::{path::Path, sync::Arc, time::Duration};
 
 use common::{ExpectAuth, MockConfig, MockTokenEndpoint, my_uid, write_private};
 use warrant::{
-    config::CredentialConfig,
-    credentials::{
-        CredentialError, CredentialSource, CredentialStore, ManualClock, StoreOptions,
-        store_from_config,
-    },
+    clock::ManualClock,
+    config::{CredentialConfig, Source},
+    credentials::{self, CredentialError, CredentialSource, CredentialStore, StoreOptions},
 };
 
 #[derive(serde::Deserialize)]
@@ -31,7 +29,13 @@ fn build(toml_text: &str) -> (CredentialStore, Arc<ManualClock>) {
         credentials_directory: None,
     };
     (
-        store_from_config(&parsed.credential, clock.clone(), &options).unwrap(),
+        credentials::compile(
+            &parsed.credential,
+            &Source::default(),
+            clock.clone(),
+            &options,
+        )
+        .unwrap(),
         clock,
     )
 }
@@ -118,6 +122,7 @@ async fn wrong_client_secret_is_rejected_with_the_oauth_error_code() {
     ));
     match store.current("openai").await {
         Err(CredentialError::Unavailable { reason, .. }) => {
+            let reason = reason.to_string();
             assert!(
                 reason.contains("401") && reason.contains("invalid_client"),
                 "{reason}"

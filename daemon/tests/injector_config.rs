@@ -44,7 +44,7 @@ fn proxy_keys_parse_and_bad_values_are_refused() {
     let err = Config::parse("[proxy]\nagent_keys = \"ignore\"\n", "t.toml").unwrap_err();
     assert!(err.to_string().contains("t.toml:2:"), "{err}");
     let err = Config::parse("[proxy]\nidle_timeout_secs = 0\n", "t.toml").unwrap_err();
-    assert!(err.message.contains("idle_timeout_secs"), "{err}");
+    assert!(err.message().contains("idle_timeout_secs"), "{err}");
 }
 
 #[test]
@@ -52,7 +52,7 @@ fn an_upstream_host_must_be_a_dns_name() {
     for host in ["10.0.0.1", "api.openai.com:443", "https://api.openai.com"] {
         let text = UPSTREAM.replace("api.openai.com", host);
         let err = Config::parse(&text, "t.toml").unwrap_err();
-        assert!(err.message.contains("DNS name"), "{host}: {err}");
+        assert!(err.message().contains("DNS name"), "{host}: {err}");
         assert_eq!(err.at.unwrap().line, 3, "{err}");
     }
 }

@@ -4,7 +4,10 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use warrant::config::{Config, Location};
+use warrant::{
+    config::{Config, ConfigError, Location},
+    service::CheckReport,
+};
 
 const BASE: &str = r#"[[workload]]
 name = "agent"
@@ -21,8 +24,13 @@ id = "openai"
 /// Lines in BASE, so the expected line numbers below read naturally.
 const BASE_LINES: usize = 11;
 
+/// What `warrant check-config` does: parse, then compile every section.
+fn check(text: &str) -> Result<CheckReport, ConfigError> {
+    warrant::service::check_config(&Config::parse(text, "w.toml")?)
+}
+
 fn error_at(extra: &str) -> (Location, String) {
-    let err = Config::parse(&format!("{BASE}{extra}"), "w.toml").unwrap_err();
+    let err = check(&format!("{BASE}{extra}")).unwrap_err();
     let at = err.at.unwrap_or_else(|| panic!("no location: {err}"));
     (
         Location {
@@ -78,12 +86,9 @@ fn posture_sections_are_checked() {
     let (at, msg) = error_at("[[posture]]\nname = \"edr\"\nsource = \"command\"\n");
     assert_eq!(at, loc(3, 10), "{msg}");
     assert!(msg.contains("command"), "{msg}");
-    let ok = Config::parse(
-        &format!(
-            "{BASE}[[posture]]\nname = \"edr\"\nsource = \"command\"\ncommand = [\"/usr/bin/edr-status\", \"--json\"]\nmax_age = \"15m\"\n[[policy]]\nworkload = \"agent\"\nposture = [\"edr\"]\n"
-        ),
-        "w.toml",
-    );
+    let ok = check(&format!(
+        "{BASE}[[posture]]\nname = \"edr\"\nsource = \"command\"\ncommand = [\"/usr/bin/edr-status\", \"--json\"]\nmax_age = \"15m\"\n[[policy]]\nworkload = \"agent\"\nposture = [\"edr\"]\n"
+    ));
     assert!(ok.is_ok(), "{:?}", ok.err());
 }
 
@@ -132,12 +137,9 @@ fn oauth_settings_are_checked() {
     );
     assert_eq!(at, loc(5, 11), "{msg}");
     // Loopback http is allowed (a local token agent, tests).
-    let ok = Config::parse(
-        &format!(
-            "{BASE}[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"http://127.0.0.1:8080/token\"\nclient_id = \"c\"\nclient_secret_credential = \"openai\"\nrefresh_ahead = \"2m\"\n"
-        ),
-        "w.toml",
-    );
+    let ok = check(&format!(
+        "{BASE}[[credential]]\nname = \"tok\"\nsource = \"oauth2\"\ntoken_url = \"http://127.0.0.1:8080/token\"\nclient_id = \"c\"\nclient_secret_credential = \"openai\"\nrefresh_ahead = \"2m\"\n"
+    ));
     assert!(ok.is_ok(), "{:?}", ok.err());
 }
 
@@ -255,15 +257,6 @@ cost_per_day_usd = 50.0
 requests_per_minute = 60
 "#
     );
-    let config = Config::parse(&text, "w.toml").unwrap();
-    // And the runtime objects build from it.
-    let posture =
-        std::sync::Arc::new(warrant::policy::PostureStore::from_config(&config.postures).unwrap());
-    warrant::policy::Policy::new(&config.policies, posture).unwrap();
-    warrant::credentials::store_from_config(
-        &config.credentials,
-        std::sync::Arc::new(warrant::credentials::SystemClock),
-        &warrant::credentials::StoreOptions::default(),
-    )
-    .unwrap();
+    // Parsed, and every section compiled into its runtime form.
+    check(&text).unwrap();
 }

@@ -32,11 +32,17 @@ async fn file_source_pass_then_missing_file_denies() {
     store.refresh_all().await;
     store.check(0, at("2026-01-14T14:30:00Z")).unwrap();
     // Stale an hour after checked_at, whatever the read time.
-    let err = store.check(0, at("2026-01-14T15:00:01Z")).unwrap_err();
+    let err = store
+        .check(0, at("2026-01-14T15:00:01Z"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("stale"), "{err}");
     std::fs::remove_file(&path).unwrap();
     store.refresh_all().await;
-    let err = store.check(0, at("2026-01-14T14:30:00Z")).unwrap_err();
+    let err = store
+        .check(0, at("2026-01-14T14:30:00Z"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot read"), "{err}");
 }
 
@@ -60,12 +66,12 @@ async fn command_source_pass_fail_and_broken() {
     store.refresh_all().await;
     let now = at("2026-01-14T14:10:00Z");
     store.check(0, now).unwrap();
-    let err = store.check(1, now).unwrap_err();
+    let err = store.check(1, now).unwrap_err().to_string();
     assert!(
         err.contains("failing") && err.contains("3 critical"),
         "{err}"
     );
-    let err = store.check(2, now).unwrap_err();
+    let err = store.check(2, now).unwrap_err().to_string();
     assert!(err.contains("exited"), "{err}");
 }
 
@@ -78,6 +84,9 @@ async fn command_that_hangs_fails_at_its_timeout() {
     hanging.timeout = Duration::from_millis(200);
     let store = PostureStore::new(vec![hanging]);
     store.refresh_all().await;
-    let err = store.check(0, at("2026-01-14T14:10:00Z")).unwrap_err();
+    let err = store
+        .check(0, at("2026-01-14T14:10:00Z"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("did not finish"), "{err}");
 }

@@ -81,7 +81,8 @@ fn tampered_binary_fails() {
     // Attested as the tampered bytes: the hash matches, the signature not.
     let err = signers
         .check(&s.exe(), &sha256(&s.exe()), now())
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("does not verify"), "{err}");
 }
 
@@ -90,7 +91,10 @@ fn binary_swapped_after_attestation_fails() {
     let s = signed_binary("warrant-exe");
     let signers = ExeSigners::new(&[&s.public_key], None).unwrap();
     let attested = [0u8; 32];
-    let err = signers.check(&s.exe(), &attested, now()).unwrap_err();
+    let err = signers
+        .check(&s.exe(), &attested, now())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("changed since it was attested"), "{err}");
 }
 
@@ -100,7 +104,8 @@ fn signature_for_another_namespace_fails() {
     let signers = ExeSigners::new(&[&s.public_key], None).unwrap();
     let err = signers
         .check(&s.exe(), &sha256(&s.exe()), now())
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("namespace"), "{err}");
 }
 
@@ -111,7 +116,8 @@ fn signature_by_an_unlisted_key_fails() {
     let signers = ExeSigners::new(&[&other.public_key], None).unwrap();
     let err = signers
         .check(&s.exe(), &sha256(&s.exe()), now())
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not among exe_signers"), "{err}");
 }
 
@@ -122,7 +128,8 @@ fn missing_signature_file_fails() {
     let signers = ExeSigners::new(&[&s.public_key], None).unwrap();
     let err = signers
         .check(&s.exe(), &sha256(&s.exe()), now())
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no signature"), "{err}");
 }
 
@@ -150,8 +157,8 @@ exe_signers = ["{}"]
         s.public_key
     );
     let config = Config::parse(&text, "t.toml").unwrap();
-    let posture = Arc::new(PostureStore::from_config(&config.postures).unwrap());
-    let policy = Policy::new(&config.policies, posture).unwrap();
+    let posture = Arc::new(PostureStore::compile(&config.postures, &config.source).unwrap());
+    let policy = Policy::compile(&config.policies, posture, &config.source).unwrap();
     let exe = s.exe();
     let hash = sha256(&exe);
     let input = PolicyInput {

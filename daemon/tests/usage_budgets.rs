@@ -29,6 +29,7 @@ use tokio::{
     sync::{Notify, mpsc, watch},
 };
 use warrant::{
+    config::UsageConfig,
     credentials::ManualClock,
     origin::Origin,
     policy::RuleLimits,
@@ -36,8 +37,7 @@ use warrant::{
     proxy::{GateFuture, GateRequest, Identity, Refusal, RequestGate, Verdict},
     response::Target,
     usage::{
-        Admission, AdmitRequest, Budgets, LocalLedger, Outcome, PriceTable, UsageConfig,
-        UsageRecord, UsageSink,
+        Admission, AdmitRequest, Budgets, LocalLedger, Outcome, PriceTable, UsageRecord, UsageSink,
     },
 };
 
@@ -565,9 +565,14 @@ async fn a_daemon_restarted_mid_stream_remembers_the_reservation() {
 #[test]
 fn every_documented_usage_key_parses_and_bad_values_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
+    // The upstreams' CA file exists: check-config reads it.
+    let pki = TestPki::new();
+    let ca = pki.ca_file.clone();
+    // Parsed and compiled, as `warrant check-config` does.
     let with = |extra: &str| {
-        warrant::config::Config::parse(&config_text(dir.path(), &ca, extra), "w.toml")
+        let config =
+            warrant::config::Config::parse(&config_text(dir.path(), &ca, extra), "w.toml")?;
+        warrant::service::check_config(&config).map(|_| config)
     };
     let config = with(
         r#"

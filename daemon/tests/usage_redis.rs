@@ -13,13 +13,11 @@ use std::{
 
 use http::HeaderMap;
 use warrant::{
-    credentials::ManualClock,
+    clock::ManualClock,
+    config::{RedisUnreachable, UsageConfig},
     policy::RuleLimits,
     provider::{RequestHead, Scheme, api},
-    usage::{
-        AdmitRequest, BudgetRefusal, Budgets, LocalLedger, PriceTable, UsageConfig,
-        redis::RedisLedger, settings::RedisUnreachable,
-    },
+    usage::{AdmitRequest, BudgetRefusal, Budgets, LocalLedger, PriceTable, redis::RedisLedger},
 };
 
 struct RedisServer {

@@ -272,8 +272,8 @@ pub fn resolve(
     let target = target_of(interpreter, argv);
     let creds = super::process::FsCreds::of(tgid);
     let opened = match (&target, creds) {
-        (Target::Inline, _) => Err("inline code: no file to hash".to_owned()),
-        (_, Err(err)) => Err(format!("cannot read the process's credentials: {err}")),
+        (Target::Inline, _) => Err(OpenError::Inline),
+        (_, Err(err)) => Err(OpenError::Credentials(err)),
         (Target::Script(path), Ok(creds)) => {
             open_script(tgid, interpreter, Path::new(path), &creds)
         }
@@ -290,9 +290,34 @@ pub fn resolve(
             interpreter,
             target,
             path: None,
-            hash: FileHash::Unavailable { reason },
+            hash: FileHash::Unavailable {
+                reason: reason.to_string(),
+            },
         },
     })
+}
+
+/// Why an entrypoint could not be opened (its hash is then unavailable
+/// and a selector on it fails closed).
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error("inline code: no file to hash")]
+    Inline,
+    #[error("cannot read the process's credentials: {0}")]
+    Credentials(#[source] std::io::Error),
+    #[error("a URL, not a local file")]
+    Url,
+    /// The last candidate tried, and why it failed.
+    #[error("{}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0:?} is not a module name")]
+    BadModuleName(String),
+    #[error("module {0:?} not found in the process's working directory")]
+    ModuleNotFound(String),
 }
 
 fn open_script(
@@ -300,11 +325,11 @@ fn open_script(
     interpreter: Interpreter,
     path: &Path,
     creds: &super::process::FsCreds,
-) -> Result<std::fs::File, String> {
+) -> Result<std::fs::File, OpenError> {
     if path.to_str().is_some_and(|p| p.contains("://")) {
-        return Err("a URL, not a local file".to_owned());
+        return Err(OpenError::Url);
     }
-    let mut candidates = vec![path.to_path_buf()];
+    let mut candidates = Vec::new();
     // Node and Bun accept "dist/index" and "dist" for dist/index.js.
     if matches!(interpreter, Interpreter::Node | Interpreter::Bun) {
         if path.extension().is_none() {
@@ -314,14 +339,23 @@ fn open_script(
         }
         candidates.push(path.join("index.js"));
     }
-    let mut last = String::new();
-    for candidate in candidates {
-        match super::process::open_script_in_process(tgid, &candidate, creds) {
-            Ok(file) => return Ok(file),
-            Err(err) => last = format!("{}: {err}", candidate.display()),
+    let open = |candidate: &Path| {
+        super::process::open_script_in_process(tgid, candidate, creds).map_err(|source| {
+            OpenError::Open {
+                path: candidate.to_owned(),
+                source,
+            }
+        })
+    };
+    // The path as given first; the error reported is the last candidate's.
+    let mut opened = open(path);
+    for candidate in &candidates {
+        if opened.is_ok() {
+            break;
         }
+        opened = open(candidate);
     }
-    Err(last)
+    opened
 }
 
 /// `python -m a.b`: a/b/__main__.py (a package) or a/b.py, looked up in the
@@ -332,13 +366,13 @@ fn open_module(
     tgid: u32,
     name: &str,
     creds: &super::process::FsCreds,
-) -> Result<std::fs::File, String> {
+) -> Result<std::fs::File, OpenError> {
     if name.is_empty()
         || name
             .split('.')
             .any(|part| part.is_empty() || part.contains('/'))
     {
-        return Err(format!("{name:?} is not a module name"));
+        return Err(OpenError::BadModuleName(name.to_owned()));
     }
     let base: PathBuf = name.split('.').collect();
     for candidate in [base.join("__main__.py"), base.with_extension("py")] {
@@ -346,9 +380,7 @@ fn open_module(
             return Ok(file);
         }
     }
-    Err(format!(
-        "module {name:?} not found in the process's working directory"
-    ))
+    Err(OpenError::ModuleNotFound(name.to_owned()))
 }
 
 #[cfg(test)]

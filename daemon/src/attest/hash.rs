@@ -20,11 +20,6 @@ use std::{
 
 use serde::Serialize;
 
-/// Default for `[attest] max_hash_bytes`: 512 MiB covers any real interpreter
-/// or agent binary (bun and node are ~100 MiB) while bounding the cost of a
-/// cold hash to about a second.
-pub const DEFAULT_MAX_HASH_BYTES: u64 = 512 * 1024 * 1024;
-
 /// Entries kept before the cache is emptied. Far above the number of distinct
 /// executables on a host; only reached if something churns files on purpose.
 const MAX_ENTRIES: usize = 16_384;
@@ -158,7 +153,7 @@ impl HashCache {
         self.misses.fetch_add(1, Ordering::Relaxed);
         let digest = match sha256_of(file, self.max_bytes) {
             Ok(digest) => digest,
-            Err(reason) => return unavailable(reason),
+            Err(reason) => return unavailable(reason.to_string()),
         };
         // A file written to while we read it has no single content: report
         // nothing rather than a hash of a mixture, and cache nothing.
@@ -180,10 +175,19 @@ fn unavailable(reason: String) -> FileHash {
     FileHash::Unavailable { reason }
 }
 
+/// Why a file being hashed has no hash.
+#[derive(Debug, thiserror::Error)]
+enum HashError {
+    #[error("read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("grew past the size limit while being hashed")]
+    Grew,
+}
+
 /// Hashes from the current position to the end, reading at most `limit`
 /// bytes (a file that grows past its fstat size is caught by the caller's
 /// second fstat; the limit stops a file that grows without end).
-fn sha256_of(file: &mut File, limit: u64) -> Result<String, String> {
+fn sha256_of(file: &mut File, limit: u64) -> Result<String, HashError> {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 256 * 1024];
     let mut total: u64 = 0;
@@ -192,11 +196,11 @@ fn sha256_of(file: &mut File, limit: u64) -> Result<String, String> {
             Ok(0) => break,
             Ok(n) => n,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(format!("read: {err}")),
+            Err(err) => return Err(HashError::Read(err)),
         };
         total += n as u64;
         if total > limit {
-            return Err("grew past the size limit while being hashed".to_owned());
+            return Err(HashError::Grew);
         }
         ctx.update(&buf[..n]);
     }
@@ -207,6 +211,7 @@ fn sha256_of(file: &mut File, limit: u64) -> Result<String, String> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::config::DEFAULT_MAX_HASH_BYTES;
     use std::io::Write;
 
     fn hash_path(cache: &HashCache, path: &std::path::Path) -> FileHash {

@@ -9,11 +9,18 @@
 //! `allow_user_namespaces`: there /proc/PID/exe and argv can be repointed
 //! with prctl(PR_SET_MM_MAP), so they would name whatever the process chose.
 
-use globset::{Glob, GlobMatcher};
 use serde::Serialize;
 
 use super::{Attestation, FileHash, UserNamespace};
-use crate::config::WorkloadConfig;
+use crate::config::{CgroupGlob, ConfigError, ConfigErrorKind, Source, WorkloadConfig};
+
+/// A `[[workload]]` selector that cannot be used (its name is `config`'s,
+/// its cgroup glob serde's).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadConfigError {
+    #[error("{0:?} is not a SHA-256 in hex (64 hex digits)")]
+    BadHash(String),
+}
 
 /// One selector's verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -119,8 +126,9 @@ struct Compiled {
     name: String,
     unit: Option<String>,
     slice: Option<String>,
-    cgroup: Option<(String, GlobMatcher)>,
+    cgroup: Option<CgroupGlob>,
     exe: Option<String>,
+    /// Lower-case hex, as attestations report hashes.
     exe_sha256: Vec<String>,
     entrypoint_sha256: Vec<String>,
     allow_user_namespaces: bool,
@@ -134,70 +142,59 @@ pub struct WorkloadMatcher {
 }
 
 impl WorkloadMatcher {
-    /// Compiles the `[[workload]]` sections. A workload whose selectors
-    /// cannot be used (a bad glob or hash, or no selector at all) is kept but
-    /// matches nothing, and its verdict says why: the config loader rejects
-    /// these already, this is the fail-closed backstop.
-    pub fn new(configs: &[WorkloadConfig]) -> WorkloadMatcher {
-        let workloads = configs
-            .iter()
-            .map(|c| {
-                let mut unusable = None;
-                let cgroup = c.cgroup.as_ref().and_then(|glob| {
-                    let text = glob.get_ref().clone();
-                    match Glob::new(&text) {
-                        Ok(g) => Some((text, g.compile_matcher())),
-                        Err(err) => {
-                            unusable = Some(format!("bad cgroup glob {text:?}: {err}"));
-                            None
-                        }
+    /// Compiles the `[[workload]]` sections; a malformed hash is an error at
+    /// its place in `source`. A workload that lists no selector is kept but
+    /// matches nothing, and its verdict says why: with no selector it would
+    /// match every process.
+    pub fn compile(
+        configs: &[WorkloadConfig],
+        source: &Source,
+    ) -> Result<WorkloadMatcher, ConfigError> {
+        let hashes = |list: &[toml::Spanned<String>]| {
+            list.iter()
+                .map(|hash| {
+                    let text = hash.get_ref();
+                    if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        Ok(text.to_ascii_lowercase())
+                    } else {
+                        Err(source.error_at(
+                            &hash.span(),
+                            ConfigErrorKind::Invalid,
+                            WorkloadConfigError::BadHash(text.clone()),
+                        ))
                     }
-                });
-                let hashes = |list: &[toml::Spanned<String>]| -> Vec<String> {
-                    list.iter()
-                        .map(|h| h.get_ref().to_ascii_lowercase())
-                        .collect()
-                };
-                let exe_sha256 = hashes(&c.exe_sha256);
-                let entrypoint_sha256 = hashes(&c.entrypoint_sha256);
-                if let Some(bad) = exe_sha256
-                    .iter()
-                    .chain(&entrypoint_sha256)
-                    .find(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()))
-                {
-                    unusable = Some(format!("{bad:?} is not a SHA-256 in hex"));
-                }
-                let compiled = Compiled {
-                    name: c.name.get_ref().clone(),
-                    unit: c.unit.as_ref().map(|u| u.get_ref().clone()),
-                    slice: c.slice.as_ref().map(|s| s.get_ref().clone()),
-                    cgroup,
-                    exe: c.exe.as_ref().map(|e| e.get_ref().clone()),
-                    exe_sha256,
-                    entrypoint_sha256,
-                    allow_user_namespaces: c.allow_user_namespaces,
-                    uid: c.uid,
-                    gid: c.gid,
-                    unusable,
-                };
-                let has_selector = compiled.unit.is_some()
-                    || compiled.slice.is_some()
-                    || c.cgroup.is_some()
-                    || compiled.exe.is_some()
-                    || !compiled.exe_sha256.is_empty()
-                    || !compiled.entrypoint_sha256.is_empty()
-                    || compiled.uid.is_some()
-                    || compiled.gid.is_some();
-                Compiled {
-                    unusable: compiled
-                        .unusable
-                        .clone()
-                        .or_else(|| (!has_selector).then(|| "lists no selector".to_owned())),
-                    ..compiled
-                }
-            })
-            .collect();
-        WorkloadMatcher { workloads }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let mut workloads = Vec::with_capacity(configs.len());
+        for c in configs {
+            let compiled = Compiled {
+                name: c.name.get_ref().clone(),
+                unit: c.unit.as_ref().map(|u| u.get_ref().clone()),
+                slice: c.slice.as_ref().map(|s| s.get_ref().clone()),
+                cgroup: c.cgroup.as_ref().map(|g| g.get_ref().clone()),
+                exe: c.exe.as_ref().map(|e| e.get_ref().clone()),
+                exe_sha256: hashes(&c.exe_sha256)?,
+                entrypoint_sha256: hashes(&c.entrypoint_sha256)?,
+                allow_user_namespaces: c.allow_user_namespaces,
+                uid: c.uid,
+                gid: c.gid,
+                unusable: None,
+            };
+            let has_selector = compiled.unit.is_some()
+                || compiled.slice.is_some()
+                || compiled.cgroup.is_some()
+                || compiled.exe.is_some()
+                || !compiled.exe_sha256.is_empty()
+                || !compiled.entrypoint_sha256.is_empty()
+                || compiled.uid.is_some()
+                || compiled.gid.is_some();
+            workloads.push(Compiled {
+                unusable: (!has_selector).then(|| "lists no selector".to_owned()),
+                ..compiled
+            });
+        }
+        Ok(WorkloadMatcher { workloads })
     }
 
     pub fn evaluate(&self, att: &Attestation) -> MatchReport {
@@ -238,10 +235,10 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
             refused: None,
         });
     }
-    if let Some((text, glob)) = &w.cgroup {
+    if let Some(glob) = &w.cgroup {
         selectors.push(SelectorResult {
             selector: "cgroup",
-            expected: text.clone(),
+            expected: glob.as_str().to_owned(),
             actual: att.cgroup.clone().unwrap_or_else(unknown),
             matched: att.cgroup.as_deref().is_some_and(|p| glob.is_match(p)),
             refused: None,
@@ -392,7 +389,18 @@ mod tests {
              entrypoint_sha256 = [\"{SCRIPT_HASH}\"]\n{extra}"
         );
         let config = crate::config::Config::parse(&text, "test").unwrap();
-        WorkloadMatcher::new(&config.workloads)
+        WorkloadMatcher::compile(&config.workloads, &config.source).unwrap()
+    }
+
+    #[test]
+    fn a_malformed_hash_is_an_error_at_its_place() {
+        let text = "[[workload]]\nname = \"a\"\nexe_sha256 = [\"abc\"]\n";
+        let config = crate::config::Config::parse(text, "w.toml").unwrap();
+        let Err(err) = WorkloadMatcher::compile(&config.workloads, &config.source) else {
+            panic!("a malformed hash compiled");
+        };
+        assert!(err.to_string().starts_with("w.toml:3:15: "), "{err}");
+        assert!(err.message().contains("SHA-256"), "{err}");
     }
 
     #[test]
@@ -464,7 +472,9 @@ mod tests {
                     slice = \"warrant-agents.slice\"\ncgroup = \"/warrant.slice/**\"\n\
                     uid = 1001\ngid = 1002\n";
         let config = crate::config::Config::parse(text, "test").unwrap();
-        let report = WorkloadMatcher::new(&config.workloads).evaluate(&attestation(NESTED));
+        let report = WorkloadMatcher::compile(&config.workloads, &config.source)
+            .unwrap()
+            .evaluate(&attestation(NESTED));
         assert_eq!(report.matched.as_deref(), Some("cg"));
         assert!(report.why_not().is_empty());
     }

@@ -144,7 +144,7 @@ pub struct TargetArg {
     pub pid: Option<u32>,
 }
 
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+fn parse_duration(text: &str) -> Result<std::time::Duration, crate::duration::DurationError> {
     crate::duration::parse(text)
 }
 
@@ -199,15 +199,16 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(config) => {
+        // Every section compiled as `warrant run` would, as a dry run.
+        Command::CheckConfig { file } => match crate::service::check(&file) {
+            Ok(report) => {
                 println!(
                     "{}: ok ({} workloads, {} upstreams, {} credentials, {} policies)",
                     file.display(),
-                    config.workloads.len(),
-                    config.upstreams.len(),
-                    config.credentials.len(),
-                    config.policies.len()
+                    report.workloads,
+                    report.upstreams,
+                    report.credentials,
+                    report.policies
                 );
                 ExitCode::SUCCESS
             }

@@ -1,26 +1,41 @@
 //! The configuration file: one TOML document, parsed with serde.
 //!
+//! This module holds the syntax and the defaults, and imports no domain
+//! module: every domain imports its section from here and compiles it into
+//! its runtime form, once (`WorkloadMatcher::compile`, `Policy::compile`,
+//! `credentials::compile`, `UsageSettings::compile`, ...; the daemon's
+//! `service::compile` runs them all, and so does `warrant check-config`).
+//!
+//! What `Config::parse` checks itself is what needs no domain knowledge:
+//! serde's types and spellings (unknown keys are errors), limits of plain
+//! values, and names between sections (every reference is defined, no name
+//! twice). Every error names the file, line and column: a `Config` keeps its
+//! [`Source`] so that the domains' compile steps can too.
+//!
 //! Every key has a documented default (the `default_*` functions and the
-//! `Default` impls say why). Unknown keys are errors, and every error names the
-//! file, line and column (see `check`). The embedded default config
-//! (`DEFAULT_CONFIG`) is what `warrant run` uses when no file is given, and is
-//! the commented reference for every key.
+//! `Default` impls say why). The embedded default config (`DEFAULT_CONFIG`)
+//! is what `warrant run` uses when no file is given, and is the commented
+//! reference for every key.
 
 mod location;
 mod observe;
+mod usage;
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     path::{Path, PathBuf},
 };
 
+use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use location::{ConfigError, Location};
+pub use location::{ConfigError, ConfigErrorKind, Location, Source};
 pub use observe::{
     AuditConfig, AuditFailureMode, ControlConfig, DEFAULT_CONTROL_SOCKET, ResponseConfig,
 };
+pub use usage::{LedgerKind, PriceConfig, RedisUnreachable, UsageConfig};
 
 /// The embedded default configuration: a host-only setup whose credentials
 /// come from files under /etc/warrant/credentials.
@@ -30,6 +45,9 @@ pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where the file came from, for errors found after parsing.
+    #[serde(skip)]
+    pub source: Source,
     #[serde(default)]
     pub daemon: DaemonConfig,
     #[serde(default)]
@@ -58,13 +76,13 @@ pub struct Config {
     pub response: ResponseConfig,
     /// Metering and budgets (see `usage::settings`).
     #[serde(default)]
-    pub usage: crate::usage::UsageConfig,
+    pub usage: UsageConfig,
     /// Prices per model, before the built-in table (see `usage::price`).
     #[serde(default, rename = "price")]
-    pub prices: Vec<crate::usage::PriceConfig>,
+    pub prices: Vec<PriceConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
     /// Where redirected connections land. Loopback only: the listener must not
@@ -134,7 +152,7 @@ impl Default for DaemonConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InterceptConfig {
     /// Destination ports redirected for tagged cgroups, whatever the address
@@ -177,7 +195,7 @@ pub enum AgentKeyAction {
 /// The injector's limits and behaviour. Every default is chosen so that the
 /// official SDKs (long streaming responses, large prompts) work unchanged
 /// while a slow or hostile client cannot hold resources for long.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// An agent-supplied credential that looks like a real provider key is a
@@ -251,7 +269,7 @@ impl Default for ProxyConfig {
 /// the default endpoint of a cloud provider that the config selects.
 pub const DEFAULT_METADATA_ENDPOINT: &str = "http://169.254.169.254";
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstanceConfig {
     /// host | aws | gcp | azure. Cloud providers are opt-in: the default never
@@ -293,11 +311,21 @@ pub struct InstanceConfig {
 fn default_instance_provider() -> String {
     "host".to_owned()
 }
+/// Default for `[instance] refresh_secs`: AWS and GCP documents are stable
+/// for the life of the instance, GCP identity tokens live an hour; five
+/// minutes notices a failing metadata service soon enough.
+pub const DEFAULT_INSTANCE_REFRESH_SECS: u64 = 300;
+/// Default for `[instance] timeout_ms`: link-local metadata answers in
+/// milliseconds; two seconds is generous without stalling start-up.
+pub const DEFAULT_INSTANCE_TIMEOUT_MS: u64 = 2_000;
+/// Default for `[instance] audience` (gcp): the token's aud claim.
+pub const DEFAULT_GCP_AUDIENCE: &str = "warrant";
+
 fn default_refresh_secs() -> u64 {
-    crate::attest::instance::DEFAULT_REFRESH_SECS
+    DEFAULT_INSTANCE_REFRESH_SECS
 }
 fn default_timeout_ms() -> u64 {
-    crate::attest::instance::DEFAULT_TIMEOUT_MS
+    DEFAULT_INSTANCE_TIMEOUT_MS
 }
 
 impl Default for InstanceConfig {
@@ -317,19 +345,24 @@ impl Default for InstanceConfig {
 }
 
 /// `[attest]`: process attestation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttestConfig {
     /// Files (executables, entrypoint scripts) larger than this are not
     /// hashed, and hash selectors on them fail closed: hashing attacker-chosen
     /// huge files would be a denial of service. Default 512 MiB
-    /// (`attest::hash::DEFAULT_MAX_HASH_BYTES`), above any real interpreter.
+    /// ([`DEFAULT_MAX_HASH_BYTES`]), above any real interpreter.
     #[serde(default = "default_max_hash_bytes")]
     pub max_hash_bytes: u64,
 }
 
+/// Default for `[attest] max_hash_bytes`: 512 MiB covers any real interpreter
+/// or agent binary (bun and node are ~100 MiB) while bounding the cost of a
+/// cold hash to about a second.
+pub const DEFAULT_MAX_HASH_BYTES: u64 = 512 * 1024 * 1024;
+
 fn default_max_hash_bytes() -> u64 {
-    crate::attest::hash::DEFAULT_MAX_HASH_BYTES
+    DEFAULT_MAX_HASH_BYTES
 }
 
 impl Default for AttestConfig {
@@ -342,7 +375,7 @@ impl Default for AttestConfig {
 
 /// A workload: which cgroups are tagged for redirection, and which processes
 /// the injector accepts as this workload. Every selector given must match.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadConfig {
     pub name: Spanned<String>,
@@ -357,7 +390,7 @@ pub struct WorkloadConfig {
     /// A cgroup path glob relative to the cgroup2 mount, e.g.
     /// "/system.slice/agent-*.service".
     #[serde(default)]
-    pub cgroup: Option<Spanned<String>>,
+    pub cgroup: Option<Spanned<CgroupGlob>>,
     #[serde(default)]
     pub exe: Option<Spanned<String>>,
     #[serde(default)]
@@ -423,7 +456,60 @@ pub enum AnthropicAuth {
     Bearer,
 }
 
+/// A cgroup path glob (`[[workload]] cgroup`), compiled when the file is
+/// read: a bad glob is a syntax error at its place in the file, and the
+/// tagger and the workload matcher share the one compiled matcher.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "String")]
+pub struct CgroupGlob {
+    text: String,
+    matcher: GlobMatcher,
+}
+
+/// A `[[workload]] cgroup` that is not a glob.
+#[derive(Debug, thiserror::Error)]
+#[error("bad cgroup glob {text:?}: {source}")]
+pub struct BadCgroupGlob {
+    text: String,
+    #[source]
+    source: globset::Error,
+}
+
+impl TryFrom<String> for CgroupGlob {
+    type Error = BadCgroupGlob;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        match Glob::new(&text) {
+            Ok(glob) => Ok(CgroupGlob {
+                matcher: glob.compile_matcher(),
+                text,
+            }),
+            Err(source) => Err(BadCgroupGlob { text, source }),
+        }
+    }
+}
+
+impl CgroupGlob {
+    /// The glob as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether a cgroup path (relative to the cgroup2 mount, with a leading
+    /// slash) matches.
+    pub fn is_match(&self, path: &str) -> bool {
+        self.matcher.is_match(path)
+    }
+}
+
+/// Two globs are the same setting when they are written the same.
+impl PartialEq for CgroupGlob {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub host: Spanned<String>,
@@ -452,12 +538,42 @@ pub struct UpstreamConfig {
     pub plain_http: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Where a `[[credential]]` comes from (`source`); what each needs is in
+/// `credentials::settings`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialSourceKind {
+    /// A root-only file (`path`).
+    File,
+    /// A systemd credential in $CREDENTIALS_DIRECTORY (`id`).
+    Systemd,
+    /// A command's output (`command`).
+    Exec,
+    /// An OAuth 2.0 client-credentials grant (`token_url`, `client_id`).
+    Oauth2,
+    /// An RFC 8693 token exchange or RFC 7523 JWT bearer grant.
+    TokenExchange,
+}
+
+impl CredentialSourceKind {
+    /// The name the file spells it with.
+    pub fn name(self) -> &'static str {
+        match self {
+            CredentialSourceKind::File => "file",
+            CredentialSourceKind::Systemd => "systemd",
+            CredentialSourceKind::Exec => "exec",
+            CredentialSourceKind::Oauth2 => "oauth2",
+            CredentialSourceKind::TokenExchange => "token-exchange",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
     pub name: Spanned<String>,
     /// file | systemd | exec | oauth2 | token-exchange
-    pub source: Spanned<String>,
+    pub source: Spanned<CredentialSourceKind>,
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// For source "systemd": the credential's name in $CREDENTIALS_DIRECTORY.
@@ -514,7 +630,7 @@ pub struct CredentialConfig {
     pub refresh_interval: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     pub workload: Spanned<String>,
@@ -547,14 +663,24 @@ pub struct PolicyConfig {
     pub exe_signature_namespace: Option<String>,
 }
 
+/// Where a `[[posture]]` check's result is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostureSourceKind {
+    /// A JSON file a scanner writes (`path`).
+    File,
+    /// A command that prints the JSON (`command`).
+    Command,
+}
+
 /// A named posture check: the latest result of a scanner or EDR, read from a
 /// file or a command's output as JSON `{"status": "pass", "checked_at": RFC3339}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostureConfig {
     pub name: Spanned<String>,
     /// file | command
-    pub source: Spanned<String>,
+    pub source: Spanned<PostureSourceKind>,
     #[serde(default)]
     pub path: Option<PathBuf>,
     #[serde(default)]
@@ -570,7 +696,7 @@ pub struct PostureConfig {
     pub timeout: Option<Spanned<String>>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeWindowConfig {
     /// "Mon-Fri", "Sat,Sun", "*"; default every day.
@@ -584,22 +710,67 @@ pub struct TimeWindowConfig {
     pub tz: Option<Spanned<String>>,
 }
 
+/// What `Config::parse` finds wrong beyond serde's types: values no
+/// domain needs to judge, and names between sections.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("cannot read: {0}")]
+    Read(#[source] std::io::Error),
+    /// serde's (toml's) message; its position is in the `ConfigError`.
+    #[error("{}", .0.message())]
+    Syntax(toml::de::Error),
+    #[error(
+        "[daemon] listen = {0} is not a loopback address; the injector must not be reachable from other hosts"
+    )]
+    ListenNotLoopback(SocketAddr),
+    #[error(
+        "[daemon] metrics = {0} is not a loopback address; metrics name workloads and models and are served without authentication"
+    )]
+    MetricsNotLoopback(SocketAddr),
+    #[error("[response] rate_multiple must be 0 (off) or a positive number")]
+    RateMultiple,
+    #[error("[intercept] ports must not contain the listener's own port")]
+    InterceptsListener,
+    #[error("[proxy] {0} is too small (zero, or under 1024 bytes for max_header_bytes)")]
+    ProxyLimit(&'static str),
+    #[error("{what} {name:?} is defined twice")]
+    Duplicate { what: &'static str, name: String },
+    #[error("{referrer} names {what} {name:?}, which no {section} defines")]
+    Undefined {
+        /// Who names it: `policy`, `upstream "api.openai.com"`, ...
+        referrer: String,
+        what: &'static str,
+        section: &'static str,
+        name: String,
+    },
+    #[error(
+        "upstream host {0:?} must be a DNS name (no IP address, port or scheme): the local CA is name-constrained to DNS names"
+    )]
+    HostNotDnsName(String),
+    #[error("scheme \"generic\" needs `header` (and optionally `value_template`)")]
+    GenericWithoutHeader,
+}
+
 impl Config {
-    /// Parses and validates a configuration document. `origin` names it in
-    /// errors (a path, or "<embedded default>").
+    /// Parses and checks a configuration document (see the module comment
+    /// for what is checked here and what by the domains). `origin` names it
+    /// in errors (a path, or "<embedded default config>").
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|err| {
+        let source = Source::new(origin, text);
+        let mut config: Config = toml::from_str(text).map_err(|err| {
             let at = err.span().map(|span| Location::of(text, span.start));
-            ConfigError::new(origin, at, err.message().to_owned())
+            ConfigError::new(origin, at, ConfigErrorKind::Syntax, Problem::Syntax(err))
         })?;
-        config.validate(text, origin)?;
+        config.source = source;
+        config.validate()?;
         Ok(config)
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|err| ConfigError::new(&origin, None, format!("cannot read: {err}")))?;
+        let text = std::fs::read_to_string(path).map_err(|err| {
+            ConfigError::new(&origin, None, ConfigErrorKind::Read, Problem::Read(err))
+        })?;
         Self::parse(&text, &origin)
     }
 
@@ -607,48 +778,50 @@ impl Config {
         Self::parse(DEFAULT_CONFIG, "<embedded default config>")
     }
 
-    /// Checks what serde cannot: references between sections, globs, values.
-    fn validate(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
-        let err = |span: std::ops::Range<usize>, msg: String| {
-            ConfigError::new(origin, Some(Location::of(text, span.start)), msg)
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.check_values()?;
+        self.check_names()
+    }
+
+    /// Limits of plain values, each reported at its key.
+    fn check_values(&self) -> Result<(), ConfigError> {
+        let at = |path: &[&str], problem: Problem| {
+            self.source
+                .error_at_key(path, ConfigErrorKind::Invalid, problem)
         };
         if !self.daemon.listen.ip().is_loopback() {
-            return Err(ConfigError::new(
-                origin,
-                None,
-                format!(
-                    "[daemon] listen = {} is not a loopback address; the injector must not be reachable from other hosts",
-                    self.daemon.listen
-                ),
+            return Err(at(
+                &["daemon", "listen"],
+                Problem::ListenNotLoopback(self.daemon.listen),
             ));
         }
         if let Some(metrics) = self.daemon.metrics
             && !metrics.ip().is_loopback()
         {
-            return Err(ConfigError::new(
-                origin,
-                None,
-                format!(
-                    "[daemon] metrics = {metrics} is not a loopback address; metrics name workloads and models and are served without authentication"
-                ),
+            return Err(at(
+                &["daemon", "metrics"],
+                Problem::MetricsNotLoopback(metrics),
             ));
         }
         if self.response.rate_multiple < 0.0 || !self.response.rate_multiple.is_finite() {
-            return Err(ConfigError::new(
-                origin,
-                None,
-                "[response] rate_multiple must be 0 (off) or a positive number".to_owned(),
-            ));
+            return Err(at(&["response", "rate_multiple"], Problem::RateMultiple));
         }
         if self.intercept.ports.contains(&self.daemon.listen.port()) {
+            // Two keys conflict: placed at the ports if the file sets them,
+            // else at the listener that runs into the default ports.
+            let place = self
+                .source
+                .locate_key(&["intercept", "ports"])
+                .or_else(|| self.source.locate_key(&["daemon", "listen"]));
             return Err(ConfigError::new(
-                origin,
-                None,
-                "[intercept] ports must not contain the listener's own port".to_owned(),
+                self.source.origin(),
+                place,
+                ConfigErrorKind::Invalid,
+                Problem::InterceptsListener,
             ));
         }
         let proxy = &self.proxy;
-        let zero = [
+        let too_small = [
             (
                 "header_read_timeout_secs",
                 proxy.header_read_timeout_secs == 0,
@@ -665,144 +838,119 @@ impl Config {
                 proxy.upstream_response_timeout_secs == 0,
             ),
         ];
-        if let Some((key, _)) = zero.iter().find(|(_, bad)| *bad) {
-            return Err(ConfigError::new(
-                origin,
-                None,
-                format!(
-                    "[proxy] {key} is too small (zero, or under 1024 bytes for max_header_bytes)"
-                ),
-            ));
+        if let Some((key, _)) = too_small.iter().find(|(_, bad)| *bad) {
+            return Err(at(&["proxy", key], Problem::ProxyLimit(key)));
         }
-        let mut names = std::collections::HashSet::new();
-        for workload in &self.workloads {
-            if !names.insert(workload.name.get_ref().as_str()) {
-                return Err(err(
-                    workload.name.span(),
-                    format!("workload {:?} is defined twice", workload.name.get_ref()),
-                ));
-            }
-            if let Some(glob) = &workload.cgroup {
-                globset::Glob::new(glob.get_ref()).map_err(|e| {
-                    err(
-                        glob.span(),
-                        format!("bad cgroup glob {:?}: {e}", glob.get_ref()),
-                    )
-                })?;
-            }
-            for hash in workload
-                .exe_sha256
-                .iter()
-                .chain(&workload.entrypoint_sha256)
-            {
-                let valid = hash.get_ref().len() == 64
-                    && hash.get_ref().bytes().all(|b| b.is_ascii_hexdigit());
-                if !valid {
-                    return Err(err(
-                        hash.span(),
-                        format!(
-                            "{:?} is not a SHA-256 in hex (64 hex digits)",
-                            hash.get_ref()
-                        ),
-                    ));
-                }
-            }
-        }
-        let credential_names: std::collections::HashSet<&str> = self
-            .credentials
-            .iter()
-            .map(|c| c.name.get_ref().as_str())
-            .collect();
-        for credential in &self.credentials {
-            const SOURCES: &[&str] = &["file", "systemd", "exec", "oauth2", "token-exchange"];
-            if !SOURCES.contains(&credential.source.get_ref().as_str()) {
-                return Err(err(
-                    credential.source.span(),
-                    format!(
-                        "unknown credential source {:?}; expected one of {}",
-                        credential.source.get_ref(),
-                        SOURCES.join(", ")
-                    ),
-                ));
-            }
-        }
-        crate::credentials::settings::validate(&self.credentials, text, origin)?;
-        crate::policy::posture::validate(&self.postures, text, origin)?;
-        let mut hosts = std::collections::HashSet::new();
+        self.check_upstream_values()
+    }
+
+    /// An upstream's host and scheme-specific keys (the scheme itself is
+    /// serde's).
+    fn check_upstream_values(&self) -> Result<(), ConfigError> {
         for upstream in &self.upstreams {
-            if !credential_names.contains(upstream.credential.get_ref().as_str()) {
-                return Err(err(
-                    upstream.credential.span(),
-                    format!(
-                        "upstream {:?} names credential {:?}, which no [[credential]] defines",
-                        upstream.host.get_ref(),
-                        upstream.credential.get_ref()
-                    ),
-                ));
-            }
             let host = upstream.host.get_ref().as_str();
             if host.parse::<std::net::IpAddr>().is_ok()
                 || rustls::pki_types::DnsName::try_from(host).is_err()
             {
-                return Err(err(
-                    upstream.host.span(),
-                    format!(
-                        "upstream host {host:?} must be a DNS name (no IP address, port or scheme): the local CA is name-constrained to DNS names"
-                    ),
-                ));
-            }
-            if !hosts.insert(upstream.host.get_ref().to_ascii_lowercase()) {
-                return Err(err(
-                    upstream.host.span(),
-                    format!("upstream {:?} is defined twice", upstream.host.get_ref()),
-                ));
+                return Err(self.invalid(&upstream.host, Problem::HostNotDnsName(host.to_owned())));
             }
             if *upstream.scheme.get_ref() == Scheme::Generic && upstream.header.is_none() {
-                return Err(err(
-                    upstream.scheme.span(),
-                    "scheme \"generic\" needs `header` (and optionally `value_template`)"
-                        .to_owned(),
+                return Err(self.invalid(&upstream.scheme, Problem::GenericWithoutHeader));
+            }
+        }
+        Ok(())
+    }
+
+    /// Names between sections: each defined once, each reference defined.
+    fn check_names(&self) -> Result<(), ConfigError> {
+        let as_written = |name: &str| name.to_owned();
+        let defined = |kind: Named| match kind {
+            Named::Workload => unique(
+                self.workloads.iter().map(|w| &w.name),
+                kind,
+                as_written,
+                &self.source,
+            ),
+            Named::Credential => unique(
+                self.credentials.iter().map(|c| &c.name),
+                kind,
+                as_written,
+                &self.source,
+            ),
+            Named::Posture => unique(
+                self.postures.iter().map(|p| &p.name),
+                kind,
+                as_written,
+                &self.source,
+            ),
+            // Host names are case-insensitive.
+            Named::Upstream => unique(
+                self.upstreams.iter().map(|u| &u.host),
+                kind,
+                |h| h.to_ascii_lowercase(),
+                &self.source,
+            ),
+        };
+        let names = [
+            defined(Named::Workload)?,
+            defined(Named::Credential)?,
+            defined(Named::Posture)?,
+            defined(Named::Upstream)?,
+        ];
+        for (referrer, name, kind) in self.references() {
+            let key = match kind {
+                Named::Upstream => name.get_ref().to_ascii_lowercase(),
+                _ => name.get_ref().clone(),
+            };
+            if !names[kind as usize].contains(&key) {
+                return Err(self.source.error_at(
+                    &name.span(),
+                    ConfigErrorKind::Reference,
+                    Problem::Undefined {
+                        referrer,
+                        what: kind.what(),
+                        section: kind.section(),
+                        name: name.get_ref().clone(),
+                    },
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every name one section gives of another: who names it, the name, and
+    /// what kind of section it must name.
+    fn references(&self) -> Vec<(String, &Spanned<String>, Named)> {
+        let mut references = Vec::new();
+        for upstream in &self.upstreams {
+            let referrer = format!("upstream {:?}", upstream.host.get_ref());
+            references.push((referrer, &upstream.credential, Named::Credential));
+        }
+        for credential in &self.credentials {
+            let others = [
+                &credential.client_secret_credential,
+                &credential.subject_token_credential,
+            ];
+            for other in others.into_iter().flatten() {
+                let referrer = format!("credential {:?}", credential.name.get_ref());
+                references.push((referrer, other, Named::Credential));
             }
         }
         for policy in &self.policies {
-            if !names.contains(policy.workload.get_ref().as_str()) {
-                return Err(err(
-                    policy.workload.span(),
-                    format!(
-                        "policy names workload {:?}, which no [[workload]] defines",
-                        policy.workload.get_ref()
-                    ),
-                ));
-            }
-            for host in &policy.upstreams {
-                if !hosts.contains(&host.get_ref().to_ascii_lowercase()) {
-                    return Err(err(
-                        host.span(),
-                        format!(
-                            "policy names upstream {:?}, which no [[upstream]] defines",
-                            host.get_ref()
-                        ),
-                    ));
-                }
-            }
-            for glob in policy
-                .models
-                .iter()
-                .chain(&policy.regions)
-                .chain(&policy.paths)
-            {
-                globset::Glob::new(glob.get_ref())
-                    .map_err(|e| err(glob.span(), format!("bad glob {:?}: {e}", glob.get_ref())))?;
+            let policy_names = std::iter::once((&policy.workload, Named::Workload))
+                .chain(policy.upstreams.iter().map(|h| (h, Named::Upstream)))
+                .chain(policy.posture.iter().map(|p| (p, Named::Posture)));
+            for (name, kind) in policy_names {
+                references.push(("policy".to_owned(), name, kind));
             }
         }
-        crate::policy::validate(&self.policies, &self.postures, text, origin)?;
-        self.usage
-            .validate()
-            .map_err(|msg| ConfigError::new(origin, None, msg))?;
-        crate::usage::PriceTable::new(&self.prices, false)
-            .map_err(|msg| ConfigError::new(origin, None, msg))?;
-        Ok(())
+        references
+    }
+
+    /// An error at a `Spanned` value that is well-formed but unusable.
+    fn invalid<T>(&self, value: &Spanned<T>, problem: Problem) -> ConfigError {
+        self.source
+            .error_at(&value.span(), ConfigErrorKind::Invalid, problem)
     }
 
     /// The IPv6 listener address, if there is to be one.
@@ -819,6 +967,68 @@ impl Config {
             None => Some(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))),
         }
     }
+}
+
+/// The sections that others name.
+#[derive(Debug, Clone, Copy)]
+enum Named {
+    Workload = 0,
+    Credential = 1,
+    Posture = 2,
+    Upstream = 3,
+}
+
+impl Named {
+    /// What a reference names, in errors.
+    fn what(self) -> &'static str {
+        match self {
+            Named::Workload => "workload",
+            Named::Credential => "credential",
+            Named::Posture => "posture check",
+            Named::Upstream => "upstream",
+        }
+    }
+
+    fn section(self) -> &'static str {
+        match self {
+            Named::Workload => "[[workload]]",
+            Named::Credential => "[[credential]]",
+            Named::Posture => "[[posture]]",
+            Named::Upstream => "[[upstream]]",
+        }
+    }
+
+    /// What a section defined twice is called, in errors.
+    fn defined(self) -> &'static str {
+        match self {
+            Named::Posture => "posture",
+            other => other.what(),
+        }
+    }
+}
+
+/// The names of one kind of section (by `key`, e.g. lower-cased hosts);
+/// the second definition of a name is an error at its place.
+fn unique<'a>(
+    names: impl Iterator<Item = &'a Spanned<String>>,
+    kind: Named,
+    key: impl Fn(&str) -> String,
+    source: &Source,
+) -> Result<HashSet<String>, ConfigError> {
+    let mut seen = HashSet::new();
+    for name in names {
+        if !seen.insert(key(name.get_ref())) {
+            return Err(source.error_at(
+                &name.span(),
+                ConfigErrorKind::Reference,
+                Problem::Duplicate {
+                    what: kind.defined(),
+                    name: name.get_ref().clone(),
+                },
+            ));
+        }
+    }
+    Ok(seen)
 }
 
 #[cfg(test)]

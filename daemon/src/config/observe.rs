@@ -15,7 +15,7 @@ pub enum AuditFailureMode {
     Closed,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Rotate `[daemon] audit_log` when it would grow past this many bytes;
@@ -59,7 +59,7 @@ impl Default for AuditConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlConfig {
     /// The control socket of `warrant status`, `revoke`, `restore`, `reload`
@@ -88,7 +88,7 @@ impl Default for ControlConfig {
 
 /// Automated quarantine rules. Each trigger writes an audit record and
 /// counts in `warrant_rule_triggers_total{rule}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResponseConfig {
     /// Quarantine a workload after this many policy denials within

@@ -84,6 +84,36 @@ pub enum ControlRequest {
     },
 }
 
+/// Why a control request was not carried out; the client prints it.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error(
+        "permission denied: the warrant control socket is for root{} (you are uid {uid})",
+        if *.admin_group { " and the configured admin group" } else { "" }
+    )]
+    PermissionDenied { uid: u32, admin_group: bool },
+    #[error("{0} is not available")]
+    NotAvailable(&'static str),
+    #[error("give exactly one of workload and pid")]
+    BadTarget,
+    #[error("{what} failed: {source}")]
+    Interrupted {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The daemon's own error for the request: a reload's configuration
+    /// error, an explain's attestation error.
+    #[error(transparent)]
+    Daemon(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl RequestError {
+    pub fn daemon(error: impl std::error::Error + Send + Sync + 'static) -> RequestError {
+        RequestError::Daemon(Box::new(error))
+    }
+}
+
 /// The daemon parts the control socket reports on or acts through, beside
 /// the responder. Every method has a neutral default, so tests and partial
 /// daemons implement only what they have.
@@ -99,20 +129,20 @@ pub trait ControlBackend: Send + Sync + 'static {
         json!({"note": "budgets are not metered yet"})
     }
     /// Re-reads the configuration. Blocking is fine (runs off the runtime).
-    fn reload(&self) -> Result<Value, String> {
-        Err("reload is not available".to_owned())
+    fn reload(&self) -> Result<Value, RequestError> {
+        Err(RequestError::NotAvailable("reload"))
     }
     /// The attestation of `pid` and its workload match, as text. Blocking
     /// is fine (runs off the runtime).
-    fn explain(&self, pid: u32) -> Result<String, String> {
+    fn explain(&self, pid: u32) -> Result<String, RequestError> {
         let _ = pid;
-        Err("explain is not available".to_owned())
+        Err(RequestError::NotAvailable("explain"))
     }
     /// As `explain`, plus the policy decision for `request` ("METHOD URL
     /// [model=NAME]"), without sending anything.
-    fn explain_request(&self, pid: u32, request: &str) -> Result<String, String> {
+    fn explain_request(&self, pid: u32, request: &str) -> Result<String, RequestError> {
         let _ = (pid, request);
-        Err("explain --request is not available".to_owned())
+        Err(RequestError::NotAvailable("explain --request"))
     }
 }
 
@@ -256,7 +286,7 @@ impl ControlServer {
         let peer = write.as_ref().peer_cred()?;
         if let Err(refusal) = authorize(peer.uid(), peer.gid(), peer.pid(), self.admin_gid) {
             tracing::warn!(uid = peer.uid(), pid = ?peer.pid(), "control socket: {refusal}");
-            let answer = json!({"ok": false, "error": refusal});
+            let answer = json!({"ok": false, "error": refusal.to_string()});
             write.write_all(format!("{answer}\n").as_bytes()).await?;
             return Ok(());
         }
@@ -269,7 +299,7 @@ impl ControlServer {
             let answer = match serde_json::from_str::<ControlRequest>(&line) {
                 Ok(request) => match self.handle(request, &actor).await {
                     Ok(result) => json!({"ok": true, "result": result}),
-                    Err(error) => json!({"ok": false, "error": error}),
+                    Err(error) => json!({"ok": false, "error": error.to_string()}),
                 },
                 Err(error) => json!({"ok": false, "error": format!("bad request: {error}")}),
             };
@@ -278,7 +308,7 @@ impl ControlServer {
         Ok(())
     }
 
-    async fn handle(&self, request: ControlRequest, actor: &str) -> Result<Value, String> {
+    async fn handle(&self, request: ControlRequest, actor: &str) -> Result<Value, RequestError> {
         match request {
             ControlRequest::Status => Ok(status(&self.responder, self.backend.as_ref())),
             ControlRequest::Revoke {
@@ -311,7 +341,10 @@ impl ControlServer {
                 let backend = self.backend.clone();
                 tokio::task::spawn_blocking(move || backend.reload())
                     .await
-                    .map_err(|e| format!("reload failed: {e}"))?
+                    .map_err(|source| RequestError::Interrupted {
+                        what: "reload",
+                        source,
+                    })?
             }
             ControlRequest::Explain { pid, request } => {
                 let backend = self.backend.clone();
@@ -320,7 +353,10 @@ impl ControlServer {
                     None => backend.explain(pid),
                 })
                 .await
-                .map_err(|e| format!("explain failed: {e}"))??;
+                .map_err(|source| RequestError::Interrupted {
+                    what: "explain",
+                    source,
+                })??;
                 Ok(json!({"text": text}))
             }
         }
@@ -333,11 +369,11 @@ impl Drop for ControlServer {
     }
 }
 
-fn target(workload: Option<String>, pid: Option<u32>) -> Result<Target, String> {
+fn target(workload: Option<String>, pid: Option<u32>) -> Result<Target, RequestError> {
     match (workload, pid) {
         (Some(name), None) if !name.is_empty() => Ok(Target::Workload(name)),
         (None, Some(pid)) if pid > 0 => Ok(Target::Pid(pid)),
-        _ => Err("give exactly one of workload and pid".to_owned()),
+        _ => Err(RequestError::BadTarget),
     }
 }
 
@@ -349,7 +385,7 @@ pub fn authorize(
     gid: u32,
     pid: Option<i32>,
     admin_gid: Option<u32>,
-) -> Result<(), String> {
+) -> Result<(), RequestError> {
     if uid == 0 {
         return Ok(());
     }
@@ -358,14 +394,10 @@ pub fn authorize(
     {
         return Ok(());
     }
-    Err(format!(
-        "permission denied: the warrant control socket is for root{} (you are uid {uid})",
-        if admin_gid.is_some() {
-            " and the configured admin group"
-        } else {
-            ""
-        }
-    ))
+    Err(RequestError::PermissionDenied {
+        uid,
+        admin_group: admin_gid.is_some(),
+    })
 }
 
 fn supplementary_groups(pid: i32) -> Vec<u32> {
@@ -426,7 +458,7 @@ mod tests {
     #[test]
     fn only_root_or_the_admin_group_is_authorized() {
         assert!(authorize(0, 0, None, None).is_ok());
-        let refused = authorize(1000, 1000, None, None).unwrap_err();
+        let refused = authorize(1000, 1000, None, None).unwrap_err().to_string();
         assert!(refused.starts_with("permission denied"), "{refused}");
         assert!(authorize(1000, 50, None, Some(50)).is_ok());
         assert!(authorize(1000, 1000, None, Some(50)).is_err());

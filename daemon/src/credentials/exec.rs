@@ -18,6 +18,51 @@ use crate::secret::Secret;
 /// Output larger than this is refused: a credential is small.
 const MAX_OUTPUT: usize = 64 * 1024;
 
+/// Why a credential command gave no value. Carries the program, exit
+/// status, byte counts and JSON positions: never its output.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("empty command")]
+    EmptyCommand,
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} did not finish within {timeout:?}; killed")]
+    Timeout { program: String, timeout: Duration },
+    #[error("{program}: {source}")]
+    Wait {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{program} exited with {status}; its stderr ({stderr_bytes} bytes) is not shown because it may contain the credential"
+    )]
+    Failed {
+        program: String,
+        status: std::process::ExitStatus,
+        stderr_bytes: usize,
+    },
+    #[error("{program} printed more than {MAX_OUTPUT} bytes")]
+    TooLarge { program: String },
+    /// serde_json's messages can quote the offending value, which may be
+    /// the credential: only the class and position are kept.
+    #[error(
+        "{program} printed invalid output ({category:?} error at line {line} column {column}); expected {{\"value\": ..., \"expires_at\": RFC 3339}}"
+    )]
+    BadOutput {
+        program: String,
+        category: serde_json::error::Category,
+        line: usize,
+        column: usize,
+    },
+    #[error("{program} printed an empty value")]
+    EmptyValue { program: String },
+}
+
 pub struct ExecProvider {
     argv: Vec<String>,
     timeout: Duration,
@@ -39,7 +84,8 @@ impl ExecProvider {
 impl Provider for ExecProvider {
     fn issue<'a>(&'a self, _ctx: &'a IssueContext<'a>) -> IssueFuture<'a> {
         Box::pin(async move {
-            let (program, args) = self.argv.split_first().ok_or("empty command")?;
+            let (program, args) = self.argv.split_first().ok_or(ExecError::EmptyCommand)?;
+            let named = || program.clone();
             let child = tokio::process::Command::new(program)
                 .args(args)
                 .stdin(Stdio::null())
@@ -48,35 +94,42 @@ impl Provider for ExecProvider {
                 // A command that outlives its timeout is killed, not leaked.
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| format!("cannot run {program}: {e}"))?;
+                .map_err(|source| ExecError::Spawn {
+                    program: named(),
+                    source,
+                })?;
             let output = tokio::time::timeout(self.timeout, child.wait_with_output())
                 .await
-                .map_err(|_| format!("{program} did not finish within {:?}; killed", self.timeout))?
-                .map_err(|e| format!("{program}: {e}"))?;
+                .map_err(|_| ExecError::Timeout {
+                    program: named(),
+                    timeout: self.timeout,
+                })?
+                .map_err(|source| ExecError::Wait {
+                    program: named(),
+                    source,
+                })?;
             let stdout = Zeroizing::new(output.stdout);
             let stderr = Zeroizing::new(output.stderr);
             if !output.status.success() {
-                return Err(format!(
-                    "{program} exited with {}; its stderr ({} bytes) is not shown because it may contain the credential",
-                    output.status,
-                    stderr.len()
-                ));
+                return Err(ExecError::Failed {
+                    program: named(),
+                    status: output.status,
+                    stderr_bytes: stderr.len(),
+                }
+                .into());
             }
             if stdout.len() > MAX_OUTPUT {
-                return Err(format!("{program} printed more than {MAX_OUTPUT} bytes"));
+                return Err(ExecError::TooLarge { program: named() }.into());
             }
-            let parsed: ExecOutput = serde_json::from_slice(&stdout).map_err(|e| {
-                // serde_json's messages can quote the offending value, which
-                // may be the credential: keep only the class and position.
-                format!(
-                    "{program} printed invalid output ({:?} error at line {} column {}); expected {{\"value\": ..., \"expires_at\": RFC 3339}}",
-                    e.classify(),
-                    e.line(),
-                    e.column()
-                )
-            })?;
+            let parsed: ExecOutput =
+                serde_json::from_slice(&stdout).map_err(|e| ExecError::BadOutput {
+                    program: named(),
+                    category: e.classify(),
+                    line: e.line(),
+                    column: e.column(),
+                })?;
             if parsed.value.is_empty() {
-                return Err(format!("{program} printed an empty value"));
+                return Err(ExecError::EmptyValue { program: named() }.into());
             }
             Ok(Issued {
                 value: Secret::new(parsed.value),

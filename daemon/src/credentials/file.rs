@@ -16,42 +16,90 @@ use zeroize::Zeroizing;
 use super::provider::{IssueContext, IssueFuture, Issued, Provider};
 use crate::secret::Secret;
 
+/// Why a key file cannot be served. Names the path and what is wrong with
+/// it, never its content.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("cannot stat {}: {source}", path.display())]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "credential file {} has mode {mode:04o}, readable or writable by group or others; \
+         it must be 0600 or 0400 (chmod 600 {})",
+        path.display(),
+        path.display()
+    )]
+    Mode { path: PathBuf, mode: u32 },
+    #[error(
+        "credential file {} is owned by uid {owner}, not uid {expected}; it must be owned by root",
+        path.display()
+    )]
+    Owner {
+        path: PathBuf,
+        owner: u32,
+        expected: u32,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not UTF-8", path.display())]
+    NotUtf8 { path: PathBuf },
+    #[error("{} is empty", path.display())]
+    Empty { path: PathBuf },
+    #[error(
+        "$CREDENTIALS_DIRECTORY is not set: give warrant.service LoadCredential= or LoadCredentialEncrypted="
+    )]
+    NoCredentialsDirectory,
+}
+
 /// Refuses a file that anyone but `owner_uid` may read.
-pub fn check_root_only(path: &Path, owner_uid: u32) -> Result<(), String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("cannot stat {}: {e}", path.display()))?;
+pub fn check_root_only(path: &Path, owner_uid: u32) -> Result<(), FileError> {
+    let meta = std::fs::metadata(path).map_err(|source| FileError::Stat {
+        path: path.to_owned(),
+        source,
+    })?;
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "credential file {} has mode {mode:04o}, readable or writable by group or others; \
-             it must be 0600 or 0400 (chmod 600 {})",
-            path.display(),
-            path.display()
-        ));
+        return Err(FileError::Mode {
+            path: path.to_owned(),
+            mode,
+        });
     }
     if meta.uid() != owner_uid {
-        return Err(format!(
-            "credential file {} is owned by uid {}, not uid {owner_uid}; it must be owned by root",
-            path.display(),
-            meta.uid()
-        ));
+        return Err(FileError::Owner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            expected: owner_uid,
+        });
     }
     Ok(())
 }
 
 /// Reads a key file: surrounding whitespace (the trailing newline editors
 /// add) is not part of the key.
-async fn read_key(path: &Path) -> Result<Secret, String> {
+async fn read_key(path: &Path) -> Result<Secret, FileError> {
     let bytes = Zeroizing::new(
         tokio::fs::read(path)
             .await
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            .map_err(|source| FileError::Read {
+                path: path.to_owned(),
+                source,
+            })?,
     );
-    let text =
-        std::str::from_utf8(&bytes).map_err(|_| format!("{} is not UTF-8", path.display()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| FileError::NotUtf8 {
+        path: path.to_owned(),
+    })?;
     let key = text.trim();
     if key.is_empty() {
-        return Err(format!("{} is empty", path.display()));
+        return Err(FileError::Empty {
+            path: path.to_owned(),
+        });
     }
     Ok(Secret::new(key.to_owned()))
 }
@@ -98,7 +146,7 @@ impl Provider for SystemdProvider {
     fn issue<'a>(&'a self, _ctx: &'a IssueContext<'a>) -> IssueFuture<'a> {
         Box::pin(async move {
             if self.path.as_os_str().is_empty() {
-                return Err("$CREDENTIALS_DIRECTORY is not set: give warrant.service LoadCredential= or LoadCredentialEncrypted=".to_owned());
+                return Err(FileError::NoCredentialsDirectory.into());
             }
             let value = read_key(&self.path).await?;
             Ok(Issued {

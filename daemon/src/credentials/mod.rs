@@ -3,7 +3,7 @@
 //!
 //! `CredentialStore` (store.rs) implements `CredentialSource` over the
 //! providers (file, systemd, exec, oauth2/token-exchange), caching and
-//! refreshing each credential; `settings::store_from_config` builds it.
+//! refreshing each credential; `settings::compile` builds it from the config.
 
 pub mod exec;
 pub mod file;
@@ -14,7 +14,7 @@ pub mod store;
 
 // The clock credentials are judged by is the daemon's one clock.
 pub use crate::clock::{self, Clock, ManualClock, SystemClock};
-pub use settings::{StoreOptions, store_from_config};
+pub use settings::{StoreOptions, compile};
 pub use store::{CredentialStatus, CredentialStore};
 
 use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
@@ -36,7 +36,13 @@ pub enum CredentialError {
     NotConfigured(String),
     /// The issuer failed and no unexpired cached value is left.
     #[error("credential {name:?} is unavailable: {reason}")]
-    Unavailable { name: String, reason: String },
+    Unavailable {
+        name: String,
+        /// The last failure (shared: every request waiting on the entry
+        /// gets it).
+        #[source]
+        reason: Arc<provider::IssueError>,
+    },
 }
 
 /// Fixed credentials, for tests and the demo.

@@ -28,10 +28,81 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{
-    file::check_root_only,
+    CredentialError,
+    file::{FileError, check_root_only},
     provider::{IssueContext, IssueFuture, Issued, Provider},
 };
 use crate::secret::Secret;
+
+/// Why a token endpoint gave no token. Carries the URL, the HTTP status and
+/// the OAuth `error` code, never a request or response body.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("cannot load the system's root certificates: {0}")]
+    RootCertificates(#[source] std::io::Error),
+    #[error("bad token_url {url:?}: {source}")]
+    BadUrl {
+        url: String,
+        #[source]
+        source: http::Error,
+    },
+    #[error("token endpoint {url} unreachable: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    #[error("token endpoint {url}: reading the response: {source}")]
+    ReadResponse {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("token endpoint {url} did not answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("cannot read subject token {}: {source}", path.display())]
+    ReadSubjectToken {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("subject token {} is not UTF-8", path.display())]
+    SubjectTokenNotUtf8 { path: PathBuf },
+    #[error("subject token: {0}")]
+    SubjectCredential(#[source] CredentialError),
+    #[error("client secret: {0}")]
+    ClientSecret(#[source] CredentialError),
+    #[error(transparent)]
+    KeyFile(#[from] FileError),
+    #[error("signing_alg {0:?} is not supported for private_key_jwt")]
+    UnsupportedAlgorithm(jsonwebtoken::Algorithm),
+    #[error("{} is not a {alg:?} private key in PEM: {source}", path.display())]
+    BadKey {
+        path: PathBuf,
+        alg: jsonwebtoken::Algorithm,
+        #[source]
+        source: jsonwebtoken::errors::Error,
+    },
+    #[error("cannot sign the client assertion: {0}")]
+    Sign(#[source] jsonwebtoken::errors::Error),
+    #[error("token endpoint {url} answered {status}: {code}")]
+    Refused {
+        url: String,
+        status: http::StatusCode,
+        /// The OAuth `error` code, or "no OAuth error code".
+        code: String,
+    },
+    #[error(
+        "token endpoint {url} answered an unreadable token response ({category:?} error at column {column})"
+    )]
+    BadResponse {
+        url: String,
+        category: serde_json::error::Category,
+        column: usize,
+    },
+    #[error("token endpoint {url} issued an empty access_token")]
+    EmptyToken { url: String },
+}
 
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -52,11 +123,11 @@ pub struct TokenClient {
 }
 
 impl TokenClient {
-    pub fn new() -> Result<TokenClient, String> {
+    pub fn new() -> Result<TokenClient, OAuthError> {
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_native_roots(provider)
-            .map_err(|e| format!("cannot load the system's root certificates: {e}"))?
+            .map_err(OAuthError::RootCertificates)?
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -72,7 +143,7 @@ impl TokenClient {
         authorization: Option<&str>,
         form: Zeroizing<String>,
         timeout: Duration,
-    ) -> Result<(http::StatusCode, Bytes), String> {
+    ) -> Result<(http::StatusCode, Bytes), OAuthError> {
         let mut request = http::Request::post(url)
             .header(
                 http::header::CONTENT_TYPE,
@@ -87,24 +158,35 @@ impl TokenClient {
         // copied from is.
         let request = request
             .body(Full::new(Bytes::from(form.as_bytes().to_vec())))
-            .map_err(|e| format!("bad token_url {url:?}: {e}"))?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| format!("token endpoint {url} unreachable: {e}"))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_RESPONSE)
-                .collect()
-                .await
-                .map_err(|e| format!("token endpoint {url}: reading the response: {e}"))?
-                .to_bytes();
-            Ok::<_, String>((status, body))
-        };
+            .map_err(|source| OAuthError::BadUrl {
+                url: url.to_owned(),
+                source,
+            })?;
+        let exchange =
+            async {
+                let response = self.client.request(request).await.map_err(|source| {
+                    OAuthError::Unreachable {
+                        url: url.to_owned(),
+                        source,
+                    }
+                })?;
+                let status = response.status();
+                let body = Limited::new(response.into_body(), MAX_RESPONSE)
+                    .collect()
+                    .await
+                    .map_err(|source| OAuthError::ReadResponse {
+                        url: url.to_owned(),
+                        source,
+                    })?
+                    .to_bytes();
+                Ok::<_, OAuthError>((status, body))
+            };
         tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| format!("token endpoint {url} did not answer within {timeout:?}"))?
+            .map_err(|_| OAuthError::Timeout {
+                url: url.to_owned(),
+                timeout,
+            })?
     }
 }
 
@@ -114,14 +196,17 @@ pub enum ClientAuth {
     /// The secret is the named credential.
     SecretBasic(String),
     SecretPost(String),
-    PrivateKeyJwt {
-        key_path: PathBuf,
-        key_owner_uid: u32,
-        alg: jsonwebtoken::Algorithm,
-        key_id: Option<String>,
-        /// Default: the token endpoint URL (RFC 7523 §3).
-        audience: Option<String>,
-    },
+    PrivateKeyJwt(PrivateKeyJwt),
+}
+
+/// private_key_jwt: the key that signs each client assertion.
+pub struct PrivateKeyJwt {
+    pub key_path: PathBuf,
+    pub key_owner_uid: u32,
+    pub alg: jsonwebtoken::Algorithm,
+    pub key_id: Option<String>,
+    /// Default: the token endpoint URL (RFC 7523 §3).
+    pub audience: Option<String>,
 }
 
 /// Where a subject token comes from.
@@ -185,15 +270,17 @@ impl OAuthProvider {
         &self,
         source: &SubjectSource,
         ctx: &IssueContext<'_>,
-    ) -> Result<Secret, String> {
+    ) -> Result<Secret, OAuthError> {
         match source {
             SubjectSource::File(path) => {
-                let bytes =
-                    Zeroizing::new(tokio::fs::read(path).await.map_err(|e| {
-                        format!("cannot read subject token {}: {e}", path.display())
-                    })?);
+                let bytes = Zeroizing::new(tokio::fs::read(path).await.map_err(|source| {
+                    OAuthError::ReadSubjectToken {
+                        path: path.clone(),
+                        source,
+                    }
+                })?);
                 let text = std::str::from_utf8(&bytes)
-                    .map_err(|_| format!("subject token {} is not UTF-8", path.display()))?;
+                    .map_err(|_| OAuthError::SubjectTokenNotUtf8 { path: path.clone() })?;
                 Ok(Secret::new(text.trim().to_owned()))
             }
             SubjectSource::Credential(name) => ctx
@@ -201,29 +288,28 @@ impl OAuthProvider {
                 .current(name)
                 .await
                 .map(|s| Secret::clone(&s))
-                .map_err(|e| format!("subject token: {e}")),
+                .map_err(OAuthError::SubjectCredential),
         }
     }
 
+    /// A private_key_jwt client assertion, signed now with `key`.
     fn client_assertion(
         &self,
         ctx: &IssueContext<'_>,
-    ) -> Result<Option<Zeroizing<String>>, String> {
-        let ClientAuth::PrivateKeyJwt {
+        key: &PrivateKeyJwt,
+    ) -> Result<Zeroizing<String>, OAuthError> {
+        let PrivateKeyJwt {
             key_path,
             key_owner_uid,
             alg,
             key_id,
             audience,
-        } = &self.auth
-        else {
-            return Ok(None);
-        };
+        } = key;
         check_root_only(key_path, *key_owner_uid)?;
-        let pem = Zeroizing::new(
-            std::fs::read(key_path)
-                .map_err(|e| format!("cannot read {}: {e}", key_path.display()))?,
-        );
+        let pem = Zeroizing::new(std::fs::read(key_path).map_err(|source| FileError::Read {
+            path: key_path.clone(),
+            source,
+        })?);
         use jsonwebtoken::Algorithm as A;
         let key = match alg {
             A::RS256 | A::RS384 | A::RS512 | A::PS256 | A::PS384 | A::PS512 => {
@@ -231,17 +317,12 @@ impl OAuthProvider {
             }
             A::ES256 | A::ES384 => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
             A::EdDSA => jsonwebtoken::EncodingKey::from_ed_pem(&pem),
-            other => {
-                return Err(format!(
-                    "signing_alg {other:?} is not supported for private_key_jwt"
-                ));
-            }
+            other => return Err(OAuthError::UnsupportedAlgorithm(*other)),
         }
-        .map_err(|e| {
-            format!(
-                "{} is not a {alg:?} private key in PEM: {e}",
-                key_path.display()
-            )
+        .map_err(|source| OAuthError::BadKey {
+            path: key_path.clone(),
+            alg: *alg,
+            source,
         })?;
         let client_id = self.client_id.as_deref().unwrap_or_default();
         let iat = ctx.now.as_second();
@@ -257,11 +338,11 @@ impl OAuthProvider {
         let mut header = jsonwebtoken::Header::new(*alg);
         header.kid = key_id.clone();
         jsonwebtoken::encode(&header, &claims, &key)
-            .map(|jwt| Some(Zeroizing::new(jwt)))
-            .map_err(|e| format!("cannot sign the client assertion: {e}"))
+            .map(Zeroizing::new)
+            .map_err(OAuthError::Sign)
     }
 
-    async fn issue_token(&self, ctx: &IssueContext<'_>) -> Result<Issued, String> {
+    async fn issue_token(&self, ctx: &IssueContext<'_>) -> Result<Issued, OAuthError> {
         let mut form = Zeroizing::new(String::new());
         let mut add = |key: &str, value: &str| {
             if !form.is_empty() {
@@ -313,7 +394,7 @@ impl OAuthProvider {
                     .others
                     .current(name)
                     .await
-                    .map_err(|e| format!("client secret: {e}"))?;
+                    .map_err(OAuthError::ClientSecret)?;
                 let id = self.client_id.as_deref().unwrap_or_default();
                 if matches!(self.auth, ClientAuth::SecretBasic(_)) {
                     // RFC 6749 §2.3.1: both parts are form-urlencoded first.
@@ -326,8 +407,8 @@ impl OAuthProvider {
                     add("client_secret", secret.expose());
                 }
             }
-            ClientAuth::PrivateKeyJwt { .. } => {
-                let assertion = self.client_assertion(ctx)?.ok_or("no client assertion")?;
+            ClientAuth::PrivateKeyJwt(key) => {
+                let assertion = self.client_assertion(ctx, key)?;
                 if let Some(id) = &self.client_id {
                     add("client_id", id);
                 }
@@ -349,28 +430,26 @@ impl OAuthProvider {
             let code = serde_json::from_slice::<TokenErrorResponse>(&body)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| "no OAuth error code".to_owned());
-            return Err(format!(
-                "token endpoint {} answered {status}: {code}",
-                self.token_url
-            ));
+            return Err(OAuthError::Refused {
+                url: self.token_url.clone(),
+                status,
+                code,
+            });
         }
-        let token: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
-            format!(
-                "token endpoint {} answered an unreadable token response ({:?} error at column {})",
-                self.token_url,
-                e.classify(),
-                e.column()
-            )
-        })?;
+        let token: TokenResponse =
+            serde_json::from_slice(&body).map_err(|e| OAuthError::BadResponse {
+                url: self.token_url.clone(),
+                category: e.classify(),
+                column: e.column(),
+            })?;
         if token.access_token.is_empty() {
-            return Err(format!(
-                "token endpoint {} issued an empty access_token",
-                self.token_url
-            ));
+            return Err(OAuthError::EmptyToken {
+                url: self.token_url.clone(),
+            });
         }
         let expires_at = token
             .expires_in
-            .map(|secs| super::clock::add(ctx.now, Duration::from_secs(secs)));
+            .map(|secs| crate::clock::add(ctx.now, Duration::from_secs(secs)));
         Ok(Issued {
             value: Secret::new(token.access_token),
             expires_at,
@@ -380,6 +459,6 @@ impl OAuthProvider {
 
 impl Provider for OAuthProvider {
     fn issue<'a>(&'a self, ctx: &'a IssueContext<'a>) -> IssueFuture<'a> {
-        Box::pin(self.issue_token(ctx))
+        Box::pin(async move { Ok(self.issue_token(ctx).await?) })
     }
 }

@@ -15,9 +15,26 @@ pub struct Issued {
     pub expires_at: Option<Timestamp>,
 }
 
-/// Why a provider failed. Never contains a credential value: providers build
-/// these messages from statuses, paths and error codes only.
-pub type IssueError = String;
+/// Why a provider failed, by provider. Never contains a credential value:
+/// each variant is built from statuses, paths and error codes only.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error(transparent)]
+    File(#[from] super::file::FileError),
+    #[error(transparent)]
+    Exec(#[from] super::exec::ExecError),
+    #[error(transparent)]
+    OAuth(#[from] super::oauth::OAuthError),
+    #[error("the issuer returned a value that expired at {0}")]
+    Expired(Timestamp),
+    /// Nothing was fetched yet and no fetch failed (a store driven by hand).
+    #[error("no value")]
+    NoValue,
+    /// A provider implemented outside this module (the `Provider` trait is
+    /// public: tests and benchmarks script their own), with its own error.
+    #[error(transparent)]
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
 
 pub type IssueFuture<'a> = Pin<Box<dyn Future<Output = Result<Issued, IssueError>> + Send + 'a>>;
 

@@ -1,5 +1,7 @@
-//! `[[credential]]` keys: their defaults (and why), their validation, and
-//! how a `CredentialStore` is built from them.
+//! `[[credential]]` compiled: the keys' defaults (and why), what each source
+//! needs, and the `CredentialStore` built from them. Names (each defined
+//! once, every reference defined) are checked by `config`; everything else
+//! here, once, with the error at its place in the file.
 //!
 //! | key | sources | default |
 //! |---|---|---|
@@ -23,17 +25,32 @@
 //! | `refresh_ahead` | all | 5m |
 //! | `refresh_interval` | all, values without expiry | 5m |
 
-use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
+
+use toml::Spanned;
 
 use super::{
-    clock::Clock,
     exec::ExecProvider,
-    file::{FileProvider, SystemdProvider, check_root_only},
-    oauth::{ClientAuth, Grant, OAuthProvider, SubjectSource, TOKEN_TYPE_JWT, TokenClient},
+    file::{FileError, FileProvider, SystemdProvider, check_root_only},
+    oauth::{
+        ClientAuth, Grant, OAuthError, OAuthProvider, PrivateKeyJwt, SubjectSource, TOKEN_TYPE_JWT,
+        TokenClient,
+    },
     provider::Provider,
     store::{CredentialStore, RefreshSettings},
 };
-use crate::config::{ConfigError, CredentialConfig, Location};
+use crate::{
+    clock::Clock,
+    config::{
+        ConfigError, ConfigErrorKind, CredentialConfig, CredentialSourceKind as Kind, Source,
+    },
+    duration::DurationError,
+};
 
 /// An issuer call (command, token endpoint) that takes longer than this is
 /// abandoned: a request waiting on it would time out anyway.
@@ -50,6 +67,49 @@ pub const DEFAULT_JITTER: f64 = 0.1;
 pub const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 /// Retry at least this often, so a recovered issuer is used within minutes.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// The `client_auth` values.
+const CLIENT_AUTHS: &[&str] = &[
+    "none",
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+];
+
+/// What a `[[credential]]` gets wrong beyond names (those are `config`'s).
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Duration(#[from] DurationError),
+    #[error("bad token_url {url:?}: {source}")]
+    BadTokenUrl {
+        url: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("token_url {0:?} must be https (http is allowed only on loopback)")]
+    PlainHttpTokenUrl(String),
+    #[error("token_url {0:?} must be an https URL")]
+    NotHttpsTokenUrl(String),
+    #[error("unknown signing_alg {0:?}; expected e.g. RS256, ES256, EdDSA")]
+    UnknownSigningAlg(String),
+    #[error("unknown client_auth {0:?}; expected one of {list}", list = CLIENT_AUTHS.join(", "))]
+    UnknownClientAuth(String),
+    #[error("unknown grant {0:?}; expected \"token-exchange\" or \"jwt-bearer\"")]
+    UnknownGrant(String),
+    /// A key the source or the client authentication needs.
+    #[error("credential {name:?}: {needs}")]
+    Missing { name: String, needs: &'static str },
+    /// Loose permissions are a leak already: the config is refused.
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(
+        "credential {0:?} depends on itself (through client_secret_credential or subject_token_credential)"
+    )]
+    DependsOnItself(String),
+    #[error(transparent)]
+    Client(#[from] OAuthError),
+}
 
 /// What differs between the daemon and tests.
 #[derive(Debug, Clone)]
@@ -69,323 +129,313 @@ impl Default for StoreOptions {
     }
 }
 
-fn duration(value: &Option<toml::Spanned<String>>, default: Duration) -> Result<Duration, String> {
-    value
-        .as_ref()
-        .map_or(Ok(default), |d| crate::duration::parse(d.get_ref()))
-}
-
-pub fn refresh_settings(config: &CredentialConfig) -> Result<RefreshSettings, String> {
-    Ok(RefreshSettings {
-        refresh_ahead: duration(&config.refresh_ahead, DEFAULT_REFRESH_AHEAD)?,
-        refresh_interval: duration(&config.refresh_interval, DEFAULT_REFRESH_INTERVAL)?,
-        jitter: DEFAULT_JITTER,
-        backoff_initial: BACKOFF_INITIAL,
-        backoff_max: BACKOFF_MAX,
-    })
-}
-
-/// The client authentication a config asks for, by name.
-fn client_auth_name(config: &CredentialConfig) -> &str {
-    match &config.client_auth {
-        Some(name) => name.get_ref(),
-        None if config.private_key_path.is_some() => "private_key_jwt",
-        None if config.client_secret_credential.is_some() => "client_secret_basic",
-        None => "none",
-    }
-}
-
-fn provider_for(
-    config: &CredentialConfig,
-    options: &StoreOptions,
-    client: &mut Option<TokenClient>,
-) -> Result<Box<dyn Provider>, String> {
-    let timeout = duration(&config.timeout, DEFAULT_TIMEOUT)?;
-    Ok(match config.source.get_ref().as_str() {
-        "file" => Box::new(FileProvider::new(
-            config.path.clone().ok_or("source \"file\" needs `path`")?,
-            options.file_owner_uid,
-        )),
-        "systemd" => Box::new(SystemdProvider::new(
-            options.credentials_directory.clone(),
-            config
-                .id
-                .as_deref()
-                .ok_or("source \"systemd\" needs `id`")?,
-        )),
-        "exec" => Box::new(ExecProvider::new(
-            config.command.clone().unwrap_or_default(),
-            timeout,
-        )),
-        source @ ("oauth2" | "token-exchange") => {
-            let client = match client {
-                Some(c) => c.clone(),
-                None => client.insert(TokenClient::new()?).clone(),
-            };
-            let secret = || {
-                config
-                    .client_secret_credential
-                    .as_ref()
-                    .map(|c| c.get_ref().clone())
-                    .ok_or_else(|| "client_secret_credential is required".to_owned())
-            };
-            let auth = match client_auth_name(config) {
-                "none" => ClientAuth::None,
-                "client_secret_basic" => ClientAuth::SecretBasic(secret()?),
-                "client_secret_post" => ClientAuth::SecretPost(secret()?),
-                "private_key_jwt" => ClientAuth::PrivateKeyJwt {
-                    key_path: config
-                        .private_key_path
-                        .clone()
-                        .ok_or("private_key_jwt needs `private_key_path`")?,
-                    key_owner_uid: options.file_owner_uid,
-                    alg: signing_alg(config)?,
-                    key_id: config.key_id.clone(),
-                    audience: config.assertion_audience.clone(),
-                },
-                other => return Err(format!("unknown client_auth {other:?}")),
-            };
-            let grant = if source == "oauth2" {
-                Grant::ClientCredentials
-            } else {
-                let subject = match (&config.subject_token_path, &config.subject_token_credential) {
-                    (Some(path), None) => SubjectSource::File(path.clone()),
-                    (None, Some(name)) => SubjectSource::Credential(name.get_ref().clone()),
-                    _ => {
-                        return Err(
-                            "token-exchange needs exactly one of subject_token_path and subject_token_credential"
-                                .to_owned(),
-                        );
-                    }
-                };
-                match config
-                    .grant
-                    .as_ref()
-                    .map_or("token-exchange", |g| g.get_ref().as_str())
-                {
-                    "token-exchange" => Grant::TokenExchange {
-                        subject,
-                        subject_token_type: config
-                            .subject_token_type
-                            .clone()
-                            .unwrap_or_else(|| TOKEN_TYPE_JWT.to_owned()),
-                        requested_token_type: config.requested_token_type.clone(),
-                    },
-                    "jwt-bearer" => Grant::JwtBearer { subject },
-                    other => {
-                        return Err(format!(
-                            "unknown grant {other:?}; expected \"token-exchange\" or \"jwt-bearer\""
-                        ));
-                    }
-                }
-            };
-            Box::new(OAuthProvider {
-                client,
-                token_url: config
-                    .token_url
-                    .as_ref()
-                    .map(|u| u.get_ref().clone())
-                    .ok_or("`token_url` is required")?,
-                client_id: config.client_id.clone(),
-                auth,
-                grant,
-                scope: config.scope.clone(),
-                audience: config.audience.clone(),
-                resource: config.resource.clone(),
-                timeout,
-            })
-        }
-        other => return Err(format!("unknown credential source {other:?}")),
-    })
-}
-
-fn signing_alg(config: &CredentialConfig) -> Result<jsonwebtoken::Algorithm, String> {
-    let name = config
-        .signing_alg
-        .as_ref()
-        .map_or("RS256", |a| a.get_ref().as_str());
-    name.parse()
-        .map_err(|_| format!("unknown signing_alg {name:?}; expected e.g. RS256, ES256, EdDSA"))
-}
-
-/// Builds the store for every `[[credential]]`. Nothing is fetched yet:
-/// call `prefetch` and `spawn_refresher` on the result.
-pub fn store_from_config(
+/// Builds the store for every `[[credential]]`, checking each key once.
+/// Nothing is fetched and nothing is written: call `prefetch` and
+/// `spawn_refresher` on the result. Files that exist are checked for their
+/// owner and mode (a missing one is reported when it is read: it may be
+/// provisioned later).
+pub fn compile(
     configs: &[CredentialConfig],
+    source: &Source,
     clock: Arc<dyn Clock>,
     options: &StoreOptions,
-) -> Result<CredentialStore, String> {
+) -> Result<CredentialStore, ConfigError> {
     let mut store = CredentialStore::new(clock);
     let mut client = None;
     for config in configs {
-        let name = config.name.get_ref();
-        let provider = provider_for(config, options, &mut client)
-            .map_err(|e| format!("credential {name:?}: {e}"))?;
-        let settings = refresh_settings(config).map_err(|e| format!("credential {name:?}: {e}"))?;
-        store = store.with(name, provider, settings);
+        let compiled = Compiler {
+            config,
+            source,
+            options,
+        };
+        let provider = compiled.provider(&mut client)?;
+        let settings = compiled.refresh_settings()?;
+        store = store.with(config.name.get_ref(), provider, settings);
     }
+    no_cycles(configs, source)?;
     Ok(store)
 }
 
-/// Validation of `[[credential]]`, called from `Config::validate`. Checks
-/// what each source needs, references between credentials (and cycles),
-/// durations, URLs, and the permissions of credential files that exist
-/// (a missing file is reported when it is read: it may be provisioned later).
-pub fn validate(configs: &[CredentialConfig], text: &str, origin: &str) -> Result<(), ConfigError> {
-    let err = |span: std::ops::Range<usize>, msg: String| {
-        ConfigError::new(origin, Some(Location::of(text, span.start)), msg)
-    };
-    let mut seen = std::collections::HashSet::new();
-    for config in configs {
-        let name = config.name.get_ref();
-        if !seen.insert(name.as_str()) {
-            return Err(err(
-                config.name.span(),
-                format!("credential {name:?} is defined twice"),
-            ));
+/// One `[[credential]]` being compiled; errors point into `source`.
+struct Compiler<'a> {
+    config: &'a CredentialConfig,
+    source: &'a Source,
+    options: &'a StoreOptions,
+}
+
+impl Compiler<'_> {
+    fn invalid<T>(&self, at: &Spanned<T>, problem: impl Into<SettingsError>) -> ConfigError {
+        self.source
+            .error_at(&at.span(), ConfigErrorKind::Invalid, problem.into())
+    }
+
+    fn duration(
+        &self,
+        value: &Option<Spanned<String>>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            Some(text) => crate::duration::parse(text.get_ref()).map_err(|e| self.invalid(text, e)),
+            None => Ok(default),
         }
     }
-    let mut depends: HashMap<&str, Vec<&str>> = HashMap::new();
-    for config in configs {
-        let name = config.name.get_ref();
-        for value in [
-            &config.timeout,
-            &config.refresh_ahead,
-            &config.refresh_interval,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            crate::duration::parse(value.get_ref()).map_err(|e| err(value.span(), e))?;
-        }
-        for reference in [
-            &config.client_secret_credential,
-            &config.subject_token_credential,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if !seen.contains(reference.get_ref().as_str()) {
-                return Err(err(
-                    reference.span(),
-                    format!(
-                        "credential {name:?} names credential {:?}, which no [[credential]] defines",
-                        reference.get_ref()
-                    ),
-                ));
+
+    fn refresh_settings(&self) -> Result<RefreshSettings, ConfigError> {
+        Ok(RefreshSettings {
+            refresh_ahead: self.duration(&self.config.refresh_ahead, DEFAULT_REFRESH_AHEAD)?,
+            refresh_interval: self
+                .duration(&self.config.refresh_interval, DEFAULT_REFRESH_INTERVAL)?,
+            jitter: DEFAULT_JITTER,
+            backoff_initial: BACKOFF_INITIAL,
+            backoff_max: BACKOFF_MAX,
+        })
+    }
+
+    /// A key the source needs is missing: reported at `at` (the source, or
+    /// the key that asks for it).
+    fn missing(&self, at: std::ops::Range<usize>, needs: &'static str) -> ConfigError {
+        self.source.error_at(
+            &at,
+            ConfigErrorKind::Invalid,
+            SettingsError::Missing {
+                name: self.config.name.get_ref().clone(),
+                needs,
+            },
+        )
+    }
+
+    fn provider(&self, client: &mut Option<TokenClient>) -> Result<Box<dyn Provider>, ConfigError> {
+        let config = self.config;
+        let kind = *config.source.get_ref();
+        // The keys every source may set are checked first, so that their
+        // errors point at them rather than at a missing key.
+        let timeout = self.duration(&config.timeout, DEFAULT_TIMEOUT)?;
+        self.duration(&config.refresh_ahead, DEFAULT_REFRESH_AHEAD)?;
+        self.duration(&config.refresh_interval, DEFAULT_REFRESH_INTERVAL)?;
+        self.check_files(kind)?;
+        Ok(match kind {
+            Kind::File => {
+                let path = config.path.clone().ok_or_else(|| {
+                    self.missing(config.source.span(), "source \"file\" needs `path`")
+                })?;
+                Box::new(FileProvider::new(path, self.options.file_owner_uid))
             }
-            depends.entry(name).or_default().push(reference.get_ref());
-        }
-        if let Some(url) = &config.token_url {
-            check_token_url(url.get_ref()).map_err(|e| err(url.span(), e))?;
-        }
-        if let Some(alg) = &config.signing_alg {
-            signing_alg(config).map_err(|e| err(alg.span(), e))?;
-        }
-        if let Some(auth) = &config.client_auth {
-            const AUTHS: &[&str] = &[
-                "none",
-                "client_secret_basic",
-                "client_secret_post",
-                "private_key_jwt",
-            ];
-            if !AUTHS.contains(&auth.get_ref().as_str()) {
-                return Err(err(
-                    auth.span(),
-                    format!(
-                        "unknown client_auth {:?}; expected one of {}",
-                        auth.get_ref(),
-                        AUTHS.join(", ")
-                    ),
-                ));
+            Kind::Systemd => {
+                let id = config.id.as_deref().ok_or_else(|| {
+                    self.missing(
+                        config.source.span(),
+                        "source \"systemd\" needs `id` (the LoadCredential= name)",
+                    )
+                })?;
+                Box::new(SystemdProvider::new(
+                    self.options.credentials_directory.clone(),
+                    id,
+                ))
             }
-        }
-        if let Some(grant) = &config.grant
-            && !["token-exchange", "jwt-bearer"].contains(&grant.get_ref().as_str())
-        {
-            return Err(err(
-                grant.span(),
-                format!(
-                    "unknown grant {:?}; expected \"token-exchange\" or \"jwt-bearer\"",
-                    grant.get_ref()
-                ),
-            ));
-        }
-        let source = config.source.get_ref().as_str();
-        let missing = match source {
-            "file" if config.path.is_none() => Some("source \"file\" needs `path`"),
-            "systemd" if config.id.is_none() => {
-                Some("source \"systemd\" needs `id` (the LoadCredential= name)")
-            }
-            "exec" if config.command.as_ref().is_none_or(Vec::is_empty) => {
-                Some("source \"exec\" needs `command = [\"program\", \"arg\", ...]`")
-            }
-            "oauth2" | "token-exchange" if config.token_url.is_none() => {
-                Some("this source needs `token_url`")
-            }
-            "oauth2" if config.client_id.is_none() => Some("source \"oauth2\" needs `client_id`"),
-            "oauth2" if client_auth_name(config) == "none" => Some(
-                "source \"oauth2\" needs client authentication: `client_secret_credential` or `private_key_path`",
-            ),
-            "token-exchange"
-                if config.subject_token_path.is_some()
-                    == config.subject_token_credential.is_some() =>
-            {
-                Some(
-                    "source \"token-exchange\" needs exactly one of `subject_token_path` and `subject_token_credential`",
-                )
-            }
-            _ => None,
-        };
-        if let Some(message) = missing {
-            return Err(err(
-                config.source.span(),
-                format!("credential {name:?}: {message}"),
-            ));
-        }
-        if matches!(source, "oauth2" | "token-exchange") {
-            let needs = match client_auth_name(config) {
-                "client_secret_basic" | "client_secret_post"
-                    if config.client_secret_credential.is_none() =>
-                {
-                    Some("this client_auth needs `client_secret_credential`")
+            Kind::Exec => match &config.command {
+                Some(argv) if !argv.is_empty() => {
+                    Box::new(ExecProvider::new(argv.clone(), timeout))
                 }
-                "private_key_jwt" if config.private_key_path.is_none() => {
-                    Some("private_key_jwt needs `private_key_path`")
+                _ => {
+                    return Err(self.missing(
+                        config.source.span(),
+                        "source \"exec\" needs `command = [\"program\", \"arg\", ...]`",
+                    ));
                 }
-                _ => None,
-            };
-            if let Some(message) = needs {
-                let span = config
-                    .client_auth
-                    .as_ref()
-                    .map_or(config.source.span(), |a| a.span());
-                return Err(err(span, format!("credential {name:?}: {message}")));
-            }
-        }
-        // Loose permissions are a leak already: refuse the config.
+            },
+            Kind::Oauth2 | Kind::TokenExchange => Box::new(self.oauth(kind, timeout, client)?),
+        })
+    }
+
+    /// Loose permissions are a leak already: refuse the config.
+    fn check_files(&self, kind: Kind) -> Result<(), ConfigError> {
+        let config = self.config;
         let files = [
-            (source == "file").then_some(config.path.as_ref()).flatten(),
+            (kind == Kind::File)
+                .then_some(config.path.as_ref())
+                .flatten(),
             config.private_key_path.as_ref(),
         ];
         for path in files.into_iter().flatten() {
             if path.exists() {
-                check_root_only(path, 0).map_err(|e| err(config.name.span(), e))?;
+                check_root_only(path, self.options.file_owner_uid)
+                    .map_err(|e| self.invalid(&config.name, e))?;
             }
         }
+        Ok(())
     }
-    // A credential that (indirectly) needs itself would wait for itself.
+
+    fn oauth(
+        &self,
+        kind: Kind,
+        timeout: Duration,
+        client: &mut Option<TokenClient>,
+    ) -> Result<OAuthProvider, ConfigError> {
+        let config = self.config;
+        let token_url = match &config.token_url {
+            Some(url) => {
+                check_token_url(url.get_ref()).map_err(|e| self.invalid(url, e))?;
+                url.get_ref().clone()
+            }
+            None => return Err(self.missing(config.source.span(), "this source needs `token_url`")),
+        };
+        let auth = self.client_auth(kind)?;
+        let grant = self.grant(kind)?;
+        let client = match client {
+            Some(c) => c.clone(),
+            None => client
+                .insert(TokenClient::new().map_err(|e| self.invalid(&config.source, e))?)
+                .clone(),
+        };
+        Ok(OAuthProvider {
+            client,
+            token_url,
+            client_id: config.client_id.clone(),
+            auth,
+            grant,
+            scope: config.scope.clone(),
+            audience: config.audience.clone(),
+            resource: config.resource.clone(),
+            timeout,
+        })
+    }
+
+    /// How the client authenticates: `client_auth`, or what the keys given
+    /// imply.
+    fn client_auth(&self, kind: Kind) -> Result<ClientAuth, ConfigError> {
+        let config = self.config;
+        let alg = match &config.signing_alg {
+            Some(name) => Some(name.get_ref().parse::<jsonwebtoken::Algorithm>().map_err(
+                |_| {
+                    self.invalid(
+                        name,
+                        SettingsError::UnknownSigningAlg(name.get_ref().clone()),
+                    )
+                },
+            )?),
+            None => None,
+        };
+        let auth_name = match &config.client_auth {
+            Some(name) if !CLIENT_AUTHS.contains(&name.get_ref().as_str()) => {
+                return Err(self.invalid(
+                    name,
+                    SettingsError::UnknownClientAuth(name.get_ref().clone()),
+                ));
+            }
+            Some(name) => name.get_ref().as_str(),
+            None if config.private_key_path.is_some() => "private_key_jwt",
+            None if config.client_secret_credential.is_some() => "client_secret_basic",
+            None => "none",
+        };
+        if kind == Kind::Oauth2 {
+            if config.client_id.is_none() {
+                return Err(
+                    self.missing(config.source.span(), "source \"oauth2\" needs `client_id`")
+                );
+            }
+            if auth_name == "none" {
+                return Err(self.missing(
+                    config.source.span(),
+                    "source \"oauth2\" needs client authentication: `client_secret_credential` or `private_key_path`",
+                ));
+            }
+        }
+        // A missing key that client_auth asks for is reported at client_auth.
+        let auth_at = config
+            .client_auth
+            .as_ref()
+            .map_or(config.source.span(), Spanned::span);
+        let secret = || {
+            config
+                .client_secret_credential
+                .as_ref()
+                .map(|c| c.get_ref().clone())
+                .ok_or_else(|| {
+                    self.missing(
+                        auth_at.clone(),
+                        "this client_auth needs `client_secret_credential`",
+                    )
+                })
+        };
+        let auth = match auth_name {
+            "client_secret_basic" => ClientAuth::SecretBasic(secret()?),
+            "client_secret_post" => ClientAuth::SecretPost(secret()?),
+            "private_key_jwt" => ClientAuth::PrivateKeyJwt(PrivateKeyJwt {
+                key_path: config.private_key_path.clone().ok_or_else(|| {
+                    self.missing(auth_at.clone(), "private_key_jwt needs `private_key_path`")
+                })?,
+                key_owner_uid: self.options.file_owner_uid,
+                // RS256: the one algorithm every server must support.
+                alg: alg.unwrap_or(jsonwebtoken::Algorithm::RS256),
+                key_id: config.key_id.clone(),
+                audience: config.assertion_audience.clone(),
+            }),
+            _ => ClientAuth::None,
+        };
+        Ok(auth)
+    }
+
+    fn grant(&self, kind: Kind) -> Result<Grant, ConfigError> {
+        let config = self.config;
+        if kind == Kind::Oauth2 {
+            return Ok(Grant::ClientCredentials);
+        }
+        let name = config
+            .grant
+            .as_ref()
+            .map_or("token-exchange", |g| g.get_ref().as_str());
+        if let Some(grant) = &config.grant
+            && !["token-exchange", "jwt-bearer"].contains(&name)
+        {
+            return Err(self.invalid(grant, SettingsError::UnknownGrant(name.to_owned())));
+        }
+        let subject = match (&config.subject_token_path, &config.subject_token_credential) {
+            (Some(path), None) => SubjectSource::File(path.clone()),
+            (None, Some(name)) => SubjectSource::Credential(name.get_ref().clone()),
+            _ => {
+                return Err(self.missing(
+                    config.source.span(),
+                    "source \"token-exchange\" needs exactly one of `subject_token_path` and `subject_token_credential`",
+                ));
+            }
+        };
+        Ok(match name {
+            "jwt-bearer" => Grant::JwtBearer { subject },
+            _ => Grant::TokenExchange {
+                subject,
+                subject_token_type: config
+                    .subject_token_type
+                    .clone()
+                    .unwrap_or_else(|| TOKEN_TYPE_JWT.to_owned()),
+                requested_token_type: config.requested_token_type.clone(),
+            },
+        })
+    }
+}
+
+/// A credential that (indirectly) needs itself would wait for itself.
+fn no_cycles(configs: &[CredentialConfig], source: &Source) -> Result<(), ConfigError> {
+    let depends: HashMap<&str, Vec<&str>> = configs
+        .iter()
+        .map(|c| {
+            let refs = [&c.client_secret_credential, &c.subject_token_credential]
+                .into_iter()
+                .flatten()
+                .map(|r| r.get_ref().as_str())
+                .collect();
+            (c.name.get_ref().as_str(), refs)
+        })
+        .collect();
     for config in configs {
         let start = config.name.get_ref().as_str();
         let mut stack: Vec<&str> = depends.get(start).cloned().unwrap_or_default();
-        let mut visited = std::collections::HashSet::new();
+        let mut visited = HashSet::new();
         while let Some(next) = stack.pop() {
             if next == start {
-                return Err(err(
-                    config.name.span(),
-                    format!(
-                        "credential {start:?} depends on itself (through client_secret_credential or subject_token_credential)"
-                    ),
+                return Err(source.error_at(
+                    &config.name.span(),
+                    ConfigErrorKind::Reference,
+                    SettingsError::DependsOnItself(start.to_owned()),
                 ));
             }
             if visited.insert(next) {
@@ -398,10 +448,11 @@ pub fn validate(configs: &[CredentialConfig], text: &str, origin: &str) -> Resul
 
 /// Token endpoints must be https; plain http only on loopback (tests, or a
 /// local token agent), where nothing crosses the network.
-fn check_token_url(url: &str) -> Result<(), String> {
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("bad token_url {url:?}: {e}"))?;
+fn check_token_url(url: &str) -> Result<(), SettingsError> {
+    let uri: http::Uri = url.parse().map_err(|source| SettingsError::BadTokenUrl {
+        url: url.to_owned(),
+        source,
+    })?;
     let host = uri.host().unwrap_or_default();
     let loopback = host == "localhost"
         || host
@@ -411,9 +462,7 @@ fn check_token_url(url: &str) -> Result<(), String> {
     match uri.scheme_str() {
         Some("https") if !host.is_empty() => Ok(()),
         Some("http") if loopback => Ok(()),
-        Some("http") => Err(format!(
-            "token_url {url:?} must be https (http is allowed only on loopback)"
-        )),
-        _ => Err(format!("token_url {url:?} must be an https URL")),
+        Some("http") => Err(SettingsError::PlainHttpTokenUrl(url.to_owned())),
+        _ => Err(SettingsError::NotHttpsTokenUrl(url.to_owned())),
     }
 }

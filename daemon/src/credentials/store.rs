@@ -23,10 +23,12 @@ use jiff::Timestamp;
 
 use super::{
     CredentialError, CredentialFuture, CredentialSource,
-    clock::{self, Clock},
-    provider::{IssueContext, Provider},
+    provider::{IssueContext, IssueError, Provider},
 };
-use crate::secret::Secret;
+use crate::{
+    clock::{self, Clock},
+    secret::Secret,
+};
 
 /// How one entry is refreshed; see `settings` for the defaults and why.
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +54,7 @@ struct State {
     cached: Option<Cached>,
     failures: u32,
     retry_at: Option<Timestamp>,
-    last_error: Option<String>,
+    last_error: Option<Arc<IssueError>>,
 }
 
 struct Entry {
@@ -157,7 +159,7 @@ impl CredentialStore {
                     refresh_at: cached.map(|c| c.refresh_at),
                     failures: state.map_or(0, |s| s.failures),
                     retry_at: state.and_then(|s| s.retry_at),
-                    last_error: state.and_then(|s| s.last_error.clone()),
+                    last_error: state.and_then(|s| s.last_error.as_ref().map(|e| e.to_string())),
                 }
             })
             .collect();
@@ -202,7 +204,7 @@ impl CredentialStore {
                 .lock()
                 .ok()
                 .and_then(|s| s.last_error.clone())
-                .unwrap_or_else(|| "no value".to_owned()),
+                .unwrap_or_else(|| Arc::new(IssueError::NoValue)),
         })
     }
 
@@ -222,9 +224,7 @@ impl CredentialStore {
             return Refresh::Done;
         };
         let result = result.and_then(|issued| match issued.expires_at {
-            Some(expiry) if expiry <= now => Err(format!(
-                "the issuer returned a value that expired at {expiry}"
-            )),
+            Some(expiry) if expiry <= now => Err(IssueError::Expired(expiry)),
             _ => Ok(issued),
         });
         if let Some(observer) = self.inner.observer.get() {
@@ -263,7 +263,7 @@ impl CredentialStore {
                     serving_until = ?serving_until,
                     "credential issuer failed"
                 );
-                state.last_error = Some(error);
+                state.last_error = Some(Arc::new(error));
             }
         }
         Refresh::Done

@@ -16,8 +16,9 @@
 //! Every decision lists each factor with its reason, for the audit record and
 //! the 403 body. When no rule allows, the reasons shown are those of the rule
 //! that came closest (most factors passing), so the agent's operator sees the
-//! one thing to change. Everything is compiled once (globs, time zones, keys)
-//! so that `evaluate` does no parsing.
+//! one thing to change. Everything is compiled once, from the config
+//! (`Policy::compile`: globs, time zones, keys, with errors at their place
+//! in the file), so that `evaluate` does no parsing.
 
 pub mod posture;
 pub mod signature;
@@ -28,12 +29,13 @@ use std::{borrow::Cow, collections::HashMap, path::Path, sync::Arc};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use jiff::Timestamp;
 use serde::Serialize;
+use toml::Spanned;
 
-use crate::config::{ConfigError, Location, PolicyConfig, PostureConfig};
+use crate::config::{ConfigError, ConfigErrorKind, PolicyConfig, Source};
 
-pub use posture::PostureStore;
-pub use signature::ExeSigners;
-pub use time::TimeWindow;
+pub use posture::{PostureFailure, PostureStore};
+pub use signature::{ExeSigners, SignatureError, SignerError};
+pub use time::{TimeError, TimeWindow};
 
 /// What the policy is asked about one request. The caller fills it from the
 /// attestation, the instance identity and the parsed request.
@@ -114,6 +116,74 @@ fn factor_name(factor: Factor) -> &'static str {
     }
 }
 
+/// Why a factor of a rule fails: the reason the audit record, the 403 body
+/// and `warrant explain` show.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Denial {
+    #[error("no [[policy]] for workload {0:?}")]
+    NoRule(String),
+    #[error("upstream {0:?} is not allowed")]
+    Upstream(String),
+    #[error("path {0:?} is not allowed")]
+    Path(String),
+    #[error("model {0:?} is not allowed")]
+    Model(String),
+    /// Deny by default: a rule that limits models allows only requests
+    /// that name an allowed one.
+    #[error("the request names no model; this rule allows only listed models")]
+    NoModel,
+    #[error("executable signature required, but the executable is unknown")]
+    UnknownExecutable,
+    #[error(transparent)]
+    Signature(Arc<SignatureError>),
+    #[error("environment {0:?} is not allowed")]
+    Environment(String),
+    #[error("the instance has no environment label")]
+    NoEnvironment,
+    #[error("region {0:?} is not allowed")]
+    Region(String),
+    #[error("the instance region is unknown")]
+    NoRegion,
+    /// `now` is the local time in the window's zone.
+    #[error("outside the allowed time window (now {now})")]
+    OutsideTime { now: String },
+    #[error(transparent)]
+    Posture(#[from] PostureFailure),
+    #[error(transparent)]
+    Budget(#[from] OverBudget),
+}
+
+/// Why a budget refuses: the limit of the rule the request would pass.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OverBudget {
+    #[error("over {0} requests per minute")]
+    Requests(u64),
+    #[error("over {0} tokens per hour")]
+    Tokens(u64),
+    #[error("over {0} USD per day")]
+    Cost(f64),
+}
+
+/// What a `[[policy]]` rule gets wrong (its names are `config`'s).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyConfigError {
+    #[error("bad glob {pattern:?}: {source}")]
+    BadGlob {
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error(transparent)]
+    Time(#[from] TimeError),
+    #[error(transparent)]
+    Signer(#[from] SignerError),
+    #[error("cost_per_day_usd must be a non-negative number")]
+    NegativeCost,
+    /// `config` checks posture names; this is the backstop.
+    #[error("unknown posture check {0:?}")]
+    UnknownPosture(String),
+}
+
 /// The budget limits of a rule, for the budget module.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RuleLimits {
@@ -131,14 +201,20 @@ pub trait BudgetGate: Send + Sync {
         rule: usize,
         limits: &RuleLimits,
         input: &PolicyInput<'_>,
-    ) -> Result<(), String>;
+    ) -> Result<(), OverBudget>;
 }
 
 /// No budgets: every request is within budget.
 pub struct NoBudgets;
 
 impl BudgetGate for NoBudgets {
-    fn check(&self, _: &str, _: usize, _: &RuleLimits, _: &PolicyInput<'_>) -> Result<(), String> {
+    fn check(
+        &self,
+        _: &str,
+        _: usize,
+        _: &RuleLimits,
+        _: &PolicyInput<'_>,
+    ) -> Result<(), OverBudget> {
         Ok(())
     }
 }
@@ -168,13 +244,16 @@ pub struct Policy {
 const PASS: Cow<'static, str> = Cow::Borrowed("ok");
 
 impl Policy {
-    /// Compiles the rules. `posture` must hold the checks of the same config
-    /// (`PostureStore::from_config`). The config was validated, so an error
-    /// here means it was not.
-    pub fn new(configs: &[PolicyConfig], posture: Arc<PostureStore>) -> Result<Policy, String> {
+    /// Compiles the rules, each error at its place in `source`. `posture`
+    /// must hold the checks of the same config (`PostureStore::compile`).
+    pub fn compile(
+        configs: &[PolicyConfig],
+        posture: Arc<PostureStore>,
+        source: &Source,
+    ) -> Result<Policy, ConfigError> {
         let mut rules: HashMap<String, Vec<Rule>> = HashMap::new();
         for (index, config) in configs.iter().enumerate() {
-            let rule = compile_rule(index, config, &posture)?;
+            let rule = compile_rule(index, config, &posture, source)?;
             rules
                 .entry(config.workload.get_ref().clone())
                 .or_default()
@@ -210,7 +289,7 @@ impl Policy {
                 factors: vec![FactorOutcome {
                     factor: Factor::Identity,
                     passed: false,
-                    reason: format!("no [[policy]] for workload {:?}", input.workload).into(),
+                    reason: Denial::NoRule(input.workload.to_owned()).to_string().into(),
                 }],
             };
         };
@@ -223,7 +302,7 @@ impl Policy {
                 factors.push(FactorOutcome {
                     factor: Factor::Budget,
                     passed,
-                    reason: budget.err().map_or(PASS, Cow::Owned),
+                    reason: budget.err().map_or(PASS, |e| Cow::Owned(e.to_string())),
                 });
                 if passed {
                     return Decision {
@@ -249,10 +328,10 @@ impl Policy {
     }
 
     fn factors(&self, rule: &Rule, input: &PolicyInput<'_>) -> Vec<FactorOutcome> {
-        let outcome = |factor, result: Result<(), String>| FactorOutcome {
+        let outcome = |factor, result: Result<(), Denial>| FactorOutcome {
             factor,
             passed: result.is_ok(),
-            reason: result.err().map_or(PASS, Cow::Owned),
+            reason: result.err().map_or(PASS, |e| Cow::Owned(e.to_string())),
         };
         vec![
             outcome(Factor::Request, request_factor(rule, input)),
@@ -263,122 +342,173 @@ impl Policy {
         ]
     }
 
-    fn posture_factor(&self, rule: &Rule, input: &PolicyInput<'_>) -> Result<(), String> {
+    fn posture_factor(&self, rule: &Rule, input: &PolicyInput<'_>) -> Result<(), Denial> {
         rule.posture
             .iter()
             .try_for_each(|&index| self.posture.check(index, input.now))
+            .map_err(Denial::from)
     }
 }
 
-fn request_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), String> {
+fn request_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), Denial> {
     if !rule
         .upstreams
         .iter()
         .any(|h| h.eq_ignore_ascii_case(input.upstream_host))
     {
-        return Err(format!("upstream {:?} is not allowed", input.upstream_host));
+        return Err(Denial::Upstream(input.upstream_host.to_owned()));
     }
     if let Some(paths) = &rule.paths {
         let path = input.path.split('?').next().unwrap_or(input.path);
         if !paths.is_match(path) {
-            return Err(format!("path {path:?} is not allowed"));
+            return Err(Denial::Path(path.to_owned()));
         }
     }
     if let Some(models) = &rule.models {
         match input.model {
             Some(model) if models.is_match(model) => {}
-            Some(model) => return Err(format!("model {model:?} is not allowed")),
-            // Deny by default: a rule that limits models allows only
-            // requests that name an allowed one.
-            None => {
-                return Err(
-                    "the request names no model; this rule allows only listed models".to_owned(),
-                );
-            }
+            Some(model) => return Err(Denial::Model(model.to_owned())),
+            None => return Err(Denial::NoModel),
         }
     }
     Ok(())
 }
 
-fn identity_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), String> {
+fn identity_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), Denial> {
     let Some(signers) = &rule.signers else {
         return Ok(());
     };
     match (input.exe_path, input.exe_sha256) {
-        (Some(path), Some(sha256)) => signers.check(path, sha256, input.now).map(|_| ()),
-        _ => Err("executable signature required, but the executable is unknown".to_owned()),
+        (Some(path), Some(sha256)) => signers
+            .check(path, sha256, input.now)
+            .map(|_| ())
+            .map_err(Denial::Signature),
+        _ => Err(Denial::UnknownExecutable),
     }
 }
 
-fn location_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), String> {
+fn location_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), Denial> {
     if !rule.environments.is_empty() {
         match input.environment {
             Some(env) if rule.environments.iter().any(|e| e == env) => {}
-            Some(env) => return Err(format!("environment {env:?} is not allowed")),
-            None => return Err("the instance has no environment label".to_owned()),
+            Some(env) => return Err(Denial::Environment(env.to_owned())),
+            None => return Err(Denial::NoEnvironment),
         }
     }
     if let Some(regions) = &rule.regions {
         match input.region {
             Some(region) if regions.is_match(region) => {}
-            Some(region) => return Err(format!("region {region:?} is not allowed")),
-            None => return Err("the instance region is unknown".to_owned()),
+            Some(region) => return Err(Denial::Region(region.to_owned())),
+            None => return Err(Denial::NoRegion),
         }
     }
     Ok(())
 }
 
-fn time_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), String> {
+fn time_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), Denial> {
     match &rule.time {
-        Some(window) if !window.contains(input.now) => Err(format!(
-            "outside the allowed time window (now {})",
-            window.describe_now(input.now)
-        )),
+        Some(window) if !window.contains(input.now) => Err(Denial::OutsideTime {
+            now: window.describe_now(input.now),
+        }),
         _ => Ok(()),
     }
 }
 
-fn glob_set<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Result<Option<GlobSet>, String> {
-    let mut builder = GlobSetBuilder::new();
-    let mut any = false;
-    for pattern in patterns {
-        builder.add(Glob::new(pattern).map_err(|e| format!("bad glob {pattern:?}: {e}"))?);
-        any = true;
-    }
-    if !any {
+/// The globs of one key, each error at its glob; None when the key lists
+/// none (the factor then does not limit).
+fn glob_set(patterns: &[Spanned<String>], source: &Source) -> Result<Option<GlobSet>, ConfigError> {
+    let Some(first) = patterns.first() else {
         return Ok(None);
+    };
+    let invalid = |at: &Spanned<String>, source_error| {
+        source.error_at(
+            &at.span(),
+            ConfigErrorKind::Invalid,
+            PolicyConfigError::BadGlob {
+                pattern: at.get_ref().clone(),
+                source: source_error,
+            },
+        )
+    };
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        builder.add(Glob::new(pattern.get_ref()).map_err(|e| invalid(pattern, e))?);
     }
-    builder.build().map(Some).map_err(|e| e.to_string())
+    // Only a set too large for the regex engine fails here: reported at the
+    // key's first glob.
+    builder.build().map(Some).map_err(|e| invalid(first, e))
 }
 
-fn time_window(config: &PolicyConfig) -> Result<Option<TimeWindow>, time::TimeError> {
+/// `time = { days, hours, tz }`, the error at the part that is wrong.
+fn time_window(config: &PolicyConfig, source: &Source) -> Result<Option<TimeWindow>, ConfigError> {
     let Some(time) = &config.time else {
         return Ok(None);
     };
-    fn text(v: &Option<toml::Spanned<String>>) -> Option<&str> {
+    fn text(v: &Option<Spanned<String>>) -> Option<&str> {
         v.as_ref().map(|s| s.get_ref().as_str())
     }
-    TimeWindow::new(text(&time.days), text(&time.hours), text(&time.tz)).map(Some)
+    TimeWindow::new(text(&time.days), text(&time.hours), text(&time.tz))
+        .map(Some)
+        .map_err(|e| {
+            let part = match e {
+                TimeError::Days(_) => &time.days,
+                TimeError::Hours(_) => &time.hours,
+                TimeError::Tz(_) => &time.tz,
+            };
+            let problem = PolicyConfigError::Time(e);
+            match part {
+                Some(at) => source.error_at(&at.span(), ConfigErrorKind::Invalid, problem),
+                // The default zone (UTC) always exists; kept for the type.
+                None => source.error_at(&config.workload.span(), ConfigErrorKind::Invalid, problem),
+            }
+        })
 }
 
 fn compile_rule(
     index: usize,
     config: &PolicyConfig,
     posture: &PostureStore,
-) -> Result<Rule, String> {
+    source: &Source,
+) -> Result<Rule, ConfigError> {
+    let invalid = |span: std::ops::Range<usize>, problem: PolicyConfigError| {
+        source.error_at(&span, ConfigErrorKind::Invalid, problem)
+    };
     let signers = if config.exe_signers.is_empty() {
         None
     } else {
-        let keys: Vec<&str> = config
+        let keys = config
             .exe_signers
             .iter()
-            .map(|k| k.get_ref().as_str())
-            .collect();
-        Some(ExeSigners::new(
-            &keys,
+            .map(|key| {
+                signature::parse_signer(key.get_ref()).map_err(|e| invalid(key.span(), e.into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Some(ExeSigners::from_keys(
+            keys,
             config.exe_signature_namespace.as_deref(),
-        )?)
+        ))
     };
+    if let Some(limit) = config.cost_per_day_usd
+        && !(limit.is_finite() && limit >= 0.0)
+    {
+        return Err(source.error_at_key(
+            &["policy", &index.to_string(), "cost_per_day_usd"],
+            ConfigErrorKind::Invalid,
+            PolicyConfigError::NegativeCost,
+        ));
+    }
+    let posture = config
+        .posture
+        .iter()
+        .map(|name| {
+            posture.index_of(name.get_ref()).ok_or_else(|| {
+                invalid(
+                    name.span(),
+                    PolicyConfigError::UnknownPosture(name.get_ref().clone()),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Rule {
         index,
         upstreams: config
@@ -386,20 +516,12 @@ fn compile_rule(
             .iter()
             .map(|h| h.get_ref().clone())
             .collect(),
-        paths: glob_set(config.paths.iter().map(|g| g.get_ref().as_str()))?,
-        models: glob_set(config.models.iter().map(|g| g.get_ref().as_str()))?,
+        paths: glob_set(&config.paths, source)?,
+        models: glob_set(&config.models, source)?,
         environments: config.environments.clone(),
-        regions: glob_set(config.regions.iter().map(|g| g.get_ref().as_str()))?,
-        time: time_window(config).map_err(|e| e.to_string())?,
-        posture: config
-            .posture
-            .iter()
-            .map(|name| {
-                posture
-                    .index_of(name.get_ref())
-                    .ok_or_else(|| format!("unknown posture check {:?}", name.get_ref()))
-            })
-            .collect::<Result<_, _>>()?,
+        regions: glob_set(&config.regions, source)?,
+        time: time_window(config, source)?,
+        posture,
         signers,
         limits: RuleLimits {
             tokens_per_hour: config.tokens_per_hour,
@@ -407,60 +529,6 @@ fn compile_rule(
             requests_per_minute: config.requests_per_minute,
         },
     })
-}
-
-/// Validation of `[[policy]]` beyond what `Config::validate` checks (which
-/// covers workload and upstream references and glob syntax), called from it.
-pub fn validate(
-    policies: &[PolicyConfig],
-    postures: &[PostureConfig],
-    text: &str,
-    origin: &str,
-) -> Result<(), ConfigError> {
-    let err = |span: std::ops::Range<usize>, msg: String| {
-        ConfigError::new(origin, Some(Location::of(text, span.start)), msg)
-    };
-    for policy in policies {
-        if let Some(time) = &policy.time {
-            // Each part is compiled alone so that the error points at it.
-            let parts = [
-                (&time.days, (Some(0), None, None)),
-                (&time.hours, (None, Some(0), None)),
-                (&time.tz, (None, None, Some(0))),
-            ];
-            for (value, (days, hours, tz)) in parts {
-                let Some(spanned) = value else { continue };
-                let v = Some(spanned.get_ref().as_str());
-                let pick = |slot: Option<u8>| slot.and(v);
-                if let Err(e) = TimeWindow::new(pick(days), pick(hours), pick(tz)) {
-                    return Err(err(spanned.span(), e.to_string()));
-                }
-            }
-        }
-        for name in &policy.posture {
-            if !postures.iter().any(|p| p.name.get_ref() == name.get_ref()) {
-                return Err(err(
-                    name.span(),
-                    format!(
-                        "policy names posture check {:?}, which no [[posture]] defines",
-                        name.get_ref()
-                    ),
-                ));
-            }
-        }
-        for key in &policy.exe_signers {
-            signature::parse_signer(key.get_ref()).map_err(|e| err(key.span(), e))?;
-        }
-        if let Some(limit) = policy.cost_per_day_usd
-            && !(limit.is_finite() && limit >= 0.0)
-        {
-            return Err(err(
-                policy.workload.span(),
-                "cost_per_day_usd must be a non-negative number".to_owned(),
-            ));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

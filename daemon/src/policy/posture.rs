@@ -17,8 +17,12 @@ use std::{
 
 use jiff::Timestamp;
 use serde::Deserialize;
+use toml::Spanned;
 
-use crate::config::{ConfigError, Location, PostureConfig};
+use crate::{
+    config::{ConfigError, ConfigErrorKind, PostureConfig, PostureSourceKind, Source},
+    duration::DurationError,
+};
 
 /// A result older than this denies, unless `max_age` says otherwise.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(3600);
@@ -45,9 +49,93 @@ pub struct PostureCheck {
     pub timeout: Duration,
 }
 
+/// What a `[[posture]]` section gets wrong (its name is `config`'s).
+#[derive(Debug, thiserror::Error)]
+pub enum PostureConfigError {
+    #[error("source \"file\" needs `path`")]
+    FileWithoutPath,
+    #[error("source \"command\" needs `command = [\"program\", \"arg\", ...]`")]
+    CommandWithoutArgv,
+    #[error(transparent)]
+    Duration(#[from] DurationError),
+}
+
+/// Why a posture source could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is larger than {MAX_OUTPUT} bytes", path.display())]
+    FileTooLarge { path: PathBuf },
+    #[error("empty command")]
+    EmptyCommand,
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} did not finish within {timeout:?}")]
+    Timeout { program: String, timeout: Duration },
+    #[error("{program}: {source}")]
+    Wait {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} exited with {status}")]
+    Failed {
+        program: String,
+        status: std::process::ExitStatus,
+    },
+    #[error("{program} printed more than {MAX_OUTPUT} bytes")]
+    OutputTooLarge { program: String },
+}
+
+/// Why a check's latest result is not a pass.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultError {
+    #[error("status {status:?}{}", detail.as_ref().map(|d| format!(": {d}")).unwrap_or_default())]
+    Status {
+        status: String,
+        detail: Option<String>,
+    },
+    #[error("unreadable result: {0}")]
+    Unreadable(#[source] serde_json::Error),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// Why a rule's posture factor fails.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PostureFailure {
+    #[error("unknown posture check")]
+    Unknown,
+    #[error("posture store poisoned")]
+    Poisoned,
+    #[error("posture {name:?}: no result yet")]
+    NoResult { name: String },
+    #[error("posture {name:?} failing: {reason}")]
+    Failing {
+        name: String,
+        #[source]
+        reason: Arc<ResultError>,
+    },
+    #[error("posture {name:?} stale: checked {age}s ago, max_age {max_age}s")]
+    Stale {
+        name: String,
+        age: i64,
+        max_age: i64,
+    },
+}
+
 #[derive(Debug, Clone)]
 struct PostureResult {
-    outcome: Result<Timestamp, String>,
+    outcome: Result<Timestamp, Arc<ResultError>>,
 }
 
 /// The checks and their latest results.
@@ -71,12 +159,15 @@ impl PostureStore {
         PostureStore { checks, results }
     }
 
-    /// Builds the checks from `[[posture]]`. The config was validated, so
-    /// errors here mean it was not.
-    pub fn from_config(configs: &[PostureConfig]) -> Result<PostureStore, String> {
+    /// Compiles `[[posture]]` into checks (none read yet: `refresh_all`
+    /// and `spawn_refresher` do that).
+    pub fn compile(
+        configs: &[PostureConfig],
+        source: &Source,
+    ) -> Result<PostureStore, ConfigError> {
         let checks = configs
             .iter()
-            .map(check_from_config)
+            .map(|config| compile_check(config, source))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PostureStore::new(checks))
     }
@@ -94,22 +185,21 @@ impl PostureStore {
     pub fn record(&self, index: usize, json: &[u8]) {
         let outcome = match serde_json::from_slice::<PostureReport>(json) {
             Ok(report) if report.status.eq_ignore_ascii_case("pass") => Ok(report.checked_at),
-            Ok(report) => Err(format!(
-                "status {:?}{}",
-                report.status,
-                report.detail.map(|d| format!(": {d}")).unwrap_or_default()
-            )),
-            Err(e) => Err(format!("unreadable result: {e}")),
+            Ok(report) => Err(Arc::new(ResultError::Status {
+                status: report.status,
+                detail: report.detail,
+            })),
+            Err(e) => Err(Arc::new(ResultError::Unreadable(e))),
         };
         self.store(index, PostureResult { outcome });
     }
 
     /// Stores a failure to read check `index`'s source.
-    pub fn record_error(&self, index: usize, reason: String) {
+    pub fn record_error(&self, index: usize, reason: SourceError) {
         self.store(
             index,
             PostureResult {
-                outcome: Err(reason),
+                outcome: Err(Arc::new(reason.into())),
             },
         );
     }
@@ -123,24 +213,29 @@ impl PostureStore {
     }
 
     /// Whether check `index` passes at `now`; Err says why not.
-    pub fn check(&self, index: usize, now: Timestamp) -> Result<(), String> {
-        let check = self.checks.get(index).ok_or("unknown posture check")?;
-        let results = self.results.read().map_err(|_| "posture store poisoned")?;
+    pub fn check(&self, index: usize, now: Timestamp) -> Result<(), PostureFailure> {
+        let check = self.checks.get(index).ok_or(PostureFailure::Unknown)?;
+        let results = self.results.read().map_err(|_| PostureFailure::Poisoned)?;
+        let name = || check.name.clone();
         let result = results
             .get(index)
             .and_then(Option::as_ref)
-            .ok_or_else(|| format!("posture {:?}: no result yet", check.name))?;
+            .ok_or_else(|| PostureFailure::NoResult { name: name() })?;
         let checked_at = result
             .outcome
             .as_ref()
-            .map_err(|why| format!("posture {:?} failing: {why}", check.name))?;
+            .map_err(|reason| PostureFailure::Failing {
+                name: name(),
+                reason: reason.clone(),
+            })?;
         let age = now.as_second() - checked_at.as_second();
         let max_age = i64::try_from(check.max_age.as_secs()).unwrap_or(i64::MAX);
         if age > max_age {
-            return Err(format!(
-                "posture {:?} stale: checked {}s ago, max_age {}s",
-                check.name, age, max_age
-            ));
+            return Err(PostureFailure::Stale {
+                name: name(),
+                age,
+                max_age,
+            });
         }
         Ok(())
     }
@@ -183,22 +278,23 @@ impl PostureStore {
     }
 }
 
-async fn read_source(check: &PostureCheck) -> Result<Vec<u8>, String> {
+async fn read_source(check: &PostureCheck) -> Result<Vec<u8>, SourceError> {
     match &check.source {
         PostureSource::File(path) => {
             let bytes = tokio::fs::read(path)
                 .await
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                .map_err(|source| SourceError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
             if bytes.len() > MAX_OUTPUT {
-                return Err(format!(
-                    "{} is larger than {MAX_OUTPUT} bytes",
-                    path.display()
-                ));
+                return Err(SourceError::FileTooLarge { path: path.clone() });
             }
             Ok(bytes)
         }
         PostureSource::Command(argv) => {
-            let (program, args) = argv.split_first().ok_or("empty command")?;
+            let (program, args) = argv.split_first().ok_or(SourceError::EmptyCommand)?;
+            let named = || program.clone();
             let child = tokio::process::Command::new(program)
                 .args(args)
                 .stdin(Stdio::null())
@@ -206,78 +302,69 @@ async fn read_source(check: &PostureCheck) -> Result<Vec<u8>, String> {
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| format!("cannot run {program}: {e}"))?;
+                .map_err(|source| SourceError::Spawn {
+                    program: named(),
+                    source,
+                })?;
             let output = tokio::time::timeout(check.timeout, child.wait_with_output())
                 .await
-                .map_err(|_| format!("{program} did not finish within {:?}", check.timeout))?
-                .map_err(|e| format!("{program}: {e}"))?;
+                .map_err(|_| SourceError::Timeout {
+                    program: named(),
+                    timeout: check.timeout,
+                })?
+                .map_err(|source| SourceError::Wait {
+                    program: named(),
+                    source,
+                })?;
             if !output.status.success() {
-                return Err(format!("{program} exited with {}", output.status));
+                return Err(SourceError::Failed {
+                    program: named(),
+                    status: output.status,
+                });
             }
             if output.stdout.len() > MAX_OUTPUT {
-                return Err(format!("{program} printed more than {MAX_OUTPUT} bytes"));
+                return Err(SourceError::OutputTooLarge { program: named() });
             }
             Ok(output.stdout)
         }
     }
 }
 
-fn duration_or(
-    value: &Option<toml::Spanned<String>>,
-    default: Duration,
-) -> Result<Duration, String> {
-    value
-        .as_ref()
-        .map_or(Ok(default), |d| crate::duration::parse(d.get_ref()))
-}
-
-fn check_from_config(config: &PostureConfig) -> Result<PostureCheck, String> {
-    let source = match config.source.get_ref().as_str() {
-        "file" => PostureSource::File(config.path.clone().ok_or("source \"file\" needs `path`")?),
-        "command" => {
-            let argv = config.command.clone().unwrap_or_default();
-            if argv.is_empty() {
-                return Err(
-                    "source \"command\" needs `command = [\"program\", \"arg\", ...]`".to_owned(),
-                );
+/// One `[[posture]]` compiled; errors point into `source`.
+fn compile_check(config: &PostureConfig, source: &Source) -> Result<PostureCheck, ConfigError> {
+    let invalid = |span: std::ops::Range<usize>, problem: PostureConfigError| {
+        source.error_at(&span, ConfigErrorKind::Invalid, problem)
+    };
+    let duration = |value: &Option<Spanned<String>>, default: Duration| match value {
+        Some(text) => {
+            crate::duration::parse(text.get_ref()).map_err(|e| invalid(text.span(), e.into()))
+        }
+        None => Ok(default),
+    };
+    let max_age = duration(&config.max_age, DEFAULT_MAX_AGE)?;
+    let interval = duration(&config.interval, DEFAULT_INTERVAL)?;
+    let timeout = duration(&config.timeout, DEFAULT_TIMEOUT)?;
+    let kind = match config.source.get_ref() {
+        PostureSourceKind::File => {
+            PostureSource::File(config.path.clone().ok_or_else(|| {
+                invalid(config.source.span(), PostureConfigError::FileWithoutPath)
+            })?)
+        }
+        PostureSourceKind::Command => match &config.command {
+            Some(argv) if !argv.is_empty() => PostureSource::Command(argv.clone()),
+            _ => {
+                return Err(invalid(
+                    config.source.span(),
+                    PostureConfigError::CommandWithoutArgv,
+                ));
             }
-            PostureSource::Command(argv)
-        }
-        other => {
-            return Err(format!(
-                "unknown posture source {other:?}; expected \"file\" or \"command\""
-            ));
-        }
+        },
     };
     Ok(PostureCheck {
         name: config.name.get_ref().clone(),
-        source,
-        max_age: duration_or(&config.max_age, DEFAULT_MAX_AGE)?,
-        interval: duration_or(&config.interval, DEFAULT_INTERVAL)?,
-        timeout: duration_or(&config.timeout, DEFAULT_TIMEOUT)?,
+        source: kind,
+        max_age,
+        interval,
+        timeout,
     })
-}
-
-/// Validation of `[[posture]]`, called from `Config::validate`.
-pub fn validate(configs: &[PostureConfig], text: &str, origin: &str) -> Result<(), ConfigError> {
-    let err = |span: std::ops::Range<usize>, msg: String| {
-        ConfigError::new(origin, Some(Location::of(text, span.start)), msg)
-    };
-    let mut names = std::collections::HashSet::new();
-    for config in configs {
-        if !names.insert(config.name.get_ref().as_str()) {
-            return Err(err(
-                config.name.span(),
-                format!("posture {:?} is defined twice", config.name.get_ref()),
-            ));
-        }
-        for value in [&config.max_age, &config.interval, &config.timeout]
-            .into_iter()
-            .flatten()
-        {
-            crate::duration::parse(value.get_ref()).map_err(|e| err(value.span(), e))?;
-        }
-        check_from_config(config).map_err(|e| err(config.source.span(), e))?;
-    }
-    Ok(())
 }

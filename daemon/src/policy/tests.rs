@@ -41,8 +41,8 @@ max_age = "1h"
 
 fn policy(rules: &str) -> Policy {
     let config = Config::parse(&format!("{BASE}\n{rules}"), "t.toml").unwrap();
-    let posture = Arc::new(PostureStore::from_config(&config.postures).unwrap());
-    Policy::new(&config.policies, posture).unwrap()
+    let posture = Arc::new(PostureStore::compile(&config.postures, &config.source).unwrap());
+    Policy::compile(&config.policies, posture, &config.source).unwrap()
 }
 
 fn ts(text: &str) -> Timestamp {
@@ -400,7 +400,13 @@ fn posture_failing_or_unreadable_denies() {
         br#"{"status":"pass","checked_at":"2026-01-14T14:59:00Z"}"#,
     );
     assert!(p.evaluate(&input()).allowed);
-    p.posture().record_error(0, "cannot read /x".into());
+    p.posture().record_error(
+        0,
+        posture::SourceError::Read {
+            path: "/x".into(),
+            source: std::io::ErrorKind::NotFound.into(),
+        },
+    );
     assert!(!p.evaluate(&input()).allowed);
 }
 
@@ -454,11 +460,8 @@ impl BudgetGate for Exhausted {
         _: usize,
         limits: &RuleLimits,
         _: &PolicyInput<'_>,
-    ) -> Result<(), String> {
-        Err(format!(
-            "over {} tokens per hour",
-            limits.tokens_per_hour.unwrap_or(0)
-        ))
+    ) -> Result<(), OverBudget> {
+        Err(OverBudget::Tokens(limits.tokens_per_hour.unwrap_or(0)))
     }
 }
 
@@ -492,4 +495,30 @@ fn decision_serializes_factor_by_factor_for_the_403_body() {
     assert_eq!(json["allowed"], false);
     assert_eq!(json["factors"][2]["factor"], "location");
     assert_eq!(json["factors"][2]["passed"], false);
+}
+
+#[test]
+fn a_compile_error_is_the_policy_type_placed_in_the_file() {
+    let config = Config::parse(
+        &format!(
+            "{BASE}\n[[policy]]\nworkload = \"support-agent\"\nregions = [\"us-*\", \"eu-[\"]\n"
+        ),
+        "t.toml",
+    )
+    .unwrap();
+    let posture = Arc::new(PostureStore::compile(&config.postures, &config.source).unwrap());
+    let Err(err) = Policy::compile(&config.policies, posture, &config.source) else {
+        panic!("a bad glob compiled");
+    };
+    assert_eq!(err.kind, crate::config::ConfigErrorKind::Invalid);
+    assert!(matches!(
+        err.problem().downcast_ref::<PolicyConfigError>(),
+        Some(PolicyConfigError::BadGlob { pattern, .. }) if pattern == "eu-["
+    ));
+    let line = BASE.lines().count() + 4;
+    assert!(
+        err.to_string()
+            .starts_with(&format!("t.toml:{line}:20: bad glob \"eu-[\"")),
+        "{err}"
+    );
 }

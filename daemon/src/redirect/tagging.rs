@@ -15,11 +15,10 @@ use std::{
 };
 
 use futures_util::StreamExt;
-use globset::{Glob, GlobMatcher};
 use inotify::{Inotify, WatchMask};
 
 use super::{RedirectError, RedirectMaps, cgroup};
-use crate::config::Config;
+use crate::config::{CgroupGlob, Config};
 
 /// Walks per event at most while new directories keep appearing.
 const MAX_SETTLE_WALKS: usize = 8;
@@ -34,7 +33,7 @@ pub struct CgroupSelector {
     pub workload: String,
     unit: Option<String>,
     slice: Option<String>,
-    glob: Option<GlobMatcher>,
+    glob: Option<CgroupGlob>,
 }
 
 impl CgroupSelector {
@@ -64,12 +63,7 @@ pub fn selectors(config: &Config) -> Vec<CgroupSelector> {
             workload: w.name.get_ref().clone(),
             unit: w.unit.as_ref().map(|u| u.get_ref().clone()),
             slice: w.slice.as_ref().map(|s| s.get_ref().clone()),
-            // Validated when the config was parsed.
-            glob: w
-                .cgroup
-                .as_ref()
-                .and_then(|g| Glob::new(g.get_ref()).ok())
-                .map(|g| g.compile_matcher()),
+            glob: w.cgroup.as_ref().map(|g| g.get_ref().clone()),
         })
         .collect()
 }
@@ -226,7 +220,7 @@ mod tests {
             workload: "w".into(),
             unit: unit.map(Into::into),
             slice: slice.map(Into::into),
-            glob: glob.map(|g| Glob::new(g).unwrap().compile_matcher()),
+            glob: glob.map(|g| CgroupGlob::try_from(g.to_owned()).unwrap()),
         }
     }
 

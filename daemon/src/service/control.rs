@@ -5,11 +5,11 @@ use std::{path::Path, sync::Arc};
 
 use serde_json::{Value, json};
 
-use super::reload::Reloader;
+use super::{compile, reload::Reloader};
 use crate::{
     attest::{Attestor, InstanceHandle},
-    config::Config,
-    control::ControlBackend,
+    config::ConfigError,
+    control::{ControlBackend, RequestError},
 };
 
 pub struct DaemonBackend {
@@ -34,25 +34,30 @@ impl ControlBackend for DaemonBackend {
         }
     }
 
-    fn reload(&self) -> Result<Value, String> {
+    fn reload(&self) -> Result<Value, RequestError> {
         // Called off the runtime's workers (see ControlBackend).
-        tokio::runtime::Handle::current().block_on(self.reloader.reload())
+        tokio::runtime::Handle::current()
+            .block_on(self.reloader.reload())
+            .map_err(RequestError::daemon)
     }
 
-    fn explain(&self, pid: u32) -> Result<String, String> {
+    fn explain(&self, pid: u32) -> Result<String, RequestError> {
         let gate = self.reloader.current().gate.clone();
         crate::attest::explain::explain_pid(pid, &self.attestor, gate.workloads())
-            .map_err(|e| e.to_string())
+            .map_err(RequestError::daemon)
     }
 
-    fn explain_request(&self, pid: u32, request: &str) -> Result<String, String> {
-        let planned = PlannedRequest::parse(request)?;
+    fn explain_request(&self, pid: u32, request: &str) -> Result<String, RequestError> {
+        let planned = PlannedRequest::parse(request).map_err(RequestError::daemon)?;
         // One generation: the gate and the configuration it was built from.
         let generation = self.reloader.current();
         let (gate, config) = (&generation.gate, &generation.config);
         let origin = crate::attest::explain::origin_for_pid(pid, &self.attestor)
-            .map_err(|e| e.to_string())?;
-        let attestation = self.attestor.attest(&origin).map_err(|e| e.to_string())?;
+            .map_err(RequestError::daemon)?;
+        let attestation = self
+            .attestor
+            .attest(&origin)
+            .map_err(RequestError::daemon)?;
         let report = gate.workloads().evaluate(&attestation);
         let mut text = crate::attest::explain::render(&attestation, &report);
         text.push_str(&format!(
@@ -105,6 +110,23 @@ impl ControlBackend for DaemonBackend {
     }
 }
 
+/// `--request` is not "METHOD https://HOST/PATH [model=NAME]".
+#[derive(Debug, thiserror::Error)]
+enum BadRequestLine {
+    #[error("--request {0:?}: expected \"METHOD https://HOST/PATH [model=NAME]\"")]
+    Shape(String),
+    #[error("--request {text:?}: expected \"METHOD https://HOST/PATH [model=NAME]\": {source}")]
+    Url {
+        text: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error(
+        "--request {text:?}: expected \"METHOD https://HOST/PATH [model=NAME]\": unknown {word:?}"
+    )]
+    UnknownWord { text: String, word: String },
+}
+
 /// A request described on the command line: "METHOD URL [model=NAME]".
 #[derive(Debug, PartialEq, Eq)]
 struct PlannedRequest {
@@ -115,23 +137,31 @@ struct PlannedRequest {
 }
 
 impl PlannedRequest {
-    fn parse(text: &str) -> Result<PlannedRequest, String> {
-        let usage =
-            || format!("--request {text:?}: expected \"METHOD https://HOST/PATH [model=NAME]\"");
+    fn parse(text: &str) -> Result<PlannedRequest, BadRequestLine> {
+        let shape = || BadRequestLine::Shape(text.to_owned());
         let mut words = text.split_whitespace();
-        let method = words.next().ok_or_else(usage)?.to_ascii_uppercase();
-        let uri: http::Uri = words
-            .next()
-            .ok_or_else(usage)?
-            .parse()
-            .map_err(|e| format!("{}: {e}", usage()))?;
-        let host = uri.host().ok_or_else(usage)?.to_ascii_lowercase();
+        let method = words.next().ok_or_else(shape)?.to_ascii_uppercase();
+        let uri: http::Uri =
+            words
+                .next()
+                .ok_or_else(shape)?
+                .parse()
+                .map_err(|source| BadRequestLine::Url {
+                    text: text.to_owned(),
+                    source,
+                })?;
+        let host = uri.host().ok_or_else(shape)?.to_ascii_lowercase();
         let path = uri.path().to_owned();
         let mut model = None;
         for word in words {
             match word.split_once('=') {
                 Some(("model", value)) => model = Some(value.to_owned()),
-                _ => return Err(format!("{}: unknown {word:?}", usage())),
+                _ => {
+                    return Err(BadRequestLine::UnknownWord {
+                        text: text.to_owned(),
+                        word: word.to_owned(),
+                    });
+                }
             }
         }
         Ok(PlannedRequest {
@@ -143,21 +173,21 @@ impl PlannedRequest {
     }
 }
 
-/// Re-reads and validates a file and reports what it holds, without
-/// applying it (for backends that cannot apply; the daemon's reload is
-/// `reload::Reloader`).
-pub fn validate_reload(path: &Path) -> Result<Value, String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+/// Re-reads a file and compiles it as `warrant check-config` does, and
+/// reports what it holds, without applying it (for backends that cannot
+/// apply; the daemon's reload is `reload::Reloader`).
+pub fn validate_reload(path: &Path) -> Result<Value, ConfigError> {
+    let report = compile::check(path)?;
     tracing::info!(config = %path.display(), "reload requested: configuration is valid");
     Ok(json!({
         "config": path.display().to_string(),
         "valid": true,
         "applied": false,
         "note": "the configuration is valid; applying it needs a restart for now",
-        "workloads": config.workloads.len(),
-        "upstreams": config.upstreams.len(),
-        "credentials": config.credentials.len(),
-        "policies": config.policies.len(),
+        "workloads": report.workloads,
+        "upstreams": report.upstreams,
+        "credentials": report.credentials,
+        "policies": report.policies,
     }))
 }
 
@@ -183,6 +213,7 @@ mod tests {
         assert!(
             PlannedRequest::parse("GET https://x/y colour=blue")
                 .unwrap_err()
+                .to_string()
                 .contains("colour")
         );
     }

@@ -2,6 +2,7 @@
 //! request path, and its life cycle (readiness, signals, shutdown).
 
 pub mod activation;
+pub mod compile;
 mod control;
 mod gate;
 pub mod reload;
@@ -17,23 +18,24 @@ use std::{
 use anyhow::{Context as _, Result};
 use tokio::{net::TcpListener, signal::unix::SignalKind};
 
+pub use compile::{CheckReport, Compiled, check, check_config};
 pub use control::{DaemonBackend, validate_reload};
 pub use gate::WarrantGate;
 
 use crate::{
-    attest::{self, Attestor, InstanceHandle, WorkloadMatcher},
+    attest::{self, Attestor, InstanceHandle},
     audit::{Audit, AuditLog},
+    clock::SystemClock,
     config::Config,
     control::ControlServer,
-    credentials::{self, StoreOptions, SystemClock},
+    credentials,
     metrics::Metrics,
     notify::notify,
-    policy::{Policy, PostureStore},
     proxy::Injector,
     redirect::{RedirectSettings, Redirector, tagging},
     response::Responder,
     tls::Pki,
-    usage::{Budgets, LocalLedger, PriceTable, redis::RedisLedger, settings::LedgerKind},
+    usage::{Budgets, LocalLedger, UsageSettings},
 };
 
 pub struct RunOptions {
@@ -79,6 +81,14 @@ pub fn load_config(path: Option<&Path>) -> Result<(Config, String, Option<PathBu
 
 pub async fn run(options: RunOptions) -> Result<()> {
     let (config, origin, config_path) = load_config(options.config.as_deref())?;
+    // Every section compiled before anything is started or written, so a
+    // mistake stops the daemon with its place in the file.
+    let mut compiled = Compiled::new(&config)?;
+    let instance_provider = attest::instance::Provider::compile(
+        &config.instance,
+        &config.daemon.state_dir,
+        &config.source,
+    )?;
     tracing::info!(config = %origin, "starting");
     credentials::make_non_dumpable().context("cannot make the process non-dumpable")?;
     raise_open_file_limit();
@@ -99,9 +109,9 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let _metrics_server = serve_metrics(&config, &metrics).await;
 
     notify("STATUS=fetching credentials and the instance identity");
-    let (instance, _instance_refresher) = start_instance(&config).await?;
+    let (instance, _instance_refresher) = start_instance(&config, instance_provider).await;
     notify("STATUS=attaching the eBPF programs");
-    let (listeners, redirection) = start_redirection(&config, options.inherited).await?;
+    let (listeners, redirection) = start_redirection(&config, &compiled, options.inherited).await?;
     let maps = redirection.redirector.maps();
     let attestor = Arc::new(Attestor::new(
         &config.attest,
@@ -110,7 +120,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     ));
     // The ledger is opened once; every generation reconfigures it (prices,
     // settings) but keeps what was spent.
-    let budgets = usage_budgets(&config)?;
+    let budgets = usage_budgets(&config, &mut compiled.usage)?;
     // Keeps the Redis state in status current between requests.
     let _redis_probe = budgets
         .spawn_probe(Duration::from_secs(10))
@@ -121,11 +131,12 @@ pub async fn run(options: RunOptions) -> Result<()> {
         reload::Reloader::start(
             config_path,
             config.clone(),
+            compiled,
             build,
             maps.clone(),
             redirection.tagging_updates.clone(),
         )
-        .await?,
+        .await,
     );
     let injector = Arc::new(Injector::new(
         &config,
@@ -218,12 +229,14 @@ async fn serve_metrics(config: &Config, metrics: &Arc<Metrics>) -> Option<AbortO
     }
 }
 
-/// The host's instance identity, fetched once now and refreshed in the
-/// background. Conditions that need it fail closed until it is fetched.
-async fn start_instance(config: &Config) -> Result<(InstanceHandle, tokio::task::JoinHandle<()>)> {
+/// The host's instance identity from the compiled `provider`, fetched once
+/// now and refreshed in the background. Conditions that need it fail closed
+/// until it is fetched.
+async fn start_instance(
+    config: &Config,
+    provider: attest::instance::Provider,
+) -> (InstanceHandle, tokio::task::JoinHandle<()>) {
     let instance = InstanceHandle::default();
-    let provider =
-        attest::instance::Provider::from_config(&config.instance, &config.daemon.state_dir)?;
     if let Err(error) = provider.refresh(&instance).await {
         tracing::warn!(%error, "instance identity not available yet");
     }
@@ -231,7 +244,7 @@ async fn start_instance(config: &Config) -> Result<(InstanceHandle, tokio::task:
         instance.clone(),
         Duration::from_secs(config.instance.refresh_secs),
     );
-    Ok((instance, refresher))
+    (instance, refresher)
 }
 
 /// The listeners, the eBPF programs that redirect to them and the tagger
@@ -249,6 +262,7 @@ struct Redirection {
 
 async fn start_redirection(
     config: &Config,
+    compiled: &Compiled,
     inherited: Option<activation::Inherited>,
 ) -> Result<(Listeners, Redirection)> {
     let listeners = match inherited {
@@ -263,7 +277,7 @@ async fn start_redirection(
     let redirector = Redirector::start(settings.clone())?;
     let tagger = tagging::Tagger::new(
         &settings.cgroup_root,
-        tagging::selectors(config),
+        compiled.selectors.clone(),
         redirector.maps(),
     )?;
     let (stop_tagger, tagger_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -291,9 +305,11 @@ fn generation_builder(
     budgets: &Budgets,
 ) -> reload::Builder {
     let (metrics, attestor, budgets) = (metrics.clone(), attestor.clone(), budgets.clone());
-    Box::new(move |config: Arc<Config>| {
+    Box::new(move |config: Arc<Config>, compiled: Compiled| {
         let (metrics, attestor, budgets) = (metrics.clone(), attestor.clone(), budgets.clone());
-        Box::pin(async move { build_generation(config, &metrics, &attestor, &budgets).await })
+        Box::pin(
+            async move { build_generation(config, compiled, &metrics, &attestor, &budgets).await },
+        )
     })
 }
 
@@ -364,27 +380,18 @@ impl Drop for AbortOnDrop {
 }
 
 /// Metering and budgets: the embedded ledger in the state directory, and
-/// Redis first when configured.
-pub fn usage_budgets(config: &Config) -> Result<Budgets> {
-    let settings = config.usage.clone();
-    let prices =
-        PriceTable::new(&config.prices, settings.default_prices).map_err(anyhow::Error::msg)?;
+/// Redis first when configured (taken from `usage`: the ledgers are opened
+/// once, and every generation reconfigures the budgets with its settings).
+pub fn usage_budgets(config: &Config, usage: &mut UsageSettings) -> Result<Budgets> {
     let path = config.daemon.state_dir.join("usage.sqlite");
     let local = LocalLedger::open(&path, jiff::Timestamp::now().as_second())
         .with_context(|| format!("cannot open the usage ledger {}", path.display()))?;
-    let redis = match (&settings.ledger, &settings.redis_url) {
-        (LedgerKind::Redis, Some(url)) => Some(
-            RedisLedger::new(url, Duration::from_millis(settings.redis_timeout_ms))
-                .map_err(anyhow::Error::msg)?,
-        ),
-        _ => None,
-    };
     Ok(Budgets::new(
-        settings,
-        prices,
+        usage.config.clone(),
+        usage.prices.clone(),
         local,
         true,
-        redis,
+        usage.redis.take(),
         Arc::new(SystemClock),
     ))
 }
@@ -426,40 +433,40 @@ async fn wait_for_shutdown(reloader: &reload::Reloader) -> Result<()> {
     }
 }
 
-/// Credentials, posture checks, policy and the gate for one configuration,
-/// with their background refreshers.
+/// Starts one compiled configuration: credentials fetched and posture
+/// checks read (so that the first request does not wait on an issuer, and
+/// rules that need a check do not deny for want of a result), their
+/// refreshers, and the gate.
 async fn build_generation(
     config: Arc<Config>,
+    compiled: Compiled,
     metrics: &Arc<Metrics>,
     attestor: &Arc<Attestor>,
     budgets: &Budgets,
-) -> Result<reload::Built> {
-    let credentials = Arc::new(
-        credentials::store_from_config(
-            &config.credentials,
-            Arc::new(SystemClock),
-            &StoreOptions::default(),
-        )
-        .map_err(anyhow::Error::msg)?,
-    );
+) -> reload::Built {
+    let Compiled {
+        workloads,
+        posture,
+        policy,
+        credentials,
+        usage,
+        rules_name_models,
+        rules_have_token_budgets,
+        ..
+    } = compiled;
+    let credentials = Arc::new(credentials);
     {
         let metrics = metrics.clone();
         credentials.observe_refreshes(Arc::new(move |name, ok| {
             metrics.credential_refreshed(name, ok);
         }));
     }
-    // Fetched before serving (or before a reload swaps them in), so the
-    // first request does not wait on an issuer.
     credentials.prefetch().await;
     let mut tasks: Vec<AbortOnDrop> = credentials
         .spawn_refresher()
         .into_iter()
         .map(AbortOnDrop)
         .collect();
-    let posture =
-        Arc::new(PostureStore::from_config(&config.postures).map_err(anyhow::Error::msg)?);
-    // Read every posture check once first: until a check has a result,
-    // rules that need it deny.
     posture.refresh_all().await;
     tasks.extend(
         posture
@@ -468,34 +475,20 @@ async fn build_generation(
             .into_iter()
             .map(AbortOnDrop),
     );
-    let policy = Policy::new(&config.policies, posture).map_err(anyhow::Error::msg)?;
-    let rules_name_models = config.policies.iter().any(|p| !p.models.is_empty());
-    let prices =
-        PriceTable::new(&config.prices, config.usage.default_prices).map_err(anyhow::Error::msg)?;
-    let rules_have_token_budgets = config
-        .policies
-        .iter()
-        .any(|p| p.tokens_per_hour.is_some() || p.cost_per_day_usd.is_some());
     let gate = Arc::new(
-        WarrantGate::new(
-            attestor.clone(),
-            WorkloadMatcher::new(&config.workloads),
-            policy,
-            rules_name_models,
-        )
-        .with_budgets(
-            budgets.reconfigured(config.usage.clone(), prices),
+        WarrantGate::new(attestor.clone(), workloads, policy, rules_name_models).with_budgets(
+            budgets.reconfigured(usage.config, usage.prices),
             rules_have_token_budgets,
         ),
     );
-    Ok(reload::Built {
+    reload::Built {
         generation: reload::Generation {
             config,
             gate,
             credentials,
         },
         tasks,
-    })
+    }
 }
 
 type Listeners = (TcpListener, Option<TcpListener>);

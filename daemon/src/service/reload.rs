@@ -1,8 +1,9 @@
 //! `warrant reload` and SIGHUP: apply a new configuration without dropping
 //! a connection.
 //!
-//! The new file is parsed and validated first; if anything is wrong the
-//! running configuration stays and the error is returned. Otherwise what
+//! The new file is parsed and compiled first (`Compiled::new`: every
+//! section, with errors at their place in the file); if anything is wrong
+//! the running configuration stays and the error is returned. Otherwise what
 //! the request path decides with is rebuilt as one `Generation` and swapped
 //! in whole, in one step: workloads, policies and posture checks (the gate),
 //! credentials (fetched before the swap, so the first request after a
@@ -18,14 +19,26 @@ use std::{path::PathBuf, sync::Arc};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, mpsc};
 
-use super::{AbortOnDrop, WarrantGate};
+use super::{AbortOnDrop, Compiled, WarrantGate};
 use crate::{
-    config::Config,
+    config::{Config, ConfigError},
     credentials::{CredentialSource, CredentialStore},
     proxy::{self, RequestGate},
-    redirect::{RedirectMaps, tagging},
+    redirect::{RedirectError, RedirectMaps, tagging},
     swap::Swap,
 };
+
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("warrant runs on its embedded default config: there is no file to reload")]
+    NoFile,
+    /// The new file does not parse or a section does not compile.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot update the intercepted ports: {0}")]
+    Intercept(#[source] RedirectError),
+}
 
 /// What one configuration builds for the request path: swapped in whole,
 /// read once per request.
@@ -51,13 +64,14 @@ pub struct Built {
     pub tasks: Vec<AbortOnDrop>,
 }
 
-/// Builds a [`Generation`] from a configuration (the same function serves
-/// the start and every reload, so both build the same thing).
+/// Starts a [`Generation`] from a configuration and its compiled form (the
+/// same function serves the start and every reload, so both build the same
+/// thing).
 pub type Builder = Box<
     dyn Fn(
             Arc<Config>,
-        )
-            -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Built>> + Send>>
+            Compiled,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Built> + Send>>
         + Send
         + Sync,
 >;
@@ -76,22 +90,24 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// `compiled` is `config` compiled (at start, before anything else).
     pub async fn start(
         path: Option<PathBuf>,
         config: Arc<Config>,
+        compiled: Compiled,
         build: Builder,
         maps: Arc<RedirectMaps>,
         tagging: mpsc::UnboundedSender<Vec<tagging::CgroupSelector>>,
-    ) -> anyhow::Result<Reloader> {
-        let built = build(config).await?;
-        Ok(Reloader {
+    ) -> Reloader {
+        let built = build(config, compiled).await;
+        Reloader {
             path,
             build,
             tasks: Mutex::new(built.tasks),
             generation: Arc::new(Swap::new(Arc::new(built.generation))),
             maps,
             tagging,
-        })
+        }
     }
 
     /// The generation in force.
@@ -106,22 +122,19 @@ impl Reloader {
 
     /// Re-reads the file and applies it; on any error the running
     /// configuration stays untouched.
-    pub async fn reload(&self) -> Result<Value, String> {
-        let path = self
-            .path
-            .as_ref()
-            .ok_or("warrant runs on its embedded default config: there is no file to reload")?;
-        let new = Arc::new(Config::load(path).map_err(|e| e.to_string())?);
+    pub async fn reload(&self) -> Result<Value, ReloadError> {
+        let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
+        let new = Arc::new(Config::load(path)?);
+        let compiled = Compiled::new(&new)?;
+        let selectors = compiled.selectors.clone();
         let mut tasks = self.tasks.lock().await;
         let restart_needed = restart_only_changes(&self.config(), &new);
-        let built = (self.build)(new.clone())
-            .await
-            .map_err(|e| format!("the new configuration cannot be applied: {e:#}"))?;
+        let built = (self.build)(new.clone(), compiled).await;
         self.maps
             .set_intercept(&new.intercept.ports, new.intercept.block_quic)
-            .map_err(|e| format!("cannot update the intercepted ports: {e}"))?;
+            .map_err(ReloadError::Intercept)?;
         // The tagger applies new selectors on its next turn.
-        let _ = self.tagging.send(tagging::selectors(&new));
+        let _ = self.tagging.send(selectors);
         // One swap: the next request sees the new gate, credentials and
         // configuration together.
         self.generation.set(Arc::new(built.generation));

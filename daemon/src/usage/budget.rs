@@ -39,11 +39,11 @@ use super::{
     price::PriceTable,
     redis::RedisLedger,
     request::worst_case,
-    settings::{RedisUnreachable, UsageConfig},
     window::{Amounts, Series, limits_of},
 };
 use crate::{
     clock::Clock,
+    config::{RedisUnreachable, UsageConfig},
     policy::RuleLimits,
     provider::{self, Scheme, UsageFormat},
 };
@@ -716,7 +716,7 @@ mod tests {
             .admit(request(&parsed(br#"{"model":"m"}"#), limits))
             .await
             .unwrap();
-        let config = vec![crate::usage::PriceConfig {
+        let config = vec![crate::config::PriceConfig {
             model: "m".into(),
             input: 1.0,
             output: 1.0,

@@ -29,5 +29,5 @@ pub use budget::{
 pub use ledger::LocalLedger;
 pub use meter::{Meter, Outcome, Reading, Usage};
 pub use observer::{Admission, ResponseObserver};
-pub use price::{PriceConfig, PriceTable};
-pub use settings::UsageConfig;
+pub use price::{PriceError, PriceTable};
+pub use settings::UsageSettings;

@@ -13,9 +13,9 @@
 //! price is 1.25x that).
 
 use globset::{Glob, GlobMatcher};
-use serde::Deserialize;
 
 use super::meter::Usage;
+use crate::config::PriceConfig;
 
 /// When the default table was taken from the providers' published list prices.
 pub const DEFAULT_PRICES_DATE: &str = "2025-11-01";
@@ -50,18 +50,6 @@ pub const DEFAULT_PRICES: &[(&str, f64, f64, f64)] = &[
     ("gemini-2.0-flash*", 0.10, 0.40, 0.025),
 ];
 
-/// One `[[price]]` entry. Prices are USD per million tokens.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PriceConfig {
-    /// A glob over the model name (the response's, else the request's).
-    pub model: String,
-    pub input: f64,
-    pub output: f64,
-    /// Defaults to `input` (no cache discount assumed).
-    pub cached_input: Option<f64>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Price {
     pub input: f64,
@@ -82,29 +70,68 @@ impl Price {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PriceTable {
     entries: Vec<(GlobMatcher, Price)>,
 }
 
+/// A `[[price]]` entry the table cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum PriceError {
+    #[error("[[price]] {model:?}: {key} must be a non-negative number")]
+    Negative {
+        /// The entry's index in `[[price]]`.
+        index: usize,
+        model: String,
+        key: &'static str,
+    },
+    #[error("[[price]] bad model glob {pattern:?}: {source}")]
+    BadGlob {
+        /// None: a glob of the built-in table.
+        index: Option<usize>,
+        pattern: String,
+        #[source]
+        source: globset::Error,
+    },
+}
+
+impl PriceError {
+    /// Which `[[price]]` entry it is about (None: the built-in table).
+    pub fn index(&self) -> Option<usize> {
+        match self {
+            PriceError::Negative { index, .. } => Some(*index),
+            PriceError::BadGlob { index, .. } => *index,
+        }
+    }
+
+    /// The key of the entry that is wrong.
+    pub fn key(&self) -> &'static str {
+        match self {
+            PriceError::Negative { key, .. } => key,
+            PriceError::BadGlob { .. } => "model",
+        }
+    }
+}
+
 impl PriceTable {
     /// `configured` first, then the default table when `with_defaults`.
-    pub fn new(configured: &[PriceConfig], with_defaults: bool) -> Result<PriceTable, String> {
+    pub fn new(configured: &[PriceConfig], with_defaults: bool) -> Result<PriceTable, PriceError> {
         let mut entries = Vec::new();
-        for p in configured {
-            for (name, v) in [("input", p.input), ("output", p.output)]
+        for (index, p) in configured.iter().enumerate() {
+            for (key, v) in [("input", p.input), ("output", p.output)]
                 .into_iter()
                 .chain(p.cached_input.map(|c| ("cached_input", c)))
             {
                 if !(v.is_finite() && v >= 0.0) {
-                    return Err(format!(
-                        "[[price]] {:?}: {name} must be a non-negative number",
-                        p.model
-                    ));
+                    return Err(PriceError::Negative {
+                        index,
+                        model: p.model.clone(),
+                        key,
+                    });
                 }
             }
             entries.push((
-                glob(&p.model)?,
+                glob(&p.model, Some(index))?,
                 Price {
                     input: p.input,
                     output: p.output,
@@ -115,7 +142,7 @@ impl PriceTable {
         if with_defaults {
             for &(model, input, output, cached_input) in DEFAULT_PRICES {
                 entries.push((
-                    glob(model)?,
+                    glob(model, None)?,
                     Price {
                         input,
                         output,
@@ -135,10 +162,14 @@ impl PriceTable {
     }
 }
 
-fn glob(pattern: &str) -> Result<GlobMatcher, String> {
+fn glob(pattern: &str, index: Option<usize>) -> Result<GlobMatcher, PriceError> {
     Glob::new(pattern)
         .map(|g| g.compile_matcher())
-        .map_err(|e| format!("[[price]] bad model glob {pattern:?}: {e}"))
+        .map_err(|source| PriceError::BadGlob {
+            index,
+            pattern: pattern.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]

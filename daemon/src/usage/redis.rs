@@ -72,6 +72,11 @@ return {0}
 #[error("redis: {0}")]
 pub struct Unreachable(pub String);
 
+/// `[usage] redis_url` is not a URL the client can use.
+#[derive(Debug, thiserror::Error)]
+#[error("redis_url: {0}")]
+pub struct RedisUrlError(#[source] pub redis::RedisError);
+
 pub struct RedisLedger {
     client: redis::Client,
     conn: Mutex<Option<MultiplexedConnection>>,
@@ -82,8 +87,8 @@ pub struct RedisLedger {
 impl RedisLedger {
     /// Parses the URL; connects lazily (the first admission), so that the
     /// daemon starts while Redis is down.
-    pub fn new(url: &str, timeout: Duration) -> Result<RedisLedger, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("redis_url: {e}"))?;
+    pub fn new(url: &str, timeout: Duration) -> Result<RedisLedger, RedisUrlError> {
+        let client = redis::Client::open(url).map_err(RedisUrlError)?;
         Ok(RedisLedger {
             client,
             conn: Mutex::new(None),

@@ -1,126 +1,76 @@
-//! `[usage]`: metering and budget settings. Every key has a default; the
-//! limits themselves are per `[[policy]]` rule (`requests_per_minute`,
-//! `tokens_per_hour`, `cost_per_day_usd`) and prices are `[[price]]`.
+//! `[usage]` and `[[price]]` compiled into what metering runs with: the
+//! settings checked beyond their types, the price table, and the Redis
+//! ledger when one is configured (the syntax and its defaults are in
+//! `config::usage`).
 
-use serde::Deserialize;
+use super::{
+    price::PriceTable,
+    redis::{RedisLedger, RedisUrlError},
+};
+use crate::config::{ConfigError, ConfigErrorKind, LedgerKind, PriceConfig, Source, UsageConfig};
 
-/// Where budget windows are kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LedgerKind {
-    /// `<state_dir>/usage.sqlite`: budgets per host, durable.
-    #[default]
-    Sqlite,
-    /// A Redis server shared by every host running the same workloads.
-    Redis,
-}
-
-/// What admission does when Redis cannot be reached.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RedisUnreachable {
-    /// Refuse requests that have a budget (503): a fleet-wide budget that
-    /// cannot be checked is not enforced by guessing.
-    #[default]
-    FailClosed,
-    /// Enforce the same limits per host (the embedded ledger) until Redis is
-    /// back; a fleet of N hosts may then spend up to N times the budget.
-    Local,
+/// What `[usage]` asks that it cannot have.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("[usage] ledger = \"redis\" needs redis_url")]
+    RedisWithoutUrl,
+    #[error("[usage] input_bytes_per_token must be at least 1")]
+    ZeroBytesPerToken,
 }
 
-/// The defaults, each with its reason.
-pub mod defaults {
-    /// Reserved for a request that sets no output cap: most chat answers are
-    /// far shorter, and the reservation is settled to the actual count.
-    pub const MAX_OUTPUT_TOKENS: u64 = 4096;
-    /// English text averages about 4 bytes per token; JSON syntax adds
-    /// bytes, so this tends to over-estimate (see `usage::request`).
-    pub const INPUT_BYTES_PER_TOKEN: u64 = 4;
-    /// A non-streaming JSON body is copied for parsing up to this size;
-    /// larger ones are read from their last 64 KiB.
-    pub const MAX_JSON_BYTES: usize = 1 << 20;
-    /// How much of a request body admission reads for its output cap and
-    /// model. SDKs often put `max_tokens` after the messages, so this is
-    /// larger than the 64 KiB policy needs for the model alone.
-    pub const BODY_PREFIX_BYTES: usize = 1 << 20;
-    /// A Redis call slower than this counts as Redis unreachable.
-    pub const REDIS_TIMEOUT_MS: u64 = 250;
+/// The runtime form of `[usage]` and `[[price]]`.
+pub struct UsageSettings {
+    pub config: UsageConfig,
+    pub prices: PriceTable,
+    /// With `ledger = "redis"`: the client (it connects on first use, so
+    /// building it contacts nothing).
+    pub redis: Option<RedisLedger>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct UsageConfig {
-    #[serde(default)]
-    pub ledger: LedgerKind,
-    /// e.g. "redis://10.0.0.5:6379/0"; required with `ledger = "redis"`.
-    #[serde(default)]
-    pub redis_url: Option<String>,
-    #[serde(default)]
-    pub redis_unreachable: RedisUnreachable,
-    #[serde(default = "redis_timeout_ms")]
-    pub redis_timeout_ms: u64,
-    /// Budgets per workload and upstream instead of per workload.
-    #[serde(default)]
-    pub per_upstream: bool,
-    #[serde(default = "max_output_tokens")]
-    pub default_max_output_tokens: u64,
-    #[serde(default = "input_bytes_per_token")]
-    pub input_bytes_per_token: u64,
-    #[serde(default = "max_json_bytes")]
-    pub max_json_bytes: usize,
-    #[serde(default = "body_prefix_bytes")]
-    pub body_prefix_bytes: usize,
-    /// Append the built-in price table after `[[price]]`.
-    #[serde(default = "yes")]
-    pub default_prices: bool,
-}
-
-fn redis_timeout_ms() -> u64 {
-    defaults::REDIS_TIMEOUT_MS
-}
-fn max_output_tokens() -> u64 {
-    defaults::MAX_OUTPUT_TOKENS
-}
-fn input_bytes_per_token() -> u64 {
-    defaults::INPUT_BYTES_PER_TOKEN
-}
-fn max_json_bytes() -> usize {
-    defaults::MAX_JSON_BYTES
-}
-fn body_prefix_bytes() -> usize {
-    defaults::BODY_PREFIX_BYTES
-}
-fn yes() -> bool {
-    true
-}
-
-impl Default for UsageConfig {
-    fn default() -> Self {
-        UsageConfig {
-            ledger: LedgerKind::default(),
-            redis_url: None,
-            redis_unreachable: RedisUnreachable::default(),
-            redis_timeout_ms: redis_timeout_ms(),
-            per_upstream: false,
-            default_max_output_tokens: max_output_tokens(),
-            input_bytes_per_token: input_bytes_per_token(),
-            max_json_bytes: max_json_bytes(),
-            body_prefix_bytes: body_prefix_bytes(),
-            default_prices: true,
+impl UsageSettings {
+    /// Compiles the sections; every error names its key's place in the file.
+    pub fn compile(
+        usage: &UsageConfig,
+        prices: &[PriceConfig],
+        source: &Source,
+    ) -> Result<UsageSettings, ConfigError> {
+        let invalid = |key: &str, problem| {
+            source.error_at_key(&["usage", key], ConfigErrorKind::Invalid, problem)
+        };
+        if usage.input_bytes_per_token == 0 {
+            return Err(invalid(
+                "input_bytes_per_token",
+                SettingsError::ZeroBytesPerToken,
+            ));
         }
-    }
-}
-
-impl UsageConfig {
-    /// Checks beyond the types; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.ledger == LedgerKind::Redis && self.redis_url.is_none() {
-            return Err("[usage] ledger = \"redis\" needs redis_url".to_owned());
-        }
-        if self.input_bytes_per_token == 0 {
-            return Err("[usage] input_bytes_per_token must be at least 1".to_owned());
-        }
-        Ok(())
+        let redis = match (usage.ledger, &usage.redis_url) {
+            (LedgerKind::Redis, None) => {
+                return Err(invalid("ledger", SettingsError::RedisWithoutUrl));
+            }
+            (LedgerKind::Redis, Some(url)) => Some(
+                RedisLedger::new(
+                    url,
+                    std::time::Duration::from_millis(usage.redis_timeout_ms),
+                )
+                .map_err(|e: RedisUrlError| {
+                    source.error_at_key(&["usage", "redis_url"], ConfigErrorKind::Invalid, e)
+                })?,
+            ),
+            (LedgerKind::Sqlite, _) => None,
+        };
+        let table = PriceTable::new(prices, usage.default_prices).map_err(|e| {
+            let index = e.index().map(|i| i.to_string());
+            let path: Vec<&str> = match (&index, e.key()) {
+                (Some(index), key) => vec!["price", index, key],
+                (None, _) => vec!["usage", "default_prices"],
+            };
+            source.error_at_key(&path, ConfigErrorKind::Invalid, e)
+        })?;
+        Ok(UsageSettings {
+            config: usage.clone(),
+            prices: table,
+            redis,
+        })
     }
 }
 
@@ -128,30 +78,55 @@ impl UsageConfig {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::config::Config;
+
+    fn compile(text: &str) -> Result<UsageSettings, ConfigError> {
+        let config = Config::parse(text, "u.toml").unwrap();
+        UsageSettings::compile(&config.usage, &config.prices, &config.source)
+    }
+
+    fn error(text: &str) -> ConfigError {
+        match compile(text) {
+            Ok(_) => panic!("{text:?} compiled"),
+            Err(err) => err,
+        }
+    }
 
     #[test]
-    fn every_key_parses_and_the_defaults_are_documented_ones() {
-        let all: UsageConfig = toml::from_str(
-            r#"
-ledger = "redis"
-redis_url = "redis://127.0.0.1:6379"
-redis_unreachable = "local"
-redis_timeout_ms = 100
-per_upstream = true
-default_max_output_tokens = 1000
-input_bytes_per_token = 3
-max_json_bytes = 65536
-body_prefix_bytes = 65536
-default_prices = false
-"#,
-        )
-        .unwrap();
-        assert_eq!(all.redis_unreachable, RedisUnreachable::Local);
-        assert!(all.validate().is_ok());
-        let none: UsageConfig = toml::from_str("").unwrap();
-        assert_eq!(none, UsageConfig::default());
-        assert_eq!(none.redis_unreachable, RedisUnreachable::FailClosed);
-        let bad: UsageConfig = toml::from_str("ledger = \"redis\"").unwrap();
-        assert!(bad.validate().is_err());
+    fn redis_needs_a_url_and_the_error_names_the_key() {
+        let err = error("[usage]\nledger = \"redis\"\n");
+        assert_eq!(
+            err.to_string(),
+            "u.toml:2:10: [usage] ledger = \"redis\" needs redis_url"
+        );
+        let ok = compile("[usage]\nledger = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\n");
+        assert!(ok.is_ok_and(|settings| settings.redis.is_some()));
+        let err = error("[usage]\nledger = \"redis\"\nredis_url = \"nope://x\"\n");
+        assert!(
+            err.to_string().starts_with("u.toml:3:13: redis_url: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_price_is_located_at_its_key() {
+        let err = error(
+            "[[price]]\nmodel = \"a*\"\ninput = 1.0\noutput = 1.0\n\n[[price]]\nmodel = \"b*\"\ninput = -1.0\noutput = 1.0\n",
+        );
+        assert_eq!(err.at.map(|a| a.line), Some(8), "{err}");
+        assert!(
+            err.message()
+                .contains("input must be a non-negative number"),
+            "{err}"
+        );
+        let err = error("[[price]]\nmodel = \"[x\"\ninput = 1.0\noutput = 1.0\n");
+        assert_eq!(err.at.map(|a| a.line), Some(2), "{err}");
+        assert!(err.message().contains("bad model glob"), "{err}");
+    }
+
+    #[test]
+    fn zero_bytes_per_token_is_refused() {
+        let err = error("[usage]\ninput_bytes_per_token = 0\n");
+        assert_eq!(err.at.map(|a| a.line), Some(2), "{err}");
     }
 }

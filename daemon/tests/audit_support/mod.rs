@@ -16,7 +16,7 @@ use warrant::{
     audit::{AttestationSummary, Audit, AuditLog},
     clock::ManualClock,
     config::Config,
-    credentials::{CredentialStore, StoreOptions, SystemClock, store_from_config},
+    credentials::{self, CredentialStore, StoreOptions},
     metrics::Metrics,
     origin::{Origin, StaticOrigins},
     policy::{Decision, Factor, FactorOutcome},
@@ -236,9 +236,10 @@ impl Monitored {
         );
         let responder = Responder::new(audit, config.response.clone(), clock.clone());
         let credentials = Arc::new(
-            store_from_config(
+            credentials::compile(
                 &config.credentials,
-                Arc::new(SystemClock),
+                &config.source,
+                Arc::new(warrant::clock::SystemClock),
                 &StoreOptions::default(),
             )
             .unwrap(),

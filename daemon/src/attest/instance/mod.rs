@@ -29,7 +29,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::config::{DEFAULT_METADATA_ENDPOINT, InstanceConfig};
+use crate::config::{
+    ConfigError, ConfigErrorKind, DEFAULT_GCP_AUDIENCE, DEFAULT_METADATA_ENDPOINT, InstanceConfig,
+    Source,
+};
 
 /// Verified (or, where the config allows, unverified) claims of a provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -59,29 +62,48 @@ pub enum InstanceState {
     },
 }
 
+/// Why a claim of the instance identity cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    #[error("instance identity not fetched yet")]
+    Pending,
+    #[error("instance identity ({provider}) failed: {reason}")]
+    Failed { provider: String, reason: String },
+    #[error("instance identity ({provider}) is unverified (no trust configured)")]
+    Unverified { provider: String },
+    #[error("instance identity ({provider}) has no claim {name:?}")]
+    Absent { provider: String, name: String },
+}
+
 impl InstanceState {
     /// A claim that a policy condition needs (region, environment,
     /// account...). Refuses, with the reason, when the instance is not
     /// attested, its claims are unverified, or the claim is absent.
-    pub fn claim(&self, name: &str) -> Result<&str, String> {
+    pub fn claim(&self, name: &str) -> Result<&str, ClaimError> {
         match self {
-            InstanceState::Pending => Err("instance identity not fetched yet".to_owned()),
+            InstanceState::Pending => Err(ClaimError::Pending),
             InstanceState::Failed {
                 provider, reason, ..
-            } => Err(format!("instance identity ({provider}) failed: {reason}")),
+            } => Err(ClaimError::Failed {
+                provider: provider.clone(),
+                reason: reason.clone(),
+            }),
             InstanceState::Attested {
                 provider,
                 verified: false,
                 ..
-            } => Err(format!(
-                "instance identity ({provider}) is unverified (no trust configured)"
-            )),
+            } => Err(ClaimError::Unverified {
+                provider: provider.clone(),
+            }),
             InstanceState::Attested {
                 provider, claims, ..
             } => claims
                 .get(name)
                 .map(String::as_str)
-                .ok_or_else(|| format!("instance identity ({provider}) has no claim {name:?}")),
+                .ok_or_else(|| ClaimError::Absent {
+                    provider: provider.clone(),
+                    name: name.to_owned(),
+                }),
         }
     }
 }
@@ -155,17 +177,20 @@ pub enum Provider {
     Azure(azure::AzureProvider),
 }
 
-/// Default for `[instance] refresh_secs`: AWS and GCP documents are stable
-/// for the life of the instance, GCP identity tokens live an hour; five
-/// minutes notices a failing metadata service soon enough.
-pub const DEFAULT_REFRESH_SECS: u64 = 300;
-/// Default for `[instance] timeout_ms`: link-local metadata answers in
-/// milliseconds; two seconds is generous without stalling start-up.
-pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
-/// Default for `[instance] audience` (gcp): the token's aud claim.
-pub const DEFAULT_GCP_AUDIENCE: &str = "warrant";
-
 impl Provider {
+    /// `[instance]` compiled: the provider it selects, with its trust read
+    /// (nothing is fetched; `refresh` does that). An error is placed at
+    /// `[instance] provider`, whose choice decides what else is needed.
+    pub fn compile(
+        config: &InstanceConfig,
+        state_dir: &Path,
+        source: &Source,
+    ) -> Result<Provider, ConfigError> {
+        Provider::from_config(config, state_dir).map_err(|e| {
+            source.error_at_key(&["instance", "provider"], ConfigErrorKind::Invalid, e)
+        })
+    }
+
     /// The provider the config selects. `state_dir` holds the host key.
     pub fn from_config(
         config: &InstanceConfig,
@@ -368,7 +393,13 @@ mod tests {
             reason: "timeout".into(),
             at_unix: 0,
         };
-        assert!(failed.claim("region").unwrap_err().contains("timeout"));
+        assert!(
+            failed
+                .claim("region")
+                .unwrap_err()
+                .to_string()
+                .contains("timeout")
+        );
     }
 
     #[test]
