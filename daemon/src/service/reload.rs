@@ -154,76 +154,22 @@ impl Reloader {
 }
 
 /// The sections that differ between `old` and `new` but are only read at
-/// start.
+/// start. Compared by value: positions in the file (spans) are not part of
+/// a value, so moving a section is not a change.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let differs = |a: String, b: String| a != b;
-    let mut changed = Vec::new();
-    let sections: [(&'static str, String, String); 7] = [
-        (
-            "[daemon]",
-            format!("{:?}", old.daemon),
-            format!("{:?}", new.daemon),
-        ),
-        (
-            "[proxy]",
-            format!("{:?}", old.proxy),
-            format!("{:?}", new.proxy),
-        ),
-        (
-            "[audit]",
-            format!("{:?}", old.audit),
-            format!("{:?}", new.audit),
-        ),
-        (
-            "[control]",
-            format!("{:?}", old.control),
-            format!("{:?}", new.control),
-        ),
-        (
-            "[response]",
-            format!("{:?}", old.response),
-            format!("{:?}", new.response),
-        ),
-        (
-            "[instance]",
-            format!("{:?}", old.instance),
-            format!("{:?}", new.instance),
-        ),
-        (
-            "[attest]",
-            format!("{:?}", old.attest),
-            format!("{:?}", new.attest),
-        ),
+    let sections = [
+        ("[daemon]", old.daemon != new.daemon),
+        ("[proxy]", old.proxy != new.proxy),
+        ("[audit]", old.audit != new.audit),
+        ("[control]", old.control != new.control),
+        ("[response]", old.response != new.response),
+        ("[instance]", old.instance != new.instance),
+        ("[attest]", old.attest != new.attest),
+        ("[[upstream]]", old.upstreams != new.upstreams),
     ];
-    for (name, a, b) in sections {
-        if differs(a, b) {
-            changed.push(name);
-        }
-    }
-    if upstream_keys(old) != upstream_keys(new) {
-        changed.push("[[upstream]]");
-    }
-    changed
-}
-
-/// Every upstream's settings without their positions in the file.
-fn upstream_keys(config: &Config) -> Vec<String> {
-    config
-        .upstreams
-        .iter()
-        .map(|u| {
-            format!(
-                "{} {} {} {:?} {:?} {:?} {:?} {}",
-                u.host.get_ref(),
-                u.scheme.get_ref(),
-                u.credential.get_ref(),
-                u.header,
-                u.value_template,
-                u.anthropic_auth,
-                u.ca_file,
-                u.plain_http
-            )
-        })
+    sections
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
         .collect()
 }
 
@@ -256,6 +202,36 @@ command = ["true"]
         )
         .unwrap();
         assert!(restart_only_changes(&old, &new).is_empty());
+    }
+
+    #[test]
+    fn a_change_deep_in_a_restart_only_section_names_that_section() {
+        let old = Config::parse(BASE, "old").unwrap();
+        let changed = |extra: &str| {
+            let new = Config::parse(&format!("{extra}\n{BASE}"), "new").unwrap();
+            restart_only_changes(&old, &new)
+        };
+        assert_eq!(
+            changed("[instance]\nregion = \"eu-west-1\"\n"),
+            ["[instance]"]
+        );
+        assert_eq!(
+            changed("[response]\nquarantine_secs = 60\n"),
+            ["[response]"]
+        );
+        assert_eq!(changed("[attest]\nmax_hash_bytes = 1024\n"), ["[attest]"]);
+        assert_eq!(changed("[audit]\njournald = false\n"), ["[audit]"]);
+        // The same values written out are no change.
+        assert!(changed("[proxy]\nidle_timeout_secs = 300\n").is_empty());
+        let plain = Config::parse(
+            &BASE.replace(
+                "credential = \"c\"",
+                "credential = \"c\"\nplain_http = true",
+            ),
+            "new",
+        )
+        .unwrap();
+        assert_eq!(restart_only_changes(&old, &plain), ["[[upstream]]"]);
     }
 
     #[test]
