@@ -5,10 +5,13 @@
 //! test    setup, then every test: unit, integration, privileged (root)
 //! lint    rustfmt check and clippy with warnings denied
 //! demo    the daemon injecting a credential into a sample agent
-//! bench   the benchmarks, printed as ratios against a baseline in one run
+//! bench   the benchmarks, printed as ratios against a baseline in one run:
+//!         redirect, attest, policy, proxy, usage (microbenchmarks) and
+//!         deployed (the release binary through its eBPF redirect)
 //! package the Debian package (target/debian/warrant_VERSION_amd64.deb)
 //! vm-test the package and its systemd units in Debian VMs (6.1 and 6.12)
 
+mod bench;
 mod demo;
 mod package;
 mod setup;
@@ -42,8 +45,9 @@ enum Task {
     Lint,
     /// Run the demo: the daemon injecting a credential into a sample agent.
     Demo,
-    /// Run a benchmark: redirect | attest | policy (all if none given).
-    Bench { name: Option<String> },
+    /// Run a benchmark (all if none given): redirect | attest | policy |
+    /// proxy | usage | deployed.
+    Bench(bench::BenchArgs),
     /// Build the Debian package (release binary with its eBPF programs).
     Package,
     /// Install, tag, restart and purge the .deb in Debian VMs under qemu:
@@ -98,7 +102,7 @@ fn run(cli: Cli) -> Result<()> {
             ])
         }
         Task::Demo => demo::run(),
-        Task::Bench { name } => bench(name.as_deref()),
+        Task::Bench(args) => bench::run(args),
         Task::Package => package::run().map(|_| ()),
         Task::VmTest { kernel } => vm::run(kernel.as_deref()),
     }
@@ -152,44 +156,6 @@ fn tracefs_mounted() -> bool {
     })
 }
 
-const BENCHES: &[&str] = &["redirect", "attest", "policy", "proxy", "usage"];
-
-fn bench(name: Option<&str>) -> Result<()> {
-    setup::run()?;
-    let names: Vec<&str> = match name {
-        Some(name) if BENCHES.contains(&name) => vec![name],
-        Some(name) => bail!(
-            "unknown bench {name:?}; expected one of {}",
-            BENCHES.join(", ")
-        ),
-        None => BENCHES.to_vec(),
-    };
-    if names.contains(&"proxy") {
-        setup::install_nginx()?;
-    }
-    for name in names {
-        let example = format!("bench_{name}");
-        if !std::path::Path::new("daemon/examples")
-            .join(format!("{example}.rs"))
-            .exists()
-        {
-            println!("xtask: bench {name} is not written yet");
-            continue;
-        }
-        println!("== bench {name}");
-        cargo(&[
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "warrant",
-            "--example",
-            &example,
-        ])?;
-    }
-    Ok(())
-}
-
 fn nix_is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -218,6 +184,28 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+/// Cargo's target directory (CARGO_TARGET_DIR or the workspace's target/),
+/// where `cargo build` puts the binaries.
+pub fn target_dir() -> Result<std::path::PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .current_dir(workspace_root())
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !output.status.success() {
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    metadata["target_directory"]
+        .as_str()
+        .map(std::path::PathBuf::from)
+        .context("cargo metadata names no target_directory")
 }
 
 pub fn workspace_root() -> std::path::PathBuf {

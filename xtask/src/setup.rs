@@ -132,13 +132,25 @@ fn install_sdks() -> Result<()> {
     Ok(())
 }
 
-/// nginx, the reference in `bench proxy`. Installed without starting its
-/// service: a policy-rc.d that denies every start is put in place for the
-/// install (only if the machine has none) and removed again.
-pub fn install_nginx() -> Result<()> {
-    if dpkg_installed("nginx-light") || dpkg_installed("nginx") {
+/// What the benchmarks run beside warrant: nginx (the peer proxy and the fast
+/// upstream), wrk (HTTP/1.1 load) and h2load (HTTP/2 load, in
+/// nghttp2-client). `bench proxy` needs only nginx.
+pub const BENCH_PACKAGES: &[&str] = &["nginx-light", "wrk", "nghttp2-client"];
+
+/// Installs `packages` (Debian names) that are missing, without starting any
+/// service they bring: a policy-rc.d that denies every start is put in place
+/// for the install (only if the machine has none) and removed again.
+pub fn install_bench_tools(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        // nginx-light or the full nginx: either will do.
+        .filter(|p| !(dpkg_installed(p) || (*p == "nginx-light" && dpkg_installed("nginx"))))
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
+    println!("xtask: installing {}", missing.join(" "));
     let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
     let ours = !policy.exists();
     if ours {
@@ -148,11 +160,14 @@ pub fn install_nginx() -> Result<()> {
         )?;
         run_cmd(Command::new("chmod").arg("755").arg(policy))?;
     }
-    let result = run_cmd(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "nginx-light"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    );
+    let result = run_cmd(Command::new("apt-get").arg("update").arg("-qq")).and_then(|()| {
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    });
     if ours {
         let _ = std::fs::remove_file(policy);
     }

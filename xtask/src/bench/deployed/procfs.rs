@@ -1,0 +1,110 @@
+//! What the bench reads from /proc about the processes it started (warrant,
+//! the nginx masters it spawned and their workers), never about others.
+
+use std::{fs, time::Duration};
+
+use anyhow::{Context as _, Result};
+
+/// Resident set size in KiB (VmRSS).
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status (did the process exit?)"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// User + system CPU time of the whole process (every thread, live or
+/// exited), from /proc/PID/stat: USER_HZ ticks, 10 ms on Linux, so runs
+/// that use seconds of CPU measure it within a percent.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses: fields are counted
+    // after its closing parenthesis, where field 3 (state) is index 0.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("malformed /proc/{pid}/stat"))
+    };
+    let ticks = tick(11)? + tick(12)?; // utime, stime
+    Ok(Duration::from_secs_f64(ticks as f64 / ticks_per_second()))
+}
+
+fn ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64)
+}
+
+/// CPU time of our children that have been waited for (getrusage
+/// RUSAGE_CHILDREN): the difference around one client run is its CPU.
+pub fn waited_children_cpu_time() -> Result<Duration> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN)?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Ok(Duration::from_secs_f64(
+        secs(usage.user_time()) + secs(usage.system_time()),
+    ))
+}
+
+/// Open file descriptors: a proxy's live connections show up here.
+pub fn fd_count(pid: u32) -> Result<usize> {
+    Ok(fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("reading /proc/{pid}/fd"))?
+        .count())
+}
+
+/// The children of `pid` (an nginx master's workers).
+pub fn children(pid: u32) -> Result<Vec<u32>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .with_context(|| format!("reading /proc/{pid}/task/{pid}/children"))?;
+    Ok(text
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
+/// Several processes measured as one (nginx's workers).
+#[derive(Clone, Debug)]
+pub struct Processes(pub Vec<u32>);
+
+impl Processes {
+    pub fn rss_kib(&self) -> Result<u64> {
+        self.0.iter().map(|&p| rss_kib(p)).sum()
+    }
+
+    pub fn cpu_time(&self) -> Result<Duration> {
+        self.0.iter().map(|&p| cpu_time(p)).sum()
+    }
+
+    pub fn fd_count(&self) -> Result<usize> {
+        self.0.iter().map(|&p| fd_count(p)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(rss_kib(me).unwrap() > 0);
+        assert!(fd_count(me).unwrap() >= 3);
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(50) {}
+        assert!(cpu_time(me).unwrap() > Duration::ZERO);
+        let pair = Processes(vec![me, me]);
+        assert!(pair.fd_count().unwrap() >= 6);
+    }
+}
