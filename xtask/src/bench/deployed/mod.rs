@@ -191,6 +191,7 @@ pub fn run(options: &Options) -> Result<()> {
     if !crate::nix_is_root() {
         bail!("bench deployed needs root (eBPF, cgroups, mount namespaces)");
     }
+    catch_interrupts()?;
     setup::install_bench_tools(setup::BENCH_PACKAGES)?;
     cargo(&[
         "build",
@@ -212,8 +213,8 @@ pub fn run(options: &Options) -> Result<()> {
             .find(|p| p.exists())
             .context("nginx is not installed")?,
     };
+    check_interrupted()?;
     let nofile = raise_nofile()?;
-    catch_interrupts()?;
     let mut plan = Plan::new(options);
     let fitted = fit_to_nofile(&mut plan, nofile);
     let figures: Vec<Figure> = if options.only.is_empty() {
@@ -232,13 +233,18 @@ pub fn run(options: &Options) -> Result<()> {
     report.header.extend(fitted);
     let started = Instant::now();
     let mut world = World::start(bins, workers, nofile)?;
-    let result = smoke(&world).and_then(|()| {
-        figures
-            .iter()
-            .try_for_each(|&figure| measure(&mut world, &plan, figure, &mut report))
-    });
-    if let Err(err) = &result {
-        eprintln!("bench deployed failed: {err:#}\n{}", world.logs());
+    let result = check_interrupted()
+        .and_then(|()| smoke(&world))
+        .and_then(|()| {
+            figures
+                .iter()
+                .try_for_each(|&figure| measure(&mut world, &plan, figure, &mut report))
+        });
+    if result.is_err() && !INTERRUPTED.load(Ordering::SeqCst) {
+        eprintln!(
+            "bench deployed failed; the logs end with:\n{}",
+            world.logs()
+        );
     }
     drop(world);
     result?;

@@ -588,6 +588,7 @@ impl Warrant {
             .arg(config)
             .env("NOTIFY_SOCKET", &notify_path)
             .env("WARRANT_LOG", "warn")
+            .env("NO_COLOR", "1")
             .stdout(log.try_clone()?)
             .stderr(log)
             .process_group(0)
