@@ -68,6 +68,10 @@ pub struct Options {
     /// deployed: runs per figure (default 5; 3 with --quick).
     #[arg(long)]
     runs: Option<usize>,
+    /// deployed: length of the soak in seconds (default 120; 20 with
+    /// --quick).
+    #[arg(long)]
+    soak_secs: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -153,6 +157,9 @@ impl Plan {
         if let Some(runs) = options.runs {
             plan.runs = runs.max(1);
         }
+        if let Some(secs) = options.soak_secs {
+            plan.soak = Duration::from_secs(secs.max(10));
+        }
         plan
     }
 }
@@ -192,27 +199,7 @@ pub fn run(options: &Options) -> Result<()> {
         bail!("bench deployed needs root (eBPF, cgroups, mount namespaces)");
     }
     catch_interrupts()?;
-    setup::install_bench_tools(setup::BENCH_PACKAGES)?;
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "warrant",
-        "--bin",
-        "warrant",
-        "--example",
-        "bench_client",
-    ])?;
-    let release = target_dir()?.join("release");
-    let bins = Binaries {
-        warrant: release.join("warrant"),
-        client: release.join("examples/bench_client"),
-        nginx: ["/usr/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .map(std::path::PathBuf::from)
-            .find(|p| p.exists())
-            .context("nginx is not installed")?,
-    };
+    let bins = build()?;
     check_interrupted()?;
     let nofile = raise_nofile()?;
     let mut plan = Plan::new(options);
@@ -252,6 +239,38 @@ pub fn run(options: &Options) -> Result<()> {
         "Took {:.1} min.",
         started.elapsed().as_secs_f64() / 60.0
     ));
+    publish(&report)
+}
+
+/// The nginx, wrk and h2load packages; the release warrant (with its eBPF
+/// programs) and bench_client.
+fn build() -> Result<Binaries> {
+    setup::install_bench_tools(setup::BENCH_PACKAGES)?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "warrant",
+        "--bin",
+        "warrant",
+        "--example",
+        "bench_client",
+    ])?;
+    let release = target_dir()?.join("release");
+    Ok(Binaries {
+        warrant: release.join("warrant"),
+        client: release.join("examples/bench_client"),
+        nginx: ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.exists())
+            .context("nginx is not installed")?,
+    })
+}
+
+/// Prints the report and writes it to target/bench/deployed.md (in the
+/// workspace, wherever CARGO_TARGET_DIR points).
+fn publish(report: &Report) -> Result<()> {
     let markdown = report.markdown();
     println!("\n{markdown}");
     let out = workspace_root().join("target/bench/deployed.md");
@@ -313,6 +332,9 @@ fn header(options: &Options, plan: &Plan, workers: usize) -> Vec<String> {
     }
     if let Some(runs) = options.runs {
         let _ = write!(command, " --runs {runs}");
+    }
+    if let Some(secs) = options.soak_secs {
+        let _ = write!(command, " --soak-secs {secs}");
     }
     if !options.only.is_empty() {
         let only: Vec<String> = options.only.iter().map(|f| f.name()).collect();
@@ -469,35 +491,68 @@ fn latency(world: &mut World, plan: &Plan, report: &mut Report) -> Result<()> {
         }
         println!("{line}");
     }
-    let p50 = |t| runs.values(t, |r: WrkResult| r.p50_ms);
-    let p99 = |t| runs.values(t, |r: WrkResult| r.p99_ms);
-    for (name, values, allowance, target_text) in [
-        (
-            "p50",
-            &p50 as &dyn Fn(Target) -> Vec<f64>,
-            0.05,
-            "≤ nginx's + 0.05 ms",
-        ),
-        ("p99", &p99, 0.0, "≤ nginx's"),
-    ] {
-        let direct = values(Target::Direct);
-        let warrant_added = differences(&values(Target::Warrant), &direct);
-        let nginx_added = differences(&values(Target::Nginx), &direct);
+    // Both are judged on what each proxy adds over direct in the same run.
+    // The p50 ratio is of the added latencies; the p99 ratio is of the
+    // totals, since an added p99 near zero (scheduler noise on a shared
+    // machine) makes a ratio of added values meaningless.
+    struct Percentile {
+        name: &'static str,
+        pick: fn(WrkResult) -> f64,
+        allowance_ms: f64,
+        target: &'static str,
+        ratio_of: &'static str,
+    }
+    let percentiles = [
+        Percentile {
+            name: "p50",
+            pick: |r| r.p50_ms,
+            allowance_ms: 0.05,
+            target: "≤ nginx's + 0.05 ms",
+            ratio_of: "ratio of the added",
+        },
+        Percentile {
+            name: "p99",
+            pick: |r| r.p99_ms,
+            allowance_ms: 0.0,
+            target: "≤ nginx's",
+            ratio_of: "ratio of total p99",
+        },
+    ];
+    for Percentile {
+        name,
+        pick,
+        allowance_ms,
+        target,
+        ratio_of,
+    } in percentiles
+    {
+        let values = |t| runs.values(t, pick);
+        let (direct, warrant, nginx) = (
+            values(Target::Direct),
+            values(Target::Warrant),
+            values(Target::Nginx),
+        );
+        let warrant_added = differences(&warrant, &direct);
+        let nginx_added = differences(&nginx, &direct);
         let excess = Spread::of(&differences(&warrant_added, &nginx_added));
         report.rows.push(Row {
-            figure: format!("added keep-alive latency {name}, HTTP/1.1, c=1"),
+            figure: format!("added keep-alive latency {name}, HTTP/1.1, c=1 ({ratio_of})"),
             warrant: signed(Spread::of(&warrant_added), 3, "ms"),
             baseline: format!("nginx {}", signed(Spread::of(&nginx_added), 3, "ms")),
-            ratio: Some(Spread::of_ratios(&warrant_added, &nginx_added)),
-            target: target_text.to_owned(),
-            met: Some(excess.median <= allowance),
+            ratio: Some(if name == "p50" {
+                Spread::of_ratios(&warrant_added, &nginx_added)
+            } else {
+                Spread::of_ratios(&warrant, &nginx)
+            }),
+            target: target.to_owned(),
+            met: Some(excess.median <= allowance_ms),
         });
         report.sections.push(format!(
             "Keep-alive {name}, c=1: direct {}, warrant {}, nginx {}; warrant's added minus \
              nginx's {}.",
             ms(Spread::of(&direct)),
-            ms(Spread::of(&values(Target::Warrant))),
-            ms(Spread::of(&values(Target::Nginx))),
+            ms(Spread::of(&warrant)),
+            ms(Spread::of(&nginx)),
             signed(excess, 3, "ms"),
         ));
     }
@@ -750,7 +805,9 @@ fn memory(world: &mut World, plan: &Plan, report: &mut Report) -> Result<()> {
         world.start_proxy()?;
         let mut line = format!("  run {}/{}:", run + 1, plan.runs);
         for target in targets {
-            let mib = mib(world.server(target)?.rss_kib()?);
+            // Once it stops moving: nginx's workers are still touching
+            // their memory just after they start.
+            let mib = mib(settled_rss(&world.server(target)?)?);
             let _ = write!(line, " {} idle {mib:.1} MiB;", target.label());
             idle_rss.push(target, mib);
         }
@@ -771,7 +828,7 @@ fn memory(world: &mut World, plan: &Plan, report: &mut Report) -> Result<()> {
     }
     let idle = Spread::of(&idle_rss.values(Target::Warrant, |v| v));
     report.rows.push(Row {
-        figure: "RSS idle (fresh start)".to_owned(),
+        figure: "RSS idle (fresh start, once it stops moving)".to_owned(),
         warrant: spread(idle, 1, "MiB"),
         baseline: format!(
             "nginx workers {}",

@@ -27,7 +27,11 @@ use std::{
     fs,
     io::Write as _,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    os::unix::{fs::PermissionsExt as _, net::UnixDatagram, process::CommandExt as _},
+    os::unix::{
+        fs::{DirBuilderExt as _, PermissionsExt as _},
+        net::UnixDatagram,
+        process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Child, Command},
     time::{Duration, Instant},
@@ -112,10 +116,13 @@ impl World {
     /// nginx instances and warrant.
     pub fn start(bins: Binaries, workers: usize, nofile: u64) -> Result<World> {
         let id = std::process::id();
-        let dir = std::env::temp_dir().join(format!("warrant-bench-deployed-{id}"));
-        fs::create_dir_all(&dir)?;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         let cgroup_root = cgroup2_mount()?.join(format!("warrant-bench-deployed-{id}"));
+        // Created here, 0700, and never one that exists: we are root in /tmp.
+        let dir = std::env::temp_dir().join(format!("warrant-bench-deployed-{id}"));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
         let mut world = World {
             tagged: cgroup_root.join("warrant-agents.slice/bench-client.service"),
             baseline: cgroup_root.join("bench-baseline"),
@@ -262,7 +269,14 @@ impl World {
         }
         let config = self.dir.join("warrant.toml");
         fs::write(&config, self.warrant_config()?)?;
-        self.warrant = Some(Warrant::start(&self.bins.warrant, &config, &self.dir)?);
+        let warrant = Warrant::start(&self.bins.warrant, &config, &self.dir)?;
+        // For a profiler: `perf record -g -p PID` while a figure runs.
+        println!(
+            "  warrant is pid {} (logs in {})",
+            warrant.pid(),
+            self.dir.display()
+        );
+        self.warrant = Some(warrant);
         Ok(())
     }
 
