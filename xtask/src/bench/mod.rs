@@ -42,15 +42,6 @@ enum Bench {
 }
 
 impl Bench {
-    const ALL: [Bench; 6] = [
-        Bench::Redirect,
-        Bench::Attest,
-        Bench::Policy,
-        Bench::Proxy,
-        Bench::Usage,
-        Bench::Deployed,
-    ];
-
     fn name(self) -> &'static str {
         match self {
             Bench::Redirect => "redirect",
@@ -67,7 +58,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     setup::run()?;
     let benches = match args.name {
         Some(bench) => vec![bench],
-        None => Bench::ALL.to_vec(),
+        None => Bench::value_variants().to_vec(),
     };
     for bench in benches {
         println!("== bench {}", bench.name());
