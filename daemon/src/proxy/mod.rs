@@ -11,8 +11,8 @@
 //!
 //! Per request (`phases`), in one direction, each phase a function that
 //! returns its result or a typed [`Refusal`], answered in one place
-//! (`refusal`): route, audit health, plain-HTTP destination, agent keys,
-//! identify (gate), quarantine, read and parse the request (`provider`),
+//! (`refusal`): route, audit health, plain-HTTP destination, identify
+//! (gate), agent keys, quarantine, read and parse the request (`provider`),
 //! authorize (gate: policy, budgets), credential, rewrite (the one phase
 //! that changes a request: `provider` splices the credential), forward
 //! (`upstream`), and the response streamed back through one tap (`tap`:
@@ -20,6 +20,13 @@
 //!
 //! What the request path decides with (the gate and the credentials) is
 //! one [`Generation`], read once per request: a reload swaps it whole.
+//!
+//! A quarantine closes the connections of its workload or process, and the
+//! request that triggered it (an agent key, a denial burst) is often on one
+//! of them. So an HTTP connection is closed gracefully first: HTTP/2 sends
+//! GOAWAY and HTTP/1.1 closes after the response in flight, so the agent
+//! receives the refusal that says why; whatever is still running after
+//! [`QUARANTINE_GRACE`] (a live stream) is cut.
 //!
 //! Known limits: a plain (non-TLS) connection is served as HTTP, so another
 //! clear-text protocol on an intercepted port is closed rather than passed
@@ -77,6 +84,12 @@ use crate::{
     },
     tls::{self, LeafCache, TlsError},
 };
+
+/// How long a connection closed by a quarantine may take to deliver the
+/// responses it has already begun (above all the refusal that triggered
+/// the quarantine) before it is cut, mid-stream or not. Short: a revoked
+/// agent's live stream must stop at once.
+pub const QUARANTINE_GRACE: Duration = Duration::from_millis(250);
 
 /// The body of every response the proxy gives: streamed upstream bodies and
 /// its own small JSON errors.
@@ -229,16 +242,22 @@ impl Injector {
             let registration = self.responder.register(origin);
             tokio::spawn(async move {
                 let live = registration.connection.clone();
-                // A quarantine closes the connection at once, mid-stream too:
-                // dropping the connection's future closes its socket.
+                // A quarantine closes HTTP connections gracefully
+                // (`serve_http`); whatever still runs after the grace,
+                // mid-stream too, is cut: dropping the connection's future
+                // closes its socket.
+                let cut = async {
+                    live.closed().await;
+                    tokio::time::sleep(QUARANTINE_GRACE).await;
+                };
                 tokio::select! {
                     result = this.connection(stream, origin, live.clone()) => {
                         if let Err(error) = result {
                             tracing::debug!(%peer, tgid = origin.tgid, %error, "connection ended with an error");
                         }
                     }
-                    () = live.closed() => {
-                        tracing::info!(%peer, tgid = origin.tgid, "connection closed by a quarantine");
+                    () = cut => {
+                        tracing::info!(%peer, tgid = origin.tgid, "connection cut by a quarantine");
                     }
                 }
                 drop(registration);
@@ -333,6 +352,7 @@ impl Injector {
         let activity = io::Activity::new();
         let io = TokioIo::new(io::Tracked::new(stream, activity.clone()));
         let this = self.clone();
+        let quarantined = live.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
             let upstream = sni_upstream.clone();
@@ -351,10 +371,18 @@ impl Injector {
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX));
         let conn = builder.serve_connection_with_upgrades(io, service);
+        tokio::pin!(conn);
         let idle = Duration::from_secs(self.limits.idle_timeout_secs);
         tokio::select! {
-            result = conn => result?,
+            result = conn.as_mut() => result?,
             () = activity.idle(idle) => tracing::debug!("connection idle: closed"),
+            () = quarantined.closed() => {
+                // Deliver what was answered (the refusal that triggered the
+                // quarantine), then close: GOAWAY on HTTP/2. The caller cuts
+                // the rest after QUARANTINE_GRACE.
+                conn.as_mut().graceful_shutdown();
+                conn.await?;
+            }
         }
         Ok(())
     }

@@ -9,8 +9,9 @@
 //!    opted in with `plain_http` (anything else is passed through);
 //! 2. audit health: a fail-closed audit log that cannot be written refuses;
 //! 3. destination: plain HTTP must go to an address the host resolves to;
-//! 4. agent keys: a real-looking key from the agent is refused (or warned);
-//! 5. identify: the gate attests the process and names its workload;
+//! 4. identify: the gate attests the process and names its workload;
+//! 5. agent keys: a real-looking key from the agent is refused (or warned),
+//!    after identification, so that the rule quarantines the workload;
 //! 6. quarantine: a quarantined workload or process is refused here, before
 //!    its request is read, evaluated, reserved or charged;
 //! 7. read: the body prefix the gate needs, and the provider's parse;
@@ -160,13 +161,14 @@ impl Injector {
     ) -> Result<Response<ProxyBody>, Refusal> {
         self.check_audit()?;
         check_destination(call).await?;
-        // Learned before the check refuses: the rules act on refused
-        // requests too.
+        // Learned before anything refuses: the rules act on refused
+        // requests too, and quarantine the workload identified next (its
+        // other processes, forks included), or the process when none is.
         learned.agent_keys = agent_keys(call, &req);
-        self.check_agent_keys(&learned.agent_keys)?;
         let gate = generation.gate();
         let identity = self.identify(gate, call).await?;
         learned.workload.clone_from(&identity.workload);
+        self.check_agent_keys(&learned.agent_keys)?;
         self.check_quarantine(identity.workload.as_deref(), call.origin.tgid)?;
         let Read {
             parts,
@@ -211,7 +213,7 @@ impl Injector {
         ))
     }
 
-    /// Phase 4: a real-looking key from the agent is refused, unless
+    /// Phase 5: a real-looking key from the agent is refused, unless
     /// `[proxy] agent_keys = "warn"`.
     fn check_agent_keys(&self, fingerprints: &[String]) -> Result<(), Refusal> {
         if fingerprints.is_empty() || self.limits.agent_keys != AgentKeyAction::Refuse {
@@ -227,7 +229,7 @@ impl Injector {
         ))
     }
 
-    /// Phase 5: who is calling, recorded on the audit line and the live
+    /// Phase 4: who is calling, recorded on the audit line and the live
     /// connection. A process that cannot be attested is refused, unless it
     /// is quarantined: then the quarantine is what refuses it.
     async fn identify(&self, gate: &dyn RequestGate, call: &Call<'_>) -> Result<Identity, Refusal> {
@@ -368,7 +370,7 @@ async fn check_destination(call: &Call<'_>) -> Result<(), Refusal> {
     ))
 }
 
-/// Phase 4, first half: what looks like a real key from the agent, reported
+/// Phase 5, first half: what looks like a real key from the agent, reported
 /// (log, audit line) by fingerprint only. Returns the fingerprints.
 fn agent_keys(call: &Call<'_>, req: &Request<Incoming>) -> Vec<String> {
     let findings = call.upstream.provider.inspect(req.headers(), req.uri());
