@@ -274,6 +274,18 @@ impl RedirectMaps {
     }
 }
 
+/// What a reload changes in the kernel: the intercepted ports and the QUIC
+/// refusal. A seam, so that the reload path runs in tests without eBPF.
+pub trait Intercept: Send + Sync {
+    fn set_intercept(&self, ports: &[u16], block_quic: bool) -> Result<(), RedirectError>;
+}
+
+impl Intercept for RedirectMaps {
+    fn set_intercept(&self, ports: &[u16], block_quic: bool) -> Result<(), RedirectError> {
+        RedirectMaps::set_intercept(self, ports, block_quic)
+    }
+}
+
 impl crate::attest::ExecGenerations for RedirectMaps {
     fn current(&self, tgid: u32) -> Option<u64> {
         Some(self.exec_generation(tgid)).filter(|&generation| generation != 0)

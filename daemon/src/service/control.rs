@@ -1,14 +1,13 @@
 //! What the control socket sees of the running daemon: credentials (status,
 //! never values), the instance identity, `explain` and `reload`.
 
-use std::{path::Path, sync::Arc};
+use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{compile, reload::Reloader};
+use super::reload::Reloader;
 use crate::{
     attest::{Attestor, InstanceHandle},
-    config::ConfigError,
     control::{ControlBackend, RequestError},
 };
 
@@ -171,24 +170,6 @@ impl PlannedRequest {
             model,
         })
     }
-}
-
-/// Re-reads a file and compiles it as `warrant check-config` does, and
-/// reports what it holds, without applying it (for backends that cannot
-/// apply; the daemon's reload is `reload::Reloader`).
-pub fn validate_reload(path: &Path) -> Result<Value, ConfigError> {
-    let report = compile::check(path)?;
-    tracing::info!(config = %path.display(), "reload requested: configuration is valid");
-    Ok(json!({
-        "config": path.display().to_string(),
-        "valid": true,
-        "applied": false,
-        "note": "the configuration is valid; applying it needs a restart for now",
-        "workloads": report.workloads,
-        "upstreams": report.upstreams,
-        "credentials": report.credentials,
-        "policies": report.policies,
-    }))
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result};
 use tokio::{net::TcpListener, signal::unix::SignalKind};
 
 pub use compile::{CheckReport, Compiled, check, check_config};
-pub use control::{DaemonBackend, validate_reload};
+pub use control::DaemonBackend;
 pub use gate::WarrantGate;
 
 use crate::{
@@ -299,7 +299,7 @@ async fn start_redirection(
 
 /// Everything the request path decides with, built the same way at start
 /// and on every reload (`reload.rs`).
-fn generation_builder(
+pub fn generation_builder(
     metrics: &Arc<Metrics>,
     attestor: &Arc<Attestor>,
     budgets: &Budgets,

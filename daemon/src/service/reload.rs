@@ -24,7 +24,7 @@ use crate::{
     config::{Config, ConfigError},
     credentials::{CredentialSource, CredentialStore},
     proxy::{self, RequestGate},
-    redirect::{RedirectError, RedirectMaps, tagging},
+    redirect::{Intercept, RedirectError, tagging},
     swap::Swap,
 };
 
@@ -85,7 +85,8 @@ pub struct Reloader {
     /// The generation in force: the proxy reads it once per request, the
     /// control socket for status and explain.
     pub generation: Arc<Swap<Generation>>,
-    maps: Arc<RedirectMaps>,
+    /// The eBPF maps (the intercepted ports).
+    intercept: Arc<dyn Intercept>,
     tagging: mpsc::UnboundedSender<Vec<tagging::CgroupSelector>>,
 }
 
@@ -96,7 +97,7 @@ impl Reloader {
         config: Arc<Config>,
         compiled: Compiled,
         build: Builder,
-        maps: Arc<RedirectMaps>,
+        intercept: Arc<dyn Intercept>,
         tagging: mpsc::UnboundedSender<Vec<tagging::CgroupSelector>>,
     ) -> Reloader {
         let built = build(config, compiled).await;
@@ -105,7 +106,7 @@ impl Reloader {
             build,
             tasks: Mutex::new(built.tasks),
             generation: Arc::new(Swap::new(Arc::new(built.generation))),
-            maps,
+            intercept,
             tagging,
         }
     }
@@ -130,7 +131,7 @@ impl Reloader {
         let mut tasks = self.tasks.lock().await;
         let restart_needed = restart_only_changes(&self.config(), &new);
         let built = (self.build)(new.clone(), compiled).await;
-        self.maps
+        self.intercept
             .set_intercept(&new.intercept.ports, new.intercept.block_quic)
             .map_err(ReloadError::Intercept)?;
         // The tagger applies new selectors on its next turn.
