@@ -1,18 +1,16 @@
 //! A stand-in for the OpenAI, Anthropic and Gemini APIs, for the demo and the
-//! VM tests (the privileged tests use the same code in-process: see
-//! daemon/tests/support/mock_provider.rs). Loopback or a test VM only.
+//! VM tests (the privileged tests use the same code in-process:
+//! `warrant_test_support::mock_provider`). Loopback or a test VM only.
 //!
 //! Writes its throwaway CA to `--ca-out`, checks each provider's key (`--key
 //! openai=FILE`), appends every request as a JSON line to `--record`, and
 //! prints "ready" once listening.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/support/mock_provider.rs"]
-mod mock_provider;
-
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
+use warrant_test_support::mock_provider;
 
 #[derive(Parser)]
 struct Args {

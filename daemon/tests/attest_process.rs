@@ -23,6 +23,7 @@ use warrant::{
     config::AttestConfig,
     origin::Origin,
 };
+use warrant_test_support::prereq::{self, Need};
 
 /// A spawned child, killed and reaped on drop (also on panic).
 struct Spawned(Child);
@@ -720,4 +721,21 @@ fn a_process_that_enters_a_user_namespace_after_its_first_attestation_is_then_ne
     );
     // Served from the image cache, yet the namespace is the current one.
     assert_eq!(attestor.image_stats().hits, 1);
+}
+
+#[test]
+fn our_own_cgroup_resolves_from_its_id_and_by_walking_the_tree() {
+    use warrant::attest::{cgroup::CgroupResolver, process::cgroup_v2_path};
+    if !prereq::require(&[Need::Cgroup2]) {
+        return;
+    }
+    let mount = warrant::mounts::cgroup2().unwrap();
+    let resolver = CgroupResolver::new(Some(mount.clone()));
+    let me = std::process::id();
+    let path = cgroup_v2_path(me).unwrap();
+    let id = resolver.id_of(&path).unwrap();
+    assert_eq!(resolver.path_of(id, me), Some(path.clone()));
+    // A hint that names no process: the resolver walks the tree.
+    let walker = CgroupResolver::new(Some(mount));
+    assert_eq!(walker.path_of(id, u32::MAX), Some(path));
 }

@@ -3,13 +3,11 @@
 //! clock is the harness's, moved by the test. Loopback only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod audit_support;
-
 use std::time::Duration;
 
-use audit_support::*;
 use http_body_util::BodyExt;
 use warrant::response::Target;
+use warrant_test_support::{injector::*, monitored::*, pki::*, upstream::*, wait::eventually};
 
 fn triggers(h: &Monitored, rule: &str) -> bool {
     h.responder
@@ -126,7 +124,7 @@ async fn a_burst_over_the_rate_baseline_quarantines_the_workload_until_restored(
 }
 
 #[tokio::test]
-async fn a_real_key_from_an_agent_quarantines_its_process_and_the_rule_can_be_off() {
+async fn a_real_key_from_an_agent_quarantines_its_workload_and_the_rule_can_be_off() {
     let pki = TestPki::new();
     let mock = Mock::start(&pki, &[b"http/1.1"]).await;
     let leaked = "sk-proj-LEAKED0123456789abcdefghijklmnopqrstuv";
@@ -140,20 +138,27 @@ async fn a_real_key_from_an_agent_quarantines_its_process_and_the_rule_can_be_of
         ))
         .await;
     assert_eq!(r.status(), 403);
-    body_text(r).await;
+    assert!(body_text(r).await.contains("looks like a real API key"));
     eventually("the quarantine", || {
         quarantine_records(&h, "agent_key") == 1
     })
     .await;
     assert!(triggers(&h, "agent_key"));
-    // Refused before attestation, so the process is what is quarantined.
+    // Refused once identified: the workload is quarantined, so another of
+    // its processes (a fork) is refused too.
     let quarantined = h.responder.quarantines().list(jiff::Timestamp::now());
-    assert_eq!(quarantined[0].target, Target::Pid(4242));
-    let mut again = h.h1(mock.addr, OPENAI).await;
-    let r = again.send(request(OPENAI, "/v1/models", &[])).await;
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].target, Target::Workload(WORKLOAD.into()));
+    let mut fork = h.h1_as(mock.addr, OPENAI, 4243).await;
+    let r = fork.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(r.status(), 403);
     assert!(body_text(r).await.contains("quarantined"));
-    assert!(h.responder.restore(&Target::Pid(4242), "test").is_some());
+    assert!(
+        h.responder
+            .restore(&Target::Workload(WORKLOAD.into()), "test")
+            .is_some()
+    );
+    let mut again = h.h1(mock.addr, OPENAI).await;
     let r = again.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(r.status(), 200);
     body_text(r).await;
@@ -232,4 +237,45 @@ async fn an_executable_changed_on_disk_behind_a_live_workload_is_revoked() {
     body.frame().await.unwrap().unwrap();
     assert!(h.responder.check_executables().await.is_empty());
     mock.release.notify_waiters();
+}
+
+/// The refusal that triggers a quarantine is delivered whole before the
+/// quarantine closes the connection it came on: over HTTP/2 the agent gets
+/// the 403 and its reason, then the connection goes away (GOAWAY), so its
+/// next request fails.
+#[tokio::test]
+async fn over_http2_the_refusal_that_triggers_a_quarantine_arrives_before_the_close() {
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &[b"h2", b"http/1.1"]).await;
+    let leaked = "sk-proj-LEAKED0123456789abcdefghijklmnopqrstuv";
+    let h = Monitored::start(&pki, None, "").await;
+    let mut agent = h.h2(mock.addr, OPENAI).await;
+    let r = agent
+        .try_send(request(
+            OPENAI,
+            "/v1/models",
+            &[("authorization", &format!("Bearer {leaked}"))],
+        ))
+        .await
+        .expect("the refusal's head arrives");
+    assert_eq!(r.status(), 403);
+    let body = r
+        .into_body()
+        .collect()
+        .await
+        .expect("the refusal's body arrives whole")
+        .to_bytes();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("looks like a real API key"), "{body}");
+    eventually("the quarantine", || {
+        quarantine_records(&h, "agent_key") == 1
+    })
+    .await;
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        agent.try_send(request(OPENAI, "/v1/models", &[])),
+    )
+    .await
+    .expect("the closed connection answers at once");
+    assert!(next.is_err(), "the quarantine closed the connection");
 }

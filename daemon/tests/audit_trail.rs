@@ -4,32 +4,14 @@
 //! responses, control answers). Loopback only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod audit_support;
-
 use std::sync::Arc;
 
-use audit_support::*;
 use http_body_util::BodyExt;
 use serde_json::Value;
-use warrant::{
-    control::{ControlBackend, ControlRequest, ControlServer, RequestError, client},
-    credentials::CredentialStore,
+use warrant::control::{ControlRequest, client};
+use warrant_test_support::{
+    daemon::Daemon, injector::*, logs::Logs, monitored::*, pki::*, upstream::*, wait::eventually,
 };
-
-/// A control backend with the store's status and the daemon's reload.
-struct Backend {
-    credentials: Arc<CredentialStore>,
-    config: std::path::PathBuf,
-}
-
-impl ControlBackend for Backend {
-    fn credentials(&self) -> Value {
-        serde_json::to_value(self.credentials.status()).unwrap()
-    }
-    fn reload(&self) -> Result<Value, RequestError> {
-        warrant::service::validate_reload(&self.config).map_err(RequestError::daemon)
-    }
-}
 
 async fn text_of(response: http::Response<hyper::body::Incoming>) -> (u16, String) {
     let status = response.status().as_u16();
@@ -50,6 +32,7 @@ fn requests(h: &Monitored) -> Vec<Value> {
 
 #[tokio::test]
 async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowhere() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     let mock = Mock::start(&pki, &[b"http/1.1"]).await;
     let h = Monitored::start(&pki, None, "").await;
@@ -163,40 +146,6 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
         (503.into(), MISSING.into())
     );
 
-    // Control socket: status and reload.
-    let socket = h.dir.path().join("control.sock");
-    let server = ControlServer::bind(
-        &socket,
-        None,
-        h.responder.clone(),
-        Arc::new(Backend {
-            credentials: h.credentials.clone(),
-            config: h.config_path.clone(),
-        }),
-    )
-    .unwrap();
-    tokio::spawn(server.serve());
-    let socket2 = socket.clone();
-    let (status, reload) = tokio::task::spawn_blocking(move || {
-        (
-            client::call(&socket2, &ControlRequest::Status).unwrap(),
-            client::call(&socket2, &ControlRequest::Reload).unwrap(),
-        )
-    })
-    .await
-    .unwrap();
-    assert_eq!(reload["valid"], true);
-    let creds = status["credentials"].as_array().unwrap();
-    let openai = creds.iter().find(|c| c["name"] == "openai").unwrap();
-    assert_eq!(
-        openai["fingerprint"],
-        warrant::secret::fingerprint(CANARY.as_bytes())
-    );
-    let missing_cred = creds.iter().find(|c| c["name"] == "missing").unwrap();
-    assert!(missing_cred["failures"].as_u64().unwrap() >= 1);
-    seen.push(status.to_string());
-    seen.push(reload.to_string());
-
     // Metrics: a real parser, and the counts.
     let exposition = h.responder.audit().metrics().render();
     let scrape =
@@ -277,11 +226,11 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
         && matches!(s.value, prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) if v == 34.0)));
 
     // The canary: nowhere.
-    let logs = logs();
-    assert!(logs.contains("credential issued"), "the store did fetch it");
+    let text = logs.text();
+    assert!(text.contains("credential issued"), "the store did fetch it");
     let audit = h.audit_text();
     for (place, text) in [
-        ("logs", logs.as_str()),
+        ("logs", text.as_str()),
         ("audit file", audit.as_str()),
         ("metrics", exposition.as_str()),
     ] {
@@ -302,6 +251,132 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
             .get("authorization")
             .is_some_and(|v| v.to_str().unwrap().contains(CANARY))
     }));
+}
+
+/// The canary through the daemon's own request path: the real gate
+/// (attestation, workload, policy, budgets in the ledger), the real
+/// `Reloader` (which fetches the credentials again) and the control
+/// socket's real backend. Every way a request can end, then a reload, then
+/// a request served with the credential fetched again: the canary is in no
+/// log line, audit record, metric, response or control answer.
+#[test]
+fn the_canary_appears_nowhere_through_the_real_gate_budgets_and_reload() {
+    let logs = Logs::capture();
+    // The control socket runs the reload on a blocking thread: every
+    // thread of the runtime logs into this test's capture.
+    logs.runtime(2).block_on(async {
+        let pki = TestPki::new();
+        let mock = Mock::start(&pki, &[b"http/1.1"]).await;
+        let d = Daemon::start(&pki, CANARY, "").await;
+        let mut seen = Vec::new();
+        let chat = |max_tokens: u64| {
+            let mut req = request(OPENAI, "/v1/chat/completions", &[]);
+            *req.body_mut() = http_body_util::Full::new(bytes::Bytes::from(format!(
+                "{{\"model\":\"gpt-4o\",\"max_tokens\":{max_tokens},\"messages\":[]}}"
+            )));
+            req
+        };
+
+        let mut agent = d.h1(mock.addr, OPENAI).await;
+        // Allowed by the policy and within the budget.
+        let (status, text) = text_of(agent.send(chat(16)).await).await;
+        assert_eq!(status, 200, "{text}");
+        seen.push(text);
+        // An upstream error that echoes the key it was given.
+        let (status, text) = text_of(agent.send(request(OPENAI, "/v1/echo", &[])).await).await;
+        assert_eq!(status, 401, "{text}");
+        seen.push(text);
+        // Denied by the policy: a path it does not list.
+        let (status, text) = text_of(agent.send(request(OPENAI, "/v1/files", &[])).await).await;
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("/v1/files"), "{text}");
+        seen.push(text);
+        // Refused by the budget: the worst case exceeds tokens_per_hour.
+        let (status, text) = text_of(agent.send(chat(1_000_000)).await).await;
+        assert_eq!(status, 429, "{text}");
+        assert!(text.contains("tokens_per_hour"), "{text}");
+        seen.push(text);
+        // Upstream unreachable.
+        let mut dead = d.h1(closed_port().await, OPENAI).await;
+        let (status, text) = text_of(dead.send(chat(16)).await).await;
+        assert_eq!(status, 502, "{text}");
+        seen.push(text);
+        // Credential unavailable.
+        let mut missing = d.h1(mock.addr, MISSING).await;
+        let (status, text) = text_of(missing.send(request(MISSING, "/v1/models", &[])).await).await;
+        assert_eq!(status, 503, "{text}");
+        seen.push(text);
+
+        // Reload through the control socket (the daemon's own backend): the
+        // generation is rebuilt and the credentials fetched again.
+        let issued_before = logs.text().matches("credential issued").count();
+        assert!(issued_before >= 1, "the store fetched the canary");
+        let socket = d.control_socket.clone();
+        let (reload, status) = tokio::task::spawn_blocking(move || {
+            (
+                client::call(&socket, &ControlRequest::Reload).unwrap(),
+                client::call(&socket, &ControlRequest::Status).unwrap(),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(reload["applied"], true, "{reload}");
+        assert!(
+            logs.text().matches("credential issued").count() > issued_before,
+            "the reload fetched the credentials again"
+        );
+        assert_eq!(d.intercept.0.lock().unwrap().len(), 1, "the ports were set");
+        let creds = status["credentials"].as_array().unwrap();
+        let openai = creds.iter().find(|c| c["name"] == "openai").unwrap();
+        assert_eq!(
+            openai["fingerprint"],
+            warrant::secret::fingerprint(CANARY.as_bytes())
+        );
+        seen.push(reload.to_string());
+        seen.push(status.to_string());
+        // Served by the new generation, with the credential it fetched.
+        let mut agent = d.h1(mock.addr, OPENAI).await;
+        let (status, text) = text_of(agent.send(chat(16)).await).await;
+        assert_eq!(status, 200, "{text}");
+        seen.push(text);
+
+        eventually("seven request records", || {
+            d.audit_text().matches("\"kind\":\"request\"").count() >= 7
+        })
+        .await;
+        let audit = d.audit_text();
+        let exposition = d.metrics.render();
+        let text = logs.text();
+        for (place, haystack) in [
+            ("logs", text.as_str()),
+            ("audit file", audit.as_str()),
+            ("metrics", exposition.as_str()),
+        ] {
+            assert!(
+                !haystack.contains(CANARY),
+                "the canary credential appeared in the {place}"
+            );
+        }
+        for answer in &seen {
+            assert!(
+                !answer.contains(CANARY),
+                "the canary credential appeared in a response or control answer"
+            );
+        }
+        let forwarded = mock
+            .seen()
+            .iter()
+            .filter(|s| {
+                s.headers
+                    .get("authorization")
+                    .is_some_and(|v| v.to_str().unwrap() == format!("Bearer {CANARY}"))
+            })
+            .count();
+        assert_eq!(
+            forwarded, 3,
+            "the canary reached the upstream, before and after the reload"
+        );
+    });
 }
 
 #[tokio::test]
@@ -341,6 +416,7 @@ async fn the_metrics_endpoint_serves_parseable_text_on_loopback() {
 
 #[tokio::test]
 async fn fail_closed_refuses_requests_while_the_audit_log_cannot_be_written() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     let mock = Mock::start(&pki, &[b"http/1.1"]).await;
     // /dev/full: every write fails with ENOSPC, as on a full disk.
@@ -363,7 +439,7 @@ async fn fail_closed_refuses_requests_while_the_audit_log_cannot_be_written() {
         mock.seen().iter().all(|s| s.uri.path() != "/v1/models"),
         "nothing forwarded"
     );
-    assert!(logs().contains("AUDIT RECORDS ARE BEING LOST"));
+    assert!(logs.text().contains("AUDIT RECORDS ARE BEING LOST"));
     assert!(!h.responder.audit().health().writable);
 }
 
@@ -386,5 +462,67 @@ async fn fail_open_keeps_serving_and_counts_dropped_records() {
     assert!(
         exposition.contains("warrant_audit_dropped_total 2"),
         "{exposition}"
+    );
+}
+
+/// Fail-closed is not fail-forever: once the audit log can be written again
+/// (here the path that led to /dev/full leads to a file, as a freed disk
+/// would), the record of the next refused request is written, which lifts
+/// the refusals, and requests are served and recorded again.
+#[tokio::test]
+async fn fail_closed_serves_again_once_the_audit_log_can_be_written() {
+    let logs = Logs::capture();
+    let pki = TestPki::new();
+    let mock = Mock::start(&pki, &[b"http/1.1"]).await;
+    let files = tempfile::tempdir().unwrap();
+    let link = files.path().join("audit.jsonl");
+    std::os::unix::fs::symlink("/dev/full", &link).unwrap();
+    let h = Monitored::start(&pki, Some(link.to_str().unwrap()), "").await;
+    let mut agent = h.h1(mock.addr, OPENAI).await;
+    let response = agent.send(request(OPENAI, "/v1/first", &[])).await;
+    assert_eq!(response.status(), 200);
+    body_text(response).await;
+    eventually("a dropped record", || {
+        h.responder.audit().health().dropped >= 1
+    })
+    .await;
+    let response = agent.send(request(OPENAI, "/v1/refused", &[])).await;
+    assert_eq!(response.status(), 503);
+    body_text(response).await;
+
+    // The disk is freed.
+    let file = files.path().join("audit-file.jsonl");
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    // This request is refused (the log was failing when it came), and its
+    // record is the first one written.
+    let response = agent.send(request(OPENAI, "/v1/probe", &[])).await;
+    assert_eq!(response.status(), 503);
+    body_text(response).await;
+    eventually("the refusal's record", || !read_lines(&file).is_empty()).await;
+    assert!(h.responder.audit().health().writable);
+    assert!(logs.contains("the audit log is writable again"));
+
+    let response = agent.send(request(OPENAI, "/v1/after", &[])).await;
+    assert_eq!(response.status(), 200, "served again");
+    body_text(response).await;
+    eventually("the served request's record", || {
+        read_lines(&file).len() >= 2
+    })
+    .await;
+    let records = read_lines(&file);
+    let paths: Vec<&str> = records
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/v1/probe", "/v1/after"]);
+    assert_eq!(records[0]["outcome"], "audit_unavailable", "{}", records[0]);
+    assert_eq!(records[1]["outcome"], "forwarded", "{}", records[1]);
+    assert!(mock.seen().iter().any(|s| s.uri.path() == "/v1/after"));
+    assert!(
+        mock.seen()
+            .iter()
+            .all(|s| s.uri.path() != "/v1/refused" && s.uri.path() != "/v1/probe"),
+        "nothing refused was forwarded"
     );
 }

@@ -6,18 +6,7 @@
 
 use std::{net::TcpListener, path::Path, process::Output};
 
-const BASE: &str = r#"[[workload]]
-name = "agent"
-unit = "agent.service"
-[[upstream]]
-host = "api.openai.com"
-scheme = "openai"
-credential = "openai"
-[[credential]]
-name = "openai"
-source = "systemd"
-id = "openai"
-"#;
+use warrant_test_support::config::BASE;
 
 fn check_config(path: &Path) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_warrant"))

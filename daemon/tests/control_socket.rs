@@ -3,8 +3,6 @@
 //! Loopback and a socket in a temp dir only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod audit_support;
-
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -12,10 +10,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use audit_support::*;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use warrant::control::{ControlRequest, ControlServer, NoBackend, client};
+use warrant_test_support::{
+    injector::*,
+    monitored::*,
+    pki::*,
+    prereq::{self, Need},
+    upstream::*,
+    wait::eventually,
+};
 
 async fn call(socket: &Path, request: ControlRequest) -> Result<Value, client::ClientError> {
     let socket = socket.to_path_buf();
@@ -246,8 +251,8 @@ fn status_as_nobody(socket: &Path) -> std::process::Output {
 
 #[tokio::test]
 async fn a_non_root_peer_is_refused_by_the_socket_mode_and_by_its_peer_credentials() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to run a client as nobody");
+    // Root, to run a client as nobody.
+    if !prereq::require(&[Need::Root]) {
         return;
     }
     let pki = TestPki::new();
@@ -368,14 +373,13 @@ async fn revoking_closes_a_live_h2_stream_within_a_second() {
 
 #[tokio::test]
 async fn the_configured_admin_group_gets_mode_0660_and_is_served() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: needs root to run a client as nobody");
+    // Root, to run a client as nobody, and nobody's group.
+    if !prereq::require(&[Need::Root, Need::Group(65534)]) {
         return;
     }
-    let Ok(Some(group)) = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(65534)) else {
-        eprintln!("skipped: no group 65534 on this host");
-        return;
-    };
+    let group = nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(65534))
+        .unwrap()
+        .unwrap();
     let pki = TestPki::new();
     let h = Monitored::start(&pki, None, "").await;
     let socket = h.dir.path().join("run/control.sock");

@@ -14,10 +14,10 @@ use warrant::{
     credentials::{
         CredentialError, CredentialSource, CredentialStore,
         provider::{IssueContext, IssueError, IssueFuture, Issued, Provider},
-        store::RefreshSettings,
     },
     secret::Secret,
 };
+use warrant_test_support::credentials::refresh_settings;
 
 /// A value and its lifetime in seconds, or an issuer error.
 type Answer = Result<(String, Option<u64>), String>;
@@ -73,16 +73,6 @@ impl Provider for Scripted {
     }
 }
 
-fn settings() -> RefreshSettings {
-    RefreshSettings {
-        refresh_ahead: Duration::from_secs(300),
-        refresh_interval: Duration::from_secs(600),
-        jitter: 0.1,
-        backoff_initial: Duration::from_secs(10),
-        backoff_max: Duration::from_secs(60),
-    }
-}
-
 fn start() -> Timestamp {
     "2026-01-14T15:00:00Z".parse().unwrap()
 }
@@ -91,7 +81,7 @@ fn store_with(providers: &[(&str, &Scripted)]) -> (CredentialStore, Arc<ManualCl
     let clock = Arc::new(ManualClock::new(start()));
     let mut store = CredentialStore::new(clock.clone());
     for (name, provider) in providers {
-        store = store.with(name, Box::new((*provider).clone()), settings());
+        store = store.with(name, Box::new((*provider).clone()), refresh_settings());
     }
     (store, clock)
 }

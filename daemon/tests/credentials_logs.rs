@@ -1,13 +1,8 @@
-//! No credential value reaches the logs, whatever the providers do. Alone in
-//! its test binary: tracing caches per-callsite interest process-wide, so a
-//! scoped subscriber would miss events from callsites other tests registered.
+//! No credential value reaches the logs, whatever the providers do.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::{ExpectAuth, MockConfig, MockTokenEndpoint};
 use jiff::Timestamp;
 use warrant::clock::ManualClock;
 use warrant::credentials::{
@@ -15,27 +10,21 @@ use warrant::credentials::{
     exec::ExecProvider,
     file::FileProvider,
     oauth::{ClientAuth, Grant, OAuthProvider, TokenClient},
-    store::RefreshSettings,
 };
-
-fn settings() -> RefreshSettings {
-    RefreshSettings {
-        refresh_ahead: Duration::from_secs(300),
-        refresh_interval: Duration::from_secs(600),
-        jitter: 0.1,
-        backoff_initial: Duration::from_secs(10),
-        backoff_max: Duration::from_secs(60),
-    }
-}
+use warrant_test_support::{
+    credentials::{
+        ExpectAuth, MockConfig, MockTokenEndpoint, my_uid, refresh_settings, write_private,
+    },
+    logs::Logs,
+};
 
 #[tokio::test]
 async fn no_credential_value_in_captured_logs() {
-    let logs = common::CapturedLogs::default();
-    let _guard = logs.install();
+    let logs = Logs::capture();
     let start: Timestamp = "2026-01-14T15:00:00Z".parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("k");
-    common::write_private(&key_path, "sk-secret-from-file-7731");
+    write_private(&key_path, "sk-secret-from-file-7731");
     let idp = MockTokenEndpoint::start(MockConfig {
         grant_type: "client_credentials",
         auth: ExpectAuth::Basic("cid".into(), "sk-secret-from-file-7731".into()),
@@ -57,7 +46,7 @@ async fn no_credential_value_in_captured_logs() {
     };
     let clock = Arc::new(ManualClock::new(start));
     let store = CredentialStore::new(clock.clone())
-        .with("file", Box::new(FileProvider::new(key_path, common::my_uid())), settings())
+        .with("file", Box::new(FileProvider::new(key_path, my_uid())), refresh_settings())
         .with(
             "exec",
             Box::new(ExecProvider::new(
@@ -68,10 +57,10 @@ async fn no_credential_value_in_captured_logs() {
                 ],
                 Duration::from_secs(5),
             )),
-            settings(),
+            refresh_settings(),
         )
-        .with("oauth", Box::new(oauth(ClientAuth::SecretBasic("file".into()))), settings())
-        .with("oauth-post", Box::new(oauth(ClientAuth::SecretPost("file".into()))), settings());
+        .with("oauth", Box::new(oauth(ClientAuth::SecretBasic("file".into()))), refresh_settings())
+        .with("oauth-post", Box::new(oauth(ClientAuth::SecretPost("file".into()))), refresh_settings());
     store.current("file").await.unwrap();
     let issued = store.current("oauth").await.unwrap();
     assert_eq!(issued.expose(), "issued-access-token-1");

@@ -3,15 +3,15 @@
 //! audience as the RFCs require.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{path::Path, sync::Arc, time::Duration};
 
-use common::{ExpectAuth, MockConfig, MockTokenEndpoint, my_uid, write_private};
 use warrant::{
     clock::ManualClock,
     config::{CredentialConfig, Source},
     credentials::{self, CredentialError, CredentialSource, CredentialStore, StoreOptions},
+};
+use warrant_test_support::credentials::{
+    ExpectAuth, MockConfig, MockTokenEndpoint, my_uid, write_private,
 };
 
 #[derive(serde::Deserialize)]

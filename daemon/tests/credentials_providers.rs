@@ -1,16 +1,14 @@
 //! The file, systemd and exec providers, through the store built from config.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc, time::Duration};
 
-use common::{my_uid, write_private};
 use warrant::{
     clock::ManualClock,
     config::{CredentialConfig, Source},
     credentials::{self, CredentialError, CredentialSource, CredentialStore, StoreOptions},
 };
+use warrant_test_support::credentials::{my_uid, write_private};
 
 #[derive(serde::Deserialize)]
 struct Credentials {

@@ -7,8 +7,6 @@
 #![cfg(feature = "privileged-tests")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::{
     collections::HashMap,
     fs,
@@ -21,8 +19,9 @@ use std::{
     time::Duration,
 };
 
-use support::{
-    TestCgroup, TestPins, TestProcess,
+use warrant_test_support::{
+    self as support,
+    cgroups::{TestCgroup, TestPins, TestProcess},
     mock_provider::{MockProvider, MockSettings},
 };
 
@@ -37,7 +36,7 @@ fn sdk_dir() -> PathBuf {
 
 /// The real credentials of one test run: unique, so a hit in a scan is ours.
 fn real_keys() -> HashMap<&'static str, String> {
-    let tag = support::unique("k").replace('-', "");
+    let tag = support::cgroups::unique("k").replace('-', "");
     HashMap::from([
         (
             "openai",
@@ -187,7 +186,7 @@ upstreams = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleap
     /// Starts `warrant run` and waits for READY=1; returns its listen address.
     fn run_daemon(&mut self, detach_on_exit: bool) {
         let d = self.dir.path();
-        let notify_path = d.join(support::unique("notify"));
+        let notify_path = d.join(support::cgroups::unique("notify"));
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify
             .set_read_timeout(Some(Duration::from_secs(60)))
@@ -598,7 +597,7 @@ fn a_direct_connection_to_the_listener_is_refused_and_logged() {
     let mut buf = [0u8; 16];
     let n = stream.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "the listener closes a connection that has no Origin");
-    support::wait_until("the refusal to be logged", Duration::from_secs(10), || {
+    support::wait::wait_until("the refusal to be logged", Duration::from_secs(10), || {
         stack.log().contains("without an Origin")
     });
 }
@@ -627,6 +626,63 @@ fn an_unreachable_provider_gives_an_error_in_the_providers_shape() {
     stack.assert_no_real_key_in(&lines);
 }
 
+/// The SDK's view of a connection attempt: `refused` only when the error
+/// is ECONNREFUSED somewhere in its chain (not a TLS or timeout error, which
+/// an escape to the provider could also produce), then a bare connect.
+const PY_REFUSED: &str = r#"
+import errno, socket, openai
+def refused(e):
+    while e is not None:
+        if isinstance(e, ConnectionRefusedError) or getattr(e, "errno", None) == errno.ECONNREFUSED:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+try:
+    openai.OpenAI(max_retries=0).models.list()
+    print("sdk reached a server", flush=True)
+except openai.APIConnectionError as e:
+    print("sdk refused" if refused(e) else f"sdk other error: {e!r} caused by {e.__cause__!r}", flush=True)
+try:
+    socket.create_connection(("api.openai.com", 443), timeout=10).close()
+    print("socket connected", flush=True)
+except OSError as e:
+    print("socket", errno.errorcode.get(e.errno, e), flush=True)
+print("done", flush=True)
+"#;
+
+/// Connects to api.openai.com:443 in a loop (and closes at once) until the
+/// file argv[1] exists, then reads a window "START END" (CLOCK_MONOTONIC ns)
+/// from stdin and reports how many attempts began within it, and the count
+/// of each result.
+const PY_CONNECT_LOOP: &str = r#"
+import errno, os, socket, sys, time
+stop = sys.argv[1]
+print("looping", flush=True)
+counts, starts = {}, []
+while not os.path.exists(stop) and len(starts) < 200000:
+    starts.append(time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+    s = socket.socket()
+    try:
+        s.connect(("api.openai.com", 443))
+        result = "connected"
+    except OSError as e:
+        result = errno.errorcode.get(e.errno, str(e.errno))
+    finally:
+        s.close()
+    counts[result] = counts.get(result, 0) + 1
+print("stopped", flush=True)
+start, end = map(int, sys.stdin.readline().split())
+print("in_window", sum(1 for t in starts if start <= t <= end), flush=True)
+for result, n in sorted(counts.items()):
+    print("result", result, n, flush=True)
+print("done", flush=True)
+"#;
+
+fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
 #[test]
 fn a_killed_daemon_fails_closed_and_its_successor_adopts_the_programs() {
     let mut stack = Stack::start();
@@ -634,17 +690,54 @@ fn a_killed_daemon_fails_closed_and_its_successor_adopts_the_programs() {
     // Detached on exit (the default for tests): start one that keeps its pins.
     stack.run_daemon(false);
     stack.stop_daemon(nix::sys::signal::Signal::SIGKILL);
-    let mut agent = stack.tagged(&["python3", "-c", "import openai\ntry:\n  openai.OpenAI(max_retries=0).models.list()\nexcept openai.APIConnectionError:\n  print('refused', flush=True)\nprint('done', flush=True)"]);
+
+    // With no daemon, a tagged connect is redirected to a closed port:
+    // ECONNREFUSED, and nothing reaches the provider, not even a TCP
+    // connect (the mock counts them below TLS).
+    let mut agent = stack.tagged(&["python3", "-c", PY_REFUSED]);
     assert_eq!(
         run_to_end(&mut agent),
-        ["refused"],
+        ["sdk refused", "socket ECONNREFUSED"],
         "with no daemon, tagged connections are refused"
     );
-    assert!(
-        stack.seen("api.openai.com").is_empty(),
-        "nothing reached the provider directly"
-    );
+    assert_eq!(stack.mock.tcp_connects(), 0, "a connection escaped");
+
+    // A successor starts while a tagged agent connects in a loop: its
+    // programs replace the pinned links, and no connect may lapse to the
+    // provider while they do.
+    let stop = stack.dir.path().join("stop-loop");
+    let mut looping = stack.tagged(&["python3", "-c", PY_CONNECT_LOOP, stop.to_str().unwrap()]);
+    assert_eq!(looping.line(), "looping");
+    let window_start = monotonic_ns();
     stack.run_daemon(true);
+    let window_end = monotonic_ns();
+    // A few more once it serves, then stop.
+    fs::write(&stop, "").unwrap();
+    assert_eq!(looping.line(), "stopped");
+    looping.send(&format!("{window_start} {window_end}"));
+    let report = run_to_end(&mut looping);
+    let in_window: usize = report[0]
+        .strip_prefix("in_window ")
+        .unwrap_or_else(|| panic!("{report:?}"))
+        .parse()
+        .unwrap();
+    assert!(
+        in_window > 0,
+        "no connect overlapped the successor's start: {report:?}"
+    );
+    assert!(
+        report[1..]
+            .iter()
+            .all(|l| l.starts_with("result connected ") || l.starts_with("result ECONNREFUSED ")),
+        "every attempt was refused (no daemon yet) or reached the injector: {report:?}"
+    );
+    assert_eq!(
+        stack.mock.tcp_connects(),
+        0,
+        "a connect escaped to the provider while the successor adopted the programs: {report:?}"
+    );
+
+    // The successor serves.
     let mut agent = stack.tagged(&["python3", "-c", PY_OPENAI]);
     assert_eq!(run_to_end(&mut agent).len(), 3);
     assert_real_key_arrived(
@@ -691,6 +784,7 @@ fn reload_applies_a_new_policy_without_dropping_a_live_stream_and_refuses_a_bad_
     fs::write(&config_path, &restricted).unwrap();
     let (ok, answer) = reload();
     assert!(ok && answer.contains("\"applied\": true"), "{answer}");
+    let mut outputs = vec![answer];
 
     // The live stream finishes normally.
     stack.mock.release_held();
@@ -709,6 +803,7 @@ fn reload_applies_a_new_policy_without_dropping_a_live_stream_and_refuses_a_bad_
     .unwrap();
     let (ok, answer) = reload();
     assert!(!ok && answer.contains("nobody"), "{answer}");
+    outputs.push(answer);
     let mut agent = stack.tagged(&["python3", "-c", denied]);
     assert_eq!(run_to_end(&mut agent), ["denied 403 True"]);
 
@@ -716,11 +811,22 @@ fn reload_applies_a_new_policy_without_dropping_a_live_stream_and_refuses_a_bad_
     fs::write(&config_path, &original).unwrap();
     let pid = stack.daemon.as_ref().unwrap().id() as i32;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGHUP).unwrap();
-    support::wait_until("the SIGHUP reload", Duration::from_secs(20), || {
+    support::wait::wait_until("the SIGHUP reload", Duration::from_secs(20), || {
         stack.log().matches("configuration reloaded").count() >= 2
     });
     let mut agent = stack.tagged(&["python3", "-c", PY_OPENAI]);
-    assert_eq!(run_to_end(&mut agent).len(), 3);
+    let lines = run_to_end(&mut agent);
+    assert_eq!(lines.len(), 3);
+    outputs.extend(lines);
+    // Each reload fetched the credentials again: the key is still nowhere
+    // but at the provider (daemon log, audit log, answers, agent output).
+    assert_eq!(
+        stack.log().matches("configuration reloaded").count(),
+        2,
+        "{}",
+        stack.log()
+    );
+    stack.assert_no_real_key_in(&outputs);
 }
 
 #[test]
@@ -769,4 +875,77 @@ fn explain_shows_the_attestation_and_the_decision_for_a_planned_request() {
     );
     // Nothing was sent.
     assert!(stack.mock.records().is_empty());
+}
+
+/// What a prompt-injected agent does with a key it found: sends it. The
+/// key is refused with a 403 that says why, over HTTP/1.1 and HTTP/2 alike
+/// (the quarantine's close waits for the answer: GOAWAY after it), and the
+/// whole workload is quarantined, so another process of it (a fork, a
+/// child) is refused too. Nothing reaches the provider.
+#[test]
+fn an_agent_sending_a_real_key_gets_a_403_and_its_whole_workload_is_quarantined() {
+    let mut stack = Stack::start();
+    let socket = stack.dir.path().join("control.sock");
+    let leaked = "sk-proj-LEAKED9f8e7d6c5b4a39281706f5e4d3c2b1a0";
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        // The key, then a second curl: a new process (its own pid) of the
+        // same workload, with a placeholder.
+        let script = format!(
+            "for key in {leaked} placeholder; do \
+               curl -sS {flag} -w '\\nstatus %{{http_code}} %{{http_version}}\\n' https://api.openai.com/v1/chat/completions \
+                 -H \"Authorization: Bearer $key\" -H 'content-type: application/json' -d '{{\"model\":\"gpt-4o\"}}'; \
+               echo \"exit $?\"; \
+             done; echo done"
+        );
+        let mut agent = stack.tagged(&["sh", "-c", &script]);
+        let lines = run_to_end(&mut agent);
+        let text = lines.join("\n");
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|l| l.starts_with("status ") || l.starts_with("exit "))
+                .collect::<Vec<_>>(),
+            [
+                &format!("status 403 {version}"),
+                &"exit 0".to_owned(),
+                &format!("status 403 {version}"),
+                &"exit 0".to_owned(),
+            ],
+            "curl {flag} must receive both refusals whole: {text}"
+        );
+        assert!(
+            lines[0].contains("looks like a real API key"),
+            "the first refusal says why (curl {flag}): {text}"
+        );
+        assert!(
+            text.contains("workload \\\"agents\\\" is quarantined"),
+            "the other process of the workload is refused by the quarantine (curl {flag}): {text}"
+        );
+        assert!(!text.contains(leaked), "the key is not echoed: {text}");
+        let restore = Command::new(env!("CARGO_BIN_EXE_warrant"))
+            .args(["restore", "--workload", "agents", "--socket"])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        assert!(
+            restore.status.success(),
+            "{}",
+            String::from_utf8_lossy(&restore.stderr)
+        );
+    }
+    assert!(
+        stack.seen("api.openai.com").is_empty(),
+        "nothing was forwarded"
+    );
+    let audit = fs::read_to_string(stack.dir.path().join("audit.jsonl")).unwrap();
+    let quarantines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["kind"] == "quarantine" && r["actor"] == "agent_key")
+        .collect();
+    assert_eq!(quarantines.len(), 2, "one per protocol: {quarantines:#?}");
+    for record in &quarantines {
+        assert_eq!(record["workload"], "agents", "{record}");
+    }
+    stack.assert_no_real_key_in(&[audit]);
 }

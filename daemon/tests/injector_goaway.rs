@@ -8,8 +8,6 @@
 //! connection, over TLS on 127.0.0.1.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod injector_support;
-
 use std::{
     io,
     net::SocketAddr,
@@ -26,12 +24,12 @@ use bytes::Bytes;
 use h2::{Reason, RecvStream};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use injector_support::*;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
 };
 use tokio_rustls::server::TlsStream;
+use warrant_test_support::{injector::*, logs::Logs, pki::*};
 
 /// Upper bound for anything the tests wait on, so a regression fails
 /// instead of hanging. Nothing waits for it to pass.
@@ -270,6 +268,7 @@ fn real_key() -> Option<String> {
 
 #[tokio::test]
 async fn a_refused_stream_is_sent_again_on_a_new_connection_with_the_credential() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     let upstream = Upstream::start(&pki, First::Refuse).await;
     let harness = Harness::start(&pki).await;
@@ -289,13 +288,14 @@ async fn a_refused_stream_is_sent_again_on_a_new_connection_with_the_credential(
     assert_eq!(attempts[1].connection, 2);
     assert_eq!(attempts[1].authorization, real_key());
     assert_eq!(attempts[1].body, body);
-    assert!(logs().contains("sending it again on a new connection"));
+    assert!(logs.text().contains("sending it again on a new connection"));
     assert_eq!(retries(&harness, "stream refused"), 1);
-    assert_no_secret_in_logs();
+    logs.assert_none_of(&SECRETS);
 }
 
 #[tokio::test]
 async fn a_body_already_sent_in_part_is_replayed_whole_after_a_refusal() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     let upstream = Upstream::start(&pki, First::RefuseAfterReading).await;
     let harness = Harness::start(&pki).await;
@@ -319,11 +319,12 @@ async fn a_body_already_sent_in_part_is_replayed_whole_after_a_refusal() {
     assert_eq!(attempts[1].connection, 2);
     assert_eq!(attempts[1].authorization, real_key());
     assert_eq!(retries(&harness, "stream refused"), 1);
-    assert_no_secret_in_logs();
+    logs.assert_none_of(&SECRETS);
 }
 
 #[tokio::test]
 async fn a_request_left_out_by_a_goaway_is_sent_again_on_a_new_connection() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     let upstream = Upstream::start(&pki, First::GoAway).await;
     let harness = Harness::start(&pki).await;
@@ -343,11 +344,12 @@ async fn a_request_left_out_by_a_goaway_is_sent_again_on_a_new_connection() {
     assert_eq!(attempts[0].body, body);
     // Left out by the GOAWAY, or (if it came before dispatch) not sent.
     assert_eq!(retries(&harness, ""), 1);
-    assert_no_secret_in_logs();
+    logs.assert_none_of(&SECRETS);
 }
 
 #[tokio::test]
 async fn a_refused_request_whose_body_was_too_large_to_keep_is_not_sent_again() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     // The upstream reads all of the body before refusing, so more than the
     // 64 KiB kept has left the agent and cannot be given again.
@@ -367,13 +369,14 @@ async fn a_refused_request_whose_body_was_too_large_to_keep_is_not_sent_again() 
     let attempts = upstream.attempts();
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     assert_eq!(attempts[0].body, body);
-    assert!(logs().contains("too large to keep"));
+    assert!(logs.text().contains("too large to keep"));
     assert_eq!(retries(&harness, ""), 0);
-    assert_no_secret_in_logs();
+    logs.assert_none_of(&SECRETS);
 }
 
 #[tokio::test]
 async fn a_reset_after_the_upstream_read_the_request_is_not_sent_again() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     let upstream = Upstream::start(&pki, First::FailAfterReading).await;
     let harness = Harness::start(&pki).await;
@@ -390,5 +393,5 @@ async fn a_reset_after_the_upstream_read_the_request_is_not_sent_again() {
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     assert_eq!(attempts[0].body, body);
     assert_eq!(retries(&harness, ""), 0);
-    assert_no_secret_in_logs();
+    logs.assert_none_of(&SECRETS);
 }

@@ -3,17 +3,21 @@
 //! provider on loopback with its own throwaway CA.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod injector_support;
-
 use std::{sync::Arc, time::Duration};
 
 use http::{StatusCode, Version};
 use http_body_util::BodyExt;
-use injector_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warrant::{
     provider::Scheme,
     proxy::{GateFuture, GateRequest, Identity, Refusal, RequestGate, Verdict},
+};
+use warrant_test_support::{
+    injector::*,
+    logs::Logs,
+    pki::*,
+    prereq::{self, Need},
+    upstream::*,
 };
 
 /// Upper bound for anything the tests wait on, so a regression fails
@@ -32,6 +36,7 @@ fn auth(seen: &Seen) -> Vec<String> {
 
 #[tokio::test]
 async fn http1_agent_gets_the_real_credential_spliced_in_and_the_placeholder_removed() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     let mock = Mock::start(&pki, &H2_H1).await;
     let harness = Harness::start(&pki).await;
@@ -57,11 +62,12 @@ async fn http1_agent_gets_the_real_credential_spliced_in_and_the_placeholder_rem
     assert!(!format!("{:?}", seen[0].headers).contains(PLACEHOLDER));
     // Identity, so that an echoed credential can be found and redacted.
     assert_eq!(seen[0].headers["accept-encoding"], "identity");
-    assert_no_secret_in_logs();
+    logs.assert_none_of(&SECRETS);
 }
 
 #[tokio::test]
 async fn http2_agent_gets_the_real_credential_over_h2() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     let mock = Mock::start(&pki, &H2_H1).await;
     let harness = Harness::start(&pki).await;
@@ -80,7 +86,7 @@ async fn http2_agent_gets_the_real_credential_over_h2() {
     assert_eq!(auth(&seen[0]), vec![format!("Bearer {OPENAI_KEY}")]);
     // The upstream spoke h2 too (negotiated by ALPN on the pooled connection).
     assert_eq!(seen[0].version, Version::HTTP_2);
-    assert_no_secret_in_logs();
+    logs.assert_none_of(&SECRETS);
 }
 
 #[tokio::test]
@@ -191,6 +197,7 @@ async fn an_unknown_sni_is_spliced_and_the_client_sees_the_real_servers_certific
 
 #[tokio::test]
 async fn a_connection_without_an_origin_is_closed_without_a_response() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     let harness = Harness::start(&pki).await;
     let mut tcp = harness.connect_directly().await;
@@ -203,11 +210,12 @@ async fn a_connection_without_an_origin_is_closed_without_a_response() {
         .expect("the injector kept a connection without an Origin open");
     // EOF or a reset: either way, not one byte of response.
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    assert!(logs().contains("without an Origin"));
+    assert!(logs.text().contains("without an Origin"));
 }
 
 #[tokio::test]
 async fn an_unreachable_upstream_gives_502_in_each_providers_error_shape() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     let harness = Harness::start(&pki).await;
     let down = closed_port().await;
@@ -247,7 +255,7 @@ async fn an_unreachable_upstream_gives_502_in_each_providers_error_shape() {
     let body: serde_json::Value = serde_json::from_str(&body_text(response).await).unwrap();
     assert_eq!(body["error"]["code"], 502);
     assert!(body["error"]["status"].is_string());
-    assert_no_secret_in_logs();
+    logs.assert_none_of(&SECRETS);
 }
 
 #[tokio::test]
@@ -303,6 +311,7 @@ async fn a_credential_echoed_by_the_upstream_is_redacted() {
 
 #[tokio::test]
 async fn a_real_looking_agent_key_is_refused_and_nothing_is_forwarded() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     let mock = Mock::start(&pki, &H2_H1).await;
     let harness = Harness::start(&pki).await;
@@ -327,10 +336,13 @@ async fn a_real_looking_agent_key_is_refused_and_nothing_is_forwarded() {
     );
     assert!(mock.seen().is_empty());
     assert!(
-        !logs().contains(leaked),
+        !logs.text().contains(leaked),
         "the agent's key appeared in the logs"
     );
-    assert!(logs().contains(&warrant::secret::fingerprint(leaked.as_bytes())));
+    assert!(
+        logs.text()
+            .contains(&warrant::secret::fingerprint(leaked.as_bytes()))
+    );
 }
 
 #[tokio::test]
@@ -517,6 +529,7 @@ async fn plain_http_to_an_opted_in_gateway_is_proxied_with_the_credential() {
 
 #[tokio::test]
 async fn plain_http_to_an_address_the_gateway_does_not_resolve_to_gets_no_credential() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     // localhost is 127.0.0.1 (and ::1), not 127.0.0.2: an agent claiming
     // Host: localhost while dialling elsewhere must not get the credential.
@@ -532,7 +545,7 @@ async fn plain_http_to_an_address_the_gateway_does_not_resolve_to_gets_no_creden
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body.contains("warrant"), "{body}");
     assert!(mock.seen().is_empty());
-    assert_no_secret_in_logs();
+    logs.assert_none_of(&SECRETS);
 }
 
 #[tokio::test]
@@ -635,6 +648,7 @@ async fn a_client_that_never_sends_its_hello_is_closed_after_the_header_timeout(
 
 #[tokio::test]
 async fn connections_over_the_cap_are_closed_at_once() {
+    let logs = Logs::capture();
     let pki = TestPki::new();
     let mock = Mock::start(&pki, &H2_H1).await;
     let harness = Harness::start_with(&pki, "[proxy]\nmax_connections = 1", None).await;
@@ -643,7 +657,7 @@ async fn connections_over_the_cap_are_closed_at_once() {
     assert_eq!(response.status(), StatusCode::OK);
     let mut second = harness.connect(mock.addr).await;
     assert!(closed_without_response(&mut second).await);
-    assert!(logs().contains("connection cap reached"));
+    assert!(logs.text().contains("connection cap reached"));
     // The first connection still works.
     let response = first.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(response.status(), StatusCode::OK);
@@ -744,11 +758,14 @@ async fn an_upstream_that_does_not_answer_in_time_gives_504_in_the_providers_sha
 async fn the_ipv6_listener_serves_the_same_injector() {
     let pki = TestPki::new();
     let mock = Mock::start(&pki, &H2_H1).await;
-    let harness = Harness::start(&pki).await;
-    let Some(tcp) = harness.connect6(mock.addr).await else {
-        eprintln!("skipped: no IPv6 loopback on this host");
+    if !prereq::require(&[Need::Ipv6Loopback]) {
         return;
-    };
+    }
+    let harness = Harness::start(&pki).await;
+    let tcp = harness
+        .connect6(mock.addr)
+        .await
+        .expect("the injector listens on ::1");
     let tls = tls_over(
         tcp,
         roots_from_pem(&harness.warrant_ca_pem),

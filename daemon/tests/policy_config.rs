@@ -8,21 +8,7 @@ use warrant::{
     config::{Config, ConfigError, Location},
     service::CheckReport,
 };
-
-const BASE: &str = r#"[[workload]]
-name = "agent"
-unit = "agent.service"
-[[upstream]]
-host = "api.openai.com"
-scheme = "openai"
-credential = "openai"
-[[credential]]
-name = "openai"
-source = "systemd"
-id = "openai"
-"#;
-/// Lines in BASE, so the expected line numbers below read naturally.
-const BASE_LINES: usize = 11;
+use warrant_test_support::config::{BASE, BASE_LINES};
 
 /// What `warrant check-config` does: parse, then compile every section.
 fn check(text: &str) -> Result<CheckReport, ConfigError> {

@@ -8,6 +8,7 @@ use warrant::{
     config::Config,
     policy::{ExeSigners, Factor, Policy, PolicyInput, PostureStore},
 };
+use warrant_test_support::config::BASE;
 
 struct Signed {
     dir: tempfile::TempDir,
@@ -137,23 +138,7 @@ fn missing_signature_file_fails() {
 fn policy_with_exe_signers_allows_the_signed_binary_only() {
     let s = signed_binary("warrant-exe");
     let text = format!(
-        r#"
-[[workload]]
-name = "agent"
-unit = "agent.service"
-[[upstream]]
-host = "api.openai.com"
-scheme = "openai"
-credential = "openai"
-[[credential]]
-name = "openai"
-source = "systemd"
-id = "openai"
-[[policy]]
-workload = "agent"
-upstreams = ["api.openai.com"]
-exe_signers = ["{}"]
-"#,
+        "{BASE}[[policy]]\nworkload = \"agent\"\nupstreams = [\"api.openai.com\"]\nexe_signers = [\"{}\"]\n",
         s.public_key
     );
     let config = Config::parse(&text, "t.toml").unwrap();

@@ -4,8 +4,6 @@
 #![cfg(feature = "privileged-tests")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, UdpSocket},
@@ -13,11 +11,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{TestCgroup, TestPins, python, wait_until};
 use warrant::{
-    config::Config,
+    attest::{AttestError, Attestor, InstanceHandle},
+    config::{AttestConfig, Config},
     origin::{Origin, OriginSource},
     redirect::{RedirectMaps, RedirectSettings, Redirector, cgroup, tagging},
+};
+use warrant_test_support::{
+    cgroups::{TestCgroup, TestPins, python},
+    wait::wait_until,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,6 +110,16 @@ impl Fixture {
 
     fn maps(&self) -> Arc<RedirectMaps> {
         self.redirector.as_ref().unwrap().maps()
+    }
+
+    /// The daemon's attestor over the real eBPF maps (exec generations,
+    /// prctl marks). Executables are not hashed: beside the point here.
+    fn attestor(&self) -> Attestor {
+        Attestor::new(
+            &AttestConfig { max_hash_bytes: 1 },
+            self.maps(),
+            InstanceHandle::default(),
+        )
     }
 
     /// Accepts one connection on the injector and returns its Origin.
@@ -383,6 +395,46 @@ except OSError as e:
     assert_eq!(untagged.line(), format!("sent {}", fx.port));
 }
 
+/// The same refusal over IPv6 (the sendmsg6 and connect6 programs): QUIC to
+/// an intercepted port on ::1 is refused for tagged processes only.
+#[test]
+fn udp_over_ipv6_to_an_intercepted_port_is_refused_for_tagged_processes_only() {
+    let mut fx = Fixture::new();
+    let receiver = UdpSocket::bind("[::1]:0").expect("the IPv6 loopback (::1)");
+    let other_port = receiver.local_addr().unwrap().port();
+    let script = format!(
+        r#"
+import errno, socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+for port in ({port}, {other_port}):
+    try:
+        s.sendto(b"quic6?", ("::1", port))
+        print("sent", port, flush=True)
+    except OSError as e:
+        print("refused", port, errno.errorcode[e.errno], flush=True)
+c = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+try:
+    c.connect(("::1", {port}))
+    print("connect ok", flush=True)
+except OSError as e:
+    print("connect refused", errno.errorcode[e.errno], flush=True)
+"#,
+        port = fx.port
+    );
+    let agent = fx.cgroups.path.join("agent.service");
+    let mut tagged = fx.cgroups.spawn(&agent, &mut python(&script));
+    assert_eq!(tagged.line(), format!("refused {} EPERM", fx.port));
+    assert_eq!(tagged.line(), format!("sent {other_port}"));
+    assert_eq!(tagged.line(), "connect refused EPERM");
+    let mut buf = [0u8; 16];
+    let (n, _) = receiver.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"quic6?", "other UDP still works");
+
+    let other = fx.cgroups.path.join("other.service");
+    let mut untagged = fx.cgroups.spawn(&other, &mut python(&script));
+    assert_eq!(untagged.line(), format!("sent {}", fx.port));
+}
+
 #[test]
 fn direct_connect_to_the_listener_has_no_origin() {
     let mut fx = Fixture::new();
@@ -448,6 +500,12 @@ os.execv("/bin/sleep", ["sleep", "60"])
         origin.exec_gen,
         "same program so far"
     );
+    // The attestor reads the generation from the eBPF map, as the daemon's.
+    let attestor = fx.attestor();
+    let attested = attestor
+        .attest(&origin)
+        .expect("the program that connected");
+    assert_eq!(attested.tgid, connected.pid);
 
     client.send("exec now");
     // The generation moves before /proc/PID/exe does (see the next test), so
@@ -461,6 +519,13 @@ os.execv("/bin/sleep", ["sleep", "60"])
         origin.exec_gen,
         "the Origin no longer matches the program now running under that pid"
     );
+    // Both from the image cache and cold, the attestor refuses it.
+    for attestor in [attestor, fx.attestor()] {
+        match attestor.attest(&origin) {
+            Err(AttestError::ExecedSinceConnect { tgid, .. }) => assert_eq!(tgid, connected.pid),
+            other => panic!("attested a connection made before an exec: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -500,17 +565,23 @@ print("prctl", libc.prctl(35, 14, 0, 0, 0), ctypes.get_errno(), flush=True)
     );
 }
 
+/// Reads of an exec in progress that prove the generation moves before
+/// `/proc/PID/exe` shows the new program. The kernel switches the exe link
+/// in begin_new_exec; `sched_process_exec` (the second stamp) fires only
+/// after the rest of the new program is loaded, which includes walking
+/// every argument string onto the new stack (create_elf_tables). Half a
+/// million arguments stretch that window from tens of microseconds to over
+/// ten milliseconds. A read taken at the switch is classified by what the
+/// generation is once the exec has finished: the same value means the read
+/// came after both stamps (the window was missed: try again), anything else
+/// means it landed in the window, where it must already differ from the
+/// generation before the exec. The test fails unless the window is seen.
 #[test]
 fn exec_generation_moves_no_later_than_proc_exe_shows_the_new_program() {
+    const ATTEMPTS: usize = 20;
     let mut fx = Fixture::new();
-    // The kernel switches /proc/PID/exe in begin_new_exec; sched_process_exec
-    // fires only after the rest of the new program is loaded, which includes
-    // walking every argument string onto the new stack (create_elf_tables).
-    // Half a million arguments stretch that window from tens of microseconds
-    // to over ten milliseconds, several scheduler slices, so the watcher sees
-    // it even when it shares its CPU with other tests. They take 5 MB: the
-    // kernel allows a quarter of the stack limit, at most 6 MB. sleep sums
-    // its arguments.
+    // They take 5 MB: the kernel allows a quarter of the stack limit, at
+    // most 6 MB. sleep sums its arguments.
     let script = r#"
 import os, resource, sys
 cpu = os.environ.get("EXEC_CPU")
@@ -529,45 +600,75 @@ os.execv("/bin/sleep", ["sleep", "60"] + args)
     // The watcher must run while the exec runs: on a shared CPU the woken
     // child tends to run its whole exec before the watcher is scheduled
     // again, and the window goes unobserved.
-    let _pinned = PinnedThread::apart();
-    let mut cmd = python(script);
-    if let Some(pinned) = &_pinned {
-        cmd.env("EXEC_CPU", pinned.other_cpu.to_string());
-    }
+    let pinned = PinnedThread::apart();
     let agent = fx.cgroups.path.join("agent.service");
-    let mut child = fx.cgroups.spawn(&agent, &mut cmd);
-    let ready = child.line();
-    let pid: u32 = ready
-        .strip_prefix("ready ")
-        .unwrap_or_else(|| panic!("child said: {ready}"))
-        .parse()
-        .unwrap();
-    let exe = format!("/proc/{pid}/exe");
-    let old_exe = std::fs::read_link(&exe).unwrap();
     let maps = fx.maps();
-    let before = maps.exec_generation(pid);
-    assert_ne!(before, 0, "python itself was exec'd in the tagged cgroup");
-
-    child.send("exec now");
-    // Spin on readlink (no sleep: the point is to see the switch the moment
-    // it happens) and read the generation as soon as the exe has changed.
-    let deadline = Instant::now() + TIMEOUT;
-    let at_switch = loop {
-        if std::fs::read_link(&exe).is_ok_and(|path| path != old_exe) {
-            break maps.exec_generation(pid);
+    let mut missed = 0;
+    for _ in 0..ATTEMPTS {
+        let mut cmd = python(script);
+        if let Some(pinned) = &pinned {
+            cmd.env("EXEC_CPU", pinned.other_cpu.to_string());
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {exe} to change from {}",
-            old_exe.display()
+        let mut child = fx.cgroups.spawn(&agent, &mut cmd);
+        let ready = child.line();
+        let pid: u32 = ready
+            .strip_prefix("ready ")
+            .unwrap_or_else(|| panic!("child said: {ready}"))
+            .parse()
+            .unwrap();
+        let exe = format!("/proc/{pid}/exe");
+        let old_exe = std::fs::read_link(&exe).unwrap();
+        let before = maps.exec_generation(pid);
+        assert_ne!(before, 0, "python itself was exec'd in the tagged cgroup");
+
+        child.send("exec now");
+        // Spin on readlink (no sleep: the point is to see the switch the
+        // moment it happens) and read the generation as soon as the exe
+        // has changed.
+        let deadline = Instant::now() + TIMEOUT;
+        let at_switch = loop {
+            if std::fs::read_link(&exe).is_ok_and(|path| path != old_exe) {
+                break maps.exec_generation(pid);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {exe} to change from {}",
+                old_exe.display()
+            );
+            std::hint::spin_loop();
+        };
+        // Once sleep sleeps, the exec is over and its last stamp is in.
+        wait_until("the new program to run", TIMEOUT, || {
+            in_syscall(pid, libc::SYS_clock_nanosleep) || in_syscall(pid, libc::SYS_nanosleep)
+        });
+        let after = maps.exec_generation(pid);
+        assert_ne!(after, before, "the exec moved the generation");
+        fx.cgroups.kill_all();
+        if at_switch == after {
+            // Read after the exec had finished: says nothing.
+            missed += 1;
+            continue;
+        }
+        assert_ne!(
+            at_switch, before,
+            "/proc/{pid}/exe showed the new program while the exec generation was still the old one: \
+             an attestation reading /proc then would credit the old connection to the new program"
         );
-        std::hint::spin_loop();
-    };
-    assert_ne!(
-        at_switch, before,
-        "/proc/{pid}/exe showed the new program while the exec generation was still the old one: \
-         an attestation reading /proc then would credit the old connection to the new program"
+        return;
+    }
+    panic!(
+        "the window between the exe switch and the end of the exec was never observed ({missed} of {ATTEMPTS} reads came after it): nothing was proved"
     );
+}
+
+/// Whether `pid` is blocked in syscall `nr` (/proc/PID/syscall).
+fn in_syscall(pid: u32, nr: libc::c_long) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|text| {
+        text.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<libc::c_long>().ok())
+            == Some(nr)
+    })
 }
 
 /// The calling thread pinned to one of its CPUs, with another one left for
@@ -624,9 +725,10 @@ fn start_boot_ns(pid: u32) -> u64 {
     starttime * (1_000_000_000 / ticks)
 }
 
-/// Creates a process with exactly `pid` (clone3 with set_tid, root only) that
-/// execs `sleep 60`, and returns it.
-fn spawn_with_pid(pid: u32) -> u32 {
+/// clone3 without CLONE_VM (a fork): the child runs `child` and exits;
+/// `set_tid` (root only) asks for an exact pid, `cgroup` starts the child
+/// in that cgroup (CLONE_INTO_CGROUP). Returns the child's pid.
+fn clone3_child(set_tid: u32, cgroup: Option<i32>, child: impl FnOnce()) -> u32 {
     #[repr(C)]
     #[derive(Default)]
     struct CloneArgs {
@@ -642,19 +744,23 @@ fn spawn_with_pid(pid: u32) -> u32 {
         set_tid_size: u64,
         cgroup: u64,
     }
-    let set_tid = [pid as libc::pid_t];
-    let args = CloneArgs {
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let tids = [set_tid as libc::pid_t];
+    let mut args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: set_tid.as_ptr() as u64,
-        set_tid_size: 1,
         ..Default::default()
     };
-    let path = std::ffi::CString::new("/bin/sleep").unwrap();
-    let arg0 = std::ffi::CString::new("sleep").unwrap();
-    let arg1 = std::ffi::CString::new("60").unwrap();
-    let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
-    // Safety: clone3 without CLONE_VM forks; the child only calls execv (and
-    // _exit if that fails), both async-signal-safe, on memory prepared before.
+    if set_tid != 0 {
+        args.set_tid = tids.as_ptr() as u64;
+        args.set_tid_size = 1;
+    }
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
+    // Safety: clone3 without CLONE_VM forks; the child only runs `child`,
+    // which makes async-signal-safe calls on memory prepared before, and
+    // _exit.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -663,22 +769,36 @@ fn spawn_with_pid(pid: u32) -> u32 {
         )
     };
     if ret == 0 {
+        child();
         // Safety: see above.
-        unsafe {
-            libc::execv(path.as_ptr(), argv.as_ptr());
-            libc::_exit(127);
-        }
+        unsafe { libc::_exit(0) };
     }
     assert!(
         ret > 0,
-        "clone3 with set_tid={pid} failed: {}",
+        "clone3 (set_tid={set_tid}) failed: {}",
         std::io::Error::last_os_error()
     );
     ret as u32
 }
 
+/// Creates a process with exactly `pid` (clone3 with set_tid, root only) that
+/// execs `sleep 60` (outside the tagged cgroup), and returns it.
+fn spawn_with_pid(pid: u32) -> u32 {
+    let path = std::ffi::CString::new("/bin/sleep").unwrap();
+    let arg0 = std::ffi::CString::new("sleep").unwrap();
+    let arg1 = std::ffi::CString::new("60").unwrap();
+    let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
+    clone3_child(pid, None, || {
+        // Safety: execv is async-signal-safe; its arguments were prepared
+        // before the fork.
+        unsafe {
+            libc::execv(path.as_ptr(), argv.as_ptr());
+        }
+    })
+}
+
 #[test]
-fn pid_reuse_after_connect_is_visible_through_the_origin() {
+fn a_pid_recycled_a_tick_after_the_connect_is_refused_by_the_attestor() {
     let mut fx = Fixture::new();
     let agent = fx.cgroups.path.join("agent.service");
     let mut client = fx.cgroups.spawn(
@@ -688,37 +808,129 @@ fn pid_reuse_after_connect_is_visible_through_the_origin() {
     let (stream, origin) = fx.accept_with_origin(&fx.injector);
     let connected = parse_connected(&client.line());
     let origin = origin.expect("Origin");
-    assert!(
-        start_boot_ns(connected.pid) <= origin.connect_boot_ns,
-        "the connecting process started before its connect"
-    );
+    let cached = fx.attestor();
+    cached.attest(&origin).expect("the process that connected");
 
-    // The agent exits; another program gets its pid.
+    // The agent exits; at the next clock tick another program gets its pid.
     drop(stream);
     assert!(client.line().starts_with("got"));
     fx.cgroups.kill_all();
-    // Start times have clock-tick resolution (10 ms). Recycling a pid through
-    // the whole pid space takes far longer than that; only root can force it
-    // at once (clone3 set_tid, as here), so let a couple of ticks pass first.
-    let tick_ns = 1_000_000_000
-        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .unwrap()
-            .unwrap() as u64;
-    wait_until("two clock ticks after the connect", TIMEOUT, || {
-        boot_ns() > origin.connect_boot_ns + 2 * tick_ns
+    let tick_ns = 1_000_000_000 / ticks_per_second();
+    let next_tick = (origin.connect_boot_ns / tick_ns + 1) * tick_ns;
+    wait_until("the clock tick after the connect", TIMEOUT, || {
+        boot_ns() >= next_tick
     });
     let reused = spawn_with_pid(connected.pid);
+    let _reaped = Reaped(reused);
     assert_eq!(reused, connected.pid);
-    let started = start_boot_ns(reused);
-    // Safety: killing and reaping the child this test just created.
-    unsafe {
-        libc::kill(reused as i32, libc::SIGKILL);
-        libc::waitpid(reused as i32, std::ptr::null_mut(), 0);
-    }
-    assert!(
-        started > origin.connect_boot_ns,
-        "a process with the same pid that started after the connect is told apart by its start time"
+    assert_eq!(
+        fx.maps().exec_generation(reused),
+        origin.exec_gen,
+        "the map still holds the generation of the connect: the start time must decide"
     );
+    assert!(
+        start_boot_ns(reused) <= origin.connect_boot_ns + 3 * tick_ns,
+        "recycled within a few ticks of the connect"
+    );
+    for attestor in [cached, fx.attestor()] {
+        match attestor.attest(&origin) {
+            Err(AttestError::PidReused { tgid, .. }) => assert_eq!(tgid, reused),
+            other => {
+                panic!("attested the connection to the process that reused its pid: {other:?}")
+            }
+        }
+    }
+}
+
+/// The other side of the tick: a process that connects in the very tick it
+/// started (its start time, rounded down to the tick, is before the
+/// connect) is the process that connected, and is attested. A process
+/// forked straight into the tagged cgroup connects at once; the attempt is
+/// repeated until the connect lands in the start's tick.
+#[test]
+fn a_connect_in_the_tick_the_process_started_is_attested() {
+    const ATTEMPTS: usize = 20;
+    let fx = Fixture::new();
+    let agent = fx.cgroups.path.join("agent.service");
+    let cgroup = std::fs::File::open(&agent).unwrap();
+    let tick_ns = 1_000_000_000 / ticks_per_second();
+    let attestor = fx.attestor();
+    for _ in 0..ATTEMPTS {
+        let dst = SocketAddr::from(([127, 0, 0, 1], fx.port));
+        let connector = fork_connector(&cgroup, dst);
+        let (_stream, origin) = fx.accept_with_origin(&fx.injector);
+        let origin = origin.expect("Origin");
+        assert_eq!(origin.tgid, connector.pid);
+        let start_tick = start_boot_ns(connector.pid) / tick_ns;
+        if origin.connect_boot_ns / tick_ns != start_tick {
+            // Scheduled out past the tick: not the case under test.
+            continue;
+        }
+        let attested = attestor
+            .attest(&origin)
+            .unwrap_or_else(|e| panic!("refused a process that connected in its first tick: {e}"));
+        assert_eq!(attested.tgid, connector.pid);
+        return;
+    }
+    panic!("no connect landed in its process's first clock tick in {ATTEMPTS} attempts");
+}
+
+/// A child forked (clone3, no exec) straight into `cgroup` that connects to
+/// `dst` at once and then waits; killed and reaped on drop.
+struct Connector {
+    pid: u32,
+    _reaped: Reaped,
+}
+
+fn fork_connector(cgroup: &std::fs::File, dst: SocketAddr) -> Connector {
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V4(dst) = dst else {
+        unreachable!()
+    };
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: dst.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(dst.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let pid = clone3_child(0, Some(cgroup.as_raw_fd()), || {
+        // Safety (the caller's): only async-signal-safe calls on memory
+        // prepared before the fork.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            libc::connect(
+                fd,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            libc::pause();
+        }
+    });
+    Connector {
+        pid,
+        _reaped: Reaped(pid),
+    }
+}
+
+/// Kills and reaps a child the test created, on drop.
+struct Reaped(u32);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        // Safety: killing and reaping a child this test created.
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGKILL);
+            libc::waitpid(self.0 as i32, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
+fn ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .unwrap()
+        .unwrap() as u64
 }
 
 #[test]

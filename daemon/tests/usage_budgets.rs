@@ -4,26 +4,21 @@
 //! (a sink), never on sleeps. Loopback only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod injector_support;
-
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use injector_support::*;
 use tokio::{
     net::TcpListener,
     sync::{Notify, mpsc, watch},
@@ -38,8 +33,16 @@ use warrant::{
     response::Target,
     usage::{
         Admission, AdmitRequest, Budgets, LocalLedger, Outcome, PriceTable, UsageRecord, UsageSink,
+        redis::RedisLedger,
     },
 };
+use warrant_test_support::{
+    injector::*, logs::Logs, pki::*, redis::RedisServer, upstream::ChannelBody,
+};
+
+/// Upper bound for anything the tests wait on, so a regression fails
+/// instead of hanging. Nothing waits for it to pass.
+const DEADLINE: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- provider
 
@@ -94,17 +97,6 @@ impl Provider {
             started_changed,
         }
     }
-
-    /// Waits until `n` streams have sent their first event.
-    async fn wait_started(&self, n: usize) {
-        loop {
-            let changed = self.started_changed.notified();
-            if self.started.load(Ordering::SeqCst) >= n {
-                return;
-            }
-            changed.await;
-        }
-    }
 }
 
 async fn respond(
@@ -133,22 +125,6 @@ async fn respond(
         .header("content-type", "text/event-stream")
         .body(ChannelBody(rx).boxed())
         .unwrap()
-}
-
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.get_mut()
-            .0
-            .poll_recv(cx)
-            .map(|c| c.map(|d| Ok(Frame::data(d))))
-    }
 }
 
 // ---------------------------------------------------------------- gate
@@ -234,12 +210,21 @@ fn budgets(
     local: LocalLedger,
     clock: Arc<ManualClock>,
 ) -> (Budgets, mpsc::UnboundedReceiver<UsageRecord>) {
+    budgets_in(local, false, None, clock)
+}
+
+fn budgets_in(
+    local: LocalLedger,
+    durable: bool,
+    redis: Option<RedisLedger>,
+    clock: Arc<ManualClock>,
+) -> (Budgets, mpsc::UnboundedReceiver<UsageRecord>) {
     let budgets = Budgets::new(
         UsageConfig::default(),
         PriceTable::new(&[], true).unwrap(),
         local,
-        false,
-        None,
+        durable,
+        redis,
         clock,
     );
     let (tx, rx) = mpsc::unbounded_channel();
@@ -270,7 +255,7 @@ fn chat() -> Request<Full<Bytes>> {
 }
 
 async fn next_record(rx: &mut mpsc::UnboundedReceiver<UsageRecord>) -> UsageRecord {
-    tokio::time::timeout(Duration::from_secs(20), rx.recv())
+    tokio::time::timeout(DEADLINE, rx.recv())
         .await
         .expect("a usage record")
         .unwrap()
@@ -285,102 +270,184 @@ fn tokens(limit: u64) -> RuleLimits {
 
 // ---------------------------------------------------------------- tests
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_streams_never_overshoot_the_token_budget_and_settling_frees_room() {
-    let pki = TestPki::new();
-    let provider = Provider::start(&pki).await;
-    let (budgets, mut records) = budgets(LocalLedger::in_memory(), clock());
-    let limit = 1000;
-    let gate = Arc::new(BudgetOnly {
-        budgets: budgets.clone(),
-        limits: tokens(limit),
-    });
-    let harness = Harness::start_with(&pki, "", Some(gate)).await;
+/// Where a concurrency test keeps its budgets.
+enum Ledger {
+    Memory,
+    /// `<dir>/usage.sqlite`, as the daemon's state dir holds it.
+    Sqlite(tempfile::TempDir),
+    /// A real redis-server (the embedded ledger is the unused fallback).
+    Redis(RedisServer),
+}
 
-    // N concurrent streams, all held open by the provider.
-    let n = 12;
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let mut agent = harness.h1(provider.addr, OPENAI).await;
-        tasks.push(tokio::spawn(async move {
-            let response = agent.send(chat()).await;
-            let status = response.status();
-            let retry = response.headers().get("retry-after").cloned();
-            let body = body_text(response).await;
-            (status, retry, body)
-        }));
+impl Ledger {
+    fn budgets(&self, clock: Arc<ManualClock>) -> (Budgets, mpsc::UnboundedReceiver<UsageRecord>) {
+        let now = warrant::clock::Clock::now(clock.as_ref()).as_second();
+        let (local, durable, redis) = match self {
+            Ledger::Memory => (LocalLedger::in_memory(), false, None),
+            Ledger::Sqlite(dir) => (
+                LocalLedger::open(&dir.path().join("usage.sqlite"), now).unwrap(),
+                true,
+                None,
+            ),
+            Ledger::Redis(server) => (
+                LocalLedger::in_memory(),
+                false,
+                Some(RedisLedger::new(&server.url, Duration::from_secs(2)).unwrap()),
+            ),
+        };
+        budgets_in(local, durable, redis, clock)
     }
-    let admitted = (limit / WORST) as usize; // 7
-    provider.wait_started(admitted).await;
-    // Every refusal has been answered before the streams are released.
-    let mut results = Vec::new();
-    let mut pending = Vec::new();
-    for task in tasks {
-        if task.is_finished() {
-            results.push(task.await.unwrap());
-        } else {
-            pending.push(task);
+
+    /// Tokens reserved or used in the last hour, where the test can read
+    /// them (the embedded ledgers).
+    fn tokens_used(&self, budgets: &Budgets) -> Option<u64> {
+        match self {
+            Ledger::Redis(_) => None,
+            _ => Some(budgets.status().windows[0].1[1]),
         }
     }
-    // The refused ones finish without the release; wait for exactly them.
-    while results.len() < n - admitted {
-        let (done, _, rest) = futures_util::future::select_all(pending).await;
-        results.push(done.unwrap());
-        pending = rest;
-    }
-    assert_eq!(
-        pending.len(),
-        admitted,
-        "admitted while the budget was reserved"
-    );
-    for (status, retry, body) in &results {
-        assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-        assert!(retry.is_some());
-        assert!(body.contains("tokens_per_hour"), "{body}");
-    }
-    let reserved: u64 = budgets.status().windows[0].1[1];
-    assert_eq!(reserved, admitted as u64 * WORST);
-    assert!(reserved <= limit);
+}
 
-    provider.release.send(true).unwrap();
-    for task in pending {
-        let (status, _, body) = task.await.unwrap();
-        assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("[DONE]"));
-    }
-    for _ in 0..admitted {
-        let record = next_record(&mut records).await;
-        assert_eq!(record.outcome, Outcome::Counted);
-        assert_eq!(record.usage.total(), 60);
-        assert!(!record.cut_off);
-        // gpt-4o at 2.50 / 10.00 per million: 10 * 2.5 + 50 * 10 = 525 micro-USD.
-        assert_eq!(record.cost_micro_usd, 525);
-    }
-    // Settled to what was used: 7 * 60 = 420; 580 left fits 4 more worst cases.
-    assert_eq!(budgets.status().windows[0].1[1], admitted as u64 * 60);
-    let uri: http::Uri = "/v1/chat/completions".parse().unwrap();
-    let headers = http::HeaderMap::new();
-    let head = RequestHead {
-        method: &http::Method::POST,
-        uri: &uri,
-        headers: &headers,
+#[test]
+fn concurrent_streams_never_overshoot_the_token_budget_in_memory() {
+    concurrent_streams_never_overshoot(Ledger::Memory);
+}
+
+#[test]
+fn concurrent_streams_never_overshoot_the_token_budget_in_sqlite() {
+    concurrent_streams_never_overshoot(Ledger::Sqlite(tempfile::tempdir().unwrap()));
+}
+
+#[test]
+fn concurrent_streams_never_overshoot_the_token_budget_in_redis() {
+    let Some(server) = RedisServer::start() else {
+        return;
     };
-    let chat = api(Scheme::OpenAi).parse(&head, CHAT.as_bytes()).unwrap();
-    let admit = || {
-        budgets.admit(AdmitRequest {
-            workload: "agent",
-            upstream: OPENAI,
-            scheme: Scheme::OpenAi,
-            request: &chat,
+    concurrent_streams_never_overshoot(Ledger::Redis(server));
+}
+
+/// N concurrent streams against a budget that fits 7 worst cases: exactly 7
+/// are admitted and held open by the provider, the rest refused at once;
+/// settling frees the room the responses did not use. An overshoot fails
+/// with the counts (never hangs: everything waits under `DEADLINE`).
+fn concurrent_streams_never_overshoot(ledger: Ledger) {
+    let logs = Logs::capture();
+    logs.runtime(2).block_on(async {
+        let pki = TestPki::new();
+        let provider = Provider::start(&pki).await;
+        let (budgets, mut records) = ledger.budgets(clock());
+        let limit = 1000;
+        let gate = Arc::new(BudgetOnly {
+            budgets: budgets.clone(),
             limits: tokens(limit),
-        })
-    };
-    let mut held = Vec::new();
-    for _ in 0..4 {
-        held.push(admit().await.expect("room freed by settling"));
-    }
-    assert!(admit().await.is_err());
-    assert_no_secret_in_logs();
+        });
+        let harness = Harness::start_with(&pki, "", Some(gate)).await;
+
+        // N concurrent streams: each is either admitted (the provider starts
+        // it and holds it open) or refused (answered at once).
+        let n = 12;
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let mut agent = harness.h1(provider.addr, OPENAI).await;
+            tasks.push(tokio::spawn(async move {
+                let response = agent.send(chat()).await;
+                let status = response.status();
+                let retry = response.headers().get("retry-after").cloned();
+                let body = body_text(response).await;
+                (status, retry, body)
+            }));
+        }
+        let admitted = (limit / WORST) as usize; // 7
+        let counts = || {
+            (
+                provider.started.load(Ordering::SeqCst),
+                tasks.iter().filter(|t| t.is_finished()).count(),
+            )
+        };
+        let all_decided = async {
+            loop {
+                let wake = provider.started_changed.notified();
+                let (started, answered) = counts();
+                if started + answered >= n {
+                    return;
+                }
+                // A refusal is answered without telling the provider: poll.
+                let _ = tokio::time::timeout(Duration::from_millis(5), wake).await;
+            }
+        };
+        if tokio::time::timeout(DEADLINE, all_decided).await.is_err() {
+            let (started, answered) = counts();
+            panic!("of {n} requests, {started} streams started and {answered} were answered");
+        }
+        let (started, answered) = counts();
+        assert_eq!(
+            (started, answered),
+            (admitted, n - admitted),
+            "admitted while the budget was reserved (streams started, requests answered at once)"
+        );
+        let (mut refused, mut pending) = (Vec::new(), Vec::new());
+        for task in tasks {
+            if task.is_finished() {
+                refused.push(task.await.unwrap());
+            } else {
+                pending.push(task);
+            }
+        }
+        for (status, retry, body) in &refused {
+            assert_eq!(*status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+            assert!(retry.is_some());
+            assert!(body.contains("tokens_per_hour"), "{body}");
+        }
+        if let Some(reserved) = ledger.tokens_used(&budgets) {
+            assert_eq!(reserved, admitted as u64 * WORST);
+        }
+
+        provider.release.send(true).unwrap();
+        for task in pending {
+            let (status, _, body) = tokio::time::timeout(DEADLINE, task)
+                .await
+                .expect("an admitted stream ends once released")
+                .unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert!(body.contains("[DONE]"));
+        }
+        for _ in 0..admitted {
+            let record = next_record(&mut records).await;
+            assert_eq!(record.outcome, Outcome::Counted);
+            assert_eq!(record.usage.total(), 60);
+            assert!(!record.cut_off);
+            // gpt-4o at 2.50 / 10.00 per million: 10 * 2.5 + 50 * 10 = 525 micro-USD.
+            assert_eq!(record.cost_micro_usd, 525);
+        }
+        // Settled to what was used: 7 * 60 = 420; 580 left fits 4 more worst
+        // cases, and not a fifth.
+        if let Some(used) = ledger.tokens_used(&budgets) {
+            assert_eq!(used, admitted as u64 * 60);
+        }
+        let uri: http::Uri = "/v1/chat/completions".parse().unwrap();
+        let headers = http::HeaderMap::new();
+        let head = RequestHead {
+            method: &http::Method::POST,
+            uri: &uri,
+            headers: &headers,
+        };
+        let chat = api(Scheme::OpenAi).parse(&head, CHAT.as_bytes()).unwrap();
+        let admit = || {
+            budgets.admit(AdmitRequest {
+                workload: "agent",
+                upstream: OPENAI,
+                scheme: Scheme::OpenAi,
+                request: &chat,
+                limits: tokens(limit),
+            })
+        };
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(admit().await.expect("room freed by settling"));
+        }
+        assert!(admit().await.is_err());
+        logs.assert_none_of(&SECRETS);
+    });
 }
 
 #[tokio::test]

@@ -1,15 +1,10 @@
 //! Fleet-wide budgets against a real redis-server that the test starts on
 //! 127.0.0.1 (a free port, no persistence) and stops. Without redis-server
-//! on PATH the tests say so and pass, except under CI (`cargo xtask setup`
-//! installs it there), where they fail.
+//! on PATH the tests are skipped, visibly, or fail where prerequisites are
+//! required (CI; see `warrant_test_support::prereq`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::Arc,
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use http::HeaderMap;
 use warrant::{
@@ -19,70 +14,7 @@ use warrant::{
     provider::{RequestHead, Scheme, api},
     usage::{AdmitRequest, BudgetRefusal, Budgets, LocalLedger, PriceTable, redis::RedisLedger},
 };
-
-struct RedisServer {
-    child: Child,
-    url: String,
-}
-
-impl RedisServer {
-    /// None when redis-server is not installed (outside CI).
-    fn start() -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed (cargo xtask setup installs it)"
-            );
-            eprintln!("redis-server not found: skipping (cargo xtask setup installs it)");
-            return None;
-        }
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let mut child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--protected-mode",
-                "yes",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Readiness: the server says so on stdout.
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("Ready to accept connections") => break,
-                Some(Ok(_)) => {}
-                _ => panic!("redis-server exited before it was ready"),
-            }
-        }
-        // Keep draining so that the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Some(RedisServer {
-            child,
-            url: format!("redis://127.0.0.1:{port}/"),
-        })
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use warrant_test_support::redis::RedisServer;
 
 fn budgets(url: &str, on_down: RedisUnreachable, clock: Arc<ManualClock>) -> Budgets {
     let settings = UsageConfig {

@@ -108,18 +108,67 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Set for the tests when a missing prerequisite must fail them (see
+/// daemon/tests/support/prereq.rs); `.ci/run` exports it too.
+const REQUIRE_PREREQS: &str = "WARRANT_REQUIRE_PREREQS";
+/// The file each skipped test appends a line to.
+const SKIP_LOG: &str = "WARRANT_SKIP_LOG";
+
 fn test(unprivileged: bool) -> Result<()> {
     setup::run()?;
+    if !unprivileged && !nix_is_root() {
+        bail!(
+            "the privileged tests (eBPF, cgroups) need root: run as root, or pass --unprivileged to skip them"
+        );
+    }
+    // A full run proves everything: a test whose prerequisite (root, ::1, a
+    // group, redis-server, ...) is missing fails. --unprivileged lets such
+    // tests skip, and says which did.
+    let skip_log = workspace_root().join("target/test-skips.log");
+    std::fs::create_dir_all(workspace_root().join("target"))?;
+    std::fs::write(&skip_log, "")
+        .with_context(|| format!("cannot reset {}", skip_log.display()))?;
+    let mut env = vec![(SKIP_LOG, skip_log.display().to_string())];
+    if !unprivileged {
+        env.push((REQUIRE_PREREQS, "1".to_owned()));
+    }
+    let result = test_all(unprivileged, &env);
+    report_skips(&skip_log);
+    result
+}
+
+/// Prints the tests that were skipped for a missing prerequisite, if any.
+fn report_skips(skip_log: &std::path::Path) {
+    let skipped = std::fs::read_to_string(skip_log).unwrap_or_default();
+    let lines: Vec<&str> = skipped.lines().filter(|l| !l.is_empty()).collect();
+    if lines.is_empty() {
+        println!("xtask: no test was skipped");
+        return;
+    }
+    println!(
+        "xtask: {} test(s) SKIPPED for a missing prerequisite (not proved by this run):",
+        lines.len()
+    );
+    for line in lines {
+        println!("  {line}");
+    }
+}
+
+fn test_all(unprivileged: bool, env: &[(&str, String)]) -> Result<()> {
+    let cargo = |args: &[&str]| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        run_cmd(
+            Command::new(cargo)
+                .args(args)
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .current_dir(workspace_root()),
+        )
+    };
     // warrant-ebpf builds only for the bpf target (daemon/build.rs does that).
     cargo(&["test", "--workspace", "--exclude", "warrant-ebpf"])?;
     if unprivileged {
         println!("xtask: skipping the privileged tests (--unprivileged)");
         return Ok(());
-    }
-    if !nix_is_root() {
-        bail!(
-            "the privileged tests (eBPF, cgroups) need root: run as root, or pass --unprivileged to skip them"
-        );
     }
     let bpffs_was_mounted = bpffs_mounted();
     // The prctl watch is a tracepoint, found through tracefs; systemd hosts

@@ -148,19 +148,4 @@ mod tests {
         assert_eq!(unit_of("/warrant.slice/warrant-agents.slice"), None);
         assert_eq!(unit_of("/"), None);
     }
-
-    #[test]
-    fn our_own_cgroup_resolves_from_its_id() {
-        let Ok(mount) = crate::mounts::cgroup2() else {
-            return;
-        };
-        let resolver = CgroupResolver::new(Some(mount));
-        let me = std::process::id();
-        let path = super::super::process::cgroup_v2_path(me).unwrap();
-        let id = resolver.id_of(&path).unwrap();
-        assert_eq!(resolver.path_of(id, me), Some(path.clone()));
-        // A resolver that cannot use the hint walks the tree.
-        let walker = CgroupResolver::new(resolver.mount().map(Path::to_path_buf));
-        assert_eq!(walker.walk_for(id), Some(path));
-    }
 }

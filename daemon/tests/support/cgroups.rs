@@ -1,6 +1,5 @@
-//! Helpers for the privileged tests: cgroups, bpffs pins and processes that
-//! the test creates itself and removes on drop (also when a test panics).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! For the privileged tests: cgroups, bpffs pins and processes that the
+//! test creates itself and removes on drop (also when a test panics).
 
 use std::{
     ffi::CString,
@@ -10,7 +9,6 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::atomic::{AtomicUsize, Ordering},
-    time::{Duration, Instant},
 };
 
 use warrant::redirect::cgroup;
@@ -181,13 +179,3 @@ pub fn python(script: &str) -> Command {
     cmd.arg("-u").arg("-c").arg(script);
     cmd
 }
-
-/// Waits until `cond` holds, polling, or panics after `timeout`.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-pub mod mock_provider;

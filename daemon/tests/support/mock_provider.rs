@@ -11,7 +11,6 @@
 //! (SSE) when the request asks for it. A request with `x-mock-hold: 1` gets its
 //! first streamed event and then waits until `release_held` is called, so a
 //! test can prove that events are not buffered on the way.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     collections::HashMap,
@@ -19,7 +18,10 @@ use std::{
     io::Write,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -61,6 +63,9 @@ struct State {
     settings: MockSettings,
     records: Mutex<Vec<Value>>,
     hold: Notify,
+    /// TCP connections accepted, counted before TLS: a connection that
+    /// escaped redirection shows here even if its handshake then fails.
+    connects: AtomicUsize,
 }
 
 /// A running mock provider; stops when dropped.
@@ -85,6 +90,7 @@ impl MockProvider {
             settings,
             records: Mutex::new(Vec::new()),
             hold: Notify::new(),
+            connects: AtomicUsize::new(0),
         });
         let acceptor = TlsAcceptor::from(Arc::new(server_config));
         for addr in listen {
@@ -95,6 +101,7 @@ impl MockProvider {
                     let Ok((tcp, _)) = listener.accept().await else {
                         continue;
                     };
+                    state.connects.fetch_add(1, Ordering::SeqCst);
                     let (acceptor, state) = (acceptor.clone(), state.clone());
                     tokio::spawn(async move {
                         let Ok(tls) = acceptor.accept(tcp).await else {
@@ -119,6 +126,11 @@ impl MockProvider {
     /// Every request seen so far, oldest first.
     pub fn records(&self) -> Vec<Value> {
         self.state.records.lock().unwrap().clone()
+    }
+
+    /// TCP connections accepted so far (before TLS, so every connect).
+    pub fn tcp_connects(&self) -> usize {
+        self.state.connects.load(Ordering::SeqCst)
     }
 
     /// Lets a held stream (`x-mock-hold: 1`) continue.

@@ -1,0 +1,40 @@
+//! What warrant's integration tests (and the examples: the mock provider,
+//! the benchmarks) share, one module per concern. Everything stays on
+//! loopback or in cgroups, pins and processes the test made itself, and is
+//! removed on drop (also when a test panics).
+//!
+//! - [`prereq`]: what a test needs from the host (root, ::1, a group,
+//!   redis-server, ...): skipped visibly, or failed when CI requires it;
+//! - [`logs`]: the log lines of one test, never another's;
+//! - [`wait`]: bounded waits on a condition (no sleep as synchronisation);
+//! - [`pki`]: a throwaway public CA, mock server certificates, TLS clients;
+//! - [`upstream`]: a scripted in-process mock upstream (SSE, echo, hang,
+//!   WebSocket) that records what it received;
+//! - [`mock_provider`]: the stand-in for the OpenAI, Anthropic and Gemini
+//!   APIs that the end-to-end tests, the demo and the VM tests run;
+//! - [`injector`]: the injector in-process with `StaticOrigins`, and
+//!   agent-side h1/h2 clients;
+//! - [`monitored`]: the injector with its responder, audit log, metrics and
+//!   a real credential store holding a canary, behind a scripted gate;
+//! - [`daemon`]: the daemon's request path as `warrant run` builds it (the
+//!   real gate, budgets, `Reloader` and control backend), minus eBPF;
+//! - [`credentials`]: a standards-conformant mock OAuth token endpoint,
+//!   refresh settings, private files;
+//! - [`config`]: configuration text shared by the config tests;
+//! - [`redis`]: a real redis-server on a free loopback port;
+//! - [`cgroups`]: cgroups, bpffs pins and processes for privileged tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod cgroups;
+pub mod config;
+pub mod credentials;
+pub mod daemon;
+pub mod injector;
+pub mod logs;
+pub mod mock_provider;
+pub mod monitored;
+pub mod pki;
+pub mod prereq;
+pub mod redis;
+pub mod upstream;
+pub mod wait;
