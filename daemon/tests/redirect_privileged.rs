@@ -19,6 +19,7 @@ use warrant::{
 };
 use warrant_test_support::{
     cgroups::{TestCgroup, TestPins, python},
+    prereq::{self, Need},
     wait::wait_until,
 };
 
@@ -531,6 +532,11 @@ os.execv("/bin/sleep", ["sleep", "60"])
 #[test]
 fn prctl_set_mm_in_a_tagged_cgroup_marks_it_and_elsewhere_does_not() {
     use warrant::attest::ExecGenerations;
+    // The watch is a tracepoint found through tracefs (`cargo xtask test`
+    // mounts it where the host has not).
+    if !prereq::require(&[Need::Tracefs]) {
+        return;
+    }
     let mut fx = Fixture::new();
     // PR_SET_MM (35), PR_SET_MM_MAP (14) with no map: the kernel refuses
     // it (EINVAL), but the watch sees the attempt on entry.
@@ -828,10 +834,9 @@ fn a_pid_recycled_a_tick_after_the_connect_is_refused_by_the_attestor() {
         origin.exec_gen,
         "the map still holds the generation of the connect: the start time must decide"
     );
-    assert!(
-        start_boot_ns(reused) <= origin.connect_boot_ns + 3 * tick_ns,
-        "recycled within a few ticks of the connect"
-    );
+    // The case under test: a start time in a later tick than the connect
+    // (the same tick cannot be told apart; README, Known limits).
+    assert!(start_boot_ns(reused) > origin.connect_boot_ns);
     for attestor in [cached, fx.attestor()] {
         match attestor.attest(&origin) {
             Err(AttestError::PidReused { tgid, .. }) => assert_eq!(tgid, reused),
