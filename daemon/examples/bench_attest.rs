@@ -1,5 +1,5 @@
-//! Attestation benchmark: run with
-//! `AYA_BUILD_SKIP=1 cargo run --release -p warrant --example bench_attest [MiB]`.
+//! Attestation benchmark: `cargo xtask bench attest` (as root), or
+//! `cargo run --release -p warrant --example bench_attest [MiB]`.
 //!
 //! Prints
 //! - the cost of attesting one connection with a warm cache (target: at most
@@ -7,7 +7,12 @@
 //!   python3 running a script, so that entrypoint resolution is included):
 //!   once for a process already attested (the usual case: an agent opens
 //!   many connections), and once for a process's first connection when its
-//!   binary and script are already hashed (the /proc reads included);
+//!   binary and script are already hashed (the /proc reads included). As
+//!   root, the exec generations and prctl marks are read from the real eBPF
+//!   maps, as the daemon's attestor reads them: the programs are attached to
+//!   a cgroup this program creates (removed on exit), the child runs in a
+//!   tagged cgroup below it, so its exec was stamped by the kernel. Without
+//!   root it says so and uses an in-memory map instead;
 //! - cold hashing throughput (MB/s) of a fresh cache on a file of MiB
 //!   mebibytes (default 256), against the machine's `sha256sum` on the same
 //!   file in the same run, with the ratio.
@@ -29,7 +34,9 @@ use warrant::{
     },
     config::AttestConfig,
     origin::Origin,
+    redirect::{RedirectSettings, Redirector, cgroup},
 };
+use warrant_test_support::cgroups::{TestCgroup, TestPins};
 
 const WARM_ITERATIONS: usize = 20_000;
 const TARGET_US: f64 = 20.0;
@@ -50,9 +57,32 @@ fn warm_attestation(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::copy("/bin/sh", &python)?;
     std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755))?;
     std::fs::write(dir.join("agent.py"), "echo ready\nread line\n")?;
-    let mut child = Command::new(&python)
-        .arg("agent.py")
-        .current_dir(dir)
+    let kernel = Kernel::attach()?;
+    let mut command = Command::new(&python);
+    command.arg("agent.py").current_dir(dir);
+    if let Some(kernel) = &kernel {
+        // Started in the tagged cgroup: the programs stamp its exec.
+        let agent = kernel.agent_cgroup.clone();
+        let procs = std::ffi::CString::new(
+            agent
+                .join("cgroup.procs")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )?;
+        // Safety: the closure runs in the forked child before exec and only
+        // calls async-signal-safe functions on memory prepared before.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+                if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(fd);
+                Ok(())
+            });
+        }
+    }
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
@@ -63,7 +93,19 @@ fn warm_attestation(dir: &std::path::Path) -> anyhow::Result<()> {
         }
         anyhow::ensure!(line == "ready\n", "child did not start: {line:?}");
         let tgid = child.id();
-        let generations: Arc<dyn ExecGenerations> = Arc::new(MemoryExecGenerations::default());
+        let (generations, exec_gen): (Arc<dyn ExecGenerations>, u64) = match &kernel {
+            Some(kernel) => {
+                let maps = kernel.redirector.maps();
+                let exec_gen = maps.exec_generation(tgid);
+                anyhow::ensure!(exec_gen != 0, "the child's exec was not stamped");
+                println!("exec generations and prctl marks: the real eBPF maps");
+                (maps, exec_gen)
+            }
+            None => {
+                println!("exec generations: an in-memory map (not root: no eBPF maps)");
+                (Arc::new(MemoryExecGenerations::default()), 0)
+            }
+        };
         let attestor = Attestor::new(
             &AttestConfig::default(),
             generations,
@@ -77,7 +119,7 @@ fn warm_attestation(dir: &std::path::Path) -> anyhow::Result<()> {
             uid: 0,
             gid: 0,
             cgroup_id: attestor.cgroups().id_of(&cgroup).unwrap_or(0),
-            exec_gen: 0,
+            exec_gen,
             connect_boot_ns: process::boot_time_ns(),
         };
         let cold = Instant::now();
@@ -134,7 +176,59 @@ fn warm_attestation(dir: &std::path::Path) -> anyhow::Result<()> {
     }
     let _ = child.kill();
     let _ = child.wait();
+    if let Some(kernel) = kernel {
+        kernel.detach();
+    }
     result
+}
+
+/// The eBPF programs attached to a cgroup this benchmark created, with a
+/// tagged cgroup below it; detached and removed on drop (root only).
+struct Kernel {
+    redirector: Redirector,
+    agent_cgroup: std::path::PathBuf,
+    // Dropped after the redirector: processes first, then the directories.
+    _cgroups: TestCgroup,
+    _pins: TestPins,
+}
+
+impl Kernel {
+    fn attach() -> anyhow::Result<Option<Kernel>> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(None);
+        }
+        let cgroups = TestCgroup::new();
+        let agent_cgroup = cgroups.sub("agent.service");
+        let pins = TestPins::new();
+        let redirector = Redirector::start(RedirectSettings {
+            cgroup_root: cgroups.path.clone(),
+            pin_dir: pins.path.clone(),
+            listen4: "127.0.0.1:9".parse()?,
+            listen6: None,
+            ports: Vec::new(),
+            block_quic: false,
+            bypass_mark: warrant::config::DEFAULT_BYPASS_MARK,
+        })?;
+        redirector.maps().tag(cgroup::cgroup_id(&agent_cgroup)?)?;
+        Ok(Some(Kernel {
+            redirector,
+            agent_cgroup,
+            _cgroups: cgroups,
+            _pins: pins,
+        }))
+    }
+
+    fn detach(self) {
+        let Kernel {
+            redirector,
+            _cgroups,
+            _pins,
+            ..
+        } = self;
+        if let Err(error) = redirector.detach() {
+            eprintln!("detaching the benchmark's programs: {error}");
+        }
+    }
 }
 
 fn micros(d: Duration) -> f64 {
