@@ -23,7 +23,9 @@
 //! - [`config`]: configuration text shared by the config tests;
 //! - [`redis`]: a real redis-server on a free loopback port;
 //! - [`cgroups`]: cgroups, bpffs pins and processes for privileged tests.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Test code panics rather than returning errors (the failure keeps its
+// stack), and its `new()`s make cgroups, pins and keys: not defaults.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::new_without_default)]
 
 pub mod cgroups;
 pub mod config;
