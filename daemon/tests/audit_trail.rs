@@ -13,6 +13,29 @@ use warrant_test_support::{
     daemon::Daemon, injector::*, logs::Logs, monitored::*, pki::*, upstream::*, wait::eventually,
 };
 
+/// The canary in none of the places that must not hold it: this test's
+/// logs, the audit file, the metrics, the answers the agent and the
+/// operator got.
+fn assert_canary_nowhere(logs: &Logs, audit: &str, metrics: &str, answers: &[String]) {
+    let text = logs.text();
+    for (place, haystack) in [
+        ("logs", text.as_str()),
+        ("audit file", audit),
+        ("metrics", metrics),
+    ] {
+        assert!(
+            !haystack.contains(CANARY),
+            "the canary credential appeared in the {place}"
+        );
+    }
+    for answer in answers {
+        assert!(
+            !answer.contains(CANARY),
+            "the canary credential appeared in a response or control answer"
+        );
+    }
+}
+
 async fn text_of(response: http::Response<hyper::body::Incoming>) -> (u16, String) {
     let status = response.status().as_u16();
     let headers = format!("{:?}", response.headers());
@@ -226,25 +249,8 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
         && matches!(s.value, prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) if v == 34.0)));
 
     // The canary: nowhere.
-    let text = logs.text();
-    assert!(text.contains("credential issued"), "the store did fetch it");
-    let audit = h.audit_text();
-    for (place, text) in [
-        ("logs", text.as_str()),
-        ("audit file", audit.as_str()),
-        ("metrics", exposition.as_str()),
-    ] {
-        assert!(
-            !text.contains(CANARY),
-            "the canary credential appeared in the {place}"
-        );
-    }
-    for text in &seen {
-        assert!(
-            !text.contains(CANARY),
-            "the canary credential appeared in a response"
-        );
-    }
+    assert!(logs.contains("credential issued"), "the store did fetch it");
+    assert_canary_nowhere(&logs, &h.audit_text(), &exposition, &seen);
     // It did reach the upstream.
     assert!(mock.seen().iter().any(|s| {
         s.headers
@@ -344,25 +350,7 @@ fn the_canary_appears_nowhere_through_the_real_gate_budgets_and_reload() {
             d.audit_text().matches("\"kind\":\"request\"").count() >= 7
         })
         .await;
-        let audit = d.audit_text();
-        let exposition = d.metrics.render();
-        let text = logs.text();
-        for (place, haystack) in [
-            ("logs", text.as_str()),
-            ("audit file", audit.as_str()),
-            ("metrics", exposition.as_str()),
-        ] {
-            assert!(
-                !haystack.contains(CANARY),
-                "the canary credential appeared in the {place}"
-            );
-        }
-        for answer in &seen {
-            assert!(
-                !answer.contains(CANARY),
-                "the canary credential appeared in a response or control answer"
-            );
-        }
+        assert_canary_nowhere(&logs, &d.audit_text(), &d.metrics.render(), &seen);
         let forwarded = mock
             .seen()
             .iter()

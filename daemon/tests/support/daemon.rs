@@ -16,7 +16,7 @@ use std::{
 };
 
 use tokio::{
-    net::{TcpListener, TcpSocket, TcpStream},
+    net::{TcpSocket, TcpStream},
     sync::mpsc,
 };
 use warrant::{
@@ -31,12 +31,13 @@ use warrant::{
     redirect::{Intercept, RedirectError, tagging},
     response::Responder,
     service::{self, Compiled, DaemonBackend, reload::Reloader},
-    tls::{LeafCache, LocalCa},
+    tls::LeafCache,
 };
 
 use crate::{
     credentials::write_private,
-    injector::{MISSING, OPENAI, Sender},
+    injector::{MISSING, OPENAI, Sender, local_ca, serve_on_loopback},
+    monitored::canary_upstreams,
     pki::{TestPki, roots_from_pem, tls_over},
 };
 
@@ -75,7 +76,6 @@ pub struct Daemon {
 /// sections.
 pub fn daemon_config(dir: &Path, ca_file: &Path, extra: &str) -> String {
     let d = dir.display();
-    let ca = ca_file.display();
     let uid = nix::unistd::getuid();
     format!(
         r#"
@@ -97,34 +97,15 @@ max_hash_bytes = 1
 name = "{WORKLOAD}"
 uid = {uid}
 
-[[upstream]]
-host = "{OPENAI}"
-scheme = "openai"
-credential = "openai"
-ca_file = "{ca}"
-
-[[upstream]]
-host = "{MISSING}"
-scheme = "openai"
-credential = "missing"
-ca_file = "{ca}"
-
-[[credential]]
-name = "openai"
-source = "file"
-path = "{d}/openai.key"
-
-[[credential]]
-name = "missing"
-source = "file"
-path = "{d}/missing.key"
+{upstreams}
 
 [[policy]]
 workload = "{WORKLOAD}"
 upstreams = ["{OPENAI}", "{MISSING}"]
 paths = ["/v1/chat/completions", "/v1/echo", "/v1/models"]
 tokens_per_hour = 100000
-"#
+"#,
+        upstreams = canary_upstreams(dir, ca_file)
     )
 }
 
@@ -140,12 +121,7 @@ impl Daemon {
         let mut compiled = Compiled::new(&config).unwrap();
         let state = &config.daemon.state_dir;
         std::fs::create_dir_all(state).unwrap();
-        let hosts: Vec<String> = config
-            .upstreams
-            .iter()
-            .map(|u| u.host.get_ref().clone())
-            .collect();
-        let ca = Arc::new(LocalCa::load_or_create(state, &hosts).unwrap());
+        let ca = local_ca(&config, state);
         let warrant_ca_pem = ca.ca_pem().to_owned();
         let metrics = Arc::new(Metrics::new());
         let audit = Audit::new(
@@ -185,9 +161,7 @@ impl Daemon {
             &[],
         )
         .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = listener.local_addr().unwrap();
-        tokio::spawn(Arc::new(injector).serve(listener));
+        let proxy = serve_on_loopback(injector).await;
         let control = ControlServer::bind(
             &config.control.socket,
             None,

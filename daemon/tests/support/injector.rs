@@ -133,12 +133,7 @@ impl Harness {
         let state_dir = tempfile::tempdir().unwrap();
         let text = config_text(state_dir.path(), &pki.ca_file, extra);
         let config = Config::parse(&text, "test").unwrap();
-        let hosts: Vec<String> = config
-            .upstreams
-            .iter()
-            .map(|u| u.host.get_ref().clone())
-            .collect();
-        let ca = Arc::new(LocalCa::load_or_create(state_dir.path(), &hosts).unwrap());
+        let ca = local_ca(&config, state_dir.path());
         let warrant_ca_pem = ca.ca_pem().to_owned();
         let trust_bundle = ca.write_trust_bundle(&[]).unwrap();
         let leafs = Arc::new(LeafCache::new(ca));
@@ -226,6 +221,24 @@ impl Harness {
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         Sender::h2(tls).await
     }
+}
+
+/// warrant's local CA for the config's upstreams, kept in `state_dir`.
+pub fn local_ca(config: &Config, state_dir: &std::path::Path) -> Arc<LocalCa> {
+    let hosts: Vec<String> = config
+        .upstreams
+        .iter()
+        .map(|u| u.host.get_ref().clone())
+        .collect();
+    Arc::new(LocalCa::load_or_create(state_dir, &hosts).unwrap())
+}
+
+/// Serves `injector` on a fresh 127.0.0.1 port; returns the address.
+pub async fn serve_on_loopback(injector: Injector) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(Arc::new(injector).serve(listener));
+    addr
 }
 
 pub fn origin(dst: SocketAddr) -> Origin {

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use warrant::{
     audit::{AttestationSummary, Audit, AuditLog},
     clock::ManualClock,
@@ -24,11 +24,11 @@ use warrant::{
         FixedGeneration, GateFuture, GateRequest, Identity, Injector, Refusal, RequestGate, Verdict,
     },
     response::Responder,
-    tls::{LeafCache, LocalCa},
+    tls::LeafCache,
 };
 
 use crate::{
-    injector::{MISSING, OPENAI, Sender, origin},
+    injector::{MISSING, OPENAI, Sender, local_ca, origin, serve_on_loopback},
     pki::{TestPki, roots_from_pem, tls_over},
 };
 
@@ -162,7 +162,6 @@ pub struct Monitored {
 /// is the `[daemon] audit_log` value; `extra` adds sections.
 pub fn monitored_config(dir: &Path, ca_file: &Path, audit: &str, extra: &str) -> String {
     let d = dir.display();
-    let ca = ca_file.display();
     format!(
         r#"
 [daemon]
@@ -171,6 +170,19 @@ audit_log = "{audit}"
 
 {extra}
 
+{upstreams}"#,
+        upstreams = canary_upstreams(dir, ca_file)
+    )
+}
+
+/// The upstreams of the canary tests: OpenAI (the mock, through `ca_file`)
+/// with the credential in `<dir>/openai.key`, and `MISSING`, whose
+/// credential file does not exist.
+pub fn canary_upstreams(dir: &Path, ca_file: &Path) -> String {
+    let d = dir.display();
+    let ca = ca_file.display();
+    format!(
+        r#"
 [[upstream]]
 host = "{OPENAI}"
 scheme = "openai"
@@ -219,14 +231,9 @@ impl Monitored {
         let config_path = dir.path().join("warrant.toml");
         std::fs::write(&config_path, &text).unwrap();
         let config = Config::parse(&text, "test").unwrap();
-        let hosts: Vec<String> = config
-            .upstreams
-            .iter()
-            .map(|u| u.host.get_ref().clone())
-            .collect();
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).unwrap();
-        let ca = Arc::new(LocalCa::load_or_create(&state, &hosts).unwrap());
+        let ca = local_ca(&config, &state);
         let warrant_ca_pem = ca.ca_pem().to_owned();
         let leafs = Arc::new(LeafCache::new(ca));
         let origins = Arc::new(StaticOrigins::default());
@@ -263,9 +270,7 @@ impl Monitored {
             &[],
         )
         .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = listener.local_addr().unwrap();
-        tokio::spawn(Arc::new(injector).serve(listener));
+        let proxy = serve_on_loopback(injector).await;
         Monitored {
             proxy,
             origins,
