@@ -41,6 +41,14 @@ pub mod program_names {
     pub const PRCTL: &str = "warrant_sys_enter_prctl";
 }
 
+/// Entries of `WARRANT_TAGGED`: one per cgroup a `[[workload]]` selector
+/// names (a unit, a slice, the shallowest match of a glob; their subtrees
+/// are covered by the ancestor walk). A host runs at most hundreds of agent
+/// units; 4,096 leaves room for globs over many template instances while
+/// keeping the map small. Only cgroups root made, outside every delegated
+/// subtree, are ever tagged, so no unprivileged user can fill it.
+pub const TAGGED_CAPACITY: u32 = 4096;
+
 /// How deep below the root the programs look for a tagged ancestor cgroup.
 /// systemd hierarchies are rarely deeper than 6; 32 leaves generous room.
 pub const MAX_CGROUP_DEPTH: u32 = 32;

@@ -23,8 +23,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_ANY, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
-        bpf_sock_addr,
+        BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr,
     },
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
@@ -41,7 +41,7 @@ use aya_ebpf::{
 };
 use warrant_common::{
     AF_INET, AF_INET6, FLAG_BLOCK_QUIC, FLAG_ENABLED, MAX_CGROUP_DEPTH, Origin, PeerKey,
-    RedirectConfig,
+    RedirectConfig, TAGGED_CAPACITY,
 };
 
 /// cgroup/sock_addr verdicts.
@@ -55,7 +55,9 @@ const TCP_CLOSE: u32 = 7;
 
 /// How many live redirected connections (and processes with an exec
 /// generation) are tracked. LRU maps: under pressure the oldest entries go,
-/// and a connection whose Origin was evicted is refused by the injector.
+/// and a connection whose Origin or exec generation was evicted is refused
+/// by the injector (a generation is recorded at every connect, so a missing
+/// one is always a lost record).
 const MAX_CONNECTIONS: u32 = 65536;
 
 #[map(name = "WARRANT_CONFIG")]
@@ -65,7 +67,7 @@ static CONFIG: Array<RedirectConfig> = Array::pinned(1, 0);
 static PORTS: HashMap<u16, u8> = HashMap::pinned(64, 0);
 
 #[map(name = "WARRANT_TAGGED")]
-static TAGGED: HashMap<u64, u8> = HashMap::pinned(4096, 0);
+static TAGGED: HashMap<u64, u8> = HashMap::pinned(TAGGED_CAPACITY, 0);
 
 #[map(name = "WARRANT_ORIGIN_BY_COOKIE")]
 static ORIGIN_BY_COOKIE: LruHashMap<u64, Origin> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
@@ -170,8 +172,7 @@ fn new_origin(
             bpf_ktime_get_boot_ns(),
         )
     };
-    // Safety: a lookup whose value is copied out at once.
-    let exec_gen = unsafe { EXEC_GEN.get(tgid).copied().unwrap_or(0) };
+    let exec_gen = exec_generation_at_connect(tgid, now);
     Origin {
         dst_addr,
         dst_port: u16::from_be(dst_port_be as u16),
@@ -187,6 +188,24 @@ fn new_origin(
         connect_boot_ns: now,
         cookie,
     }
+}
+
+/// The process's exec generation, recorded now if it has none (no exec
+/// seen since the programs were loaded, or its entry was evicted): so every
+/// Origin carries a generation that is in the map, and a missing entry at
+/// attestation time means the record was lost, never "unchanged". The
+/// insert does not overwrite (BPF_NOEXIST), so a concurrent exec's stamp or
+/// another thread's record wins, and the value read back is the one kept.
+/// 0 means nothing could be recorded: the caller refuses the connect.
+#[inline(always)]
+fn exec_generation_at_connect(tgid: u32, now: u64) -> u64 {
+    // Safety: lookups whose values are copied out at once.
+    if let Some(generation) = unsafe { EXEC_GEN.get(&tgid).copied() } {
+        return generation;
+    }
+    let _ = EXEC_GEN.insert(&tgid, &now, BPF_NOEXIST as u64);
+    // Safety: as above.
+    unsafe { EXEC_GEN.get(&tgid).copied() }.unwrap_or(0)
 }
 
 /// What a connect/sendmsg hook should do with this socket address.
@@ -232,9 +251,10 @@ pub fn warrant_connect4(ctx: SockAddrContext) -> i32 {
                 AF_INET,
                 AF_INET,
             );
-            if ORIGIN_BY_COOKIE
-                .insert(origin.cookie, origin, BPF_ANY as u64)
-                .is_err()
+            if origin.exec_gen == 0
+                || ORIGIN_BY_COOKIE
+                    .insert(origin.cookie, origin, BPF_ANY as u64)
+                    .is_err()
             {
                 // Without an Origin the injector would refuse the connection
                 // anyway; refusing here says so sooner.
@@ -263,9 +283,10 @@ pub fn warrant_connect6(ctx: SockAddrContext) -> i32 {
             let to_ip4 = is_v4_mapped(&dst) || !have_ip6_listener;
             let redirect_family = if to_ip4 { AF_INET } else { AF_INET6 };
             let origin = new_origin(&ctx, dst, sock.user_port, AF_INET6, redirect_family);
-            if ORIGIN_BY_COOKIE
-                .insert(origin.cookie, origin, BPF_ANY as u64)
-                .is_err()
+            if origin.exec_gen == 0
+                || ORIGIN_BY_COOKIE
+                    .insert(origin.cookie, origin, BPF_ANY as u64)
+                    .is_err()
             {
                 return REJECT;
             }
