@@ -144,6 +144,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         region: Some("us-east-1"),
         exe_path: None,
         exe_sha256: None,
+        program_refusal: None,
         upstream_host: "api.openai.com",
         method: "POST",
         path: "/v1/chat/completions",

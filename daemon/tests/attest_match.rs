@@ -9,6 +9,7 @@ use warrant::{
     attest::{
         Attestation, Entrypoint, FileHash, InstanceState, Interpreter, Target, UserNamespace,
         WorkloadMatcher, explain,
+        scope::{CgroupChain, DirFacts, Hierarchy},
     },
     config::Config,
 };
@@ -22,15 +23,29 @@ fn sha(hex: &str) -> FileHash {
     }
 }
 
+/// Puts the attested process in the cgroup at `path`, made by the system
+/// manager (root-owned, not delegated).
+fn place(att: &mut Attestation, path: &str) {
+    let hierarchy = Hierarchy::system("/sys/fs/cgroup".into());
+    att.cgroup = Some(path.to_owned());
+    att.unit = hierarchy.unit_of(path).map(str::to_owned);
+    att.cgroup_chain = Some(Arc::new(CgroupChain::given(&hierarchy, path, |_| {
+        DirFacts::SYSTEM
+    })));
+}
+
 fn attestation() -> Attestation {
-    Attestation {
+    let mut att = Attestation {
         tgid: 4242,
         pid: 4242,
         uid: 1001,
         gid: 1002,
         cgroup_id: 77,
-        cgroup: Some("/warrant.slice/warrant-agents.slice/support-agent.service".to_owned()),
-        unit: Some("support-agent.service".to_owned()),
+        cgroup: None,
+        unit: None,
+        cgroup_chain: None,
+        injected_env: Vec::new(),
+        exe_writable: None,
         exe: PathBuf::from("/usr/bin/python3.12"),
         exe_hash: sha(EXE_HASH),
         argv0: Some("python3".to_owned()),
@@ -39,10 +54,16 @@ fn attestation() -> Attestation {
             target: Target::Script("agent.py".to_owned()),
             path: Some(PathBuf::from("/srv/support/agent.py")),
             hash: sha(SCRIPT_HASH),
+            refused: None,
         }),
         user_namespace: UserNamespace::Host,
         instance: Arc::new(InstanceState::Pending),
-    }
+    };
+    place(
+        &mut att,
+        "/warrant.slice/warrant-agents.slice/support-agent.service",
+    );
+    att
 }
 
 const FULL: &str = r#"
@@ -90,13 +111,11 @@ fn every_selector_matching_selects_the_workload() {
 fn each_selector_failing_alone_refuses_and_is_named() {
     type Spoil = fn(&mut Attestation);
     let cases: [(&str, Spoil); 8] = [
-        ("unit", |a| a.unit = Some("other.service".into())),
-        ("slice", |a| {
-            a.cgroup = Some("/system.slice/support-agent.service".into())
+        ("unit", |a| {
+            place(a, "/warrant.slice/warrant-agents.slice/other.service")
         }),
-        ("cgroup", |a| {
-            a.cgroup = Some("/warrant.slice/warrant-agents.slice/other.service".into())
-        }),
+        ("slice", |a| place(a, "/system.slice/support-agent.service")),
+        ("cgroup", |a| place(a, "/other.slice/support-agent.service")),
         ("exe", |a| a.exe = PathBuf::from("/usr/bin/python3.11")),
         ("exe_sha256", |a| a.exe_hash = sha(SCRIPT_HASH)),
         ("entrypoint_sha256", |a| {
@@ -117,10 +136,12 @@ fn each_selector_failing_alone_refuses_and_is_named() {
             .filter(|s| !s.matched)
             .map(|s| s.selector)
             .collect();
-        // A cgroup change also changes what slice and glob see; the others
-        // fail alone.
+        // unit, slice and cgroup are decided together (attest::scope), so
+        // they fail together; the others fail alone.
         assert!(failing.contains(&selector), "{selector}: {failing:?}");
-        if !["slice", "cgroup"].contains(&selector) {
+        if ["unit", "slice", "cgroup"].contains(&selector) {
+            assert_eq!(failing, ["unit", "slice", "cgroup"]);
+        } else {
             assert_eq!(failing, [selector]);
         }
         assert!(report.why_not().iter().any(|l| l.contains(selector)));
@@ -171,6 +192,7 @@ unit = "support-agent.service"
     let slice = self::matcher("[[workload]]\nname = \"s\"\nslice = \"warrant-agents.slice\"\n");
     let mut att = attestation();
     att.cgroup = None;
+    att.cgroup_chain = None;
     assert_eq!(slice.evaluate(&att).matched, None);
 }
 

@@ -385,8 +385,39 @@ impl ExecGenerations for ExeIdentityGenerations {
         if tgid != self.tgid {
             return None;
         }
-        (exe_identity(tgid) != Some(self.at_start)).then_some(1)
+        Some(u64::from(exe_identity(tgid) != Some(self.at_start)))
     }
+}
+
+/// Generations whose records were all evicted, as 65,536 execs in tagged
+/// cgroups would leave the eBPF LRU map.
+struct Evicted;
+
+impl ExecGenerations for Evicted {
+    fn current(&self, _tgid: u32) -> Option<u64> {
+        None
+    }
+}
+
+#[test]
+fn a_lost_generation_record_is_refused_never_read_as_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let child = spawn(&agent, &["x"], dir.path());
+    let attestor = attestor(Arc::new(Evicted));
+    for exec_gen in [0, 12345] {
+        let mut origin = origin_now(&attestor, child.tgid());
+        origin.exec_gen = exec_gen;
+        match attestor.attest(&origin) {
+            Err(AttestError::GenerationLost { at_connect, .. }) => assert_eq!(at_connect, exec_gen),
+            other => panic!("expected GenerationLost, got {other:?}"),
+        }
+    }
+    // `warrant explain` reads a live process, which may never have had a
+    // record: none there is generation 0.
+    let origin = origin_now(&attestor, child.tgid());
+    assert_eq!(attestor.attest_live(&origin).unwrap().exe, agent);
 }
 
 #[test]
@@ -489,9 +520,17 @@ fn explain_attests_a_live_process_and_matches_its_workload() {
         text.contains(&format!("process {}", child.tgid())),
         "{text}"
     );
-    assert!(text.contains("workload: node-agent"), "{text}");
     assert!(
         text.contains(&work.join("dist/index.js").display().to_string()),
+        "{text}"
+    );
+    // The hashes match, but this test wrote both files as the user the
+    // child runs as (or as root): it could have rewritten them, so nothing
+    // is pinned, and explain says why.
+    assert!(text.contains("no match"), "{text}");
+    assert!(text.contains("FAIL exe "), "{text}");
+    assert!(
+        text.contains("refused: the agent could have changed its executable"),
         "{text}"
     );
     assert!(text.contains("FAIL uid"), "{text}");
@@ -738,4 +777,102 @@ fn our_own_cgroup_resolves_from_its_id_and_by_walking_the_tree() {
     // A hint that names no process: the resolver walks the tree.
     let walker = CgroupResolver::new(Some(mount));
     assert_eq!(walker.path_of(id, u32::MAX), Some(path));
+}
+
+/// Runs `program args` as uid/gid 65534 (root only: the test sets the
+/// uid), with PYTHONNOUSERSITE=1 when `no_user_site` (the stand-in shell
+/// would take python's -s for "read stdin").
+fn spawn_as_nobody(program: &Path, args: &[&str], cwd: &Path, no_user_site: bool) -> Spawned {
+    use std::os::unix::process::CommandExt;
+    spawn_with(program, args, cwd, |cmd| {
+        cmd.uid(65534).gid(65534).env_clear();
+        if no_user_site {
+            cmd.env("PYTHONNOUSERSITE", "1");
+        }
+    })
+}
+
+fn chown(path: &Path, uid: u32) {
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+}
+
+#[test]
+fn an_entrypoint_the_process_could_rewrite_pins_nothing() {
+    // Root: the test runs the child as another uid.
+    if !prereq::require(&[Need::Root]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let python = interpreter(dir.path(), "python3");
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+    let refused = |script: &Path, no_user_site: bool| {
+        let child = spawn_as_nobody(
+            &python,
+            &[script.to_str().unwrap()],
+            dir.path(),
+            no_user_site,
+        );
+        let att = attestor
+            .attest(&origin_now(&attestor, child.tgid()))
+            .unwrap();
+        assert_eq!(att.exe_writable, None, "the interpreter is root's");
+        att.entrypoint.unwrap().refused
+    };
+    // Root's file in root's directories: pinned (with the user site off).
+    let srv = dir.path().join("srv/agent.py");
+    blocking_script(&srv);
+    assert_eq!(refused(&srv, true), None);
+    // With it on, Python's user site could run code first.
+    assert!(refused(&srv, false).unwrap().contains("-s or -I"));
+    // The agent owns the file.
+    let own = dir.path().join("own/agent.py");
+    blocking_script(&own);
+    chown(&own, 65534);
+    let why = refused(&own, true).unwrap();
+    assert!(why.contains("agent.py is writable by the process"), "{why}");
+    // The agent owns a directory on the way: it can replace the entry.
+    let in_writable = dir.path().join("w/sub/agent.py");
+    blocking_script(&in_writable);
+    chown(&dir.path().join("w"), 65534);
+    let why = refused(&in_writable, true).unwrap();
+    assert!(
+        why.contains("directory") && why.contains("/w is writable"),
+        "{why}"
+    );
+    // A root-owned symlink into a directory the agent owns.
+    let link = dir.path().join("srv/link.py");
+    std::os::unix::fs::symlink(&in_writable, &link).unwrap();
+    let why = refused(&link, true).unwrap();
+    assert!(why.contains("/w is writable"), "{why}");
+    // A relative path is refused whatever the file.
+    let child = spawn_as_nobody(&python, &["srv/agent.py"], dir.path(), true);
+    let att = attestor
+        .attest(&origin_now(&attestor, child.tgid()))
+        .unwrap();
+    let ep = att.entrypoint.unwrap();
+    assert!(ep.refused.unwrap().contains("relative path"));
+    assert!(ep.hash.hex().is_some(), "still hashed, for the record");
+}
+
+#[test]
+fn code_injecting_variables_are_attested_by_name_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = interpreter(dir.path(), "agent-bin");
+    blocking_script(&dir.path().join("x"));
+    let child = spawn_with(&agent, &["x"], dir.path(), |cmd| {
+        cmd.env_clear()
+            .env("LD_PRELOAD", "/secret/path.so")
+            .env("PYTHONPATH", "/w")
+            .env("OPENAI_API_KEY", "sk-not-to-be-kept");
+    });
+    let attestor = attestor(Arc::new(MemoryExecGenerations::default()));
+    let att = attestor
+        .attest(&origin_now(&attestor, child.tgid()))
+        .unwrap();
+    let mut names = att.injected_env.clone();
+    names.sort();
+    assert_eq!(names, ["LD_PRELOAD", "PYTHONPATH"]);
+    let text = serde_json::to_string(&att).unwrap();
+    assert!(!text.contains("/secret/path.so") && !text.contains("sk-not-to-be-kept"));
 }

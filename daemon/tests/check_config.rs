@@ -70,6 +70,49 @@ fn an_error_only_a_domain_finds_is_reported_at_its_place() {
     );
 }
 
+/// The identity keys: a slice systemd would not lay out, `delegated`
+/// without the unit it applies to, and a passthrough entry that is neither
+/// a CIDR nor a known name are refused at their place.
+#[test]
+fn identity_keys_that_cannot_work_are_reported_at_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warrant.toml");
+    let cases = [
+        (
+            BASE.replace(
+                "unit = \"agent.service\"",
+                "slice = \"warrant--agents.slice\"",
+            ),
+            "3:9: ",
+            "dash",
+        ),
+        (
+            BASE.replace(
+                "unit = \"agent.service\"",
+                "slice = \"warrant-agents.slice\"\ndelegated = true",
+            ),
+            "2:8: ",
+            "needs a unit",
+        ),
+        (
+            format!("[intercept]\npassthrough_deny = [\"localhost\"]\n{BASE}"),
+            "2:21: ",
+            "passthrough_deny",
+        ),
+    ];
+    for (text, place, says) in cases {
+        std::fs::write(&path, &text).unwrap();
+        let out = check_config(&path);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{text}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("{}:{place}", path.display())),
+            "{text}: {stderr}"
+        );
+        assert!(stderr.contains(says), "{text}: {stderr}");
+    }
+}
+
 /// The attacker's angle: if checking a file ran its commands or called its
 /// endpoints, `check-config` on an untrusted file would run code as root.
 #[test]

@@ -88,7 +88,7 @@ impl Stack {
         )
         .expect("mock provider");
         let cgroups = TestCgroup::new();
-        cgroups.sub("warrant-agents.slice/agent.service");
+        cgroups.sub("warrant.slice/warrant-agents.slice/agent.service");
         cgroups.sub("other.service");
         let pins = TestPins::new();
         let dir = tempfile::tempdir().unwrap();
@@ -123,6 +123,10 @@ bpf_pin_dir = "{pins}"
 
 [control]
 socket = "{d}/control.sock"
+
+[intercept]
+# The "other" site the pass-through test reaches is on loopback.
+passthrough_allow = ["127.0.0.0/8"]
 
 [[workload]]
 name = "agents"
@@ -204,6 +208,9 @@ upstreams = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleap
         let child = cmd
             .env("NOTIFY_SOCKET", &notify_path)
             .env("WARRANT_LOG", "debug")
+            // The test's cgroup is the system manager's root: its
+            // warrant.slice/warrant-agents.slice is the slice selected.
+            .env("WARRANT_TEST_MANAGER_ROOT", &self.cgroups.path)
             .stderr(log)
             .spawn()
             .unwrap();
@@ -276,7 +283,7 @@ upstreams = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleap
     }
 
     fn tagged(&mut self, argv: &[&str]) -> TestProcess {
-        self.agent("warrant-agents.slice/agent.service", argv)
+        self.agent("warrant.slice/warrant-agents.slice/agent.service", argv)
     }
 
     /// Requests the mock saw for `host`.

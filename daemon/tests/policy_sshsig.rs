@@ -152,6 +152,7 @@ fn policy_with_exe_signers_allows_the_signed_binary_only() {
         region: None,
         exe_path: Some(&exe),
         exe_sha256: Some(&hash),
+        program_refusal: None,
         upstream_host: "api.openai.com",
         method: "POST",
         path: "/v1/chat/completions",
@@ -165,6 +166,7 @@ fn policy_with_exe_signers_allows_the_signed_binary_only() {
     let hash = sha256(&exe);
     let d = policy.evaluate(&PolicyInput {
         exe_sha256: Some(&hash),
+        program_refusal: None,
         ..input
     });
     assert!(!d.allowed);

@@ -12,7 +12,7 @@ use std::{
 };
 
 use warrant::{
-    attest::{AttestError, Attestor, InstanceHandle},
+    attest::{AttestError, Attestor, InstanceHandle, scope::Hierarchy},
     config::{AttestConfig, Config},
     origin::{Origin, OriginSource},
     redirect::{RedirectMaps, RedirectSettings, Redirector, cgroup, tagging},
@@ -38,6 +38,17 @@ struct Fixture {
     /// Where tagged connections were going: must never see them.
     destination: TcpListener,
     port: u16,
+}
+
+/// The test's cgroup as the system manager's root: `<test>/agent.service`
+/// is a unit directly below it.
+fn test_hierarchy(cgroups: &TestCgroup) -> Hierarchy {
+    let mount = cgroup::cgroup2_mount().unwrap();
+    let manager_root = cgroup::relative_path(&mount, &cgroups.path);
+    Hierarchy {
+        mount,
+        manager_root,
+    }
 }
 
 const CONFIG: &str = r#"
@@ -66,12 +77,12 @@ impl Fixture {
         let settings = Self::settings(&cgroups, &pins, listen4, injector6.as_ref(), port);
         let redirector = Redirector::start(settings).expect("start redirector");
         let config = Config::parse(CONFIG, "test").unwrap();
-        let mut tagger = tagging::Tagger::new(
+        let mut tagger = tagging::Tagger::with_hierarchy(
+            test_hierarchy(&cgroups),
             &cgroups.path,
             tagging::selectors(&config),
             redirector.maps(),
-        )
-        .unwrap();
+        );
         tagger.rescan().unwrap();
         Fixture {
             cgroups,
@@ -213,7 +224,10 @@ fn tagged_connect_lands_on_the_injector_with_a_complete_origin() {
         origin.exec_gen, 0,
         "the client exec'd python inside the tagged cgroup"
     );
-    assert_eq!(origin.exec_gen, fx.maps().exec_generation(connected.pid));
+    assert_eq!(
+        Some(origin.exec_gen),
+        fx.maps().exec_generation(connected.pid)
+    );
     assert!(origin.connect_boot_ns > 0 && origin.connect_boot_ns <= boot_ns());
     assert_eq!(stream.peer_addr().unwrap().port(), connected.local_port);
 
@@ -268,7 +282,12 @@ fn cgroup_created_after_start_is_tagged_and_redirected() {
     let maps = fx.maps();
     let tagger = std::mem::replace(
         &mut fx.tagger,
-        tagging::Tagger::new(&fx.cgroups.path, Vec::new(), maps.clone()).unwrap(),
+        tagging::Tagger::with_hierarchy(
+            test_hierarchy(&fx.cgroups),
+            &fx.cgroups.path,
+            Vec::new(),
+            maps.clone(),
+        ),
     );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -302,7 +321,7 @@ fn cgroup_created_after_start_is_tagged_and_redirected() {
         !maps.tagged().contains(&late_id)
     });
     stop_tx.send(()).unwrap();
-    watcher.join().unwrap().unwrap();
+    watcher.join().unwrap();
     fx.assert_destination_untouched();
 }
 
@@ -470,7 +489,7 @@ os.execv("/bin/sleep", ["sleep", "60"])
     let origin = origin.expect("Origin");
     assert_eq!(
         fx.maps().exec_generation(connected.pid),
-        origin.exec_gen,
+        Some(origin.exec_gen),
         "same program so far"
     );
     // The attestor reads the generation from the eBPF map, as the daemon's.
@@ -489,7 +508,7 @@ os.execv("/bin/sleep", ["sleep", "60"])
     });
     assert_ne!(
         fx.maps().exec_generation(connected.pid),
-        origin.exec_gen,
+        Some(origin.exec_gen),
         "the Origin no longer matches the program now running under that pid"
     );
     // Both from the image cache and cold, the attestor refuses it.
@@ -499,6 +518,41 @@ os.execv("/bin/sleep", ["sleep", "60"])
             other => panic!("attested a connection made before an exec: {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_connect_records_a_generation_for_a_process_that_never_execd() {
+    let mut fx = Fixture::new();
+    // A forked child runs its parent's program without an exec of its own:
+    // the connect program records its generation, so that an eviction of
+    // that record can never read as "unchanged".
+    let script = format!(
+        r#"
+import os, socket, sys
+pid = os.fork()
+if pid == 0:
+    s = socket.create_connection(("127.0.0.1", {port}))
+    print("connected", os.getpid(), s.getsockname()[1], "x", 0, flush=True)
+    sys.stdin.readline()
+    os._exit(0)
+os.waitpid(pid, 0)
+"#,
+        port = fx.port
+    );
+    let agent = fx.cgroups.path.join("agent.service");
+    let mut client = fx.cgroups.spawn(&agent, &mut python(&script));
+    let (_stream, origin) = fx.accept_with_origin(&fx.injector);
+    let connected = parse_connected(&client.line());
+    let origin = origin.expect("Origin");
+    assert_eq!(origin.tgid, connected.pid);
+    assert_ne!(origin.exec_gen, 0);
+    assert_eq!(
+        fx.maps().exec_generation(connected.pid),
+        Some(origin.exec_gen)
+    );
+    fx.maps().forget_exec_generation(connected.pid).unwrap();
+    assert_eq!(fx.maps().exec_generation(connected.pid), None);
+    client.send("done");
 }
 
 #[test]
@@ -597,7 +651,10 @@ os.execv("/bin/sleep", ["sleep", "60"] + args)
         let exe = format!("/proc/{pid}/exe");
         let old_exe = std::fs::read_link(&exe).unwrap();
         let before = maps.exec_generation(pid);
-        assert_ne!(before, 0, "python itself was exec'd in the tagged cgroup");
+        assert!(
+            before.is_some_and(|g| g != 0),
+            "python itself was exec'd in the tagged cgroup"
+        );
 
         child.send("exec now");
         // Spin on readlink (no sleep: the point is to see the switch the
@@ -803,7 +860,7 @@ fn a_pid_recycled_a_tick_after_the_connect_is_refused_by_the_attestor() {
     assert_eq!(reused, connected.pid);
     assert_eq!(
         fx.maps().exec_generation(reused),
-        origin.exec_gen,
+        Some(origin.exec_gen),
         "the map still holds the generation of the connect: the start time must decide"
     );
     // The case under test: a start time in a later tick than the connect

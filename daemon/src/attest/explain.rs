@@ -42,7 +42,7 @@ pub fn explain_pid(
     matcher: &WorkloadMatcher,
 ) -> Result<String, AttestError> {
     let origin = origin_for_pid(pid, attestor)?;
-    let attestation = attestor.attest(&origin)?;
+    let attestation = attestor.attest_live(&origin)?;
     let report = matcher.evaluate(&attestation);
     Ok(render(&attestation, &report))
 }
@@ -89,7 +89,16 @@ pub fn render(att: &Attestation, report: &MatchReport) -> String {
                 let _ = writeln!(out, "    file      {}", path.display());
             }
             let _ = writeln!(out, "    sha256    {}", hash_text(&ep.hash));
+            if let Some(why) = &ep.refused {
+                let _ = writeln!(out, "    pins      nothing: {why}");
+            }
         }
+    }
+    if !att.injected_env.is_empty() {
+        let _ = writeln!(out, "  env         sets {}", att.injected_env.join(", "));
+    }
+    if let Some(why) = &att.exe_writable {
+        let _ = writeln!(out, "  exe writer  {why}");
     }
     match att.instance.as_ref() {
         InstanceState::Pending => {

@@ -44,7 +44,9 @@ pub mod entrypoint;
 pub mod explain;
 pub mod hash;
 pub mod instance;
+pub mod pinning;
 pub mod process;
+pub mod scope;
 pub mod workload;
 
 use std::{
@@ -70,9 +72,10 @@ pub use workload::{MatchReport, WorkloadMatcher};
 /// `sched_process_exec` once the exec has succeeded. The redirect module
 /// implements this on the eBPF map; [`MemoryExecGenerations`] serves tests.
 pub trait ExecGenerations: Send + Sync {
-    /// The current generation of `tgid`. `None` means no exec was recorded
-    /// since the programs were loaded, which is generation 0 (the value the
-    /// connect program records in that case).
+    /// The current generation of `tgid`; `None` when none is recorded. The
+    /// connect program records one for every connection it redirects (the
+    /// boot time, if the process had none), so for a connection a missing
+    /// one means the record was evicted, never "unchanged".
     fn current(&self, tgid: u32) -> Option<u64>;
 
     /// When a task in cgroup `cgroup_id` last called prctl(PR_SET_MM),
@@ -85,7 +88,8 @@ pub trait ExecGenerations: Send + Sync {
 }
 
 /// In-memory exec generations, set by hand (tests, and hosts without the
-/// eBPF exec programs).
+/// eBPF exec programs). A process with no generation set is at generation
+/// 0, as if the connect program had recorded 0 for it.
 #[derive(Debug, Default)]
 pub struct MemoryExecGenerations {
     by_tgid: Mutex<HashMap<u32, u64>>,
@@ -112,7 +116,7 @@ impl MemoryExecGenerations {
 
 impl ExecGenerations for MemoryExecGenerations {
     fn current(&self, tgid: u32) -> Option<u64> {
-        self.by_tgid.lock().ok()?.get(&tgid).copied()
+        Some(self.by_tgid.lock().ok()?.get(&tgid).copied().unwrap_or(0))
     }
 
     fn mm_tampered(&self, cgroup_id: u64) -> Option<u64> {
@@ -150,6 +154,10 @@ pub enum AttestError {
         cgroup_id: u64,
         at_boot_ns: u64,
     },
+    #[error(
+        "the exec generation recorded for process {tgid} at connect ({at_connect}) is no longer in the kernel's map (evicted: more than 65,536 processes exec'd or connected in tagged cgroups since): whether it exec'd cannot be told, so it is refused; a new connection is recorded afresh"
+    )]
+    GenerationLost { tgid: u32, at_connect: u64 },
     #[error("process {tgid} changed while being attested: {what}")]
     ChangedDuringAttestation { tgid: u32, what: &'static str },
     #[error("internal error: {0}")]
@@ -209,8 +217,14 @@ pub struct Attestation {
     /// Relative to the cgroup2 mount, e.g. "/system.slice/agent.service";
     /// absent if the cgroup no longer exists.
     pub cgroup: Option<String>,
-    /// The last `*.service` or `*.scope` component of the cgroup path.
+    /// The system manager unit the cgroup belongs to: the unit directly
+    /// below its chain of slices (`scope::Hierarchy::unit_of`).
     pub unit: Option<String>,
+    /// Owner, mode and delegation of every directory from the system
+    /// manager's root down to the cgroup, read at this attestation: what
+    /// the unit, slice and cgroup selectors decide on (`scope`).
+    #[serde(skip)]
+    pub cgroup_chain: Option<Arc<scope::CgroupChain>>,
     /// The target of /proc/PID/exe (ends in " (deleted)" if the file was
     /// replaced or removed after the program started).
     pub exe: PathBuf,
@@ -218,6 +232,15 @@ pub struct Attestation {
     /// argv[0], for the record.
     pub argv0: Option<String>,
     pub entrypoint: Option<Entrypoint>,
+    /// Variables in the process's environment at exec that inject code
+    /// (`pinning::is_injecting`): names only.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub injected_env: Vec<String>,
+    /// Why the process could have changed its executable file, if it could
+    /// (`pinning::writable`): then the selectors on what program runs do
+    /// not match it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exe_writable: Option<String>,
     /// Read at this attestation (not cached with the image).
     pub user_namespace: UserNamespace,
     /// The host's instance identity when the connection was attested.
@@ -233,6 +256,8 @@ struct ProcessImage {
     exe_hash: FileHash,
     argv0: Option<String>,
     entrypoint: Option<Entrypoint>,
+    injected_env: Vec<String>,
+    exe_writable: Option<String>,
 }
 
 impl ProcessImage {
@@ -274,6 +299,8 @@ pub struct Attestor {
     image_misses: std::sync::atomic::AtomicU64,
     hashes: HashCache,
     cgroups: cgroup::CgroupResolver,
+    /// Where the system manager's tree is, for the cgroup selectors.
+    hierarchy: scope::Hierarchy,
     generations: Arc<dyn ExecGenerations>,
     instance: InstanceHandle,
     ticks_per_second: u64,
@@ -303,6 +330,7 @@ impl Attestor {
             image_hits: Default::default(),
             image_misses: Default::default(),
             hashes: HashCache::new(config.max_hash_bytes),
+            hierarchy: scope::Hierarchy::from_test_env(cgroup_mount.clone().unwrap_or_default()),
             cgroups: cgroup::CgroupResolver::new(cgroup_mount),
             generations,
             instance,
@@ -343,6 +371,18 @@ impl Attestor {
         &self.cgroups
     }
 
+    /// Treats `manager_root` (relative to the cgroup2 mount) as the system
+    /// manager's root: for tests that lay out a manager's tree in a cgroup
+    /// of their own.
+    pub fn with_manager_root(mut self, manager_root: &str) -> Attestor {
+        self.hierarchy.manager_root = manager_root.to_owned();
+        self
+    }
+
+    pub fn hierarchy(&self) -> &scope::Hierarchy {
+        &self.hierarchy
+    }
+
     pub fn generations(&self) -> &dyn ExecGenerations {
         self.generations.as_ref()
     }
@@ -353,9 +393,20 @@ impl Attestor {
 
     /// Attests the process that made the connection described by `origin`.
     pub fn attest(&self, origin: &Origin) -> Result<Attestation, AttestError> {
-        let (image, userns) = match self.cached_image(origin)? {
+        self.attest_with(origin, Records::Connect)
+    }
+
+    /// Attests a live process for `warrant explain`, with `origin` made up
+    /// from /proc (`explain::origin_for_pid`): a process that never
+    /// connected has no generation recorded, which is generation 0 there.
+    pub fn attest_live(&self, origin: &Origin) -> Result<Attestation, AttestError> {
+        self.attest_with(origin, Records::Live)
+    }
+
+    fn attest_with(&self, origin: &Origin, records: Records) -> Result<Attestation, AttestError> {
+        let (image, userns) = match self.cached_image(origin, records)? {
             Some(found) => found,
-            None => self.attest_image(origin)?,
+            None => self.attest_image(origin, records)?,
         };
         let cgroup = self.cgroups.path_of(origin.cgroup_id, origin.tgid);
         Ok(self.assemble(origin, &image, userns, cgroup))
@@ -371,7 +422,7 @@ impl Attestor {
         origin: Origin,
     ) -> Result<Attestation, AttestError> {
         if let Some(cgroup) = self.cgroups.cached(origin.cgroup_id)
-            && let Some((image, userns)) = self.cached_image(&origin)?
+            && let Some((image, userns)) = self.cached_image(&origin, Records::Connect)?
         {
             return Ok(self.assemble(&origin, &image, userns, Some(cgroup)));
         }
@@ -396,13 +447,20 @@ impl Attestor {
             cgroup_id: origin.cgroup_id,
             unit: cgroup
                 .as_deref()
-                .and_then(cgroup::unit_of)
+                .and_then(|path| self.hierarchy.unit_of(path))
                 .map(str::to_owned),
+            // Read now, not cached: the selectors decide on who owns these
+            // directories as the request is made.
+            cgroup_chain: cgroup
+                .as_deref()
+                .map(|path| Arc::new(scope::CgroupChain::read(&self.hierarchy, path))),
             cgroup,
             exe: image.exe.clone(),
             exe_hash: image.exe_hash.clone(),
             argv0: image.argv0.clone(),
             entrypoint: image.entrypoint.clone(),
+            injected_env: image.injected_env.clone(),
+            exe_writable: image.exe_writable.clone(),
             user_namespace,
             instance: self.instance.current(),
         }
@@ -411,7 +469,11 @@ impl Attestor {
     /// The cached image of the process, if the process pinned when it was
     /// read is still alive (so `tgid` still names it) and has not exec'd,
     /// with its user namespace as of now.
-    fn cached_image(&self, origin: &Origin) -> Result<Option<CurrentImage>, AttestError> {
+    fn cached_image(
+        &self,
+        origin: &Origin,
+        records: Records,
+    ) -> Result<Option<CurrentImage>, AttestError> {
         use std::sync::atomic::Ordering::Relaxed;
         let tgid = origin.tgid;
         let Some(cached) = self.images.lock().ok().and_then(|m| m.get(&tgid).cloned()) else {
@@ -432,13 +494,13 @@ impl Attestor {
             return Ok(None);
         }
         self.check_start(origin, cached.start_ticks)?;
-        self.check_unchanged(origin)?;
+        self.check_unchanged(origin, records)?;
         self.image_hits.fetch_add(1, Relaxed);
         Ok(Some((cached.image.clone(), userns)))
     }
 
     /// The full path: pin the process, check it, read its image, cache it.
-    fn attest_image(&self, origin: &Origin) -> Result<CurrentImage, AttestError> {
+    fn attest_image(&self, origin: &Origin, records: Records) -> Result<CurrentImage, AttestError> {
         use std::sync::atomic::Ordering::Relaxed;
         let tgid = origin.tgid;
         self.image_misses.fetch_add(1, Relaxed);
@@ -454,8 +516,8 @@ impl Attestor {
         })?;
         let started = self.start_ticks(tgid)?;
         self.check_start(origin, started)?;
-        self.check_unchanged(origin)?;
-        let (image, userns) = self.read_image(origin, &pidfd, started)?;
+        self.check_unchanged(origin, records)?;
+        let (image, userns) = self.read_image(origin, &pidfd, started, records)?;
         let image = Arc::new(image);
         if image.is_stable()
             && let Ok(mut images) = self.images.lock()
@@ -500,18 +562,37 @@ impl Attestor {
         origin: &Origin,
         pidfd: &process::PidFd,
         started: u64,
+        records: Records,
     ) -> Result<(ProcessImage, UserNamespace), AttestError> {
         let tgid = origin.tgid;
         let exe = process::exe_path(tgid).map_err(|e| read_err(tgid, "exe", e))?;
         let argv = process::cmdline(tgid).map_err(|e| read_err(tgid, "cmdline", e))?;
+        let environ = process::environ(tgid).map_err(|e| read_err(tgid, "environ", e))?;
+        let writer = pinning::Writer::of(tgid).ok();
         // Hash the running file through /proc/PID/exe: the content of the
         // program actually running, even if the path now names another file.
-        let exe_hash = match process::open_nonblocking(&process::proc_dir(tgid).join("exe")) {
-            Ok(mut file) => self.hashes.hash_file(&mut file),
-            Err(err) => return Err(read_err(tgid, "exe", err)),
-        };
+        let (exe_hash, exe_writable) =
+            match process::open_nonblocking(&process::proc_dir(tgid).join("exe")) {
+                Ok(mut file) => {
+                    let writable = match &writer {
+                        Some(writer) => pinning::writable_exe(tgid, &exe, writer, &file),
+                        None => Some("who the process is could not be read".to_owned()),
+                    };
+                    (self.hashes.hash_file(&mut file), writable)
+                }
+                Err(err) => return Err(read_err(tgid, "exe", err)),
+            };
         let exe_name = process::file_name(&exe).trim_end_matches(" (deleted)");
-        let entrypoint = entrypoint::resolve(tgid, exe_name, &argv, &self.hashes);
+        let entrypoint = entrypoint::resolve(
+            tgid,
+            exe_name,
+            &argv,
+            &environ,
+            writer.as_ref(),
+            &self.hashes,
+        );
+        let injected_env = pinning::injecting(&environ);
+        drop(environ);
         // The namespace is read after the exe and argv: repointing them takes
         // a nested namespace, which a process cannot leave for the host's, so
         // a process that repointed them before those reads shows as nested
@@ -529,7 +610,7 @@ impl Attestor {
                 what: "start time (pid reused)",
             });
         }
-        self.check_unchanged(origin)?;
+        self.check_unchanged(origin, records)?;
         match process::exe_path(tgid) {
             Ok(again) if again == exe => {}
             _ => {
@@ -544,6 +625,8 @@ impl Attestor {
             exe_hash,
             argv0: argv.first().cloned(),
             entrypoint,
+            injected_env,
+            exe_writable,
         };
         Ok((image, userns))
     }
@@ -555,8 +638,11 @@ impl Attestor {
     }
 
     /// The process runs what it ran at connect: no prctl(PR_SET_MM) in its
-    /// cgroup, and no exec since.
-    fn check_unchanged(&self, origin: &Origin) -> Result<(), AttestError> {
+    /// cgroup, and no exec since. A generation missing from the map now is
+    /// refused, never read as the value at connect: the connect program
+    /// recorded one, so it was evicted, and an exec since cannot be ruled
+    /// out (flushing the LRU would otherwise make any exec invisible).
+    fn check_unchanged(&self, origin: &Origin, records: Records) -> Result<(), AttestError> {
         if let Some(at_boot_ns) = self.generations.mm_tampered(origin.cgroup_id) {
             return Err(AttestError::MmTampered {
                 tgid: origin.tgid,
@@ -564,7 +650,16 @@ impl Attestor {
                 at_boot_ns,
             });
         }
-        let now = self.generations.current(origin.tgid).unwrap_or(0);
+        let now = match (self.generations.current(origin.tgid), records) {
+            (Some(now), _) => now,
+            (None, Records::Live) => 0,
+            (None, Records::Connect) => {
+                return Err(AttestError::GenerationLost {
+                    tgid: origin.tgid,
+                    at_connect: origin.exec_gen,
+                });
+            }
+        };
         if now != origin.exec_gen {
             return Err(AttestError::ExecedSinceConnect {
                 tgid: origin.tgid,
@@ -589,6 +684,15 @@ impl Attestor {
 
 /// A process image and the user namespace its process is in now.
 type CurrentImage = (Arc<ProcessImage>, UserNamespace);
+
+/// Where the exec generation an Origin carries came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Records {
+    /// The connect program recorded it: one must still be in the map.
+    Connect,
+    /// `explain` read it a moment ago, or found none (generation 0).
+    Live,
+}
 
 /// Host only when the namespace is exactly the daemon's; anything else,
 /// including an unknown daemon namespace, is nested.
@@ -648,9 +752,9 @@ mod tests {
     }
 
     #[test]
-    fn no_recorded_exec_is_generation_zero() {
+    fn in_memory_processes_start_at_generation_zero() {
         let generations = MemoryExecGenerations::default();
-        assert_eq!(generations.current(7), None);
+        assert_eq!(generations.current(7), Some(0));
         generations.set(7, 99);
         assert_eq!(generations.current(7), Some(99));
     }

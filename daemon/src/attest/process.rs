@@ -171,12 +171,30 @@ pub fn cwd(tgid: u32) -> io::Result<PathBuf> {
 
 /// argv, as the process currently presents it.
 pub fn cmdline(tgid: u32) -> io::Result<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{tgid}/cmdline"))?;
-    Ok(raw
-        .split(|&b| b == 0)
-        .filter(|arg| !arg.is_empty())
+    Ok(split_cmdline(&std::fs::read(format!(
+        "/proc/{tgid}/cmdline"
+    ))?))
+}
+
+/// argv from the NUL-terminated strings of /proc/PID/cmdline. An empty
+/// argument is an argument (`python3 -W "" evil.py agent.py` runs evil.py:
+/// -W takes the empty string), so only the terminator of the last one is
+/// dropped.
+pub fn split_cmdline(raw: &[u8]) -> Vec<String> {
+    let raw = raw.strip_suffix(&[0]).unwrap_or(raw);
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    raw.split(|&b| b == 0)
         .map(|arg| String::from_utf8_lossy(arg).into_owned())
-        .collect())
+        .collect()
+}
+
+/// The environment block the process got at exec (NUL-separated
+/// `NAME=value` entries). Values may be secret: callers keep only names
+/// (see `pinning`).
+pub fn environ(tgid: u32) -> io::Result<Vec<u8>> {
+    std::fs::read(format!("/proc/{tgid}/environ"))
 }
 
 /// The cgroup v2 path of the process ("0::/path" line of /proc/PID/cgroup).
@@ -317,6 +335,18 @@ pub fn is_deleted(path: &Path) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    #[test]
+    fn empty_arguments_are_kept() {
+        assert_eq!(
+            split_cmdline(b"python3\0-W\0\0evil.py\0agent.py\0"),
+            ["python3", "-W", "", "evil.py", "agent.py"]
+        );
+        assert_eq!(split_cmdline(b"a\0\0"), ["a", ""]);
+        assert_eq!(split_cmdline(b""), Vec::<String>::new());
+        // A rewritten argv without a terminator.
+        assert_eq!(split_cmdline(b"title"), ["title"]);
+    }
 
     #[test]
     fn namespace_links_parse_to_their_number() {

@@ -4,22 +4,38 @@
 //! `warrant explain` and for the body of a 403; it holds attested facts and
 //! configured values, never a secret.
 //!
-//! The selectors on what program runs (exe, exe_sha256, entrypoint_sha256)
-//! refuse a process in a nested user namespace unless the workload sets
-//! `allow_user_namespaces`: there /proc/PID/exe and argv can be repointed
-//! with prctl(PR_SET_MM_MAP), so they would name whatever the process chose.
+//! The unit, slice and cgroup selectors are decided together by
+//! `scope::decide`, on the facts of the cgroup's directories the attestor
+//! read, the same function the tagger uses: a name-alike in a delegated
+//! subtree, or a cgroup not owned by root, never matches.
+//!
+//! The selectors on what program runs (exe, exe_sha256, entrypoint_sha256,
+//! and policy exe_signers through [`WorkloadMatcher::program_refusal`])
+//! refuse a process whose program cannot be pinned: one in a nested user
+//! namespace unless the workload sets `allow_user_namespaces` (there
+//! /proc/PID/exe and argv can be repointed with prctl(PR_SET_MM_MAP)), one
+//! with code-injecting variables in its environment that the workload does
+//! not allow by name (`allow_env`), one that could have rewritten its
+//! executable, and for entrypoint_sha256 an entrypoint that cannot pin the
+//! program (`entrypoint::Entrypoint::refused`).
 
 use serde::Serialize;
 
-use super::{Attestation, FileHash, UserNamespace};
-use crate::config::{CgroupGlob, ConfigError, ConfigErrorKind, Source, WorkloadConfig};
+use super::{
+    Attestation, FileHash,
+    scope::{Decision, Scope, ScopeError},
+};
+use crate::config::{ConfigError, ConfigErrorKind, Source, WorkloadConfig};
 
-/// A `[[workload]]` selector that cannot be used (its name is `config`'s,
-/// its cgroup glob serde's).
+/// A `[[workload]]` selector that cannot be used (its name is `config`'s).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadConfigError {
     #[error("{0:?} is not a SHA-256 in hex (64 hex digits)")]
     BadHash(String),
+    #[error(transparent)]
+    Scope(#[from] ScopeError),
+    #[error("allow_env entry {0:?} is not a variable name")]
+    BadEnvName(String),
 }
 
 /// One selector's verdict.
@@ -74,14 +90,18 @@ impl MatchReport {
                     verdict.workload, sel.selector, sel.expected, sel.actual
                 ));
             }
-            // One line for the selectors refused for the same reason.
-            let refused: Vec<&SelectorResult> = verdict
-                .selectors
-                .iter()
-                .filter(|s| s.refused.is_some())
-                .collect();
-            if let Some(reason) = refused.first().and_then(|s| s.refused.as_ref()) {
-                let names: Vec<&str> = refused.iter().map(|s| s.selector).collect();
+            // One line per reason, naming the selectors refused for it.
+            let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+            for sel in &verdict.selectors {
+                let Some(reason) = sel.refused.as_deref() else {
+                    continue;
+                };
+                match reasons.iter_mut().find(|(r, _)| *r == reason) {
+                    Some((_, names)) => names.push(sel.selector),
+                    None => reasons.push((reason, vec![sel.selector])),
+                }
+            }
+            for (reason, names) in reasons {
                 lines.push(format!(
                     "workload {:?}: {} refused: {reason}",
                     verdict.workload,
@@ -124,14 +144,14 @@ impl MatchReport {
 
 struct Compiled {
     name: String,
-    unit: Option<String>,
-    slice: Option<String>,
-    cgroup: Option<CgroupGlob>,
+    /// The unit, slice and cgroup selectors as written, for reports.
+    places: Vec<(&'static str, String)>,
+    scope: Option<Scope>,
     exe: Option<String>,
-    /// Lower-case hex, as attestations report hashes.
     exe_sha256: Vec<String>,
     entrypoint_sha256: Vec<String>,
     allow_user_namespaces: bool,
+    allow_env: Vec<String>,
     uid: Option<u32>,
     gid: Option<u32>,
     unusable: Option<String>,
@@ -142,14 +162,18 @@ pub struct WorkloadMatcher {
 }
 
 impl WorkloadMatcher {
-    /// Compiles the `[[workload]]` sections; a malformed hash is an error at
-    /// its place in `source`. A workload that lists no selector is kept but
-    /// matches nothing, and its verdict says why: with no selector it would
-    /// match every process.
+    /// Compiles the `[[workload]]` sections; a malformed hash, a unit or
+    /// slice name systemd would not make, `delegated` without `unit` or a
+    /// bad `allow_env` entry is an error at its place in `source`. A
+    /// workload that lists no selector is kept but matches nothing, and its
+    /// verdict says why: with no selector it would match every process.
     pub fn compile(
         configs: &[WorkloadConfig],
         source: &Source,
     ) -> Result<WorkloadMatcher, ConfigError> {
+        let invalid = |span: std::ops::Range<usize>, problem: WorkloadConfigError| {
+            source.error_at(&span, ConfigErrorKind::Invalid, problem)
+        };
         let hashes = |list: &[toml::Spanned<String>]| {
             list.iter()
                 .map(|hash| {
@@ -157,9 +181,8 @@ impl WorkloadMatcher {
                     if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
                         Ok(text.to_ascii_lowercase())
                     } else {
-                        Err(source.error_at(
-                            &hash.span(),
-                            ConfigErrorKind::Invalid,
+                        Err(invalid(
+                            hash.span(),
                             WorkloadConfigError::BadHash(text.clone()),
                         ))
                     }
@@ -168,22 +191,52 @@ impl WorkloadMatcher {
         };
         let mut workloads = Vec::with_capacity(configs.len());
         for c in configs {
+            let scope = Scope::of_workload(c).map_err(|error| {
+                // At the selector the error is about, else the name.
+                let span = match &error {
+                    ScopeError::Unit { .. } => c.unit.as_ref().map(|u| u.span()),
+                    ScopeError::Slice { .. } => c.slice.as_ref().map(|s| s.span()),
+                    ScopeError::Glob { .. } => c.cgroup.as_ref().map(|g| g.span()),
+                    ScopeError::DelegatedWithoutUnit => None,
+                };
+                invalid(
+                    span.unwrap_or_else(|| c.name.span()),
+                    WorkloadConfigError::Scope(error),
+                )
+            })?;
+            for name in &c.allow_env {
+                if name.get_ref().is_empty() || name.get_ref().contains('=') {
+                    return Err(invalid(
+                        name.span(),
+                        WorkloadConfigError::BadEnvName(name.get_ref().clone()),
+                    ));
+                }
+            }
+            let places: Vec<(&'static str, String)> = [
+                ("unit", c.unit.as_ref().map(|u| u.get_ref().clone())),
+                ("slice", c.slice.as_ref().map(|s| s.get_ref().clone())),
+                (
+                    "cgroup",
+                    c.cgroup.as_ref().map(|g| g.get_ref().as_str().to_owned()),
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|v| (key, v)))
+            .collect();
             let compiled = Compiled {
                 name: c.name.get_ref().clone(),
-                unit: c.unit.as_ref().map(|u| u.get_ref().clone()),
-                slice: c.slice.as_ref().map(|s| s.get_ref().clone()),
-                cgroup: c.cgroup.as_ref().map(|g| g.get_ref().clone()),
+                places,
+                scope,
                 exe: c.exe.as_ref().map(|e| e.get_ref().clone()),
                 exe_sha256: hashes(&c.exe_sha256)?,
                 entrypoint_sha256: hashes(&c.entrypoint_sha256)?,
                 allow_user_namespaces: c.allow_user_namespaces,
+                allow_env: c.allow_env.iter().map(|e| e.get_ref().clone()).collect(),
                 uid: c.uid,
                 gid: c.gid,
                 unusable: None,
             };
-            let has_selector = compiled.unit.is_some()
-                || compiled.slice.is_some()
-                || compiled.cgroup.is_some()
+            let has_selector = !compiled.places.is_empty()
                 || compiled.exe.is_some()
                 || !compiled.exe_sha256.is_empty()
                 || !compiled.entrypoint_sha256.is_empty()
@@ -195,6 +248,15 @@ impl WorkloadMatcher {
             });
         }
         Ok(WorkloadMatcher { workloads })
+    }
+
+    /// Why the program identity of `att` cannot be believed for workload
+    /// `name` (policy `exe_signers` asks this: a signature pins the
+    /// program no better than a hash); None when it can, or when there is
+    /// no such workload.
+    pub fn program_refusal(&self, name: &str, att: &Attestation) -> Option<String> {
+        let workload = self.workloads.iter().find(|w| w.name == name)?;
+        program_refusals(workload, att, false).into_iter().next()
     }
 
     pub fn evaluate(&self, att: &Attestation) -> MatchReport {
@@ -212,40 +274,36 @@ impl WorkloadMatcher {
 
 fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
     let mut selectors = Vec::new();
-    let unknown = || "unknown (cgroup not found)".to_owned();
-    if let Some(unit) = &w.unit {
-        selectors.push(SelectorResult {
-            selector: "unit",
-            expected: unit.clone(),
-            actual: att.unit.clone().unwrap_or_else(|| "none".to_owned()),
-            matched: att.unit.as_deref() == Some(unit.as_str()),
-            refused: None,
-        });
+    if let Some(scope) = &w.scope {
+        let decision = match &att.cgroup_chain {
+            Some(chain) => chain.decide(scope),
+            None => Decision::Outside {
+                why: "the cgroup was not found".to_owned(),
+            },
+        };
+        let place = match (&att.cgroup, &att.unit) {
+            (Some(path), Some(unit)) => format!("{path} (unit {unit})"),
+            (Some(path), None) => path.clone(),
+            (None, _) => "unknown (cgroup not found)".to_owned(),
+        };
+        for (key, expected) in &w.places {
+            let (actual, refused) = match &decision {
+                Decision::Outside { why } => (format!("{place}: {why}"), None),
+                Decision::Refused { why } => (place.clone(), Some(why.clone())),
+                Decision::Selected | Decision::Within { .. } => (place.clone(), None),
+            };
+            selectors.push(SelectorResult {
+                selector: key,
+                expected: expected.clone(),
+                actual,
+                matched: decision.matches(),
+                refused,
+            });
+        }
     }
-    if let Some(slice) = &w.slice {
-        let matched = att
-            .cgroup
-            .as_deref()
-            .is_some_and(|path| path.split('/').any(|c| c == slice));
-        selectors.push(SelectorResult {
-            selector: "slice",
-            expected: slice.clone(),
-            actual: att.cgroup.clone().unwrap_or_else(unknown),
-            matched,
-            refused: None,
-        });
-    }
-    if let Some(glob) = &w.cgroup {
-        selectors.push(SelectorResult {
-            selector: "cgroup",
-            expected: glob.as_str().to_owned(),
-            actual: att.cgroup.clone().unwrap_or_else(unknown),
-            matched: att.cgroup.as_deref().is_some_and(|p| glob.is_match(p)),
-            refused: None,
-        });
-    }
-    let program = program_refusal(w, att.user_namespace);
-    let program = |result: SelectorResult| match &program {
+    let exe_refusal = program_refusals(w, att, false).into_iter().next();
+    let entry_refusal = program_refusals(w, att, true).into_iter().next();
+    let program = |result: SelectorResult, refusal: &Option<String>| match refusal {
         Some(reason) => SelectorResult {
             matched: false,
             refused: Some(reason.clone()),
@@ -254,20 +312,22 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
         None => result,
     };
     if let Some(exe) = &w.exe {
-        selectors.push(program(SelectorResult {
-            selector: "exe",
-            expected: exe.clone(),
-            actual: att.exe.display().to_string(),
-            matched: att.exe.as_os_str() == exe.as_str(),
-            refused: None,
-        }));
+        selectors.push(program(
+            SelectorResult {
+                selector: "exe",
+                expected: exe.clone(),
+                actual: att.exe.display().to_string(),
+                matched: att.exe.as_os_str() == exe.as_str(),
+                refused: None,
+            },
+            &exe_refusal,
+        ));
     }
     if !w.exe_sha256.is_empty() {
-        selectors.push(program(hash_selector(
-            "exe_sha256",
-            &w.exe_sha256,
-            &att.exe_hash,
-        )));
+        selectors.push(program(
+            hash_selector("exe_sha256", &w.exe_sha256, &att.exe_hash),
+            &exe_refusal,
+        ));
     }
     if !w.entrypoint_sha256.is_empty() {
         let result = match &att.entrypoint {
@@ -280,7 +340,7 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
                 refused: None,
             },
         };
-        selectors.push(program(result));
+        selectors.push(program(result, &entry_refusal));
     }
     if let Some(uid) = w.uid {
         selectors.push(SelectorResult {
@@ -309,16 +369,39 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
 }
 
 /// Why the selectors on what program runs cannot be believed for this
-/// process, if they cannot.
-fn program_refusal(w: &Compiled, userns: UserNamespace) -> Option<String> {
-    if w.allow_user_namespaces || !userns.is_nested() {
-        return None;
+/// process, in order; `entrypoint` adds the entrypoint's own reasons.
+fn program_refusals(w: &Compiled, att: &Attestation, entrypoint: bool) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if att.user_namespace.is_nested() && !w.allow_user_namespaces {
+        reasons.push(format!(
+            "process runs in a nested user namespace ({}), where /proc/PID/exe and argv \
+             can be repointed with prctl(PR_SET_MM); set allow_user_namespaces = true on this \
+             workload to accept it",
+            att.user_namespace
+        ));
     }
-    Some(format!(
-        "process runs in a nested user namespace ({userns}), where /proc/PID/exe and argv \
-         can be repointed with prctl(PR_SET_MM); set allow_user_namespaces = true on this \
-         workload to accept it"
-    ))
+    let injected: Vec<&str> = att
+        .injected_env
+        .iter()
+        .filter(|name| !w.allow_env.contains(name))
+        .map(String::as_str)
+        .collect();
+    if !injected.is_empty() {
+        reasons.push(format!(
+            "the process's environment sets {}, which make(s) it load other code first; \
+             allow them by name with allow_env on this workload if that is intended",
+            injected.join(", ")
+        ));
+    }
+    if let Some(why) = &att.exe_writable {
+        reasons.push(format!(
+            "the agent could have changed its executable: {why}"
+        ));
+    }
+    if entrypoint && let Some(why) = att.entrypoint.as_ref().and_then(|ep| ep.refused.as_ref()) {
+        reasons.push(why.clone());
+    }
+    reasons
 }
 
 /// Absent hashes (too large, unreadable) match nothing: fail closed.
@@ -346,7 +429,10 @@ mod tests {
     use std::{path::PathBuf, sync::Arc};
 
     use super::*;
-    use crate::attest::{Entrypoint, InstanceState, Interpreter, Target};
+    use crate::attest::{
+        Entrypoint, InstanceState, Interpreter, Target, UserNamespace,
+        scope::{CgroupChain, DirFacts, Hierarchy},
+    };
 
     const EXE_HASH: &str = "aa00000000000000000000000000000000000000000000000000000000000001";
     const SCRIPT_HASH: &str = "bb00000000000000000000000000000000000000000000000000000000000002";
@@ -365,8 +451,11 @@ mod tests {
             uid: 1001,
             gid: 1002,
             cgroup_id: 77,
-            cgroup: Some("/warrant.slice/warrant-agents.slice/agent.service".to_owned()),
+            cgroup: Some(AGENT_CGROUP.to_owned()),
             unit: Some("agent.service".to_owned()),
+            cgroup_chain: Some(Arc::new(chain(AGENT_CGROUP, &[]))),
+            injected_env: Vec::new(),
+            exe_writable: None,
             exe: PathBuf::from("/usr/bin/python3"),
             exe_hash: sha(EXE_HASH),
             argv0: Some("python3".to_owned()),
@@ -375,10 +464,24 @@ mod tests {
                 target: Target::Script("agent.py".to_owned()),
                 path: Some(PathBuf::from("/srv/agent.py")),
                 hash: sha(SCRIPT_HASH),
+                refused: None,
             }),
             user_namespace,
             instance: Arc::new(InstanceState::Pending),
         }
+    }
+
+    const AGENT_CGROUP: &str = "/warrant.slice/warrant-agents.slice/agent.service";
+
+    /// The facts of `path` and its ancestors: the system's own, but for
+    /// those listed.
+    fn chain(path: &str, special: &[(&str, DirFacts)]) -> CgroupChain {
+        CgroupChain::given(&Hierarchy::system("/sys/fs/cgroup".into()), path, |dir| {
+            special
+                .iter()
+                .find(|(p, _)| *p == dir)
+                .map_or(DirFacts::SYSTEM, |(_, f)| *f)
+        })
     }
 
     /// A workload on unit and on every selector of what program runs.
@@ -401,6 +504,22 @@ mod tests {
         };
         assert!(err.to_string().starts_with("w.toml:3:15: "), "{err}");
         assert!(err.message().contains("SHA-256"), "{err}");
+    }
+
+    #[test]
+    fn a_slice_systemd_would_not_make_is_an_error_at_its_place() {
+        let text = "[[workload]]\nname = \"a\"\nslice = \"a--b.slice\"\n";
+        let config = crate::config::Config::parse(text, "w.toml").unwrap();
+        let Err(err) = WorkloadMatcher::compile(&config.workloads, &config.source) else {
+            panic!("a bad slice compiled");
+        };
+        assert!(err.to_string().starts_with("w.toml:3:9: "), "{err}");
+        let text = "[[workload]]\nname = \"a\"\nslice = \"a.slice\"\ndelegated = true\n";
+        let config = crate::config::Config::parse(text, "w.toml").unwrap();
+        let Err(err) = WorkloadMatcher::compile(&config.workloads, &config.source) else {
+            panic!("delegated without unit compiled");
+        };
+        assert!(err.message().contains("needs a unit"), "{err}");
     }
 
     #[test]
@@ -500,5 +619,87 @@ mod tests {
             text.contains("refused: process runs in a nested user namespace"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_name_alike_cgroup_is_refused_and_the_report_says_why() {
+        let text = "[[workload]]\nname = \"cg\"\nunit = \"agent.service\"\n";
+        let config = crate::config::Config::parse(text, "test").unwrap();
+        let matcher = WorkloadMatcher::compile(&config.workloads, &config.source).unwrap();
+        assert_eq!(
+            matcher
+                .evaluate(&attestation(UserNamespace::Host))
+                .matched
+                .as_deref(),
+            Some("cg")
+        );
+        let mut att = attestation(UserNamespace::Host);
+        let user = DirFacts {
+            uid: 1000,
+            ..DirFacts::SYSTEM
+        };
+        att.cgroup_chain = Some(Arc::new(chain(AGENT_CGROUP, &[("/warrant.slice", user)])));
+        let report = matcher.evaluate(&att);
+        assert_eq!(report.matched, None);
+        let why = report.why_not();
+        assert!(
+            why[0].contains("unit refused: cgroup /warrant.slice is owned by uid 1000"),
+            "{why:?}"
+        );
+        // Without the facts (cgroup gone), nothing matches.
+        att.cgroup_chain = None;
+        assert_eq!(matcher.evaluate(&att).matched, None);
+    }
+
+    #[test]
+    fn injected_environment_refuses_program_selectors_unless_allowed_by_name() {
+        let mut att = attestation(UserNamespace::Host);
+        att.injected_env = vec!["PYTHONPATH".into(), "LD_PRELOAD".into()];
+        let report = program_workload("").evaluate(&att);
+        assert_eq!(report.matched, None);
+        let why = report.why_not();
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].contains("sets PYTHONPATH, LD_PRELOAD"), "{why:?}");
+        let partly = program_workload("allow_env = [\"PYTHONPATH\"]\n").evaluate(&att);
+        assert!(
+            partly.why_not()[0].contains("sets LD_PRELOAD,"),
+            "{:?}",
+            partly.why_not()
+        );
+        let allowed =
+            program_workload("allow_env = [\"PYTHONPATH\", \"LD_PRELOAD\"]\n").evaluate(&att);
+        assert_eq!(allowed.matched.as_deref(), Some("agent"));
+    }
+
+    #[test]
+    fn a_writable_executable_or_a_refused_entrypoint_pins_nothing() {
+        let mut att = attestation(UserNamespace::Host);
+        att.exe_writable = Some("the process runs as root, and can change any file".into());
+        let report = program_workload("").evaluate(&att);
+        assert_eq!(report.matched, None);
+        assert!(report.why_not()[0].contains("exe, exe_sha256, entrypoint_sha256 refused"));
+
+        let mut att = attestation(UserNamespace::Host);
+        if let Some(ep) = att.entrypoint.as_mut() {
+            ep.refused = Some("\"agent.py\" is a relative path".into());
+        }
+        let report = program_workload("").evaluate(&att);
+        assert_eq!(report.matched, None);
+        let why = report.why_not();
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].contains("entrypoint_sha256 refused: \"agent.py\" is a relative path"),
+            "{why:?}"
+        );
+        // exe_signers asks the same question, without the entrypoint.
+        let matcher = program_workload("");
+        assert_eq!(matcher.program_refusal("agent", &att), None);
+        att.user_namespace = NESTED;
+        assert!(
+            matcher
+                .program_refusal("agent", &att)
+                .is_some_and(|why| why.contains("nested user namespace"))
+        );
+        assert_eq!(matcher.program_refusal("nobody", &att), None);
     }
 }

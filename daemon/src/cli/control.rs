@@ -136,6 +136,22 @@ fn render_status(status: &Value) -> String {
     }
     out.push_str(&format!("BUDGETS\n  {}\n", text(status.get("budgets"))));
     out.push_str(&format!("INSTANCE\n  {}\n", text(status.get("instance"))));
+    if let Some(tagging) = status.get("tagging").filter(|t| !t.is_null()) {
+        let healthy = tagging.get("healthy").and_then(Value::as_bool) == Some(true);
+        out.push_str(&format!(
+            "TAGGING\n  {} tagged {} of capacity {}, not tagged {}, errors {}{}\n",
+            if healthy { "healthy" } else { "FAILING" },
+            text(tagging.get("tagged")),
+            text(tagging.get("capacity")),
+            text(tagging.get("untagged")),
+            text(tagging.get("errors")),
+            tagging
+                .get("last_error")
+                .and_then(Value::as_str)
+                .map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        ));
+    }
     out.push_str("QUARANTINES\n");
     match status.get("quarantines").and_then(Value::as_array) {
         Some(list) if !list.is_empty() => {

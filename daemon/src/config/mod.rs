@@ -163,6 +163,31 @@ pub struct InterceptConfig {
     /// (QUIC) clients fall back to TCP, which is redirected.
     #[serde(default = "default_true")]
     pub block_quic: bool,
+    /// Destinations warrant refuses to relay a connection it passes through
+    /// (an SNI or plain-HTTP host that is not an upstream) to: CIDRs, or
+    /// "loopback", "link-local" and "metadata" (cloud metadata services).
+    /// Default: those three, so that an agent never reaches the host's own
+    /// services or an instance's metadata through warrant. Relayed sockets
+    /// are also opened in the agent's own cgroup (`proxy::egress`), so the
+    /// unit's own egress controls apply; this list holds even where they
+    /// do not.
+    #[serde(default = "default_passthrough_deny")]
+    pub passthrough_deny: Vec<Spanned<String>>,
+    /// CIDRs exempted from `passthrough_deny`, e.g. "127.0.0.1/32" for a
+    /// local service an agent reaches on an intercepted port.
+    #[serde(default)]
+    pub passthrough_allow: Vec<Spanned<String>>,
+}
+
+/// The default `[intercept] passthrough_deny` (the names `proxy::egress`
+/// knows).
+pub const DEFAULT_PASSTHROUGH_DENY: [&str; 3] = ["loopback", "link-local", "metadata"];
+
+fn default_passthrough_deny() -> Vec<Spanned<String>> {
+    DEFAULT_PASSTHROUGH_DENY
+        .iter()
+        .map(|name| Spanned::new(0..0, (*name).to_owned()))
+        .collect()
 }
 
 fn default_ports() -> Vec<u16> {
@@ -177,6 +202,8 @@ impl Default for InterceptConfig {
         Self {
             ports: default_ports(),
             block_quic: true,
+            passthrough_deny: default_passthrough_deny(),
+            passthrough_allow: Vec::new(),
         }
     }
 }
@@ -379,18 +406,36 @@ impl Default for AttestConfig {
 #[serde(deny_unknown_fields)]
 pub struct WorkloadConfig {
     pub name: Spanned<String>,
-    /// A systemd unit name, e.g. "support-agent.service": tags the cgroup of
-    /// that name wherever it sits under the cgroup root.
+    /// A system manager unit, e.g. "support-agent.service": the unit
+    /// directly below the root or a chain of slices (in whatever slice it
+    /// was placed), never a name-alike below another unit. See
+    /// `attest::scope` for the exact rules.
     #[serde(default)]
     pub unit: Option<Spanned<String>>,
-    /// A systemd slice, e.g. "warrant-agents.slice": tags the slice's cgroup,
-    /// so every unit placed in it is covered.
+    /// A system manager slice, e.g. "warrant-agents.slice": the slice at its
+    /// exact path (/warrant.slice/warrant-agents.slice), so every unit
+    /// placed in it is covered.
     #[serde(default)]
     pub slice: Option<Spanned<String>>,
     /// A cgroup path glob relative to the cgroup2 mount, e.g.
     /// "/system.slice/agent-*.service".
     #[serde(default)]
     pub cgroup: Option<Spanned<CgroupGlob>>,
+    /// Accept the unit named by `unit` although systemd delegated it
+    /// (Delegate=yes), and the sub-cgroups it makes itself: for a unit that
+    /// manages its own cgroups, such as a container runtime. Default false:
+    /// a delegated cgroup, one not owned by root, or one below a user's
+    /// service manager never matches, since its owner names what is below
+    /// it. Needs `unit`.
+    #[serde(default)]
+    pub delegated: bool,
+    /// Environment variables that inject code (LD_PRELOAD, PYTHONPATH,
+    /// NODE_OPTIONS, ...; `attest::pinning` lists them) that this workload
+    /// accepts by name. By default a process that has one in its
+    /// environment does not match the selectors on what program runs
+    /// (exe, exe_sha256, entrypoint_sha256, and policy exe_signers).
+    #[serde(default)]
+    pub allow_env: Vec<Spanned<String>>,
     #[serde(default)]
     pub exe: Option<Spanned<String>>,
     #[serde(default)]

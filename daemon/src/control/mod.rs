@@ -28,7 +28,8 @@
 //! `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`. Results:
 //! - status: `{"connections":[...], "workloads":{NAME:{"connections":N}},
 //!   "credentials":[{"name","fingerprint","expires_at",...}],
-//!   "budgets":..., "instance":{...}, "quarantines":[...], "audit":{...}}`
+//!   "budgets":..., "instance":{...}, "tagging":{"healthy",...},
+//!   "quarantines":[...], "audit":{...}}`
 //! - revoke: `{"target":..., "closed":N, "until":TIME|null}`
 //! - restore: `{"target":..., "restored":true|false}`
 //! - reload: whatever the daemon reports (the configuration is validated)
@@ -127,6 +128,11 @@ pub trait ControlBackend: Send + Sync + 'static {
     }
     fn budgets(&self) -> Value {
         json!({"note": "budgets are not metered yet"})
+    }
+    /// Whether every cgroup the selectors name is tagged (see
+    /// `redirect::tagging::TaggerStatus`).
+    fn tagging(&self) -> Value {
+        Value::Null
     }
     /// Re-reads the configuration. Blocking is fine (runs off the runtime).
     fn reload(&self) -> Result<Value, RequestError> {
@@ -446,6 +452,7 @@ pub fn status(responder: &Responder, backend: &dyn ControlBackend) -> Value {
         "credentials": backend.credentials(),
         "budgets": backend.budgets(),
         "instance": backend.instance(),
+        "tagging": backend.tagging(),
         "quarantines": responder.quarantines().list(jiff::Timestamp::now()),
         "audit": responder.audit().health(),
     })

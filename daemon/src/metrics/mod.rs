@@ -126,6 +126,9 @@ pub struct Metrics {
     pub rule_triggers: Family<RuleLabels, Counter>,
     pub quarantine_actions: Family<QuarantineLabels, Counter>,
     pub quarantines_active: Gauge,
+    /// Whether every cgroup the selectors name is tagged, tag failures,
+    /// and how many cgroups are tagged (see `redirect::tagging`).
+    pub tagger: crate::redirect::tagging::TaggerMetrics,
     /// Model names seen as label values: the model comes from the agent's
     /// request body, so the number of distinct values is capped.
     models: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -233,6 +236,26 @@ impl Metrics {
                 "Quarantines in force",
                 Gauge::default(),
             ),
+            tagger: crate::redirect::tagging::TaggerMetrics {
+                healthy: registered(
+                    r,
+                    "tagger_healthy",
+                    "1 while every cgroup the workload selectors name is tagged for redirection; 0 while tagging fails (it is retried)",
+                    Gauge::default(),
+                ),
+                errors: registered(
+                    r,
+                    "tagger_errors",
+                    "Failed tagging passes (a full map, a lost inotify watch)",
+                    Counter::default(),
+                ),
+                tagged: registered(
+                    r,
+                    "tagged_cgroups",
+                    "Cgroups tagged for redirection",
+                    Gauge::default(),
+                ),
+            },
             registry,
             models: std::sync::Mutex::new(std::collections::HashSet::new()),
         }

@@ -48,6 +48,11 @@ pub struct PolicyInput<'a> {
     /// SHA-256 attestation computed over it.
     pub exe_path: Option<&'a Path>,
     pub exe_sha256: Option<&'a [u8; 32]>,
+    /// Why the attested executable cannot be believed to be what runs (a
+    /// nested user namespace the workload does not allow, code injected
+    /// through the environment, an executable the agent can rewrite: see
+    /// `attest::workload`); `exe_signers` then fails as the exe selectors do.
+    pub program_refusal: Option<&'a str>,
     pub upstream_host: &'a str,
     pub method: &'a str,
     /// The request path; a query string is ignored for matching.
@@ -134,6 +139,10 @@ pub enum Denial {
     NoModel,
     #[error("executable signature required, but the executable is unknown")]
     UnknownExecutable,
+    /// The attested executable cannot be believed to be what runs (see
+    /// `PolicyInput::program_refusal`).
+    #[error("executable signature not checked: {0}")]
+    UnpinnedProgram(String),
     #[error(transparent)]
     Signature(Arc<SignatureError>),
     #[error("environment {0:?} is not allowed")]
@@ -378,6 +387,9 @@ fn identity_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), Denial> {
     let Some(signers) = &rule.signers else {
         return Ok(());
     };
+    if let Some(why) = input.program_refusal {
+        return Err(Denial::UnpinnedProgram(why.to_owned()));
+    }
     match (input.exe_path, input.exe_sha256) {
         (Some(path), Some(sha256)) => signers
             .check(path, sha256, input.now)

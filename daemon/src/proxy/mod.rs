@@ -36,6 +36,7 @@
 //! not searched for the credential.
 
 mod body;
+pub mod egress;
 mod gate;
 mod generation;
 mod io;
@@ -103,6 +104,8 @@ pub enum ProxyError {
         #[source]
         source: TlsError,
     },
+    #[error(transparent)]
+    Destinations(#[from] egress::DestinationError),
     #[error("upstream {host:?}: {source}")]
     Splice {
         host: String,
@@ -140,7 +143,8 @@ pub struct Injector {
     /// The gate and credentials in force: one generation per request.
     generations: Arc<dyn Generations>,
     limits: ProxyConfig,
-    bypass_mark: u32,
+    /// Relays of what is not injected into (see `egress`).
+    egress: egress::Egress,
     clients: upstream::UpstreamClients,
     connections: Arc<Semaphore>,
     /// Quarantines, live connections, the audit trail and its metrics.
@@ -187,7 +191,14 @@ impl Injector {
             );
         }
         let limits = config.proxy.clone();
+        let egress = egress::Egress::new(
+            egress::Destinations::from_config(&config.intercept)?,
+            Arc::new(egress::AgentCgroup::new(crate::mounts::cgroup2().ok())),
+            config.daemon.bypass_mark,
+            Duration::from_secs(limits.upstream_connect_timeout_secs),
+        );
         Ok(Injector {
+            egress,
             upstreams,
             leafs,
             origins,
@@ -198,9 +209,16 @@ impl Injector {
             ),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
             responder,
-            bypass_mark: config.daemon.bypass_mark,
             limits,
         })
+    }
+
+    /// Replaces how relay sockets are made (default: in the agent's own
+    /// cgroup, `egress::AgentCgroup`); in-process tests without privileges
+    /// use `egress::DaemonSocket`.
+    pub fn with_connector(mut self, connector: Arc<dyn egress::Connector>) -> Injector {
+        self.egress = self.egress.with_connector(connector);
+        self
     }
 
     /// Accepts connections on `listener` until the task is dropped. Call once

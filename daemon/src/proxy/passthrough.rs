@@ -1,8 +1,10 @@
 //! Traffic warrant does not touch: TLS to a host that is not a configured
 //! upstream is spliced byte for byte to the Origin's original destination,
 //! and plain HTTP to such a host is forwarded unchanged (no credential).
-//! Both connect to the address the agent dialled, marked so the eBPF
-//! programs leave the connection alone.
+//! Both connect to the address the agent dialled, through `egress`: never
+//! to a destination `[intercept] passthrough_deny` names, from a socket made
+//! in the agent's own cgroup (so its unit's egress controls apply) and
+//! marked so the eBPF programs leave it alone.
 
 use std::time::Duration;
 
@@ -12,13 +14,16 @@ use hyper::body::Incoming;
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 use super::{
-    BoxError, ForwardBody, Injector, ProxyBody, Refusal, SendError, Transport, UpstreamError, io,
+    BoxError, ForwardBody, Injector, ProxyBody, Refusal, Transport, egress, io,
     refusal::error_response,
     replay,
     rewrite::{request_host, strip_hop_by_hop, upstream_uri},
-    upstream::connect_marked,
 };
-use crate::{audit::RequestLog, origin::Origin, provider::Scheme};
+use crate::{
+    audit::{Outcome, RequestLog},
+    origin::Origin,
+    provider::Scheme,
+};
 
 impl Injector {
     /// Splices `recorded` and then the rest of the stream, both ways,
@@ -29,13 +34,16 @@ impl Injector {
         stream: TcpStream,
         origin: Origin,
     ) -> Result<(), BoxError> {
-        let connect_timeout = Duration::from_secs(self.limits.upstream_connect_timeout_secs);
-        let mut remote = tokio::time::timeout(
-            connect_timeout,
-            connect_marked(origin.original_dst, self.bypass_mark),
-        )
-        .await
-        .map_err(|_| "connect to the original destination timed out")??;
+        let mut remote = match self.egress.connect(&origin, origin.original_dst).await {
+            Ok(remote) => remote,
+            Err(error) => {
+                tracing::warn!(dst = %origin.original_dst, tgid = origin.tgid, %error, "passthrough refused or failed");
+                self.responder
+                    .audit()
+                    .connection_refused(Some(&origin), &format!("passthrough: {error}"));
+                return Ok(());
+            }
+        };
         remote.write_all(&recorded).await?;
         let activity = io::Activity::new();
         let mut agent = io::Tracked::new(stream, activity.clone());
@@ -70,25 +78,45 @@ impl Injector {
         };
         parts.uri = target;
         parts.version = Version::HTTP_11;
-        let client = match self.clients.get(&host, origin.original_dst, None) {
-            Ok(client) => client,
-            Err(error) => return upstream_failed(&host, SendError::from(error), log),
-        };
-        match client.request(Request::from_parts(parts, body)).await {
+        // One connection per request, opened in the agent's cgroup: a pooled
+        // one would carry another agent's requests past its own controls.
+        let sent = egress::send_http1(
+            &self.egress,
+            &origin,
+            origin.original_dst,
+            Request::from_parts(parts, body),
+        );
+        match sent.await {
             Ok(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers, false);
                 Response::from_parts(parts, body.map_err(BoxError::from).boxed())
             }
-            Err(error) => upstream_failed(&host, SendError::from(error), log),
+            Err(egress::SendError::Egress(egress::EgressError::Refused(why))) => {
+                tracing::warn!(dst = %origin.original_dst, tgid = origin.tgid, "plain HTTP passthrough refused: {why}");
+                Refusal::new(Outcome::Refused, StatusCode::FORBIDDEN, why)
+                    .respond(Scheme::OpenAi, log)
+            }
+            Err(error) => relay_failed(&host, &error, log),
         }
     }
 }
 
-/// A pass-through request the host did not answer: 502 or 504 in the
-/// OpenAI shape (the host is not a configured provider).
-fn upstream_failed(host: &str, error: SendError, log: &RequestLog) -> Response<ProxyBody> {
-    let error = UpstreamError::from(error);
-    tracing::warn!(upstream = %host, cause = %crate::error::chain(&error), "upstream failed");
-    Refusal::upstream_failed(host, &error).respond(Scheme::OpenAi, log)
+/// A pass-through request the host did not answer: 504 when it ran out of
+/// time (by the error's type), else 502, in the OpenAI shape (the host is
+/// not a configured provider).
+fn relay_failed(host: &str, error: &egress::SendError, log: &RequestLog) -> Response<ProxyBody> {
+    let cause = crate::error::chain(error);
+    tracing::warn!(upstream = %host, %cause, "passthrough failed");
+    let status = if error.timed_out() {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    Refusal::new(
+        Outcome::UpstreamError,
+        status,
+        format!("warrant could not reach {host}: {cause}"),
+    )
+    .respond(Scheme::OpenAi, log)
 }

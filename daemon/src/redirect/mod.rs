@@ -267,10 +267,20 @@ impl RedirectMaps {
         lock(&self.tagged).keys().filter_map(Result::ok).collect()
     }
 
-    /// The current exec generation of a process: 0 if it has not exec'd since
-    /// the programs were loaded (or its entry was evicted).
-    pub fn exec_generation(&self, tgid: u32) -> u64 {
-        lock(&self.exec_gen).get(&tgid, 0).unwrap_or(0)
+    /// The exec generation recorded for a process: by its last exec in a
+    /// tagged cgroup, or by its first redirected connect; None when there
+    /// is none (never recorded, or evicted from the LRU map).
+    pub fn exec_generation(&self, tgid: u32) -> Option<u64> {
+        lock(&self.exec_gen).get(&tgid, 0).ok()
+    }
+
+    /// Forgets the exec generation of `tgid`, as an LRU eviction would:
+    /// for tests of what attestation makes of a lost record.
+    pub fn forget_exec_generation(&self, tgid: u32) -> Result<(), RedirectError> {
+        match lock(&self.exec_gen).remove(&tgid) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(map_names::EXEC_GEN)(e)),
+        }
     }
 }
 
@@ -288,7 +298,7 @@ impl Intercept for RedirectMaps {
 
 impl crate::attest::ExecGenerations for RedirectMaps {
     fn current(&self, tgid: u32) -> Option<u64> {
-        Some(self.exec_generation(tgid)).filter(|&generation| generation != 0)
+        self.exec_generation(tgid)
     }
 
     fn mm_tampered(&self, cgroup_id: u64) -> Option<u64> {

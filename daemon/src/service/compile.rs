@@ -58,6 +58,9 @@ impl Compiled {
         let policy = Policy::compile(&config.policies, posture.clone(), source)?;
         let credentials = credentials::compile(&config.credentials, source, clock, options)?;
         let usage = UsageSettings::compile(&config.usage, &config.prices, source)?;
+        // Built by the injector at start; checked here with the rest, so a
+        // bad entry stops the daemon (or check-config) at its place.
+        check_destinations(config)?;
         Ok(Compiled {
             workloads,
             posture,
@@ -72,6 +75,18 @@ impl Compiled {
                 .any(|p| p.tokens_per_hour.is_some() || p.cost_per_day_usd.is_some()),
         })
     }
+}
+
+/// `[intercept] passthrough_deny` and `passthrough_allow`, as the injector
+/// compiles them (`proxy::egress::Destinations`).
+fn check_destinations(config: &Config) -> Result<(), ConfigError> {
+    let source = &config.source;
+    crate::proxy::egress::Destinations::from_config(&config.intercept)
+        .map(drop)
+        .map_err(|e| match e.span.clone().filter(|span| !span.is_empty()) {
+            Some(span) => source.error_at(&span, ConfigErrorKind::Invalid, e),
+            None => source.error_at_key(&["intercept", e.key], ConfigErrorKind::Invalid, e),
+        })
 }
 
 /// What `warrant check-config` found in a file that compiles.

@@ -15,11 +15,16 @@ pub struct DaemonBackend {
     pub reloader: Arc<Reloader>,
     pub instance: InstanceHandle,
     pub attestor: Arc<Attestor>,
+    pub tagging: Arc<crate::redirect::tagging::TaggerHealth>,
 }
 
 impl ControlBackend for DaemonBackend {
     fn credentials(&self) -> Value {
         serde_json::to_value(self.reloader.current().credentials.status()).unwrap_or(Value::Null)
+    }
+
+    fn tagging(&self) -> Value {
+        serde_json::to_value(self.tagging.snapshot()).unwrap_or(Value::Null)
     }
 
     fn instance(&self) -> Value {
@@ -55,7 +60,7 @@ impl ControlBackend for DaemonBackend {
             .map_err(RequestError::daemon)?;
         let attestation = self
             .attestor
-            .attest(&origin)
+            .attest_live(&origin)
             .map_err(RequestError::daemon)?;
         let report = gate.workloads().evaluate(&attestation);
         let mut text = crate::attest::explain::render(&attestation, &report);

@@ -67,12 +67,14 @@ impl WarrantGate {
     ) -> Decision {
         let instance = attestation.instance.as_ref();
         let exe_sha256 = attestation.exe_hash.bytes();
+        let program_refusal = self.workloads.program_refusal(workload, attestation);
         self.policy.evaluate(&PolicyInput {
             workload,
             environment: instance.claim("environment").ok(),
             region: instance.claim("region").ok(),
             exe_path: Some(attestation.exe.as_path()),
             exe_sha256: exe_sha256.as_ref(),
+            program_refusal: program_refusal.as_deref(),
             upstream_host: upstream,
             method,
             path,

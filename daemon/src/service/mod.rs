@@ -111,7 +111,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
     notify("STATUS=fetching credentials and the instance identity");
     let (instance, _instance_refresher) = start_instance(&config, instance_provider).await;
     notify("STATUS=attaching the eBPF programs");
-    let (listeners, redirection) = start_redirection(&config, &compiled, options.inherited).await?;
+    let (listeners, redirection) =
+        start_redirection(&config, &compiled, &metrics, options.inherited).await?;
     let maps = redirection.redirector.maps();
     let attestor = Arc::new(Attestor::new(
         &config.attest,
@@ -154,6 +155,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             reloader: reloader.clone(),
             instance,
             attestor,
+            tagging: redirection.tagging.clone(),
         }),
     )?;
     tracing::info!(socket = %control.path().display(), "control socket ready");
@@ -216,6 +218,7 @@ async fn serve_metrics(config: &Config, metrics: &Arc<Metrics>) -> Option<AbortO
     let addr = config.daemon.metrics?;
     match TcpListener::bind(addr).await {
         Ok(listener) => {
+            let addr = listener.local_addr().unwrap_or(addr);
             tracing::info!(%addr, "metrics served");
             Some(AbortOnDrop(tokio::spawn(crate::metrics::serve(
                 metrics.clone(),
@@ -255,14 +258,17 @@ struct Redirection {
     /// New selectors for the tagger (on reload).
     tagging_updates: tokio::sync::mpsc::UnboundedSender<Vec<tagging::CgroupSelector>>,
     stop_tagger: tokio::sync::oneshot::Sender<()>,
-    tagger: tokio::task::JoinHandle<
-        std::result::Result<tagging::Tagger, crate::redirect::RedirectError>,
-    >,
+    /// The tagger retries what fails and returns only at shutdown.
+    tagger: tokio::task::JoinHandle<tagging::Tagger>,
+    /// How the tagger is doing, for `warrant status` (its metrics are set
+    /// by the tagger itself).
+    tagging: Arc<tagging::TaggerHealth>,
 }
 
 async fn start_redirection(
     config: &Config,
     compiled: &Compiled,
+    metrics: &Metrics,
     inherited: Option<activation::Inherited>,
 ) -> Result<(Listeners, Redirection)> {
     let listeners = match inherited {
@@ -275,11 +281,13 @@ async fn start_redirection(
         listeners.1.as_ref().and_then(|l| l.local_addr().ok()),
     )?;
     let redirector = Redirector::start(settings.clone())?;
+    let tagging = Arc::new(tagging::TaggerHealth::new(Some(metrics.tagger.clone())));
     let tagger = tagging::Tagger::new(
         &settings.cgroup_root,
         compiled.selectors.clone(),
         redirector.maps(),
-    )?;
+    )?
+    .with_health(tagging.clone());
     let (stop_tagger, tagger_stopped) = tokio::sync::oneshot::channel::<()>();
     let (tagging_updates, tagging_updated) = tokio::sync::mpsc::unbounded_channel();
     let tagger = tokio::spawn(tagger.watch_with_updates(tagging_updated, async {
@@ -293,6 +301,7 @@ async fn start_redirection(
             tagging_updates,
             stop_tagger,
             tagger,
+            tagging,
         },
     ))
 }

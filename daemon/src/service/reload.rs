@@ -167,6 +167,12 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         ("[instance]", old.instance != new.instance),
         ("[attest]", old.attest != new.attest),
         ("[[upstream]]", old.upstreams != new.upstreams),
+        // The injector's relay checks are built at start.
+        (
+            "[intercept] passthrough_deny/passthrough_allow",
+            old.intercept.passthrough_deny != new.intercept.passthrough_deny
+                || old.intercept.passthrough_allow != new.intercept.passthrough_allow,
+        ),
     ];
     sections
         .into_iter()

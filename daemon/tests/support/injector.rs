@@ -51,6 +51,17 @@ pub struct Harness {
     pub responder: Arc<Responder>,
 }
 
+/// Lets relays reach loopback, where the tests' mock servers listen (the
+/// default `[intercept] passthrough_deny` refuses it).
+pub fn allow_loopback_relays(config: &mut Config) {
+    for net in ["127.0.0.0/8", "::1/128"] {
+        config
+            .intercept
+            .passthrough_allow
+            .push(toml::Spanned::new(0..0, net.to_owned()));
+    }
+}
+
 pub fn config_text(state_dir: &std::path::Path, ca_file: &std::path::Path, extra: &str) -> String {
     let ca = ca_file.display();
     format!(
@@ -132,7 +143,10 @@ impl Harness {
     ) -> Harness {
         let state_dir = tempfile::tempdir().unwrap();
         let text = config_text(state_dir.path(), &pki.ca_file, extra);
-        let config = Config::parse(&text, "test").unwrap();
+        let mut config = Config::parse(&text, "test").unwrap();
+        // The mocks the tests pass through to listen on loopback, which
+        // relays refuse by default.
+        allow_loopback_relays(&mut config);
         let ca = local_ca(&config, state_dir.path());
         let warrant_ca_pem = ca.ca_pem().to_owned();
         let trust_bundle = ca.write_trust_bundle(&[]).unwrap();
@@ -154,7 +168,10 @@ impl Harness {
             responder.clone(),
             &[],
         )
-        .unwrap();
+        .unwrap()
+        // In-process, without agents or privileges: relays are the
+        // daemon's own sockets.
+        .with_connector(Arc::new(warrant::proxy::egress::DaemonSocket));
         // Bound before the accept loop starts: connections wait in the backlog.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy = listener.local_addr().unwrap();
