@@ -22,11 +22,17 @@
 //!   refresh settings, private files;
 //! - [`config`]: configuration text shared by the config tests;
 //! - [`redis`]: a real redis-server on a free loopback port;
-//! - [`cgroups`]: cgroups, bpffs pins and processes for privileged tests.
+//! - [`cgroups`]: cgroups, bpffs pins and processes for privileged tests;
+//! - [`binary`]: the real `warrant` binary on a test cgroup treated as the
+//!   system manager's root, with a mock provider and agents run as another
+//!   uid (the identity tests);
+//! - [`netns`]: network namespaces over a veth with a reporting server, and
+//!   a cgroup egress filter like systemd's IPAddressDeny.
 // Test code panics rather than returning errors (the failure keeps its
 // stack), and its `new()`s make cgroups, pins and keys: not defaults.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::new_without_default)]
 
+pub mod binary;
 pub mod cgroups;
 pub mod config;
 pub mod credentials;
@@ -35,6 +41,7 @@ pub mod injector;
 pub mod logs;
 pub mod mock_provider;
 pub mod monitored;
+pub mod netns;
 pub mod pki;
 pub mod prereq;
 pub mod redis;
