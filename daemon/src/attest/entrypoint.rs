@@ -499,9 +499,7 @@ fn short_options(args: &[String], table: &ShortOptions) -> Parsed {
             if table.inline.contains(flag) {
                 return parsed.refuse(format!("{} -{flag} runs inline code", table.name));
             }
-            if table.unsafe_.contains(flag) {
-                parsed = parsed.refuse(unknown(table.name, &format!("-{flag}")));
-            } else if !table.harmless.contains(flag) {
+            if table.unsafe_.contains(flag) || !table.harmless.contains(flag) {
                 parsed = parsed.refuse(unknown(table.name, &format!("-{flag}")));
             }
             if table.value_attached.contains(flag) {

@@ -265,10 +265,7 @@ fn walk(tgid: u32, path: &Path, writer: &Writer, file: &File) -> io::Result<Opti
     let mut dir_name = "/".to_owned();
     let mut queue: VecDeque<std::ffi::OsString> = components(path)?;
     let mut links = 0;
-    loop {
-        let Some(name) = queue.pop_front() else {
-            break;
-        };
+    while let Some(name) = queue.pop_front() {
         let entry = open_path(Some(&dir), Path::new(&name), false)?;
         let meta = fstat(&entry)?;
         if writer.may_replace_entry(&dir_meta, &meta) {
