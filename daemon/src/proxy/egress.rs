@@ -457,26 +457,31 @@ impl Connector for AgentCgroup {
             // workers. The descriptors move along, so that a cancelled
             // relay cannot close them under the clone.
             let child = tokio::task::spawn_blocking(move || {
-                let pidfd = if legacy_only {
+                let cloned = if legacy_only {
                     Err(io::Error::from_raw_os_error(libc::ENOSYS))
                 } else {
                     spawn_into_cgroup(cgroup.as_raw_fd(), slot.as_raw_fd(), domain)
+                        .map(|pidfd| (pidfd, None))
                 };
-                let pidfd = match pidfd {
+                let cloned = match cloned {
                     Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
                         // clone3 is refused (systemd's RestrictNamespaces=
                         // answers ENOSYS, as it cannot filter its flags): the
-                        // child moves itself through cgroup.procs instead.
+                        // child moves itself through cgroup.procs instead,
+                        // which must stay open until it has exited (the
+                        // table is shared: closing it here closes it there).
                         procs_of(&cgroup).and_then(|procs| {
                             spawn_then_move(procs.as_raw_fd(), slot.as_raw_fd(), domain)
+                                .map(|pidfd| (pidfd, Some(procs)))
                         })
                     }
                     other => other,
                 };
                 drop(cgroup);
-                pidfd.map(|pidfd| SocketChild {
+                cloned.map(|(pidfd, procs)| SocketChild {
                     pidfd: Some(pidfd),
                     slot: Some(slot),
+                    procs,
                 })
             })
             .await
@@ -517,6 +522,9 @@ fn procs_of(dir: &OwnedFd) -> io::Result<OwnedFd> {
 struct SocketChild {
     pidfd: Option<OwnedFd>,
     slot: Option<OwnedFd>,
+    /// The cgroup.procs the fallback child writes to: held, like the slot,
+    /// until it has exited.
+    procs: Option<OwnedFd>,
 }
 
 impl SocketChild {
@@ -567,7 +575,8 @@ impl SocketChild {
 
 impl Drop for SocketChild {
     fn drop(&mut self) {
-        let (Some(pidfd), slot) = (self.pidfd.take(), self.slot.take()) else {
+        let (Some(pidfd), slot, procs) = (self.pidfd.take(), self.slot.take(), self.procs.take())
+        else {
             return;
         };
         // Safety: pidfd_send_signal on our own pidfd; SIGKILL also ends a
@@ -584,6 +593,7 @@ impl Drop for SocketChild {
         let reap_then_close = move || {
             let _ = reap(&pidfd);
             drop(slot);
+            drop(procs);
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
