@@ -142,7 +142,6 @@ cgroup = "/system.slice/agent-*.service"
     for rel in [
         "warrant.slice/warrant-agents.slice",
         "system.slice/agent.service",
-        "system.slice/agent-1.service",
     ] {
         w.wait_tagged(rel);
     }
@@ -160,6 +159,7 @@ cgroup = "/system.slice/agent-*.service"
         assert!(!w.tagged(rel), "{rel} was tagged");
     }
     // The operator's own cgroups still work, for a process of any uid.
+    w.wait_tagged("system.slice/agent-1.service");
     for rel in legit {
         assert_eq!(w.curl(rel, NOBODY), "200", "{rel}; log:\n{}", w.log());
     }
@@ -212,8 +212,8 @@ unit = "other.service"
 }
 
 /// Makes `count` cgroups named `leaf` below `base`, as uid `uid` or root.
-fn many_cgroups(w: &Warrant, base: &str, leaf: &str, count: usize, uid: Option<u32>) {
-    let dir = w.cgroups.sub(base);
+fn many_cgroups(cgroups: &TestCgroup, base: &str, leaf: &str, count: usize, uid: Option<u32>) {
+    let dir = cgroups.sub(base);
     let script = format!(
         "cd {} && i=0; while [ $i -lt {count} ]; do mkdir -p d$i/{leaf}; i=$((i+1)); done",
         dir.display()
@@ -245,14 +245,20 @@ fn an_unprivileged_user_cannot_fill_the_tagged_map() {
         "[[workload]]\nname = \"unit\"\nunit = \"agent.service\"\n\n{}",
         policy(&["unit"])
     );
-    let mut w = start(&["system.slice"], &config);
-    // More name-alikes than the map holds, in a subtree uid 65534 owns.
-    many_cgroups(
-        &w,
-        "user.slice/nobody.slice",
-        "agent.service",
-        4100,
-        Some(NOBODY),
+    // More name-alikes than the map holds, in a subtree uid 65534 owns,
+    // there when the daemon starts.
+    let mut w = start_with(
+        &["system.slice"],
+        |cgroups| {
+            many_cgroups(
+                cgroups,
+                "user.slice/nobody.slice",
+                "agent.service",
+                4100,
+                Some(NOBODY),
+            )
+        },
+        &config,
     );
     // An agent unit started afterwards is still tagged and served.
     w.cgroups.sub("system.slice/agent.service");
@@ -280,7 +286,7 @@ fn a_failing_tagger_is_reported_and_retried() {
     );
     let mut w = start(&["system.slice"], &config);
     // The operator's own glob names more cgroups than the map holds.
-    many_cgroups(&w, "many.slice", "x.service", 4100, None);
+    many_cgroups(&w.cgroups, "many.slice", "x.service", 4100, None);
     wait_until(
         "the tagger to report failure",
         Duration::from_secs(60),
