@@ -105,6 +105,14 @@ where
     metric
 }
 
+/// The tagger's health (`redirect::tagging` sets them).
+#[derive(Clone, Default)]
+pub struct TaggerMetrics {
+    pub healthy: Gauge,
+    pub errors: Counter,
+    pub tagged: Gauge,
+}
+
 /// Upstream response times from 5 ms to about 80 s (LLM calls are slow).
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
@@ -128,7 +136,7 @@ pub struct Metrics {
     pub quarantines_active: Gauge,
     /// Whether every cgroup the selectors name is tagged, tag failures,
     /// and how many cgroups are tagged (see `redirect::tagging`).
-    pub tagger: crate::redirect::tagging::TaggerMetrics,
+    pub tagger: TaggerMetrics,
     /// Model names seen as label values: the model comes from the agent's
     /// request body, so the number of distinct values is capped.
     models: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -236,7 +244,7 @@ impl Metrics {
                 "Quarantines in force",
                 Gauge::default(),
             ),
-            tagger: crate::redirect::tagging::TaggerMetrics {
+            tagger: TaggerMetrics {
                 healthy: registered(
                     r,
                     "tagger_healthy",

@@ -30,13 +30,13 @@ use std::{
 
 use futures_util::{FutureExt, StreamExt};
 use inotify::{Inotify, WatchDescriptor, WatchMask};
-use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 use serde::Serialize;
 
 use super::{RedirectError, RedirectMaps, cgroup};
 use crate::{
     attest::scope::{self, CachedFacts, Decision, Hierarchy, Scope},
     config::Config,
+    metrics::TaggerMetrics,
 };
 
 /// Entries of the eBPF map of tagged cgroup ids (`WARRANT_TAGGED`); see
@@ -106,14 +106,6 @@ pub struct TaggerStatus {
 pub struct TaggerHealth {
     status: Mutex<TaggerStatus>,
     metrics: Option<TaggerMetrics>,
-}
-
-/// The tagger's metrics, registered by `metrics::Metrics`.
-#[derive(Clone, Default)]
-pub struct TaggerMetrics {
-    pub healthy: Gauge,
-    pub errors: Counter,
-    pub tagged: Gauge,
 }
 
 impl TaggerHealth {
