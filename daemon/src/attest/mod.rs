@@ -301,6 +301,14 @@ pub struct Attestor {
     cgroups: cgroup::CgroupResolver,
     /// Where the system manager's tree is, for the cgroup selectors.
     hierarchy: scope::Hierarchy,
+    /// The facts of each cgroup's directories, by cgroup id, read at its
+    /// first attestation. Ids are never reused, and a cgroup's processes
+    /// run only once systemd has set it up (owner, delegation xattrs);
+    /// after that only root changes them (chown, CAP_SYS_ADMIN for
+    /// trusted.*), and root is trusted. A delegate can change the user.*
+    /// xattrs of a cgroup it owns, but what it owns is refused (or its
+    /// unit's opt-in exempts it) whatever they say.
+    chains: Mutex<HashMap<u64, Arc<scope::CgroupChain>>>,
     generations: Arc<dyn ExecGenerations>,
     instance: InstanceHandle,
     ticks_per_second: u64,
@@ -331,6 +339,7 @@ impl Attestor {
             image_misses: Default::default(),
             hashes: HashCache::new(config.max_hash_bytes),
             hierarchy: scope::Hierarchy::from_test_env(cgroup_mount.clone().unwrap_or_default()),
+            chains: Mutex::new(HashMap::new()),
             cgroups: cgroup::CgroupResolver::new(cgroup_mount),
             generations,
             instance,
@@ -381,6 +390,24 @@ impl Attestor {
 
     pub fn hierarchy(&self) -> &scope::Hierarchy {
         &self.hierarchy
+    }
+
+    /// The facts of the directories of cgroup `id` at `path` (see
+    /// `chains`). A chain with a directory that could not be read (a
+    /// cgroup being removed) is not kept: it is read again next time.
+    fn chain_of(&self, id: u64, path: &str) -> Arc<scope::CgroupChain> {
+        if let Some(chain) = self.chains.lock().ok().and_then(|c| c.get(&id).cloned()) {
+            return chain;
+        }
+        let chain = Arc::new(scope::CgroupChain::read(&self.hierarchy, path));
+        let complete = chain.dirs.iter().all(|(_, facts)| facts.is_ok());
+        if complete && let Ok(mut chains) = self.chains.lock() {
+            if chains.len() >= MAX_IMAGES {
+                chains.clear();
+            }
+            chains.insert(id, chain.clone());
+        }
+        chain
     }
 
     pub fn generations(&self) -> &dyn ExecGenerations {
@@ -449,11 +476,9 @@ impl Attestor {
                 .as_deref()
                 .and_then(|path| self.hierarchy.unit_of(path))
                 .map(str::to_owned),
-            // Read now, not cached: the selectors decide on who owns these
-            // directories as the request is made.
             cgroup_chain: cgroup
                 .as_deref()
-                .map(|path| Arc::new(scope::CgroupChain::read(&self.hierarchy, path))),
+                .map(|path| self.chain_of(origin.cgroup_id, path)),
             cgroup,
             exe: image.exe.clone(),
             exe_hash: image.exe_hash.clone(),
