@@ -96,8 +96,10 @@ fn warm_attestation(dir: &std::path::Path) -> anyhow::Result<()> {
         let (generations, exec_gen): (Arc<dyn ExecGenerations>, u64) = match &kernel {
             Some(kernel) => {
                 let maps = kernel.redirector.maps();
-                let exec_gen = maps.exec_generation(tgid);
-                anyhow::ensure!(exec_gen != 0, "the child's exec was not stamped");
+                let exec_gen = maps
+                    .exec_generation(tgid)
+                    .filter(|&generation| generation != 0)
+                    .ok_or_else(|| anyhow::anyhow!("the child's exec was not stamped"))?;
                 println!("exec generations and prctl marks: the real eBPF maps");
                 (maps, exec_gen)
             }

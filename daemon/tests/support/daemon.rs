@@ -160,7 +160,9 @@ impl Daemon {
             responder.clone(),
             &[],
         )
-        .unwrap();
+        .unwrap()
+        // In-process, without agents: relays are the daemon's own sockets.
+        .with_connector(Arc::new(warrant::proxy::egress::DaemonSocket));
         let proxy = serve_on_loopback(injector).await;
         let control = ControlServer::bind(
             &config.control.socket,
@@ -170,6 +172,7 @@ impl Daemon {
                 reloader: reloader.clone(),
                 instance,
                 attestor,
+                tagging: Arc::new(warrant::redirect::tagging::TaggerHealth::new(None)),
             }),
         )
         .unwrap();
