@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 pub use log::{AuditHealth, AuditLog, JOURNAL_SOCKET};
 pub use record::{
-    AttestationSummary, AuditRecord, CredentialRef, OriginSummary, Outcome, RecordKind, Target,
-    Usage,
+    AttestationSummary, AuditRecord, CredentialRef, CredentialRefusal, OriginSummary, Outcome,
+    RecordKind, Target, Usage,
 };
 pub use request::{Finished, RequestLog, UNKNOWN};
 

@@ -137,6 +137,24 @@ pub struct CredentialRef {
     pub fingerprint: String,
 }
 
+/// An upstream refused the request's credential (401 or 403): what warrant
+/// did about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialRefusal {
+    /// The upstream's status.
+    pub status: u16,
+    /// refreshed (a new value was fetched), unchanged (the issuer gave the
+    /// same value), not_refreshed (fetched again too recently, or the
+    /// source cannot), failed (the fetch failed).
+    pub result: &'static str,
+    /// The new value's fingerprint, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The request was sent again with the new value (its body could be
+    /// given again).
+    pub retried: bool,
+}
+
 /// Token and cost accounting, filled by the usage module when it parsed the
 /// response (absent fields: not known).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -196,6 +214,9 @@ pub struct AuditRecord {
     /// refused", "left out by GOAWAY", "not sent").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_retry: Option<String>,
+    /// The upstream refused the credential (401, 403) and what followed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential_refused: Option<CredentialRefusal>,
     /// The request body's declared length (Content-Length), when given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_bytes: Option<u64>,
@@ -237,6 +258,7 @@ impl AuditRecord {
             latency_ms: None,
             upstream_latency_ms: None,
             upstream_retry: None,
+            credential_refused: None,
             request_bytes: None,
             response_bytes: None,
             message: None,

@@ -13,8 +13,8 @@ use std::{
 };
 
 use super::{
-    AttestationSummary, Audit, AuditRecord, CredentialRef, OriginSummary, Outcome, RecordKind,
-    Usage,
+    AttestationSummary, Audit, AuditRecord, CredentialRef, CredentialRefusal, OriginSummary,
+    Outcome, RecordKind, Usage,
 };
 use crate::{
     metrics::{DenialLabels, RequestLabels},
@@ -132,6 +132,17 @@ impl RequestLog {
     pub fn upstream_retried(&self, upstream: &str, reason: &str) {
         self.0.audit.metrics.upstream_retried(upstream, reason);
         self.edit(|r| r.upstream_retry = Some(reason.to_owned()));
+    }
+
+    /// The upstream refused the credential `name`: what followed, counted
+    /// in the metrics (and, when the request was sent again, as a retry).
+    pub fn credential_refused(&self, upstream: &str, name: &str, refusal: CredentialRefusal) {
+        let metrics = &self.0.audit.metrics;
+        metrics.credential_refused(name, refusal.result);
+        if refusal.retried {
+            metrics.upstream_retried(upstream, "credential refused");
+        }
+        self.edit(|r| r.credential_refused = Some(refusal));
     }
 
     /// Tokens and cost of this response, metered for `workload` and the

@@ -18,6 +18,7 @@
 //! reference for every key.
 
 mod location;
+mod metadata;
 mod observe;
 mod usage;
 
@@ -32,6 +33,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use location::{ConfigError, ConfigErrorKind, Location, Source};
+pub use metadata::{DEFAULT_METADATA_ADDRESSES, MetadataConfig};
 pub use observe::{
     AuditConfig, AuditFailureMode, ControlConfig, DEFAULT_CONTROL_SOCKET, ResponseConfig,
 };
@@ -80,6 +82,10 @@ pub struct Config {
     /// Prices per model, before the built-in table (see `usage::price`).
     #[serde(default, rename = "price")]
     pub prices: Vec<PriceConfig>,
+    /// Tagged agents' requests to the cloud metadata service (see
+    /// `metadata`).
+    #[serde(default)]
+    pub metadata: MetadataConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -253,6 +259,12 @@ pub struct ProxyConfig {
     /// 504. Non-streaming completions of large models can take minutes.
     #[serde(default = "default_upstream_response_timeout_secs")]
     pub upstream_response_timeout_secs: u64,
+    /// Largest request body of an upstream whose requests are signed over
+    /// their body (scheme bedrock: SigV4 hashes the payload), in bytes. The
+    /// body is held in memory until it is whole; a larger one is refused
+    /// with 413 in the provider's error shape.
+    #[serde(default = "default_max_signed_body_bytes")]
+    pub max_signed_body_bytes: usize,
 }
 
 fn default_agent_keys() -> AgentKeyAction {
@@ -277,6 +289,13 @@ fn default_upstream_connect_timeout_secs() -> u64 {
 fn default_upstream_response_timeout_secs() -> u64 {
     600
 }
+/// 20 MiB: a Converse request with several images or documents (Bedrock
+/// takes images up to 3.75 MB and documents up to 4.5 MB each, base64 in
+/// the JSON body), while bounding what one request can pin in memory.
+pub const DEFAULT_MAX_SIGNED_BODY_BYTES: usize = 20 * 1024 * 1024;
+fn default_max_signed_body_bytes() -> usize {
+    DEFAULT_MAX_SIGNED_BODY_BYTES
+}
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -288,6 +307,7 @@ impl Default for ProxyConfig {
             max_connections: default_max_connections(),
             upstream_connect_timeout_secs: default_upstream_connect_timeout_secs(),
             upstream_response_timeout_secs: default_upstream_response_timeout_secs(),
+            max_signed_body_bytes: default_max_signed_body_bytes(),
         }
     }
 }
@@ -457,7 +477,7 @@ pub struct WorkloadConfig {
 }
 
 /// An upstream's API, as the config names it: `openai | anthropic | gemini |
-/// generic`. Only the syntax: what each one means (how it takes its
+/// bedrock | vertex | azure | generic`. Only the syntax: what each one means (how it takes its
 /// credential, shapes its errors, names its model, reports its usage) is the
 /// `provider` module's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
@@ -469,6 +489,12 @@ pub enum Scheme {
     Anthropic,
     /// `x-goog-api-key`; `?key=` is stripped.
     Gemini,
+    /// Amazon Bedrock runtime: requests re-signed with SigV4.
+    Bedrock,
+    /// Google Vertex AI: `Authorization: Bearer` with an OAuth access token.
+    Vertex,
+    /// Azure OpenAI and AI Foundry: `api-key`, or Bearer for Entra ID tokens.
+    Azure,
     /// A gateway: the configured `header` and `value_template`.
     Generic,
 }
@@ -480,6 +506,9 @@ impl Scheme {
             Scheme::OpenAi => "openai",
             Scheme::Anthropic => "anthropic",
             Scheme::Gemini => "gemini",
+            Scheme::Bedrock => "bedrock",
+            Scheme::Vertex => "vertex",
+            Scheme::Azure => "azure",
             Scheme::Generic => "generic",
         }
     }
@@ -569,6 +598,11 @@ pub struct UpstreamConfig {
     /// anthropic only: forces that form; default is the form the agent used.
     #[serde(default)]
     pub anthropic_auth: Option<AnthropicAuth>,
+    /// bedrock only: the region requests are signed for. Default: the one
+    /// in the host name (`bedrock-runtime.<region>.amazonaws.com`); needed
+    /// only for hosts that do not name it (VPC endpoints).
+    #[serde(default)]
+    pub region: Option<Spanned<String>>,
     /// Extra CA certificates (PEM) trusted for this upstream, beside the
     /// system roots: for private gateways and tests.
     #[serde(default)]
@@ -598,6 +632,18 @@ pub enum CredentialSourceKind {
     Oauth2,
     /// An RFC 8693 token exchange or RFC 7523 JWT bearer grant.
     TokenExchange,
+    /// AWS keys of the EC2 instance role, from IMDSv2 (opt in).
+    AwsImds,
+    /// AWS keys from STS AssumeRoleWithWebIdentity (`role_arn`, a token).
+    AwsWebIdentity,
+    /// A Google OAuth access token from a service-account key (`path`).
+    GcpServiceAccount,
+    /// A Google OAuth access token from the GCE metadata server (opt in).
+    GcpMetadata,
+    /// A Google OAuth access token by workload identity federation.
+    GcpWorkloadIdentity,
+    /// An Entra ID token of the Azure VM's managed identity (IMDS, opt in).
+    AzureManagedIdentity,
 }
 
 impl CredentialSourceKind {
@@ -609,16 +655,40 @@ impl CredentialSourceKind {
             CredentialSourceKind::Exec => "exec",
             CredentialSourceKind::Oauth2 => "oauth2",
             CredentialSourceKind::TokenExchange => "token-exchange",
+            CredentialSourceKind::AwsImds => "aws-imds",
+            CredentialSourceKind::AwsWebIdentity => "aws-web-identity",
+            CredentialSourceKind::GcpServiceAccount => "gcp-service-account",
+            CredentialSourceKind::GcpMetadata => "gcp-metadata",
+            CredentialSourceKind::GcpWorkloadIdentity => "gcp-workload-identity",
+            CredentialSourceKind::AzureManagedIdentity => "azure-managed-identity",
         }
     }
+}
+
+/// What a credential's value is (`format`, for the sources that read a
+/// value as it is: file, systemd, exec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialFormat {
+    /// One token or key (exec: `{"value", "expires_at"}`).
+    Token,
+    /// AWS keys as an AWS credential_process prints them:
+    /// `{"Version": 1, "AccessKeyId", "SecretAccessKey", "SessionToken",
+    /// "Expiration"}` (the last two optional).
+    Aws,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
     pub name: Spanned<String>,
-    /// file | systemd | exec | oauth2 | token-exchange
+    /// file | systemd | exec | oauth2 | token-exchange | aws-imds |
+    /// aws-web-identity | gcp-service-account | gcp-metadata |
+    /// gcp-workload-identity | azure-managed-identity
     pub source: Spanned<CredentialSourceKind>,
+    /// file, systemd, exec: what the value is. Default "token".
+    #[serde(default)]
+    pub format: Option<Spanned<CredentialFormat>>,
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// For source "systemd": the credential's name in $CREDENTIALS_DIRECTORY.
@@ -666,6 +736,30 @@ pub struct CredentialConfig {
     pub subject_token_credential: Option<Spanned<String>>,
     #[serde(default)]
     pub subject_token_type: Option<String>,
+    // The cloud sources' keys, documented in `credentials::settings` too.
+    /// aws-imds, gcp-metadata, azure-managed-identity: the metadata service
+    /// (default the link-local address; tests point it at loopback).
+    #[serde(default)]
+    pub endpoint: Option<Spanned<String>>,
+    /// aws-imds: the instance role (default the one the instance has).
+    #[serde(default)]
+    pub role: Option<String>,
+    /// aws-web-identity: the role to assume.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// aws-web-identity: the RoleSessionName (default "warrant").
+    #[serde(default)]
+    pub session_name: Option<String>,
+    /// aws-web-identity: the regional STS endpoint's region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// aws-web-identity: DurationSeconds of the session, e.g. "1h".
+    #[serde(default)]
+    pub duration: Option<Spanned<String>>,
+    /// gcp-metadata: the service account (default "default");
+    /// gcp-workload-identity: the one to impersonate (default none).
+    #[serde(default)]
+    pub service_account: Option<String>,
     /// Durations such as "10s", "5m", "1h".
     #[serde(default)]
     pub timeout: Option<Spanned<String>>,
@@ -882,6 +976,7 @@ impl Config {
                 "upstream_response_timeout_secs",
                 proxy.upstream_response_timeout_secs == 0,
             ),
+            ("max_signed_body_bytes", proxy.max_signed_body_bytes == 0),
         ];
         if let Some((key, _)) = too_small.iter().find(|(_, bad)| *bad) {
             return Err(at(&["proxy", key], Problem::ProxyLimit(key)));

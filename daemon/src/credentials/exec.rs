@@ -61,11 +61,16 @@ pub enum ExecError {
     },
     #[error("{program} printed an empty value")]
     EmptyValue { program: String },
+    #[error("{program} printed something that is not UTF-8")]
+    NotUtf8 { program: String },
 }
 
 pub struct ExecProvider {
     argv: Vec<String>,
     timeout: Duration,
+    /// The whole output is the value (an AWS credential_process's JSON,
+    /// read by `aws::AwsFormat`), rather than `{"value", "expires_at"}`.
+    raw: bool,
 }
 
 #[derive(Deserialize)]
@@ -77,7 +82,18 @@ struct ExecOutput {
 
 impl ExecProvider {
     pub fn new(argv: Vec<String>, timeout: Duration) -> ExecProvider {
-        ExecProvider { argv, timeout }
+        ExecProvider {
+            argv,
+            timeout,
+            raw: false,
+        }
+    }
+
+    /// The command's whole output is the value, for a wrapper that reads it
+    /// (`format = "aws"`: an AWS credential_process).
+    pub fn raw_output(mut self) -> ExecProvider {
+        self.raw = true;
+        self
     }
 }
 
@@ -120,6 +136,18 @@ impl Provider for ExecProvider {
             }
             if stdout.len() > MAX_OUTPUT {
                 return Err(ExecError::TooLarge { program: named() }.into());
+            }
+            if self.raw {
+                let text = std::str::from_utf8(&stdout)
+                    .map_err(|_| ExecError::NotUtf8 { program: named() })?
+                    .trim();
+                if text.is_empty() {
+                    return Err(ExecError::EmptyValue { program: named() }.into());
+                }
+                return Ok(Issued {
+                    value: Secret::new(text.to_owned()),
+                    expires_at: None,
+                });
             }
             let parsed: ExecOutput =
                 serde_json::from_slice(&stdout).map_err(|e| ExecError::BadOutput {

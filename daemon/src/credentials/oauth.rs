@@ -137,7 +137,7 @@ impl TokenClient {
     }
 
     /// POSTs a form and returns the status and body.
-    async fn post_form(
+    pub(super) async fn post_form(
         &self,
         url: &str,
         authorization: Option<&str>,
@@ -162,11 +162,24 @@ impl TokenClient {
                 url: url.to_owned(),
                 source,
             })?;
+        self.send(request, timeout).await
+    }
+
+    /// Sends `request` and returns the status and the body (at most
+    /// `MAX_RESPONSE` bytes), all within `timeout`. Also the cloud sources'
+    /// client (metadata services and STS), so they share its TLS roots and
+    /// its errors, which name the URL and never a body.
+    pub(super) async fn send(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<(http::StatusCode, Bytes), OAuthError> {
+        let url = request.uri().to_string();
         let exchange =
             async {
                 let response = self.client.request(request).await.map_err(|source| {
                     OAuthError::Unreachable {
-                        url: url.to_owned(),
+                        url: url.clone(),
                         source,
                     }
                 })?;
@@ -175,7 +188,7 @@ impl TokenClient {
                     .collect()
                     .await
                     .map_err(|source| OAuthError::ReadResponse {
-                        url: url.to_owned(),
+                        url: url.clone(),
                         source,
                     })?
                     .to_bytes();
@@ -184,10 +197,48 @@ impl TokenClient {
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| OAuthError::Timeout {
-                url: url.to_owned(),
+                url: url.clone(),
                 timeout,
             })?
     }
+}
+
+/// Reads a token endpoint's answer (RFC 6749 §5.1 and §5.2): the access
+/// token and its expiry from a 2xx, the OAuth `error` code otherwise.
+pub(super) fn token_response(
+    url: &str,
+    status: http::StatusCode,
+    body: &[u8],
+    now: jiff::Timestamp,
+) -> Result<Issued, OAuthError> {
+    if !status.is_success() {
+        let code = serde_json::from_slice::<TokenErrorResponse>(body)
+            .map(|e| e.error)
+            .unwrap_or_else(|_| "no OAuth error code".to_owned());
+        return Err(OAuthError::Refused {
+            url: url.to_owned(),
+            status,
+            code,
+        });
+    }
+    let token: TokenResponse =
+        serde_json::from_slice(body).map_err(|e| OAuthError::BadResponse {
+            url: url.to_owned(),
+            category: e.classify(),
+            column: e.column(),
+        })?;
+    if token.access_token.is_empty() {
+        return Err(OAuthError::EmptyToken {
+            url: url.to_owned(),
+        });
+    }
+    let expires_at = token
+        .expires_in
+        .map(|secs| crate::clock::add(now, Duration::from_secs(secs)));
+    Ok(Issued {
+        value: Secret::new(token.access_token),
+        expires_at,
+    })
 }
 
 /// How the client authenticates to the token endpoint.
@@ -265,33 +316,33 @@ fn urlencode(value: &str) -> String {
     form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-impl OAuthProvider {
-    async fn subject_token(
-        &self,
-        source: &SubjectSource,
-        ctx: &IssueContext<'_>,
-    ) -> Result<Secret, OAuthError> {
-        match source {
-            SubjectSource::File(path) => {
-                let bytes = Zeroizing::new(tokio::fs::read(path).await.map_err(|source| {
-                    OAuthError::ReadSubjectToken {
-                        path: path.clone(),
-                        source,
-                    }
-                })?);
-                let text = std::str::from_utf8(&bytes)
-                    .map_err(|_| OAuthError::SubjectTokenNotUtf8 { path: path.clone() })?;
-                Ok(Secret::new(text.trim().to_owned()))
-            }
-            SubjectSource::Credential(name) => ctx
-                .others
-                .current(name)
-                .await
-                .map(|s| Secret::clone(&s))
-                .map_err(OAuthError::SubjectCredential),
+/// A subject token, read now from its file or its credential.
+pub(super) async fn subject_token(
+    source: &SubjectSource,
+    ctx: &IssueContext<'_>,
+) -> Result<Secret, OAuthError> {
+    match source {
+        SubjectSource::File(path) => {
+            let bytes = Zeroizing::new(tokio::fs::read(path).await.map_err(|source| {
+                OAuthError::ReadSubjectToken {
+                    path: path.clone(),
+                    source,
+                }
+            })?);
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| OAuthError::SubjectTokenNotUtf8 { path: path.clone() })?;
+            Ok(Secret::new(text.trim().to_owned()))
         }
+        SubjectSource::Credential(name) => ctx
+            .others
+            .current(name)
+            .await
+            .map(|s| Secret::clone(&s))
+            .map_err(OAuthError::SubjectCredential),
     }
+}
 
+impl OAuthProvider {
     /// A private_key_jwt client assertion, signed now with `key`.
     fn client_assertion(
         &self,
@@ -342,7 +393,7 @@ impl OAuthProvider {
             .map_err(OAuthError::Sign)
     }
 
-    async fn issue_token(&self, ctx: &IssueContext<'_>) -> Result<Issued, OAuthError> {
+    pub(super) async fn issue_token(&self, ctx: &IssueContext<'_>) -> Result<Issued, OAuthError> {
         let mut form = Zeroizing::new(String::new());
         let mut add = |key: &str, value: &str| {
             if !form.is_empty() {
@@ -359,7 +410,7 @@ impl OAuthProvider {
                 subject_token_type,
                 requested_token_type,
             } => {
-                let token = self.subject_token(subject, ctx).await?;
+                let token = subject_token(subject, ctx).await?;
                 add("grant_type", GRANT_TOKEN_EXCHANGE);
                 add("subject_token", token.expose());
                 add("subject_token_type", subject_token_type);
@@ -368,7 +419,7 @@ impl OAuthProvider {
                 }
             }
             Grant::JwtBearer { subject } => {
-                let token = self.subject_token(subject, ctx).await?;
+                let token = subject_token(subject, ctx).await?;
                 add("grant_type", GRANT_JWT_BEARER);
                 add("assertion", token.expose());
             }
@@ -426,34 +477,7 @@ impl OAuthProvider {
             )
             .await?;
         let body = Zeroizing::new(body.to_vec());
-        if !status.is_success() {
-            let code = serde_json::from_slice::<TokenErrorResponse>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| "no OAuth error code".to_owned());
-            return Err(OAuthError::Refused {
-                url: self.token_url.clone(),
-                status,
-                code,
-            });
-        }
-        let token: TokenResponse =
-            serde_json::from_slice(&body).map_err(|e| OAuthError::BadResponse {
-                url: self.token_url.clone(),
-                category: e.classify(),
-                column: e.column(),
-            })?;
-        if token.access_token.is_empty() {
-            return Err(OAuthError::EmptyToken {
-                url: self.token_url.clone(),
-            });
-        }
-        let expires_at = token
-            .expires_in
-            .map(|secs| crate::clock::add(ctx.now, Duration::from_secs(secs)));
-        Ok(Issued {
-            value: Secret::new(token.access_token),
-            expires_at,
-        })
+        token_response(&self.token_url, status, &body, ctx.now)
     }
 }
 

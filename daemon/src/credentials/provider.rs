@@ -25,6 +25,12 @@ pub enum IssueError {
     Exec(#[from] super::exec::ExecError),
     #[error(transparent)]
     OAuth(#[from] super::oauth::OAuthError),
+    #[error(transparent)]
+    Aws(super::aws::AwsError),
+    #[error(transparent)]
+    Gcp(super::gcp::GcpError),
+    #[error(transparent)]
+    Azure(super::azure::AzureError),
     #[error("the issuer returned a value that expired at {0}")]
     Expired(Timestamp),
     /// Nothing was fetched yet and no fetch failed (a store driven by hand).

@@ -21,9 +21,33 @@
 //! | `subject_token_path` / `subject_token_credential` | token-exchange | one of them required |
 //! | `subject_token_type` | token-exchange | urn:ietf:params:oauth:token-type:jwt |
 //! | `requested_token_type` | token-exchange | not sent (the server's default) |
-//! | `timeout` | exec, oauth2, token-exchange | 10s |
+//! | `format` | file, systemd, exec | "token"; "aws": AWS credential_process JSON (`aws::AwsKeys`) |
+//! | `endpoint` | aws-imds, gcp-metadata, azure-managed-identity | the link-local metadata address |
+//! | `endpoint` | gcp-workload-identity | https://iamcredentials.googleapis.com (impersonation) |
+//! | `role` | aws-imds | the one role the instance lists |
+//! | `role_arn` | aws-web-identity | required |
+//! | `subject_token_path` / `subject_token_credential` | aws-web-identity, gcp-workload-identity | one of them required |
+//! | `session_name` | aws-web-identity | "warrant" |
+//! | `region` | aws-web-identity | none: the global STS endpoint |
+//! | `token_url` | aws-web-identity | the STS endpoint of `region` (or global) |
+//! | `token_url` | gcp-workload-identity | https://sts.googleapis.com/v1/token |
+//! | `duration` | aws-web-identity | STS's default (1h); 15m to 12h |
+//! | `path` | gcp-service-account | required: the JSON key file, root-only |
+//! | `scope` | gcp-service-account, gcp-workload-identity | https://www.googleapis.com/auth/cloud-platform |
+//! | `scope` | gcp-metadata | the instance's scopes |
+//! | `service_account` | gcp-metadata | "default" |
+//! | `service_account` | gcp-workload-identity | none (the federated token is used as it is) |
+//! | `audience` | gcp-workload-identity | required: the workload identity provider |
+//! | `resource` | azure-managed-identity | https://cognitiveservices.azure.com |
+//! | `client_id` | azure-managed-identity | none: the system-assigned identity |
+//! | `timeout` | exec, oauth2, token-exchange, the cloud sources | 10s |
 //! | `refresh_ahead` | all | 5m |
 //! | `refresh_interval` | all, values without expiry | 5m |
+//!
+//! The cloud sources that read a metadata service (aws-imds, gcp-metadata,
+//! azure-managed-identity) are opt in like `[instance]` cloud identities:
+//! nothing contacts a metadata service unless such a credential is
+//! configured.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -35,19 +59,24 @@ use std::{
 use toml::Spanned;
 
 use super::{
+    CredentialKind,
+    aws::{self, AwsFormat, ImdsProvider, WebIdentityProvider},
+    azure::{self, ManagedIdentityProvider},
     exec::ExecProvider,
     file::{FileError, FileProvider, SystemdProvider, check_root_only},
+    gcp::{self, MetadataProvider, ServiceAccountProvider, WorkloadIdentityProvider},
     oauth::{
         ClientAuth, Grant, OAuthError, OAuthProvider, PrivateKeyJwt, SubjectSource, TOKEN_TYPE_JWT,
         TokenClient,
     },
     provider::Provider,
-    store::{CredentialStore, RefreshSettings},
+    store::{CredentialStore, Described, RefreshSettings},
 };
 use crate::{
     clock::Clock,
     config::{
-        ConfigError, ConfigErrorKind, CredentialConfig, CredentialSourceKind as Kind, Source,
+        ConfigError, ConfigErrorKind, CredentialConfig, CredentialFormat,
+        CredentialSourceKind as Kind, DEFAULT_METADATA_ENDPOINT, Source,
     },
     duration::DurationError,
 };
@@ -109,7 +138,18 @@ pub enum SettingsError {
     DependsOnItself(String),
     #[error(transparent)]
     Client(#[from] OAuthError),
+    #[error(
+        "`format` applies to sources file, systemd and exec; source {0:?} issues its own kind of value"
+    )]
+    FormatNotApplicable(&'static str),
+    #[error("bad endpoint {0:?}: expected an http or https URL with a host")]
+    BadEndpoint(String),
+    #[error("duration {0:?} is outside STS's range of 15 minutes to 12 hours")]
+    StsDuration(String),
 }
+
+/// STS's DurationSeconds range.
+const STS_DURATION: std::ops::RangeInclusive<u64> = 900..=43_200;
 
 /// What differs between the daemon and tests.
 #[derive(Debug, Clone)]
@@ -150,7 +190,11 @@ pub fn compile(
         };
         let provider = compiled.provider(&mut client)?;
         let settings = compiled.refresh_settings()?;
-        store = store.with(config.name.get_ref(), provider, settings);
+        let described = Described {
+            source: config.source.get_ref().name(),
+            kind: compiled.kind(),
+        };
+        store = store.with_described(config.name.get_ref(), provider, settings, described);
     }
     no_cycles(configs, source)?;
     Ok(store)
@@ -204,6 +248,10 @@ impl Compiler<'_> {
         )
     }
 
+    fn kind(&self) -> CredentialKind {
+        kind_of(self.config)
+    }
+
     fn provider(&self, client: &mut Option<TokenClient>) -> Result<Box<dyn Provider>, ConfigError> {
         let config = self.config;
         let kind = *config.source.get_ref();
@@ -213,7 +261,14 @@ impl Compiler<'_> {
         self.duration(&config.refresh_ahead, DEFAULT_REFRESH_AHEAD)?;
         self.duration(&config.refresh_interval, DEFAULT_REFRESH_INTERVAL)?;
         self.check_files(kind)?;
-        Ok(match kind {
+        let raw_value = matches!(kind, Kind::File | Kind::Systemd | Kind::Exec);
+        if let Some(format) = &config.format
+            && !raw_value
+        {
+            return Err(self.invalid(format, SettingsError::FormatNotApplicable(kind.name())));
+        }
+        let aws_format = self.kind() == CredentialKind::AwsKeys && raw_value;
+        let provider: Box<dyn Provider> = match kind {
             Kind::File => {
                 let path = config.path.clone().ok_or_else(|| {
                     self.missing(config.source.span(), "source \"file\" needs `path`")
@@ -234,7 +289,8 @@ impl Compiler<'_> {
             }
             Kind::Exec => match &config.command {
                 Some(argv) if !argv.is_empty() => {
-                    Box::new(ExecProvider::new(argv.clone(), timeout))
+                    let exec = ExecProvider::new(argv.clone(), timeout);
+                    Box::new(if aws_format { exec.raw_output() } else { exec })
                 }
                 _ => {
                     return Err(self.missing(
@@ -244,6 +300,198 @@ impl Compiler<'_> {
                 }
             },
             Kind::Oauth2 | Kind::TokenExchange => Box::new(self.oauth(kind, timeout, client)?),
+            Kind::AwsImds => Box::new(ImdsProvider {
+                client: self.client(client)?,
+                endpoint: self.endpoint(DEFAULT_METADATA_ENDPOINT)?,
+                role: config.role.clone(),
+                timeout,
+            }),
+            Kind::AwsWebIdentity => Box::new(self.web_identity(timeout, client)?),
+            Kind::GcpServiceAccount => Box::new(ServiceAccountProvider {
+                client: self.client(client)?,
+                key_path: config.path.clone().ok_or_else(|| {
+                    self.missing(
+                        config.source.span(),
+                        "source \"gcp-service-account\" needs `path` (the JSON key file)",
+                    )
+                })?,
+                key_owner_uid: self.options.file_owner_uid,
+                scope: config
+                    .scope
+                    .clone()
+                    .unwrap_or_else(|| gcp::DEFAULT_SCOPE.to_owned()),
+                timeout,
+            }),
+            Kind::GcpMetadata => Box::new(MetadataProvider {
+                client: self.client(client)?,
+                endpoint: self.endpoint(DEFAULT_METADATA_ENDPOINT)?,
+                service_account: config
+                    .service_account
+                    .clone()
+                    .unwrap_or_else(|| "default".to_owned()),
+                scope: config.scope.clone(),
+                timeout,
+            }),
+            Kind::GcpWorkloadIdentity => Box::new(self.workload_identity(timeout, client)?),
+            Kind::AzureManagedIdentity => Box::new(ManagedIdentityProvider {
+                client: self.client(client)?,
+                endpoint: self.endpoint(DEFAULT_METADATA_ENDPOINT)?,
+                resource: config
+                    .resource
+                    .clone()
+                    .unwrap_or_else(|| azure::DEFAULT_RESOURCE.to_owned()),
+                client_id: config.client_id.clone(),
+                timeout,
+            }),
+        };
+        Ok(if aws_format {
+            Box::new(AwsFormat { inner: provider })
+        } else {
+            provider
+        })
+    }
+
+    /// The HTTP client shared by every credential that calls out.
+    fn client(&self, client: &mut Option<TokenClient>) -> Result<TokenClient, ConfigError> {
+        Ok(match client {
+            Some(c) => c.clone(),
+            None => client
+                .insert(TokenClient::new().map_err(|e| self.invalid(&self.config.source, e))?)
+                .clone(),
+        })
+    }
+
+    /// `endpoint`, or `default`, without a trailing slash.
+    fn endpoint(&self, default: &str) -> Result<String, ConfigError> {
+        let Some(endpoint) = &self.config.endpoint else {
+            return Ok(default.to_owned());
+        };
+        let text = endpoint.get_ref();
+        let ok = text.parse::<http::Uri>().ok().is_some_and(|uri| {
+            matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some()
+        });
+        if !ok {
+            return Err(self.invalid(endpoint, SettingsError::BadEndpoint(text.clone())));
+        }
+        Ok(text.trim_end_matches('/').to_owned())
+    }
+
+    /// The subject token of a federated source: exactly one of the path
+    /// and the credential.
+    fn subject(&self, needs: &'static str) -> Result<SubjectSource, ConfigError> {
+        let config = self.config;
+        aws::token_source(
+            config.subject_token_path.clone(),
+            config
+                .subject_token_credential
+                .as_ref()
+                .map(|c| c.get_ref().clone()),
+        )
+        .ok_or_else(|| self.missing(config.source.span(), needs))
+    }
+
+    /// A `token_url` given, checked; else `default`.
+    fn token_url(&self, default: String) -> Result<String, ConfigError> {
+        match &self.config.token_url {
+            Some(url) => {
+                check_token_url(url.get_ref()).map_err(|e| self.invalid(url, e))?;
+                Ok(url.get_ref().clone())
+            }
+            None => Ok(default),
+        }
+    }
+
+    fn web_identity(
+        &self,
+        timeout: Duration,
+        client: &mut Option<TokenClient>,
+    ) -> Result<WebIdentityProvider, ConfigError> {
+        let config = self.config;
+        let role_arn = config.role_arn.clone().ok_or_else(|| {
+            self.missing(
+                config.source.span(),
+                "source \"aws-web-identity\" needs `role_arn`",
+            )
+        })?;
+        let token = self.subject(
+            "source \"aws-web-identity\" needs exactly one of `subject_token_path` and `subject_token_credential` (the web identity token)",
+        )?;
+        let duration = match &config.duration {
+            Some(text) => {
+                let duration =
+                    crate::duration::parse(text.get_ref()).map_err(|e| self.invalid(text, e))?;
+                if !STS_DURATION.contains(&duration.as_secs()) {
+                    return Err(
+                        self.invalid(text, SettingsError::StsDuration(text.get_ref().clone()))
+                    );
+                }
+                Some(duration)
+            }
+            None => None,
+        };
+        let default_url = config
+            .region
+            .as_deref()
+            .map_or_else(|| aws::STS_GLOBAL.to_owned(), aws::sts_endpoint);
+        Ok(WebIdentityProvider {
+            client: self.client(client)?,
+            url: self.token_url(default_url)?,
+            role_arn,
+            session_name: config
+                .session_name
+                .clone()
+                .unwrap_or_else(|| aws::DEFAULT_SESSION_NAME.to_owned()),
+            duration,
+            token,
+            timeout,
+        })
+    }
+
+    fn workload_identity(
+        &self,
+        timeout: Duration,
+        client: &mut Option<TokenClient>,
+    ) -> Result<WorkloadIdentityProvider, ConfigError> {
+        let config = self.config;
+        let audience = config.audience.clone().ok_or_else(|| {
+            self.missing(
+                config.source.span(),
+                "source \"gcp-workload-identity\" needs `audience` (//iam.googleapis.com/projects/.../providers/...)",
+            )
+        })?;
+        let subject = self.subject(
+            "source \"gcp-workload-identity\" needs exactly one of `subject_token_path` and `subject_token_credential`",
+        )?;
+        let scope = config
+            .scope
+            .clone()
+            .unwrap_or_else(|| gcp::DEFAULT_SCOPE.to_owned());
+        let client = self.client(client)?;
+        let sts = OAuthProvider {
+            client: client.clone(),
+            token_url: self.token_url(gcp::DEFAULT_STS_URL.to_owned())?,
+            client_id: None,
+            auth: ClientAuth::None,
+            grant: Grant::TokenExchange {
+                subject,
+                subject_token_type: config
+                    .subject_token_type
+                    .clone()
+                    .unwrap_or_else(|| TOKEN_TYPE_JWT.to_owned()),
+                requested_token_type: Some(gcp::TOKEN_TYPE_ACCESS_TOKEN.to_owned()),
+            },
+            scope: Some(scope.clone()),
+            audience: Some(audience),
+            resource: None,
+            timeout,
+        };
+        Ok(WorkloadIdentityProvider {
+            sts,
+            client,
+            service_account: config.service_account.clone(),
+            iam_endpoint: self.endpoint(gcp::DEFAULT_IAM_CREDENTIALS)?,
+            scope,
+            timeout,
         })
     }
 
@@ -251,7 +499,7 @@ impl Compiler<'_> {
     fn check_files(&self, kind: Kind) -> Result<(), ConfigError> {
         let config = self.config;
         let files = [
-            (kind == Kind::File)
+            matches!(kind, Kind::File | Kind::GcpServiceAccount)
                 .then_some(config.path.as_ref())
                 .flatten(),
             config.private_key_path.as_ref(),
@@ -281,12 +529,7 @@ impl Compiler<'_> {
         };
         let auth = self.client_auth(kind)?;
         let grant = self.grant(kind)?;
-        let client = match client {
-            Some(c) => c.clone(),
-            None => client
-                .insert(TokenClient::new().map_err(|e| self.invalid(&config.source, e))?)
-                .clone(),
-        };
+        let client = self.client(client)?;
         Ok(OAuthProvider {
             client,
             token_url,
@@ -413,6 +656,27 @@ impl Compiler<'_> {
     }
 }
 
+/// What a credential's value is: AWS keys for the AWS sources and for
+/// `format = "aws"`, a token otherwise.
+pub fn kind_of(config: &CredentialConfig) -> CredentialKind {
+    match config.source.get_ref() {
+        Kind::AwsImds | Kind::AwsWebIdentity => CredentialKind::AwsKeys,
+        _ if config.format.as_ref().map(|f| *f.get_ref()) == Some(CredentialFormat::Aws) => {
+            CredentialKind::AwsKeys
+        }
+        _ => CredentialKind::Token,
+    }
+}
+
+/// The kind of the credential `name` among `configs` (a token when no such
+/// credential is configured: `config` has refused that file already).
+pub fn kind_named(configs: &[CredentialConfig], name: &str) -> CredentialKind {
+    configs
+        .iter()
+        .find(|c| c.name.get_ref() == name)
+        .map_or(CredentialKind::Token, kind_of)
+}
+
 /// A credential that (indirectly) needs itself would wait for itself.
 fn no_cycles(configs: &[CredentialConfig], source: &Source) -> Result<(), ConfigError> {
     let depends: HashMap<&str, Vec<&str>> = configs
@@ -448,7 +712,7 @@ fn no_cycles(configs: &[CredentialConfig], source: &Source) -> Result<(), Config
 
 /// Token endpoints must be https; plain http only on loopback (tests, or a
 /// local token agent), where nothing crosses the network.
-fn check_token_url(url: &str) -> Result<(), SettingsError> {
+pub(super) fn check_token_url(url: &str) -> Result<(), SettingsError> {
     let uri: http::Uri = url.parse().map_err(|source| SettingsError::BadTokenUrl {
         url: url.to_owned(),
         source,

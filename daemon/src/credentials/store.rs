@@ -12,6 +12,10 @@
 //!   get `CredentialError::Unavailable`.
 //! - A request finding no usable value fetches inline, one fetch per entry
 //!   at a time (the others wait for it), unless the entry is backing off.
+//! - An upstream that refuses a value (401, 403) may ask for a fetch
+//!   outside the schedule ([`CredentialSource::refresh`]): made at most once
+//!   per [`FORCED_REFRESH_INTERVAL`] per credential, and not at all when
+//!   another request has already replaced the refused value.
 
 use std::{
     collections::HashMap,
@@ -22,7 +26,7 @@ use std::{
 use jiff::Timestamp;
 
 use super::{
-    CredentialError, CredentialFuture, CredentialSource,
+    CredentialError, CredentialFuture, CredentialKind, CredentialSource,
     provider::{IssueContext, IssueError, Provider},
 };
 use crate::{
@@ -49,18 +53,44 @@ struct Cached {
     refresh_at: Timestamp,
 }
 
+/// At most one fetch outside the schedule per credential this often: an
+/// agent that makes an upstream answer 403 on purpose (a model its role may
+/// not use) must not turn each of its requests into a call to the issuer.
+pub const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
 #[derive(Default)]
 struct State {
     cached: Option<Cached>,
     failures: u32,
     retry_at: Option<Timestamp>,
     last_error: Option<Arc<IssueError>>,
+    /// When the last fetch outside the schedule was made.
+    last_forced: Option<Timestamp>,
+}
+
+/// What a credential is, for `warrant status`, `warrant explain` and the
+/// check that each upstream names a credential it can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Described {
+    /// The `source` as the config spells it.
+    pub source: &'static str,
+    pub kind: CredentialKind,
+}
+
+impl Default for Described {
+    fn default() -> Self {
+        Described {
+            source: "custom",
+            kind: CredentialKind::Token,
+        }
+    }
 }
 
 struct Entry {
     name: String,
     provider: Box<dyn Provider>,
     settings: RefreshSettings,
+    described: Described,
     state: Mutex<State>,
     /// Single flight: one fetch per entry at a time.
     fetching: tokio::sync::Mutex<()>,
@@ -80,6 +110,8 @@ pub type RefreshObserver = Arc<dyn Fn(&str, bool) + Send + Sync>;
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CredentialStatus {
     pub name: String,
+    pub source: &'static str,
+    pub kind: CredentialKind,
     pub fingerprint: Option<String>,
     pub expires_at: Option<Timestamp>,
     pub refresh_at: Option<Timestamp>,
@@ -119,10 +151,21 @@ impl CredentialStore {
 
     /// Adds a credential. Only before the store is shared (clones taken).
     pub fn with(
+        self,
+        name: &str,
+        provider: Box<dyn Provider>,
+        settings: RefreshSettings,
+    ) -> CredentialStore {
+        self.with_described(name, provider, settings, Described::default())
+    }
+
+    /// Adds a credential with what it is (see [`Described`]).
+    pub fn with_described(
         mut self,
         name: &str,
         provider: Box<dyn Provider>,
         settings: RefreshSettings,
+        described: Described,
     ) -> CredentialStore {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.entries.insert(
@@ -131,6 +174,7 @@ impl CredentialStore {
                     name: name.to_owned(),
                     provider,
                     settings,
+                    described,
                     state: Mutex::new(State::default()),
                     fetching: tokio::sync::Mutex::new(()),
                 },
@@ -141,6 +185,11 @@ impl CredentialStore {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.inner.entries.keys().map(String::as_str)
+    }
+
+    /// What the credential `name` is, if it is configured.
+    pub fn described(&self, name: &str) -> Option<Described> {
+        self.inner.entries.get(name).map(|e| e.described)
     }
 
     pub fn status(&self) -> Vec<CredentialStatus> {
@@ -154,6 +203,8 @@ impl CredentialStore {
                 let cached = state.and_then(|s| s.cached.as_ref());
                 CredentialStatus {
                     name: entry.name.clone(),
+                    source: entry.described.source,
+                    kind: entry.described.kind,
                     fingerprint: cached.map(|c| c.value.fingerprint()),
                     expires_at: cached.and_then(|c| c.expires_at),
                     refresh_at: cached.map(|c| c.refresh_at),
@@ -214,6 +265,13 @@ impl CredentialStore {
         if !Self::is_due(entry, self.inner.clock.now()) {
             return Refresh::Skipped;
         }
+        self.issue(entry).await;
+        Refresh::Done
+    }
+
+    /// Calls the provider and records what it gave; true when it issued a
+    /// value. The caller holds the entry's `fetching` lock.
+    async fn issue(&self, entry: &Entry) -> bool {
         let ctx = IssueContext {
             now: self.inner.clock.now(),
             others: self,
@@ -221,7 +279,7 @@ impl CredentialStore {
         let result = entry.provider.issue(&ctx).await;
         let now = self.inner.clock.now();
         let Ok(mut state) = entry.state.lock() else {
-            return Refresh::Done;
+            return false;
         };
         let result = result.and_then(|issued| match issued.expires_at {
             Some(expiry) if expiry <= now => Err(IssueError::Expired(expiry)),
@@ -248,6 +306,7 @@ impl CredentialStore {
                 state.failures = 0;
                 state.retry_at = None;
                 state.last_error = None;
+                true
             }
             Err(error) => {
                 state.failures = state.failures.saturating_add(1);
@@ -264,9 +323,56 @@ impl CredentialStore {
                     "credential issuer failed"
                 );
                 state.last_error = Some(Arc::new(error));
+                false
             }
         }
-        Refresh::Done
+    }
+
+    /// A fetch outside the schedule, after an upstream refused `refused`
+    /// (see [`CredentialSource::refresh`]).
+    async fn force(&self, name: &str, refused: &Secret) -> Result<Arc<Secret>, CredentialError> {
+        let entry = self
+            .inner
+            .entries
+            .get(name)
+            .ok_or_else(|| CredentialError::NotConfigured(name.to_owned()))?;
+        let not_refreshed = |why| CredentialError::NotRefreshed {
+            name: name.to_owned(),
+            why,
+        };
+        let _one_at_a_time = entry.fetching.lock().await;
+        let now = self.inner.clock.now();
+        {
+            let mut state = entry.state.lock().map_err(|_| not_refreshed("poisoned"))?;
+            // Another request saw the same refusal and replaced the value.
+            if let Some(cached) = &state.cached
+                && cached.value.expose() != refused.expose()
+                && cached.expires_at.is_none_or(|expiry| now < expiry)
+            {
+                return Ok(Arc::clone(&cached.value));
+            }
+            if let Some(last) = state.last_forced
+                && now < clock::add(last, FORCED_REFRESH_INTERVAL)
+            {
+                return Err(not_refreshed(
+                    "it was fetched again less than 30 s ago after a refusal",
+                ));
+            }
+            state.last_forced = Some(now);
+        }
+        tracing::info!(credential = %name, fingerprint = %refused.fingerprint(), "the upstream refused the credential: fetching it again");
+        if !self.issue(entry).await {
+            return Err(CredentialError::Unavailable {
+                name: name.to_owned(),
+                reason: entry
+                    .state
+                    .lock()
+                    .ok()
+                    .and_then(|s| s.last_error.clone())
+                    .unwrap_or_else(|| Arc::new(IssueError::NoValue)),
+            });
+        }
+        Self::usable(entry, self.inner.clock.now()).ok_or_else(|| not_refreshed("no usable value"))
     }
 
     /// Refreshes every entry that is due and not backing off; returns how
@@ -320,6 +426,12 @@ impl CredentialSource for CredentialStore {
     fn current(&self, name: &str) -> CredentialFuture<'_> {
         let name = name.to_owned();
         Box::pin(async move { self.get(&name).await })
+    }
+
+    fn refresh(&self, name: &str, refused: &Secret) -> CredentialFuture<'_> {
+        let name = name.to_owned();
+        let refused = refused.clone();
+        Box::pin(async move { self.force(&name, &refused).await })
     }
 }
 

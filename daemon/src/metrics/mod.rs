@@ -72,7 +72,7 @@ pub struct UpstreamLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
     pub upstream: String,
-    /// stream refused | left out by GOAWAY | not sent
+    /// stream refused | left out by GOAWAY | not sent | credential refused
     pub reason: String,
 }
 
@@ -125,6 +125,7 @@ pub struct Metrics {
     pub tokens: Family<TokenLabels, Counter>,
     pub cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     pub credential_refreshes: Family<CredentialLabels, Counter>,
+    pub credential_refusals: Family<CredentialLabels, Counter>,
     pub upstream_latency: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
     pub upstream_retries: Family<RetryLabels, Counter>,
     pub live_connections: Gauge,
@@ -188,6 +189,12 @@ impl Metrics {
                 "Credential fetches from their providers, by credential and result",
                 Family::default(),
             ),
+            credential_refusals: registered(
+                r,
+                "credential_refusals",
+                "Credentials an upstream refused (401, 403), by credential and what followed (refreshed, unchanged, not_refreshed, failed)",
+                Family::default(),
+            ),
             upstream_latency: registered(
                 r,
                 "upstream_latency_seconds",
@@ -199,7 +206,7 @@ impl Metrics {
             upstream_retries: registered(
                 r,
                 "upstream_retries",
-                "Requests sent again on a new connection because the upstream had not processed them",
+                "Requests sent again: on a new connection because the upstream had not processed them, or with a fresh credential after a 401 or 403",
                 Family::default(),
             ),
             live_connections: registered(
@@ -321,6 +328,16 @@ impl Metrics {
             .get_or_create(&CredentialLabels {
                 credential: credential.to_owned(),
                 result: if ok { "ok" } else { "error" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// An upstream refused `credential`; `result` says what followed.
+    pub fn credential_refused(&self, credential: &str, result: &str) {
+        self.credential_refusals
+            .get_or_create(&CredentialLabels {
+                credential: credential.to_owned(),
+                result: result.to_owned(),
             })
             .inc();
     }

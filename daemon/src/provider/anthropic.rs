@@ -74,6 +74,7 @@ static USAGE: UsageFormat = UsageFormat {
     final_count: |kind| kind == Some("message_delta"),
     last_event_only: false,
     json_array_stream: |_| false,
+    header_usage: None,
 };
 
 fn tokens(fields: &UsageFields) -> Usage {

@@ -77,6 +77,7 @@ static USAGE: UsageFormat = UsageFormat {
     final_count: |_| false,
     last_event_only: true,
     json_array_stream: |path| path.contains(":streamGenerateContent"),
+    header_usage: None,
 };
 
 impl UsageMetadata {

@@ -17,18 +17,21 @@ pub struct Finding {
 }
 
 /// Real-looking values under the header `names` (lower case). `get_all`
-/// covers every letter case the agent used and every duplicate.
+/// covers every letter case the agent used and every duplicate. `key_in`
+/// picks the key out of a value (the provider's `Api::key_in`).
 pub(super) fn in_headers<'a>(
     headers: &HeaderMap,
     names: impl Iterator<Item = &'a str>,
+    key_in: impl for<'v> Fn(&str, &'v [u8]) -> &'v [u8],
 ) -> Vec<Finding> {
     let mut findings = Vec::new();
     for name in names {
         for value in headers.get_all(name) {
-            if looks_like_real_key(value.as_bytes()) {
+            let key = key_in(name, value.as_bytes());
+            if looks_like_real_key(key) {
                 findings.push(Finding {
                     location: name.to_owned(),
-                    fingerprint: secret::fingerprint(strip_bearer(value.as_bytes())),
+                    fingerprint: secret::fingerprint(strip_bearer(key)),
                 });
             }
         }
@@ -92,7 +95,11 @@ const PLACEHOLDER_WORDS: &[&str] = &[
 
 /// Key prefixes of the providers (and common token formats): a value with one
 /// of these and a key-like length is treated as real.
-const KEY_PREFIXES: &[&str] = &["sk-ant-", "sk-", "AIza", "ya29.", "eyJ", "gsk_", "xai-"];
+/// AWS access key ids (AKIA long-term, ASIA temporary) are 20 characters;
+/// ABSK starts a Bedrock API key.
+const KEY_PREFIXES: &[&str] = &[
+    "sk-ant-", "sk-", "AIza", "ya29.", "eyJ", "gsk_", "xai-", "AKIA", "ASIA", "ABSK",
+];
 
 /// Whether an agent-supplied credential looks like a real key.
 pub fn looks_like_real_key(raw: &[u8]) -> bool {

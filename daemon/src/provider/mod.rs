@@ -12,7 +12,10 @@
 //!   budgets and the audit line all use, so they can never disagree on what
 //!   a request asks for;
 //! - how its responses report token usage ([`UsageFormat`], read by
-//!   `usage::meter`).
+//!   `usage::meter`);
+//! - for an API whose requests are signed over their body (Bedrock's
+//!   SigV4), how to sign ([`Api::signs`], [`Api::sign`]): the proxy then
+//!   hands over the whole body and signs once the request is final.
 //!
 //! [`Provider`] is one configured upstream's provider, ready to use: the
 //! proxy calls [`Provider::inspect`] (did the agent send something that
@@ -23,18 +26,24 @@
 //! `secret::fingerprint`.
 
 mod anthropic;
+mod azure;
+mod bedrock;
 mod gemini;
 mod generic;
 mod keys;
 mod openai;
 mod request;
 mod usage;
+mod vertex;
+
+use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use zeroize::Zeroizing;
 
 pub use crate::config::{AnthropicAuth, Scheme};
-use crate::{config::UpstreamConfig, secret::Secret};
+use crate::{config::UpstreamConfig, credentials::CredentialKind, secret::Secret};
+pub use bedrock::region_of_host as bedrock_region;
 pub use keys::{Finding, looks_like_real_key};
 pub use request::{AmbiguousRequest, Request, RequestHead};
 pub use usage::{Usage, UsageFields, UsageFormat, UsageMetadata};
@@ -48,6 +57,32 @@ pub trait Api: Sync {
     /// Query parameters that carry a credential; removed from the URI.
     fn credential_query(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// The part of a credential header's value that is the key, for the
+    /// real-looking-key check (a SigV4 `Authorization` names its key id
+    /// among other things). Default: the whole value.
+    fn key_in<'a>(&self, _header: &str, value: &'a [u8]) -> &'a [u8] {
+        value
+    }
+
+    /// Whether requests are signed over their whole body ([`Api::sign`]).
+    fn signs(&self, _auth: &AuthSettings) -> bool {
+        false
+    }
+
+    /// Signs the request once it is final (`parts.uri` absolute, headers
+    /// as they will be sent), over `body`, the whole body. Only when
+    /// [`Api::signs`].
+    fn sign(
+        &self,
+        _parts: &mut http::request::Parts,
+        _body: &[u8],
+        _credential: &Secret,
+        _auth: &AuthSettings,
+        _now: SystemTime,
+    ) -> Result<(), SpliceError> {
+        Ok(())
     }
 
     /// Puts `credential` in `headers`. `agent` tells which credential
@@ -86,6 +121,9 @@ pub fn api(scheme: Scheme) -> &'static dyn Api {
         Scheme::OpenAi => &openai::OpenAi,
         Scheme::Anthropic => &anthropic::Anthropic,
         Scheme::Gemini => &gemini::Gemini,
+        Scheme::Bedrock => &bedrock::Bedrock,
+        Scheme::Vertex => &vertex::Vertex,
+        Scheme::Azure => &azure::Azure,
         Scheme::Generic => &generic::Generic,
     }
 }
@@ -99,6 +137,12 @@ pub struct AuthSettings {
     pub value_template: String,
     /// Scheme anthropic: forces one form.
     pub anthropic_auth: Option<AnthropicAuth>,
+    /// The upstream host, lower case.
+    pub host: String,
+    /// Scheme bedrock: the region requests are signed for.
+    pub region: Option<String>,
+    /// What the upstream's credential is (AWS keys sign; tokens travel).
+    pub credential: CredentialKind,
 }
 
 /// Which credential headers the agent sent (before they were stripped).
@@ -122,6 +166,30 @@ pub enum SpliceError {
     InvalidCredential(String),
     #[error("cannot rebuild the request URI without its credential parameter")]
     BadUri,
+    #[error(
+        "upstream {0:?} names no region to sign for: set `region` (bedrock-runtime.<region>.amazonaws.com names its own)"
+    )]
+    NoRegion(String),
+    /// The signer refused its input (never carries a key).
+    #[error("cannot sign the request: {0}")]
+    Sign(String),
+    #[error(
+        "scheme {scheme} cannot use AWS keys (they sign Bedrock requests); name a credential that holds a token"
+    )]
+    AwsKeysElsewhere { scheme: Scheme },
+}
+
+impl SpliceError {
+    /// The `[[upstream]]` key an error is about, for the config error's
+    /// place.
+    pub fn key(&self) -> &'static str {
+        match self {
+            SpliceError::BadGenericHeader(_) => "header",
+            SpliceError::NoRegion(_) => "host",
+            SpliceError::AwsKeysElsewhere { .. } => "credential",
+            _ => "scheme",
+        }
+    }
 }
 
 /// One configured upstream's provider.
@@ -132,8 +200,24 @@ pub struct Provider {
 }
 
 impl Provider {
-    pub fn from_config(upstream: &UpstreamConfig) -> Result<Provider, SpliceError> {
+    /// The provider of `upstream`, whose credential is a `credential`.
+    pub fn from_config(
+        upstream: &UpstreamConfig,
+        credential: CredentialKind,
+    ) -> Result<Provider, SpliceError> {
         let scheme = *upstream.scheme.get_ref();
+        if credential == CredentialKind::AwsKeys && scheme != Scheme::Bedrock {
+            return Err(SpliceError::AwsKeysElsewhere { scheme });
+        }
+        let host = upstream.host.get_ref().to_ascii_lowercase();
+        let region = match (&upstream.region, scheme) {
+            (Some(region), _) => Some(region.get_ref().clone()),
+            (None, Scheme::Bedrock) => Some(
+                bedrock::region_of_host(&host)
+                    .ok_or_else(|| SpliceError::NoRegion(host.clone()))?,
+            ),
+            (None, _) => None,
+        };
         let header = match (&upstream.header, scheme) {
             (Some(name), Scheme::Generic) => Some(
                 HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
@@ -153,6 +237,9 @@ impl Provider {
                     .clone()
                     .unwrap_or_else(|| DEFAULT_VALUE_TEMPLATE.to_owned()),
                 anthropic_auth: upstream.anthropic_auth,
+                host,
+                region,
+                credential,
             },
         })
     }
@@ -176,7 +263,10 @@ impl Provider {
     /// Agent-supplied credentials that look like real keys rather than
     /// placeholders. Read-only: the caller decides to refuse or warn.
     pub fn inspect(&self, headers: &HeaderMap, uri: &Uri) -> Vec<Finding> {
-        let mut findings = keys::in_headers(headers, self.credential_headers());
+        let api = self.api();
+        let mut findings = keys::in_headers(headers, self.credential_headers(), |name, value| {
+            api.key_in(name, value)
+        });
         let query = self.api().credential_query();
         findings.extend(keys::in_query(uri, query));
         findings
@@ -216,6 +306,22 @@ impl Provider {
         }
         self.api().inject(headers, credential, &self.auth, agent)?;
         strip_query(uri, self.api().credential_query())
+    }
+
+    /// Whether the proxy must hand over the whole body to [`Provider::sign`].
+    pub fn signs_body(&self) -> bool {
+        self.api().signs(&self.auth)
+    }
+
+    /// Signs the final request over `body` (see [`Api::sign`]).
+    pub fn sign(
+        &self,
+        parts: &mut http::request::Parts,
+        body: &[u8],
+        credential: &Secret,
+        now: SystemTime,
+    ) -> Result<(), SpliceError> {
+        self.api().sign(parts, body, credential, &self.auth, now)
     }
 
     /// A JSON error body in this provider's own shape.

@@ -54,6 +54,7 @@ pub(super) static USAGE: UsageFormat = UsageFormat {
     final_count: |_| true,
     last_event_only: false,
     json_array_stream: |_| false,
+    header_usage: None,
 };
 
 fn tokens(fields: &UsageFields) -> Usage {

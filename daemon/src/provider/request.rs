@@ -35,9 +35,14 @@ pub struct Request {
     pub path: String,
     /// The query, less any parameter that carries a credential.
     pub query: Option<String>,
-    /// The model asked for: the body's top-level "model" (Gemini: the path's
-    /// `models/{model}` first).
+    /// The model asked for: the body's top-level "model" (Gemini and
+    /// Vertex: the path's `models/{model}`; Bedrock: `/model/{modelId}`;
+    /// Azure: the deployment).
     pub model: Option<String>,
+    /// The cloud project the request runs in (Vertex: `projects/{project}`).
+    pub project: Option<String>,
+    /// Where it runs (Vertex: `locations/{location}`).
+    pub location: Option<String>,
     /// The response is to be streamed ("stream": true; Gemini's
     /// `:streamGenerateContent`).
     pub stream: bool,
@@ -56,6 +61,8 @@ pub struct Request {
 pub enum AmbiguousRequest {
     #[error("the request body names {field:?} more than once")]
     DuplicateField { field: &'static str },
+    #[error("the model in the request path ({segment:?}) is ambiguous: it has {why}")]
+    ModelPath { segment: String, why: &'static str },
 }
 
 impl Request {
@@ -75,6 +82,8 @@ pub(super) fn json_request(head: &RequestHead<'_>, body_prefix: &[u8]) -> Reques
         path: head.uri.path().to_owned(),
         query: head.uri.query().map(str::to_owned),
         model: None,
+        project: None,
+        location: None,
         stream: false,
         max_output_tokens: None,
         choices: 1,

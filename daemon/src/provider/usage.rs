@@ -42,6 +42,15 @@ pub struct UsageFields {
     // Anthropic prompt caching.
     pub cache_creation_input_tokens: Option<u64>,
     pub cache_read_input_tokens: Option<u64>,
+    // Bedrock Converse (camelCase; cache writes are input too).
+    #[serde(rename = "inputTokens")]
+    pub converse_input_tokens: Option<u64>,
+    #[serde(rename = "outputTokens")]
+    pub converse_output_tokens: Option<u64>,
+    #[serde(rename = "cacheReadInputTokens")]
+    pub converse_cache_read_input_tokens: Option<u64>,
+    #[serde(rename = "cacheWriteInputTokens")]
+    pub converse_cache_write_input_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -74,6 +83,9 @@ pub struct UsageFormat {
     /// Whether a JSON (not event-stream) response to `path` is a stream of
     /// array elements rather than one document.
     pub json_array_stream: fn(path: &str) -> bool,
+    /// Usage the response's headers report (Bedrock's InvokeModel token
+    /// counts), read when the body reports none.
+    pub header_usage: Option<fn(&http::HeaderMap) -> Option<Usage>>,
 }
 
 pub(super) fn or_zero(x: Option<u64>) -> u64 {

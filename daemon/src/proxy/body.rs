@@ -1,5 +1,7 @@
 //! The request body as forwarded upstream: the part read early for the gate
-//! (if any), then the rest, streamed as it arrives.
+//! (if any), then the rest, streamed as it arrives. For an upstream whose
+//! requests are signed over their body, the whole body is read first
+//! ([`ForwardBody::whole`]), up to a limit.
 
 use std::{
     collections::VecDeque,
@@ -8,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
@@ -19,6 +21,54 @@ pub struct ForwardBody {
 }
 
 impl ForwardBody {
+    /// A body given whole (a request sent again).
+    pub fn full(data: Bytes) -> ForwardBody {
+        let mut read = VecDeque::new();
+        if !data.is_empty() {
+            read.push_back(Frame::data(data));
+        }
+        ForwardBody { read, rest: None }
+    }
+
+    /// Reads the whole body, each wait bounded by `timeout`; more than
+    /// `limit` bytes is [`PrefetchError::TooLarge`] (a declared length is
+    /// judged before anything is read). Returns the body to forward and its
+    /// bytes.
+    pub async fn whole(
+        mut body: Incoming,
+        declared: Option<u64>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<(ForwardBody, Bytes), PrefetchError> {
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(PrefetchError::TooLarge { limit });
+        }
+        let mut data = BytesMut::new();
+        let mut trailers = None;
+        loop {
+            match tokio::time::timeout(timeout, body.frame()).await {
+                Err(_) => return Err(PrefetchError::Timeout),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(PrefetchError::Body(e)),
+                Ok(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(chunk) => {
+                        if data.len() + chunk.len() > limit {
+                            return Err(PrefetchError::TooLarge { limit });
+                        }
+                        data.extend_from_slice(&chunk);
+                    }
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+            }
+        }
+        let data = data.freeze();
+        let mut forward = ForwardBody::full(data.clone());
+        if let Some(trailers) = trailers {
+            forward.read.push_back(Frame::trailers(trailers));
+        }
+        Ok((forward, data))
+    }
+
     pub fn streaming(body: Incoming) -> ForwardBody {
         ForwardBody {
             read: VecDeque::new(),
@@ -70,6 +120,8 @@ pub enum PrefetchError {
     Timeout,
     #[error("reading the request body failed: {0}")]
     Body(hyper::Error),
+    #[error("the request body is larger than {limit} bytes, the most warrant signs")]
+    TooLarge { limit: usize },
 }
 
 impl Body for ForwardBody {

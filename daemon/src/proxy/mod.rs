@@ -175,10 +175,12 @@ impl Injector {
                         source,
                     }
                 })?;
-            let provider = Provider::from_config(up).map_err(|source| ProxyError::Splice {
-                host: host.clone(),
-                source,
-            })?;
+            let kind = crate::credentials::kind_named(&config.credentials, up.credential.get_ref());
+            let provider =
+                Provider::from_config(up, kind).map_err(|source| ProxyError::Splice {
+                    host: host.clone(),
+                    source,
+                })?;
             upstreams.insert(
                 host.clone(),
                 Arc::new(Upstream {

@@ -14,15 +14,20 @@
 //!    after identification, so that the rule quarantines the workload;
 //! 6. quarantine: a quarantined workload or process is refused here, before
 //!    its request is read, evaluated, reserved or charged;
-//! 7. read: the body prefix the gate needs, and the provider's parse;
+//! 7. read: the body prefix the gate needs (the whole body, up to a limit,
+//!    for a provider that signs requests over it), and the provider's parse;
 //! 8. authorize: policy, then budgets (the gate);
 //! 9. credential: from the cache or the issuer;
-//! 10. rewrite: the provider splices the credential (`rewrite`);
-//! 11. forward: to the upstream, within the response deadline;
+//! 10. rewrite: the provider splices the credential, or signs (`rewrite`);
+//! 11. forward: to the upstream, within the response deadline; when the
+//!     upstream refuses the credential (401, 403), it is fetched again once
+//!     outside its schedule and, if that gave a new value and the body can
+//!     be given again, the request is sent once more with it;
 //! 12. respond: an upgrade is relayed; a body is redacted and tapped.
 
 use std::{sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::{body::Incoming, upgrade::OnUpgrade};
@@ -30,14 +35,17 @@ use hyper_util::rt::TokioIo;
 
 use super::{
     ForwardBody, GateRequest, Generation, Identity, Injector, ProxyBody, Redact, Refusal,
-    RequestGate, Transport, Upstream, UpstreamError, Verdict, redact,
+    RequestGate, Transport, Upstream, UpstreamError, Verdict,
+    body::PrefetchError,
+    redact,
+    replay::{ReplayBody, Rewind},
     rewrite::{content_length, empty, is_upgrade, request_host, resolves_to, rewrite},
     tap::{RequestEnding, Tap},
 };
 use crate::{
-    audit::{Outcome, RequestLog},
+    audit::{CredentialRefusal, Outcome, RequestLog},
     config::AgentKeyAction,
-    credentials::CredentialSource,
+    credentials::{CredentialError, CredentialSource},
     origin::Origin,
     provider::{self, RequestHead},
     response::live::LiveConnection,
@@ -62,6 +70,8 @@ struct Read {
     body: ForwardBody,
     /// The body's first bytes (as many as the gate asked for).
     prefix: Vec<u8>,
+    /// The whole body, read for a provider that signs requests over it.
+    whole: Option<Bytes>,
     parsed: provider::Request,
     /// The agent side of a protocol upgrade, taken before the request was
     /// split.
@@ -174,6 +184,7 @@ impl Injector {
             parts,
             body,
             prefix,
+            whole,
             parsed,
             upgrade,
         } = self.read(req, gate.body_prefix_len(), call).await?;
@@ -193,12 +204,93 @@ impl Injector {
             )
             .await?;
         drop(prefix);
-        let credential = credential(generation.credentials(), call).await?;
-        let forward = splice(parts, body, &credential, call)?;
-        let response = self.forward(call, forward).await?;
+        let credentials = generation.credentials();
+        let credential = credential(credentials, call).await?;
+        // Kept for a second attempt with a fresh credential.
+        let head = parts.clone();
+        let forward = splice(parts, body, &credential, call, whole.as_deref())?;
+        let (response, rewind) = self.forward(call, forward).await?;
+        let (response, credential) = match response.status() {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                let first = First {
+                    response,
+                    rewind,
+                    head,
+                    whole,
+                    credential,
+                };
+                self.credential_refused(first, credentials, call).await?
+            }
+            _ => (response, credential),
+        };
         Ok(respond(
             response, upgrade, verdict, credential, call, learned,
         ))
+    }
+
+    /// Phase 11, after a 401 or 403: the credential is fetched again (at
+    /// most once per credential in a while: `credentials::store`) and, when
+    /// that gave a new value and the body can be given again, the request
+    /// is sent once more with it. Otherwise the upstream's answer stands.
+    async fn credential_refused(
+        &self,
+        first: First,
+        credentials: &dyn CredentialSource,
+        call: &Call<'_>,
+    ) -> Result<(Response<Incoming>, Arc<Secret>), Refusal> {
+        let upstream = &call.upstream;
+        let status = first.response.status().as_u16();
+        let refreshed = credentials
+            .refresh(&upstream.credential, &first.credential)
+            .await;
+        let (result, fresh) = match refreshed {
+            Ok(value) if value.expose() == first.credential.expose() => ("unchanged", None),
+            Ok(value) => ("refreshed", Some(value)),
+            Err(CredentialError::NotRefreshed { .. }) => ("not_refreshed", None),
+            Err(error) => {
+                tracing::warn!(upstream = %upstream.host, %error, "fetching a refused credential again failed");
+                ("failed", None)
+            }
+        };
+        let mut refusal = CredentialRefusal {
+            status,
+            result,
+            fingerprint: fresh.as_ref().map(|f| f.fingerprint()),
+            retried: false,
+        };
+        // The body again: the whole one a signing provider read, or what
+        // the first attempt kept (up to `replay::KEEP_LIMIT`).
+        let again = match (fresh, first.whole) {
+            (Some(fresh), Some(whole)) => Some((
+                fresh,
+                ReplayBody::streaming(ForwardBody::full(whole.clone())),
+                Some(whole),
+            )),
+            (Some(fresh), None) => first
+                .rewind
+                .and_then(Rewind::rewind)
+                .map(|body| (fresh, body, None)),
+            (None, _) => None,
+        };
+        let Some((fresh, body, whole)) = again else {
+            call.log
+                .credential_refused(&upstream.host, &upstream.credential, refusal);
+            return Ok((first.response, first.credential));
+        };
+        drop(first.response);
+        tracing::info!(
+            upstream = %upstream.host,
+            credential = %upstream.credential,
+            status,
+            "the upstream refused the credential; sending the request again with the one fetched now"
+        );
+        refusal.retried = true;
+        call.log
+            .credential_refused(&upstream.host, &upstream.credential, refusal);
+        call.log.credential(&upstream.credential, &fresh);
+        let request = splice(first.head, body, &fresh, call, whole.as_deref())?;
+        let response = self.forward_again(call, request).await?;
+        Ok((response, fresh))
     }
 
     /// Phase 2: a fail-closed audit log that cannot be written refuses.
@@ -273,18 +365,36 @@ impl Injector {
         // Taken before the request is split.
         let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        let (body, prefix) = if wanted == 0 {
+        let unreadable = |error: PrefetchError| {
+            let status = match error {
+                PrefetchError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Refusal::new(
+                Outcome::Refused,
+                status,
+                format!("warrant could not read the request: {error}"),
+            )
+        };
+        let mut whole = None;
+        let (body, prefix) = if call.upstream.provider.signs_body() {
+            let (body, data) = ForwardBody::whole(
+                body,
+                content_length(&parts.headers),
+                self.limits.max_signed_body_bytes,
+                self.header_timeout(),
+            )
+            .await
+            .map_err(unreadable)?;
+            let prefix = data[..data.len().min(wanted)].to_vec();
+            whole = Some(data);
+            (body, prefix)
+        } else if wanted == 0 {
             (ForwardBody::streaming(body), Vec::new())
         } else {
             ForwardBody::prefetch(body, wanted, self.header_timeout())
                 .await
-                .map_err(|error| {
-                    Refusal::new(
-                        Outcome::Refused,
-                        StatusCode::BAD_REQUEST,
-                        format!("warrant could not read the request: {error}"),
-                    )
-                })?
+                .map_err(unreadable)?
         };
         let head = RequestHead {
             method: &parts.method,
@@ -306,6 +416,7 @@ impl Injector {
             parts,
             body,
             prefix,
+            whole,
             parsed,
             upgrade,
         })
@@ -317,7 +428,7 @@ impl Injector {
         &self,
         call: &Call<'_>,
         request: Request<ForwardBody>,
-    ) -> Result<Response<Incoming>, Refusal> {
+    ) -> Result<(Response<Incoming>, Option<Rewind<ForwardBody>>), Refusal> {
         let host = &call.upstream.host;
         let deadline = Duration::from_secs(self.limits.upstream_response_timeout_secs);
         let sent = std::time::Instant::now();
@@ -343,6 +454,47 @@ impl Injector {
         call.log.outcome(Outcome::Forwarded, None);
         Ok(response)
     }
+
+    /// Phase 11 once more: the request sent again, as `forward` sends it,
+    /// with a body given again.
+    async fn forward_again(
+        &self,
+        call: &Call<'_>,
+        request: Request<ReplayBody<ForwardBody>>,
+    ) -> Result<Response<Incoming>, Refusal> {
+        let host = &call.upstream.host;
+        let deadline = Duration::from_secs(self.limits.upstream_response_timeout_secs);
+        let sent = std::time::Instant::now();
+        let tls = match call.transport {
+            Transport::Tls => Some(&call.upstream.tls),
+            Transport::Plain => None,
+        };
+        let send = self
+            .clients
+            .send_again(host, call.origin.original_dst, tls, request);
+        let failed = |error: UpstreamError| {
+            tracing::warn!(upstream = %host, cause = %crate::error::chain(&error), "upstream failed");
+            Refusal::upstream_failed(host, &error)
+        };
+        let response = match tokio::time::timeout(deadline, send).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(failed(error.into())),
+            Err(_) => return Err(failed(UpstreamError::NoAnswer { after: deadline })),
+        };
+        call.log.upstream_responded(host, sent.elapsed());
+        Ok(response)
+    }
+}
+
+/// The first attempt of a request whose credential the upstream refused.
+struct First {
+    response: Response<Incoming>,
+    /// What the first attempt kept of its body.
+    rewind: Option<Rewind<ForwardBody>>,
+    /// The request's head before the credential was spliced in.
+    head: http::request::Parts,
+    whole: Option<Bytes>,
+    credential: Arc<Secret>,
 }
 
 /// Phase 3: plain HTTP has no certificate to authenticate the destination,
@@ -419,15 +571,26 @@ async fn credential(
 }
 
 /// Phase 10: the request rewritten for the upstream, the credential spliced
-/// in by its provider (see `rewrite`).
-fn splice(
+/// in (or the request signed over `whole`) by its provider (see `rewrite`).
+fn splice<B>(
     parts: http::request::Parts,
-    body: ForwardBody,
+    body: B,
     credential: &Secret,
     call: &Call<'_>,
-) -> Result<Request<ForwardBody>, Refusal> {
+    whole: Option<&[u8]>,
+) -> Result<Request<B>, Refusal> {
     let dst = call.origin.original_dst;
-    rewrite(parts, body, &call.upstream, credential, dst, call.transport).map_err(|error| {
+    let upstream = &call.upstream;
+    rewrite(
+        parts,
+        body,
+        upstream,
+        credential,
+        dst,
+        call.transport,
+        whole,
+    )
+    .map_err(|error| {
         tracing::error!(upstream = %call.upstream.host, %error, "cannot rewrite the request");
         let message = format!(
             "warrant cannot forward this request to {}: {error}",

@@ -7,22 +7,25 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Uri, Version, header};
 use http_body_util::{BodyExt, Full};
 
-use super::{ForwardBody, ProxyBody, Transport, Upstream};
+use super::{ProxyBody, Transport, Upstream};
 use crate::{provider::SpliceError, secret::Secret};
 
 /// The request-rewriting phase, the only place a request to a configured
 /// upstream is changed: credential splice (every agent-supplied credential
 /// out, the real one in), hop-by-hop headers out, Host and URI rebuilt for
 /// the upstream, identity encoding asked for (so an echoed credential can be
-/// redacted from the response).
-pub(super) fn rewrite(
+/// redacted from the response), and, last, for a provider that signs its
+/// requests (`whole` is then the whole body), the signature over the final
+/// request.
+pub(super) fn rewrite<B>(
     mut parts: http::request::Parts,
-    body: ForwardBody,
+    body: B,
     upstream: &Upstream,
     credential: &Secret,
     dst: SocketAddr,
     transport: Transport,
-) -> Result<Request<ForwardBody>, SpliceError> {
+    whole: Option<&[u8]>,
+) -> Result<Request<B>, SpliceError> {
     let keep_upgrade = is_upgrade(&parts.headers);
     let uri = upstream
         .provider
@@ -38,6 +41,13 @@ pub(super) fn rewrite(
     parts.uri = upstream_uri(&upstream.host, dst, transport, &uri).ok_or(SpliceError::BadUri)?;
     // The pooled client picks h1 or h2 by what the upstream negotiated.
     parts.version = Version::HTTP_11;
+    if let Some(whole) = whole {
+        // Nothing may change the request after this: the signature covers
+        // the method, URI, headers and body as they are now.
+        upstream
+            .provider
+            .sign(&mut parts, whole, credential, std::time::SystemTime::now())?;
+    }
     Ok(Request::from_parts(parts, body))
 }
 

@@ -36,7 +36,7 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 
 use super::{
     ForwardBody,
-    replay::{KEEP_LIMIT, ReplayBody},
+    replay::{KEEP_LIMIT, ReplayBody, Rewind},
 };
 
 /// How long an idle pooled upstream connection is kept. Provider load
@@ -344,7 +344,9 @@ impl UpstreamClients {
     /// Sends `request` to `host` at `dst` on a pooled connection. When the
     /// upstream did not process it and its body could be kept, it is sent
     /// once more on a new connection, after telling `retried` why; the
-    /// second answer, or error, stands.
+    /// second answer, or error, stands. The first attempt's answer comes
+    /// with the [`Rewind`] of its body, for a caller that may send it again
+    /// (an upstream that refused the credential).
     pub async fn send(
         &self,
         host: &str,
@@ -352,14 +354,14 @@ impl UpstreamClients {
         tls: Option<&Arc<ClientConfig>>,
         request: Request<ForwardBody>,
         retried: impl FnOnce(&'static str),
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<(Response<Incoming>, Option<Rewind<ForwardBody>>), SendError> {
         let client = self.get(host, dst, tls)?;
         let (head, body) = request.into_parts();
         let (body, rewind) = ReplayBody::new(body, KEEP_LIMIT);
         // The head as rewritten, credential included, for a second attempt.
         let again = head.clone();
         let error = match client.request(Request::from_parts(head, body)).await {
-            Ok(response) => return Ok(response),
+            Ok(response) => return Ok((response, Some(rewind))),
             Err(error) => error,
         };
         let Some(why) = unprocessed(&error) else {
@@ -382,7 +384,23 @@ impl UpstreamClients {
         );
         retried(why);
         let client = self.unpooled(host, dst, tls)?;
-        Ok(client.request(Request::from_parts(again, body)).await?)
+        Ok((
+            client.request(Request::from_parts(again, body)).await?,
+            None,
+        ))
+    }
+
+    /// Sends `request`, a second attempt whose body was given again, once,
+    /// on a pooled connection.
+    pub async fn send_again(
+        &self,
+        host: &str,
+        dst: SocketAddr,
+        tls: Option<&Arc<ClientConfig>>,
+        request: Request<ReplayBody<ForwardBody>>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let client = self.get(host, dst, tls)?;
+        Ok(client.request(request).await?)
     }
 }
 

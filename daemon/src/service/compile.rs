@@ -127,8 +127,9 @@ fn check_upstreams(config: &Config) -> Result<(), ConfigError> {
     let source = &config.source;
     for (index, upstream) in config.upstreams.iter().enumerate() {
         let index = index.to_string();
-        provider::Provider::from_config(upstream).map_err(|e| {
-            source.error_at_key(&["upstream", &index, "header"], ConfigErrorKind::Invalid, e)
+        let kind = credentials::kind_named(&config.credentials, upstream.credential.get_ref());
+        provider::Provider::from_config(upstream, kind).map_err(|e| {
+            source.error_at_key(&["upstream", &index, e.key()], ConfigErrorKind::Invalid, e)
         })?;
         crate::tls::client_config(&[], upstream.ca_file.as_deref()).map_err(|e| {
             source.error_at_key(

@@ -537,13 +537,17 @@ impl ResponseObserver for UsageObserver {
         let content_type = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        self.meter = Some(Meter::new(
+        let mut meter = Meter::new(
             self.format,
             status.as_u16(),
             content_type,
             &self.path,
             self.shared.settings.max_json_bytes,
-        ));
+        );
+        if let Some(usage) = self.format.header_usage.and_then(|read| read(headers)) {
+            meter.seed(usage);
+        }
+        self.meter = Some(meter);
     }
 
     fn data(&mut self, chunk: &bytes::Bytes) {

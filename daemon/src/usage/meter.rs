@@ -11,6 +11,9 @@
 //! - JSON from Gemini's `:streamGenerateContent` without `alt=sse`: a JSON
 //!   array whose elements arrive one by one; serde_json's stream
 //!   deserializer finds where each ends;
+//! - `application/vnd.amazon.eventstream` (Bedrock's streams): AWS event
+//!   stream frames, decoded by AWS's decoder ([`EventStream`]), each
+//!   event's JSON (a chunk's decoded `bytes`) read as a document;
 //! - any other JSON: one document. A copy is kept up to `max_json` bytes
 //!   and parsed at the end; past that (huge embedding batches) only the last
 //!   64 KiB are kept, and the last top-level usage object in them (usage
@@ -24,7 +27,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::sse::{Event, SseSplitter};
+use super::{
+    eventstream::{EventStream, UsageEvent},
+    sse::{Event, SseSplitter},
+};
 pub use crate::provider::Usage;
 use crate::provider::{UsageFields, UsageFormat, UsageMetadata};
 
@@ -70,6 +76,8 @@ enum Framing {
     Array {
         pending: Vec<u8>,
     },
+    /// An AWS event stream (Bedrock).
+    EventStream(EventStream),
     /// Not a format usage can be read from; the reason.
     Opaque(String),
     /// A non-2xx response.
@@ -102,6 +110,19 @@ struct Doc {
     message: Option<Box<Doc>>,
     /// OpenAI responses API stream events.
     response: Option<Box<Doc>>,
+    /// Bedrock's own counts, in the last chunk of an
+    /// InvokeModelWithResponseStream, whatever the model.
+    #[serde(rename = "amazon-bedrock-invocationMetrics")]
+    bedrock_metrics: Option<InvocationMetrics>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct InvocationMetrics {
+    input_token_count: Option<u64>,
+    output_token_count: Option<u64>,
+    cache_read_input_token_count: Option<u64>,
+    cache_write_input_token_count: Option<u64>,
 }
 
 /// The streaming fast path. Most events carry no usage object (content
@@ -410,6 +431,9 @@ impl Meter {
         } else {
             match mime.as_deref() {
                 Some("text/event-stream") => Framing::Sse(FastSse::new(format.last_event_only)),
+                Some("application/vnd.amazon.eventstream") => {
+                    Framing::EventStream(EventStream::new(MAX_EVENT))
+                }
                 Some("application/json") | None if (format.json_array_stream)(path) => {
                     Framing::Array {
                         pending: Vec::new(),
@@ -459,7 +483,38 @@ impl Meter {
                 pending.extend_from_slice(chunk);
                 self.array_elements();
             }
+            Framing::EventStream(stream) => {
+                let mut events = Vec::new();
+                let read = stream.feed(chunk, &mut events);
+                for event in events {
+                    self.aws_event(event);
+                }
+                if let Err(unreadable) = read {
+                    self.framing = Framing::Opaque(unreadable.to_string());
+                }
+            }
             Framing::Opaque(_) | Framing::Error => {}
+        }
+    }
+
+    /// Usage the response's headers reported (Bedrock's InvokeModel token
+    /// counts): counted as a final count, merged with what the body says.
+    pub fn seed(&mut self, usage: Usage) {
+        self.merge(usage);
+        self.output_final = true;
+    }
+
+    /// One AWS event that may hold usage: read as a document, its event
+    /// type standing for a `type` it does not have.
+    fn aws_event(&mut self, event: UsageEvent) {
+        match serde_json::from_slice::<Doc>(&event.json) {
+            Ok(mut doc) => {
+                if doc.kind.is_none() {
+                    doc.kind = Some(event.kind);
+                }
+                self.doc(doc);
+            }
+            Err(_) => self.unparsed += 1,
         }
     }
 
@@ -498,6 +553,7 @@ impl Meter {
                     self.unparsed += 1;
                 }
             }
+            Framing::EventStream(stream) => self.unparsed += stream.unparsed,
             Framing::Opaque(reason) => opaque = Some(reason),
             Framing::Error => {
                 return Reading {
@@ -564,6 +620,20 @@ impl Meter {
         }
         if let Some(usage) = &doc.usage_metadata {
             self.merge(usage.tokens());
+        }
+        if let Some(metrics) = &doc.bedrock_metrics {
+            let cached = metrics.cache_read_input_token_count.unwrap_or(0);
+            self.merge(Usage {
+                input_tokens: metrics
+                    .input_token_count
+                    .unwrap_or(0)
+                    .saturating_add(cached)
+                    .saturating_add(metrics.cache_write_input_token_count.unwrap_or(0)),
+                cached_input_tokens: cached,
+                output_tokens: metrics.output_token_count.unwrap_or(0),
+            });
+            // Bedrock writes them once, at the end of the stream.
+            self.output_final = true;
         }
         self.output_final |= final_marker;
         for inner in [doc.message, doc.response].into_iter().flatten() {
@@ -1006,5 +1076,139 @@ mod tests {
         let reading = m.finish();
         assert_eq!(reading.usage.unwrap().input_tokens, 25);
         assert!(!reading.output_final);
+    }
+
+    fn bedrock(content_type: &str, path: &str, body: &[u8], cut: usize) -> Reading {
+        let mut m = Meter::new(
+            api(Scheme::Bedrock).usage(),
+            200,
+            Some(content_type),
+            path,
+            1 << 20,
+        );
+        m.feed(&body[..cut]);
+        m.feed(&body[cut..]);
+        m.finish()
+    }
+
+    #[test]
+    fn converse_stream_is_metered_from_its_metadata_event() {
+        use crate::usage::eventstream::tests::frame;
+        let mut body = Vec::new();
+        body.extend(frame("messageStart", br#"{"role":"assistant"}"#));
+        body.extend(frame(
+            "contentBlockDelta",
+            br#"{"contentBlockIndex":0,"delta":{"text":"usage is a word"}}"#,
+        ));
+        body.extend(frame("messageStop", br#"{"stopReason":"end_turn"}"#));
+        body.extend(frame(
+            "metadata",
+            br#"{"usage":{"inputTokens":12,"outputTokens":7,"totalTokens":19,"cacheReadInputTokens":4},"metrics":{"latencyMs":90}}"#,
+        ));
+        for cut in [0, 5, 60, body.len() - 3] {
+            let reading = bedrock(
+                "application/vnd.amazon.eventstream",
+                "/model/m/converse-stream",
+                &body,
+                cut,
+            );
+            assert_eq!(reading.outcome, Outcome::Counted, "cut {cut}");
+            assert_eq!(reading.usage, usage(16, 4, 7));
+            assert!(reading.output_final);
+        }
+        // Cut before the metadata event: input unknown, not final.
+        let before = memchr::memmem::rfind(&body, b"metadata").unwrap() - 40;
+        let mut m = Meter::new(
+            api(Scheme::Bedrock).usage(),
+            200,
+            Some("application/vnd.amazon.eventstream"),
+            "/model/m/converse-stream",
+            1 << 20,
+        );
+        m.feed(&body[..before]);
+        let reading = m.finish();
+        assert!(reading.usage.is_none() && !reading.output_final);
+    }
+
+    #[test]
+    fn invoke_stream_chunks_carry_the_models_own_usage_and_bedrocks_metrics() {
+        use crate::usage::eventstream::tests::chunk;
+        let mut body = Vec::new();
+        body.extend(chunk(
+            r#"{"type":"message_start","message":{"id":"m","type":"message","role":"assistant","model":"claude-3-haiku-20240307","content":[],"usage":{"input_tokens":12,"output_tokens":1}}}"#,
+        ));
+        body.extend(chunk(
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+        ));
+        body.extend(chunk(
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}"#,
+        ));
+        body.extend(chunk(
+            r#"{"type":"message_stop","amazon-bedrock-invocationMetrics":{"inputTokenCount":12,"outputTokenCount":7,"invocationLatency":300,"firstByteLatency":100}}"#,
+        ));
+        let reading = bedrock(
+            "application/vnd.amazon.eventstream",
+            "/model/anthropic.claude-3-haiku-20240307-v1:0/invoke-with-response-stream",
+            &body,
+            body.len() / 2,
+        );
+        assert_eq!(reading.outcome, Outcome::Counted);
+        assert_eq!(reading.usage, usage(12, 0, 7));
+        assert_eq!(reading.model.as_deref(), Some("claude-3-haiku-20240307"));
+        assert!(reading.output_final);
+    }
+
+    #[test]
+    fn converse_and_invoke_documents_and_invoke_headers_are_metered() {
+        let converse = br#"{"output":{"message":{"role":"assistant","content":[{"text":"hi"}]}},"stopReason":"end_turn","usage":{"inputTokens":30,"outputTokens":5,"totalTokens":35,"cacheWriteInputTokens":10},"metrics":{"latencyMs":5}}"#;
+        let reading = bedrock("application/json", "/model/m/converse", converse, 10);
+        assert_eq!(reading.usage, usage(40, 0, 5));
+        let invoke = br#"{"id":"msg","type":"message","model":"claude","content":[],"usage":{"input_tokens":9,"output_tokens":3}}"#;
+        let reading = bedrock("application/json", "/model/m/invoke", invoke, 0);
+        assert_eq!(reading.usage, usage(9, 0, 3));
+        // A model whose body has no usage: the headers' counts.
+        let mut m = Meter::new(
+            api(Scheme::Bedrock).usage(),
+            200,
+            Some("application/json"),
+            "/model/meta.llama3-8b-instruct-v1:0/invoke",
+            1 << 20,
+        );
+        m.seed(Usage {
+            input_tokens: 21,
+            cached_input_tokens: 0,
+            output_tokens: 13,
+        });
+        m.feed(br#"{"generation":"hi","prompt_token_count":21,"generation_token_count":13}"#);
+        let reading = m.finish();
+        assert_eq!(reading.outcome, Outcome::Counted);
+        assert_eq!(reading.usage, usage(21, 0, 13));
+    }
+
+    #[test]
+    fn vertex_meters_gemini_and_anthropic_formats() {
+        let mut m = Meter::new(
+            api(Scheme::Vertex).usage(),
+            200,
+            Some("application/json"),
+            "/v1/projects/p/locations/l/publishers/google/models/gemini-2.5-flash:streamGenerateContent",
+            1 << 20,
+        );
+        m.feed(br#"[{"candidates":[],"usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":3}},"#);
+        m.feed(br#"{"candidates":[],"usageMetadata":{"promptTokenCount":12,"candidatesTokenCount":7},"modelVersion":"gemini-2.5-flash"}]"#);
+        let reading = m.finish();
+        assert_eq!(reading.usage, usage(12, 0, 7));
+        let mut m = Meter::new(
+            api(Scheme::Vertex).usage(),
+            200,
+            Some("text/event-stream"),
+            "/v1/projects/p/locations/l/publishers/anthropic/models/claude:streamRawPredict",
+            1 << 20,
+        );
+        m.feed(b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude\",\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n");
+        m.feed(b"event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\n\n");
+        let reading = m.finish();
+        assert_eq!(reading.usage, usage(12, 0, 7));
+        assert!(reading.output_final);
     }
 }

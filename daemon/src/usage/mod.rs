@@ -1,7 +1,8 @@
 //! Usage metering and budgets.
 //!
 //! - [`meter`] reads token usage from responses as they stream past
-//!   ([`sse`] splits event streams);
+//!   ([`sse`] splits server-sent events, [`eventstream`] reads AWS event
+//!   streams);
 //! - [`price`] turns usage into cost (the per-model price table);
 //! - [`request`] estimates a request's worst case from the provider's parse
 //!   of it (`provider::Request`, the same parse policy decides on);
@@ -13,6 +14,7 @@
 //! [`settings`] is the `[usage]` config section.
 
 pub mod budget;
+pub mod eventstream;
 pub mod ledger;
 pub mod meter;
 pub mod observer;
