@@ -779,6 +779,12 @@ pub struct PolicyConfig {
     pub paths: Vec<Spanned<String>>,
     #[serde(default)]
     pub models: Vec<Spanned<String>>,
+    /// Globs on the cloud project the request names (Vertex's path).
+    #[serde(default)]
+    pub projects: Vec<Spanned<String>>,
+    /// Globs on the location the request names (Vertex's path).
+    #[serde(default)]
+    pub locations: Vec<Spanned<String>>,
     #[serde(default)]
     pub environments: Vec<String>,
     #[serde(default)]

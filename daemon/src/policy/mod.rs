@@ -2,7 +2,9 @@
 //!
 //! `[[policy]]` rules bind a workload to what it may do. A request is allowed
 //! when some rule for its workload passes on every factor:
-//! - request: the upstream host, and if given the path and model globs;
+//! - request: the upstream host, and if given the path, model, project and
+//!   location globs (project and location are what a cloud platform's path
+//!   names: Vertex's `projects/{project}/locations/{location}`);
 //! - identity: the workload has a rule, and if given, the executable carries
 //!   an sshsig signature by one of `exe_signers`;
 //! - location: environment labels and region globs (instance identity);
@@ -59,6 +61,9 @@ pub struct PolicyInput<'a> {
     pub path: &'a str,
     /// The model the request names (`provider::Request::model`).
     pub model: Option<&'a str>,
+    /// The cloud project and location it runs in (`provider::Request`).
+    pub project: Option<&'a str>,
+    pub location: Option<&'a str>,
     pub now: Timestamp,
 }
 
@@ -137,6 +142,14 @@ pub enum Denial {
     /// that name an allowed one.
     #[error("the request names no model; this rule allows only listed models")]
     NoModel,
+    #[error("project {0:?} is not allowed")]
+    Project(String),
+    #[error("the request names no project; this rule allows only listed projects")]
+    NoProject,
+    #[error("location {0:?} is not allowed")]
+    Location(String),
+    #[error("the request names no location; this rule allows only listed locations")]
+    NoLocation,
     #[error("executable signature required, but the executable is unknown")]
     UnknownExecutable,
     /// The attested executable cannot be believed to be what runs (see
@@ -234,6 +247,8 @@ struct Rule {
     upstreams: Vec<String>,
     paths: Option<GlobSet>,
     models: Option<GlobSet>,
+    projects: Option<GlobSet>,
+    locations: Option<GlobSet>,
     environments: Vec<String>,
     regions: Option<GlobSet>,
     time: Option<TimeWindow>,
@@ -378,6 +393,22 @@ fn request_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), Denial> {
             Some(model) if models.is_match(model) => {}
             Some(model) => return Err(Denial::Model(model.to_owned())),
             None => return Err(Denial::NoModel),
+        }
+    }
+    // Deny by default, as for models: a rule that lists projects or
+    // locations allows only requests that name a listed one.
+    if let Some(projects) = &rule.projects {
+        match input.project {
+            Some(project) if projects.is_match(project) => {}
+            Some(project) => return Err(Denial::Project(project.to_owned())),
+            None => return Err(Denial::NoProject),
+        }
+    }
+    if let Some(locations) = &rule.locations {
+        match input.location {
+            Some(location) if locations.is_match(location) => {}
+            Some(location) => return Err(Denial::Location(location.to_owned())),
+            None => return Err(Denial::NoLocation),
         }
     }
     Ok(())
@@ -530,6 +561,8 @@ fn compile_rule(
             .collect(),
         paths: glob_set(&config.paths, source)?,
         models: glob_set(&config.models, source)?,
+        projects: glob_set(&config.projects, source)?,
+        locations: glob_set(&config.locations, source)?,
         environments: config.environments.clone(),
         regions: glob_set(&config.regions, source)?,
         time: time_window(config, source)?,

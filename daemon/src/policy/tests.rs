@@ -64,6 +64,8 @@ fn input() -> PolicyInput<'static> {
         method: "POST",
         path: "/v1/chat/completions",
         model: Some("gpt-4o-mini"),
+        project: None,
+        location: None,
         now: ts(WEEKDAY_MORNING),
     }
 }
@@ -522,4 +524,36 @@ fn a_compile_error_is_the_policy_type_placed_in_the_file() {
             .starts_with(&format!("t.toml:{line}:20: bad glob \"eu-[\"")),
         "{err}"
     );
+}
+
+#[test]
+fn projects_and_locations_are_allowed_only_when_listed() {
+    let p = policy(
+        "[[policy]]\nworkload = \"support-agent\"\nupstreams = [\"api.openai.com\"]\nprojects = [\"prod-*\"]\nlocations = [\"europe-*\", \"global\"]\n",
+    );
+    let at = |project, location| {
+        p.evaluate(&PolicyInput {
+            project,
+            location,
+            ..input()
+        })
+    };
+    assert!(at(Some("prod-ml"), Some("europe-west4")).allowed);
+    assert!(at(Some("prod-ml"), Some("global")).allowed);
+    let d = at(Some("dev-ml"), Some("europe-west4"));
+    assert!(
+        !d.allowed && d.summary().contains("project \"dev-ml\""),
+        "{}",
+        d.summary()
+    );
+    let d = at(Some("prod-ml"), Some("us-central1"));
+    assert!(
+        d.summary().contains("location \"us-central1\""),
+        "{}",
+        d.summary()
+    );
+    // A request that names none (another provider's path) is refused by
+    // such a rule, as one naming no model is by a rule on models.
+    let d = at(None, None);
+    assert!(d.summary().contains("names no project"), "{}", d.summary());
 }

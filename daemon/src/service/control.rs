@@ -8,7 +8,10 @@ use serde_json::Value;
 use super::reload::Reloader;
 use crate::{
     attest::{Attestor, InstanceHandle},
+    config::{Scheme, UpstreamConfig},
     control::{ControlBackend, RequestError},
+    credentials::{CredentialKind, CredentialStore},
+    provider,
 };
 
 pub struct DaemonBackend {
@@ -46,9 +49,20 @@ impl ControlBackend for DaemonBackend {
     }
 
     fn explain(&self, pid: u32) -> Result<String, RequestError> {
-        let gate = self.reloader.current().gate.clone();
-        crate::attest::explain::explain_pid(pid, &self.attestor, gate.workloads())
-            .map_err(RequestError::daemon)
+        let generation = self.reloader.current();
+        let mut text =
+            crate::attest::explain::explain_pid(pid, &self.attestor, generation.gate.workloads())
+                .map_err(RequestError::daemon)?;
+        text.push_str("upstreams\n");
+        for upstream in &generation.config.upstreams {
+            text.push_str(&format!(
+                "  {} ({})\n{}",
+                upstream.host.get_ref(),
+                upstream.scheme.get_ref(),
+                credential_line(upstream, &generation.credentials)
+            ));
+        }
+        Ok(text)
     }
 
     fn explain_request(&self, pid: u32, request: &str) -> Result<String, RequestError> {
@@ -65,35 +79,42 @@ impl ControlBackend for DaemonBackend {
         let report = gate.workloads().evaluate(&attestation);
         let mut text = crate::attest::explain::render(&attestation, &report);
         text.push_str(&format!(
-            "request {} {}{} model={}\n",
-            planned.method,
-            planned.host,
-            planned.path,
-            planned.model.as_deref().unwrap_or("(none)")
+            "request {} {}{}\n",
+            planned.method, planned.host, planned.path,
         ));
-        if !config
+        let Some(upstream) = config
             .upstreams
             .iter()
-            .any(|u| u.host.get_ref().eq_ignore_ascii_case(&planned.host))
-        {
+            .find(|u| u.host.get_ref().eq_ignore_ascii_case(&planned.host))
+        else {
             text.push_str(&format!(
                 "  {} is not a configured upstream: warrant would pass it through untouched, with no credential\n",
                 planned.host
             ));
             return Ok(text);
+        };
+        text.push_str(&credential_line(upstream, &generation.credentials));
+        // Read as the upstream's provider reads a request (model, project
+        // and location from a cloud platform's path), without a body.
+        let request = planned.request(*upstream.scheme.get_ref())?;
+        text.push_str(&format!(
+            "  model={}",
+            request.model.as_deref().unwrap_or("(none)")
+        ));
+        for (name, value) in [
+            ("project", &request.project),
+            ("location", &request.location),
+        ] {
+            if let Some(value) = value {
+                text.push_str(&format!(" {name}={value}"));
+            }
         }
+        text.push('\n');
         let Some(workload) = report.matched.as_deref() else {
             text.push_str("  decision: denied (no workload matches this process)\n");
             return Ok(text);
         };
-        let decision = gate.decide_for(
-            workload,
-            &attestation,
-            &planned.host,
-            &planned.method,
-            &planned.path,
-            planned.model.as_deref(),
-        );
+        let decision = gate.decide_for(workload, &attestation, &planned.host, &request);
         text.push_str(&format!(
             "  decision: {} for workload {workload:?}\n",
             if decision.allowed {
@@ -114,6 +135,29 @@ impl ControlBackend for DaemonBackend {
     }
 }
 
+/// Which credential `upstream` would use, what it is and its state (never
+/// its value): one line of `warrant explain`.
+fn credential_line(upstream: &UpstreamConfig, credentials: &CredentialStore) -> String {
+    let name = upstream.credential.get_ref();
+    let Some(status) = credentials.status().into_iter().find(|c| &c.name == name) else {
+        return format!("  credential: {name:?} (not configured)\n");
+    };
+    let kind = match status.kind {
+        CredentialKind::Token => "a token",
+        CredentialKind::AwsKeys => "AWS keys, signing with SigV4",
+    };
+    let state = match (&status.fingerprint, status.expires_at, &status.last_error) {
+        (Some(print), Some(expiry), _) => format!("cached {print}, expires {expiry}"),
+        (Some(print), None, _) => format!("cached {print}"),
+        (None, _, Some(error)) => format!("not fetched: {error}"),
+        (None, _, None) => "not fetched yet".to_owned(),
+    };
+    format!(
+        "  credential: {name:?} (source {}, {kind}; {state})\n",
+        status.source
+    )
+}
+
 /// `--request` is not "METHOD https://HOST/PATH [model=NAME]".
 #[derive(Debug, thiserror::Error)]
 enum BadRequestLine {
@@ -129,6 +173,8 @@ enum BadRequestLine {
         "--request {text:?}: expected \"METHOD https://HOST/PATH [model=NAME]\": unknown {word:?}"
     )]
     UnknownWord { text: String, word: String },
+    #[error("--request: bad method: {0}")]
+    Method(String),
 }
 
 /// A request described on the command line: "METHOD URL [model=NAME]".
@@ -138,6 +184,34 @@ struct PlannedRequest {
     host: String,
     path: String,
     model: Option<String>,
+}
+
+impl PlannedRequest {
+    /// The request as `scheme`'s provider reads it (without a body); a
+    /// `model=` given on the command line stands for the body's model.
+    fn request(&self, scheme: Scheme) -> Result<provider::Request, RequestError> {
+        let method = http::Method::from_bytes(self.method.as_bytes())
+            .map_err(|e| RequestError::daemon(BadRequestLine::Method(e.to_string())))?;
+        let uri: http::Uri = self.path.parse().map_err(|source| {
+            RequestError::daemon(BadRequestLine::Url {
+                text: self.path.clone(),
+                source,
+            })
+        })?;
+        let headers = http::HeaderMap::new();
+        let head = provider::RequestHead {
+            method: &method,
+            uri: &uri,
+            headers: &headers,
+        };
+        let mut request = provider::api(scheme)
+            .parse(&head, b"")
+            .map_err(RequestError::daemon)?;
+        if let Some(model) = &self.model {
+            request.model = Some(model.clone());
+        }
+        Ok(request)
+    }
 }
 
 impl PlannedRequest {
@@ -155,7 +229,9 @@ impl PlannedRequest {
                     source,
                 })?;
         let host = uri.host().ok_or_else(shape)?.to_ascii_lowercase();
-        let path = uri.path().to_owned();
+        let path = uri
+            .path_and_query()
+            .map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned());
         let mut model = None;
         for word in words {
             match word.split_once('=') {

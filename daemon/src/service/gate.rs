@@ -11,6 +11,7 @@ use crate::{
     attest::{Attestation, Attestor, WorkloadMatcher},
     audit::{AttestationSummary, RequestLog},
     policy::{Decision, Policy, PolicyInput},
+    provider,
     proxy::{GateFuture, GateRequest, Identity, Refusal, RequestGate, Verdict},
     usage::{Admission, AdmitRequest, BudgetRefusal, Budgets, UsageRecord, UsageSink},
 };
@@ -61,9 +62,7 @@ impl WarrantGate {
         workload: &str,
         attestation: &Attestation,
         upstream: &str,
-        method: &str,
-        path: &str,
-        model: Option<&str>,
+        request: &provider::Request,
     ) -> Decision {
         let instance = attestation.instance.as_ref();
         let exe_sha256 = attestation.exe_hash.bytes();
@@ -76,9 +75,11 @@ impl WarrantGate {
             exe_sha256: exe_sha256.as_ref(),
             program_refusal: program_refusal.as_deref(),
             upstream_host: upstream,
-            method,
-            path,
-            model,
+            method: request.method.as_str(),
+            path: &request.path,
+            model: request.model.as_deref(),
+            project: request.project.as_deref(),
+            location: request.location.as_deref(),
             now: jiff::Timestamp::now(),
         })
     }
@@ -145,14 +146,7 @@ impl WarrantGate {
         };
         let parsed = request.request;
         let path = parsed.path.as_str();
-        let decision = self.decide_for(
-            workload,
-            attestation,
-            request.upstream,
-            parsed.method.as_str(),
-            path,
-            parsed.model.as_deref(),
-        );
+        let decision = self.decide_for(workload, attestation, request.upstream, parsed);
         request.audit.decided(&decision);
         if !decision.allowed {
             let summary = decision.summary();
