@@ -27,13 +27,17 @@
 //!   system manager's root, with a mock provider and agents run as another
 //!   uid (the identity tests);
 //! - [`netns`]: network namespaces over a veth with a reporting server, and
-//!   a cgroup egress filter like systemd's IPAddressDeny.
+//!   a cgroup egress filter like systemd's IPAddressDeny;
+//! - [`cloud`]: Bedrock, Vertex AI and Azure OpenAI mocks (SigV4 verified
+//!   with the real secret) and the cloud credential services (IMDSv2, STS,
+//!   GCE metadata, Google token/STS/IAM, Azure managed identity, Entra ID).
 // Test code panics rather than returning errors (the failure keeps its
 // stack), and its `new()`s make cgroups, pins and keys: not defaults.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::new_without_default)]
 
 pub mod binary;
 pub mod cgroups;
+pub mod cloud;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
