@@ -198,6 +198,8 @@ struct ApiState {
 /// Bedrock, Vertex and Azure OpenAI on TLS.
 pub struct CloudApis {
     pub ca_pem: String,
+    /// The addresses bound (a port 0 asked for is resolved here).
+    pub addrs: Vec<SocketAddr>,
     pub accepted: Shared,
     state: Arc<ApiState>,
     runtime: Option<tokio::runtime::Runtime>,
@@ -248,9 +250,11 @@ impl CloudApis {
             seen: Mutex::new(Vec::new()),
             delay: Duration::from_millis(5),
         });
+        let mut addrs = Vec::new();
         for addr in listen {
             let std_listener = std::net::TcpListener::bind(addr).unwrap();
             std_listener.set_nonblocking(true).unwrap();
+            addrs.push(std_listener.local_addr().unwrap());
             let (acceptor, state) = (acceptor.clone(), state.clone());
             runtime.spawn(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
@@ -276,6 +280,7 @@ impl CloudApis {
         }
         CloudApis {
             ca_pem,
+            addrs,
             accepted,
             state,
             runtime: Some(runtime),
@@ -292,15 +297,18 @@ impl CloudApis {
 }
 
 async fn api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Body> {
-    let host = req
+    // The authority as sent (h2's :authority, h1's Host), port included:
+    // what a SigV4 signature covers.
+    let authority = req
         .uri()
-        .host()
-        .map(str::to_owned)
-        .or_else(|| {
-            let host = req.headers().get("host")?.to_str().ok()?;
-            Some(host.split(':').next().unwrap_or(host).to_owned())
-        })
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| Some(req.headers().get("host")?.to_str().ok()?.to_owned()))
         .unwrap_or_default();
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority.as_str(), |(h, _)| h)
+        .to_owned();
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -316,7 +324,7 @@ async fn api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Body> {
         match host.as_str() {
             BEDROCK => verify_sigv4(
                 &parts.method,
-                &host,
+                &authority,
                 &target,
                 &parts.headers,
                 &body,
@@ -483,6 +491,7 @@ pub fn verify_sigv4(
         .unwrap()
         .into();
     let url = format!("https://{host}{target}");
+    let shown_url = url.clone();
     let signable = SignableRequest::new(
         method.as_str(),
         url,
@@ -495,7 +504,10 @@ pub fn verify_sigv4(
         .into_parts();
     let got = fields.get("Signature").ok_or("no Signature")?;
     if *got != expected {
-        return Err("signature mismatch".to_owned());
+        return Err(format!(
+            "signature mismatch (signed {:?} for {shown_url}, headers {headers:?})",
+            fields.get("SignedHeaders")
+        ));
     }
     Ok(())
 }

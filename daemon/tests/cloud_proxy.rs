@@ -1,0 +1,576 @@
+//! Bedrock, Vertex AI and Azure OpenAI through the real in-process injector,
+//! with credentials from the real store fed by loopback stand-ins of the
+//! cloud credential services: Bedrock requests re-signed with SigV4 (the
+//! mock verifies the signature with the real secret), event streams relayed
+//! byte for byte and metered, bodies over the signing limit refused in
+//! Bedrock's error shape, and a credential the upstream refuses fetched
+//! again and the request sent once more. Loopback only.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod injector_support;
+mod support;
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use injector_support::{Sender, origin, roots_from_pem, tls_over};
+use support::cloud::{
+    AZURE, Accepted, AwsKeys, BEDROCK, CloudApis, CredentialServices, Issuing, Shared, VERTEX,
+    run_tag,
+};
+use tokio::{net::TcpSocket, sync::mpsc};
+use warrant::{
+    audit::{Audit, AuditLog},
+    clock::SystemClock,
+    config::{AuditConfig, Config, UsageConfig},
+    credentials::{self, StoreOptions},
+    metrics::Metrics,
+    origin::StaticOrigins,
+    policy::RuleLimits,
+    proxy::{
+        FixedGeneration, GateFuture, GateRequest, Identity, Injector, Refusal, RequestGate, Verdict,
+    },
+    response::Responder,
+    tls::{LeafCache, LocalCa},
+    usage::{Admission, AdmitRequest, Budgets, LocalLedger, PriceTable, UsageRecord, UsageSink},
+};
+
+/// Admits every request through budgets (no limits) so that responses are
+/// metered; usage records go to the test.
+struct Metered {
+    budgets: Budgets,
+}
+
+impl RequestGate for Metered {
+    fn body_prefix_len(&self) -> usize {
+        64 * 1024
+    }
+
+    fn authorize<'a>(
+        &'a self,
+        _: &'a Identity,
+        r: GateRequest<'a>,
+    ) -> GateFuture<'a, Result<Verdict, Refusal>> {
+        Box::pin(async move {
+            let observer = self
+                .budgets
+                .admit(AdmitRequest {
+                    workload: "agent",
+                    upstream: r.upstream,
+                    scheme: r.scheme,
+                    request: r.request,
+                    limits: RuleLimits::default(),
+                })
+                .await
+                .map_err(|e| Refusal::policy(e.status(), e.message()))?;
+            Ok(Verdict::Admit(Admission::new(Box::new(observer))))
+        })
+    }
+}
+
+struct Records(mpsc::UnboundedSender<UsageRecord>);
+
+impl UsageSink for Records {
+    fn record(&self, record: &UsageRecord) {
+        let _ = self.0.send(record.clone());
+    }
+}
+
+struct Stack {
+    apis: CloudApis,
+    services: CredentialServices,
+    accepted: Shared,
+    proxy: SocketAddr,
+    origins: Arc<StaticOrigins>,
+    warrant_ca: String,
+    records: mpsc::UnboundedReceiver<UsageRecord>,
+    metrics: Arc<Metrics>,
+    dir: tempfile::TempDir,
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// `aws` is the Bedrock credential's `[[credential]]` body (after its name).
+async fn stack(aws: &str) -> Stack {
+    injector_support::capture_logs();
+    let accepted: Shared = Arc::new(std::sync::Mutex::new(Accepted::default()));
+    let tag = run_tag();
+    let services = CredentialServices::start(accepted.clone(), Issuing::new(&tag));
+    let apis = CloudApis::start(&["127.0.0.1:0".parse().unwrap()], accepted.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("apis-ca.pem"), &apis.ca_pem).unwrap();
+    let file_keys = AwsKeys {
+        access_key_id: format!("AKIAFILE{}", tag.replace('x', "0")),
+        secret_access_key: format!("file-secret-{tag}-REALREALREAL"),
+        session_token: None,
+    };
+    write_private(&d.join("aws.json"), &file_keys.process_json());
+    let azure_key = format!("azure-key-{tag}-REALREALREAL0123");
+    write_private(&d.join("azure-key"), &azure_key);
+    {
+        let mut a = accepted.lock().unwrap();
+        a.aws.push(file_keys.clone());
+        a.azure.push(azure_key.clone());
+        a.secrets.extend([file_keys.secret_access_key, azure_key]);
+    }
+    let text = format!(
+        r#"
+[daemon]
+state_dir = "{d}/state"
+
+[proxy]
+max_signed_body_bytes = 65536
+
+[[upstream]]
+host = "{BEDROCK}"
+scheme = "bedrock"
+credential = "aws"
+ca_file = "{d}/apis-ca.pem"
+
+[[upstream]]
+host = "{VERTEX}"
+scheme = "vertex"
+credential = "gce"
+ca_file = "{d}/apis-ca.pem"
+
+[[upstream]]
+host = "{AZURE}"
+scheme = "azure"
+credential = "azure-key"
+ca_file = "{d}/apis-ca.pem"
+
+[[credential]]
+name = "aws"
+{aws}
+
+[[credential]]
+name = "gce"
+source = "gcp-metadata"
+endpoint = "{base}"
+
+[[credential]]
+name = "azure-key"
+source = "file"
+path = "{d}/azure-key"
+"#,
+        d = d.display(),
+        aws = aws
+            .replace("{dir}", &d.display().to_string())
+            .replace("{base}", &services.base),
+        base = services.base,
+    );
+    let config = Config::parse(&text, "test.toml").unwrap();
+    let store = credentials::compile(
+        &config.credentials,
+        &config.source,
+        Arc::new(SystemClock),
+        &StoreOptions {
+            file_owner_uid: nix::unistd::geteuid().as_raw(),
+            credentials_directory: None,
+        },
+    )
+    .unwrap();
+    let hosts: Vec<String> = config
+        .upstreams
+        .iter()
+        .map(|u| u.host.get_ref().clone())
+        .collect();
+    std::fs::create_dir_all(d.join("state")).unwrap();
+    let ca = Arc::new(LocalCa::load_or_create(&d.join("state"), &hosts).unwrap());
+    let warrant_ca = ca.ca_pem().to_owned();
+    let metrics = Arc::new(Metrics::new());
+    let audit = Audit::new(
+        AuditLog::open(&d.join("audit.jsonl"), &AuditConfig::default(), None),
+        metrics.clone(),
+    );
+    let budgets = Budgets::new(
+        UsageConfig::default(),
+        PriceTable::new(&[], true).unwrap(),
+        LocalLedger::in_memory(),
+        false,
+        None,
+        Arc::new(SystemClock),
+    );
+    let (tx, records) = mpsc::unbounded_channel();
+    budgets.add_sink(Arc::new(Records(tx)));
+    let origins = Arc::new(StaticOrigins::default());
+    let injector = Injector::new(
+        &config,
+        Arc::new(LeafCache::new(ca)),
+        origins.clone(),
+        FixedGeneration::serve(Arc::new(Metered { budgets }), Arc::new(store)),
+        Responder::without_rules(audit),
+        &[],
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    tokio::spawn(Arc::new(injector).serve(listener));
+    Stack {
+        apis,
+        services,
+        accepted,
+        proxy,
+        origins,
+        warrant_ca,
+        records,
+        metrics,
+        dir,
+    }
+}
+
+impl Stack {
+    /// An agent connection to `host` (redirected: its Origin registered),
+    /// over TLS trusting warrant's CA, speaking h2 or http/1.1.
+    async fn agent(&self, host: &str, h2: bool) -> Sender {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        self.origins
+            .insert(socket.local_addr().unwrap(), origin(self.apis.addrs[0]));
+        let tcp = socket.connect(self.proxy).await.unwrap();
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let tls = tls_over(tcp, roots_from_pem(&self.warrant_ca), host, alpn).await;
+        if h2 {
+            Sender::h2(tls).await
+        } else {
+            Sender::h1(tls).await
+        }
+    }
+
+    fn audit(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn assert_no_secret_anywhere(&self, bodies: &[Bytes]) {
+        let logs = injector_support::logs();
+        let audit =
+            std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
+        let metrics = self.metrics.render();
+        for secret in &self.accepted.lock().unwrap().secrets {
+            assert!(!logs.contains(secret), "a real credential is in the logs");
+            assert!(
+                !audit.contains(secret),
+                "a real credential is in the audit log"
+            );
+            assert!(
+                !metrics.contains(secret),
+                "a real credential is in the metrics"
+            );
+            for body in bodies {
+                assert!(
+                    memchr::memmem::find(body, secret.as_bytes()).is_none(),
+                    "a real credential is in a response"
+                );
+            }
+        }
+    }
+}
+
+/// What an SDK signing with placeholder keys sends.
+fn sigv4_placeholder(path: &str, body: &str) -> Request<Full<Bytes>> {
+    Request::post(format!("https://{BEDROCK}{path}"))
+        .header("host", BEDROCK)
+        .header("content-type", "application/json")
+        .header("x-amz-date", "20260101T000000Z")
+        .header(
+            "authorization",
+            "AWS4-HMAC-SHA256 Credential=placeholder/20260101/us-east-1/bedrock/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature=0000000000000000000000000000000000000000000000000000000000000000",
+        )
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+async fn body_of(response: http::Response<hyper::body::Incoming>) -> (StatusCode, Bytes) {
+    let status = response.status();
+    (
+        status,
+        response.into_body().collect().await.unwrap().to_bytes(),
+    )
+}
+
+const CONVERSE: &str = r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}],"inferenceConfig":{"maxTokens":64}}"#;
+const MODEL_PATH: &str = "/model/anthropic.claude-3-haiku-20240307-v1%3A0";
+
+#[tokio::test]
+async fn bedrock_is_signed_again_with_the_real_keys_and_its_streams_are_metered() {
+    let mut s = stack("source = \"file\"\nformat = \"aws\"\npath = \"{dir}/aws.json\"").await;
+    let mut bodies = Vec::new();
+    for h2 in [true, false] {
+        let mut agent = s.agent(BEDROCK, h2).await;
+        let (status, body) = body_of(
+            agent
+                .send(sigv4_placeholder(
+                    &format!("{MODEL_PATH}/converse"),
+                    CONVERSE,
+                ))
+                .await,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        bodies.push(body);
+        let record = s.records.recv().await.unwrap();
+        assert_eq!(
+            record.model.as_deref(),
+            Some("anthropic.claude-3-haiku-20240307-v1:0")
+        );
+        assert_eq!(
+            (record.usage.input_tokens, record.usage.output_tokens),
+            (12, 7)
+        );
+        assert_eq!(
+            record.reserved.output_tokens, 64,
+            "Converse's maxTokens is the cap"
+        );
+
+        let response = agent
+            .send(sigv4_placeholder(
+                &format!("{MODEL_PATH}/converse-stream"),
+                CONVERSE,
+            ))
+            .await;
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/vnd.amazon.eventstream"
+        );
+        let (status, body) = body_of(response).await;
+        assert_eq!(status, StatusCode::OK);
+        // Relayed byte for byte: the frames (and their CRCs) still decode.
+        let mut stream = warrant::usage::eventstream::EventStream::new(1 << 20);
+        let mut events = Vec::new();
+        stream.feed(&body, &mut events).unwrap();
+        assert!(!stream.pending());
+        assert_eq!(events.last().unwrap().kind, "metadata");
+        bodies.push(body);
+        let record = s.records.recv().await.unwrap();
+        assert_eq!(
+            (record.usage.input_tokens, record.usage.output_tokens),
+            (12, 7)
+        );
+        assert_eq!(record.outcome, warrant::usage::Outcome::Counted);
+    }
+    let seen = s.apis.seen_by(BEDROCK);
+    assert_eq!(seen.len(), 4);
+    for request in &seen {
+        assert!(request.accepted, "the mock refused the signature");
+        let auth = request.header("authorization").unwrap();
+        assert!(auth.contains("Credential=AKIAFILE"), "{auth}");
+        assert!(!format!("{:?}", request.headers).contains("placeholder"));
+    }
+    s.assert_no_secret_anywhere(&bodies);
+}
+
+#[tokio::test]
+async fn bedrock_invoke_streams_are_metered_from_the_models_own_events() {
+    let mut s = stack("source = \"file\"\nformat = \"aws\"\npath = \"{dir}/aws.json\"").await;
+    let mut agent = s.agent(BEDROCK, true).await;
+    let invoke = r#"{"anthropic_version":"bedrock-2023-05-31","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _) = body_of(
+        agent
+            .send(sigv4_placeholder(
+                &format!("{MODEL_PATH}/invoke-with-response-stream"),
+                invoke,
+            ))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let record = s.records.recv().await.unwrap();
+    assert_eq!(
+        (record.usage.input_tokens, record.usage.output_tokens),
+        (12, 7)
+    );
+    assert_eq!(
+        record.model.as_deref(),
+        Some("anthropic.claude-3-haiku-20240307-v1:0")
+    );
+    let (status, _) = body_of(
+        agent
+            .send(sigv4_placeholder(&format!("{MODEL_PATH}/invoke"), invoke))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let record = s.records.recv().await.unwrap();
+    assert_eq!(
+        (record.usage.input_tokens, record.usage.output_tokens),
+        (12, 7)
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_signing_limit_is_refused_in_bedrocks_shape() {
+    let s = stack("source = \"file\"\nformat = \"aws\"\npath = \"{dir}/aws.json\"").await;
+    let mut agent = s.agent(BEDROCK, true).await;
+    let big = format!(
+        r#"{{"messages":[{{"role":"user","content":[{{"text":"{}"}}]}}]}}"#,
+        "x".repeat(70_000)
+    );
+    let (status, body) = body_of(
+        agent
+            .send(sigv4_placeholder(&format!("{MODEL_PATH}/converse"), &big))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["__type"], "ValidationException");
+    assert!(error["message"].as_str().unwrap().contains("65536"));
+    assert!(s.apis.seen_by(BEDROCK).is_empty(), "nothing was sent");
+}
+
+#[tokio::test]
+async fn a_real_looking_aws_key_from_the_agent_is_refused() {
+    let s = stack("source = \"file\"\nformat = \"aws\"\npath = \"{dir}/aws.json\"").await;
+    let mut agent = s.agent(BEDROCK, true).await;
+    let mut request = sigv4_placeholder(&format!("{MODEL_PATH}/converse"), CONVERSE);
+    request.headers_mut().insert(
+        "authorization",
+        "AWS4-HMAC-SHA256 Credential=AKIA2OGYBAH6STLRCJ4X/20260101/us-east-1/bedrock/aws4_request, SignedHeaders=host;x-amz-date, Signature=00"
+            .parse()
+            .unwrap(),
+    );
+    let (status, body) = body_of(agent.send(request).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(error["__type"], "AccessDeniedException");
+    assert!(s.apis.seen_by(BEDROCK).is_empty());
+}
+
+#[tokio::test]
+async fn refused_instance_role_keys_are_fetched_again_and_the_request_signed_again() {
+    let mut s = stack("source = \"aws-imds\"\nendpoint = \"{base}\"").await;
+    let mut agent = s.agent(BEDROCK, true).await;
+    let converse = || sigv4_placeholder(&format!("{MODEL_PATH}/converse"), CONVERSE);
+    assert_eq!(
+        body_of(agent.send(converse()).await).await.0,
+        StatusCode::OK
+    );
+    let _ = s.records.recv().await;
+    // The role's keys are revoked (rotated early): Bedrock refuses them.
+    s.accepted.lock().unwrap().aws.clear();
+    let (status, body) = body_of(agent.send(converse()).await).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(s.services.calls("imds-credentials"), 2);
+    let record = s.records.recv().await.unwrap();
+    assert_eq!(
+        record.usage.output_tokens, 7,
+        "the retried response is metered"
+    );
+    let seen = s.apis.seen_by(BEDROCK);
+    assert_eq!(
+        seen.iter().map(|r| r.accepted).collect::<Vec<_>>(),
+        [true, false, true]
+    );
+    let lines = s.audit();
+    let last = lines.last().unwrap();
+    assert_eq!(last["status"], 200);
+    assert_eq!(last["credential_refused"]["status"], 403);
+    assert_eq!(last["credential_refused"]["result"], "refreshed");
+    assert_eq!(last["credential_refused"]["retried"], true);
+    assert_ne!(
+        last["credential"]["fingerprint"], lines[0]["credential"]["fingerprint"],
+        "the line names the credential that was used last"
+    );
+    let metrics = s.metrics.render();
+    assert!(
+        metrics.contains(
+            "warrant_credential_refusals_total{credential=\"aws\",result=\"refreshed\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warrant_upstream_retries_total{upstream=\"bedrock-runtime.us-east-1.amazonaws.com\",reason=\"credential refused\"} 1"),
+        "{metrics}"
+    );
+    // Refused again at once: not fetched again, the refusal stands.
+    s.accepted.lock().unwrap().aws.clear();
+    let (status, body) = body_of(agent.send(converse()).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&body).contains("security token"));
+    assert_eq!(s.services.calls("imds-credentials"), 2);
+    let last = s.audit().last().unwrap().clone();
+    assert_eq!(last["credential_refused"]["result"], "not_refreshed");
+    assert_eq!(last["credential_refused"]["retried"], false);
+    s.assert_no_secret_anywhere(&[body]);
+}
+
+#[tokio::test]
+async fn vertex_gets_the_google_token_and_a_revoked_one_is_replaced() {
+    let mut s = stack("source = \"file\"\nformat = \"aws\"\npath = \"{dir}/aws.json\"").await;
+    let mut agent = s.agent(VERTEX, true).await;
+    let path = "/v1/projects/p1/locations/us-central1/publishers/google/models/gemini-2.5-flash:streamGenerateContent?alt=sse";
+    let request = || {
+        Request::post(format!("https://{VERTEX}{path}"))
+            .header("authorization", "Bearer placeholder")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(
+                br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#,
+            )))
+            .unwrap()
+    };
+    let (status, body) = body_of(agent.send(request()).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("from the cloud mock"));
+    let record = s.records.recv().await.unwrap();
+    assert_eq!(
+        (record.usage.input_tokens, record.usage.output_tokens),
+        (12, 7)
+    );
+    assert_eq!(record.model.as_deref(), Some("gemini-2.5-flash"));
+    // Revoked: Vertex answers 401, warrant fetches a new token and the
+    // request goes again (its body was kept).
+    s.accepted.lock().unwrap().google.clear();
+    let (status, _) = body_of(agent.send(request()).await).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.services.calls("gce-token"), 2);
+    let seen = s.apis.seen_by(VERTEX);
+    assert_eq!(seen.len(), 3);
+    assert!(seen[1].header("authorization") != seen[2].header("authorization"));
+    assert!(
+        seen.iter()
+            .all(|r| r.header("authorization") != Some("Bearer placeholder"))
+    );
+    s.assert_no_secret_anywhere(&[body]);
+}
+
+#[tokio::test]
+async fn azure_gets_its_key_in_api_key_and_api_version_passes_through() {
+    let mut s = stack("source = \"file\"\nformat = \"aws\"\npath = \"{dir}/aws.json\"").await;
+    let mut agent = s.agent(AZURE, false).await;
+    let request = Request::post(format!(
+        "https://{AZURE}/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
+    ))
+    .header("host", AZURE)
+    .header("api-key", "placeholder")
+    .header("content-type", "application/json")
+    .body(Full::new(Bytes::from_static(
+        br#"{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+    )))
+    .unwrap();
+    let (status, body) = body_of(agent.send(request).await).await;
+    assert_eq!(status, StatusCode::OK);
+    let record = s.records.recv().await.unwrap();
+    assert_eq!(record.model.as_deref(), Some("gpt-4o-prod"));
+    assert_eq!(
+        (record.usage.input_tokens, record.usage.output_tokens),
+        (12, 7)
+    );
+    let seen = s.apis.seen_by(AZURE);
+    assert_eq!(
+        seen[0].target,
+        "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
+    );
+    assert!(seen[0].accepted);
+    s.assert_no_secret_anywhere(&[body]);
+}
