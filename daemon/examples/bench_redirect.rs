@@ -53,6 +53,7 @@ fn main() {
         listen4,
         listen6: None,
         ports: vec![port],
+        destinations: Vec::new(),
         block_quic: true,
         bypass_mark: warrant::config::DEFAULT_BYPASS_MARK,
     })

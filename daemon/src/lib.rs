@@ -18,6 +18,7 @@ pub mod control;
 pub mod credentials;
 pub mod duration;
 pub mod error;
+pub mod metadata;
 pub mod metrics;
 pub mod mounts;
 pub mod notify;

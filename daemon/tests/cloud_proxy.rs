@@ -574,3 +574,80 @@ async fn azure_gets_its_key_in_api_key_and_api_version_passes_through() {
     assert!(seen[0].accepted);
     s.assert_no_secret_anywhere(&[body]);
 }
+
+#[tokio::test]
+async fn tagged_agents_get_placeholders_from_the_metadata_service_and_nothing_else() {
+    let s = stack("source = \"file\"\nformat = \"aws\"\npath = \"{dir}/aws.json\"").await;
+    // The agent dialled 169.254.169.254:80; the emulator answers, nothing
+    // is connected to (the Origin is all the injector knows).
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    s.origins.insert(
+        socket.local_addr().unwrap(),
+        origin("169.254.169.254:80".parse().unwrap()),
+    );
+    let tcp = socket.connect(s.proxy).await.unwrap();
+    let mut agent = Sender::h1(tcp).await;
+    let call = |method: &str, path: &str, headers: &[(&str, &str)]| {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "169.254.169.254");
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(Full::new(Bytes::new())).unwrap()
+    };
+    let (status, token) = body_of(
+        agent
+            .send(call(
+                "PUT",
+                "/latest/api/token",
+                &[("x-aws-ec2-metadata-token-ttl-seconds", "21600")],
+            ))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let token = String::from_utf8(token.to_vec()).unwrap();
+    let session = [("x-aws-ec2-metadata-token", token.as_str())];
+    let (_, role) = body_of(
+        agent
+            .send(call(
+                "GET",
+                "/latest/meta-data/iam/security-credentials/",
+                &session,
+            ))
+            .await,
+    )
+    .await;
+    let (status, creds) = body_of(
+        agent
+            .send(call(
+                "GET",
+                &format!(
+                    "/latest/meta-data/iam/security-credentials/{}",
+                    String::from_utf8_lossy(&role)
+                ),
+                &session,
+            ))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let creds: serde_json::Value = serde_json::from_slice(&creds).unwrap();
+    assert_eq!(creds["AccessKeyId"], warrant::metadata::AWS_ACCESS_KEY_ID);
+    // The instance's user data (or anything not emulated) is refused.
+    let (status, body) =
+        body_of(agent.send(call("GET", "/latest/user-data", &session)).await).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&body).contains("warrant"));
+    let lines = s.audit();
+    let outcomes: Vec<&str> = lines
+        .iter()
+        .map(|l| l["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["emulated", "emulated", "emulated", "refused"]);
+    assert!(lines.iter().all(|l| l["upstream"] == "metadata"));
+    assert_eq!(lines[0]["origin"]["tgid"], 4242);
+}

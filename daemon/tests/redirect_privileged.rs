@@ -115,6 +115,7 @@ impl Fixture {
                 SocketAddr::V4(_) => unreachable!(),
             }),
             ports: vec![port],
+            destinations: Vec::new(),
             block_quic: true,
             bypass_mark: warrant::config::DEFAULT_BYPASS_MARK,
         }

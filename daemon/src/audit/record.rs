@@ -34,6 +34,9 @@ pub enum Outcome {
     Forwarded,
     /// Plain HTTP to a host that is not configured: forwarded unchanged.
     PassedThrough,
+    /// Answered by warrant itself: a tagged agent's request to the cloud
+    /// metadata service, given placeholder credentials.
+    Emulated,
     /// Refused by policy (or attestation, or no matching workload).
     Denied,
     /// Refused because the workload or process is quarantined.

@@ -231,6 +231,7 @@ fn outcome_label(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Forwarded => "forwarded",
         Outcome::PassedThrough => "passed_through",
+        Outcome::Emulated => "emulated",
         Outcome::Denied => "denied",
         Outcome::Quarantined => "quarantined",
         Outcome::AgentKey => "agent_key",

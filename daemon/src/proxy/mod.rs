@@ -28,6 +28,10 @@
 //! receives the refusal that says why; whatever is still running after
 //! [`QUARANTINE_GRACE`] (a live stream) is cut.
 //!
+//! Plain HTTP to a cloud metadata address (redirected for tagged agents
+//! only) is answered by `metadata::Emulator` with placeholder credentials,
+//! before any routing (`metadata`).
+//!
 //! Known limits: a plain (non-TLS) connection is served as HTTP, so another
 //! clear-text protocol on an intercepted port is closed rather than passed
 //! through; frames after a WebSocket upgrade are relayed as they are (the
@@ -40,6 +44,7 @@ pub mod egress;
 mod gate;
 mod generation;
 mod io;
+mod metadata;
 mod passthrough;
 mod phases;
 mod redact;
@@ -112,6 +117,8 @@ pub enum ProxyError {
         #[source]
         source: SpliceError,
     },
+    #[error(transparent)]
+    Metadata(#[from] crate::config::ConfigError),
 }
 
 /// One configured `[[upstream]]`, ready to use.
@@ -149,6 +156,8 @@ pub struct Injector {
     connections: Arc<Semaphore>,
     /// Quarantines, live connections, the audit trail and its metrics.
     responder: Arc<Responder>,
+    /// Answers tagged agents' requests to the cloud metadata service.
+    metadata: Option<crate::metadata::Emulator>,
 }
 
 impl Injector {
@@ -199,8 +208,10 @@ impl Injector {
             config.daemon.bypass_mark,
             Duration::from_secs(limits.upstream_connect_timeout_secs),
         );
+        let metadata = crate::metadata::Emulator::compile(&config.metadata, &config.source)?;
         Ok(Injector {
             egress,
+            metadata,
             upstreams,
             leafs,
             origins,

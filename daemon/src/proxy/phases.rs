@@ -5,8 +5,10 @@
 //! The phases run in one direction and each returns its result or a typed
 //! [`Refusal`], answered in one place ([`Refusal::respond`]):
 //!
-//! 1. route: by SNI for TLS; by Host for plain HTTP, only to upstreams that
-//!    opted in with `plain_http` (anything else is passed through);
+//! 1. route: plain HTTP to a cloud metadata address goes to the metadata
+//!    emulator (`metadata`); by SNI for TLS; by Host for plain HTTP, only to
+//!    upstreams that opted in with `plain_http` (anything else is passed
+//!    through);
 //! 2. audit health: a fail-closed audit log that cannot be written refuses;
 //! 3. destination: plain HTTP must go to an address the host resolves to;
 //! 4. identify: the gate attests the process and names its workload;
@@ -130,6 +132,12 @@ impl Injector {
         live: &Arc<LiveConnection>,
         learned: &mut Learned,
     ) -> Response<ProxyBody> {
+        if sni_upstream.is_none()
+            && let Some(emulator) = &self.metadata
+            && emulator.serves(origin.original_dst)
+        {
+            return self.metadata(emulator, req, origin, log).await;
+        }
         let (upstream, transport) = match sni_upstream {
             Some(upstream) => (Some(upstream), Transport::Tls),
             None => {

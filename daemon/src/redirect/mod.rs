@@ -42,8 +42,8 @@ use aya::{
     },
 };
 use warrant_common::{
-    AF_INET, AF_INET6, FLAG_BLOCK_QUIC, FLAG_ENABLED, Origin as RawOrigin, PeerKey, RedirectConfig,
-    map_names, program_names,
+    AF_INET, AF_INET6, DestinationKey, FLAG_BLOCK_QUIC, FLAG_ENABLED, Origin as RawOrigin, PeerKey,
+    RedirectConfig, map_names, program_names,
 };
 
 use crate::{
@@ -86,16 +86,21 @@ pub struct RedirectSettings {
     pub listen4: SocketAddrV4,
     pub listen6: Option<SocketAddrV6>,
     pub ports: Vec<u16>,
+    /// Single destinations redirected although their port is not (the
+    /// cloud metadata service: `metadata::Emulator::destinations`).
+    pub destinations: Vec<SocketAddr>,
     pub block_quic: bool,
     pub bypass_mark: u32,
 }
 
 impl RedirectSettings {
-    /// `listen4`/`listen6` are the addresses the listeners actually bound.
+    /// `listen4`/`listen6` are the addresses the listeners actually bound;
+    /// `destinations` the single destinations to redirect too.
     pub fn from_config(
         config: &Config,
         listen4: SocketAddr,
         listen6: Option<SocketAddr>,
+        destinations: Vec<SocketAddr>,
     ) -> Result<RedirectSettings, RedirectError> {
         let cgroup_root = match &config.daemon.cgroup_root {
             Some(root) => root.clone(),
@@ -116,6 +121,7 @@ impl RedirectSettings {
             listen4,
             listen6,
             ports: config.intercept.ports.clone(),
+            destinations,
             block_quic: config.intercept.block_quic,
             bypass_mark: config.daemon.bypass_mark,
         })
@@ -143,6 +149,7 @@ impl RedirectSettings {
 pub struct RedirectMaps {
     config: Mutex<Array<MapData, RedirectConfig>>,
     ports: Mutex<HashMap<MapData, u16, u8>>,
+    destinations: Mutex<HashMap<MapData, DestinationKey, u8>>,
     tagged: Mutex<HashMap<MapData, u64, u8>>,
     origin_by_peer: Mutex<HashMap<MapData, PeerKey, RawOrigin>>,
     exec_gen: Mutex<HashMap<MapData, u32, u64>>,
@@ -181,6 +188,10 @@ impl RedirectMaps {
                 HashMap::try_from(take(ebpf, map_names::PORTS)?)
                     .map_err(map_err(map_names::PORTS))?,
             ),
+            destinations: Mutex::new(
+                HashMap::try_from(take(ebpf, map_names::DESTINATIONS)?)
+                    .map_err(map_err(map_names::DESTINATIONS))?,
+            ),
             tagged: Mutex::new(
                 HashMap::try_from(take(ebpf, map_names::TAGGED)?)
                     .map_err(map_err(map_names::TAGGED))?,
@@ -215,6 +226,8 @@ impl RedirectMaps {
                 .insert(port, 1, 0)
                 .map_err(map_err(map_names::PORTS))?;
         }
+        drop(ports);
+        self.set_destinations(&settings.destinations)?;
         lock(&self.config)
             .set(0, settings.kernel_config(), 0)
             .map_err(map_err(map_names::CONFIG))
@@ -246,6 +259,26 @@ impl RedirectMaps {
         config
             .set(0, current, 0)
             .map_err(map_err(map_names::CONFIG))
+    }
+
+    /// Sets the single destinations redirected beside the intercepted
+    /// ports (those of an earlier run that are not listed go).
+    pub fn set_destinations(&self, destinations: &[SocketAddr]) -> Result<(), RedirectError> {
+        let keys: Vec<DestinationKey> = destinations.iter().map(|d| destination_key(*d)).collect();
+        let mut map = lock(&self.destinations);
+        let stale: Vec<DestinationKey> = map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keys.contains(k))
+            .collect();
+        for key in stale {
+            map.remove(&key).map_err(map_err(map_names::DESTINATIONS))?;
+        }
+        for key in keys {
+            map.insert(key, 1, 0)
+                .map_err(map_err(map_names::DESTINATIONS))?;
+        }
+        Ok(())
     }
 
     /// Tags a cgroup (by id): its processes and all its descendants' are redirected.
@@ -303,6 +336,16 @@ impl crate::attest::ExecGenerations for RedirectMaps {
 
     fn mm_tampered(&self, cgroup_id: u64) -> Option<u64> {
         lock(&self.mm_tampered).get(&cgroup_id, 0).ok()
+    }
+}
+
+/// A destination as the connect programs look it up: v4-mapped for IPv4.
+fn destination_key(dst: SocketAddr) -> DestinationKey {
+    let dst = origin::normalize(dst);
+    DestinationKey {
+        addr: origin::words_from_ip(dst.ip()),
+        port: dst.port(),
+        _pad: 0,
     }
 }
 
@@ -446,6 +489,7 @@ impl Redirector {
             cgroup_root = %settings.cgroup_root.display(),
             pin_dir = %settings.pin_dir.display(),
             ports = ?settings.ports,
+            destinations = ?settings.destinations,
             "eBPF redirection attached"
         );
         Ok(Redirector {
@@ -667,6 +711,7 @@ mod tests {
             listen4: "127.0.0.1:15443".parse().unwrap(),
             listen6: Some("[::1]:15443".parse().unwrap()),
             ports: vec![443],
+            destinations: Vec::new(),
             block_quic: true,
             bypass_mark: 7,
         };

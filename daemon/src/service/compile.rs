@@ -111,6 +111,7 @@ pub fn check_config(config: &Config) -> Result<CheckReport, ConfigError> {
     Compiled::new(config)?;
     instance::Provider::compile(&config.instance, &config.daemon.state_dir, &config.source)?;
     check_upstreams(config)?;
+    crate::metadata::Emulator::compile(&config.metadata, &config.source)?;
     Ok(CheckReport {
         workloads: config.workloads.len(),
         upstreams: config.upstreams.len(),

@@ -279,6 +279,7 @@ async fn start_redirection(
         config,
         listeners.0.local_addr()?,
         listeners.1.as_ref().and_then(|l| l.local_addr().ok()),
+        crate::metadata::destinations(&config.metadata),
     )?;
     let redirector = Redirector::start(settings.clone())?;
     let tagging = Arc::new(tagging::TaggerHealth::new(Some(metrics.tagger.clone())));

@@ -173,6 +173,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
             old.intercept.passthrough_deny != new.intercept.passthrough_deny
                 || old.intercept.passthrough_allow != new.intercept.passthrough_allow,
         ),
+        ("[metadata]", old.metadata != new.metadata),
     ];
     sections
         .into_iter()

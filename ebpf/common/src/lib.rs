@@ -13,6 +13,7 @@ pub const AF_INET6: u16 = 10;
 pub mod map_names {
     pub const CONFIG: &str = "WARRANT_CONFIG";
     pub const PORTS: &str = "WARRANT_PORTS";
+    pub const DESTINATIONS: &str = "WARRANT_DESTINATIONS";
     pub const TAGGED: &str = "WARRANT_TAGGED";
     pub const ORIGIN_BY_COOKIE: &str = "WARRANT_ORIGIN_BY_COOKIE";
     pub const ORIGIN_BY_PEER: &str = "WARRANT_ORIGIN_BY_PEER";
@@ -109,6 +110,24 @@ pub struct Origin {
     pub cookie: u64,
 }
 
+/// Key of `DESTINATIONS`: one address and port redirected for tagged tasks
+/// although its port is not intercepted (the cloud metadata service,
+/// 169.254.169.254:80, answered by warrant with placeholder credentials).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DestinationKey {
+    /// Network-order words; IPv4 addresses v4-mapped (::ffff:a.b.c.d), as
+    /// the connect programs see them whatever the socket family.
+    pub addr: [u32; 4],
+    /// Port, host order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Destinations redirected beside the intercepted ports, at most: the
+/// metadata addresses of a few clouds.
+pub const DESTINATIONS_CAPACITY: u32 = 64;
+
 /// Key of `ORIGIN_BY_PEER`: the agent socket's local address as the injector
 /// sees it as the peer of the accepted connection.
 #[repr(C)]
@@ -124,9 +143,10 @@ pub struct PeerKey {
 
 #[cfg(feature = "user")]
 mod user {
-    // Safety: all three are #[repr(C)] structs of integers with no implicit
+    // Safety: all four are #[repr(C)] structs of integers with no implicit
     // padding (fields are laid out to avoid holes), so any bit pattern is valid.
     unsafe impl aya::Pod for super::RedirectConfig {}
     unsafe impl aya::Pod for super::Origin {}
     unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::DestinationKey {}
 }

@@ -6,9 +6,10 @@
 //! leaves everything else alone.
 //!
 //! The life of a redirected TCP connection:
-//! 1. `connect4/6`: the destination port is intercepted and the task is tagged,
-//!    so the destination is rewritten to the injector's listener and an
-//!    `Origin` is stored under the socket's cookie.
+//! 1. `connect4/6`: the destination port is intercepted (or the destination
+//!    address and port are listed in `DESTINATIONS`: the cloud metadata
+//!    service) and the task is tagged, so the destination is rewritten to the
+//!    injector's listener and an `Origin` is stored under the socket's cookie.
 //! 2. `sockops` at TCP_CONNECT_CB (the source port is now bound, the SYN not yet
 //!    sent): the Origin is copied under the socket's local address, which is the
 //!    peer address the injector sees when it accepts. The socket also asks for
@@ -40,8 +41,8 @@ use aya_ebpf::{
     },
 };
 use warrant_common::{
-    AF_INET, AF_INET6, FLAG_BLOCK_QUIC, FLAG_ENABLED, MAX_CGROUP_DEPTH, Origin, PeerKey,
-    RedirectConfig, TAGGED_CAPACITY,
+    AF_INET, AF_INET6, DESTINATIONS_CAPACITY, DestinationKey, FLAG_BLOCK_QUIC, FLAG_ENABLED,
+    MAX_CGROUP_DEPTH, Origin, PeerKey, RedirectConfig, TAGGED_CAPACITY,
 };
 
 /// cgroup/sock_addr verdicts.
@@ -65,6 +66,9 @@ static CONFIG: Array<RedirectConfig> = Array::pinned(1, 0);
 
 #[map(name = "WARRANT_PORTS")]
 static PORTS: HashMap<u16, u8> = HashMap::pinned(64, 0);
+
+#[map(name = "WARRANT_DESTINATIONS")]
+static DESTINATIONS: HashMap<DestinationKey, u8> = HashMap::pinned(DESTINATIONS_CAPACITY, 0);
 
 #[map(name = "WARRANT_TAGGED")]
 static TAGGED: HashMap<u64, u8> = HashMap::pinned(TAGGED_CAPACITY, 0);
@@ -115,6 +119,34 @@ fn config() -> Option<RedirectConfig> {
 fn is_intercepted_port(port_be: u32) -> bool {
     let port = u16::from_be(port_be as u16);
     PORTS.get_ptr(port).is_some()
+}
+
+/// Whether this one destination (an IPv6 or v4-mapped address and a
+/// network-order port) is redirected although its port is not.
+#[inline(always)]
+fn is_intercepted_destination(addr: [u32; 4], port_be: u32) -> bool {
+    let key = DestinationKey {
+        addr,
+        port: u16::from_be(port_be as u16),
+        _pad: 0,
+    };
+    DESTINATIONS.get_ptr(&key).is_some()
+}
+
+/// Reads the context's `user_ip6` one aligned word at a time, as the
+/// verifier requires.
+#[inline(always)]
+fn user_ip6(sock: &bpf_sock_addr) -> [u32; 4] {
+    let src = sock.user_ip6.as_ptr();
+    // Safety: `src` points at the four u32 words of the context's user_ip6.
+    unsafe {
+        [
+            core::ptr::read_volatile(src),
+            core::ptr::read_volatile(src.add(1)),
+            core::ptr::read_volatile(src.add(2)),
+            core::ptr::read_volatile(src.add(3)),
+        ]
+    }
 }
 
 /// The socket's SO_MARK. The daemon marks its own upstream sockets.
@@ -215,12 +247,14 @@ enum Verdict {
     Redirect(RedirectConfig),
 }
 
+/// `dst` is the destination address as a v4-mapped or IPv6 address.
 #[inline(always)]
-fn classify(ctx: &SockAddrContext, sock: &bpf_sock_addr) -> Verdict {
+fn classify(ctx: &SockAddrContext, sock: &bpf_sock_addr, dst: [u32; 4]) -> Verdict {
     let Some(cfg) = config() else {
         return Verdict::Untouched;
     };
-    if !is_intercepted_port(sock.user_port) {
+    let port_intercepted = is_intercepted_port(sock.user_port);
+    if !port_intercepted && !is_intercepted_destination(dst, sock.user_port) {
         return Verdict::Untouched;
     }
     if socket_mark(ctx) == cfg.bypass_mark && cfg.bypass_mark != 0 {
@@ -231,7 +265,8 @@ fn classify(ctx: &SockAddrContext, sock: &bpf_sock_addr) -> Verdict {
     }
     match sock.type_ {
         SOCK_STREAM => Verdict::Redirect(cfg),
-        SOCK_DGRAM if cfg.flags & FLAG_BLOCK_QUIC != 0 => Verdict::Refuse,
+        // QUIC is refused on the intercepted ports only.
+        SOCK_DGRAM if port_intercepted && cfg.flags & FLAG_BLOCK_QUIC != 0 => Verdict::Refuse,
         _ => Verdict::Untouched,
     }
 }
@@ -240,7 +275,8 @@ fn classify(ctx: &SockAddrContext, sock: &bpf_sock_addr) -> Verdict {
 pub fn warrant_connect4(ctx: SockAddrContext) -> i32 {
     // Safety: the kernel passes a valid bpf_sock_addr for the program's lifetime.
     let sock = unsafe { &mut *ctx.sock_addr };
-    match classify(&ctx, sock) {
+    let dst = v4_mapped(sock.user_ip4);
+    match classify(&ctx, sock, dst) {
         Verdict::Untouched => ALLOW,
         Verdict::Refuse => REJECT,
         Verdict::Redirect(cfg) => {
@@ -271,11 +307,11 @@ pub fn warrant_connect4(ctx: SockAddrContext) -> i32 {
 pub fn warrant_connect6(ctx: SockAddrContext) -> i32 {
     // Safety: as in connect4.
     let sock = unsafe { &mut *ctx.sock_addr };
-    match classify(&ctx, sock) {
+    let dst = user_ip6(sock);
+    match classify(&ctx, sock, dst) {
         Verdict::Untouched => ALLOW,
         Verdict::Refuse => REJECT,
         Verdict::Redirect(cfg) => {
-            let dst = sock.user_ip6;
             // A v4-mapped destination is really IPv4: the kernel connects it
             // through the IPv4 stack, so send it to the IPv4 listener (mapped).
             // So do native IPv6 destinations when there is no IPv6 listener.
@@ -306,7 +342,7 @@ pub fn warrant_connect6(ctx: SockAddrContext) -> i32 {
 pub fn warrant_sendmsg4(ctx: SockAddrContext) -> i32 {
     // Safety: as in connect4.
     let sock = unsafe { &*ctx.sock_addr };
-    match classify(&ctx, sock) {
+    match classify(&ctx, sock, v4_mapped(sock.user_ip4)) {
         Verdict::Refuse => REJECT,
         _ => ALLOW,
     }
@@ -316,7 +352,7 @@ pub fn warrant_sendmsg4(ctx: SockAddrContext) -> i32 {
 pub fn warrant_sendmsg6(ctx: SockAddrContext) -> i32 {
     // Safety: as in connect4.
     let sock = unsafe { &*ctx.sock_addr };
-    match classify(&ctx, sock) {
+    match classify(&ctx, sock, user_ip6(sock)) {
         Verdict::Refuse => REJECT,
         _ => ALLOW,
     }
