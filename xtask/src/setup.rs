@@ -26,7 +26,15 @@ const APT_PACKAGES: &[&str] = &[
 
 /// The official SDKs the end-to-end tests drive, pinned so a new release
 /// cannot change the tests under us. Installed into target/sdk, not system-wide.
-const PYTHON_SDKS: &[&str] = &["openai==3.57.0", "anthropic==2.14.0", "google-genai==3.6.1"];
+/// boto3 is the Bedrock client (and the signer the anthropic SDK's
+/// `AnthropicBedrock` uses); google-genai brings google-auth, which
+/// `AnthropicVertex` uses too.
+const PYTHON_SDKS: &[&str] = &[
+    "openai==3.57.0",
+    "anthropic==2.14.0",
+    "google-genai==3.6.1",
+    "boto3==1.44.8",
+];
 const NODE_SDKS: &[&str] = &["openai@6.49.0"];
 
 /// Where the SDKs go; the tests read WARRANT_SDK_DIR or fall back to this.

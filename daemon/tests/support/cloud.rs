@@ -1155,3 +1155,81 @@ impl Issuing {
         }
     }
 }
+
+// ------------------------------------------------------- the real metadata
+
+/// Stands in for the real metadata service at a test address (port 80):
+/// what an agent reading it directly would get. It answers IMDSv2 (token,
+/// then anything) and GCE, every answer marked `REAL-METADATA`, and records
+/// every request, so a test can prove which ones reached it.
+pub struct RealMetadata {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for RealMetadata {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl RealMetadata {
+    pub fn start(addr: SocketAddr) -> RealMetadata {
+        let runtime = new_runtime();
+        let std_listener = std::net::TcpListener::bind(addr).unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let recorded = seen.clone();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = recorded.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let line = format!("{} {}", req.method(), req.uri().path());
+                            seen.lock().unwrap().push(line);
+                            let token_ok = req
+                                .headers()
+                                .get("x-aws-ec2-metadata-token")
+                                .is_some_and(|t| t == "real-imds-session-token");
+                            let response = match (req.method().as_str(), req.uri().path()) {
+                                ("PUT", "/latest/api/token") => {
+                                    Response::new(full("real-imds-session-token"))
+                                }
+                                ("GET", path) if path.starts_with("/latest/") && !token_ok => {
+                                    Response::builder().status(401).body(full("")).unwrap()
+                                }
+                                ("GET", "/latest/meta-data/placement/region") => {
+                                    Response::new(full("us-east-1"))
+                                }
+                                (_, path) => Response::new(full(format!("REAL-METADATA {path}"))),
+                            };
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        RealMetadata {
+            addr,
+            seen,
+            runtime: Some(runtime),
+        }
+    }
+
+    /// "METHOD /path" of every request that reached the real service.
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
