@@ -178,3 +178,71 @@ posture = ["edr"]
         "check-config contacted the token endpoint: {accepted:?}"
     );
 }
+
+/// Cloud platforms: AWS keys sign Bedrock requests and nothing else, a
+/// Bedrock host must name its region (or `region` be set), and a metadata
+/// credential source is not contacted by a check.
+#[test]
+fn cloud_credentials_are_checked_against_their_upstreams_without_contacting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warrant.toml");
+    let metadata = TcpListener::bind("127.0.0.1:0").unwrap();
+    metadata.set_nonblocking(true).unwrap();
+    let keys = format!(
+        "[[credential]]\nname = \"role\"\nsource = \"aws-imds\"\nendpoint = \"http://{}\"\n",
+        metadata.local_addr().unwrap()
+    );
+    let upstream = |host: &str, scheme: &str| {
+        format!("[[upstream]]\nhost = \"{host}\"\nscheme = \"{scheme}\"\ncredential = \"role\"\n")
+    };
+    std::fs::write(
+        &path,
+        format!(
+            "{BASE}{}{keys}",
+            upstream("bedrock-runtime.eu-west-1.amazonaws.com", "bedrock")
+        ),
+    )
+    .unwrap();
+    let out = check_config(&path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // AWS keys on another scheme: at that upstream's credential.
+    std::fs::write(
+        &path,
+        format!("{BASE}{}{keys}", upstream("api.anthropic.com", "anthropic")),
+    )
+    .unwrap();
+    let out = check_config(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:15:14: ", path.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cannot use AWS keys"), "{stderr}");
+    // A Bedrock host that names no region.
+    std::fs::write(
+        &path,
+        format!(
+            "{BASE}{}{keys}",
+            upstream("vpce-0abc.bedrock.example.com", "bedrock")
+        ),
+    )
+    .unwrap();
+    let out = check_config(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("names no region"), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:13:8: ", path.display())),
+        "{stderr}"
+    );
+    let accepted = metadata.accept();
+    assert!(
+        matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "check-config contacted the metadata service: {accepted:?}"
+    );
+}

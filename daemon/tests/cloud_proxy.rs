@@ -493,6 +493,19 @@ async fn refused_instance_role_keys_are_fetched_again_and_the_request_signed_aga
         metrics.contains("warrant_upstream_retries_total{upstream=\"bedrock-runtime.us-east-1.amazonaws.com\",reason=\"credential refused\"} 1"),
         "{metrics}"
     );
+    // An error body that repeats the session token is redacted.
+    let (status, echoed) = body_of(
+        agent
+            .send(sigv4_placeholder(
+                &format!("{MODEL_PATH}/echo-credentials"),
+                CONVERSE,
+            ))
+            .await,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let text = String::from_utf8_lossy(&echoed);
+    assert!(text.contains("cannot use ****"), "{text}");
     // Refused again at once: not fetched again, the refusal stands.
     s.accepted.lock().unwrap().aws.clear();
     let (status, body) = body_of(agent.send(converse()).await).await;
@@ -502,7 +515,7 @@ async fn refused_instance_role_keys_are_fetched_again_and_the_request_signed_aga
     let last = s.audit().last().unwrap().clone();
     assert_eq!(last["credential_refused"]["result"], "not_refreshed");
     assert_eq!(last["credential_refused"]["retried"], false);
-    s.assert_no_secret_anywhere(&[body]);
+    s.assert_no_secret_anywhere(&[body, echoed]);
 }
 
 #[tokio::test]

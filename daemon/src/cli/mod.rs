@@ -390,6 +390,13 @@ pub fn load_or_default(path: &std::path::Path) -> anyhow::Result<Config> {
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("WARRANT_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // AWS's signer traces the requests it signs (with the session token
+    // redacted, but the access key id and the request in clear): never
+    // below warn, whatever WARRANT_LOG asks.
+    let filter = match "aws_sigv4=warn".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

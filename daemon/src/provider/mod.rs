@@ -36,7 +36,7 @@ mod request;
 mod usage;
 mod vertex;
 
-use std::time::SystemTime;
+use std::{sync::Arc, time::SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use zeroize::Zeroizing;
@@ -322,6 +322,23 @@ impl Provider {
         now: SystemTime,
     ) -> Result<(), SpliceError> {
         self.api().sign(parts, body, credential, &self.auth, now)
+    }
+
+    /// The part of `credential` that travels with a request, and so could
+    /// be echoed in a response (which redacts it): the credential itself,
+    /// or for AWS keys the session token (else the access key id: the
+    /// secret key only signs).
+    pub fn echoable(&self, credential: Arc<Secret>) -> Arc<Secret> {
+        if self.auth.credential != CredentialKind::AwsKeys {
+            return credential;
+        }
+        match crate::credentials::aws::AwsKeys::from_secret(&credential) {
+            Ok(keys) => Arc::new(Secret::new(match keys.session_token {
+                Some(token) => token.as_str().to_owned(),
+                None => keys.access_key_id,
+            })),
+            Err(_) => credential,
+        }
     }
 
     /// A JSON error body in this provider's own shape.

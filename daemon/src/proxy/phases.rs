@@ -644,6 +644,9 @@ fn respond(
         learned.observer = Some(observer);
     }
     super::rewrite::strip_hop_by_hop(&mut parts.headers, false);
+    // What of the credential could come back: the value sent (for AWS
+    // keys, the session token; the secret key never travels).
+    let credential = call.upstream.provider.echoable(credential);
     redact::headers(&mut parts.headers, &credential);
     let body = body.map_err(super::BoxError::from);
     Response::from_parts(parts, Redact::new(body, credential).boxed())

@@ -359,6 +359,20 @@ async fn api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Body> {
     }
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let path = parts.uri.path();
+    // Like an error body that repeats what it was given.
+    if path.ends_with("/echo-credentials") {
+        let token = parts
+            .headers
+            .get("x-amz-security-token")
+            .or_else(|| parts.headers.get("authorization"))
+            .or_else(|| parts.headers.get("api-key"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"message": format!("cannot use {token}")}),
+        );
+    }
     match host.as_str() {
         BEDROCK => bedrock(path, &request, state.delay),
         VERTEX => vertex(path, parts.uri.query().unwrap_or(""), &request, state.delay),
