@@ -192,6 +192,9 @@ impl Api for Bedrock {
         if let Some(target) = path_target(head.uri.path())? {
             request.model = Some(target.model);
             request.stream = target.stream;
+        } else if head.uri.path() == "/async-invoke" {
+            // StartAsyncInvoke names its model in the body.
+            request.model = async_model(body_prefix);
         }
         if let Some(cap) = converse_cap(body_prefix) {
             let old = request.max_output_tokens.unwrap_or(0);
@@ -278,6 +281,18 @@ fn decode_segment(raw: &str) -> Result<String, AmbiguousRequest> {
         return Err(ambiguous("a control character"));
     }
     Ok(text)
+}
+
+/// StartAsyncInvoke's `modelId`, when the body prefix has it.
+fn async_model(body_prefix: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body {
+        model_id: Option<String>,
+    }
+    let mut de = serde_json::Deserializer::from_slice(body_prefix);
+    let body: Body = serde::Deserialize::deserialize(&mut de).ok()?;
+    body.model_id
 }
 
 /// Converse's `inferenceConfig.maxTokens`, when the body prefix has it.
@@ -433,6 +448,14 @@ mod tests {
         ] {
             assert!(path_target(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn async_invocations_name_their_model_in_the_body() {
+        assert_eq!(
+            async_model(br#"{"modelId":"amazon.nova-reel-v1:0","modelInput":{}}"#).as_deref(),
+            Some("amazon.nova-reel-v1:0")
+        );
     }
 
     #[test]

@@ -142,3 +142,43 @@ fn check_upstreams(config: &Config) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The embedded default config's commented cloud examples, uncommented
+    /// (`# key = ...` and `# [[section]]` lines; `# #` lines are the
+    /// examples' own alternatives and comments), form a valid configuration
+    /// that compiles: the examples the README points at work as written.
+    #[test]
+    fn the_commented_cloud_examples_compile() {
+        let text = crate::config::DEFAULT_CONFIG;
+        let start = text.find("# Cloud model platforms").unwrap();
+        let end = text[start..].find("# Posture checks").unwrap() + start;
+        let mut examples = String::new();
+        for line in text[start..end].lines() {
+            let Some(code) = line.strip_prefix("# ") else {
+                continue;
+            };
+            let is_toml = code.starts_with('[')
+                || code.split_once(" = ").is_some_and(|(key, _)| {
+                    key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                });
+            if is_toml {
+                examples.push_str(code);
+                examples.push('\n');
+            }
+        }
+        assert!(examples.contains("scheme = \"bedrock\""), "{examples}");
+        // The Entra example names the client secret of the oauth2 example.
+        let file = format!(
+            "{examples}\n[[credential]]\nname = \"idp-client-secret\"\nsource = \"file\"\npath = \"/nonexistent\"\n"
+        );
+        let config = Config::parse(&file, "examples.toml").unwrap();
+        assert_eq!(config.upstreams.len(), 3);
+        assert!(config.metadata.intercept);
+        check_config(&config).unwrap();
+    }
+}
