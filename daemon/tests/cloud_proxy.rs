@@ -127,6 +127,7 @@ state_dir = "{d}/state"
 
 [proxy]
 max_signed_body_bytes = 65536
+header_read_timeout_secs = 2
 
 [[upstream]]
 host = "{BEDROCK}"
@@ -663,4 +664,70 @@ async fn tagged_agents_get_placeholders_from_the_metadata_service_and_nothing_el
     assert_eq!(outcomes, ["emulated", "emulated", "emulated", "refused"]);
     assert!(lines.iter().all(|l| l["upstream"] == "metadata"));
     assert_eq!(lines[0]["origin"]["tgid"], 4242);
+}
+
+#[tokio::test]
+async fn many_large_bodies_to_sign_at_once_wait_for_room_and_then_get_a_503() {
+    use http_body_util::{StreamBody, combinators::BoxBody};
+    use hyper::body::Frame;
+    let s = stack("source = \"file\"\nformat = \"aws\"\npath = \"{dir}/aws.json\"").await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    s.origins
+        .insert(socket.local_addr().unwrap(), origin(s.apis.addrs[0]));
+    let tcp = socket.connect(s.proxy).await.unwrap();
+    let tls = tls_over(tcp, roots_from_pem(&s.warrant_ca), BEDROCK, &[b"h2"]).await;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake::<_, _, BoxBody<Bytes, std::convert::Infallible>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // Sixteen bodies of the largest size, each trickling a byte every 300 ms
+    // (never idle long enough to time out): they fill the signing budget.
+    let mut trickles = Vec::new();
+    let mut pending = Vec::new();
+    for _ in 0..17 {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+        let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        let request = Request::post(format!("https://{BEDROCK}{MODEL_PATH}/converse"))
+            .header("content-type", "application/json")
+            .header("content-length", "65536")
+            .body(BodyExt::boxed(body))
+            .unwrap();
+        send.ready().await.unwrap();
+        pending.push(tokio::spawn(send.send_request(request)));
+        trickles.push(tokio::spawn(async move {
+            loop {
+                if tx
+                    .send(Ok(Frame::data(Bytes::from_static(b" "))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        }));
+    }
+    // One of the seventeen finds no room within the header timeout.
+    let (refused, _, rest) = futures_util::future::select_all(pending).await;
+    let response = refused.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let (_, body) = body_of(response).await;
+    let error: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("too many large request bodies")
+    );
+    for trickle in trickles {
+        trickle.abort();
+    }
+    drop(rest);
+    assert!(s.apis.seen_by(BEDROCK).is_empty());
 }

@@ -57,6 +57,19 @@ impl Api for Azure {
     ) -> Result<Request, AmbiguousRequest> {
         let mut request = json_request(head, body_prefix);
         if let Some(deployment) = deployment_of(&request.path) {
+            // The deployment must be what Azure routes, whatever it does
+            // with escapes and dot segments.
+            let path = &request.path;
+            let dotted = path
+                .split('/')
+                .skip(1)
+                .any(|s| s.is_empty() || s == "." || s == "..");
+            if dotted || path.contains(['%', '\\', ';']) {
+                return Err(AmbiguousRequest::ModelPath {
+                    segment: path.clone(),
+                    why: "an escape, a backslash, a ; parameter or an empty or dot segment",
+                });
+            }
             request.model = Some(deployment.to_owned());
         }
         Ok(request)

@@ -62,6 +62,12 @@ impl Api for Vertex {
         body_prefix: &[u8],
     ) -> Result<Request, AmbiguousRequest> {
         let mut request = json_request(head, body_prefix);
+        if let Some(why) = ambiguous(&request.path) {
+            return Err(AmbiguousRequest::ModelPath {
+                segment: request.path.clone(),
+                why,
+            });
+        }
         let path = PathParts::of(&request.path);
         request.project = path.project.map(str::to_owned);
         request.location = path.location.map(str::to_owned);
@@ -92,27 +98,56 @@ struct PathParts<'a> {
 }
 
 impl<'a> PathParts<'a> {
+    /// Reads `/{version}/projects/{project}/locations/{location}/...` and,
+    /// below it, `publishers/{publisher}/models/{model}:{method}` at exactly
+    /// those places: a segment named `models` elsewhere names nothing, so
+    /// policy never reads a model the route does not use.
     fn of(path: &'a str) -> PathParts<'a> {
         let segments: Vec<&str> = path.split('/').collect();
-        let after = |name: &str| {
-            segments
-                .iter()
-                .position(|s| *s == name)
-                .and_then(|i| segments.get(i + 1))
-                .copied()
-                .filter(|s| !s.is_empty())
-        };
         let method = segments
             .last()
             .and_then(|last| last.split_once(':'))
             .map(|(_, method)| method);
-        PathParts {
-            project: after("projects"),
-            location: after("locations"),
-            model: after("models").and_then(|m| m.split(':').next().filter(|m| !m.is_empty())),
+        let mut parts = PathParts {
             method,
+            ..PathParts::default()
+        };
+        let non_empty = |s: &&'a str| !s.is_empty();
+        if let [
+            "",
+            _version,
+            "projects",
+            project,
+            "locations",
+            location,
+            rest @ ..,
+        ] = segments.as_slice()
+        {
+            parts.project = Some(*project).filter(non_empty);
+            parts.location = Some(*location).filter(non_empty);
+            if let ["publishers", publisher, "models", model] = rest
+                && !publisher.is_empty()
+            {
+                parts.model = model.split(':').next().filter(non_empty);
+            }
         }
+        parts
     }
+}
+
+/// A path whose meaning could depend on how a server normalises it.
+fn ambiguous(path: &str) -> Option<&'static str> {
+    if path.contains(['%', '\\', ';']) {
+        return Some("an escape, a backslash or a ; parameter");
+    }
+    if path
+        .split('/')
+        .skip(1)
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Some("an empty or dot segment");
+    }
+    None
 }
 
 static USAGE: UsageFormat = UsageFormat {

@@ -121,6 +121,9 @@ pub enum ProxyError {
     Metadata(#[from] crate::config::ConfigError),
 }
 
+/// Largest bodies that may be held whole for signing at once.
+pub const SIGNING_BODIES: usize = 16;
+
 /// One configured `[[upstream]]`, ready to use.
 struct Upstream {
     /// Lower case.
@@ -154,6 +157,11 @@ pub struct Injector {
     egress: egress::Egress,
     clients: upstream::UpstreamClients,
     connections: Arc<Semaphore>,
+    /// KiB of request bodies held whole to be signed, at most
+    /// [`SIGNING_BODIES`] times `[proxy] max_signed_body_bytes` in all: many
+    /// large Bedrock requests at once (an h2 connection carries many) wait
+    /// for room rather than exhaust memory.
+    signing: Arc<Semaphore>,
     /// Quarantines, live connections, the audit trail and its metrics.
     responder: Arc<Responder>,
     /// Answers tagged agents' requests to the cloud metadata service.
@@ -221,6 +229,11 @@ impl Injector {
                 Duration::from_secs(limits.upstream_connect_timeout_secs),
             ),
             connections: Arc::new(Semaphore::new(limits.max_connections)),
+            signing: Arc::new(Semaphore::new(
+                (limits.max_signed_body_bytes / 1024 + 1)
+                    .saturating_mul(SIGNING_BODIES)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
             responder,
             limits,
         })

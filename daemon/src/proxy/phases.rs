@@ -74,6 +74,8 @@ struct Read {
     prefix: Vec<u8>,
     /// The whole body, read for a provider that signs requests over it.
     whole: Option<Bytes>,
+    /// Its room in the signing budget, held while it may be sent.
+    _room: Option<tokio::sync::OwnedSemaphorePermit>,
     parsed: provider::Request,
     /// The agent side of a protocol upgrade, taken before the request was
     /// split.
@@ -193,6 +195,7 @@ impl Injector {
             body,
             prefix,
             whole,
+            _room,
             parsed,
             upgrade,
         } = self.read(req, gate.body_prefix_len(), call).await?;
@@ -385,15 +388,14 @@ impl Injector {
             )
         };
         let mut whole = None;
+        let mut room = None;
         let (body, prefix) = if call.upstream.provider.signs_body() {
-            let (body, data) = ForwardBody::whole(
-                body,
-                content_length(&parts.headers),
-                self.limits.max_signed_body_bytes,
-                self.header_timeout(),
-            )
-            .await
-            .map_err(unreadable)?;
+            let limit = self.limits.max_signed_body_bytes;
+            let declared = content_length(&parts.headers);
+            room = Some(self.signing_room(declared, limit).await?);
+            let (body, data) = ForwardBody::whole(body, declared, limit, self.header_timeout())
+                .await
+                .map_err(unreadable)?;
             let prefix = data[..data.len().min(wanted)].to_vec();
             whole = Some(data);
             (body, prefix)
@@ -425,9 +427,30 @@ impl Injector {
             body,
             prefix,
             whole,
+            _room: room,
             parsed,
             upgrade,
         })
+    }
+
+    /// Room in the signing budget for a body of `declared` bytes (the
+    /// limit when it says nothing), waited for at most the header timeout.
+    async fn signing_room(
+        &self,
+        declared: Option<u64>,
+        limit: usize,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+        let bytes = declared.map_or(limit, |d| usize::try_from(d).unwrap_or(limit).min(limit));
+        let kib = u32::try_from(bytes / 1024 + 1).unwrap_or(u32::MAX);
+        let wait = self.signing.clone().acquire_many_owned(kib);
+        match tokio::time::timeout(self.header_timeout(), wait).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Refusal::new(
+                Outcome::Refused,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "warrant is holding too many large request bodies to sign at once; try again",
+            )),
+        }
     }
 
     /// Phase 11: sends the rewritten request; no response headers within
