@@ -18,9 +18,14 @@ pub const AGENTS_SLICE: &str = "warrant-agents.slice";
 pub const DROPIN_NAME: &str = "50-warrant.conf";
 
 /// The variables TLS stacks read for their trust store: OpenSSL (Python's
-/// ssl, httpx, curl), requests/certifi, and Node (added to its roots).
-pub const TRUST_VARIABLES: [&str; 3] =
-    ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS"];
+/// ssl, httpx, curl), requests/certifi, Node (added to its roots), and
+/// botocore (boto3 and the AWS CLI ignore the others and use certifi).
+pub const TRUST_VARIABLES: [&str; 4] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "AWS_CA_BUNDLE",
+];
 
 /// Checks a unit name and completes a bare name with ".service". Only
 /// services are taggable this way: Slice= and Environment= both belong to
@@ -162,6 +167,7 @@ mod tests {
                 "Environment=SSL_CERT_FILE=/var/lib/warrant/trust-bundle.pem",
                 "Environment=REQUESTS_CA_BUNDLE=/var/lib/warrant/trust-bundle.pem",
                 "Environment=NODE_EXTRA_CA_CERTS=/var/lib/warrant/trust-bundle.pem",
+                "Environment=AWS_CA_BUNDLE=/var/lib/warrant/trust-bundle.pem",
             ]
         );
     }

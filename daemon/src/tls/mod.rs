@@ -10,7 +10,7 @@
 //! - `ca-retired/<unix deadline>.pem`: CA certificates replaced by a newer one,
 //!   kept until the deadline in their name, then deleted.
 //! - `trust-bundle.pem`: the system roots plus every CA above, for
-//!   SSL_CERT_FILE / REQUESTS_CA_BUNDLE / NODE_EXTRA_CA_CERTS. The state
+//!   SSL_CERT_FILE / REQUESTS_CA_BUNDLE / NODE_EXTRA_CA_CERTS / AWS_CA_BUNDLE. The state
 //!   directory must be readable (searchable) by agents for them to use it.
 //!
 //! # Name constraints and re-issue
