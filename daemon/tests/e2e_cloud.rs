@@ -73,6 +73,7 @@ impl Stack {
         let real_metadata = RealMetadata::start(format!("{metadata_ip}:80").parse().unwrap());
         let cgroups = TestCgroup::new();
         cgroups.sub("warrant-agents.slice/agent.service");
+        cgroups.sub("other.service");
         let pins = TestPins::new();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
@@ -235,6 +236,11 @@ upstreams = ["{BEDROCK}", "{VERTEX}", "{AZURE}"]
     /// private /etc/hosts, the SDKs' metadata endpoints pointed at the
     /// agents' metadata address.
     fn agent(&mut self, script: &str, env: &[(&str, Option<&str>)]) -> TestProcess {
+        self.agent_in("warrant-agents.slice/agent.service", script, env)
+    }
+
+    /// As `agent`, in `unit` (relative to the test's cgroup).
+    fn agent_in(&mut self, unit: &str, script: &str, env: &[(&str, Option<&str>)]) -> TestProcess {
         let bundle = self.dir.path().join("state/trust-bundle.pem");
         let metadata = &self.metadata_ip;
         let mut cmd = Command::new("unshare");
@@ -277,7 +283,7 @@ upstreams = ["{BEDROCK}", "{VERTEX}", "{AZURE}"]
                 None => cmd.env_remove(name),
             };
         }
-        let unit = self.cgroups.path.join("warrant-agents.slice/agent.service");
+        let unit = self.cgroups.path.join(unit);
         self.cgroups.spawn(&unit, &mut cmd)
     }
 
@@ -551,6 +557,18 @@ fn the_default_chain_gets_placeholders_from_the_metadata_service_and_the_real_on
     assert_eq!(passed[0]["path"], "/latest/meta-data/placement/region");
     botocore_agrees(&stack);
     stack.assert_nothing_leaked(&lines);
+
+    // Only tagged agents are redirected: another unit reaches the service
+    // the host has (here the stand-in) as before.
+    let untagged = format!(
+        "import urllib.request\nprint(urllib.request.urlopen('http://{}/computeMetadata/v1/x', timeout=10).read().decode(), flush=True)\nprint('done', flush=True)",
+        stack.metadata_ip
+    );
+    let mut other = stack.agent_in("other.service", &untagged, &[]);
+    assert_eq!(
+        run_to_end(&mut other),
+        ["REAL-METADATA /computeMetadata/v1/x"]
+    );
 }
 
 const ANTHROPIC_PLATFORMS: &str = r#"
