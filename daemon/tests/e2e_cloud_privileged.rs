@@ -223,6 +223,18 @@ upstreams = ["{BEDROCK}", "{VERTEX}", "{AZURE}"]
             .collect()
     }
 
+    /// The audit lines of `n` requests to `upstream`, once written: a line
+    /// is written when the response body ends in the daemon, which may be
+    /// just after the agent has read all it needed.
+    fn wait_requests(&self, upstream: &str, n: usize) -> Vec<serde_json::Value> {
+        support::wait_until(
+            &format!("{n} audit lines for {upstream}"),
+            Duration::from_secs(10),
+            || self.requests_to(upstream).len() >= n,
+        );
+        self.requests_to(upstream)
+    }
+
     /// Audit lines of requests to `upstream`.
     fn requests_to(&self, upstream: &str) -> Vec<serde_json::Value> {
         self.audit()
@@ -462,7 +474,7 @@ fn boto3_converse_and_converse_stream_are_signed_again_with_the_instance_roles_k
             "stream Hello from the cloud mock. 19"
         ]
     );
-    assert_metered(&stack.requests_to(BEDROCK), 2);
+    assert_metered(&stack.wait_requests(BEDROCK, 2), 2);
     for line in stack.requests_to(BEDROCK) {
         assert_eq!(line["model"], "anthropic.claude-3-haiku-20240307-v1:0");
         assert_eq!(line["credential"]["name"], "bedrock");
@@ -535,7 +547,7 @@ fn the_default_chain_gets_placeholders_from_the_metadata_service_and_the_real_on
         ]
     );
     let outcomes: Vec<String> = stack
-        .requests_to("metadata")
+        .wait_requests("metadata", 9)
         .iter()
         .map(|l| l["outcome"].as_str().unwrap().to_owned())
         .collect();
@@ -551,7 +563,7 @@ fn the_default_chain_gets_placeholders_from_the_metadata_service_and_the_real_on
         "{outcomes:?}"
     );
     // The passthrough's line names the address it went to.
-    let passed = stack.requests_to(&stack.metadata_ip.clone());
+    let passed = stack.wait_requests(&stack.metadata_ip.clone(), 1);
     assert_eq!(passed.len(), 1);
     assert_eq!(passed[0]["outcome"], "passed_through");
     assert_eq!(passed[0]["path"], "/latest/meta-data/placement/region");
@@ -603,8 +615,8 @@ fn anthropic_bedrock_and_anthropic_vertex_work_unchanged_with_placeholders() {
             "vertex stream Hello from the cloud mock.",
         ]
     );
-    assert_metered(&stack.requests_to(BEDROCK), 2);
-    assert_metered(&stack.requests_to(VERTEX), 2);
+    assert_metered(&stack.wait_requests(BEDROCK, 2), 2);
+    assert_metered(&stack.wait_requests(VERTEX, 2), 2);
     for line in stack.requests_to(VERTEX) {
         assert_eq!(line["model"], "claude-sonnet-4@20250514");
     }
@@ -653,8 +665,8 @@ fn google_genai_on_vertex_and_azure_openai_work_unchanged_with_placeholders() {
             "azure stream Hello from the cloud mock.",
         ]
     );
-    assert_metered(&stack.requests_to(VERTEX), 2);
-    assert_metered(&stack.requests_to(AZURE), 2);
+    assert_metered(&stack.wait_requests(VERTEX, 2), 2);
+    assert_metered(&stack.wait_requests(AZURE, 2), 2);
     for line in stack.requests_to(AZURE) {
         assert_eq!(line["model"], "gpt-4o-prod");
     }
@@ -691,7 +703,7 @@ fn bedrock_streams_are_charged_against_the_workloads_token_budget() {
     let mut agent = stack.agent(BOTO3_BUDGET, &[]);
     let lines = run_to_end(&mut agent);
     assert_eq!(lines, ["ok 6", "throttled 429 True"]);
-    let bedrock = stack.requests_to(BEDROCK);
+    let bedrock = stack.wait_requests(BEDROCK, 2);
     assert_eq!(bedrock.len(), 2, "{bedrock:#?}");
     assert_eq!(bedrock[0]["usage"]["input_tokens"], 12);
     assert_eq!(bedrock[0]["usage"]["output_tokens"], 7);
