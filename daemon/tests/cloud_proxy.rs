@@ -245,6 +245,20 @@ impl Stack {
         }
     }
 
+    /// The audit lines once there are `n` (each is written when its
+    /// response ends in the injector, possibly just after the client read
+    /// the last byte).
+    async fn audit_lines(&self, n: usize) -> Vec<serde_json::Value> {
+        for _ in 0..1000 {
+            let lines = self.audit();
+            if lines.len() >= n {
+                return lines;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("fewer than {n} audit lines: {:#?}", self.audit());
+    }
+
     fn audit(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.dir.path().join("audit.jsonl"))
             .unwrap_or_default()
@@ -473,7 +487,7 @@ async fn refused_instance_role_keys_are_fetched_again_and_the_request_signed_aga
         seen.iter().map(|r| r.accepted).collect::<Vec<_>>(),
         [true, false, true]
     );
-    let lines = s.audit();
+    let lines = s.audit_lines(2).await;
     let last = lines.last().unwrap();
     assert_eq!(last["status"], 200);
     assert_eq!(last["credential_refused"]["status"], 403);
@@ -513,7 +527,7 @@ async fn refused_instance_role_keys_are_fetched_again_and_the_request_signed_aga
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(String::from_utf8_lossy(&body).contains("security token"));
     assert_eq!(s.services.calls("imds-credentials"), 2);
-    let last = s.audit().last().unwrap().clone();
+    let last = s.audit_lines(4).await.last().unwrap().clone();
     assert_eq!(last["credential_refused"]["result"], "not_refreshed");
     assert_eq!(last["credential_refused"]["retried"], false);
     s.assert_no_secret_anywhere(&[body, echoed]);
@@ -656,7 +670,7 @@ async fn tagged_agents_get_placeholders_from_the_metadata_service_and_nothing_el
         body_of(agent.send(call("GET", "/latest/user-data", &session)).await).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(String::from_utf8_lossy(&body).contains("warrant"));
-    let lines = s.audit();
+    let lines = s.audit_lines(4).await;
     let outcomes: Vec<&str> = lines
         .iter()
         .map(|l| l["outcome"].as_str().unwrap())
