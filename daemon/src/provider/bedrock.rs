@@ -194,9 +194,9 @@ impl Api for Bedrock {
             request.stream = target.stream;
         } else if head.uri.path() == "/async-invoke" {
             // StartAsyncInvoke names its model in the body.
-            request.model = async_model(body_prefix);
+            request.model = async_model(body_prefix)?;
         }
-        if let Some(cap) = converse_cap(body_prefix) {
+        if let Some(cap) = converse_cap(body_prefix)? {
             let old = request.max_output_tokens.unwrap_or(0);
             request.max_output_tokens = Some(old.max(cap));
         }
@@ -283,20 +283,36 @@ fn decode_segment(raw: &str) -> Result<String, AmbiguousRequest> {
     Ok(text)
 }
 
+/// Reads `T` from the start of a body prefix: None when the prefix is cut
+/// off (or not JSON) before the fields are read; refused when the fields
+/// are there but could be read two ways (a duplicate, a wrong type), as
+/// Bedrock would act on the last of duplicates.
+fn body_fields<T: serde::de::DeserializeOwned>(
+    body_prefix: &[u8],
+    field: &'static str,
+) -> Result<Option<T>, AmbiguousRequest> {
+    let mut de = serde_json::Deserializer::from_slice(body_prefix);
+    match T::deserialize(&mut de) {
+        Ok(fields) => Ok(Some(fields)),
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            Err(AmbiguousRequest::DuplicateField { field })
+        }
+        Err(_) => Ok(None),
+    }
+}
+
 /// StartAsyncInvoke's `modelId`, when the body prefix has it.
-fn async_model(body_prefix: &[u8]) -> Option<String> {
+fn async_model(body_prefix: &[u8]) -> Result<Option<String>, AmbiguousRequest> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Body {
         model_id: Option<String>,
     }
-    let mut de = serde_json::Deserializer::from_slice(body_prefix);
-    let body: Body = serde::Deserialize::deserialize(&mut de).ok()?;
-    body.model_id
+    Ok(body_fields::<Body>(body_prefix, "modelId")?.and_then(|b| b.model_id))
 }
 
 /// Converse's `inferenceConfig.maxTokens`, when the body prefix has it.
-fn converse_cap(body_prefix: &[u8]) -> Option<u64> {
+fn converse_cap(body_prefix: &[u8]) -> Result<Option<u64>, AmbiguousRequest> {
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Body {
@@ -307,9 +323,9 @@ fn converse_cap(body_prefix: &[u8]) -> Option<u64> {
     struct InferenceConfig {
         max_tokens: Option<u64>,
     }
-    let mut de = serde_json::Deserializer::from_slice(body_prefix);
-    let body: Body = serde::Deserialize::deserialize(&mut de).ok()?;
-    body.inference_config?.max_tokens
+    Ok(body_fields::<Body>(body_prefix, "inferenceConfig")?
+        .and_then(|b| b.inference_config)
+        .and_then(|c| c.max_tokens))
 }
 
 static USAGE: UsageFormat = UsageFormat {
@@ -453,16 +469,29 @@ mod tests {
     #[test]
     fn async_invocations_name_their_model_in_the_body() {
         assert_eq!(
-            async_model(br#"{"modelId":"amazon.nova-reel-v1:0","modelInput":{}}"#).as_deref(),
+            async_model(br#"{"modelId":"amazon.nova-reel-v1:0","modelInput":{}}"#)
+                .unwrap()
+                .as_deref(),
             Some("amazon.nova-reel-v1:0")
         );
+        assert!(async_model(br#"{"modelId":"a","modelId":"b"}"#).is_err());
     }
 
     #[test]
     fn converse_caps_are_read_from_inference_config() {
         let body = br#"{"messages":[{"role":"user","content":[{"text":"hi"}]}],"inferenceConfig":{"maxTokens":300,"temperature":0.5}}"#;
-        assert_eq!(converse_cap(body), Some(300));
-        assert_eq!(converse_cap(br#"{"messages":[]}"#), None);
+        assert_eq!(converse_cap(body).unwrap(), Some(300));
+        assert_eq!(converse_cap(br#"{"messages":[]}"#).unwrap(), None);
+        // Cut off by the read limit: nothing read, nothing refused.
+        assert_eq!(converse_cap(br#"{"messages":[{"role":"us"#).unwrap(), None);
+        // Bedrock acts on the last of duplicates: refused, not guessed at.
+        for ambiguous in [
+            &br#"{"inferenceConfig":{"maxTokens":10,"maxTokens":100000}}"#[..],
+            br#"{"inferenceConfig":{"maxTokens":10},"inferenceConfig":{"maxTokens":100000}}"#,
+            br#"{"inferenceConfig":{"maxTokens":"lots"}}"#,
+        ] {
+            assert!(converse_cap(ambiguous).is_err());
+        }
     }
 
     #[test]
