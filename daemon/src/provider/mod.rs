@@ -43,7 +43,6 @@ use zeroize::Zeroizing;
 
 pub use crate::config::{AnthropicAuth, Scheme};
 use crate::{config::UpstreamConfig, credentials::CredentialKind, secret::Secret};
-pub use bedrock::region_of_host as bedrock_region;
 pub use keys::{Finding, looks_like_real_key};
 pub use request::{AmbiguousRequest, Request, RequestHead};
 pub use usage::{Usage, UsageFields, UsageFormat, UsageMetadata};

@@ -40,9 +40,10 @@ use super::{
     RequestGate, Transport, Upstream, UpstreamError, Verdict,
     body::PrefetchError,
     redact,
-    replay::{ReplayBody, Rewind},
+    replay::ReplayBody,
     rewrite::{content_length, empty, is_upgrade, request_host, resolves_to, rewrite},
     tap::{RequestEnding, Tap},
+    upstream::Sent,
 };
 use crate::{
     audit::{CredentialRefusal, Outcome, RequestLog},
@@ -217,16 +218,13 @@ impl Injector {
         drop(prefix);
         let credentials = generation.credentials();
         let credential = credential(credentials, call).await?;
-        // Kept for a second attempt with a fresh credential.
-        let head = parts.clone();
         let forward = splice(parts, body, &credential, call, whole.as_deref())?;
-        let (response, rewind) = self.forward(call, forward).await?;
-        let (response, credential) = match response.status() {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+        let (response, sent) = self.forward(call, forward).await?;
+        let (response, credential) = match (response.status(), sent) {
+            (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(sent)) => {
                 let first = First {
                     response,
-                    rewind,
-                    head,
+                    sent,
                     whole,
                     credential,
                 };
@@ -277,10 +275,7 @@ impl Injector {
                 ReplayBody::streaming(ForwardBody::full(whole.clone())),
                 Some(whole),
             )),
-            (Some(fresh), None) => first
-                .rewind
-                .and_then(Rewind::rewind)
-                .map(|body| (fresh, body, None)),
+            (Some(fresh), None) => first.sent.rewind.rewind().map(|body| (fresh, body, None)),
             (None, _) => None,
         };
         let Some((fresh, body, whole)) = again else {
@@ -299,7 +294,9 @@ impl Injector {
         call.log
             .credential_refused(&upstream.host, &upstream.credential, refusal);
         call.log.credential(&upstream.credential, &fresh);
-        let request = splice(first.head, body, &fresh, call, whole.as_deref())?;
+        // The head as first sent: splicing again takes the refused
+        // credential out (or the old signature) and puts the new one in.
+        let request = splice(first.sent.head, body, &fresh, call, whole.as_deref())?;
         let response = self.forward_again(call, request).await?;
         Ok((response, fresh))
     }
@@ -459,7 +456,7 @@ impl Injector {
         &self,
         call: &Call<'_>,
         request: Request<ForwardBody>,
-    ) -> Result<(Response<Incoming>, Option<Rewind<ForwardBody>>), Refusal> {
+    ) -> Result<(Response<Incoming>, Option<Sent>), Refusal> {
         let host = &call.upstream.host;
         let deadline = Duration::from_secs(self.limits.upstream_response_timeout_secs);
         let sent = std::time::Instant::now();
@@ -520,10 +517,8 @@ impl Injector {
 /// The first attempt of a request whose credential the upstream refused.
 struct First {
     response: Response<Incoming>,
-    /// What the first attempt kept of its body.
-    rewind: Option<Rewind<ForwardBody>>,
-    /// The request's head before the credential was spliced in.
-    head: http::request::Parts,
+    /// Its head as sent and what was kept of its body.
+    sent: Sent,
     whole: Option<Bytes>,
     credential: Arc<Secret>,
 }

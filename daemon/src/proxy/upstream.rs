@@ -250,6 +250,14 @@ impl hyper::rt::Write for UpstreamIo {
 
 pub type UpstreamClient = Client<UpstreamConnector, ReplayBody<ForwardBody>>;
 
+/// What a caller needs to send a request again after its first answer.
+pub struct Sent {
+    /// What was kept of the body.
+    pub rewind: Rewind<ForwardBody>,
+    /// The head as sent (credential spliced in).
+    pub head: http::request::Parts,
+}
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
     host: String,
@@ -345,8 +353,8 @@ impl UpstreamClients {
     /// upstream did not process it and its body could be kept, it is sent
     /// once more on a new connection, after telling `retried` why; the
     /// second answer, or error, stands. The first attempt's answer comes
-    /// with the [`Rewind`] of its body, for a caller that may send it again
-    /// (an upstream that refused the credential).
+    /// with the [`Rewind`] of its body and its head as sent, for a caller
+    /// that may send it again (an upstream that refused the credential).
     pub async fn send(
         &self,
         host: &str,
@@ -354,14 +362,20 @@ impl UpstreamClients {
         tls: Option<&Arc<ClientConfig>>,
         request: Request<ForwardBody>,
         retried: impl FnOnce(&'static str),
-    ) -> Result<(Response<Incoming>, Option<Rewind<ForwardBody>>), SendError> {
+    ) -> Result<(Response<Incoming>, Option<Sent>), SendError> {
         let client = self.get(host, dst, tls)?;
         let (head, body) = request.into_parts();
         let (body, rewind) = ReplayBody::new(body, KEEP_LIMIT);
         // The head as rewritten, credential included, for a second attempt.
         let again = head.clone();
         let error = match client.request(Request::from_parts(head, body)).await {
-            Ok(response) => return Ok((response, Some(rewind))),
+            Ok(response) => {
+                let sent = Sent {
+                    rewind,
+                    head: again,
+                };
+                return Ok((response, Some(sent)));
+            }
             Err(error) => error,
         };
         let Some(why) = unprocessed(&error) else {
