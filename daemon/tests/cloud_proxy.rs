@@ -745,3 +745,38 @@ async fn many_large_bodies_to_sign_at_once_wait_for_room_and_then_get_a_503() {
     drop(rest);
     assert!(s.apis.seen_by(BEDROCK).is_empty());
 }
+
+#[tokio::test]
+async fn the_first_event_stream_frame_reaches_the_agent_while_bedrock_holds_the_rest() {
+    let mut s = stack("source = \"file\"\nformat = \"aws\"\npath = \"{dir}/aws.json\"").await;
+    let mut agent = s.agent(BEDROCK, true).await;
+    let mut request = sigv4_placeholder(&format!("{MODEL_PATH}/converse-stream"), CONVERSE);
+    request
+        .headers_mut()
+        .insert("x-mock-hold", "1".parse().unwrap());
+    let response = agent.send(request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    // The mock sends one frame and then waits for the test: if anything on
+    // the way held the stream back, this frame would never come.
+    let mut stream = warrant::usage::eventstream::EventStream::new(1 << 20);
+    // Read until one whole frame has come.
+    loop {
+        let data = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        stream.feed(&data, &mut Vec::new()).unwrap();
+        if !stream.pending() {
+            break;
+        }
+    }
+    assert!(s.records.try_recv().is_err(), "not metered before its end");
+    s.apis.release_held();
+    let rest = body.collect().await.unwrap().to_bytes();
+    let mut events = Vec::new();
+    stream.feed(&rest, &mut events).unwrap();
+    assert_eq!(events.last().unwrap().kind, "metadata");
+    let record = s.records.recv().await.unwrap();
+    assert_eq!(
+        (record.usage.input_tokens, record.usage.output_tokens),
+        (12, 7)
+    );
+}

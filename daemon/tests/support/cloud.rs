@@ -135,15 +135,30 @@ fn json_response(status: StatusCode, value: Value) -> Response<Body> {
         .unwrap()
 }
 
-/// A streamed body, one chunk every `delay`.
-fn streamed(content_type: &str, chunks: Vec<Vec<u8>>, delay: Duration) -> Response<Body> {
+/// How a stream is paced: one chunk every `delay`, and, for a request
+/// with `x-mock-hold: 1`, nothing after the first chunk until
+/// [`CloudApis::release_held`] (so a test proves nothing on the way buffers).
+#[derive(Clone)]
+struct Pace {
+    delay: Duration,
+    hold: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// A streamed body, paced by `pace`.
+fn streamed(content_type: &str, chunks: Vec<Vec<u8>>, pace: &Pace) -> Response<Body> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    let pace = pace.clone();
     tokio::spawn(async move {
-        for chunk in chunks {
+        for (i, chunk) in chunks.into_iter().enumerate() {
             if tx.send(Ok(Frame::data(Bytes::from(chunk)))).await.is_err() {
                 return;
             }
-            tokio::time::sleep(delay).await;
+            if i == 0
+                && let Some(hold) = &pace.hold
+            {
+                hold.notified().await;
+            }
+            tokio::time::sleep(pace.delay).await;
         }
     });
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
@@ -193,6 +208,7 @@ struct ApiState {
     accepted: Shared,
     seen: Mutex<Vec<Seen>>,
     delay: Duration,
+    hold: Arc<tokio::sync::Notify>,
 }
 
 /// Bedrock, Vertex and Azure OpenAI on TLS.
@@ -249,6 +265,7 @@ impl CloudApis {
             accepted: accepted.clone(),
             seen: Mutex::new(Vec::new()),
             delay: Duration::from_millis(5),
+            hold: Arc::new(tokio::sync::Notify::new()),
         });
         let mut addrs = Vec::new();
         for addr in listen {
@@ -289,6 +306,12 @@ impl CloudApis {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Lets held streams (`x-mock-hold: 1`) go on.
+    pub fn release_held(&self) {
+        self.state.hold.notify_waiters();
+        self.state.hold.notify_one();
     }
 
     pub fn seen_by(&self, host: &str) -> Vec<Seen> {
@@ -373,10 +396,15 @@ async fn api(state: Arc<ApiState>, req: Request<Incoming>) -> Response<Body> {
             json!({"message": format!("cannot use {token}")}),
         );
     }
+    let held = parts.headers.get("x-mock-hold").is_some_and(|v| v == "1");
+    let pace = Pace {
+        delay: state.delay,
+        hold: held.then(|| state.hold.clone()),
+    };
     match host.as_str() {
-        BEDROCK => bedrock(path, &request, state.delay),
-        VERTEX => vertex(path, parts.uri.query().unwrap_or(""), &request, state.delay),
-        _ => azure(path, &request, state.delay),
+        BEDROCK => bedrock(path, &request, &pace),
+        VERTEX => vertex(path, parts.uri.query().unwrap_or(""), &request, &pace),
+        _ => azure(path, &request, &pace),
     }
 }
 
@@ -569,7 +597,7 @@ fn anthropic_message(model: &str) -> Value {
     })
 }
 
-fn bedrock(path: &str, request: &Value, delay: Duration) -> Response<Body> {
+fn bedrock(path: &str, request: &Value, pace: &Pace) -> Response<Body> {
     let segments: Vec<&str> = path.split('/').collect();
     let (model, operation) = match segments.as_slice() {
         ["", "model", model, operation] => (*model, *operation),
@@ -611,7 +639,7 @@ fn bedrock(path: &str, request: &Value, delay: Duration) -> Response<Body> {
                 "metadata",
                 &json!({"usage": {"inputTokens": 12, "outputTokens": 7, "totalTokens": 19}, "metrics": {"latencyMs": 42}}),
             ));
-            streamed("application/vnd.amazon.eventstream", frames, delay)
+            streamed("application/vnd.amazon.eventstream", frames, pace)
         }
         "invoke" => {
             let mut response = json_response(StatusCode::OK, anthropic_message(&model));
@@ -636,7 +664,7 @@ fn bedrock(path: &str, request: &Value, delay: Duration) -> Response<Body> {
                     event_frame("chunk", &json!({"bytes": bytes, "p": "abcd"}))
                 })
                 .collect();
-            streamed("application/vnd.amazon.eventstream", frames, delay)
+            streamed("application/vnd.amazon.eventstream", frames, pace)
         }
         _ => json_response(
             StatusCode::NOT_FOUND,
@@ -672,7 +700,7 @@ fn gemini_chunk(text: &str) -> Value {
     })
 }
 
-fn vertex(path: &str, query: &str, request: &Value, delay: Duration) -> Response<Body> {
+fn vertex(path: &str, query: &str, request: &Value, pace: &Pace) -> Response<Body> {
     let method = path.rsplit(':').next().unwrap_or_default();
     let model = path
         .split("/models/")
@@ -688,7 +716,7 @@ fn vertex(path: &str, query: &str, request: &Value, delay: Duration) -> Response
             TEXT.iter()
                 .map(|t| format!("data: {}\r\n\r\n", gemini_chunk(t)).into_bytes())
                 .collect(),
-            delay,
+            pace,
         ),
         "streamGenerateContent" => {
             let chunks: Vec<Vec<u8>> = TEXT
@@ -700,7 +728,7 @@ fn vertex(path: &str, query: &str, request: &Value, delay: Duration) -> Response
                 })
                 .chain(std::iter::once(b"]".to_vec()))
                 .collect();
-            streamed("application/json", chunks, delay)
+            streamed("application/json", chunks, pace)
         }
         "rawPredict" => json_response(StatusCode::OK, anthropic_message(model)),
         "streamRawPredict" => streamed(
@@ -711,7 +739,7 @@ fn vertex(path: &str, query: &str, request: &Value, delay: Duration) -> Response
                     format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()).into_bytes()
                 })
                 .collect(),
-            delay,
+            pace,
         ),
         _ => json_response(
             StatusCode::NOT_FOUND,
@@ -720,7 +748,7 @@ fn vertex(path: &str, query: &str, request: &Value, delay: Duration) -> Response
     }
 }
 
-fn azure(path: &str, request: &Value, delay: Duration) -> Response<Body> {
+fn azure(path: &str, request: &Value, pace: &Pace) -> Response<Body> {
     let deployment = path
         .strip_prefix("/openai/deployments/")
         .and_then(|r| r.split('/').next())
@@ -760,7 +788,7 @@ fn azure(path: &str, request: &Value, delay: Duration) -> Response<Body> {
         .map(|e| format!("data: {e}\n\n").into_bytes())
         .collect();
     lines.push(b"data: [DONE]\n\n".to_vec());
-    streamed("text/event-stream", lines, delay)
+    streamed("text/event-stream", lines, pace)
 }
 
 // ------------------------------------------------------- credential services
