@@ -208,6 +208,7 @@ impl Kernel {
             listen4: "127.0.0.1:9".parse()?,
             listen6: None,
             ports: Vec::new(),
+            destinations: Vec::new(),
             block_quic: false,
             bypass_mark: warrant::config::DEFAULT_BYPASS_MARK,
         })?;

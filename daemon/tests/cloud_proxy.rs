@@ -7,19 +7,11 @@
 //! again and the request sent once more. Loopback only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod injector_support;
-mod support;
-
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use injector_support::{Sender, origin, roots_from_pem, tls_over};
-use support::cloud::{
-    AZURE, Accepted, AwsKeys, BEDROCK, CloudApis, CredentialServices, Issuing, Shared, VERTEX,
-    run_tag,
-};
 use tokio::{net::TcpSocket, sync::mpsc};
 use warrant::{
     audit::{Audit, AuditLog},
@@ -35,6 +27,15 @@ use warrant::{
     response::Responder,
     tls::{LeafCache, LocalCa},
     usage::{Admission, AdmitRequest, Budgets, LocalLedger, PriceTable, UsageRecord, UsageSink},
+};
+use warrant_test_support::{
+    cloud::{
+        AZURE, Accepted, AwsKeys, BEDROCK, CloudApis, CredentialServices, Issuing, Shared, VERTEX,
+        run_tag,
+    },
+    injector::{Sender, origin},
+    logs::Logs,
+    pki::{roots_from_pem, tls_over},
 };
 
 /// Admits every request through budgets (no limits) so that responses are
@@ -88,6 +89,7 @@ struct Stack {
     records: mpsc::UnboundedReceiver<UsageRecord>,
     metrics: Arc<Metrics>,
     dir: tempfile::TempDir,
+    logs: Logs,
 }
 
 fn write_private(path: &Path, text: &str) {
@@ -98,7 +100,7 @@ fn write_private(path: &Path, text: &str) {
 
 /// `aws` is the Bedrock credential's `[[credential]]` body (after its name).
 async fn stack(aws: &str) -> Stack {
-    injector_support::capture_logs();
+    let logs = Logs::capture();
     let accepted: Shared = Arc::new(std::sync::Mutex::new(Accepted::default()));
     let tag = run_tag();
     let services = CredentialServices::start(accepted.clone(), Issuing::new(&tag));
@@ -224,6 +226,7 @@ path = "{d}/azure-key"
         records,
         metrics,
         dir,
+        logs,
     }
 }
 
@@ -268,7 +271,7 @@ impl Stack {
     }
 
     fn assert_no_secret_anywhere(&self, bodies: &[Bytes]) {
-        let logs = injector_support::logs();
+        let logs = self.logs.text();
         let audit =
             std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default();
         let metrics = self.metrics.render();

@@ -14,8 +14,6 @@
 #![cfg(feature = "privileged-tests")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod support;
-
 use std::{
     fs,
     os::unix::{fs::PermissionsExt, net::UnixDatagram},
@@ -28,12 +26,13 @@ use std::{
     time::Duration,
 };
 
-use support::{
-    TestCgroup, TestPins, TestProcess,
+use warrant_test_support::{
+    cgroups::{TestCgroup, TestPins, TestProcess, unique},
     cloud::{
         AZURE, Accepted, BEDROCK, CloudApis, CredentialServices, HOSTS, Issuing, RealMetadata,
         Shared, VERTEX, run_tag, service_account_key,
     },
+    wait::wait_until,
 };
 
 /// Addresses 127.0.0.200 and up: the mock APIs and the agents' metadata
@@ -178,7 +177,7 @@ upstreams = ["{BEDROCK}", "{VERTEX}", "{AZURE}"]
 
     fn run_daemon(&mut self) {
         let d = self.dir.path();
-        let notify_path = d.join(support::unique("notify"));
+        let notify_path = d.join(unique("notify"));
         let notify = UnixDatagram::bind(&notify_path).unwrap();
         notify
             .set_read_timeout(Some(Duration::from_secs(60)))
@@ -227,7 +226,7 @@ upstreams = ["{BEDROCK}", "{VERTEX}", "{AZURE}"]
     /// is written when the response body ends in the daemon, which may be
     /// just after the agent has read all it needed.
     fn wait_requests(&self, upstream: &str, n: usize) -> Vec<serde_json::Value> {
-        support::wait_until(
+        wait_until(
             &format!("{n} audit lines for {upstream}"),
             Duration::from_secs(10),
             || self.requests_to(upstream).len() >= n,
