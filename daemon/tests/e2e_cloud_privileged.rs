@@ -32,12 +32,27 @@ use warrant_test_support::{
         AZURE, Accepted, BEDROCK, CloudApis, CredentialServices, HOSTS, Issuing, RealMetadata,
         Shared, VERTEX, run_tag, service_account_key,
     },
+    netns::{EgressFilter, TestNetns},
+    prereq::{self, Need},
     wait::wait_until,
 };
+
+/// What every test here needs from the host (the SDKs come from `cargo
+/// xtask setup`).
+const NEEDS: &[Need] = &[
+    Need::Root,
+    Need::Cgroup2,
+    Need::Program("python3"),
+    Need::Program("unshare"),
+    Need::Program("ip"),
+];
 
 /// Addresses 127.0.0.200 and up: the mock APIs and the agents' metadata
 /// service, two per stack.
 static NEXT_IP: AtomicU8 = AtomicU8::new(200);
+
+/// The tagged agents' unit, relative to the test's cgroup.
+const AGENT_UNIT: &str = "warrant.slice/warrant-agents.slice/agent.service";
 
 fn sdk_dir() -> PathBuf {
     std::env::var_os("WARRANT_SDK_DIR")
@@ -60,8 +75,16 @@ struct Stack {
 impl Stack {
     /// `policy` is the `[[policy]]` body after its workload line.
     fn start(policy: &str) -> Stack {
+        Stack::start_with(policy, None)
+    }
+
+    /// As `start`, with the agents' metadata service at `metadata_ip`
+    /// instead of the loopback stand-in's address.
+    fn start_with(policy: &str, metadata_ip: Option<&str>) -> Stack {
         let n = NEXT_IP.fetch_add(2, Ordering::SeqCst);
-        let (api_ip, metadata_ip) = (format!("127.0.0.{n}"), format!("127.0.0.{}", n + 1));
+        let (api_ip, loopback_metadata) = (format!("127.0.0.{n}"), format!("127.0.0.{}", n + 1));
+        let real_metadata = RealMetadata::start(format!("{loopback_metadata}:80").parse().unwrap());
+        let metadata_ip = metadata_ip.map_or(loopback_metadata, str::to_owned);
         let accepted: Shared = Arc::new(Mutex::new(Accepted::default()));
         let tag = run_tag();
         let services = CredentialServices::start(accepted.clone(), Issuing::new(&tag));
@@ -69,9 +92,8 @@ impl Stack {
             &[format!("{api_ip}:443").parse().unwrap()],
             accepted.clone(),
         );
-        let real_metadata = RealMetadata::start(format!("{metadata_ip}:80").parse().unwrap());
         let cgroups = TestCgroup::new();
-        cgroups.sub("warrant-agents.slice/agent.service");
+        cgroups.sub(AGENT_UNIT);
         cgroups.sub("other.service");
         let pins = TestPins::new();
         let dir = tempfile::tempdir().unwrap();
@@ -104,10 +126,13 @@ bpf_pin_dir = "{pins}"
 [control]
 socket = "{d}/control.sock"
 
+[proxy]
+upstream_connect_timeout_secs = 2
+
 # The agents' metadata service: a loopback address this test owns.
 [metadata]
 addresses = ["{metadata_ip}"]
-passthrough = ["/latest/meta-data/placement/region"]
+passthrough = ["/latest/meta-data/placement/region", "/computeMetadata/v1/instance/zone"]
 gcp_project = "test-project"
 
 [[workload]]
@@ -194,6 +219,9 @@ upstreams = ["{BEDROCK}", "{VERTEX}", "{AZURE}"]
             .arg("--detach-on-exit")
             .env("NOTIFY_SOCKET", &notify_path)
             .env("WARRANT_LOG", "debug")
+            // The test's cgroup is the system manager's root: its
+            // warrant.slice/warrant-agents.slice is the slice selected.
+            .env("WARRANT_TEST_MANAGER_ROOT", &self.cgroups.path)
             .stderr(log)
             .spawn()
             .unwrap();
@@ -247,7 +275,7 @@ upstreams = ["{BEDROCK}", "{VERTEX}", "{AZURE}"]
     /// private /etc/hosts, the SDKs' metadata endpoints pointed at the
     /// agents' metadata address.
     fn agent(&mut self, script: &str, env: &[(&str, Option<&str>)]) -> TestProcess {
-        self.agent_in("warrant-agents.slice/agent.service", script, env)
+        self.agent_in(AGENT_UNIT, script, env)
     }
 
     /// As `agent`, in `unit` (relative to the test's cgroup).
@@ -462,6 +490,9 @@ fn botocore_agrees(stack: &Stack) {
 
 #[test]
 fn boto3_converse_and_converse_stream_are_signed_again_with_the_instance_roles_keys() {
+    if !prereq::require(NEEDS) {
+        return;
+    }
     let mut stack = Stack::start("");
     let mut agent = stack.agent(BOTO3, &[]);
     let lines = run_to_end(&mut agent);
@@ -517,6 +548,9 @@ print("done", flush=True)
 #[test]
 fn the_default_chain_gets_placeholders_from_the_metadata_service_and_the_real_one_stays_out_of_reach()
  {
+    if !prereq::require(NEEDS) {
+        return;
+    }
     let mut stack = Stack::start("");
     let script = BOTO3_METADATA.replace("METADATA", &stack.metadata_ip);
     let mut agent = stack.agent(
@@ -582,6 +616,59 @@ fn the_default_chain_gets_placeholders_from_the_metadata_service_and_the_real_on
     );
 }
 
+const GCE_ZONE: &str = r#"
+import urllib.request, urllib.error
+def get(path):
+    req = urllib.request.Request("http://METADATA" + path, headers={"Metadata-Flavor": "Google"})
+    try:
+        with urllib.request.urlopen(req, timeout=20) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+print("zone", get("/computeMetadata/v1/instance/zone"), flush=True)
+print("token", get("/computeMetadata/v1/instance/service-accounts/default/token"), flush=True)
+print("done", flush=True)
+"#;
+
+/// A path `[metadata] passthrough` lists is relayed like any passthrough:
+/// from a socket made in the agent's own cgroup. An agent whose unit may
+/// not reach the metadata address (systemd's IPAddressDeny=) reaches
+/// nothing there through warrant either, while the placeholders, which
+/// warrant answers itself, still work. The metadata address is in a
+/// network namespace the test made (reached over a veth, so the egress
+/// filter can tell it from loopback).
+#[test]
+fn a_metadata_passthrough_obeys_the_agents_cgroup_egress_filter() {
+    if !prereq::require(NEEDS) {
+        return;
+    }
+    let netns = TestNetns::new("198.18.41.1/24", "198.18.41.2/24");
+    let mut server = netns.server(&[80]);
+    let metadata = netns.ns_addr.to_string();
+    let mut stack = Stack::start_with("", Some(&metadata));
+    let script = GCE_ZONE.replace("METADATA", &metadata);
+    let lines = run_to_end(&mut stack.agent(&script, &[]));
+    assert_eq!(lines, ["zone 200", "token 200"], "{}", stack.log());
+    assert_eq!(server.connections_so_far(80), ["http 80"]);
+
+    // The unit's egress is now loopback only.
+    let _filter = EgressFilter::loopback_only(&stack.cgroups.path.join(AGENT_UNIT));
+    let lines = run_to_end(&mut stack.agent(&script, &[]));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0] == "zone 502" || lines[0] == "zone 504",
+        "{lines:?}\n{}",
+        stack.log()
+    );
+    assert_eq!(lines[1], "token 200");
+    assert_eq!(
+        server.connections_so_far(80),
+        Vec::<String>::new(),
+        "warrant relayed past the agent's egress filter; log:\n{}",
+        stack.log()
+    );
+}
+
 const ANTHROPIC_PLATFORMS: &str = r#"
 from anthropic import AnthropicBedrock, AnthropicVertex
 messages = [{"role": "user", "content": "hi"}]
@@ -602,6 +689,9 @@ print("done", flush=True)
 
 #[test]
 fn anthropic_bedrock_and_anthropic_vertex_work_unchanged_with_placeholders() {
+    if !prereq::require(NEEDS) {
+        return;
+    }
     let mut stack = Stack::start("");
     let mut agent = stack.agent(ANTHROPIC_PLATFORMS, &[]);
     let lines = run_to_end(&mut agent);
@@ -652,6 +742,9 @@ print("done", flush=True)
 
 #[test]
 fn google_genai_on_vertex_and_azure_openai_work_unchanged_with_placeholders() {
+    if !prereq::require(NEEDS) {
+        return;
+    }
     let mut stack = Stack::start("");
     let mut agent = stack.agent(GENAI_AND_AZURE, &[]);
     let lines = run_to_end(&mut agent);
@@ -698,6 +791,9 @@ fn bedrock_streams_are_charged_against_the_workloads_token_budget() {
     // Each request reserves its cap (64) plus its input estimate; the first
     // settles at the 19 tokens metered from the stream, the second no
     // longer fits.
+    if !prereq::require(NEEDS) {
+        return;
+    }
     let mut stack = Stack::start("tokens_per_hour = 100");
     let mut agent = stack.agent(BOTO3_BUDGET, &[]);
     let lines = run_to_end(&mut agent);

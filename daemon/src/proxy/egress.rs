@@ -253,6 +253,22 @@ impl Egress {
         Egress { connector, ..self }
     }
 
+    /// The same sockets (made in the agent's cgroup, marked) without the
+    /// destination check, for a relay whose destination another rule of
+    /// the operator's has already allowed: the metadata emulator's
+    /// passthrough, which reaches only a configured metadata address and
+    /// only for the paths `[metadata] passthrough` lists. The default
+    /// `passthrough_deny` refuses metadata addresses for every other relay
+    /// (a TLS splice to port 443 there included); allowing them there for
+    /// this would open the whole address. The agent's own unit still
+    /// decides: the socket is the agent's.
+    pub fn for_allowed_destination(&self) -> Egress {
+        Egress {
+            destinations: Destinations::default(),
+            ..self.clone()
+        }
+    }
+
     /// Connects to `dst` for the agent of `origin`, or says why not.
     pub async fn connect(
         &self,

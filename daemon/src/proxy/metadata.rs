@@ -4,6 +4,9 @@
 //! `[metadata] passthrough` allows, the ordinary plain-HTTP passthrough to
 //! the real service (for AWS with an IMDSv2 session token of warrant's own:
 //! the agent's is the emulator's, which the real service does not know).
+//! Relays go through `egress` from the agent's own cgroup, so the agent's
+//! unit can still deny the metadata address; only the default
+//! `passthrough_deny` of metadata addresses is lifted, for the listed paths.
 //! Each request gets an audit line: who asked, for what, and the answer.
 
 use bytes::Bytes;
@@ -11,7 +14,10 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
-use super::{ForwardBody, Injector, ProxyBody, Transport, replay, rewrite::upstream_uri};
+use super::{
+    Injector, ProxyBody,
+    egress::{Egress, send_http1},
+};
 use crate::{
     audit::{Outcome, RequestLog},
     metadata::{Answer, Emulator, Reply},
@@ -41,8 +47,12 @@ impl Injector {
             Answer::PassThrough { imds_token } => imds_token,
         };
         tracing::info!(tgid = origin.tgid, path = %req.uri().path(), "metadata request passed through ([metadata] passthrough)");
+        // From the agent's cgroup like any relay (its unit may deny the
+        // metadata address: then so does warrant), past the default
+        // refusal of metadata addresses, which this path's listing lifts.
+        let egress = self.egress.for_allowed_destination();
         if imds_token {
-            match self.imds_session_token(origin).await {
+            match self.imds_session_token(&egress, origin).await {
                 Some(token) => {
                     req.headers_mut().insert("x-aws-ec2-metadata-token", token);
                 }
@@ -63,32 +73,30 @@ impl Injector {
             }
         }
         log.outcome(Outcome::PassedThrough, None);
-        self.pass_through(req, origin, log).await
+        self.relay_plain(&egress, req, origin, log).await
     }
 
     /// A session token of warrant's own from the real IMDS (the agent's
-    /// came from the emulator).
-    async fn imds_session_token(&self, origin: Origin) -> Option<HeaderValue> {
+    /// came from the emulator), asked for through `egress` like the
+    /// request it is for.
+    async fn imds_session_token(&self, egress: &Egress, origin: Origin) -> Option<HeaderValue> {
         let dst = origin.original_dst;
         let host = crate::origin::normalize(dst).ip().to_string();
-        let uri = upstream_uri(
-            &host,
-            dst,
-            Transport::Plain,
-            &"/latest/api/token".parse().ok()?,
-        )?;
-        let mut request = Request::builder()
+        let request = Request::builder()
             .method(Method::PUT)
-            .uri(uri)
+            .uri("/latest/api/token")
             .version(Version::HTTP_11)
+            .header(header::HOST, host)
             .header("x-aws-ec2-metadata-token-ttl-seconds", "60")
-            .body(replay::ReplayBody::streaming(ForwardBody::full(
-                Bytes::new(),
-            )))
+            .body(Full::new(Bytes::new()))
             .ok()?;
-        request.headers_mut().remove(header::HOST);
-        let client = self.clients.get(&host, dst, None).ok()?;
-        let response = client.request(request).await.ok()?;
+        let response = match send_http1(egress, &origin, dst, request).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!(%dst, tgid = origin.tgid, %error, "no IMDSv2 session token for a metadata passthrough");
+                return None;
+            }
+        };
         if response.status() != StatusCode::OK {
             return None;
         }

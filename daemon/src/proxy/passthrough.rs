@@ -63,6 +63,19 @@ impl Injector {
         origin: Origin,
         log: &RequestLog,
     ) -> Response<ProxyBody> {
+        self.relay_plain(&self.egress, req, origin, log).await
+    }
+
+    /// Plain HTTP forwarded unchanged to the original destination through
+    /// `egress` (the metadata passthrough passes one without the
+    /// destination check).
+    pub(super) async fn relay_plain(
+        &self,
+        egress: &egress::Egress,
+        req: Request<Incoming>,
+        origin: Origin,
+        log: &RequestLog,
+    ) -> Response<ProxyBody> {
         let req = req.map(|body| replay::ReplayBody::streaming(ForwardBody::streaming(body)));
         let host = request_host(&req).unwrap_or_else(|| origin.original_dst.ip().to_string());
         log.upstream(&host);
@@ -81,7 +94,7 @@ impl Injector {
         // One connection per request, opened in the agent's cgroup: a pooled
         // one would carry another agent's requests past its own controls.
         let sent = egress::send_http1(
-            &self.egress,
+            egress,
             &origin,
             origin.original_dst,
             Request::from_parts(parts, body),
