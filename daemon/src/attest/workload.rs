@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::{
     Attestation, FileHash,
-    scope::{Decision, Scope, ScopeError},
+    scope::{Decision, NotNamed, Scope, ScopeError},
 };
 use crate::config::{ConfigError, ConfigErrorKind, Source, WorkloadConfig};
 
@@ -278,7 +278,7 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
         let decision = match &att.cgroup_chain {
             Some(chain) => chain.decide(scope),
             None => Decision::Outside {
-                why: "the cgroup was not found".to_owned(),
+                why: NotNamed::NotFound,
             },
         };
         let place = match (&att.cgroup, &att.unit) {
