@@ -149,6 +149,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         method: "POST",
         path: "/v1/chat/completions",
         model: model.as_deref(),
+        body: None,
+        unmetered: None,
         now,
     };
     let baseline = PolicyInput {

@@ -157,6 +157,8 @@ fn policy_with_exe_signers_allows_the_signed_binary_only() {
         method: "POST",
         path: "/v1/chat/completions",
         model: None,
+        body: None,
+        unmetered: None,
         now: now(),
     };
     let d = policy.evaluate(&input);

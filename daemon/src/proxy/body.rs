@@ -26,6 +26,19 @@ impl ForwardBody {
         }
     }
 
+    /// A body of `bytes`, replacing the agent's (see `phases`).
+    pub fn full(bytes: Bytes) -> ForwardBody {
+        ForwardBody {
+            read: VecDeque::from([Frame::data(bytes)]),
+            rest: None,
+        }
+    }
+
+    /// Whether every frame of the agent's body has been read.
+    pub fn is_whole(&self) -> bool {
+        self.rest.is_none()
+    }
+
     /// Reads frames until `limit` bytes of data (or the end of the body)
     /// have come, each wait bounded by `timeout`. Returns the body to forward
     /// (nothing lost) and the data read so far.

@@ -15,23 +15,26 @@
 //! 6. quarantine: a quarantined workload or process is refused here, before
 //!    its request is read, evaluated, reserved or charged;
 //! 7. read: the body prefix the gate needs, and the provider's parse;
-//! 8. authorize: policy, then budgets (the gate);
+//! 8. authorize: policy, then budgets (the gate); an OpenAI stream that
+//!    did not ask for usage is made to (`ask_for_usage`, `strip`);
 //! 9. credential: from the cache or the issuer;
 //! 10. rewrite: the provider splices the credential (`rewrite`);
 //! 11. forward: to the upstream, within the response deadline;
-//! 12. respond: an upgrade is relayed; a body is redacted and tapped.
+//! 12. respond: an upgrade is relayed (a WebSocket message by message,
+//!     metered: `session`); a body is redacted and tapped.
 
 use std::{sync::Arc, time::Duration};
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::{body::Incoming, upgrade::OnUpgrade};
-use hyper_util::rt::TokioIo;
 
 use super::{
     ForwardBody, GateRequest, Generation, Identity, Injector, ProxyBody, Redact, Refusal,
     RequestGate, Transport, Upstream, UpstreamError, Verdict, redact,
     rewrite::{content_length, empty, is_upgrade, request_host, resolves_to, rewrite},
+    session,
+    strip::StripUsageChunk,
     tap::{RequestEnding, Tap},
 };
 use crate::{
@@ -54,6 +57,9 @@ struct Learned {
     agent_keys: Vec<String>,
     /// Watches the response (usage metering, budgets).
     observer: Option<Box<dyn ResponseObserver>>,
+    /// The forwarded request asked for usage the agent did not: its extra
+    /// chunk is removed from the response (`strip`).
+    strip_usage_chunk: bool,
 }
 
 /// The request as read for the gate.
@@ -107,7 +113,15 @@ impl Injector {
             tgid: origin.tgid,
             agent_keys: learned.agent_keys,
         };
-        response.map(|body| Tap::new(body, learned.observer).finishing(ending).boxed())
+        let strip = learned.strip_usage_chunk;
+        response.map(|body| {
+            let tapped = Tap::new(body, learned.observer).finishing(ending);
+            if strip {
+                StripUsageChunk::new(tapped).boxed()
+            } else {
+                tapped.boxed()
+            }
+        })
     }
 
     /// Phase 1, route; then the rest, or the pass-through.
@@ -192,10 +206,33 @@ impl Injector {
                 },
             )
             .await?;
+        let (parts, body) = ask_for_usage(call, &parsed, parts, body, &prefix, learned);
         drop(prefix);
-        let credential = credential(generation.credentials(), call).await?;
-        let forward = splice(parts, body, &credential, call)?;
-        let response = self.forward(call, forward).await?;
+        // From here on the request is admitted: a refusal before it reaches
+        // the upstream gives its reservation back instead of charging it.
+        let credential = match credential(generation.credentials(), call).await {
+            Ok(credential) => credential,
+            Err(refusal) => {
+                verdict.release();
+                return Err(refusal);
+            }
+        };
+        let forward = match splice(parts, body, &credential, call) {
+            Ok(forward) => forward,
+            Err(refusal) => {
+                verdict.release();
+                return Err(refusal);
+            }
+        };
+        let response = match self.forward(call, forward, parsed.upgrade).await {
+            Ok(response) => response,
+            Err(failure) => {
+                if failure.unsent {
+                    verdict.release();
+                }
+                return Err(failure.refusal);
+            }
+        };
         Ok(respond(
             response, upgrade, verdict, credential, call, learned,
         ))
@@ -302,6 +339,19 @@ impl Injector {
                     format!("warrant refused this request: {error}"),
                 )
             })?;
+        // The gate decides on the body (a rule names models, or budgets
+        // count tokens), and its top-level object did not end within the
+        // bytes read: a key past them could contradict what was read, so
+        // the request is refused rather than decided on half of it.
+        if wanted > 0 && parsed.body == (provider::Body::Json { complete: false }) {
+            return Err(Refusal::new(
+                Outcome::Refused,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "warrant refused this request: its JSON body does not end within the first {wanted} bytes, which is all warrant reads to decide on a request (policy names models, or budgets count tokens); send a smaller body or raise [usage] body_prefix_bytes"
+                ),
+            ));
+        }
         Ok(Read {
             parts,
             body,
@@ -312,27 +362,42 @@ impl Injector {
     }
 
     /// Phase 11: sends the rewritten request; no response headers within
-    /// `[proxy] upstream_response_timeout_secs` is a gateway timeout.
+    /// `[proxy] upstream_response_timeout_secs` is a gateway timeout. A
+    /// protocol upgrade goes on an HTTP/1.1 connection of its own: the
+    /// pooled connection may be HTTP/2, where an Upgrade header means
+    /// nothing and the upstream would answer a plain GET.
     async fn forward(
         &self,
         call: &Call<'_>,
         request: Request<ForwardBody>,
-    ) -> Result<Response<Incoming>, Refusal> {
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, ForwardFailure> {
         let host = &call.upstream.host;
         let deadline = Duration::from_secs(self.limits.upstream_response_timeout_secs);
         let sent = std::time::Instant::now();
-        let tls = match call.transport {
-            Transport::Tls => Some(&call.upstream.tls),
-            Transport::Plain => None,
+        let dst = call.origin.original_dst;
+        let send = async {
+            match (call.transport, upgrade) {
+                (Transport::Tls, true) => {
+                    let tls = Some(&call.upstream.tls_http1);
+                    self.clients.send_upgrade(host, dst, tls, request).await
+                }
+                (Transport::Plain, true) => {
+                    self.clients.send_upgrade(host, dst, None, request).await
+                }
+                (transport, false) => {
+                    let tls = (transport == Transport::Tls).then_some(&call.upstream.tls);
+                    let retried = |why| call.log.upstream_retried(host, why);
+                    self.clients.send(host, dst, tls, request, retried).await
+                }
+            }
         };
-        let send = self
-            .clients
-            .send(host, call.origin.original_dst, tls, request, |why| {
-                call.log.upstream_retried(host, why)
-            });
         let failed = |error: UpstreamError| {
             tracing::warn!(upstream = %host, cause = %crate::error::chain(&error), "upstream failed");
-            Refusal::upstream_failed(host, &error)
+            ForwardFailure {
+                unsent: error.unsent(),
+                refusal: Refusal::upstream_failed(host, &error),
+            }
         };
         let response = match tokio::time::timeout(deadline, send).await {
             Ok(Ok(response)) => response,
@@ -343,6 +408,40 @@ impl Injector {
         call.log.outcome(Outcome::Forwarded, None);
         Ok(response)
     }
+}
+
+/// Phase 8, after authorize: an OpenAI stream that did not ask for its
+/// usage is forwarded asking for it, so that it is metered exactly (see
+/// `provider::openai::usage_option`); the agent's view is restored by
+/// `strip`. Only a body read whole can be rebuilt; Content-Length follows
+/// the new body.
+fn ask_for_usage(
+    call: &Call<'_>,
+    parsed: &provider::Request,
+    mut parts: http::request::Parts,
+    body: ForwardBody,
+    prefix: &[u8],
+    learned: &mut Learned,
+) -> (http::request::Parts, ForwardBody) {
+    if !body.is_whole() {
+        return (parts, body);
+    }
+    let Some(rebuilt) = call.upstream.provider.usage_option(parsed, prefix) else {
+        return (parts, body);
+    };
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, rebuilt.len().into());
+    learned.strip_usage_chunk = true;
+    (parts, ForwardBody::full(bytes::Bytes::from(rebuilt)))
+}
+
+/// A request the upstream did not answer.
+struct ForwardFailure {
+    refusal: Refusal,
+    /// It provably never reached the upstream (no connection): nothing was
+    /// spent.
+    unsent: bool,
 }
 
 /// Phase 3: plain HTTP has no certificate to authenticate the destination,
@@ -450,10 +549,21 @@ fn respond(
     if let Some(agent_side) = upgrade
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
     {
-        relay_upgrade(
+        let websocket = response
+            .headers()
+            .get(http::header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        // A WebSocket session is metered message by message from here on.
+        let meter = match verdict {
+            Verdict::Admit(admission) if websocket => admission.into_session(),
+            _ => None,
+        };
+        session::relay(
             agent_side,
             hyper::upgrade::on(&mut response),
             call.live.clone(),
+            websocket,
+            meter,
         );
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, empty());
@@ -473,26 +583,11 @@ fn respond(
         learned.observer = Some(observer);
     }
     super::rewrite::strip_hop_by_hop(&mut parts.headers, false);
+    if learned.strip_usage_chunk {
+        // The agent gets fewer bytes than the upstream sent.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
     redact::headers(&mut parts.headers, &credential);
     let body = body.map_err(super::BoxError::from);
     Response::from_parts(parts, Redact::new(body, credential).boxed())
-}
-
-/// Relays an upgraded connection (WebSocket) until either side closes. The
-/// upgraded stream outlives the HTTP connection's task: a quarantine closes
-/// it here.
-fn relay_upgrade(agent_side: OnUpgrade, upstream_side: OnUpgrade, live: Arc<LiveConnection>) {
-    tokio::spawn(async move {
-        match tokio::try_join!(agent_side, upstream_side) {
-            Ok((agent, remote)) => {
-                let mut agent = TokioIo::new(agent);
-                let mut remote = TokioIo::new(remote);
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut agent, &mut remote) => {}
-                    () = live.closed() => {}
-                }
-            }
-            Err(error) => tracing::debug!(%error, "upgrade failed"),
-        }
-    });
 }

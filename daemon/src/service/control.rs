@@ -86,14 +86,20 @@ impl ControlBackend for DaemonBackend {
             text.push_str("  decision: denied (no workload matches this process)\n");
             return Ok(text);
         };
-        let decision = gate.decide_for(
-            workload,
-            &attestation,
-            &planned.host,
-            &planned.method,
-            &planned.path,
-            planned.model.as_deref(),
-        );
+        // The planned request is read as a real one would be: an
+        // ambiguous path is refused here as it would be there.
+        let method =
+            http::Method::from_bytes(planned.method.as_bytes()).map_err(RequestError::daemon)?;
+        let request =
+            match crate::provider::Request::described(method, &planned.path, planned.model.clone())
+            {
+                Ok(request) => request,
+                Err(error) => {
+                    text.push_str(&format!("  decision: refused (400): {error}\n"));
+                    return Ok(text);
+                }
+            };
+        let decision = gate.decide_for(workload, &attestation, &planned.host, &request);
         text.push_str(&format!(
             "  decision: {} for workload {workload:?}\n",
             if decision.allowed {
