@@ -41,8 +41,14 @@ fuzz_target!(|data: &[u8]| {
     assert!(!request.path.split('/').any(|s| s == "." || s == ".."));
     assert!(!request.path.contains('\\'));
     if request.body == (Body::Json { complete: true }) && scheme != Scheme::Gemini {
-        let value: serde_json::Value =
-            serde_json::from_slice(body).expect("an accepted body is JSON");
+        let value: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(value) => value,
+            // A number past f64's range: serde_json's Value refuses it,
+            // Python's json reads inf; either way not a field warrant reads
+            // (those are typed and refused). No oracle for this body.
+            Err(error) if error.to_string().starts_with("number out of range") => return,
+            Err(error) => panic!("an accepted body is not JSON: {error}"),
+        };
         assert_eq!(request.model.as_deref(), value["model"].as_str());
         assert_eq!(request.stream, value["stream"].as_bool().unwrap_or(false));
     }
