@@ -151,6 +151,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         model: model.as_deref(),
         project: None,
         location: None,
+        body: None,
+        unmetered: None,
         now,
     };
     let baseline = PolicyInput {

@@ -606,6 +606,127 @@ async fn azure_gets_its_key_in_api_key_and_api_version_passes_through() {
     s.assert_no_secret_anywhere(&[body]);
 }
 
+/// The strict parse (issue 13) on the cloud platforms: a request that can
+/// be read two ways (a duplicate key, which the platform would take the
+/// last of; a path a server could normalise into another model or
+/// deployment) is refused with a 400 in the platform's own error shape,
+/// and never reaches it. A Bedrock ARN, whose `/` the SDKs encode as `%2F`
+/// within the model segment, is one model id.
+#[tokio::test]
+async fn ambiguous_cloud_requests_are_refused_in_each_platforms_shape() {
+    let mut s = stack("source = \"file\"\nformat = \"aws\"\npath = \"{dir}/aws.json\"").await;
+    let mut bedrock = s.agent(BEDROCK, true).await;
+    let arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-sonnet-20240620-v1:0";
+    let arn_path = "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse";
+    let (status, body) = body_of(bedrock.send(sigv4_placeholder(arn_path, CONVERSE)).await).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let record = s.records.recv().await.unwrap();
+    assert_eq!(record.model.as_deref(), Some(arn));
+    let seen = s.apis.seen_by(BEDROCK);
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].accepted, "the mock refused the signature");
+    assert_eq!(
+        seen[0].target, arn_path,
+        "the path goes as the agent sent it"
+    );
+
+    let duplicate_cap = r#"{"messages":[{"role":"user","content":[{"text":"hi"}]}],"inferenceConfig":{"maxTokens":64},"inferenceConfig":{"maxTokens":100000}}"#;
+    let nested_duplicate =
+        r#"{"messages":[],"inferenceConfig":{"maxTokens":64,"maxTokens":100000}}"#;
+    for (path, body) in [
+        (format!("{MODEL_PATH}/converse"), duplicate_cap),
+        (format!("{MODEL_PATH}/converse"), nested_duplicate),
+        ("/model/allowed%2F..%2Fother/converse".to_owned(), CONVERSE),
+        ("/model/%2E%2E/converse".to_owned(), CONVERSE),
+        (format!("{MODEL_PATH}/converse;x"), CONVERSE),
+    ] {
+        let (status, answer) = body_of(bedrock.send(sigv4_placeholder(&path, body)).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        let error: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(error["__type"], "ValidationException", "{path}: {error}");
+    }
+    assert_eq!(
+        s.apis.seen_by(BEDROCK).len(),
+        1,
+        "a refused request was sent"
+    );
+
+    let mut vertex = s.agent(VERTEX, true).await;
+    let gemini = |path: &str, body: &'static str| {
+        Request::post(format!("https://{VERTEX}{path}"))
+            .header("authorization", "Bearer placeholder")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let contents = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+    let base = "/v1/projects/p1/locations/us-central1/publishers/google/models";
+    for (path, body) in [
+        (
+            format!("{base}/gemini-2.5-flash:generateContent"),
+            r#"{"contents":[],"generationConfig":{"maxOutputTokens":10},"generation_config":{"maxOutputTokens":100000}}"#,
+        ),
+        (
+            format!("{base}/allowed%2F..%2F..%2Fanthropic/models/other:generateContent"),
+            contents,
+        ),
+        (
+            "/v1/projects/p1/locations/us-central1/publishers/google/models/./gemini-2.5-flash:generateContent".to_owned(),
+            contents,
+        ),
+        (
+            "/v1/projects/p1//locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent".to_owned(),
+            contents,
+        ),
+    ] {
+        let (status, answer) = body_of(vertex.send(gemini(&path, body)).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        let error: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(error["error"]["status"], "INVALID_ARGUMENT", "{path}: {error}");
+    }
+    assert!(
+        s.apis.seen_by(VERTEX).is_empty(),
+        "a refused request was sent"
+    );
+
+    let mut azure = s.agent(AZURE, false).await;
+    let chat = |path: &str, body: &'static str| {
+        Request::post(format!("https://{AZURE}{path}"))
+            .header("host", AZURE)
+            .header("api-key", "placeholder")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    for (path, body) in [
+        (
+            "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21",
+            r#"{"messages":[],"max_tokens":10,"max_tokens":100000}"#,
+        ),
+        (
+            "/openai/deployments/gpt-4o-prod/..%2F..%2Fdeployments/o1-pro/chat/completions?api-version=2024-10-21",
+            r#"{"messages":[]}"#,
+        ),
+        (
+            "/openai/deployments/gpt-4o-prod/../o1-pro/chat/completions?api-version=2024-10-21",
+            r#"{"messages":[]}"#,
+        ),
+    ] {
+        let (status, answer) = body_of(azure.send(chat(path, body)).await).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        let error: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(
+            error["error"]["type"], "invalid_request_error",
+            "{path}: {error}"
+        );
+    }
+    assert!(
+        s.apis.seen_by(AZURE).is_empty(),
+        "a refused request was sent"
+    );
+    s.assert_no_secret_anywhere(&[]);
+}
+
 #[tokio::test]
 async fn tagged_agents_get_placeholders_from_the_metadata_service_and_nothing_else() {
     let s = stack("source = \"file\"\nformat = \"aws\"\npath = \"{dir}/aws.json\"").await;

@@ -26,6 +26,11 @@ use warrant_test_support::{
 };
 
 const PLACEHOLDER: &str = "placeholder";
+const ALL_UPSTREAMS_POLICY: &str = r#"
+[[policy]]
+workload = "agents"
+upstreams = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
+"#;
 static NEXT_IP: AtomicU8 = AtomicU8::new(20);
 
 fn sdk_dir() -> PathBuf {
@@ -71,6 +76,15 @@ impl Stack {
 
     /// `unreachable` lists hostnames mapped to an address where nothing listens.
     fn start_with(unreachable: &[&str]) -> Stack {
+        Self::start_full(unreachable, ALL_UPSTREAMS_POLICY)
+    }
+
+    /// A stack whose `[[policy]]` rules for workload "agents" are `policy`.
+    fn with_policy(policy: &str) -> Stack {
+        Self::start_full(&[], policy)
+    }
+
+    fn start_full(unreachable: &[&str], policy: &str) -> Stack {
         let n = NEXT_IP.fetch_add(2, Ordering::SeqCst);
         let provider_ip = format!("127.0.0.{n}");
         let dead_ip = format!("127.0.0.{}", n + 1);
@@ -165,9 +179,7 @@ name = "gemini"
 source = "file"
 path = "{d}/creds/gemini"
 
-[[policy]]
-workload = "agents"
-upstreams = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
+{policy}
 "#,
             d = d.display(),
             root = cgroups.path.display(),
@@ -955,4 +967,519 @@ fn an_agent_sending_a_real_key_gets_a_403_and_its_whole_workload_is_quarantined(
         assert_eq!(record["workload"], "agents", "{record}");
     }
     stack.assert_no_real_key_in(&[audit]);
+}
+
+// ------------------------------------------------ one canonical request
+
+/// Sends raw requests (exact paths and bodies, as an attacker would) to the
+/// provider hosts through warrant; prints one JSON line per request with
+/// the status and the start of the body. argv[1]: a JSON list of
+/// {host, method?, path, body?, headers?, pad?}; `pad` bytes of filler go
+/// in a "pad" field at the start of the body (a large body).
+const PY_RAW: &str = r#"
+import http.client, json, ssl, sys
+for r in json.loads(sys.argv[1]):
+    body = r.get("body")
+    if body is not None and r.get("pad"):
+        body = '{"pad":"' + "x" * r["pad"] + '",' + body[1:]
+    headers = {"Authorization": "Bearer placeholder", "content-type": "application/json"}
+    headers.update(r.get("headers", {}))
+    conn = http.client.HTTPSConnection(r["host"], 443, context=ssl.create_default_context(), timeout=30)
+    try:
+        conn.request(r.get("method", "POST"), r["path"], body=body, headers=headers)
+        resp = conn.getresponse()
+        text = resp.read().decode(errors="replace")
+        print(json.dumps({"status": resp.status, "body": text[:400]}), flush=True)
+    except Exception as e:
+        print(json.dumps({"status": 0, "body": repr(e)}), flush=True)
+    conn.close()
+print("done", flush=True)
+"#;
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    body: String,
+}
+
+impl Stack {
+    /// Runs PY_RAW in the tagged unit with `requests`.
+    fn raw(&mut self, requests: &serde_json::Value) -> Vec<Answer> {
+        let argv = requests.to_string();
+        let mut agent = self.tagged(&["python3", "-c", PY_RAW, &argv]);
+        run_to_end(&mut agent)
+            .iter()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                Answer {
+                    status: v["status"].as_u64().unwrap() as u16,
+                    body: v["body"].as_str().unwrap().to_owned(),
+                }
+            })
+            .collect()
+    }
+
+    /// `warrant status --json`'s budgets.
+    fn budgets(&self) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_warrant"))
+            .args(["status", "--json", "--socket"])
+            .arg(self.dir.path().join("control.sock"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        status["budgets"].clone()
+    }
+
+    fn audit_lines(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.dir.path().join("audit.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// What the mock ran must be what policy allowed: its own normalisation of
+/// the path is the decoded path warrant decided on, and its last-key-wins
+/// model is an allowed one.
+fn assert_provider_ran_what_policy_saw(records: &[serde_json::Value], allowed_models: &[&str]) {
+    for record in records {
+        let raw = record["path"].as_str().unwrap();
+        let decided = warrant::provider::canonical_path(raw).expect("a path policy accepted");
+        assert_eq!(
+            record["normalised_path"].as_str().unwrap(),
+            decided.trim_end_matches('/'),
+            "the provider routed another path than policy saw: {record}"
+        );
+        if let Some(model) = record["model"].as_str() {
+            assert!(
+                allowed_models.contains(&model),
+                "the provider ran model {model}: {record}"
+            );
+        }
+    }
+}
+
+const MODEL_AND_PATH_POLICY: &str = r#"
+[[policy]]
+workload = "agents"
+upstreams = ["api.openai.com", "generativelanguage.googleapis.com"]
+paths = ["/v1/chat/*", "/v1beta/models/*"]
+models = ["gpt-4o-mini", "gemini-1.5-flash"]
+"#;
+
+#[test]
+fn policy_decides_on_the_request_the_provider_runs() {
+    let mut stack = Stack::with_policy(MODEL_AND_PATH_POLICY);
+    let chat = |path: &str, body: &str| serde_json::json!({"host": "api.openai.com", "path": path, "body": body});
+    let gemini = |path: &str| {
+        serde_json::json!({"host": "generativelanguage.googleapis.com", "path": path,
+            "body": "{\"contents\":[]}", "headers": {"x-goog-api-key": "placeholder"}})
+    };
+    let ok_body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let requests = serde_json::json!([
+        // Allowed: the baseline.
+        chat("/v1/chat/completions", ok_body),
+        gemini("/v1beta/models/gemini-1.5-flash:generateContent"),
+        // Duplicate keys: providers keep the last.
+        chat(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o-mini","messages":[],"model":"o1-pro"}"#
+        ),
+        chat(
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o-mini","mod\u0065l":"o1-pro"}"#
+        ),
+        // The second key past the 1 MiB warrant reads (by a little: the
+        // client's unread rest must fit the socket buffers).
+        serde_json::json!({"host": "api.openai.com", "path": "/v1/chat/completions",
+            "body": r#"{"model":"gpt-4o-mini","messages":[],"model":"o1-pro"}"#, "pad": 1_060_000}),
+        // Dot segments, encoded or not, and the other normalisations.
+        chat("/v1/chat/../embeddings", ok_body),
+        chat("/v1/chat/%2e%2e/embeddings", ok_body),
+        chat("/v1/chat/.%2E/embeddings", ok_body),
+        chat("/v1/chat%2F..%2Fembeddings", ok_body),
+        chat("/v1/chat/..%5Cembeddings", ok_body),
+        chat("/v1/chat/..\\embeddings", ok_body),
+        chat("/v1/chat//../embeddings", ok_body),
+        chat("/v1/chat/;x/../../embeddings", ok_body),
+        chat("/v1/chat/%00/completions", ok_body),
+        // Gemini's model from a path that normalises elsewhere.
+        gemini("/v1beta/models/gemini-1.5-flash/../gemini-ultra:generateContent"),
+        gemini("/v1beta/models/gemini-1.5-flash%2F..%2Fgemini-ultra:generateContent"),
+        // `*` stops at `/`.
+        chat("/v1/chat/x/embeddings", ok_body),
+        // Not JSON: names no model warrant can read.
+        serde_json::json!({"host": "api.openai.com", "path": "/v1/chat/completions",
+            "body": "model=o1-pro", "headers": {"content-type": "application/x-www-form-urlencoded"}}),
+        // JSON whatever the content type says: read, and denied.
+        serde_json::json!({"host": "api.openai.com", "path": "/v1/chat/completions",
+            "body": r#"{"model":"o1-pro"}"#, "headers": {"content-type": "text/plain"}}),
+    ]);
+    let answers = stack.raw(&requests);
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            200, 200, 400, 400, 413, 400, 400, 400, 400, 400, 400, 400, 400, 400, 400, 400, 403,
+            403, 403
+        ],
+        "{answers:#?}"
+    );
+    assert!(
+        answers[2].body.contains("more than once"),
+        "{}",
+        answers[2].body
+    );
+    assert!(
+        answers[4].body.contains("does not end within"),
+        "{}",
+        answers[4].body
+    );
+    assert!(
+        answers[5].body.contains("dot segment"),
+        "{}",
+        answers[5].body
+    );
+    assert!(
+        answers[16].body.contains("is not allowed"),
+        "{}",
+        answers[16].body
+    );
+    assert!(
+        answers[17].body.contains("not JSON"),
+        "{}",
+        answers[17].body
+    );
+    // Refusals come in each provider's error shape.
+    let openai: serde_json::Value = serde_json::from_str(&answers[2].body).unwrap();
+    assert_eq!(openai["error"]["type"], "invalid_request_error");
+    let google: serde_json::Value = serde_json::from_str(&answers[14].body).unwrap();
+    assert_eq!(google["error"]["status"], "INVALID_ARGUMENT");
+    // Only the two allowed requests reached the provider, and it ran what
+    // policy allowed.
+    let records = stack.mock.records();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert_provider_ran_what_policy_saw(&records, &["gpt-4o-mini", "gemini-1.5-flash"]);
+    stack.assert_no_real_key_in(&[]);
+}
+
+const PY_WEBSOCKET: &str = r#"
+import asyncio, json, ssl, sys
+import websockets
+async def main():
+    try:
+        async with websockets.connect(sys.argv[1], ssl=ssl.create_default_context(),
+                additional_headers={"Authorization": "Bearer placeholder"}, open_timeout=30) as ws:
+            await ws.send(json.dumps({"type": "response.create"}))
+            for _ in range(2):
+                print("event", json.loads(await ws.recv())["type"], flush=True)
+    except websockets.exceptions.InvalidStatus as e:
+        print("refused", e.response.status_code, flush=True)
+asyncio.run(main())
+print("done", flush=True)
+"#;
+
+#[test]
+fn a_websocket_session_works_against_a_provider_that_offers_h2() {
+    let mut stack = Stack::start();
+    // The official client, through warrant, to a provider offering h2 and
+    // http/1.1: the upgrade reaches it over HTTP/1.1 with the real key.
+    let url = "wss://api.openai.com/v1/realtime?model=gpt-realtime";
+    let mut agent = stack.tagged(&["python3", "-c", PY_WEBSOCKET, url]);
+    assert_eq!(
+        run_to_end(&mut agent),
+        ["event response.created", "event response.done"]
+    );
+    let records = stack.seen("api.openai.com");
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0]["version"], "HTTP/1.1");
+    assert_real_key_arrived(
+        &records,
+        "authorization",
+        &format!("Bearer {}", stack.keys["openai"]),
+    );
+    assert!(
+        records[0]["headers"]["sec-websocket-extensions"].is_null(),
+        "no compression is negotiated: messages stay readable to the meter"
+    );
+}
+
+const PY_WEBSOCKET_SPENDING: &str = r#"
+import asyncio, json, ssl, sys
+import websockets
+async def main():
+    async with websockets.connect(sys.argv[1], ssl=ssl.create_default_context(),
+            additional_headers={"Authorization": "Bearer placeholder"}, open_timeout=30) as ws:
+        try:
+            for i in range(10):
+                await ws.send(json.dumps({"type": "response.create"}))
+                while json.loads(await ws.recv())["type"] != "response.done":
+                    pass
+                print("response", i, flush=True)
+            print("never closed", flush=True)
+        except websockets.exceptions.ConnectionClosed as e:
+            print("closed", e.rcvd.code, "budget" in e.rcvd.reason, flush=True)
+asyncio.run(main())
+print("done", flush=True)
+"#;
+
+#[test]
+fn a_websocket_session_is_metered_as_it_runs_and_closed_when_its_budget_runs_out() {
+    let mut stack = Stack::with_policy(
+        r#"
+[[policy]]
+workload = "agents"
+upstreams = ["api.openai.com"]
+tokens_per_hour = 50
+"#,
+    );
+    // Each response costs 19 tokens: the third passes 50, and warrant ends
+    // the session (1008, policy violation) after delivering it.
+    let url = "wss://api.openai.com/v1/realtime?model=gpt-realtime";
+    let mut agent = stack.tagged(&["python3", "-c", PY_WEBSOCKET_SPENDING, url]);
+    assert_eq!(
+        run_to_end(&mut agent),
+        ["response 0", "response 1", "response 2", "closed 1008 True"]
+    );
+    let budgets = stack.budgets();
+    let windows = budgets["windows"].as_array().unwrap();
+    assert_eq!(windows[0][1], serde_json::json!([1, 57, 0]), "{budgets}");
+    // Spent: the next session is refused at admission.
+    let mut agent = stack.tagged(&["python3", "-c", PY_WEBSOCKET, url]);
+    assert_eq!(run_to_end(&mut agent), ["refused 429"]);
+
+    // An upgrade whose messages warrant cannot meter is refused under the
+    // budget, and the audit line says why.
+    let other = "wss://api.openai.com/v1/other-socket";
+    let mut agent = stack.tagged(&["python3", "-c", PY_WEBSOCKET, other]);
+    assert_eq!(run_to_end(&mut agent), ["refused 403"]);
+    let denied = stack
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["path"] == "/v1/other-socket")
+        .expect("an audit line for the upgrade");
+    assert!(
+        denied.to_string().contains("WebSocket session"),
+        "the audit line says why: {denied}"
+    );
+}
+
+const BUDGET_POLICY: &str = r#"
+[[policy]]
+workload = "agents"
+upstreams = ["api.openai.com", "api.anthropic.com", "generativelanguage.googleapis.com"]
+tokens_per_hour = 20000
+allow_unmetered = ["fine-tuning"]
+"#;
+
+#[test]
+fn work_a_budget_cannot_meter_is_refused_unless_the_policy_names_it() {
+    let mut stack = Stack::with_policy(BUDGET_POLICY);
+    let openai = |path: &str, body: &str| serde_json::json!({"host": "api.openai.com", "path": path, "body": body});
+    let requests = serde_json::json!([
+        openai("/v1/batches", r#"{"input_file_id":"file-1","endpoint":"/v1/chat/completions","completion_window":"24h"}"#),
+        {"host": "api.anthropic.com", "path": "/v1/messages/batches", "body": r#"{"requests":[]}"#},
+        openai("/v1/responses", r#"{"model":"o3","input":"x","max_output_tokens":100,"background":true}"#),
+        openai("/v1/threads/thread_1/runs", r#"{"assistant_id":"asst_1"}"#),
+        openai("/v1/realtime/client_secrets", r#"{"session":{"type":"realtime"}}"#),
+        {"host": "generativelanguage.googleapis.com", "path": "/v1beta/models/gemini-2.5-flash:batchGenerateContent",
+            "body": r#"{"batch":{"input_config":{"requests":{"requests":[]}}}}"#, "headers": {"x-goog-api-key": "placeholder"}},
+        // Named by the policy: allowed, outside the budget.
+        openai("/v1/fine_tuning/jobs", r#"{"model":"gpt-4o-mini","training_file":"file-1"}"#),
+        // Metered work is allowed.
+        openai("/v1/responses", r#"{"model":"o3","input":"x","max_output_tokens":100}"#),
+    ]);
+    let answers = stack.raw(&requests);
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        [403, 403, 403, 403, 403, 403, 200, 200],
+        "{answers:#?}"
+    );
+    let google: serde_json::Value = serde_json::from_str(&answers[5].body).unwrap();
+    assert_eq!(google["error"]["status"], "PERMISSION_DENIED");
+    assert!(answers[0].body.contains("batch job"), "{}", answers[0].body);
+    assert!(
+        answers[0].body.contains("allow_unmetered"),
+        "{}",
+        answers[0].body
+    );
+    assert!(
+        answers[2].body.contains("background"),
+        "{}",
+        answers[2].body
+    );
+    // The audit lines say why.
+    let lines = stack.audit_lines();
+    let batch = lines.iter().find(|l| l["path"] == "/v1/batches").unwrap();
+    assert!(batch.to_string().contains("batch job"), "{batch}");
+    let records = stack.mock.records();
+    let paths: Vec<&str> = records
+        .iter()
+        .map(|r| r["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/v1/fine_tuning/jobs", "/v1/responses"]);
+}
+
+#[test]
+fn refused_requests_leave_the_budget_untouched_and_the_reservation_covers_thinking() {
+    let mut stack = Stack::with_policy(BUDGET_POLICY);
+    let chat = serde_json::json!({"host": "api.anthropic.com", "path": "/v1/messages",
+        "body": r#"{"model":"claude-sonnet-4-6","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}"#});
+    // Quarantined: N requests refused before anything is reserved.
+    let socket = stack.dir.path().join("control.sock");
+    let revoke = Command::new(env!("CARGO_BIN_EXE_warrant"))
+        .args(["revoke", "--workload", "agents", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(
+        revoke.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoke.stderr)
+    );
+    let answers = stack.raw(&serde_json::json!([chat, chat, chat]));
+    assert!(answers.iter().all(|a| a.status == 403), "{answers:#?}");
+    let restore = Command::new(env!("CARGO_BIN_EXE_warrant"))
+        .args(["restore", "--workload", "agents", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert!(
+        restore.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restore.stderr)
+    );
+    let untouched = |budgets: &serde_json::Value| {
+        budgets["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w[1] == serde_json::json!([0, 0, 0]))
+    };
+    assert!(untouched(&stack.budgets()), "{}", stack.budgets());
+    // A thinking budget past the token budget: the reservation covers it,
+    // so the request is refused rather than admitted at max_tokens.
+    let thinking = serde_json::json!([{"host": "api.anthropic.com", "path": "/v1/messages",
+        "body": r#"{"model":"claude-sonnet-4-6","max_tokens":1024,"thinking":{"type":"enabled","budget_tokens":30000},"messages":[]}"#}]);
+    let answers = stack.raw(&thinking);
+    assert_eq!(answers[0].status, 429, "{answers:#?}");
+    assert!(
+        answers[0].body.contains("larger than the budget"),
+        "{}",
+        answers[0].body
+    );
+    assert!(stack.mock.records().is_empty());
+    assert!(untouched(&stack.budgets()), "{}", stack.budgets());
+}
+
+#[test]
+fn requests_to_an_unreachable_provider_leave_the_budget_untouched() {
+    let mut stack = Stack::start_full(&["api.anthropic.com"], BUDGET_POLICY);
+    let chat = serde_json::json!({"host": "api.anthropic.com", "path": "/v1/messages",
+        "body": r#"{"model":"claude-sonnet-4-6","max_tokens":64,"messages":[]}"#});
+    let answers = stack.raw(&serde_json::json!([chat, chat, chat, chat, chat]));
+    assert!(answers.iter().all(|a| a.status == 502), "{answers:#?}");
+    let budgets = stack.budgets();
+    assert!(
+        budgets["windows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|w| w[1] == serde_json::json!([0, 0, 0])),
+        "{budgets}"
+    );
+}
+
+const PY_STREAM_WITHOUT_USAGE: &str = r#"
+import http.client, json, ssl
+conn = http.client.HTTPSConnection("api.openai.com", 443, context=ssl.create_default_context())
+conn.request("POST", "/v1/chat/completions",
+             body=json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}),
+             headers={"Authorization": "Bearer placeholder", "content-type": "application/json"})
+resp = conn.getresponse()
+events = [e for e in resp.read().decode().split("\n\n") if e.startswith("data: ")]
+print("events", len(events), flush=True)
+print("usage chunks", sum(1 for e in events if '"choices":[]' in e.replace(" ", "")), flush=True)
+print("done", flush=True)
+"#;
+
+#[test]
+fn a_stream_without_include_usage_is_metered_exactly_and_the_agent_sees_the_stream_it_asked_for() {
+    let mut stack = Stack::with_policy(BUDGET_POLICY);
+    let mut agent = stack.tagged(&["python3", "-c", PY_STREAM_WITHOUT_USAGE]);
+    // The mock's four chunks and [DONE]: no usage chunk reaches the agent.
+    assert_eq!(run_to_end(&mut agent), ["events 5", "usage chunks 0"]);
+    // The provider was asked for usage...
+    let records = stack.seen("api.openai.com");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["body"]["stream_options"]["include_usage"], true);
+    assert_eq!(records[0]["body"]["model"], "gpt-4o-mini");
+    // ...and the budget was charged what it said (12 + 7), not the
+    // reservation.
+    let budgets = stack.budgets();
+    let windows = budgets["windows"].as_array().unwrap();
+    assert_eq!(windows[0][1][1], 19, "{budgets}");
+    // The official SDK, streaming without the option, still works.
+    let mut agent = stack.tagged(&["node", "-e", NODE_OPENAI]);
+    assert_eq!(
+        run_to_end(&mut agent),
+        [
+            "json Hello from the mock provider. 19",
+            "stream Hello from the mock provider."
+        ]
+    );
+}
+
+const PY_GEMINI_LIVE: &str = r#"
+import asyncio, json, ssl, sys
+import websockets
+URL = "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+async def main():
+    async with websockets.connect(URL, ssl=ssl.create_default_context(),
+            additional_headers={"x-goog-api-key": "placeholder"}, open_timeout=30) as ws:
+        await ws.send(json.dumps({"setup": {"model": "models/gemini-2.0-flash-live-001"}}))
+        try:
+            for i in range(10):
+                await ws.send(json.dumps({"clientContent": {"turns": [{"role": "user", "parts": [{"text": "hi"}]}], "turnComplete": True}}))
+                while "usageMetadata" not in json.loads(await ws.recv()):
+                    pass
+                print("turn", i, flush=True)
+            print("never closed", flush=True)
+        except websockets.exceptions.ConnectionClosed as e:
+            print("closed", e.rcvd.code, flush=True)
+asyncio.run(main())
+print("done", flush=True)
+"#;
+
+#[test]
+fn a_gemini_live_session_is_metered_from_its_usage_metadata() {
+    let mut stack = Stack::with_policy(
+        r#"
+[[policy]]
+workload = "agents"
+upstreams = ["generativelanguage.googleapis.com"]
+tokens_per_hour = 50
+"#,
+    );
+    // Every server message carries 19 tokens of usage (the answer to the
+    // setup message too): the third passes 50, is delivered, and the
+    // session is closed.
+    let mut agent = stack.tagged(&["python3", "-c", PY_GEMINI_LIVE]);
+    assert_eq!(
+        run_to_end(&mut agent),
+        ["turn 0", "turn 1", "turn 2", "closed 1008"]
+    );
+    let budgets = stack.budgets();
+    let windows = budgets["windows"].as_array().unwrap();
+    assert_eq!(windows[0][1], serde_json::json!([1, 57, 0]), "{budgets}");
+    let records = stack.seen("generativelanguage.googleapis.com");
+    assert_eq!(records.len(), 1);
+    assert_real_key_arrived(&records, "x-goog-api-key", &stack.keys["gemini"]);
 }

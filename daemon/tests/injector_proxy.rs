@@ -385,15 +385,15 @@ async fn gemini_gets_x_goog_api_key_and_loses_the_key_query_parameter() {
 
 struct RefuseAll;
 
-/// A gate that allows only model "gpt-4o", read from the body prefix, and
-/// records the prefixes it saw.
+/// A gate that allows only model "gpt-4o", as the parse read it from the
+/// body prefix, and records the prefixes it saw.
 struct ModelGate {
     prefixes: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl RequestGate for ModelGate {
     fn body_prefix_len(&self) -> usize {
-        16
+        20
     }
 
     fn authorize<'a>(
@@ -405,8 +405,9 @@ impl RequestGate for ModelGate {
             .lock()
             .unwrap()
             .push(request.body_prefix.to_vec());
+        // The gate decides on the one parse, which read the prefix.
         let allowed =
-            request.scheme == Scheme::OpenAi && request.body_prefix == b"{\"model\":\"gpt-4o";
+            request.scheme == Scheme::OpenAi && request.request.model.as_deref() == Some("gpt-4o");
         Box::pin(async move {
             if allowed {
                 Ok(Verdict::Allow)
@@ -453,8 +454,20 @@ async fn a_gate_refusal_is_answered_in_the_providers_shape_and_nothing_is_forwar
 #[tokio::test]
 async fn a_websocket_upgrade_gets_the_credential_and_is_relayed_both_ways() {
     let pki = TestPki::new();
-    let mock = Mock::start(&pki, &[b"http/1.1"]).await;
+    // Like the providers, the upstream offers h2 first: the upgrade must
+    // still go over HTTP/1.1 (an h2 stream cannot carry Upgrade).
+    let mock = Mock::start(&pki, &[b"h2", b"http/1.1"]).await;
     let harness = Harness::start(&pki).await;
+    // A pooled h2 connection to the upstream is open already.
+    let mut warm = harness.h1(mock.addr, OPENAI).await;
+    let response = warm
+        .send(request(
+            OPENAI,
+            "/v1/models",
+            &[("authorization", "Bearer placeholder")],
+        ))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
     let mut agent = harness.h1(mock.addr, OPENAI).await;
     let mut req = request(
         OPENAI,
@@ -472,15 +485,29 @@ async fn a_websocket_upgrade_gets_the_credential_and_is_relayed_both_ways() {
         .await
         .unwrap()
         .unwrap();
-    let mut io = hyper_util::rt::TokioIo::new(upgraded);
-    io.write_all(b"hello realtime").await.unwrap();
-    let mut buf = [0u8; 14];
-    tokio::time::timeout(DEADLINE, io.read_exact(&mut buf))
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, protocol::Role};
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::text("hello realtime")).await.unwrap();
+    let echo = tokio::time::timeout(DEADLINE, ws.next())
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
-    assert_eq!(&buf, b"hello realtime");
-    assert_eq!(auth(&mock.seen()[0]), vec![format!("Bearer {OPENAI_KEY}")]);
+    assert_eq!(echo, Message::text("hello realtime"));
+    let seen = mock.seen();
+    assert_eq!(seen[0].version, http::Version::HTTP_2, "the pool speaks h2");
+    let upgrade = seen
+        .iter()
+        .find(|s| s.uri.path() == "/v1/realtime")
+        .unwrap();
+    assert_eq!(upgrade.version, http::Version::HTTP_11);
+    assert_eq!(auth(upgrade), vec![format!("Bearer {OPENAI_KEY}")]);
 }
 
 async fn plain_request(
@@ -793,10 +820,12 @@ async fn the_gate_sees_the_body_prefix_it_asks_for_and_the_whole_body_is_forward
         } else {
             harness.h1(mock.addr, OPENAI).await
         };
-        // `request` sends {"model":"gpt-4o"}: 18 bytes, more than the 16 asked.
-        let response = agent
-            .send(request(OPENAI, "/v1/chat/completions", &[]))
-            .await;
+        // 18 bytes of object and 100 of whitespace: more than the 20
+        // asked, and the object ends within them.
+        let padded = format!("{{\"model\":\"gpt-4o\"}}{}", " ".repeat(100));
+        let mut allowed = request(OPENAI, "/v1/chat/completions", &[]);
+        *allowed.body_mut() = http_body_util::Full::new(bytes::Bytes::from(padded));
+        let response = agent.send(allowed).await;
         assert_eq!(response.status(), StatusCode::OK);
         body_text(response).await;
         let mut other = request(OPENAI, "/v1/chat/completions", &[]);
@@ -805,11 +834,22 @@ async fn the_gate_sees_the_body_prefix_it_asks_for_and_the_whole_body_is_forward
         let response = agent.send(other).await;
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         body_text(response).await;
+        // An object that does not end within the bytes the gate reads could
+        // name its model again after them: refused before the gate decides.
+        let mut long = request(OPENAI, "/v1/chat/completions", &[]);
+        *long.body_mut() = http_body_util::Full::new(bytes::Bytes::from_static(
+            b"{\"model\":\"gpt-4o\",\"messages\":[],\"model\":\"o3-pro\"}",
+        ));
+        let response = agent.send(long).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let text = body_text(response).await;
+        assert!(text.contains("first 20 bytes"), "{text}");
     }
     let prefixes = gate.prefixes.lock().unwrap().clone();
     assert_eq!(prefixes.len(), 4);
-    assert!(prefixes.iter().all(|p| p.len() == 16), "{prefixes:?}");
+    assert!(prefixes.iter().all(|p| p.len() <= 20), "{prefixes:?}");
     assert_eq!(mock.seen().len(), 2);
-    assert_eq!(mock.bodies()[0], b"{\"model\":\"gpt-4o\"}");
-    assert_eq!(mock.bodies()[1], b"{\"model\":\"gpt-4o\"}");
+    let padded = format!("{{\"model\":\"gpt-4o\"}}{}", " ".repeat(100));
+    assert_eq!(mock.bodies()[0], padded.as_bytes());
+    assert_eq!(mock.bodies()[1], padded.as_bytes());
 }

@@ -159,6 +159,8 @@ fn policy_with_exe_signers_allows_the_signed_binary_only() {
         model: None,
         project: None,
         location: None,
+        body: None,
+        unmetered: None,
         now: now(),
     };
     let d = policy.evaluate(&input);

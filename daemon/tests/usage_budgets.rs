@@ -689,3 +689,54 @@ cached_input = 1.25
     let err = with("[usage]\nledger = \"etcd\"\n").unwrap_err();
     assert!(err.to_string().contains("w.toml:"), "{err}");
 }
+
+#[tokio::test]
+async fn requests_refused_after_admission_before_reaching_the_upstream_leave_the_budget_untouched()
+{
+    let pki = TestPki::new();
+    let (budgets, _records) = budgets(LocalLedger::in_memory(), clock());
+    let gate = Arc::new(BudgetOnly {
+        budgets: budgets.clone(),
+        limits: RuleLimits {
+            requests_per_minute: Some(100),
+            tokens_per_hour: Some(1_000_000),
+            ..RuleLimits::default()
+        },
+    });
+    let harness = Harness::start_with(&pki, "", Some(gate)).await;
+    // An upstream address where nothing listens: the connection is
+    // refused, so nothing reached the provider.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    const N: usize = 5;
+    for _ in 0..N {
+        let mut agent = harness.h1(dead, OPENAI).await;
+        let refused = agent.send(chat()).await;
+        assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+        body_text(refused).await;
+    }
+    // An upstream whose credential cannot be had: 503 before forwarding.
+    for _ in 0..N {
+        let mut agent = harness.h1(dead, MISSING).await;
+        let mut request = chat();
+        *request.uri_mut() = format!("https://{MISSING}/v1/chat/completions")
+            .parse()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("host", http::HeaderValue::from_static(MISSING));
+        let refused = agent.send(request).await;
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        body_text(refused).await;
+    }
+    // Every reservation was released: no request, no token counted.
+    let status = budgets.status();
+    assert!(
+        status.windows.iter().all(|(_, used)| *used == [0, 0, 0]),
+        "{:?}",
+        status.windows
+    );
+    assert_eq!(status.responses, 0);
+}

@@ -10,9 +10,11 @@
 //!         deployed (the release binary through its eBPF redirect)
 //! package the Debian package (target/debian/warrant_VERSION_amd64.deb)
 //! vm-test the package and its systemd units in Debian VMs (6.1 and 6.12)
+//! fuzz    the cargo-fuzz targets (parsers), longer than `test` runs them
 
 mod bench;
 mod demo;
+mod fuzz;
 mod package;
 mod setup;
 mod vm;
@@ -43,6 +45,15 @@ enum Task {
     },
     /// rustfmt --check and clippy -D warnings.
     Lint,
+    /// Fuzz the parsers (cargo fuzz, nightly): client_hello, request_parse,
+    /// usage_meter, websocket_meter, config (all if none given); new inputs
+    /// join the corpus in fuzz/corpus/.
+    Fuzz {
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
     /// Run the demo: the daemon injecting a credential into a sample agent.
     Demo,
     /// Run a benchmark (all if none given): redirect | attest | policy |
@@ -102,6 +113,10 @@ fn run(cli: Cli) -> Result<()> {
             ])
         }
         Task::Demo => demo::run(),
+        Task::Fuzz { target, seconds } => {
+            setup::run()?;
+            fuzz::run(target.as_deref(), seconds)
+        }
         Task::Bench(args) => bench::run(args),
         Task::Package => package::run().map(|_| ()),
         Task::VmTest { kernel } => vm::run(kernel.as_deref()),
@@ -166,6 +181,8 @@ fn test_all(unprivileged: bool, env: &[(&str, String)]) -> Result<()> {
     };
     // warrant-ebpf builds only for the bpf target (daemon/build.rs does that).
     cargo(&["test", "--workspace", "--exclude", "warrant-ebpf"])?;
+    // The parsers' fuzz targets, each for a bounded time.
+    fuzz::smoke()?;
     if unprivileged {
         println!("xtask: skipping the privileged tests (--unprivileged)");
         return Ok(());

@@ -11,6 +11,8 @@ use crate::run_cmd;
 /// the nightly rustc that compiles the eBPF programs).
 const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The fuzz targets' runner (`cargo xtask fuzz`, and `test`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages: LLVM for bpf-linker; python3 for the tests' clients;
 /// iproute2 for network namespaces.
 const APT_PACKAGES: &[&str] = &[
@@ -34,6 +36,8 @@ const PYTHON_SDKS: &[&str] = &[
     "anthropic==2.14.0",
     "google-genai==3.6.1",
     "boto3==1.44.8",
+    // The official WebSocket client (Realtime, Gemini Live sessions).
+    "websockets==17.4",
 ];
 const NODE_SDKS: &[&str] = &["openai@6.49.0"];
 
@@ -92,7 +96,26 @@ pub fn run() -> Result<()> {
             bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
         }
     }
+    if !cargo_fuzz_ok() {
+        println!("xtask setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+        run_cmd(Command::new("cargo").args([
+            "install",
+            "--locked",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+        ]))?;
+    }
     install_sdks()
+}
+
+fn cargo_fuzz_ok() -> bool {
+    Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)
+        })
 }
 
 /// pip and npm into target/sdk, skipped when the marker for this exact list

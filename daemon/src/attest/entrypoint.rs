@@ -233,22 +233,9 @@ fn python(args: &[String]) -> Parsed {
                     parsed.target = Target::Module(module);
                     return parsed;
                 }
-                'W' => {
-                    let filter = value();
-                    // action:message:category:module:lineno; a category
-                    // with a dot is imported from its module first.
-                    if filter.split(':').nth(2).is_some_and(|c| c.contains('.')) {
-                        parsed = parsed.refuse(format!(
-                            "python -W {filter:?} names a warning category in a module, which Python imports first"
-                        ));
-                    }
-                    break;
-                }
-                'X' => {
-                    let option = value();
-                    let name = option.split('=').next().unwrap_or_default();
-                    if !PYTHON_X.contains(&name) {
-                        parsed = parsed.refuse(unknown("python", &format!("-X {option}")));
+                'W' | 'X' => {
+                    if let Some(why) = python_option_loads_code(flag, &value()) {
+                        parsed = parsed.refuse(why);
                     }
                     break;
                 }
@@ -273,6 +260,26 @@ fn python(args: &[String]) -> Parsed {
         }
     }
     parsed
+}
+
+/// Why python's `-W value` or `-X value` may run code other than the
+/// script's, if it may.
+fn python_option_loads_code(flag: char, value: &str) -> Option<String> {
+    if flag == 'W' {
+        // action:message:category:module:lineno; a category with a dot is
+        // imported from its module first.
+        return value
+            .split(':')
+            .nth(2)
+            .is_some_and(|c| c.contains('.'))
+            .then(|| {
+                format!(
+                    "python -W {value:?} names a warning category in a module, which Python imports first"
+                )
+            });
+    }
+    let name = value.split('=').next().unwrap_or_default();
+    (!PYTHON_X.contains(&name)).then(|| unknown("python", &format!("-X {value}")))
 }
 
 /// Node options that change nothing about which code runs, and whether

@@ -74,6 +74,20 @@ pub fn render(att: &Attestation, report: &MatchReport) -> String {
     let _ = writeln!(out, "  exe         {}", att.exe.display());
     let _ = writeln!(out, "  exe sha256  {}", hash_text(&att.exe_hash));
     let _ = writeln!(out, "  user ns     {}", att.user_namespace);
+    render_entrypoint(&mut out, att);
+    if !att.injected_env.is_empty() {
+        let _ = writeln!(out, "  env         sets {}", att.injected_env.join(", "));
+    }
+    if let Some(why) = &att.exe_writable {
+        let _ = writeln!(out, "  exe writer  {why}");
+    }
+    render_instance(&mut out, att);
+    out.push('\n');
+    render_report(&mut out, report);
+    out
+}
+
+fn render_entrypoint(out: &mut String, att: &Attestation) {
     match &att.entrypoint {
         None => {
             let _ = writeln!(out, "  entrypoint  none (not a recognised interpreter)");
@@ -94,12 +108,9 @@ pub fn render(att: &Attestation, report: &MatchReport) -> String {
             }
         }
     }
-    if !att.injected_env.is_empty() {
-        let _ = writeln!(out, "  env         sets {}", att.injected_env.join(", "));
-    }
-    if let Some(why) = &att.exe_writable {
-        let _ = writeln!(out, "  exe writer  {why}");
-    }
+}
+
+fn render_instance(out: &mut String, att: &Attestation) {
     match att.instance.as_ref() {
         InstanceState::Pending => {
             let _ = writeln!(out, "  instance    pending");
@@ -122,7 +133,10 @@ pub fn render(att: &Attestation, report: &MatchReport) -> String {
             }
         }
     }
-    out.push('\n');
+}
+
+/// Which workload matches, and each workload's selectors.
+fn render_report(out: &mut String, report: &MatchReport) {
     match &report.matched {
         Some(name) => {
             let _ = writeln!(out, "workload: {name}");
@@ -149,5 +163,4 @@ pub fn render(att: &Attestation, report: &MatchReport) -> String {
             }
         }
     }
-    out
 }

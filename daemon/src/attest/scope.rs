@@ -80,10 +80,31 @@ impl DirFacts {
     };
 }
 
+/// Why the facts of a cgroup directory could not be read. Kept as the
+/// errno rather than an `io::Error` so that a chain of facts can be cloned
+/// and compared.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FactsError {
+    #[error("{}", std::io::Error::from_raw_os_error(*errno))]
+    Stat { errno: i32 },
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("reading xattr {name}: {}", std::io::Error::from_raw_os_error(*errno))]
+    Xattr { name: &'static str, errno: i32 },
+    #[error("{dir} was not read")]
+    NotRead { dir: String },
+}
+
+impl FactsError {
+    fn errno(err: &std::io::Error) -> i32 {
+        err.raw_os_error().unwrap_or(libc::EIO)
+    }
+}
+
 /// Where [`decide`] gets the facts of a directory, by its path relative to
 /// the cgroup2 mount.
 pub trait FactSource {
-    fn facts(&self, rel: &str) -> Result<DirFacts, String>;
+    fn facts(&self, rel: &str) -> Result<DirFacts, FactsError>;
 }
 
 /// Facts read from the cgroup2 filesystem.
@@ -92,7 +113,7 @@ pub struct LiveFacts<'a> {
 }
 
 impl FactSource for LiveFacts<'_> {
-    fn facts(&self, rel: &str) -> Result<DirFacts, String> {
+    fn facts(&self, rel: &str) -> Result<DirFacts, FactsError> {
         read_facts(&absolute(self.mount, rel))
     }
 }
@@ -101,7 +122,7 @@ impl FactSource for LiveFacts<'_> {
 /// for the same ancestors over and over.
 pub struct CachedFacts<'a> {
     live: LiveFacts<'a>,
-    seen: Mutex<HashMap<String, Result<DirFacts, String>>>,
+    seen: Mutex<HashMap<String, Result<DirFacts, FactsError>>>,
 }
 
 impl<'a> CachedFacts<'a> {
@@ -114,7 +135,7 @@ impl<'a> CachedFacts<'a> {
 }
 
 impl FactSource for CachedFacts<'_> {
-    fn facts(&self, rel: &str) -> Result<DirFacts, String> {
+    fn facts(&self, rel: &str) -> Result<DirFacts, FactsError> {
         let Ok(mut seen) = self.seen.lock() else {
             return self.live.facts(rel);
         };
@@ -134,7 +155,7 @@ pub struct CgroupChain {
     /// Where the system manager's root is.
     pub hierarchy: Hierarchy,
     /// (path, facts or why they could not be read), root first.
-    pub dirs: Vec<(String, Result<DirFacts, String>)>,
+    pub dirs: Vec<(String, Result<DirFacts, FactsError>)>,
 }
 
 impl CgroupChain {
@@ -189,12 +210,16 @@ impl CgroupChain {
 }
 
 impl FactSource for CgroupChain {
-    fn facts(&self, rel: &str) -> Result<DirFacts, String> {
+    fn facts(&self, rel: &str) -> Result<DirFacts, FactsError> {
         self.dirs
             .iter()
             .find(|(dir, _)| dir == rel)
             .map(|(_, facts)| facts.clone())
-            .unwrap_or_else(|| Err(format!("{rel} was not read")))
+            .unwrap_or_else(|| {
+                Err(FactsError::NotRead {
+                    dir: rel.to_owned(),
+                })
+            })
     }
 }
 
@@ -477,6 +502,32 @@ impl Scope {
     }
 }
 
+/// Why a cgroup is not one the selectors name (the selector does not
+/// apply to it; nothing is refused).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotNamed {
+    #[error("{path} is not below the system manager's root {root}")]
+    NotBelowRoot { path: String, root: String },
+    #[error("the cgroup was not found")]
+    NotFound,
+    #[error("{path} does not match the cgroup glob {glob}")]
+    Glob { path: String, glob: String },
+    #[error("{path} is not in the system slice {slice} (at {at})")]
+    NotInSlice {
+        path: String,
+        slice: String,
+        at: String,
+    },
+    #[error(
+        "{path} is not in a system manager unit (a unit sits directly below the root or a chain of slices)"
+    )]
+    NotInUnit { path: String },
+    #[error("in unit {found}, not {want}")]
+    OtherUnit { found: String, want: String },
+    #[error("unit {unit} does not match the cgroup glob {glob}")]
+    UnitGlob { unit: String, glob: String },
+}
+
 /// The answer for one cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -485,7 +536,7 @@ pub enum Decision {
     /// Below a selected cgroup: its processes match.
     Within { anchor: String },
     /// Not what the selectors name.
-    Outside { why: String },
+    Outside { why: NotNamed },
     /// At or below what the selectors name, but not made by the system
     /// manager (or delegated): refused.
     Refused { why: String },
@@ -515,10 +566,10 @@ pub fn decide(
 ) -> Decision {
     let Some(components) = hierarchy.components(path) else {
         return Decision::Outside {
-            why: format!(
-                "{path} is not below the system manager's root {}",
-                hierarchy.manager_root
-            ),
+            why: NotNamed::NotBelowRoot {
+                path: path.to_owned(),
+                root: hierarchy.manager_root.clone(),
+            },
         };
     };
     let placement = Placement::of(&components);
@@ -593,21 +644,19 @@ fn anchor_depth(
     components: &[&str],
     placement: &Placement,
     manager: &dyn Fn(usize) -> String,
-) -> Result<usize, String> {
-    let glob_from = |first: usize| -> Result<usize, String> {
+) -> Result<usize, NotNamed> {
+    let glob_from = |first: usize| -> Result<usize, NotNamed> {
         let Some((text, glob)) = &scope.glob else {
             return Ok(first);
         };
         (first..=components.len())
             .find(|&depth| glob.is_match(manager(depth)))
-            .ok_or_else(|| {
-                format!(
-                    "{} does not match the cgroup glob {text}",
-                    manager(components.len())
-                )
+            .ok_or_else(|| NotNamed::Glob {
+                path: manager(components.len()),
+                glob: text.clone(),
             })
     };
-    let in_slice = |slices: usize| -> Result<(), String> {
+    let in_slice = |slices: usize| -> Result<(), NotNamed> {
         let Some((name, path)) = &scope.slice else {
             return Ok(());
         };
@@ -616,32 +665,34 @@ fn anchor_depth(
         if inside {
             Ok(())
         } else {
-            Err(format!(
-                "{} is not in the system slice {name} (at /{})",
-                manager(components.len()),
-                path.join("/")
-            ))
+            Err(NotNamed::NotInSlice {
+                path: manager(components.len()),
+                slice: name.clone(),
+                at: format!("/{}", path.join("/")),
+            })
         }
     };
     if let Some(unit) = &scope.unit {
         let Some(index) = placement.unit else {
-            return Err(format!(
-                "{} is not in a system manager unit (a unit sits directly below the root or a chain of slices)",
-                manager(components.len())
-            ));
+            return Err(NotNamed::NotInUnit {
+                path: manager(components.len()),
+            });
         };
         if components[index] != unit {
-            return Err(format!("in unit {}, not {unit}", components[index]));
+            return Err(NotNamed::OtherUnit {
+                found: components[index].to_owned(),
+                want: unit.clone(),
+            });
         }
         in_slice(placement.slices)?;
         let depth = index + 1;
         if let Some((text, glob)) = &scope.glob
             && !glob.is_match(manager(depth))
         {
-            return Err(format!(
-                "unit {} does not match the cgroup glob {text}",
-                manager(depth)
-            ));
+            return Err(NotNamed::UnitGlob {
+                unit: manager(depth),
+                glob: text.clone(),
+            });
         }
         return Ok(depth);
     }
@@ -671,10 +722,12 @@ fn absolute(mount: &Path, rel: &str) -> PathBuf {
 /// Owner, mode and delegation of one cgroup directory. The directory is
 /// stat-ed without following a link (cgroupfs has none), and the
 /// delegation xattrs are read by name; a missing one is ENODATA.
-pub fn read_facts(dir: &Path) -> Result<DirFacts, String> {
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| e.to_string())?;
+pub fn read_facts(dir: &Path) -> Result<DirFacts, FactsError> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| FactsError::Stat {
+        errno: FactsError::errno(&e),
+    })?;
     if !meta.is_dir() {
-        return Err("not a directory".to_owned());
+        return Err(FactsError::NotADirectory);
     }
     let mut delegated = false;
     for name in DELEGATE_XATTRS {
@@ -689,9 +742,12 @@ pub fn read_facts(dir: &Path) -> Result<DirFacts, String> {
     })
 }
 
-fn has_xattr(dir: &Path, name: &str) -> Result<bool, String> {
-    let path = CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    let name_c = CString::new(name).map_err(|e| e.to_string())?;
+fn has_xattr(dir: &Path, name: &'static str) -> Result<bool, FactsError> {
+    let xattr_error = |errno| FactsError::Xattr { name, errno };
+    // A path or name with a NUL byte cannot be asked for (cgroupfs names
+    // have none).
+    let path = CString::new(dir.as_os_str().as_bytes()).map_err(|_| xattr_error(libc::EINVAL))?;
+    let name_c = CString::new(name).map_err(|_| xattr_error(libc::EINVAL))?;
     // Safety: both strings are NUL-terminated and live across the call; a
     // null buffer with size 0 asks only for the value's size.
     let rc = unsafe { libc::lgetxattr(path.as_ptr(), name_c.as_ptr(), std::ptr::null_mut(), 0) };
@@ -701,7 +757,7 @@ fn has_xattr(dir: &Path, name: &str) -> Result<bool, String> {
     let err = std::io::Error::last_os_error();
     match err.raw_os_error() {
         Some(libc::ENODATA) | Some(libc::ENOTSUP) => Ok(false),
-        _ => Err(format!("reading xattr {name}: {err}")),
+        _ => Err(xattr_error(FactsError::errno(&err))),
     }
 }
 
@@ -714,7 +770,7 @@ mod tests {
     struct Table(HashMap<String, DirFacts>);
 
     impl FactSource for Table {
-        fn facts(&self, rel: &str) -> Result<DirFacts, String> {
+        fn facts(&self, rel: &str) -> Result<DirFacts, FactsError> {
             Ok(self.0.get(rel).copied().unwrap_or(DirFacts::SYSTEM))
         }
     }

@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::{
     Attestation, FileHash,
-    scope::{Decision, Scope, ScopeError},
+    scope::{Decision, NotNamed, Scope, ScopeError},
 };
 use crate::config::{ConfigError, ConfigErrorKind, Source, WorkloadConfig};
 
@@ -273,34 +273,10 @@ impl WorkloadMatcher {
 }
 
 fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
-    let mut selectors = Vec::new();
-    if let Some(scope) = &w.scope {
-        let decision = match &att.cgroup_chain {
-            Some(chain) => chain.decide(scope),
-            None => Decision::Outside {
-                why: "the cgroup was not found".to_owned(),
-            },
-        };
-        let place = match (&att.cgroup, &att.unit) {
-            (Some(path), Some(unit)) => format!("{path} (unit {unit})"),
-            (Some(path), None) => path.clone(),
-            (None, _) => "unknown (cgroup not found)".to_owned(),
-        };
-        for (key, expected) in &w.places {
-            let (actual, refused) = match &decision {
-                Decision::Outside { why } => (format!("{place}: {why}"), None),
-                Decision::Refused { why } => (place.clone(), Some(why.clone())),
-                Decision::Selected | Decision::Within { .. } => (place.clone(), None),
-            };
-            selectors.push(SelectorResult {
-                selector: key,
-                expected: expected.clone(),
-                actual,
-                matched: decision.matches(),
-                refused,
-            });
-        }
-    }
+    let mut selectors = match &w.scope {
+        Some(scope) => place_selectors(w, scope, att),
+        None => Vec::new(),
+    };
     let exe_refusal = program_refusals(w, att, false).into_iter().next();
     let entry_refusal = program_refusals(w, att, true).into_iter().next();
     let program = |result: SelectorResult, refusal: &Option<String>| match refusal {
@@ -366,6 +342,37 @@ fn verdict(w: &Compiled, att: &Attestation) -> WorkloadVerdict {
         selectors,
         unusable: w.unusable.clone(),
     }
+}
+
+/// The results of the workload's place selectors (`unit`, `slice`,
+/// `cgroup`): one decision of [`scope`], shown against each.
+fn place_selectors(w: &Compiled, scope: &Scope, att: &Attestation) -> Vec<SelectorResult> {
+    let decision = match &att.cgroup_chain {
+        Some(chain) => chain.decide(scope),
+        None => Decision::Outside {
+            why: NotNamed::NotFound,
+        },
+    };
+    let place = match (&att.cgroup, &att.unit) {
+        (Some(path), Some(unit)) => format!("{path} (unit {unit})"),
+        (Some(path), None) => path.clone(),
+        (None, _) => "unknown (cgroup not found)".to_owned(),
+    };
+    let (actual, refused) = match &decision {
+        Decision::Outside { why } => (format!("{place}: {why}"), None),
+        Decision::Refused { why } => (place, Some(why.clone())),
+        Decision::Selected | Decision::Within { .. } => (place, None),
+    };
+    w.places
+        .iter()
+        .map(|(key, expected)| SelectorResult {
+            selector: key,
+            expected: expected.clone(),
+            actual: actual.clone(),
+            matched: decision.matches(),
+            refused: refused.clone(),
+        })
+        .collect()
 }
 
 /// Why the selectors on what program runs cannot be believed for this

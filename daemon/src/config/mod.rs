@@ -20,7 +20,7 @@
 mod location;
 mod metadata;
 mod observe;
-mod usage;
+pub mod usage;
 
 use std::{
     collections::HashSet,
@@ -799,6 +799,12 @@ pub struct PolicyConfig {
     pub cost_per_day_usd: Option<f64>,
     #[serde(default)]
     pub requests_per_minute: Option<u64>,
+    /// Work the budget cannot meter that this rule still allows under a
+    /// token or cost budget: "batch", "background", "fine-tuning",
+    /// "assistants", "evals", "long-running", "realtime"
+    /// (`provider::Unmetered`).
+    #[serde(default)]
+    pub allow_unmetered: Vec<Spanned<String>>,
     /// OpenSSH ed25519 public keys ("ssh-ed25519 AAAA... comment"); when
     /// given, the executable must carry an sshsig signature by one of them.
     #[serde(default)]

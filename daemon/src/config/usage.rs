@@ -44,6 +44,10 @@ pub mod defaults {
     /// model. SDKs often put `max_tokens` after the messages, so this is
     /// larger than the 64 KiB policy needs for the model alone.
     pub const BODY_PREFIX_BYTES: usize = 1 << 20;
+    /// Reserved on top of MAX_OUTPUT_TOKENS for a request that asks for
+    /// reasoning without an output cap: reasoning models think for tens of
+    /// thousands of tokens at high effort.
+    pub const REASONING_OUTPUT_TOKENS: u64 = 32768;
     /// A Redis call slower than this counts as Redis unreachable.
     pub const REDIS_TIMEOUT_MS: u64 = 250;
 }
@@ -65,6 +69,8 @@ pub struct UsageConfig {
     pub per_upstream: bool,
     #[serde(default = "max_output_tokens")]
     pub default_max_output_tokens: u64,
+    #[serde(default = "reasoning_output_tokens")]
+    pub reasoning_output_tokens: u64,
     #[serde(default = "input_bytes_per_token")]
     pub input_bytes_per_token: u64,
     #[serde(default = "max_json_bytes")]
@@ -81,6 +87,9 @@ fn redis_timeout_ms() -> u64 {
 }
 fn max_output_tokens() -> u64 {
     defaults::MAX_OUTPUT_TOKENS
+}
+fn reasoning_output_tokens() -> u64 {
+    defaults::REASONING_OUTPUT_TOKENS
 }
 fn input_bytes_per_token() -> u64 {
     defaults::INPUT_BYTES_PER_TOKEN
@@ -104,6 +113,7 @@ impl Default for UsageConfig {
             redis_timeout_ms: redis_timeout_ms(),
             per_upstream: false,
             default_max_output_tokens: max_output_tokens(),
+            reasoning_output_tokens: reasoning_output_tokens(),
             input_bytes_per_token: input_bytes_per_token(),
             max_json_bytes: max_json_bytes(),
             body_prefix_bytes: body_prefix_bytes(),

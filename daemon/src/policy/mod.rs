@@ -4,7 +4,10 @@
 //! when some rule for its workload passes on every factor:
 //! - request: the upstream host, and if given the path, model, project and
 //!   location globs (project and location are what a cloud platform's path
-//!   names: Vertex's `projects/{project}/locations/{location}`);
+//!   names: Vertex's `projects/{project}/locations/{location}`); under a
+//!   token or cost budget, no work the budget cannot meter (batches,
+//!   background runs, unmetered sessions: `provider::Unmetered`) unless the
+//!   rule names it in `allow_unmetered`;
 //! - identity: the workload has a rule, and if given, the executable carries
 //!   an sshsig signature by one of `exe_signers`;
 //! - location: environment labels and region globs (instance identity);
@@ -12,8 +15,13 @@
 //! - posture: every named check passes and is fresh;
 //! - budget: left to the budget module through `BudgetGate`.
 //!
-//! Globs are globset's syntax, where `*` also matches `/`: a path glob
-//! "/v1beta/models/*" covers every model method below it.
+//! Globs are globset's syntax with `*` stopping at `/` and `**` crossing it
+//! (as in shells): "/v1/chat/*" matches "/v1/chat/completions" but not
+//! "/v1/chat/x/y", "/v1/**" matches everything under "/v1/", and a model
+//! glob "openai/*" matches "openai/gpt-4o" but not "openai/x/y". Paths are
+//! matched in their canonical, percent-decoded form (`provider::Request`):
+//! a path that needs normalising to mean anything was refused before
+//! policy was asked.
 //!
 //! Every decision lists each factor with its reason, for the audit record and
 //! the 403 body. When no rule allows, the reasons shown are those of the rule
@@ -28,12 +36,15 @@ pub mod time;
 
 use std::{borrow::Cow, collections::HashMap, path::Path, sync::Arc};
 
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use jiff::Timestamp;
 use serde::Serialize;
 use toml::Spanned;
 
-use crate::config::{ConfigError, ConfigErrorKind, PolicyConfig, Source};
+use crate::{
+    config::{ConfigError, ConfigErrorKind, PolicyConfig, Source},
+    provider::{Body, Unmetered},
+};
 
 pub use posture::{PostureFailure, PostureStore};
 pub use signature::{ExeSigners, SignatureError, SignerError};
@@ -57,13 +68,19 @@ pub struct PolicyInput<'a> {
     pub program_refusal: Option<&'a str>,
     pub upstream_host: &'a str,
     pub method: &'a str,
-    /// The request path; a query string is ignored for matching.
+    /// The canonical request path (`provider::Request::path`); a query
+    /// string is ignored for matching.
     pub path: &'a str,
     /// The model the request names (`provider::Request::model`).
     pub model: Option<&'a str>,
     /// The cloud project and location it runs in (`provider::Request`).
     pub project: Option<&'a str>,
     pub location: Option<&'a str>,
+    /// What the body was, when it was read (for the reason a rule that
+    /// names models gives when there is none).
+    pub body: Option<&'a Body>,
+    /// Work the request starts that its response does not meter.
+    pub unmetered: Option<Unmetered>,
     pub now: Timestamp,
 }
 
@@ -150,6 +167,15 @@ pub enum Denial {
     Location(String),
     #[error("the request names no location; this rule allows only listed locations")]
     NoLocation,
+    /// A body that is not JSON names no model warrant can read.
+    #[error(
+        "the request body is not JSON (content type {0}), so it names no model warrant can read; this rule allows only listed models"
+    )]
+    NotJson(String),
+    /// Work a token or cost budget cannot meter, not named in
+    /// `allow_unmetered`.
+    #[error("this request starts {}, which its token or cost budget cannot meter; {}", .0.describe(), unmetered_remedy(*.0))]
+    Unmetered(Unmetered),
     #[error("executable signature required, but the executable is unknown")]
     UnknownExecutable,
     /// The attested executable cannot be believed to be what runs (see
@@ -204,6 +230,24 @@ pub enum PolicyConfigError {
     /// `config` checks posture names; this is the backstop.
     #[error("unknown posture check {0:?}")]
     UnknownPosture(String),
+    #[error("unknown allow_unmetered kind {name:?}; expected one of {known}")]
+    UnknownUnmetered { name: String, known: String },
+    #[error(
+        "allow_unmetered cannot name \"websocket\": a workload with a token or cost budget opens only the WebSocket sessions warrant meters (Realtime, Gemini Live)"
+    )]
+    WebSocketUnmetered,
+}
+
+/// What a refusal of unmetered work tells the operator to do.
+fn unmetered_remedy(kind: Unmetered) -> String {
+    if kind == Unmetered::WebSocket {
+        "only Realtime and Gemini Live sessions are metered, so a workload with a budget cannot open others".to_owned()
+    } else {
+        format!(
+            "add {:?} to the rule's allow_unmetered to allow it outside the budget",
+            kind.name()
+        )
+    }
 }
 
 /// The budget limits of a rule, for the budget module.
@@ -212,6 +256,13 @@ pub struct RuleLimits {
     pub tokens_per_hour: Option<u64>,
     pub cost_per_day_usd: Option<f64>,
     pub requests_per_minute: Option<u64>,
+}
+
+impl RuleLimits {
+    /// A token or cost budget, which only metered requests can respect.
+    pub fn counts_tokens(&self) -> bool {
+        self.tokens_per_hour.is_some() || self.cost_per_day_usd.is_some()
+    }
 }
 
 /// The seam for budgets: asked only once every other factor of a rule has
@@ -256,6 +307,8 @@ struct Rule {
     posture: Vec<usize>,
     signers: Option<ExeSigners>,
     limits: RuleLimits,
+    /// Unmetered work this rule allows under its token or cost budget.
+    allow_unmetered: Vec<Unmetered>,
 }
 
 /// The compiled `[[policy]]` rules.
@@ -389,10 +442,13 @@ fn request_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), Denial> {
         }
     }
     if let Some(models) = &rule.models {
-        match input.model {
-            Some(model) if models.is_match(model) => {}
-            Some(model) => return Err(Denial::Model(model.to_owned())),
-            None => return Err(Denial::NoModel),
+        match (input.model, input.body) {
+            (Some(model), _) if models.is_match(model) => {}
+            (Some(model), _) => return Err(Denial::Model(model.to_owned())),
+            (None, Some(Body::Other { content_type })) => {
+                return Err(Denial::NotJson(content_type.clone()));
+            }
+            (None, _) => return Err(Denial::NoModel),
         }
     }
     // Deny by default, as for models: a rule that lists projects or
@@ -410,6 +466,12 @@ fn request_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), Denial> {
             Some(location) => return Err(Denial::Location(location.to_owned())),
             None => return Err(Denial::NoLocation),
         }
+    }
+    if let Some(kind) = input.unmetered
+        && rule.limits.counts_tokens()
+        && !rule.allow_unmetered.contains(&kind)
+    {
+        return Err(Denial::Unmetered(kind));
     }
     Ok(())
 }
@@ -457,6 +519,12 @@ fn time_factor(rule: &Rule, input: &PolicyInput<'_>) -> Result<(), Denial> {
     }
 }
 
+/// A policy glob: `*` stops at `/`, `**` crosses it (see the module
+/// comment).
+pub fn glob(pattern: &str) -> Result<Glob, globset::Error> {
+    GlobBuilder::new(pattern).literal_separator(true).build()
+}
+
 /// The globs of one key, each error at its glob; None when the key lists
 /// none (the factor then does not limit).
 fn glob_set(patterns: &[Spanned<String>], source: &Source) -> Result<Option<GlobSet>, ConfigError> {
@@ -475,7 +543,7 @@ fn glob_set(patterns: &[Spanned<String>], source: &Source) -> Result<Option<Glob
     };
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
-        builder.add(Glob::new(pattern.get_ref()).map_err(|e| invalid(pattern, e))?);
+        builder.add(glob(pattern.get_ref()).map_err(|e| invalid(pattern, e))?);
     }
     // Only a set too large for the regex engine fails here: reported at the
     // key's first glob.
@@ -552,6 +620,28 @@ fn compile_rule(
             })
         })
         .collect::<Result<_, _>>()?;
+    let allow_unmetered = config
+        .allow_unmetered
+        .iter()
+        .map(|name| match Unmetered::from_name(name.get_ref()) {
+            Some(Unmetered::WebSocket) => {
+                Err(invalid(name.span(), PolicyConfigError::WebSocketUnmetered))
+            }
+            Some(kind) => Ok(kind),
+            None => Err(invalid(
+                name.span(),
+                PolicyConfigError::UnknownUnmetered {
+                    name: name.get_ref().clone(),
+                    known: Unmetered::ALL
+                        .iter()
+                        .filter(|k| **k != Unmetered::WebSocket)
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
+            )),
+        })
+        .collect::<Result<_, _>>()?;
     Ok(Rule {
         index,
         upstreams: config
@@ -573,6 +663,7 @@ fn compile_rule(
             cost_per_day_usd: config.cost_per_day_usd,
             requests_per_minute: config.requests_per_minute,
         },
+        allow_unmetered,
     })
 }
 

@@ -66,6 +66,8 @@ fn input() -> PolicyInput<'static> {
         model: Some("gpt-4o-mini"),
         project: None,
         location: None,
+        body: None,
+        unmetered: None,
         now: ts(WEEKDAY_MORNING),
     }
 }
@@ -556,4 +558,116 @@ fn projects_and_locations_are_allowed_only_when_listed() {
     // such a rule, as one naming no model is by a rule on models.
     let d = at(None, None);
     assert!(d.summary().contains("names no project"), "{}", d.summary());
+}
+
+#[test]
+fn a_star_stops_at_a_slash_and_a_double_star_crosses_it() {
+    let p = policy(
+        r#"
+[[policy]]
+workload = "support-agent"
+upstreams = ["api.openai.com"]
+paths = ["/v1/chat/*", "/v1beta/**"]
+models = ["gpt-4o*", "openai/*"]
+"#,
+    );
+    let decide = |path, model| {
+        p.evaluate(&PolicyInput {
+            path,
+            model: Some(model),
+            ..input()
+        })
+        .allowed
+    };
+    assert!(decide("/v1/chat/completions", "gpt-4o-mini"));
+    assert!(!decide("/v1/chat/x/embeddings", "gpt-4o-mini"));
+    assert!(decide("/v1beta/models/m:generateContent", "gpt-4o"));
+    assert!(decide("/v1beta/a/b/c", "gpt-4o"));
+    assert!(decide("/v1/chat/completions", "openai/gpt-4o"));
+    assert!(!decide("/v1/chat/completions", "openai/x/gpt-4o"));
+    assert!(!decide("/v1/chat/completions", "gpt-4o/../o1-pro"));
+}
+
+#[test]
+fn a_body_that_is_not_json_is_denied_by_a_rule_naming_models_with_its_content_type() {
+    let body = crate::provider::Body::Other {
+        content_type: "multipart/form-data; boundary=x".to_owned(),
+    };
+    let d = policy(FULL_RULE).evaluate(&PolicyInput {
+        model: None,
+        body: Some(&body),
+        ..input()
+    });
+    assert!(!d.allowed);
+    assert!(
+        d.summary().contains("multipart/form-data"),
+        "{}",
+        d.summary()
+    );
+}
+
+const BUDGET_RULE: &str = r#"
+[[policy]]
+workload = "support-agent"
+upstreams = ["api.openai.com"]
+tokens_per_hour = 1000
+allow_unmetered = ["batch"]
+
+[[policy]]
+workload = "support-agent"
+upstreams = ["api.anthropic.com"]
+requests_per_minute = 10
+"#;
+
+#[test]
+fn unmetered_work_is_refused_under_a_token_budget_unless_the_rule_names_it() {
+    use crate::provider::Unmetered;
+    let p = policy(BUDGET_RULE);
+    let decide = |upstream_host, unmetered| {
+        p.evaluate(&PolicyInput {
+            upstream_host,
+            unmetered,
+            ..input()
+        })
+    };
+    assert!(decide("api.openai.com", None).allowed);
+    assert!(decide("api.openai.com", Some(Unmetered::Batch)).allowed);
+    let refused = decide("api.openai.com", Some(Unmetered::Background));
+    assert!(!refused.allowed);
+    assert!(
+        refused.summary().contains("background") && refused.summary().contains("allow_unmetered"),
+        "{}",
+        refused.summary()
+    );
+    let ws = decide("api.openai.com", Some(Unmetered::WebSocket));
+    assert!(
+        !ws.allowed && ws.summary().contains("WebSocket"),
+        "{}",
+        ws.summary()
+    );
+    // Without a token or cost budget there is nothing to escape.
+    assert!(decide("api.anthropic.com", Some(Unmetered::WebSocket)).allowed);
+}
+
+#[test]
+fn allow_unmetered_names_known_kinds_and_never_websocket() {
+    let bad = |value: &str| {
+        let text = format!(
+            "{BASE}\n[[policy]]\nworkload = \"support-agent\"\nupstreams = [\"api.openai.com\"]\nallow_unmetered = [{value}]\n"
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        let posture = Arc::new(PostureStore::compile(&config.postures, &config.source).unwrap());
+        let Err(err) = Policy::compile(&config.policies, posture, &config.source) else {
+            panic!("allow_unmetered = [{value}] compiled");
+        };
+        err.to_string()
+    };
+    let unknown = bad("\"batches\"");
+    assert!(
+        unknown.contains("batches") && unknown.contains("fine-tuning"),
+        "{unknown}"
+    );
+    assert!(unknown.contains("t.toml:"), "{unknown}");
+    let ws = bad("\"websocket\"");
+    assert!(ws.contains("websocket"), "{ws}");
 }

@@ -8,8 +8,8 @@
 use http::{HeaderMap, HeaderName, StatusCode};
 
 use super::{
-    AgentHeaders, AnthropicAuth, Api, AuthSettings, SpliceError, Usage, UsageFields, UsageFormat,
-    bearer, raw, usage::or_zero,
+    AgentHeaders, AnthropicAuth, Api, AuthSettings, Request, SpliceError, Unmetered, Usage,
+    UsageFields, UsageFormat, bearer, raw, usage::or_zero,
 };
 use crate::secret::Secret;
 
@@ -66,6 +66,11 @@ impl Api for Anthropic {
 
     fn usage(&self) -> &'static UsageFormat {
         &USAGE
+    }
+
+    fn unmetered(&self, request: &Request) -> Option<Unmetered> {
+        // Message Batches: results come back a day later.
+        (request.path.trim_end_matches('/') == "/v1/messages/batches").then_some(Unmetered::Batch)
     }
 }
 

@@ -14,12 +14,14 @@
 //!   instead, unsigned, as AWS's SDKs send it.
 //! - **Errors** are restJson1's: `{"message"}` with the error type in
 //!   `__type`, which botocore and the anthropic SDK read.
-//! - **The parse.** The model is the path's `/model/{modelId}/...` segment,
-//!   percent-decoded (model ids contain `:` and may be ARNs, whose `/` the
-//!   SDKs encode as `%2F`). The segment must decode one way only: no dot
-//!   segments, no control bytes, valid UTF-8. The output cap is
-//!   InvokeModel's native `max_tokens` (read by the JSON parse) or
-//!   Converse's `inferenceConfig.maxTokens`.
+//! - **The parse** is the shared strict one (`request`), but for the path's
+//!   `/model/{modelId}/...` segment: the model, percent-decoded (model ids
+//!   contain `:` and may be ARNs, whose `/` the SDKs encode as `%2F`; see
+//!   [`canonical`]). The segment must decode one way only. The output cap
+//!   is InvokeModel's native `max_tokens` (read by the JSON parse) or
+//!   Converse's `inferenceConfig.maxTokens`; StartAsyncInvoke
+//!   (`/async-invoke`) names its model in the body, and is work no
+//!   response meters (`Unmetered::LongRunning`).
 //! - **Usage.** Converse reports `usage.inputTokens/outputTokens`;
 //!   InvokeModel's body is the model's own (Anthropic's `usage`), and its
 //!   headers carry `X-Amzn-Bedrock-Input-Token-Count` and `-Output-`;
@@ -38,8 +40,9 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 
 use super::{
-    AgentHeaders, AmbiguousRequest, Api, AuthSettings, Request, RequestHead, SpliceError, Usage,
-    UsageFields, UsageFormat, bearer, request::json_request, usage::or_zero,
+    AgentHeaders, AmbiguousRequest, Api, AuthSettings, PathProblem, Request, RequestHead,
+    SpliceError, Unmetered, Usage, UsageFields, UsageFormat, bearer, canonical_path,
+    request::json_request_at, usage::or_zero,
 };
 use crate::{
     credentials::{CredentialKind, aws::AwsKeys},
@@ -188,11 +191,16 @@ impl Api for Bedrock {
         head: &RequestHead<'_>,
         body_prefix: &[u8],
     ) -> Result<Request, AmbiguousRequest> {
-        let mut request = json_request(head, body_prefix);
-        if let Some(target) = path_target(head.uri.path())? {
+        let raw = head.uri.path();
+        let (path, target) = canonical(raw).map_err(|problem| AmbiguousRequest::Path {
+            path: raw.to_owned(),
+            problem,
+        })?;
+        let mut request = json_request_at(head, path, body_prefix)?;
+        if let Some(target) = target {
             request.model = Some(target.model);
             request.stream = target.stream;
-        } else if head.uri.path() == "/async-invoke" {
+        } else if request.path == ASYNC_INVOKE {
             // StartAsyncInvoke names its model in the body.
             request.model = async_model(body_prefix)?;
         }
@@ -201,6 +209,13 @@ impl Api for Bedrock {
             request.max_output_tokens = Some(old.max(cap));
         }
         Ok(request)
+    }
+
+    fn unmetered(&self, request: &Request) -> Option<Unmetered> {
+        // StartAsyncInvoke's job runs after this request returns, its
+        // output written to S3: no response meters it.
+        (request.method == http::Method::POST && request.path == ASYNC_INVOKE)
+            .then_some(Unmetered::LongRunning)
     }
 
     fn usage(&self) -> &'static UsageFormat {
@@ -223,62 +238,88 @@ fn error_type(status: StatusCode) -> &'static str {
     }
 }
 
+/// StartAsyncInvoke's path.
+const ASYNC_INVOKE: &str = "/async-invoke";
+
 /// What the path names.
+#[derive(Debug)]
 struct Target {
     model: String,
     stream: bool,
 }
 
-/// `/model/{modelId}/{operation}`: the model id, decoded, and whether the
-/// operation streams. Other paths (guardrails, async invocations) name no
-/// model.
-fn path_target(path: &str) -> Result<Option<Target>, AmbiguousRequest> {
-    let mut segments = path.split('/');
-    if segments.next() != Some("") || segments.next() != Some("model") {
-        return Ok(None);
-    }
-    let (Some(raw), Some(operation), None) = (segments.next(), segments.next(), segments.next())
-    else {
-        return Ok(None);
+/// Bedrock's canonical path and, for `/model/{modelId}/{operation}`, the
+/// model id it names and whether the operation streams.
+///
+/// The shared `canonical_path` refuses an encoded `/` everywhere, since a
+/// server may decode it and route otherwise. Bedrock's model ids may be
+/// ARNs, whose `/` every SDK encodes as `%2F` inside the one `{modelId}`
+/// segment, and Bedrock reads that segment as one label. So here the
+/// segment is decoded on its own, with the same refusals as the shared
+/// parse (a backslash, `;`, a bad escape, a control byte, invalid UTF-8)
+/// plus an escaped `%` and empty or dot parts between its slashes; the
+/// rest of the path goes through `canonical_path`. In the canonical path
+/// the id's `/` stays `%2F`, so that `/model/*/converse` matches every
+/// model and the path has one reading; the model id itself is decoded.
+fn canonical(raw: &str) -> Result<(String, Option<Target>), PathProblem> {
+    let segments: Vec<&str> = raw.split('/').collect();
+    let ["", "model", id, operation] = segments.as_slice() else {
+        return Ok((canonical_path(raw)?, None));
     };
-    let model = decode_segment(raw)?;
+    let model = decode_model_id(id)?;
+    // The operation, checked as any path is.
+    let rest = canonical_path(&format!("/{operation}"))?;
+    let operation = &rest[1..];
+    if operation.is_empty() {
+        return Err(PathProblem::EmptySegment);
+    }
+    let path = format!("/model/{}/{operation}", model.replace('/', "%2F"));
     let stream = operation.ends_with("-stream");
-    Ok(Some(Target { model, stream }))
+    Ok((path, Some(Target { model, stream })))
 }
 
-/// One path segment, percent-decoded, refused when it could mean two things.
-fn decode_segment(raw: &str) -> Result<String, AmbiguousRequest> {
-    let ambiguous = |why: &'static str| AmbiguousRequest::ModelPath {
-        segment: raw.to_owned(),
-        why,
-    };
+/// One `{modelId}` segment, percent-decoded (see [`canonical`]).
+fn decode_model_id(raw: &str) -> Result<String, PathProblem> {
+    if raw.contains('\\') {
+        return Err(PathProblem::Backslash);
+    }
+    if raw.contains(';') {
+        return Err(PathProblem::Parameter);
+    }
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| ambiguous("a malformed percent-escape"))?;
-                out.push(hex);
-                i += 3;
-            }
-            b'\\' => return Err(ambiguous("a backslash")),
-            b => {
-                out.push(b);
-                i += 1;
-            }
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
         }
+        let byte = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or(PathProblem::BadEscape)?;
+        match byte {
+            b'\\' => return Err(PathProblem::EncodedSeparator),
+            b';' => return Err(PathProblem::Parameter),
+            // A `%` in the id would make `%2F` in the canonical path read
+            // two ways; no model id has one.
+            b'%' => return Err(PathProblem::BadEscape),
+            _ => out.push(byte),
+        }
+        i += 3;
     }
-    let text = String::from_utf8(out).map_err(|_| ambiguous("invalid UTF-8"))?;
-    if text.is_empty() || text == "." || text == ".." {
-        return Err(ambiguous("an empty or dot segment"));
+    if out.iter().any(u8::is_ascii_control) {
+        return Err(PathProblem::ControlByte);
     }
-    if text.chars().any(char::is_control) {
-        return Err(ambiguous("a control character"));
+    let text = String::from_utf8(out).map_err(|_| PathProblem::NotUtf8)?;
+    for part in text.split('/') {
+        match part {
+            "" => return Err(PathProblem::EmptySegment),
+            "." | ".." => return Err(PathProblem::DotSegment),
+            _ => {}
+        }
     }
     Ok(text)
 }
@@ -295,7 +336,9 @@ fn body_fields<T: serde::de::DeserializeOwned>(
     match T::deserialize(&mut de) {
         Ok(fields) => Ok(Some(fields)),
         Err(e) if e.classify() == serde_json::error::Category::Data => {
-            Err(AmbiguousRequest::DuplicateField { field })
+            Err(AmbiguousRequest::DuplicateField {
+                field: field.to_owned(),
+            })
         }
         Err(_) => Ok(None),
     }
@@ -423,9 +466,14 @@ mod tests {
 
     #[test]
     fn the_model_id_is_the_decoded_path_segment() {
-        let target = path_target("/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse")
-            .unwrap()
-            .unwrap();
+        let path_target = |raw: &str| canonical(raw).map(|(_, target)| target);
+        let (path, target) =
+            canonical("/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse").unwrap();
+        assert_eq!(
+            path,
+            "/model/anthropic.claude-3-haiku-20240307-v1:0/converse"
+        );
+        let target = target.unwrap();
         assert_eq!(target.model, "anthropic.claude-3-haiku-20240307-v1:0");
         assert!(!target.stream);
         // The anthropic SDK leaves ':' as it is; the same model either way.
@@ -438,10 +486,16 @@ mod tests {
         assert!(target.stream);
         // ARNs: '/' encoded inside the one segment.
         let arn = "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse-stream";
-        let target = path_target(arn).unwrap().unwrap();
+        let (path, target) = canonical(arn).unwrap();
+        let target = target.unwrap();
         assert_eq!(
             target.model,
             "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-sonnet-20240620-v1:0"
+        );
+        // The canonical path keeps the id's '/' encoded: one segment.
+        assert_eq!(
+            path,
+            "/model/arn:aws:bedrock:us-east-1:123456789012:inference-profile%2Fus.anthropic.claude-3-5-sonnet-20240620-v1:0/converse-stream"
         );
         assert!(target.stream);
         assert!(
@@ -449,7 +503,12 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // Anything else is checked as every path is.
         assert!(path_target("/model/m/converse/extra").unwrap().is_none());
+        assert_eq!(
+            canonical("/guardrail/a%2Fb/apply").unwrap_err(),
+            PathProblem::EncodedSeparator
+        );
     }
 
     #[test]
@@ -457,12 +516,21 @@ mod tests {
         for bad in [
             "/model/%2E%2E/converse",
             "/model/../converse",
+            "/model/a%2F..%2Fb/converse",
+            "/model/a%2F%2Fb/converse",
+            "/model/a%2F/converse",
             "/model/a%0Ab/converse",
             "/model/a%zz/converse",
             "/model/a%C3/converse",
+            "/model/a%25b/converse",
+            "/model/a%5Cb/converse",
+            "/model/a%3Bb/converse",
             "/model/a\\b/converse",
+            "/model/m/%2E%2E",
+            "/model/m/converse;x",
+            "/model//converse",
         ] {
-            assert!(path_target(bad).is_err(), "{bad}");
+            assert!(canonical(bad).is_err(), "{bad}");
         }
     }
 

@@ -8,8 +8,9 @@
 use http::{HeaderMap, HeaderName, StatusCode};
 
 use super::{
-    AgentHeaders, AmbiguousRequest, Api, AuthSettings, Request, RequestHead, SpliceError, Usage,
-    UsageFormat, UsageMetadata, openai, raw, request::json_request, usage::or_zero,
+    AgentHeaders, AmbiguousRequest, Api, AuthSettings, Request, RequestHead, SpliceError,
+    Unmetered, Usage, UsageFormat, UsageMetadata, openai, raw, request::json_request,
+    usage::or_zero,
 };
 use crate::secret::Secret;
 
@@ -50,12 +51,44 @@ impl Api for Gemini {
         head: &RequestHead<'_>,
         body_prefix: &[u8],
     ) -> Result<Request, AmbiguousRequest> {
-        let mut request = json_request(head, body_prefix);
+        let mut request = json_request(head, body_prefix)?;
+        // The path is canonical (no dot segments, no encoded separators),
+        // so the model it names is the one Gemini routes to.
         if let Some(model) = path_model(&request.path) {
             request.model = Some(model);
         }
-        request.stream |= request.path.contains(":streamGenerateContent");
+        request.stream |= request.path_method() == Some("streamGenerateContent");
+        if request.upgrade && is_live(&request.path) {
+            // A Live session is metered message by message.
+            request.unmetered = None;
+        }
         Ok(request)
+    }
+
+    fn session_usage(&self, message: &[u8]) -> Option<Usage> {
+        // Each server message may carry the usage of the turn it ends
+        // (read as a turn's, never as a running total: summing errs toward
+        // charging more).
+        memchr::memmem::find(message, b"usageMetadata")?;
+        #[derive(serde::Deserialize)]
+        struct Message {
+            #[serde(rename = "usageMetadata")]
+            usage_metadata: Option<UsageMetadata>,
+        }
+        let message: Message = serde_json::from_slice(message).ok()?;
+        message.usage_metadata.map(|u| u.tokens())
+    }
+
+    fn unmetered(&self, request: &Request) -> Option<Unmetered> {
+        let path = request.path.as_str();
+        match request.path_method() {
+            Some("batchGenerateContent" | "asyncBatchEmbedContent") => Some(Unmetered::Batch),
+            Some("predictLongRunning") => Some(Unmetered::LongRunning),
+            _ if path.ends_with("/tunedModels") => Some(Unmetered::FineTuning),
+            // Ephemeral tokens for the Live API, used without warrant.
+            _ if path.ends_with("/auth_tokens") => Some(Unmetered::Realtime),
+            _ => None,
+        }
     }
 
     fn usage(&self) -> &'static UsageFormat {
@@ -63,10 +96,22 @@ impl Api for Gemini {
     }
 }
 
-/// `models/{model}` in the path, if there.
+/// The Live API's WebSocket path
+/// (`/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent`
+/// and its v1alpha and constrained variants).
+fn is_live(path: &str) -> bool {
+    path.starts_with("/ws/google.ai.generativelanguage.")
+        && path.contains(".GenerativeService.BidiGenerateContent")
+}
+
+/// `models/{model}` in the canonical path (`/v1beta/models/{model}:method`
+/// and below), if there: the segment after the first `models` segment, up
+/// to its `:method`.
 fn path_model(path: &str) -> Option<String> {
-    let (_, rest) = path.split_once("/models/")?;
-    let name = rest.split([':', '/']).next()?;
+    let mut segments = path.split('/').skip_while(|s| *s != "models");
+    segments.next()?;
+    let segment = segments.next()?;
+    let name = segment.split(':').next()?;
     (!name.is_empty()).then(|| name.to_owned())
 }
 
@@ -89,6 +134,7 @@ impl UsageMetadata {
                 .saturating_add(or_zero(self.tool_use_prompt_token_count)),
             cached_input_tokens: or_zero(self.cached_content_token_count),
             output_tokens: or_zero(self.candidates_token_count)
+                .saturating_add(or_zero(self.response_token_count))
                 .saturating_add(or_zero(self.thoughts_token_count)),
         }
     }
@@ -97,7 +143,7 @@ impl UsageMetadata {
 /// google.rpc.Code names, as Gemini puts them in `error.status`.
 fn rpc_status(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        400 => "INVALID_ARGUMENT",
+        400 | 413 => "INVALID_ARGUMENT",
         401 => "UNAUTHENTICATED",
         403 => "PERMISSION_DENIED",
         404 => "NOT_FOUND",
@@ -123,5 +169,10 @@ mod tests {
             Some("gemini-1.5-pro")
         );
         assert_eq!(path_model("/v1beta/files"), None);
+        assert_eq!(path_model("/v1beta/tunedModels/t:generateContent"), None);
+        assert_eq!(
+            path_model("/v1/models/gemini-2.5-pro").as_deref(),
+            Some("gemini-2.5-pro")
+        );
     }
 }

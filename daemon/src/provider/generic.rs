@@ -7,7 +7,10 @@
 use http::{HeaderMap, StatusCode};
 use zeroize::Zeroizing;
 
-use super::{AgentHeaders, Api, AuthSettings, SpliceError, UsageFormat, openai, sensitive};
+use super::{
+    AgentHeaders, Api, AuthSettings, Request, SpliceError, Unmetered, UsageFormat, openai,
+    sensitive,
+};
 use crate::secret::Secret;
 
 pub struct Generic;
@@ -41,5 +44,14 @@ impl Api for Generic {
 
     fn usage(&self) -> &'static UsageFormat {
         &openai::USAGE
+    }
+
+    fn unmetered(&self, request: &Request) -> Option<Unmetered> {
+        // OpenAI-compatible gateways take OpenAI's async endpoints too.
+        openai::unmetered(&request.path)
+    }
+
+    fn usage_option(&self, request: &Request, body: &[u8]) -> Option<Vec<u8>> {
+        openai::usage_option(request, body)
     }
 }

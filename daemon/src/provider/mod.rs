@@ -44,7 +44,9 @@ use zeroize::Zeroizing;
 pub use crate::config::{AnthropicAuth, Scheme};
 use crate::{config::UpstreamConfig, credentials::CredentialKind, secret::Secret};
 pub use keys::{Finding, looks_like_real_key};
-pub use request::{AmbiguousRequest, Request, RequestHead};
+pub use request::{
+    AmbiguousRequest, Body, PathProblem, Request, RequestHead, Unmetered, canonical_path,
+};
 pub use usage::{Usage, UsageFields, UsageFormat, UsageMetadata};
 
 /// How one provider's API works. Implemented once per provider file.
@@ -107,11 +109,34 @@ pub trait Api: Sync {
         head: &RequestHead<'_>,
         body_prefix: &[u8],
     ) -> Result<Request, AmbiguousRequest> {
-        Ok(request::json_request(head, body_prefix))
+        request::json_request(head, body_prefix)
+    }
+
+    /// Which of this provider's endpoints start work that the response does
+    /// not meter (batches, jobs, sessions): see [`Unmetered`]. `request` is
+    /// the parse, with the canonical path.
+    fn unmetered(&self, _request: &Request) -> Option<Unmetered> {
+        None
     }
 
     /// How its responses report usage.
     fn usage(&self) -> &'static UsageFormat;
+
+    /// The body to forward instead of `body` (the whole request body, as
+    /// parsed into `request`) so that the response reports its usage, when
+    /// it would not otherwise: an OpenAI stream without
+    /// `stream_options.include_usage`. None: forwarded as it is.
+    fn usage_option(&self, _request: &Request, _body: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// The usage one message of a WebSocket session from the provider
+    /// reports (to be added to the session's), if any. A provider without
+    /// metered sessions reads none, and its upgrades stay
+    /// [`Unmetered::WebSocket`].
+    fn session_usage(&self, _message: &[u8]) -> Option<Usage> {
+        None
+    }
 }
 
 /// The provider behind a scheme: the one place a scheme becomes behaviour.
@@ -278,6 +303,9 @@ impl Provider {
         body_prefix: &[u8],
     ) -> Result<Request, AmbiguousRequest> {
         let mut request = self.api().parse(head, body_prefix)?;
+        if request.unmetered.is_none() && request.method == http::Method::POST {
+            request.unmetered = self.api().unmetered(&request);
+        }
         request.query = request
             .query
             .map(|q| without_params(&q, self.api().credential_query()))
@@ -340,6 +368,16 @@ impl Provider {
         }
     }
 
+    /// The body to forward instead, so that the response reports its usage
+    /// (see [`Api::usage_option`]); the agent is answered as if it had not
+    /// been changed (`proxy::strip`).
+    pub fn usage_option(&self, request: &Request, body: &[u8]) -> Option<Vec<u8>> {
+        if request.body != (Body::Json { complete: true }) {
+            return None;
+        }
+        self.api().usage_option(request, body)
+    }
+
     /// A JSON error body in this provider's own shape.
     pub fn error_body(&self, status: StatusCode, message: &str) -> String {
         error_body(self.scheme, status, message)
@@ -355,6 +393,8 @@ impl Provider {
 /// cleanly.
 pub fn error_body(scheme: Scheme, status: StatusCode, message: &str) -> String {
     let kind = match status.as_u16() {
+        400 => "invalid_request_error",
+        413 => "request_too_large",
         401 => "authentication_error",
         403 => "permission_error",
         429 => "rate_limit_error",

@@ -7,8 +7,8 @@
 use http::{HeaderMap, StatusCode};
 
 use super::{
-    AgentHeaders, Api, AuthSettings, SpliceError, Usage, UsageFields, UsageFormat, bearer,
-    usage::or_zero,
+    AgentHeaders, Api, AuthSettings, Request, SpliceError, Unmetered, Usage, UsageFields,
+    UsageFormat, bearer, usage::or_zero,
 };
 use crate::secret::Secret;
 
@@ -37,6 +37,153 @@ impl Api for OpenAi {
 
     fn usage(&self) -> &'static UsageFormat {
         &USAGE
+    }
+
+    fn unmetered(&self, request: &Request) -> Option<Unmetered> {
+        unmetered(&request.path)
+    }
+
+    fn usage_option(&self, request: &Request, body: &[u8]) -> Option<Vec<u8>> {
+        usage_option(request, body)
+    }
+
+    fn parse(
+        &self,
+        head: &super::RequestHead<'_>,
+        body_prefix: &[u8],
+    ) -> Result<Request, super::AmbiguousRequest> {
+        let mut request = super::request::json_request(head, body_prefix)?;
+        if request.upgrade && request.path.trim_end_matches('/') == "/v1/realtime" {
+            // A Realtime session: its model is the query's, and it is
+            // metered message by message (`session_usage`).
+            request.unmetered = None;
+            request.model = request.query.as_deref().and_then(query_model);
+        }
+        Ok(request)
+    }
+
+    fn session_usage(&self, message: &[u8]) -> Option<Usage> {
+        session_usage(message)
+    }
+}
+
+/// The `model` query parameter (percent-decoded), as Realtime takes it.
+fn query_model(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == "model")
+        .map(|(_, value)| value.into_owned())
+}
+
+/// Realtime's usage: each `response.done` event carries the usage of the
+/// response it ends.
+pub(super) fn session_usage(message: &[u8]) -> Option<Usage> {
+    memchr::memmem::find(message, b"response.done")?;
+    #[derive(serde::Deserialize)]
+    struct Event {
+        #[serde(rename = "type")]
+        kind: String,
+        response: Option<Response>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Response {
+        usage: Option<UsageFields>,
+    }
+    let event: Event = serde_json::from_slice(message).ok()?;
+    if event.kind != "response.done" {
+        return None;
+    }
+    Some(tokens(&event.response?.usage?))
+}
+
+/// A chat or completions stream reports usage only when asked
+/// (`stream_options.include_usage`): without it a stream could only be
+/// charged as reserved. Returns the body with the option set, every other
+/// value kept byte for byte (serde_json's RawValue), or None when the
+/// request needs no change.
+pub(super) fn usage_option(request: &Request, body: &[u8]) -> Option<Vec<u8>> {
+    let path = request.path.trim_end_matches('/');
+    let streams_chat = path.ends_with("/chat/completions") || path.ends_with("/v1/completions");
+    if !request.stream || request.include_usage || !streams_chat {
+        return None;
+    }
+    let fields: Vec<(String, &serde_json::value::RawValue)> =
+        serde_json::from_slice::<OrderedObject<'_>>(body).ok()?.0;
+    let mut out = Vec::with_capacity(body.len() + 40);
+    out.push(b'{');
+    let mut set = false;
+    for (key, value) in &fields {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, key).ok()?;
+        out.push(b':');
+        if key == "stream_options" {
+            // `{"include_usage": false}` or other options: kept, and the
+            // one option set.
+            let mut options: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(value.get()).unwrap_or_default();
+            options.insert("include_usage".to_owned(), serde_json::Value::Bool(true));
+            serde_json::to_writer(&mut out, &options).ok()?;
+            set = true;
+        } else {
+            out.extend_from_slice(value.get().as_bytes());
+        }
+    }
+    if !set {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+    }
+    out.push(b'}');
+    Some(out)
+}
+
+/// A JSON object's members in their order, values untouched. The parse
+/// already refused duplicate keys, so order is all a map would lose.
+struct OrderedObject<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for OrderedObject<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Members<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Members<'a> {
+            type Value = OrderedObject<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    members.push(entry);
+                }
+                Ok(OrderedObject(members))
+            }
+        }
+        deserializer.deserialize_map(Members(std::marker::PhantomData))
+    }
+}
+
+/// OpenAI's endpoints that start work no response of theirs meters (POST
+/// only; reading a batch's status is metered as the request it is).
+pub(super) fn unmetered(path: &str) -> Option<Unmetered> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["", "v1", "batches"] => Some(Unmetered::Batch),
+        ["", "v1", "fine_tuning", "jobs"] | ["", "v1", "fine_tuning", "jobs", _, "resume"] => {
+            Some(Unmetered::FineTuning)
+        }
+        ["", "v1", "threads", "runs"]
+        | ["", "v1", "threads", _, "runs"]
+        | ["", "v1", "threads", _, "runs", _, "submit_tool_outputs"] => Some(Unmetered::Assistants),
+        ["", "v1", "evals", _, "runs"] => Some(Unmetered::Evals),
+        ["", "v1", "videos"] | ["", "v1", "videos", _, "remix"] => Some(Unmetered::LongRunning),
+        // Ephemeral keys and sessions for Realtime (WebRTC, SIP) and ChatKit:
+        // the session then talks to OpenAI without warrant.
+        ["", "v1", "realtime", ..] | ["", "v1", "chatkit", "sessions"] => Some(Unmetered::Realtime),
+        _ => None,
     }
 }
 
@@ -68,5 +215,57 @@ fn tokens(fields: &UsageFields) -> Usage {
                 .and_then(|d| d.cached_tokens),
         ),
         output_tokens: or_zero(fields.completion_tokens.or(fields.output_tokens)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::provider::{RequestHead, request::json_request};
+
+    fn parsed(path: &str, body: &[u8]) -> Request {
+        let uri: http::Uri = path.parse().unwrap();
+        let headers = HeaderMap::new();
+        let head = RequestHead {
+            method: &http::Method::POST,
+            uri: &uri,
+            headers: &headers,
+        };
+        json_request(&head, body).unwrap()
+    }
+
+    #[test]
+    fn a_stream_without_include_usage_is_asked_for_it_and_nothing_else_changes() {
+        let body = br#"{"model":"gpt-4o","stream":true,"seed":12345678901234567890,"temperature":0.1000000000000000055511151231257827,"messages":[{"role":"user","content":"h\u00e9"}]}"#;
+        let request = parsed("/v1/chat/completions", body);
+        let out = usage_option(&request, body).unwrap();
+        let text = String::from_utf8(out.clone()).unwrap();
+        // Values byte for byte, including numbers serde_json would round.
+        assert!(text.contains("12345678901234567890"), "{text}");
+        assert!(
+            text.contains("0.1000000000000000055511151231257827"),
+            "{text}"
+        );
+        assert!(text.contains(r#""h\u00e9""#), "{text}");
+        let after = parsed("/v1/chat/completions", &out);
+        assert!(after.include_usage && after.stream);
+        assert_eq!(after.model.as_deref(), Some("gpt-4o"));
+        // An explicit false is overridden, other options kept.
+        let body = br#"{"stream":true,"stream_options":{"include_usage":false,"include_obfuscation":false}}"#;
+        let out = usage_option(&parsed("/v1/chat/completions", body), body).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["stream_options"]["include_usage"], true);
+        assert_eq!(value["stream_options"]["include_obfuscation"], false);
+    }
+
+    #[test]
+    fn only_chat_and_completions_streams_without_the_option_change() {
+        let asked = br#"{"stream":true,"stream_options":{"include_usage":true}}"#;
+        assert!(usage_option(&parsed("/v1/chat/completions", asked), asked).is_none());
+        let not_stream = br#"{"stream":false}"#;
+        assert!(usage_option(&parsed("/v1/chat/completions", not_stream), not_stream).is_none());
+        let responses = br#"{"stream":true}"#;
+        assert!(usage_option(&parsed("/v1/responses", responses), responses).is_none());
     }
 }

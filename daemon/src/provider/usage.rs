@@ -38,6 +38,8 @@ pub struct UsageFields {
     // OpenAI responses; Anthropic.
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// Realtime spells it `input_token_details`.
+    #[serde(alias = "input_token_details")]
     pub input_tokens_details: Option<CachedTokens>,
     // Anthropic prompt caching.
     pub cache_creation_input_tokens: Option<u64>,
@@ -64,6 +66,8 @@ pub struct CachedTokens {
 pub struct UsageMetadata {
     pub prompt_token_count: Option<u64>,
     pub candidates_token_count: Option<u64>,
+    /// The Live API's name for the output count.
+    pub response_token_count: Option<u64>,
     pub cached_content_token_count: Option<u64>,
     pub thoughts_token_count: Option<u64>,
     pub tool_use_prompt_token_count: Option<u64>,

@@ -11,9 +11,12 @@
 //!   are all stripped.
 //! - **Errors** are Google's `{"error":{"code","message","status"}}`, as
 //!   Gemini's.
-//! - **The parse.** Project, location and model come from the path (the
-//!   segments after `projects`, `locations` and `models`, the model up to
-//!   its `:method`), so policy decides on what Vertex routes. The Anthropic
+//! - **The parse** is the shared strict one (`request`: canonical path,
+//!   duplicate keys refused). Project, location and model come from the
+//!   canonical path (the segments after `projects`, `locations` and
+//!   `models`, at exactly those places, the model up to its `:method`), so
+//!   policy decides on what Vertex routes. Batch prediction, tuning and
+//!   long-running jobs are work no response meters (`Unmetered`). The Anthropic
 //!   count-tokens endpoint (`models/count-tokens:rawPredict`) and the
 //!   OpenAI-compatible `endpoints/openapi/chat/completions` name the model
 //!   in the body instead.
@@ -25,8 +28,9 @@
 use http::{HeaderMap, StatusCode};
 
 use super::{
-    AgentHeaders, AmbiguousRequest, Api, AuthSettings, Request, RequestHead, SpliceError, Usage,
-    UsageFields, UsageFormat, bearer, gemini, request::json_request, usage::or_zero,
+    AgentHeaders, AmbiguousRequest, Api, AuthSettings, Request, RequestHead, SpliceError,
+    Unmetered, Usage, UsageFields, UsageFormat, bearer, gemini, request::json_request,
+    usage::or_zero,
 };
 use crate::secret::Secret;
 
@@ -61,13 +65,10 @@ impl Api for Vertex {
         head: &RequestHead<'_>,
         body_prefix: &[u8],
     ) -> Result<Request, AmbiguousRequest> {
-        let mut request = json_request(head, body_prefix);
-        if let Some(why) = ambiguous(&request.path) {
-            return Err(AmbiguousRequest::ModelPath {
-                segment: request.path.clone(),
-                why,
-            });
-        }
+        // The path is canonical (decoded; no dot segments, encoded
+        // separators or empty segments), so what it names is what Vertex
+        // routes.
+        let mut request = json_request(head, body_prefix)?;
         let path = PathParts::of(&request.path);
         request.project = path.project.map(str::to_owned);
         request.location = path.location.map(str::to_owned);
@@ -80,6 +81,22 @@ impl Api for Vertex {
             Some("streamGenerateContent" | "streamRawPredict")
         );
         Ok(request)
+    }
+
+    fn unmetered(&self, request: &Request) -> Option<Unmetered> {
+        if request.method != http::Method::POST {
+            return None;
+        }
+        let segments: Vec<&str> = request.path.trim_end_matches('/').split('/').collect();
+        match segments.as_slice() {
+            // Jobs that run after this request returns.
+            ["", _, "projects", _, "locations", _, "batchPredictionJobs"] => Some(Unmetered::Batch),
+            ["", _, "projects", _, "locations", _, "tuningJobs"] => Some(Unmetered::FineTuning),
+            _ if request.path_method() == Some("predictLongRunning") => {
+                Some(Unmetered::LongRunning)
+            }
+            _ => None,
+        }
     }
 
     fn usage(&self) -> &'static UsageFormat {
@@ -133,21 +150,6 @@ impl<'a> PathParts<'a> {
         }
         parts
     }
-}
-
-/// A path whose meaning could depend on how a server normalises it.
-fn ambiguous(path: &str) -> Option<&'static str> {
-    if path.contains(['%', '\\', ';']) {
-        return Some("an escape, a backslash or a ; parameter");
-    }
-    if path
-        .split('/')
-        .skip(1)
-        .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return Some("an empty or dot segment");
-    }
-    None
 }
 
 static USAGE: UsageFormat = UsageFormat {

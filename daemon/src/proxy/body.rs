@@ -21,7 +21,8 @@ pub struct ForwardBody {
 }
 
 impl ForwardBody {
-    /// A body given whole (a request sent again).
+    /// A body given whole: a request sent again, or a body replacing the
+    /// agent's (see `phases`).
     pub fn full(data: Bytes) -> ForwardBody {
         let mut read = VecDeque::new();
         if !data.is_empty() {
@@ -74,6 +75,11 @@ impl ForwardBody {
             read: VecDeque::new(),
             rest: Some(body),
         }
+    }
+
+    /// Whether every frame of the agent's body has been read.
+    pub fn is_whole(&self) -> bool {
+        self.rest.is_none()
     }
 
     /// Reads frames until `limit` bytes of data (or the end of the body)

@@ -87,6 +87,16 @@ pub enum Verdict {
     Admit(Admission),
 }
 
+impl Verdict {
+    /// The request was refused after it was authorized, before it reached
+    /// the upstream: an admission's reservation is released, not charged.
+    pub fn release(self) {
+        if let Verdict::Admit(admission) = self {
+            admission.release();
+        }
+    }
+}
+
 pub type GateFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 pub trait RequestGate: Send + Sync + 'static {

@@ -55,6 +55,28 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Recording<'_, S> {
     }
 }
 
+/// Reads the TLS ClientHello from `stream` and returns its SNI (lower
+/// case; None when it has none), keeping in `recorded` every byte read so
+/// that the handshake can be replayed. rustls parses the hello; this is
+/// the one peek the proxy does, and what the `client_hello` fuzz target
+/// drives.
+pub async fn peek_sni<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    recorded: &mut Vec<u8>,
+) -> io::Result<Option<String>> {
+    let reader = Recording {
+        inner: stream,
+        recorded,
+    };
+    let acceptor =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), reader);
+    let start = acceptor.await?;
+    Ok(start
+        .client_hello()
+        .server_name()
+        .map(str::to_ascii_lowercase))
+}
+
 /// A stream that first yields `prefix` (bytes already read from `inner`),
 /// then reads from `inner`.
 pub struct Prefixed<S> {

@@ -34,8 +34,10 @@
 //!
 //! Known limits: a plain (non-TLS) connection is served as HTTP, so another
 //! clear-text protocol on an intercepted port is closed rather than passed
-//! through; frames after a WebSocket upgrade are relayed as they are (the
-//! credential is redacted from HTTP bodies and headers only); upstreams are
+//! through; WebSocket messages are relayed as they are (the credential is
+//! redacted from HTTP bodies and headers only; sessions of providers whose
+//! usage warrant reads are metered, others cannot be opened under a token
+//! or cost budget, see `session` and `policy`); upstreams are
 //! asked for identity encoding, and a body an upstream compresses anyway is
 //! not searched for the credential.
 
@@ -51,6 +53,8 @@ mod redact;
 mod refusal;
 mod replay;
 mod rewrite;
+mod session;
+mod strip;
 mod tap;
 mod upstream;
 
@@ -70,11 +74,12 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
-use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
+use tokio_rustls::TlsAcceptor;
 
 pub use body::ForwardBody;
 pub use gate::{AllowAll, GateFuture, GateRequest, Identity, RequestGate, Verdict};
 pub use generation::{FixedGeneration, Generation, Generations};
+pub use io::peek_sni;
 pub use redact::{BoxError, Redact};
 pub use refusal::{Refusal, UpstreamError};
 pub use tap::Tap;
@@ -131,6 +136,8 @@ struct Upstream {
     provider: Provider,
     credential: String,
     tls: Arc<ClientConfig>,
+    /// `tls` offering only http/1.1, for protocol upgrades.
+    tls_http1: Arc<ClientConfig>,
     /// Plain HTTP requests to this host get the credential too.
     plain_http: bool,
 }
@@ -198,6 +205,8 @@ impl Injector {
                     host: host.clone(),
                     source,
                 })?;
+            let mut http1 = ClientConfig::clone(&tls);
+            http1.alpn_protocols = vec![b"http/1.1".to_vec()];
             upstreams.insert(
                 host.clone(),
                 Arc::new(Upstream {
@@ -205,6 +214,7 @@ impl Injector {
                     provider,
                     credential: up.credential.get_ref().clone(),
                     tls,
+                    tls_http1: Arc::new(http1),
                     plain_http: up.plain_http,
                 }),
             );
@@ -350,18 +360,11 @@ impl Injector {
             return self.serve_http(stream, origin, None, live).await;
         }
         let mut recorded = Vec::new();
-        let sni = {
-            let reader = io::Recording {
-                inner: &mut stream,
-                recorded: &mut recorded,
-            };
-            let acceptor = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), reader);
-            let start = tokio::time::timeout(self.header_timeout(), acceptor).await??;
-            start
-                .client_hello()
-                .server_name()
-                .map(str::to_ascii_lowercase)
-        };
+        let sni = tokio::time::timeout(
+            self.header_timeout(),
+            io::peek_sni(&mut stream, &mut recorded),
+        )
+        .await??;
         let upstream = sni.as_deref().and_then(|s| self.upstreams.get(s)).cloned();
         let Some(upstream) = upstream else {
             tracing::debug!(sni = ?sni, dst = %origin.original_dst, "not an intercepted host: splicing");

@@ -18,14 +18,16 @@
 //!    its request is read, evaluated, reserved or charged;
 //! 7. read: the body prefix the gate needs (the whole body, up to a limit,
 //!    for a provider that signs requests over it), and the provider's parse;
-//! 8. authorize: policy, then budgets (the gate);
+//! 8. authorize: policy, then budgets (the gate); an OpenAI stream that
+//!    did not ask for usage is made to (`ask_for_usage`, `strip`);
 //! 9. credential: from the cache or the issuer;
 //! 10. rewrite: the provider splices the credential, or signs (`rewrite`);
 //! 11. forward: to the upstream, within the response deadline; when the
 //!     upstream refuses the credential (401, 403), it is fetched again once
 //!     outside its schedule and, if that gave a new value and the body can
 //!     be given again, the request is sent once more with it;
-//! 12. respond: an upgrade is relayed; a body is redacted and tapped.
+//! 12. respond: an upgrade is relayed (a WebSocket message by message,
+//!     metered: `session`); a body is redacted and tapped.
 
 use std::{sync::Arc, time::Duration};
 
@@ -33,7 +35,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::{body::Incoming, upgrade::OnUpgrade};
-use hyper_util::rt::TokioIo;
 
 use super::{
     ForwardBody, GateRequest, Generation, Identity, Injector, ProxyBody, Redact, Refusal,
@@ -42,6 +43,8 @@ use super::{
     redact,
     replay::ReplayBody,
     rewrite::{content_length, empty, is_upgrade, request_host, resolves_to, rewrite},
+    session,
+    strip::StripUsageChunk,
     tap::{RequestEnding, Tap},
     upstream::Sent,
 };
@@ -65,6 +68,9 @@ struct Learned {
     agent_keys: Vec<String>,
     /// Watches the response (usage metering, budgets).
     observer: Option<Box<dyn ResponseObserver>>,
+    /// The forwarded request asked for usage the agent did not: its extra
+    /// chunk is removed from the response (`strip`).
+    strip_usage_chunk: bool,
 }
 
 /// The request as read for the gate.
@@ -122,7 +128,15 @@ impl Injector {
             tgid: origin.tgid,
             agent_keys: learned.agent_keys,
         };
-        response.map(|body| Tap::new(body, learned.observer).finishing(ending).boxed())
+        let strip = learned.strip_usage_chunk;
+        response.map(|body| {
+            let tapped = Tap::new(body, learned.observer).finishing(ending);
+            if strip {
+                StripUsageChunk::new(tapped).boxed()
+            } else {
+                tapped.boxed()
+            }
+        })
     }
 
     /// Phase 1, route; then the rest, or the pass-through.
@@ -215,11 +229,34 @@ impl Injector {
                 },
             )
             .await?;
+        let (parts, body) = ask_for_usage(call, &parsed, parts, body, &prefix, learned);
         drop(prefix);
+        // From here on the request is admitted: a refusal before it reaches
+        // the upstream gives its reservation back instead of charging it.
         let credentials = generation.credentials();
-        let credential = credential(credentials, call).await?;
-        let forward = splice(parts, body, &credential, call, whole.as_deref())?;
-        let (response, sent) = self.forward(call, forward).await?;
+        let credential = match credential(credentials, call).await {
+            Ok(credential) => credential,
+            Err(refusal) => {
+                verdict.release();
+                return Err(refusal);
+            }
+        };
+        let forward = match splice(parts, body, &credential, call, whole.as_deref()) {
+            Ok(forward) => forward,
+            Err(refusal) => {
+                verdict.release();
+                return Err(refusal);
+            }
+        };
+        let (response, sent) = match self.forward(call, forward, parsed.upgrade).await {
+            Ok(answered) => answered,
+            Err(failure) => {
+                if failure.unsent {
+                    verdict.release();
+                }
+                return Err(failure.refusal);
+            }
+        };
         let (response, credential) = match (response.status(), sent) {
             (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(sent)) => {
                 let first = First {
@@ -228,7 +265,18 @@ impl Injector {
                     whole,
                     credential,
                 };
-                self.credential_refused(first, credentials, call).await?
+                // The first attempt was refused: nothing was spent. A
+                // second that never reached the upstream spent nothing
+                // either.
+                match self.credential_refused(first, credentials, call).await {
+                    Ok(answered) => answered,
+                    Err(failure) => {
+                        if failure.unsent {
+                            verdict.release();
+                        }
+                        return Err(failure.refusal);
+                    }
+                }
             }
             _ => (response, credential),
         };
@@ -246,7 +294,7 @@ impl Injector {
         first: First,
         credentials: &dyn CredentialSource,
         call: &Call<'_>,
-    ) -> Result<(Response<Incoming>, Arc<Secret>), Refusal> {
+    ) -> Result<(Response<Incoming>, Arc<Secret>), ForwardFailure> {
         let upstream = &call.upstream;
         let status = first.response.status().as_u16();
         let refreshed = credentials
@@ -296,7 +344,13 @@ impl Injector {
         call.log.credential(&upstream.credential, &fresh);
         // The head as first sent: splicing again takes the refused
         // credential out (or the old signature) and puts the new one in.
-        let request = splice(first.sent.head, body, &fresh, call, whole.as_deref())?;
+        let request =
+            splice(first.sent.head, body, &fresh, call, whole.as_deref()).map_err(|refusal| {
+                ForwardFailure {
+                    refusal,
+                    unsent: true,
+                }
+            })?;
         let response = self.forward_again(call, request).await?;
         Ok((response, fresh))
     }
@@ -419,6 +473,19 @@ impl Injector {
                     format!("warrant refused this request: {error}"),
                 )
             })?;
+        // The gate decides on the body (a rule names models, or budgets
+        // count tokens), and its top-level object did not end within the
+        // bytes read: a key past them could contradict what was read, so
+        // the request is refused rather than decided on half of it.
+        if wanted > 0 && parsed.body == (provider::Body::Json { complete: false }) {
+            return Err(Refusal::new(
+                Outcome::Refused,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "warrant refused this request: its JSON body does not end within the first {wanted} bytes, which is all warrant reads to decide on a request (policy names models, or budgets count tokens); send a smaller body or raise [usage] body_prefix_bytes"
+                ),
+            ));
+        }
         Ok(Read {
             parts,
             body,
@@ -451,27 +518,45 @@ impl Injector {
     }
 
     /// Phase 11: sends the rewritten request; no response headers within
-    /// `[proxy] upstream_response_timeout_secs` is a gateway timeout.
+    /// `[proxy] upstream_response_timeout_secs` is a gateway timeout. A
+    /// protocol upgrade goes on an HTTP/1.1 connection of its own: the
+    /// pooled connection may be HTTP/2, where an Upgrade header means
+    /// nothing and the upstream would answer a plain GET.
     async fn forward(
         &self,
         call: &Call<'_>,
         request: Request<ForwardBody>,
-    ) -> Result<(Response<Incoming>, Option<Sent>), Refusal> {
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, Option<Sent>), ForwardFailure> {
         let host = &call.upstream.host;
         let deadline = Duration::from_secs(self.limits.upstream_response_timeout_secs);
         let sent = std::time::Instant::now();
-        let tls = match call.transport {
-            Transport::Tls => Some(&call.upstream.tls),
-            Transport::Plain => None,
+        let dst = call.origin.original_dst;
+        let send = async {
+            match (call.transport, upgrade) {
+                // An upgrade is never sent again: no body kept.
+                (Transport::Tls, true) => {
+                    let tls = Some(&call.upstream.tls_http1);
+                    let sent = self.clients.send_upgrade(host, dst, tls, request).await;
+                    sent.map(|response| (response, None))
+                }
+                (Transport::Plain, true) => {
+                    let sent = self.clients.send_upgrade(host, dst, None, request).await;
+                    sent.map(|response| (response, None))
+                }
+                (transport, false) => {
+                    let tls = (transport == Transport::Tls).then_some(&call.upstream.tls);
+                    let retried = |why| call.log.upstream_retried(host, why);
+                    self.clients.send(host, dst, tls, request, retried).await
+                }
+            }
         };
-        let send = self
-            .clients
-            .send(host, call.origin.original_dst, tls, request, |why| {
-                call.log.upstream_retried(host, why)
-            });
         let failed = |error: UpstreamError| {
             tracing::warn!(upstream = %host, cause = %crate::error::chain(&error), "upstream failed");
-            Refusal::upstream_failed(host, &error)
+            ForwardFailure {
+                unsent: error.unsent(),
+                refusal: Refusal::upstream_failed(host, &error),
+            }
         };
         let response = match tokio::time::timeout(deadline, send).await {
             Ok(Ok(response)) => response,
@@ -489,7 +574,7 @@ impl Injector {
         &self,
         call: &Call<'_>,
         request: Request<ReplayBody<ForwardBody>>,
-    ) -> Result<Response<Incoming>, Refusal> {
+    ) -> Result<Response<Incoming>, ForwardFailure> {
         let host = &call.upstream.host;
         let deadline = Duration::from_secs(self.limits.upstream_response_timeout_secs);
         let sent = std::time::Instant::now();
@@ -502,7 +587,10 @@ impl Injector {
             .send_again(host, call.origin.original_dst, tls, request);
         let failed = |error: UpstreamError| {
             tracing::warn!(upstream = %host, cause = %crate::error::chain(&error), "upstream failed");
-            Refusal::upstream_failed(host, &error)
+            ForwardFailure {
+                unsent: error.unsent(),
+                refusal: Refusal::upstream_failed(host, &error),
+            }
         };
         let response = match tokio::time::timeout(deadline, send).await {
             Ok(Ok(response)) => response,
@@ -521,6 +609,40 @@ struct First {
     sent: Sent,
     whole: Option<Bytes>,
     credential: Arc<Secret>,
+}
+
+/// Phase 8, after authorize: an OpenAI stream that did not ask for its
+/// usage is forwarded asking for it, so that it is metered exactly (see
+/// `provider::openai::usage_option`); the agent's view is restored by
+/// `strip`. Only a body read whole can be rebuilt; Content-Length follows
+/// the new body.
+fn ask_for_usage(
+    call: &Call<'_>,
+    parsed: &provider::Request,
+    mut parts: http::request::Parts,
+    body: ForwardBody,
+    prefix: &[u8],
+    learned: &mut Learned,
+) -> (http::request::Parts, ForwardBody) {
+    if !body.is_whole() {
+        return (parts, body);
+    }
+    let Some(rebuilt) = call.upstream.provider.usage_option(parsed, prefix) else {
+        return (parts, body);
+    };
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, rebuilt.len().into());
+    learned.strip_usage_chunk = true;
+    (parts, ForwardBody::full(bytes::Bytes::from(rebuilt)))
+}
+
+/// A request the upstream did not answer.
+struct ForwardFailure {
+    refusal: Refusal,
+    /// It provably never reached the upstream (no connection): nothing was
+    /// spent.
+    unsent: bool,
 }
 
 /// Phase 3: plain HTTP has no certificate to authenticate the destination,
@@ -639,10 +761,21 @@ fn respond(
     if let Some(agent_side) = upgrade
         && response.status() == StatusCode::SWITCHING_PROTOCOLS
     {
-        relay_upgrade(
+        let websocket = response
+            .headers()
+            .get(http::header::UPGRADE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        // A WebSocket session is metered message by message from here on.
+        let meter = match verdict {
+            Verdict::Admit(admission) if websocket => admission.into_session(),
+            _ => None,
+        };
+        session::relay(
             agent_side,
             hyper::upgrade::on(&mut response),
             call.live.clone(),
+            websocket,
+            meter,
         );
         let (parts, _) = response.into_parts();
         return Response::from_parts(parts, empty());
@@ -665,26 +798,11 @@ fn respond(
     // What of the credential could come back: the value sent (for AWS
     // keys, the session token; the secret key never travels).
     let credential = call.upstream.provider.echoable(credential);
+    if learned.strip_usage_chunk {
+        // The agent gets fewer bytes than the upstream sent.
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
     redact::headers(&mut parts.headers, &credential);
     let body = body.map_err(super::BoxError::from);
     Response::from_parts(parts, Redact::new(body, credential).boxed())
-}
-
-/// Relays an upgraded connection (WebSocket) until either side closes. The
-/// upgraded stream outlives the HTTP connection's task: a quarantine closes
-/// it here.
-fn relay_upgrade(agent_side: OnUpgrade, upstream_side: OnUpgrade, live: Arc<LiveConnection>) {
-    tokio::spawn(async move {
-        match tokio::try_join!(agent_side, upstream_side) {
-            Ok((agent, remote)) => {
-                let mut agent = TokioIo::new(agent);
-                let mut remote = TokioIo::new(remote);
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut agent, &mut remote) => {}
-                    () = live.closed() => {}
-                }
-            }
-            Err(error) => tracing::debug!(%error, "upgrade failed"),
-        }
-    });
 }

@@ -120,6 +120,18 @@ impl UpstreamError {
             UpstreamError::Send(SendError::Connect(ConnectError::Timeout { .. })) => true,
             UpstreamError::Send(SendError::Connect(error)) => timed_out(error),
             UpstreamError::Send(SendError::Request(error)) => timed_out(error),
+            UpstreamError::Send(SendError::Upgrade(error)) => timed_out(error),
+        }
+    }
+
+    /// Whether the request provably never reached the upstream: no
+    /// connection could be made (TCP, TLS, the connect timeout), whether
+    /// the pooled client's connector or ours said so.
+    pub fn unsent(&self) -> bool {
+        match self {
+            UpstreamError::Send(SendError::Connect(_)) => true,
+            UpstreamError::Send(SendError::Request(error)) => error.is_connect(),
+            _ => false,
         }
     }
 }

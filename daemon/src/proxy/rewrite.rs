@@ -31,6 +31,9 @@ pub(super) fn rewrite<B>(
         .provider
         .splice(&mut parts.headers, &parts.uri, credential)?;
     strip_hop_by_hop(&mut parts.headers, keep_upgrade);
+    // No WebSocket extension is negotiated (permessage-deflate): the
+    // session's messages must stay readable to be metered (`session`).
+    parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
     // The client sets Host (h1) or :authority (h2) from the URI.
     parts.headers.remove(header::HOST);
     // Explicitly identity: without the header a server may pick any coding.

@@ -76,6 +76,9 @@ pub enum SendError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Request(#[from] legacy::Error),
+    /// On the HTTP/1.1 connection of a protocol upgrade.
+    #[error(transparent)]
+    Upgrade(#[from] hyper::Error),
 }
 
 /// Opens TCP to `dst` with SO_MARK = `mark`, so the daemon's own sockets are
@@ -415,6 +418,45 @@ impl UpstreamClients {
     ) -> Result<Response<Incoming>, SendError> {
         let client = self.get(host, dst, tls)?;
         Ok(client.request(request).await?)
+    }
+}
+
+impl UpstreamClients {
+    /// Sends a protocol upgrade (WebSocket) on a new HTTP/1.1 connection of
+    /// its own, which the upgraded stream then owns. `tls` must offer only
+    /// http/1.1 by ALPN: an upstream that also speaks h2 (as providers do)
+    /// would otherwise pick it, and an h2 stream cannot be upgraded with
+    /// Upgrade/Connection headers. Never pooled or retried.
+    pub async fn send_upgrade(
+        &self,
+        host: &str,
+        dst: SocketAddr,
+        tls: Option<&Arc<ClientConfig>>,
+        request: Request<ForwardBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let connector = self.connector(host, dst, tls)?;
+        let secs = self.connect_timeout.as_secs();
+        let io = tokio::time::timeout(self.connect_timeout, connector.connect())
+            .await
+            .map_err(|_| ConnectError::Timeout { dst, secs })??;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(%error, "upgrade connection ended with an error");
+            }
+        });
+        // On a connection of its own the request goes in origin form, with
+        // the Host the URI names (the pooled client does this itself).
+        let (mut head, body) = request.into_parts();
+        if let Some(authority) = head.uri.authority()
+            && let Ok(value) = http::HeaderValue::from_str(authority.as_str())
+        {
+            head.headers.insert(http::header::HOST, value);
+        }
+        if let Some(path) = head.uri.path_and_query().cloned() {
+            head.uri = http::Uri::from(path);
+        }
+        Ok(sender.send_request(Request::from_parts(head, body)).await?)
     }
 }
 

@@ -95,8 +95,15 @@ impl ControlBackend for DaemonBackend {
         };
         text.push_str(&credential_line(upstream, &generation.credentials));
         // Read as the upstream's provider reads a request (model, project
-        // and location from a cloud platform's path), without a body.
-        let request = planned.request(*upstream.scheme.get_ref())?;
+        // and location from a cloud platform's path), without a body: an
+        // ambiguous path is refused here as it would be there.
+        let request = match planned.request(*upstream.scheme.get_ref())? {
+            Ok(request) => request,
+            Err(error) => {
+                text.push_str(&format!("  decision: refused (400): {error}\n"));
+                return Ok(text);
+            }
+        };
         text.push_str(&format!(
             "  model={}",
             request.model.as_deref().unwrap_or("(none)")
@@ -189,7 +196,12 @@ struct PlannedRequest {
 impl PlannedRequest {
     /// The request as `scheme`'s provider reads it (without a body); a
     /// `model=` given on the command line stands for the body's model.
-    fn request(&self, scheme: Scheme) -> Result<provider::Request, RequestError> {
+    /// The request as the upstream's provider reads it; the inner error
+    /// is the provider's refusal of an ambiguous request.
+    fn request(
+        &self,
+        scheme: Scheme,
+    ) -> Result<Result<provider::Request, provider::AmbiguousRequest>, RequestError> {
         let method = http::Method::from_bytes(self.method.as_bytes())
             .map_err(|e| RequestError::daemon(BadRequestLine::Method(e.to_string())))?;
         let uri: http::Uri = self.path.parse().map_err(|source| {
@@ -204,13 +216,12 @@ impl PlannedRequest {
             uri: &uri,
             headers: &headers,
         };
-        let mut request = provider::api(scheme)
-            .parse(&head, b"")
-            .map_err(RequestError::daemon)?;
-        if let Some(model) = &self.model {
-            request.model = Some(model.clone());
-        }
-        Ok(request)
+        Ok(provider::api(scheme).parse(&head, b"").map(|mut request| {
+            if let Some(model) = &self.model {
+                request.model = Some(model.clone());
+            }
+            request
+        }))
     }
 }
 

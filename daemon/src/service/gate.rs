@@ -28,10 +28,11 @@ pub struct WarrantGate {
     budgets: Option<Budgets>,
 }
 
-/// Enough for the "model" field of any sensible request, which clients put
-/// near the start; a model past this prefix is not found and a rule that
-/// names models then denies.
-pub const MODEL_PREFIX_LEN: usize = 64 * 1024;
+/// How much of a body is read for its "model" without budgets (with them,
+/// `[usage] body_prefix_bytes`, the same by default). A JSON body whose
+/// top-level object does not end within it is refused (`proxy::phases`):
+/// the model could be given again after the cut.
+pub const MODEL_PREFIX_LEN: usize = crate::config::usage::defaults::BODY_PREFIX_BYTES;
 
 impl WarrantGate {
     pub fn new(
@@ -80,6 +81,8 @@ impl WarrantGate {
             model: request.model.as_deref(),
             project: request.project.as_deref(),
             location: request.location.as_deref(),
+            body: Some(&request.body),
+            unmetered: request.unmetered,
             now: jiff::Timestamp::now(),
         })
     }
@@ -93,10 +96,10 @@ impl WarrantGate {
     /// cost_per_day_usd, whose reservations need the request's max_tokens
     /// and model from the body.
     pub fn with_budgets(mut self, budgets: Budgets, rules_have_token_budgets: bool) -> Self {
-        if rules_have_token_budgets {
-            self.body_prefix_len = self
-                .body_prefix_len
-                .max(budgets.settings().body_prefix_bytes);
+        // One read limit, `[usage] body_prefix_bytes`, whatever needs the
+        // body: the refusal of a body that does not end within it names it.
+        if rules_have_token_budgets || self.body_prefix_len > 0 {
+            self.body_prefix_len = budgets.settings().body_prefix_bytes;
         }
         self.budgets = Some(budgets);
         self

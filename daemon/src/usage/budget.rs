@@ -32,7 +32,8 @@ use std::{
 use http::{HeaderMap, StatusCode, header};
 use serde::Serialize;
 
-use super::observer::ResponseObserver;
+use super::observer::{ResponseObserver, SessionObserver};
+use super::session::{SessionMeter, SessionParts};
 use super::{
     ledger::{LocalLedger, OverLimit, Placed},
     meter::{Meter, Outcome, Reading, Usage},
@@ -299,11 +300,7 @@ impl Budgets {
         let worst = if req.request.body_len == 0 {
             Usage::default()
         } else {
-            worst_case(
-                req.request,
-                s.settings.input_bytes_per_token,
-                s.settings.default_max_output_tokens,
-            )
+            worst_case(req.request, &s.settings)
         };
         let limits = limits_of(&req.limits);
         let price = model.as_deref().and_then(|m| s.prices.price(m));
@@ -337,11 +334,12 @@ impl Budgets {
                 placement,
                 reserved: want,
             }),
+            limits,
             request_sink: None,
         })
     }
 
-    async fn reserve(
+    pub(super) async fn reserve(
         &self,
         key: &str,
         want: Amounts,
@@ -383,6 +381,27 @@ impl Budgets {
             .reserve(key, now, want, limits)
             .map(Placement::Local)
             .map_err(over)
+    }
+
+    /// Gives `record` (a session's, at its end) to every sink and to
+    /// `extra`, and counts it.
+    pub(super) fn record(&self, record: &UsageRecord, extra: Option<&Arc<dyn UsageSink>>) {
+        let c = &self.shared.counters;
+        c.responses.fetch_add(1, Ordering::Relaxed);
+        match record.outcome {
+            Outcome::Counted => c.counted.fetch_add(1, Ordering::Relaxed),
+            Outcome::ErrorResponse => c.error_responses.fetch_add(1, Ordering::Relaxed),
+            Outcome::Unknown { .. } => c.unknown.fetch_add(1, Ordering::Relaxed),
+        };
+        let sinks = self
+            .shared
+            .sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for sink in sinks.iter().chain(extra) {
+            sink.record(record);
+        }
     }
 
     pub fn status(&self) -> BudgetStatus {
@@ -446,7 +465,7 @@ impl Budgets {
     }
 }
 
-enum Placement {
+pub(super) enum Placement {
     /// The rule has no limits: nothing reserved.
     None,
     Local(Placed),
@@ -455,7 +474,7 @@ enum Placement {
 
 /// A reserved worst case, settled exactly once: by `settle`, or as reserved
 /// if dropped.
-struct Reservation {
+pub(super) struct Reservation {
     shared: Arc<Shared>,
     key: String,
     placement: Placement,
@@ -463,7 +482,22 @@ struct Reservation {
 }
 
 impl Reservation {
-    fn settle(mut self, actual: Amounts) {
+    /// `reserved`, placed by [`Budgets::reserve`] under `key`.
+    pub(super) fn new(
+        budgets: &Budgets,
+        key: &str,
+        placement: Placement,
+        reserved: Amounts,
+    ) -> Reservation {
+        Reservation {
+            shared: budgets.shared.clone(),
+            key: key.to_owned(),
+            placement,
+            reserved,
+        }
+    }
+
+    pub(super) fn settle(mut self, actual: Amounts) {
         let placement = std::mem::replace(&mut self.placement, Placement::None);
         let delta: [i64; 3] = std::array::from_fn(|i| actual[i] as i64 - self.reserved[i] as i64);
         match placement {
@@ -520,6 +554,8 @@ pub struct UsageObserver {
     worst: Usage,
     meter: Option<Meter>,
     reservation: Option<Reservation>,
+    /// The rule's limits, for a session's charges.
+    limits: [Option<u64>; 3],
     /// Told this request's usage when it ends (its audit line).
     request_sink: Option<Arc<dyn UsageSink>>,
 }
@@ -554,6 +590,44 @@ impl ResponseObserver for UsageObserver {
         if let Some(meter) = &mut self.meter {
             meter.feed(chunk);
         }
+    }
+
+    fn into_session(mut self: Box<Self>) -> Option<Box<dyn SessionObserver>> {
+        let reservation = self.reservation.take()?;
+        let key = reservation.key.clone();
+        // The upgrade itself: one request, no tokens (the session's come
+        // message by message).
+        reservation.settle([1, 0, 0]);
+        let budgets = Budgets {
+            shared: self.shared.clone(),
+        };
+        let price = self
+            .model
+            .as_deref()
+            .and_then(|m| self.shared.prices.price(m));
+        Some(Box::new(SessionMeter::new(
+            budgets,
+            SessionParts {
+                key,
+                limits: self.limits,
+                scheme: self.provider,
+                price,
+                workload: std::mem::take(&mut self.workload),
+                upstream: std::mem::take(&mut self.upstream),
+                path: std::mem::take(&mut self.path),
+                model: self.model.take(),
+                sink: self.request_sink.take(),
+            },
+        )))
+    }
+
+    fn release(mut self: Box<Self>) {
+        // Nothing reached the upstream: the request is uncounted, as if it
+        // had never been admitted (requests per minute included).
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle([0, 0, 0]);
+        }
+        tracing::debug!(workload = %self.workload, upstream = %self.upstream, path = %self.path, "refused before forwarding: reservation released");
     }
 
     fn end(mut self: Box<Self>, complete: bool) {

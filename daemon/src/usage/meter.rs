@@ -311,7 +311,7 @@ fn skipped_by_name(event: &[u8]) -> bool {
 
 /// Just past the first blank line of `buf`, where `before` are the bytes
 /// that came just before it (a blank line may start there).
-fn first_blank_line_end(before: &[u8], buf: &[u8]) -> Option<usize> {
+pub(crate) fn first_blank_line_end(before: &[u8], buf: &[u8]) -> Option<usize> {
     let is_term = |b: u8| b == b'\n' || b == b'\r';
     let mut from = 0;
     while let Some(found) = memchr::memchr2(b'\n', b'\r', &buf[from..]) {
@@ -366,7 +366,7 @@ fn events_end(before: &[u8], chunk: &[u8]) -> Option<usize> {
 /// Just past the last blank line of `buf` (a line terminator, "\r\n" being
 /// one, right after another). Walks back from the end with memrchr, so it
 /// stops within the last event or two.
-fn last_blank_line_end(buf: &[u8]) -> Option<usize> {
+pub(crate) fn last_blank_line_end(buf: &[u8]) -> Option<usize> {
     let mut end = buf.len();
     while let Some(at) = memchr::memrchr2(b'\n', b'\r', &buf[..end]) {
         let start = if buf[at] == b'\n' && at > 0 && buf[at - 1] == b'\r' {

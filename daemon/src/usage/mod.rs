@@ -9,7 +9,9 @@
 //! - [`window`] is the sliding-window arithmetic, [`ledger`] the embedded
 //!   (SQLite) store and [`redis`] the fleet-wide one;
 //! - [`budget`] ties them together: admission reserves, the response
-//!   settles ([`UsageObserver`] is the proxy's [`ResponseObserver`]).
+//!   settles ([`UsageObserver`] is the proxy's [`ResponseObserver`]);
+//! - [`session`] meters a WebSocket session message by message and says
+//!   when its budget ran out.
 //!
 //! [`settings`] is the `[usage]` config section.
 
@@ -21,6 +23,7 @@ pub mod observer;
 pub mod price;
 pub mod redis;
 pub mod request;
+pub mod session;
 pub mod settings;
 pub mod sse;
 pub mod window;
@@ -30,6 +33,7 @@ pub use budget::{
 };
 pub use ledger::LocalLedger;
 pub use meter::{Meter, Outcome, Reading, Usage};
-pub use observer::{Admission, ResponseObserver};
+pub use observer::{Admission, Exhausted, ResponseObserver, SessionFuture, SessionObserver};
 pub use price::{PriceError, PriceTable};
+pub use session::SessionMeter;
 pub use settings::UsageSettings;

@@ -11,6 +11,20 @@
 //! (SSE) when the request asks for it. A request with `x-mock-hold: 1` gets its
 //! first streamed event and then waits until `release_held` is called, so a
 //! test can prove that events are not buffered on the way.
+//!
+//! It reads requests as the providers' servers do, so that a request warrant
+//! allowed but a provider would read otherwise shows in the records: the
+//! JSON body's last duplicate key wins (serde_json's Map, like Python's
+//! json), and the path is normalised its own way ([`normalise`]: percent-
+//! decoding, `\` as `/`, merged slashes, `;` parameters cut, dot segments
+//! resolved) before routing. Each record has the raw `path`, the
+//! `normalised_path` it routed, and the `model` it would run.
+//!
+//! `/v1/realtime` (OpenAI) and Gemini Live's path accept a WebSocket
+//! upgrade over HTTP/1.1 only, as the providers do: the same request over
+//! HTTP/2 is a plain GET and gets a 404. Each text message is answered with
+//! an echo and, for `{"type":"response.create"}`, a `response.done` event
+//! carrying usage.
 
 use std::{
     collections::HashMap,
@@ -231,7 +245,21 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         req.uri().path().to_owned(),
         req.uri().query().unwrap_or("").to_owned(),
     );
+    let normalised_path = normalise(&path);
     let version = format!("{:?}", req.version());
+    if is_websocket_path(&normalised_path) {
+        let line = json!({"host": host, "method": method, "path": path, "normalised_path": normalised_path, "query": query, "version": version, "headers": headers, "websocket": true});
+        state.records.lock().unwrap().push(line);
+        let expected = state.settings.keys.get(provider);
+        if expected.is_some() && key.as_ref() != expected {
+            return Ok(error(
+                provider,
+                StatusCode::UNAUTHORIZED,
+                "mock provider: invalid API key",
+            ));
+        }
+        return Ok(websocket(req, provider));
+    }
     let body = req
         .into_body()
         .collect()
@@ -239,7 +267,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let hold = headers.get("x-mock-hold").and_then(Value::as_str) == Some("1");
-    let line = json!({"host": host, "method": method, "path": path, "query": query, "version": version, "headers": headers});
+    // As a provider reads the body: the last of duplicate keys wins.
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let run_model = if provider == "gemini" {
+        gemini_path_model(&normalised_path)
+            .map(Value::from)
+            .unwrap_or(Value::Null)
+    } else {
+        request["model"].clone()
+    };
+    let line = json!({"host": host, "method": method, "path": path, "normalised_path": normalised_path, "query": query, "version": version, "headers": headers, "model": run_model, "body": request});
     if let Some(path) = &state.settings.record_file {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -257,9 +294,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             "mock provider: invalid API key",
         ));
     }
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let stream =
-        request["stream"].as_bool().unwrap_or(false) || path.contains(":streamGenerateContent");
+    let stream = request["stream"].as_bool().unwrap_or(false)
+        || normalised_path.contains(":streamGenerateContent");
     let model = request["model"].as_str().unwrap_or("mock-model").to_owned();
     Ok(match (provider, stream) {
         ("openai", false) => json_response(json!({
@@ -412,4 +448,121 @@ fn error(provider: &str, status: StatusCode, message: &str) -> Response<Body> {
     let mut response = json_response(body);
     *response.status_mut() = status;
     response
+}
+
+/// The path as a lenient provider front end normalises it before routing:
+/// percent-decoded, `\` read as `/`, `;` parameters cut from each segment,
+/// empty segments merged, dot segments resolved. warrant refuses every path
+/// this changes (other than decoding), so a record whose normalised path
+/// differs from its decoded one is a request policy did not see.
+pub fn normalise(raw: &str) -> String {
+    let mut decoded = Vec::new();
+    let bytes = raw.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = raw.get(i + 1..i + 3)
+            && let Ok(byte) = u8::from_str_radix(hex, 16)
+        {
+            decoded.push(byte);
+            i += 3;
+            continue;
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let text = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let mut out: Vec<&str> = Vec::new();
+    for segment in text.split('/') {
+        let segment = segment.split(';').next().unwrap_or("");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut path = format!("/{}", out.join("/"));
+    if text.ends_with('/') && path != "/" {
+        path.push('/');
+    }
+    path
+}
+
+/// The model of a Gemini path, `.../models/{model}:method`.
+fn gemini_path_model(path: &str) -> Option<String> {
+    let (_, rest) = path.split_once("/models/")?;
+    Some(rest.split([':', '/']).next()?.to_owned())
+}
+
+fn is_websocket_path(path: &str) -> bool {
+    path == "/v1/realtime" || path.ends_with("GenerativeService.BidiGenerateContent")
+}
+
+/// Accepts a WebSocket upgrade (HTTP/1.1 only) and serves the session; an
+/// HTTP/2 request, or one without the upgrade, is a plain GET: 404.
+fn websocket(mut req: Request<Incoming>, provider: &str) -> Response<Body> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key, protocol::Role};
+    let accept = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()));
+    let upgrade = req
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let (Some(accept), true, http::Version::HTTP_11) = (accept, upgrade, req.version()) else {
+        return error(
+            provider,
+            StatusCode::NOT_FOUND,
+            "mock provider: not a WebSocket upgrade",
+        );
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let gemini = provider == "gemini";
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(message)) = ws.next().await {
+            let text = match message {
+                Message::Text(text) => text,
+                Message::Close(_) => return,
+                _ => continue,
+            };
+            let event: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+            let replies = if event["type"] == "response.create" {
+                vec![
+                    json!({"type": "response.created", "response": {"id": "resp_mock", "status": "in_progress"}}),
+                    json!({"type": "response.done", "response": {"id": "resp_mock", "status": "completed",
+                        "usage": {"total_tokens": 19, "input_tokens": 12, "output_tokens": 7}}}),
+                ]
+            } else if gemini {
+                vec![json!({"serverContent": {"turnComplete": true},
+                    "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 7, "totalTokenCount": 19}})]
+            } else {
+                vec![json!({"type": "echo", "text": text.as_str()})]
+            };
+            for reply in replies {
+                if ws.send(Message::text(reply.to_string())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .body(Full::new(Bytes::new()).boxed())
+        .unwrap()
 }

@@ -2,8 +2,9 @@
 //! certificate, or plain HTTP), recording every request it receives:
 //! `/v1/sse` streams one event and holds the rest until released,
 //! `/v1/echo` answers 401 repeating the key it was given (as providers do),
-//! `/v1/hang` never answers until released, `/v1/realtime` upgrades to an
-//! echoing WebSocket-like stream; anything else is `{"ok":true}`.
+//! `/v1/hang` never answers until released, `/v1/realtime` upgrades
+//! (HTTP/1.1 only, as providers do) to a WebSocket that echoes every
+//! message; anything else is `{"ok":true}`.
 
 use std::{
     net::SocketAddr,
@@ -22,7 +23,6 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::CertificateDer;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
     sync::{Notify, mpsc},
 };
@@ -200,19 +200,29 @@ fn mock_handle<B>(
                 .body(full(body))
                 .unwrap()
         }
+        // As providers do: only an HTTP/1.1 request can be upgraded; over
+        // HTTP/2 this is a plain GET, and there is no such resource.
+        "/v1/realtime" if req.version() != Version::HTTP_11 => Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .header("content-type", "application/json")
+            .body(full("{\"error\":{\"message\":\"not found\"}}"))
+            .unwrap(),
         "/v1/realtime" => {
             let upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
+                use futures_util::{SinkExt, StreamExt};
                 let upgraded = upgrade.await.unwrap();
-                let mut io = TokioIo::new(upgraded);
-                let mut buf = [0u8; 64];
-                // Echo until the peer closes.
-                loop {
-                    let n = io.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
+                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    tokio_tungstenite::tungstenite::protocol::Role::Server,
+                    None,
+                )
+                .await;
+                // Echo every message until the peer closes.
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_close() || ws.send(message).await.is_err() {
                         return;
                     }
-                    io.write_all(&buf[..n]).await.unwrap();
                 }
             });
             Response::builder()

@@ -157,40 +157,8 @@ pub fn verify_token(
 
     let verified = match jwks {
         Some(jwks) => {
-            if header.alg != "RS256" {
-                return Err(InstanceError::BadSignature(format!(
-                    "alg {:?}; Google signs RS256",
-                    header.alg
-                )));
-            }
             let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
-            let candidates = jwks
-                .keys
-                .iter()
-                .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid);
-            let mut ok = false;
-            for key in candidates {
-                let (Ok(n), Ok(e)) = (b64.decode(&key.n), b64.decode(&key.e)) else {
-                    continue;
-                };
-                let public = ring::signature::RsaPublicKeyComponents { n, e };
-                if public
-                    .verify(
-                        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
-                        signed,
-                        &signature,
-                    )
-                    .is_ok()
-                {
-                    ok = true;
-                    break;
-                }
-            }
-            if !ok {
-                return Err(InstanceError::BadSignature(
-                    "the identity token is not signed by any key in jwks_file".to_owned(),
-                ));
-            }
+            check_signature(&header, signed, &signature, jwks)?;
             true
         }
         None => false,
@@ -211,6 +179,52 @@ pub fn verify_token(
         .google
         .ok_or_else(|| bad("no google.compute_engine claims (was format=full honoured?)"))?
         .compute_engine;
+    let claims = claims_of(ce, payload.sub);
+    Ok(Identity { verified, claims })
+}
+
+/// Checks that one of the JWKS keys (the one the header names, when it
+/// names one) signed `signed` with RS256.
+fn check_signature(
+    header: &Header,
+    signed: &[u8],
+    signature: &[u8],
+    jwks: &Jwks,
+) -> Result<(), InstanceError> {
+    if header.alg != "RS256" {
+        return Err(InstanceError::BadSignature(format!(
+            "alg {:?}; Google signs RS256",
+            header.alg
+        )));
+    }
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signed_by = |key: &&Jwk| {
+        let (Ok(n), Ok(e)) = (b64.decode(&key.n), b64.decode(&key.e)) else {
+            return false;
+        };
+        ring::signature::RsaPublicKeyComponents { n, e }
+            .verify(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                signed,
+                signature,
+            )
+            .is_ok()
+    };
+    let found = jwks
+        .keys
+        .iter()
+        .filter(|k| header.kid.is_none() || k.kid.is_none() || k.kid == header.kid)
+        .any(|key| signed_by(&key));
+    if !found {
+        return Err(InstanceError::BadSignature(
+            "the identity token is not signed by any key in jwks_file".to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// The identity claims of a verified token's Compute Engine section.
+fn claims_of(ce: ComputeEngine, service_account: Option<String>) -> BTreeMap<String, String> {
     // Zones are "<region>-<letter>", e.g. us-central1-a.
     let region = ce
         .zone
@@ -231,8 +245,8 @@ pub fn verify_token(
         };
         claims.insert("project_number".to_owned(), number);
     }
-    if let Some(sub) = payload.sub {
+    if let Some(sub) = service_account {
         claims.insert("service_account".to_owned(), sub);
     }
-    Ok(Identity { verified, claims })
+    claims
 }
