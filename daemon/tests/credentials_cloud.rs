@@ -138,6 +138,19 @@ async fn aws_web_identity_assumes_the_role_with_the_token_file() {
     assert!(keys.session_token.is_some() && keys.expiration.is_some());
     assert_eq!(w.services.calls("sts"), 1);
 
+    // The web identity token from another credential (here a file one; an
+    // OIDC token from `exec` or `oauth2` works the same way).
+    let store = compile(&format!(
+        "[[credential]]\nname = \"oidc\"\nsource = \"file\"\npath = \"{}\"\n\n[[credential]]\nname = \"sts\"\nsource = \"aws-web-identity\"\nrole_arn = \"{}\"\nsubject_token_credential = \"oidc\"\ntoken_url = \"{}/sts/\"\n",
+        w.subject_file(),
+        w.role_arn,
+        w.services.base
+    ))
+    .unwrap();
+    let keys = AwsKeys::from_secret(&store.current("sts").await.unwrap()).unwrap();
+    assert!(keys.access_key_id.starts_with("ASIAMOCK"));
+    assert_eq!(w.services.calls("sts"), 2);
+
     // A token STS does not accept: the AWS error code, nothing else.
     let bad = w.dir.path().join("bad.jwt");
     write_private(&bad, "eyJhbGciOiJub25lIn0.someone-else.x");

@@ -669,6 +669,82 @@ fn a_metadata_passthrough_obeys_the_agents_cgroup_egress_filter() {
     );
 }
 
+/// `warrant explain` names the credential each upstream would use (its
+/// source, its kind, its state; never its value) and reads a planned
+/// request as the upstream's provider does: Vertex's project, location and
+/// model from the path, Bedrock's decoded model id; an ambiguous path is
+/// the 400 it would get. Nothing is sent.
+#[test]
+fn explain_names_each_upstreams_credential_and_reads_cloud_paths() {
+    if !prereq::require(NEEDS) {
+        return;
+    }
+    let mut stack = Stack::start("");
+    let socket = stack.dir.path().join("control.sock");
+    let mut agent = stack.agent(
+        "import sys\nprint('ready', flush=True)\nsys.stdin.readline()",
+        &[],
+    );
+    assert_eq!(agent.line(), "ready");
+    let explain = |request: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_warrant"))
+            .args([
+                "explain",
+                "--pid",
+                &agent.pid.to_string(),
+                "--request",
+                request,
+                "--socket",
+            ])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = explain(&format!(
+        "POST https://{VERTEX}/v1/projects/p1/locations/us-central1/publishers/google/models/gemini-2.5-flash:generateContent"
+    ));
+    assert!(
+        text.contains("credential: \"vertex\" (source gcp-service-account, a token;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("model=gemini-2.5-flash project=p1 location=us-central1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("decision: allowed for workload \"agents\""),
+        "{text}"
+    );
+    let text = explain(&format!(
+        "POST https://{BEDROCK}/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse"
+    ));
+    assert!(
+        text.contains("credential: \"bedrock\" (source aws-imds, AWS keys, signing with SigV4;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("model=anthropic.claude-3-haiku-20240307-v1:0"),
+        "{text}"
+    );
+    let text = explain(&format!(
+        "POST https://{AZURE}/openai/deployments/gpt-4o-prod/..%2F..%2Fdeployments/o1/chat/completions"
+    ));
+    assert!(
+        text.contains("credential: \"azure\" (source file, a token;"),
+        "{text}"
+    );
+    assert!(text.contains("decision: refused (400)"), "{text}");
+    agent.send("");
+    assert!(stack.apis.seen().is_empty(), "explain sent a request");
+    stack.assert_nothing_leaked(&[text]);
+}
+
 const ANTHROPIC_PLATFORMS: &str = r#"
 from anthropic import AnthropicBedrock, AnthropicVertex
 messages = [{"role": "user", "content": "hi"}]
