@@ -895,7 +895,7 @@ pub enum Problem {
         name: String,
     },
     #[error(
-        "upstream host {0:?} must be a DNS name (no IP address, port or scheme): the local CA is name-constrained to DNS names"
+        "upstream host {0:?} must be a DNS name (no IP address, port, scheme or wildcard: list each concrete host, e.g. each <resource>.openai.azure.com): the local CA is name-constrained to exactly these names"
     )]
     HostNotDnsName(String),
     #[error("scheme \"generic\" needs `header` (and optionally `value_template`)")]

@@ -225,3 +225,24 @@ fn config_imports_no_other_module_of_the_crate() {
         dir.display()
     );
 }
+
+/// The local CA is name-constrained to exactly the intercepted hosts, and
+/// a leaf is minted per SNI: a wildcard upstream would need a `*.` name
+/// constraint covering every customer's resource under it (a stolen CA key
+/// could then impersonate all of them). So a wildcard is refused, saying
+/// to list the concrete hosts.
+#[test]
+fn a_wildcard_upstream_host_is_refused() {
+    for host in [
+        "*.openai.azure.com",
+        "*.services.ai.azure.com",
+        "res*.openai.azure.com",
+    ] {
+        let text = format!(
+            "[[upstream]]\nhost = \"{host}\"\nscheme = \"azure\"\ncredential = \"k\"\n\n[[credential]]\nname = \"k\"\nsource = \"file\"\npath = \"/etc/warrant/k\"\n"
+        );
+        let err = Config::parse(&text, "w.toml").unwrap_err();
+        assert_eq!(err.at.map(|at| at.line), Some(2), "{err}");
+        assert!(err.message().contains("wildcard"), "{host}: {err}");
+    }
+}
