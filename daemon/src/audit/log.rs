@@ -39,13 +39,23 @@ pub struct AuditLog {
     dropped: AtomicU64,
 }
 
-/// Counters for `warrant status` and the metrics.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+/// The audit trail's state for `warrant status` (documented field by
+/// field in the README's status section).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AuditHealth {
+    /// Whether the last write to the file succeeded (true without a file).
     pub writable: bool,
+    /// Records written since the daemon started.
     pub written: u64,
+    /// Records that could not be written since the daemon started.
     pub dropped: u64,
+    /// `[audit] on_failure = "closed"`: requests are refused while the
+    /// file cannot be written.
     pub fail_closed: bool,
+    /// The JSON-lines file (None: no file).
+    pub file: Option<PathBuf>,
+    /// Records also go to the systemd journal.
+    pub journal: bool,
 }
 
 struct FileSink {
@@ -138,6 +148,11 @@ impl AuditLog {
             written: self.written.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             fail_closed: self.mode == AuditFailureMode::Closed,
+            file: self
+                .file
+                .as_ref()
+                .and_then(|f| f.lock().ok().map(|f| f.path.clone())),
+            journal: self.journal.is_some(),
         }
     }
 

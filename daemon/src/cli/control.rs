@@ -4,33 +4,44 @@ use std::{path::Path, process::ExitCode};
 
 use serde_json::Value;
 
-use crate::control::{ControlRequest, client};
+use crate::control::{ControlRequest, client, status::Status};
 
-/// Sends `request` and prints the answer (`json`: as JSON); permission and
-/// connection errors are printed as they are, with exit status 1.
+/// Sends `request` and prints the answer (`json`: as the daemon sent it);
+/// permission and connection errors are printed as they are, with exit
+/// status 1.
 pub fn run(socket: &Path, request: &ControlRequest, json: bool) -> ExitCode {
-    match client::call(socket, request) {
-        Ok(result) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&result).unwrap_or_default()
-                );
-            } else {
-                print!("{}", render(request, &result));
-            }
+    let result = match client::call(socket, request) {
+        Ok(result) => result,
+        Err(error) => {
+            eprintln!("warrant: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match render(request, &result) {
+        Ok(text) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("warrant: {error}");
+            eprintln!("warrant: the daemon's answer is not what this warrant reads: {error}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn render(request: &ControlRequest, result: &Value) -> String {
-    match request {
-        ControlRequest::Status => render_status(result),
+fn render(request: &ControlRequest, result: &Value) -> Result<String, serde_json::Error> {
+    Ok(match request {
+        ControlRequest::Status => {
+            let status: Status = serde_json::from_value(result.clone())?;
+            super::status::render(&status, jiff::Timestamp::now())
+        }
         ControlRequest::Explain { .. } => result
             .get("text")
             .and_then(Value::as_str)
@@ -53,11 +64,32 @@ fn render(request: &ControlRequest, result: &Value) -> String {
                 format!("{} was not quarantined\n", target(result))
             }
         }
-        ControlRequest::Reload => format!(
-            "{}\n",
-            serde_json::to_string_pretty(result).unwrap_or_default()
-        ),
+        ControlRequest::Reload => reloaded(result),
+    })
+}
+
+/// The reload answer in words: what was applied, and what needs a restart.
+fn reloaded(result: &Value) -> String {
+    let number = |key: &str| result.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let mut out = format!(
+        "applied {} without dropping connections: {} workloads, {} credentials, {} policies\n",
+        result.get("config").and_then(Value::as_str).unwrap_or("?"),
+        number("workloads"),
+        number("credentials"),
+        number("policies"),
+    );
+    let restart: Vec<&str> = result
+        .get("restart_needed")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if !restart.is_empty() {
+        out.push_str(&format!(
+            "changed but read only at start, so not applied: {} (systemctl restart warrant)\n",
+            restart.join(", ")
+        ));
     }
+    out
 }
 
 fn target(result: &Value) -> String {
@@ -72,102 +104,4 @@ fn target(result: &Value) -> String {
             .join(" "),
         _ => "?".to_owned(),
     }
-}
-
-fn text(value: Option<&Value>) -> String {
-    match value {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => "-".to_owned(),
-        Some(other) => other.to_string(),
-    }
-}
-
-fn render_status(status: &Value) -> String {
-    let mut out = String::new();
-    out.push_str("WORKLOADS (live connections)\n");
-    match status.get("workloads").and_then(Value::as_object) {
-        Some(map) if !map.is_empty() => {
-            for (name, info) in map {
-                out.push_str(&format!(
-                    "  {name:<28} connections {:<4} requests {}\n",
-                    text(info.get("connections")),
-                    text(info.get("requests"))
-                ));
-            }
-        }
-        _ => out.push_str("  (none)\n"),
-    }
-    out.push_str("CONNECTIONS\n");
-    match status.get("connections").and_then(Value::as_array) {
-        Some(list) if !list.is_empty() => {
-            for c in list {
-                out.push_str(&format!(
-                    "  #{:<5} pid {:<7} uid {:<6} {:<12} {:<30} workload {} since {}\n",
-                    text(c.get("id")),
-                    text(c.get("tgid")),
-                    text(c.get("uid")),
-                    text(c.get("kind")),
-                    text(c.get("upstream")),
-                    text(c.get("workload")),
-                    text(c.get("since")),
-                ));
-            }
-        }
-        _ => out.push_str("  (none)\n"),
-    }
-    out.push_str("CREDENTIALS\n");
-    match status.get("credentials").and_then(Value::as_array) {
-        Some(list) if !list.is_empty() => {
-            for c in list {
-                out.push_str(&format!(
-                    "  {:<24} {:<20} expires {:<28} failures {}{}\n",
-                    text(c.get("name")),
-                    text(c.get("fingerprint")),
-                    text(c.get("expires_at")),
-                    text(c.get("failures")),
-                    c.get("last_error")
-                        .and_then(Value::as_str)
-                        .map(|e| format!(" (last error: {e})"))
-                        .unwrap_or_default()
-                ));
-            }
-        }
-        _ => out.push_str("  (none)\n"),
-    }
-    out.push_str(&format!("BUDGETS\n  {}\n", text(status.get("budgets"))));
-    out.push_str(&format!("INSTANCE\n  {}\n", text(status.get("instance"))));
-    if let Some(tagging) = status.get("tagging").filter(|t| !t.is_null()) {
-        let healthy = tagging.get("healthy").and_then(Value::as_bool) == Some(true);
-        out.push_str(&format!(
-            "TAGGING\n  {} tagged {} of capacity {}, not tagged {}, errors {}{}\n",
-            if healthy { "healthy" } else { "FAILING" },
-            text(tagging.get("tagged")),
-            text(tagging.get("capacity")),
-            text(tagging.get("untagged")),
-            text(tagging.get("errors")),
-            tagging
-                .get("last_error")
-                .and_then(Value::as_str)
-                .map(|e| format!(" (last error: {e})"))
-                .unwrap_or_default()
-        ));
-    }
-    out.push_str("QUARANTINES\n");
-    match status.get("quarantines").and_then(Value::as_array) {
-        Some(list) if !list.is_empty() => {
-            for q in list {
-                out.push_str(&format!(
-                    "  {:<30} by {:<20} since {} until {}: {}\n",
-                    target(&serde_json::json!({"target": q.get("target")})),
-                    text(q.get("actor")),
-                    text(q.get("since")),
-                    text(q.get("until")),
-                    text(q.get("reason")),
-                ));
-            }
-        }
-        _ => out.push_str("  (none)\n"),
-    }
-    out.push_str(&format!("AUDIT\n  {}\n", text(status.get("audit"))));
-    out
 }

@@ -2,6 +2,8 @@
 
 pub mod ca;
 mod control;
+mod status;
+mod table;
 pub mod tag;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -79,8 +81,11 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
-    /// Ask the daemon to re-read its configuration (validated and reported;
-    /// applying it needs a restart for now).
+    /// Re-read the configuration file and apply it without dropping a
+    /// connection (as SIGHUP does). A file with an error is refused and the
+    /// running configuration stays; changed sections that are read only at
+    /// start ([daemon], [proxy], [audit], [control], [response], [instance],
+    /// [attest], the [[upstream]] list) are named and need a restart.
     Reload {
         #[command(flatten)]
         socket: SocketArg,
@@ -166,57 +171,8 @@ pub fn main() -> ExitCode {
         Command::Run {
             config,
             detach_on_exit,
-        } => {
-            // Before the runtime: this reads and clears the environment,
-            // which is only sound while the process has one thread.
-            let inherited = match crate::service::activation::take_listeners() {
-                Ok(inherited) => inherited,
-                Err(err) => {
-                    eprintln!("warrant: {err:#}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    eprintln!("warrant: cannot start the runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(crate::service::run(crate::service::RunOptions {
-                config,
-                detach_on_exit,
-                inherited,
-            })) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    tracing::error!("{err:#}");
-                    eprintln!("warrant: {err:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
-        // Every section compiled as `warrant run` would, as a dry run.
-        Command::CheckConfig { file } => match crate::service::check(&file) {
-            Ok(report) => {
-                println!(
-                    "{}: ok ({} workloads, {} upstreams, {} credentials, {} policies)",
-                    file.display(),
-                    report.workloads,
-                    report.upstreams,
-                    report.credentials,
-                    report.policies
-                );
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("{err}");
-                ExitCode::FAILURE
-            }
-        },
+        } => run_daemon(config, detach_on_exit),
+        Command::CheckConfig { file } => check_config(&file),
         Command::DefaultConfig => {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
@@ -224,25 +180,7 @@ pub fn main() -> ExitCode {
         Command::Tag { unit, config, root } => report(tag_unit(&unit, &config, root)),
         Command::Untag { unit, root } => report(untag_unit(&unit, root)),
         Command::Ca { action, config } => report(ca_command(action, &config)),
-        Command::Detach { config } => {
-            let config = match load_or_default(&config) {
-                Ok(config) => config,
-                Err(err) => {
-                    eprintln!("{err:#}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match crate::redirect::remove_pins(&config.daemon.bpf_pin_dir) {
-                Ok(()) => {
-                    println!("removed {}", config.daemon.bpf_pin_dir.display());
-                    ExitCode::SUCCESS
-                }
-                Err(err) => {
-                    eprintln!("warrant detach: {err}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Detach { config } => report(detach(&config)),
         Command::Status { socket, json } => {
             control::run(&socket.path, &ControlRequest::Status, json)
         }
@@ -280,6 +218,72 @@ pub fn main() -> ExitCode {
             false,
         ),
     }
+}
+
+/// `warrant run`: the daemon on a multi-threaded runtime.
+fn run_daemon(config: Option<PathBuf>, detach_on_exit: bool) -> ExitCode {
+    // Before the runtime: this reads and clears the environment, which is
+    // only sound while the process has one thread.
+    let inherited = match crate::service::activation::take_listeners() {
+        Ok(inherited) => inherited,
+        Err(err) => {
+            eprintln!("warrant: {err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("warrant: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::service::run(crate::service::RunOptions {
+        config,
+        detach_on_exit,
+        inherited,
+    })) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("warrant: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `warrant check-config`: every section compiled as `warrant run` would,
+/// as a dry run.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match crate::service::check(file) {
+        Ok(report) => {
+            println!(
+                "{}: ok ({} workloads, {} upstreams, {} credentials, {} policies)",
+                file.display(),
+                report.workloads,
+                report.upstreams,
+                report.credentials,
+                report.policies
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `warrant detach`: removes the pinned programs and maps.
+fn detach(config: &std::path::Path) -> anyhow::Result<()> {
+    let config = load_or_default(config)?;
+    crate::redirect::remove_pins(&config.daemon.bpf_pin_dir)
+        .map_err(|err| anyhow::anyhow!("detach: {err}"))?;
+    println!("removed {}", config.daemon.bpf_pin_dir.display());
+    Ok(())
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

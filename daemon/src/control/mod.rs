@@ -26,16 +26,18 @@
 //! `revoke` needs exactly one of `workload` and `pid`; `for_secs` (default:
 //! until restored) and `reason` are optional. Answers are
 //! `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`. Results:
-//! - status: `{"connections":[...], "workloads":{NAME:{"connections":N}},
-//!   "credentials":[{"name","fingerprint","expires_at",...}],
-//!   "budgets":..., "instance":{...}, "tagging":{"healthy",...},
-//!   "quarantines":[...], "audit":{...}}`
+//! - status: a [`status::Status`] (`{"version", "connections":[...],
+//!   "workloads":{NAME:{"connections","requests"}}, "credentials":[...],
+//!   "budgets":{..., "lines":[...]}, "instance":{...}, "tagging":{...},
+//!   "quarantines":[...], "audit":{...}}`; every field in the README's
+//!   "Status fields")
 //! - revoke: `{"target":..., "closed":N, "until":TIME|null}`
 //! - restore: `{"target":..., "restored":true|false}`
 //! - reload: whatever the daemon reports (the configuration is validated)
 //! - explain: `{"text":"..."}`, the attestation and the workload match.
 
 pub mod client;
+pub mod status;
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -51,9 +53,12 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::response::Responder;
-
-use crate::response::Target;
+use crate::{
+    attest::InstanceState,
+    credentials::CredentialStatus,
+    response::{Responder, Target},
+    usage::BudgetStatus,
+};
 
 /// One request on the control socket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,19 +125,20 @@ impl RequestError {
 /// daemons implement only what they have.
 pub trait ControlBackend: Send + Sync + 'static {
     /// Credentials with their expiry and fingerprint, never their value.
-    fn credentials(&self) -> Value {
-        Value::Array(Vec::new())
+    fn credentials(&self) -> Vec<CredentialStatus> {
+        Vec::new()
     }
-    fn instance(&self) -> Value {
-        Value::Null
+    fn instance(&self) -> Option<InstanceState> {
+        None
     }
-    fn budgets(&self) -> Value {
-        json!({"note": "budgets are not metered yet"})
+    /// Metering counters and one line per budget of the rules in force.
+    fn budgets(&self) -> Option<BudgetStatus> {
+        None
     }
     /// Whether every cgroup the selectors name is tagged (see
     /// `redirect::tagging::TaggerStatus`).
-    fn tagging(&self) -> Value {
-        Value::Null
+    fn tagging(&self) -> Option<crate::redirect::tagging::TaggerStatus> {
+        None
     }
     /// Re-reads the configuration. Blocking is fine (runs off the runtime).
     fn reload(&self) -> Result<Value, RequestError> {
@@ -316,7 +322,10 @@ impl ControlServer {
 
     async fn handle(&self, request: ControlRequest, actor: &str) -> Result<Value, RequestError> {
         match request {
-            ControlRequest::Status => Ok(status(&self.responder, self.backend.as_ref())),
+            ControlRequest::Status => {
+                let status = status::status(&self.responder, self.backend.as_ref());
+                serde_json::to_value(status).map_err(RequestError::daemon)
+            }
             ControlRequest::Revoke {
                 workload,
                 pid,
@@ -420,42 +429,6 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// The `status` result.
-pub fn status(responder: &Responder, backend: &dyn ControlBackend) -> Value {
-    let connections: Vec<_> = responder
-        .live()
-        .snapshot()
-        .iter()
-        .map(|c| c.info())
-        .collect();
-    let mut workloads = serde_json::Map::new();
-    for connection in &connections {
-        let name = connection
-            .workload
-            .clone()
-            .unwrap_or_else(|| crate::audit::UNKNOWN.to_owned());
-        let entry = workloads
-            .entry(name)
-            .or_insert_with(|| json!({"connections": 0, "requests": 0}));
-        if let Some(n) = entry.get("connections").and_then(Value::as_u64) {
-            entry["connections"] = json!(n + 1);
-        }
-        if let Some(n) = entry.get("requests").and_then(Value::as_u64) {
-            entry["requests"] = json!(n + connection.requests);
-        }
-    }
-    json!({
-        "connections": connections,
-        "workloads": workloads,
-        "credentials": backend.credentials(),
-        "budgets": backend.budgets(),
-        "instance": backend.instance(),
-        "tagging": backend.tagging(),
-        "quarantines": responder.quarantines().list(jiff::Timestamp::now()),
-        "audit": responder.audit().health(),
-    })
 }
 
 #[cfg(test)]

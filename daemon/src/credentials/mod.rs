@@ -53,7 +53,7 @@ pub trait CredentialSource: Send + Sync + 'static {
 
 /// What a credential's value is: it decides which upstreams may use it
 /// (checked when the configuration is compiled).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CredentialKind {
     /// One token or key, sent as a header value.

@@ -107,10 +107,12 @@ struct Inner {
 pub type RefreshObserver = Arc<dyn Fn(&str, bool) + Send + Sync>;
 
 /// What `warrant status` shows of a credential: never its value.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CredentialStatus {
     pub name: String,
-    pub source: &'static str,
+    /// The `[[credential]] source` (borrowed when the daemon writes it,
+    /// owned when `warrant status` reads it back).
+    pub source: std::borrow::Cow<'static, str>,
     pub kind: CredentialKind,
     pub fingerprint: Option<String>,
     pub expires_at: Option<Timestamp>,
@@ -203,7 +205,7 @@ impl CredentialStore {
                 let cached = state.and_then(|s| s.cached.as_ref());
                 CredentialStatus {
                     name: entry.name.clone(),
-                    source: entry.described.source,
+                    source: entry.described.source.into(),
                     kind: entry.described.kind,
                     fingerprint: cached.map(|c| c.value.fingerprint()),
                     expires_at: cached.and_then(|c| c.expires_at),

@@ -30,7 +30,7 @@ use std::{
 
 use futures_util::{FutureExt, StreamExt};
 use inotify::{Inotify, WatchDescriptor, WatchMask};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{RedirectError, RedirectMaps, cgroup};
 use crate::{
@@ -86,7 +86,7 @@ pub fn selectors(config: &Config) -> Vec<CgroupSelector> {
 }
 
 /// How the tagger is doing, for `warrant status` and the metrics.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TaggerStatus {
     /// Every cgroup the selectors name is tagged.
     pub healthy: bool,

@@ -16,12 +16,12 @@ use std::{
     },
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{audit::AttestationSummary, origin::Origin};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionKind {
     /// Accepted; the first bytes are not read yet.
@@ -52,7 +52,8 @@ struct State {
 }
 
 /// What `warrant status` shows of one connection.
-#[derive(Debug, Clone, Serialize)]
+/// A live connection as `warrant status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionInfo {
     pub id: u64,
     pub tgid: u32,

@@ -5,11 +5,11 @@
 use std::{collections::BTreeMap, sync::Mutex};
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use crate::audit::Target;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quarantine {
     pub target: Target,
     pub reason: String,

@@ -1,5 +1,5 @@
 //! What the control socket sees of the running daemon: credentials (status,
-//! never values), the instance identity, `explain` and `reload`.
+//! never values), the instance identity, budgets, `explain` and `reload`.
 
 use std::sync::Arc;
 
@@ -7,38 +7,41 @@ use serde_json::Value;
 
 use super::reload::Reloader;
 use crate::{
-    attest::{Attestor, InstanceHandle},
-    config::{Scheme, UpstreamConfig},
+    attest::{Attestor, InstanceHandle, InstanceState},
+    config::{Config, Scheme, UpstreamConfig},
     control::{ControlBackend, RequestError},
-    credentials::{CredentialKind, CredentialStore},
+    credentials::{CredentialKind, CredentialStatus, CredentialStore},
+    policy::RuleLimits,
     provider,
+    redirect::tagging::{TaggerHealth, TaggerStatus},
+    usage::{BudgetPlan, BudgetStatus},
 };
 
 pub struct DaemonBackend {
     pub reloader: Arc<Reloader>,
     pub instance: InstanceHandle,
     pub attestor: Arc<Attestor>,
-    pub tagging: Arc<crate::redirect::tagging::TaggerHealth>,
+    pub tagging: Arc<TaggerHealth>,
 }
 
 impl ControlBackend for DaemonBackend {
-    fn credentials(&self) -> Value {
-        serde_json::to_value(self.reloader.current().credentials.status()).unwrap_or(Value::Null)
+    fn credentials(&self) -> Vec<CredentialStatus> {
+        self.reloader.current().credentials.status()
     }
 
-    fn tagging(&self) -> Value {
-        serde_json::to_value(self.tagging.snapshot()).unwrap_or(Value::Null)
+    fn tagging(&self) -> Option<TaggerStatus> {
+        Some(self.tagging.snapshot())
     }
 
-    fn instance(&self) -> Value {
-        serde_json::to_value(self.instance.current().as_ref()).unwrap_or(Value::Null)
+    fn instance(&self) -> Option<InstanceState> {
+        Some(self.instance.current().as_ref().clone())
     }
 
-    fn budgets(&self) -> Value {
-        match self.reloader.current().gate.clone().budgets() {
-            Some(budgets) => serde_json::to_value(budgets.status()).unwrap_or(Value::Null),
-            None => Value::Null,
-        }
+    fn budgets(&self) -> Option<BudgetStatus> {
+        // One generation: the budgets and the rules they are checked against.
+        let generation = self.reloader.current();
+        let budgets = generation.gate.budgets()?;
+        Some(budgets.status_of(&budget_plans(&generation.config)))
     }
 
     fn reload(&self) -> Result<Value, RequestError> {
@@ -163,6 +166,29 @@ fn credential_line(upstream: &UpstreamConfig, credentials: &CredentialStore) -> 
         "  credential: {name:?} (source {}, {kind}; {state})\n",
         status.source
     )
+}
+
+/// Every `[[policy]]` rule that sets a budget, for status and the budget
+/// gauges.
+pub fn budget_plans(config: &Config) -> Vec<BudgetPlan> {
+    config
+        .policies
+        .iter()
+        .enumerate()
+        .filter_map(|(rule, p)| {
+            let limits = RuleLimits {
+                tokens_per_hour: p.tokens_per_hour,
+                cost_per_day_usd: p.cost_per_day_usd,
+                requests_per_minute: p.requests_per_minute,
+            };
+            (limits != RuleLimits::default()).then(|| BudgetPlan {
+                workload: p.workload.get_ref().clone(),
+                rule,
+                upstreams: p.upstreams.iter().map(|u| u.get_ref().clone()).collect(),
+                limits,
+            })
+        })
+        .collect()
 }
 
 /// `--request` is not "METHOD https://HOST/PATH [model=NAME]".

@@ -30,17 +30,17 @@ use std::{
 };
 
 use http::{HeaderMap, StatusCode, header};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::observer::{ResponseObserver, SessionObserver};
 use super::session::{SessionMeter, SessionParts};
 use super::{
-    ledger::{LocalLedger, OverLimit, Placed},
+    ledger::{KeyWindows, LocalLedger, OverLimit, Placed},
     meter::{Meter, Outcome, Reading, Usage},
     price::PriceTable,
     redis::RedisLedger,
     request::worst_case,
-    window::{Amounts, Series, limits_of},
+    window::{self, Amounts, SERIES, Series, limits_of},
 };
 use crate::{
     clock::Clock,
@@ -154,10 +154,12 @@ struct Counters {
     ledger_unavailable: AtomicU64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// The budgets' state for `warrant status` (every field is documented in
+/// the README's status section).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BudgetStatus {
     /// sqlite | memory | redis
-    pub ledger: &'static str,
+    pub ledger: std::borrow::Cow<'static, str>,
     /// With Redis: whether the last call reached it.
     pub redis_reachable: Option<bool>,
     /// With Redis down and `redis_unreachable = "local"`: budgets are per
@@ -172,9 +174,67 @@ pub struct BudgetStatus {
     pub error_responses: u64,
     pub over_budget: u64,
     pub ledger_unavailable: u64,
+    /// One line per workload (budget key) and budget of a rule in force.
+    #[serde(default)]
+    pub lines: Vec<BudgetLine>,
     /// Per key, used in each window (embedded ledger only): requests in the
-    /// last minute, tokens in the last hour, micro-USD in the last day.
+    /// last minute, tokens in the last hour, micro-USD in the last day. For
+    /// tests; `lines` is what status shows.
+    #[serde(skip)]
     pub windows: Vec<(String, Amounts)>,
+}
+
+/// A `[[policy]]` rule with budgets, as status asks about it (from the
+/// configuration in force).
+#[derive(Debug, Clone)]
+pub struct BudgetPlan {
+    pub workload: String,
+    /// Its index in the file's `[[policy]]` list.
+    pub rule: usize,
+    /// The rule's upstreams (the keys with `[usage] per_upstream`).
+    pub upstreams: Vec<String>,
+    pub limits: RuleLimits,
+}
+
+/// One budget of one rule for one budget key. Amounts are in the budget's
+/// unit: requests, tokens, or micro-USD for `cost_per_day_usd`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BudgetLine {
+    pub workload: String,
+    /// The ledger's key: the workload, or "workload/upstream" with
+    /// `[usage] per_upstream`.
+    pub key: String,
+    /// The rule's index in the file's `[[policy]]` list.
+    pub rule: usize,
+    pub budget: Series,
+    pub limit: u64,
+    /// In the sliding window, reservations of requests in flight included
+    /// (None: kept in Redis, not read by status).
+    pub used: Option<u64>,
+    /// The part of `used` reserved by requests still in flight (their
+    /// worst case, settled to what they use when they end).
+    pub in_flight: Option<u64>,
+    /// What a default request takes from this budget: 1 request;
+    /// `[usage] default_max_output_tokens` tokens; for cost 1 micro-USD
+    /// (any room: a request's cost depends on its model).
+    pub default_request: u64,
+    /// When a default request fits.
+    pub room: Room,
+}
+
+/// When a budget has room for a request.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "when", rename_all = "snake_case")]
+pub enum Room {
+    Now,
+    /// Once enough of the window's oldest amounts have left it.
+    After {
+        secs: u64,
+    },
+    /// A default request alone is larger than the limit.
+    Never,
+    /// Kept in Redis: not read by status.
+    Unknown,
 }
 
 struct Shared {
@@ -308,11 +368,7 @@ impl Budgets {
             return Err(BudgetRefusal::Unpriced { model });
         }
         let want: Amounts = [1, worst.total(), price.map_or(0, |p| p.micro_usd(&worst))];
-        let key = if s.settings.per_upstream {
-            format!("{}/{}", req.workload, req.upstream)
-        } else {
-            req.workload.to_owned()
-        };
+        let key = self.key(req.workload, req.upstream);
         let placement = if limits.iter().all(Option::is_none) {
             Placement::None
         } else {
@@ -404,17 +460,33 @@ impl Budgets {
         }
     }
 
+    /// The ledger's key for a workload's request to `upstream`.
+    fn key(&self, workload: &str, upstream: &str) -> String {
+        if self.shared.settings.per_upstream {
+            format!("{workload}/{upstream}")
+        } else {
+            workload.to_owned()
+        }
+    }
+
+    /// Counters, without budget lines.
     pub fn status(&self) -> BudgetStatus {
+        self.status_of(&[])
+    }
+
+    /// Counters and one line per key and budget of each of `plans`.
+    pub fn status_of(&self, plans: &[BudgetPlan]) -> BudgetStatus {
         let s = &self.shared;
         let c = &s.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let down = s.redis_down.load(Ordering::Relaxed);
         let now = s.now_secs();
+        let keys = s.local.keys();
         BudgetStatus {
             ledger: if s.redis.is_some() {
-                "redis"
+                "redis".into()
             } else {
-                s.local_kind
+                s.local_kind.into()
             },
             redis_reachable: s.redis.as_ref().map(|_| !down),
             local_fallback_active: s.redis.is_some()
@@ -429,15 +501,86 @@ impl Budgets {
             error_responses: load(&c.error_responses),
             over_budget: load(&c.over_budget),
             ledger_unavailable: load(&c.ledger_unavailable),
-            windows: s
-                .local
-                .keys()
-                .into_iter()
-                .map(|k| {
-                    let used = s.local.used(&k, now);
-                    (k, used)
-                })
+            lines: plans
+                .iter()
+                .flat_map(|plan| self.lines(plan, &keys, now))
                 .collect(),
+            windows: keys
+                .iter()
+                .map(|k| (k.clone(), s.local.used(k, now)))
+                .collect(),
+        }
+    }
+
+    /// `plan`'s lines: for each of its keys (those the ledger holds, and
+    /// those its upstreams name), each budget it sets.
+    fn lines(&self, plan: &BudgetPlan, ledger_keys: &[String], now: i64) -> Vec<BudgetLine> {
+        let mut keys = vec![];
+        if self.shared.settings.per_upstream {
+            let prefix = format!("{}/", plan.workload);
+            keys.extend(
+                ledger_keys
+                    .iter()
+                    .filter(|k| k.starts_with(&prefix))
+                    .cloned(),
+            );
+            keys.extend(plan.upstreams.iter().map(|u| self.key(&plan.workload, u)));
+            keys.sort();
+            keys.dedup();
+        } else {
+            keys.push(plan.workload.clone());
+        }
+        let limits = limits_of(&plan.limits);
+        let mut lines = Vec::new();
+        for key in keys {
+            let windows = self.shared.local.key_windows(&key, now).unwrap_or_default();
+            for series in SERIES {
+                let Some(limit) = limits[series.index()] else {
+                    continue;
+                };
+                lines.push(self.line(plan, &key, series, limit, &windows, now));
+            }
+        }
+        lines
+    }
+
+    fn line(
+        &self,
+        plan: &BudgetPlan,
+        key: &str,
+        series: Series,
+        limit: u64,
+        windows: &KeyWindows,
+        now: i64,
+    ) -> BudgetLine {
+        let default_request = match series {
+            Series::RequestsPerMinute => 1,
+            Series::TokensPerHour => self.shared.settings.default_max_output_tokens,
+            Series::CostPerDay => 1,
+        };
+        let i = series.index();
+        let buckets = &windows.buckets[i];
+        // The Redis ledger's windows are on the server; the local ones are
+        // only its fallback.
+        let local = self.shared.redis.is_none();
+        let room = match window::check(series, buckets, now, default_request, limit) {
+            _ if !local => Room::Unknown,
+            Ok(()) => Room::Now,
+            Err(Some(wait)) => Room::After {
+                secs: wait.as_secs(),
+            },
+            Err(None) => Room::Never,
+        };
+        BudgetLine {
+            workload: plan.workload.clone(),
+            key: key.to_owned(),
+            rule: plan.rule,
+            budget: series,
+            limit,
+            used: local.then(|| window::used(buckets, series.bucket_at(now))),
+            in_flight: local.then_some(windows.in_flight[i]),
+            default_request,
+            room,
         }
     }
 
@@ -813,6 +956,62 @@ mod tests {
         assert!(reloaded.shared.prices.price("m").is_some());
         drop(held);
         assert_eq!(reloaded.status().windows, b.status().windows);
+    }
+
+    #[tokio::test]
+    async fn status_lines_give_limit_used_in_flight_and_when_a_default_request_fits() {
+        let b = budgets();
+        let limits = RuleLimits {
+            requests_per_minute: Some(2),
+            tokens_per_hour: Some(9000),
+            ..RuleLimits::default()
+        };
+        let plan = BudgetPlan {
+            workload: "w".into(),
+            rule: 3,
+            upstreams: vec!["api.openai.com".into()],
+            limits,
+        };
+        // Before any request: the rule's budgets with nothing used.
+        let fresh = b.status_of(std::slice::from_ref(&plan)).lines;
+        assert_eq!(fresh.len(), 2);
+        assert!(
+            fresh
+                .iter()
+                .all(|l| l.used == Some(0) && l.room == Room::Now)
+        );
+        // One settled (4096 + 4 reserved, 0 used: no response), one in flight.
+        let body = br#"{"model":"m"}"#;
+        let done = b.admit(request(&parsed(body), limits)).await.unwrap();
+        Box::new(done).end(true);
+        let held = b.admit(request(&parsed(body), limits)).await.unwrap();
+        let lines = b.status_of(std::slice::from_ref(&plan)).lines;
+        let line = |series| lines.iter().find(|l| l.budget == series).unwrap();
+        let requests = line(Series::RequestsPerMinute);
+        assert_eq!((requests.key.as_str(), requests.rule), ("w", 3));
+        assert_eq!(
+            (requests.limit, requests.used, requests.in_flight),
+            (2, Some(2), Some(1))
+        );
+        // The window is full: the first request leaves it after 61 s.
+        assert_eq!(requests.room, Room::After { secs: 61 });
+        let tokens = line(Series::TokensPerHour);
+        // Unknown usage is charged as reserved: 4 input + 4096 output, twice.
+        assert_eq!((tokens.used, tokens.in_flight), (Some(8200), Some(4100)));
+        assert_eq!(tokens.default_request, 4096);
+        assert!(matches!(tokens.room, Room::After { .. }), "{tokens:?}");
+        drop(held);
+        let lines = b.status_of(std::slice::from_ref(&plan)).lines;
+        assert!(lines.iter().all(|l| l.in_flight == Some(0)), "{lines:?}");
+        // A limit below one default request never fits.
+        let tiny = BudgetPlan {
+            limits: RuleLimits {
+                tokens_per_hour: Some(10),
+                ..RuleLimits::default()
+            },
+            ..plan
+        };
+        assert_eq!(b.status_of(&[tiny]).lines[0].room, Room::Never);
     }
 
     #[tokio::test]

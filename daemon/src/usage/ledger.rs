@@ -60,8 +60,19 @@ pub enum LedgerError {
 struct State {
     db: Option<Connection>,
     windows: HashMap<String, [Buckets; 3]>,
+    /// Per key, what the reservations not settled yet hold (already in the
+    /// buckets; kept apart for `warrant status`).
+    in_flight: HashMap<String, Amounts>,
     next_memory_id: i64,
     reservations: u64,
+}
+
+/// One key's windows as they are now, for status: the buckets (to compute
+/// when room frees) and the reservations still in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyWindows {
+    pub buckets: [Buckets; 3],
+    pub in_flight: Amounts,
 }
 
 pub struct LocalLedger {
@@ -91,6 +102,7 @@ impl LocalLedger {
             state: Mutex::new(State {
                 db: None,
                 windows: HashMap::new(),
+                in_flight: HashMap::new(),
                 next_memory_id: 1,
                 reservations: 0,
             }),
@@ -159,6 +171,7 @@ impl LocalLedger {
             state: Mutex::new(State {
                 db: Some(db),
                 windows,
+                in_flight: HashMap::new(),
                 next_memory_id: 1,
                 reservations: 0,
             }),
@@ -206,6 +219,10 @@ impl LocalLedger {
         for i in 0..3 {
             *windows[i].entry(buckets[i]).or_default() += want[i] as i64;
         }
+        let in_flight = state.in_flight.entry(key.to_owned()).or_default();
+        for i in 0..3 {
+            in_flight[i] = in_flight[i].saturating_add(want[i]);
+        }
         state.reservations += 1;
         let id = match &mut state.db {
             Some(db) => match write_reserve(db, key, now_secs, buckets, want) {
@@ -242,6 +259,14 @@ impl LocalLedger {
                 }
             }
         }
+        if let Some(in_flight) = state.in_flight.get_mut(key) {
+            for i in 0..3 {
+                in_flight[i] = in_flight[i].saturating_sub(reserved[i]);
+            }
+            if *in_flight == [0; 3] {
+                state.in_flight.remove(key);
+            }
+        }
         if let Some(db) = &mut state.db
             && let Err(error) = write_settle(db, key, placed, delta)
         {
@@ -256,6 +281,24 @@ impl LocalLedger {
             Some(w) => SERIES.map(|s| window::used(&w[s.index()], s.bucket_at(now_secs))),
             None => [0; 3],
         }
+    }
+
+    /// `key`'s buckets live at `now_secs` and its reservations in flight
+    /// (None: nothing recorded for it).
+    pub fn key_windows(&self, key: &str, now_secs: i64) -> Option<KeyWindows> {
+        let guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let windows = guard.windows.get(key)?;
+        let buckets = SERIES.map(|s| {
+            let now = s.bucket_at(now_secs);
+            windows[s.index()]
+                .range(now - window::BUCKETS..=now)
+                .map(|(b, v)| (*b, *v))
+                .collect()
+        });
+        Some(KeyWindows {
+            buckets,
+            in_flight: guard.in_flight.get(key).copied().unwrap_or_default(),
+        })
     }
 
     /// Every key with something in a window.
@@ -347,7 +390,11 @@ mod tests {
         assert!(over.retry_after.is_some());
         ledger.settle("w", placed, [1, 900, 5], [1, 150, 2]);
         assert_eq!(ledger.used("w", T), [1, 150, 2]);
-        ledger.reserve("w", T, [1, 200, 5], LIMITS).unwrap();
+        let held = ledger.reserve("w", T, [1, 200, 5], LIMITS).unwrap();
+        let windows = ledger.key_windows("w", T).unwrap();
+        assert_eq!(windows.in_flight, [1, 200, 5], "only the unsettled one");
+        ledger.settle("w", held, [1, 200, 5], [1, 200, 5]);
+        assert_eq!(ledger.key_windows("w", T).unwrap().in_flight, [0; 3]);
         // Other keys have their own windows.
         ledger.reserve("other", T, [1, 1000, 0], LIMITS).unwrap();
     }

@@ -29,7 +29,8 @@ pub mod sse;
 pub mod window;
 
 pub use budget::{
-    AdmitRequest, BudgetRefusal, BudgetStatus, Budgets, UsageObserver, UsageRecord, UsageSink,
+    AdmitRequest, BudgetLine, BudgetPlan, BudgetRefusal, BudgetStatus, Budgets, Room,
+    UsageObserver, UsageRecord, UsageSink,
 };
 pub use ledger::LocalLedger;
 pub use meter::{Meter, Outcome, Reading, Usage};

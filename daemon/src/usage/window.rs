@@ -12,18 +12,20 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::policy::RuleLimits;
 
 /// Buckets per window.
 pub const BUCKETS: i64 = 60;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A budget, named as the `[[policy]]` key that sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Series {
     RequestsPerMinute,
     TokensPerHour,
+    #[serde(rename = "cost_per_day_usd")]
     CostPerDay,
 }
 

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{
     ConfigError, ConfigErrorKind, DEFAULT_GCP_AUDIENCE, DEFAULT_METADATA_ENDPOINT, InstanceConfig,
@@ -43,7 +43,7 @@ pub struct Identity {
     pub claims: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum InstanceState {
     /// Not fetched yet (the daemon attests the instance before it accepts
