@@ -205,6 +205,25 @@ impl Serialize for UserNamespace {
     }
 }
 
+/// Read back from audit records: "host" or "nested:<inode>".
+impl<'de> serde::Deserialize<'de> for UserNamespace {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        match text.as_str() {
+            "host" => Ok(UserNamespace::Host),
+            other => other
+                .strip_prefix("nested:")
+                .and_then(|inode| inode.parse().ok())
+                .map(|inode| UserNamespace::Nested { inode })
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "user namespace {other:?}: expected \"host\" or \"nested:<inode>\""
+                    ))
+                }),
+        }
+    }
+}
+
 /// Who made a connection, as far as the host can tell.
 #[derive(Debug, Clone, Serialize)]
 pub struct Attestation {

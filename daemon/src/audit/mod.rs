@@ -11,9 +11,12 @@
 //! - `log`: where lines go (file with size-based rotation, journald) and
 //!   what happens when they cannot be written (fail-open or fail-closed).
 //! - `request`: the record of one request in progress ([`RequestLog`]),
-//!   written and counted in the metrics once, when the response ends.
+//!   written and counted in the metrics once, when the response ends;
+//! - [`query`]: the files read back for the operator (`warrant audit`),
+//!   never by the request path.
 
 mod log;
+pub mod query;
 mod record;
 mod request;
 

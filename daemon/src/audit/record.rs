@@ -1,6 +1,9 @@
 //! The audit record: one JSON line per request, per refused connection and
 //! per quarantine. Built from facts the request path already has; never
 //! holds a credential, only its name and `secret::fingerprint`.
+//!
+//! The same type reads the lines back (`audit::query`, `warrant audit`):
+//! one schema for writing and reading.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +14,7 @@ use crate::{
 };
 
 /// What a record is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordKind {
     /// One HTTP request through the injector.
@@ -27,7 +30,7 @@ pub enum RecordKind {
 }
 
 /// How a request ended, for filtering without parsing messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Forwarded with the credential; `status` is the upstream's.
@@ -55,8 +58,27 @@ pub enum Outcome {
     Aborted,
 }
 
+impl Outcome {
+    /// Its name in records and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Forwarded => "forwarded",
+            Outcome::PassedThrough => "passed_through",
+            Outcome::Emulated => "emulated",
+            Outcome::Denied => "denied",
+            Outcome::Quarantined => "quarantined",
+            Outcome::AgentKey => "agent_key",
+            Outcome::Refused => "refused",
+            Outcome::NoCredential => "no_credential",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::AuditUnavailable => "audit_unavailable",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
 /// The attestation as the audit record shows it: who called.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttestationSummary {
     pub tgid: u32,
     pub uid: u32,
@@ -114,7 +136,7 @@ impl std::fmt::Display for Target {
 }
 
 /// The connection as the kernel described it (before attestation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OriginSummary {
     pub tgid: u32,
     pub uid: u32,
@@ -134,7 +156,7 @@ impl From<&Origin> for OriginSummary {
 }
 
 /// The credential used: its name and fingerprint, never its value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialRef {
     pub name: String,
     pub fingerprint: String,
@@ -142,14 +164,15 @@ pub struct CredentialRef {
 
 /// An upstream refused the request's credential (401 or 403): what warrant
 /// did about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CredentialRefusal {
     /// The upstream's status.
     pub status: u16,
     /// refreshed (a new value was fetched), unchanged (the issuer gave the
     /// same value), not_refreshed (fetched again too recently, or the
-    /// source cannot), failed (the fetch failed).
-    pub result: &'static str,
+    /// source cannot), failed (the fetch failed). Borrowed when written,
+    /// owned when `warrant audit` reads it back.
+    pub result: std::borrow::Cow<'static, str>,
     /// The new value's fingerprint, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
@@ -160,7 +183,7 @@ pub struct CredentialRefusal {
 
 /// Token and cost accounting, filled by the usage module when it parsed the
 /// response (absent fields: not known).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_tokens: Option<u64>,
@@ -172,7 +195,7 @@ pub struct Usage {
 
 /// One audit line. Optional fields are left out when unknown, so a line says
 /// only what was established.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// RFC 3339, UTC.
     pub time: String,
@@ -200,7 +223,7 @@ pub struct AuditRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialRef>,
     /// Fingerprints of real-looking keys the agent sent.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agent_keys: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -277,5 +300,49 @@ impl AuditRecord {
         // keeps the line valid JSON all the same.
         serde_json::to_string(self)
             .unwrap_or_else(|e| format!("{{\"kind\":\"error\",\"message\":{:?}}}", e.to_string()))
+    }
+
+    /// Why the request was refused, as one word or a few joined by "+":
+    /// the failing policy factors ("time", "request+posture"), "budget",
+    /// "no_workload", "unattested", or the refusing outcome ("quarantined",
+    /// "agent_key", "refused", "audit_unavailable"). None for a request
+    /// that was not refused (forwarded, or failed upstream). The metrics'
+    /// `reason` label and `warrant audit`'s summary both use it.
+    pub fn refusal_reason(&self) -> Option<String> {
+        let outcome = self.outcome?;
+        match outcome {
+            Outcome::Denied => Some(match &self.decision {
+                // Policy allowed it; the budget refused (429, an unpriced
+                // model, or the shared ledger unreachable).
+                Some(decision) if decision.allowed => "budget".to_owned(),
+                Some(decision) => {
+                    let mut factors: Vec<String> = decision
+                        .deny_reasons()
+                        .map(|f| {
+                            serde_json::to_value(f.factor)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_owned))
+                                .unwrap_or_else(|| "policy".to_owned())
+                        })
+                        .collect();
+                    factors.dedup();
+                    if factors.is_empty() {
+                        "policy".to_owned()
+                    } else {
+                        factors.join("+")
+                    }
+                }
+                None if self.workload.is_none() && self.attestation.is_some() => {
+                    "no_workload".to_owned()
+                }
+                None if self.attestation.is_none() => "unattested".to_owned(),
+                None => "policy".to_owned(),
+            }),
+            Outcome::Quarantined
+            | Outcome::AgentKey
+            | Outcome::Refused
+            | Outcome::AuditUnavailable => Some(outcome.as_str().to_owned()),
+            _ => None,
+        }
     }
 }

@@ -138,7 +138,7 @@ impl RequestLog {
     /// in the metrics (and, when the request was sent again, as a retry).
     pub fn credential_refused(&self, upstream: &str, name: &str, refusal: CredentialRefusal) {
         let metrics = &self.0.audit.metrics;
-        metrics.credential_refused(name, refusal.result);
+        metrics.credential_refused(name, &refusal.result);
         if refusal.retried {
             metrics.upstream_retried(upstream, "credential refused");
         }
@@ -204,10 +204,10 @@ impl RequestLog {
             .get_or_create(&RequestLabels {
                 workload: workload_label.clone(),
                 upstream: upstream_label.clone(),
-                outcome: outcome_label(outcome).to_owned(),
+                outcome: outcome.as_str().to_owned(),
             })
             .inc();
-        if let Some(reason) = denial_reason(&record, outcome) {
+        if let Some(reason) = record.refusal_reason() {
             audit
                 .metrics
                 .denials
@@ -225,55 +225,4 @@ impl RequestLog {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn outcome_label(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Forwarded => "forwarded",
-        Outcome::PassedThrough => "passed_through",
-        Outcome::Emulated => "emulated",
-        Outcome::Denied => "denied",
-        Outcome::Quarantined => "quarantined",
-        Outcome::AgentKey => "agent_key",
-        Outcome::Refused => "refused",
-        Outcome::NoCredential => "no_credential",
-        Outcome::UpstreamError => "upstream_error",
-        Outcome::AuditUnavailable => "audit_unavailable",
-        Outcome::Aborted => "aborted",
-    }
-}
-
-/// The `reason` label of a refused request: the failing policy factors
-/// ("time", "request+posture"), or what refused it.
-fn denial_reason(record: &AuditRecord, outcome: Outcome) -> Option<String> {
-    match outcome {
-        Outcome::Denied => Some(match &record.decision {
-            Some(decision) => {
-                let mut factors: Vec<String> = decision
-                    .deny_reasons()
-                    .map(|f| {
-                        serde_json::to_value(f.factor)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_else(|| "policy".to_owned())
-                    })
-                    .collect();
-                factors.dedup();
-                if factors.is_empty() {
-                    "policy".to_owned()
-                } else {
-                    factors.join("+")
-                }
-            }
-            None if record.workload.is_none() && record.attestation.is_some() => {
-                "no_workload".to_owned()
-            }
-            None if record.attestation.is_none() => "unattested".to_owned(),
-            None => "policy".to_owned(),
-        }),
-        Outcome::Quarantined | Outcome::AgentKey | Outcome::Refused | Outcome::AuditUnavailable => {
-            Some(outcome_label(outcome).to_owned())
-        }
-        _ => None,
-    }
 }

@@ -1,5 +1,6 @@
 //! The `warrant` command line.
 
+mod audit;
 pub mod ca;
 mod control;
 mod status;
@@ -129,6 +130,10 @@ pub enum Command {
         #[arg(long, hide = true)]
         root: Option<PathBuf>,
     },
+    /// Query the audit trail (rotated files included): who called what,
+    /// what was refused and why, and a summary of requests, refusals,
+    /// tokens and cost per workload and day.
+    Audit(audit::AuditArgs),
 }
 
 #[derive(clap::Args)]
@@ -181,6 +186,7 @@ pub fn main() -> ExitCode {
         Command::Untag { unit, root } => report(untag_unit(&unit, root)),
         Command::Ca { action, config } => report(ca_command(action, &config)),
         Command::Detach { config } => report(detach(&config)),
+        Command::Audit(args) => audit::run(&args),
         Command::Status { socket, json } => {
             control::run(&socket.path, &ControlRequest::Status, json)
         }

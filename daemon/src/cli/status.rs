@@ -468,7 +468,8 @@ mod tests {
         }
         let text = render(&status, now());
         assert!(
-            section(&text, "TAGGING")[0].contains("FAILING: 2 cgroups the selectors name are NOT tagged")
+            section(&text, "TAGGING")[0]
+                .contains("FAILING: 2 cgroups the selectors name are NOT tagged")
                 && text.contains("last error: map full"),
             "{text}"
         );

@@ -38,7 +38,7 @@ use std::{borrow::Cow, collections::HashMap, path::Path, sync::Arc};
 
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::{
@@ -84,7 +84,7 @@ pub struct PolicyInput<'a> {
     pub now: Timestamp,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Factor {
     Identity,
@@ -95,14 +95,14 @@ pub enum Factor {
     Budget,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FactorOutcome {
     pub factor: Factor,
     pub passed: bool,
     pub reason: Cow<'static, str>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decision {
     pub allowed: bool,
     pub workload: String,

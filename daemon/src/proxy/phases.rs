@@ -311,7 +311,7 @@ impl Injector {
         };
         let mut refusal = CredentialRefusal {
             status,
-            result,
+            result: result.into(),
             fingerprint: fresh.as_ref().map(|f| f.fingerprint()),
             retried: false,
         };
