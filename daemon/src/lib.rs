@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod credentials;
+pub mod doctor;
 pub mod duration;
 pub mod error;
 pub mod metadata;

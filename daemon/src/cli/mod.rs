@@ -3,7 +3,7 @@
 mod audit;
 pub mod ca;
 mod control;
-mod status;
+pub(crate) mod status;
 mod table;
 pub mod tag;
 
@@ -130,6 +130,17 @@ pub enum Command {
         #[arg(long, hide = true)]
         root: Option<PathBuf>,
     },
+    /// Is this host ready? Checks the kernel, mounts, sysctls, systemd, the
+    /// config, credential files, the CA and trust bundle, tagged units, the
+    /// clock and the daemon's listeners; prints pass, warn or fail and the
+    /// fix for each problem. Exits 1 when any check fails. Run as root.
+    Doctor {
+        #[arg(long, default_value = "/etc/warrant/warrant.toml")]
+        config: PathBuf,
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Query the audit trail (rotated files included): who called what,
     /// what was refused and why, and a summary of requests, refusals,
     /// tokens and cost per workload and day.
@@ -187,6 +198,7 @@ pub fn main() -> ExitCode {
         Command::Ca { action, config } => report(ca_command(action, &config)),
         Command::Detach { config } => report(detach(&config)),
         Command::Audit(args) => audit::run(&args),
+        Command::Doctor { config, json } => doctor(&config, json),
         Command::Status { socket, json } => {
             control::run(&socket.path, &ControlRequest::Status, json)
         }
@@ -280,6 +292,29 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             eprintln!("{err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `warrant doctor`: every check, and exit status 1 on any failure.
+fn doctor(config: &std::path::Path, json: bool) -> ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "warrant doctor: not root: the kernel probes, credential files and control socket need root, so some checks will fail for that reason alone"
+        );
+    }
+    let report = crate::doctor::run(&crate::doctor::facts::gather(config));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", report.render());
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -20,7 +20,8 @@ use super::{CA_RENEW_BEFORE, CA_VALIDITY, CLOCK_SKEW, LEAF_VALIDITY, TlsError};
 
 const CA_DIR: &str = "ca";
 const KEY_FILE: &str = "ca-key.pem";
-const CERT_FILE: &str = "ca.pem";
+/// The CA certificate in the state directory (public; the key is under ca/).
+pub const CERT_FILE: &str = "ca.pem";
 const RETIRED_DIR: &str = "ca-retired";
 pub const BUNDLE_FILE: &str = "trust-bundle.pem";
 

@@ -32,7 +32,7 @@ use std::{io, path::PathBuf, sync::Arc, time::Duration};
 
 use rustls::{ClientConfig, RootCertStore, pki_types::CertificateDer};
 
-pub use ca::{BUNDLE_FILE as TRUST_BUNDLE_FILE, LocalCa, ca_pem_in};
+pub use ca::{BUNDLE_FILE as TRUST_BUNDLE_FILE, CERT_FILE as CA_CERT_FILE, LocalCa, ca_pem_in};
 pub use leaf::LeafCache;
 
 /// How long a minted leaf certificate is valid. Short, so a leaked leaf key
