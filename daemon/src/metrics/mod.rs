@@ -95,6 +95,59 @@ pub struct QuarantineLabels {
     pub actor: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    pub workload: String,
+    /// The ledger's key: the workload, or "workload/upstream" with
+    /// `[usage] per_upstream`.
+    pub key: String,
+    /// The `[[policy]]` rule's index in the file.
+    pub rule: String,
+    /// requests_per_minute | tokens_per_hour | cost_per_day_usd
+    pub budget: String,
+}
+
+/// The budgets of the rules in force, read when /metrics is scraped (see
+/// [`Metrics::set_budget_source`]).
+pub type BudgetSource = Box<dyn Fn() -> Vec<crate::usage::BudgetLine> + Send + Sync>;
+
+/// Each budget's limit, use and reservations, as gauges. Set from the
+/// ledger at every scrape rather than on each request: the sliding
+/// windows empty with time alone, with no request to update a gauge.
+#[derive(Clone, Default)]
+pub struct BudgetMetrics {
+    pub limit: Family<BudgetLabels, Gauge>,
+    pub used: Family<BudgetLabels, Gauge>,
+    pub in_flight: Family<BudgetLabels, Gauge>,
+}
+
+impl BudgetMetrics {
+    /// Replaces every series with `lines` (a rule removed by a reload
+    /// leaves no stale series). Budgets kept in Redis have no local use to
+    /// show: only their limit.
+    pub fn set(&self, lines: &[crate::usage::BudgetLine]) {
+        self.limit.clear();
+        self.used.clear();
+        self.in_flight.clear();
+        let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for line in lines {
+            let labels = BudgetLabels {
+                workload: line.workload.clone(),
+                key: line.key.clone(),
+                rule: line.rule.to_string(),
+                budget: line.budget.key().to_owned(),
+            };
+            self.limit.get_or_create(&labels).set(gauge(line.limit));
+            if let Some(used) = line.used {
+                self.used.get_or_create(&labels).set(gauge(used));
+            }
+            if let Some(in_flight) = line.in_flight {
+                self.in_flight.get_or_create(&labels).set(gauge(in_flight));
+            }
+        }
+    }
+}
+
 /// Registers `metric` under `name` and returns it (the registry keeps a
 /// clone sharing the same values).
 fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
@@ -138,6 +191,8 @@ pub struct Metrics {
     /// Whether every cgroup the selectors name is tagged, tag failures,
     /// and how many cgroups are tagged (see `redirect::tagging`).
     pub tagger: TaggerMetrics,
+    pub budgets: BudgetMetrics,
+    budget_source: std::sync::OnceLock<BudgetSource>,
     /// Model names seen as label values: the model comes from the agent's
     /// request body, so the number of distinct values is capped.
     models: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -271,6 +326,27 @@ impl Metrics {
                     Gauge::default(),
                 ),
             },
+            budgets: BudgetMetrics {
+                limit: registered(
+                    r,
+                    "budget_limit",
+                    "A policy rule's budget per workload (budget key): requests per minute, tokens per hour, or micro-USD per day for cost_per_day_usd",
+                    Family::default(),
+                ),
+                used: registered(
+                    r,
+                    "budget_used",
+                    "Used in the budget's sliding window, reservations of requests in flight included (embedded ledger only), in the budget's unit",
+                    Family::default(),
+                ),
+                in_flight: registered(
+                    r,
+                    "budget_in_flight",
+                    "The part of budget_used reserved by requests still in flight (their worst case until they end)",
+                    Family::default(),
+                ),
+            },
+            budget_source: std::sync::OnceLock::new(),
             registry,
             models: std::sync::Mutex::new(std::collections::HashSet::new()),
         }
@@ -367,8 +443,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Where the budget gauges are read from at each scrape (the daemon
+    /// sets it once its ledger and rules exist; later calls are ignored).
+    pub fn set_budget_source(&self, source: BudgetSource) {
+        let _ = self.budget_source.set(source);
+    }
+
     /// The whole exposition, OpenMetrics text.
     pub fn render(&self) -> String {
+        if let Some(source) = self.budget_source.get() {
+            self.budgets.set(&source());
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         if encode(&mut out, &self.registry).is_err() {

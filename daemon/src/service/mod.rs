@@ -139,6 +139,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         )
         .await,
     );
+    meter_budgets(&metrics, &reloader);
     let injector = Arc::new(Injector::new(
         &config,
         pki.leafs,
@@ -209,6 +210,24 @@ fn open_audit(config: &Config, origin: &str) -> (Arc<Audit>, Arc<Metrics>) {
     ));
     audit.record(&started);
     (audit, metrics)
+}
+
+/// The budget gauges (`warrant_budget_*`) read the generation in force at
+/// each scrape: the same lines `warrant status` shows. Weak: the
+/// reloader's generations hold the metrics.
+pub fn meter_budgets(metrics: &Metrics, reloader: &Arc<reload::Reloader>) {
+    let weak = Arc::downgrade(reloader);
+    metrics.set_budget_source(Box::new(move || {
+        let Some(reloader) = weak.upgrade() else {
+            return Vec::new();
+        };
+        let generation = reloader.current();
+        generation.gate.budgets().map_or_else(Vec::new, |budgets| {
+            budgets
+                .status_of(&control::budget_plans(&generation.config))
+                .lines
+        })
+    }));
 }
 
 /// The metrics endpoint, when configured. Metrics are for operators; a port

@@ -151,6 +151,7 @@ impl Daemon {
             )
             .await,
         );
+        service::meter_budgets(&metrics, &reloader);
         let origins = Arc::new(StaticOrigins::default());
         let injector = Injector::new(
             &config,
