@@ -26,6 +26,12 @@ const APT_PACKAGES: &[&str] = &[
     "redis-server",
 ];
 
+/// Debian packages whose service must not start on this machine: promtool
+/// (in `prometheus`) checks and unit-tests the shipped alert rules
+/// (daemon/tests/operator_assets.rs); the Prometheus server it brings is
+/// not wanted here.
+const NO_START_PACKAGES: &[&str] = &["prometheus"];
+
 /// The official SDKs the end-to-end tests drive, pinned so a new release
 /// cannot change the tests under us. Installed into target/sdk, not system-wide.
 /// boto3 is the Bedrock client (and the signer the anthropic SDK's
@@ -62,6 +68,7 @@ pub fn run() -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
     }
+    install_bench_tools(NO_START_PACKAGES)?;
     if !rust_src_installed() {
         println!("xtask setup: adding rust-src to the nightly toolchain");
         run_cmd(Command::new("rustup").args([
@@ -169,7 +176,7 @@ fn install_sdks() -> Result<()> {
 pub const BENCH_PACKAGES: &[&str] = &["nginx-light", "wrk", "nghttp2-client"];
 
 /// Installs `packages` (Debian names) that are missing, without starting any
-/// service they bring: a policy-rc.d that denies every start is put in place
+/// service they bring (benchmark tools, promtool's package): a policy-rc.d that denies every start is put in place
 /// for the install (only if the machine has none) and removed again.
 pub fn install_bench_tools(packages: &[&str]) -> Result<()> {
     let missing: Vec<&str> = packages
