@@ -5,7 +5,10 @@
 //! listed here in one place. Contents: /usr/bin/warrant, the units in
 //! /lib/systemd/system, /etc/warrant/warrant.toml (a conffile: kept on
 //! upgrade, removed on purge), /etc/warrant/credentials (0700), the README,
-//! and the maintainer scripts in systemd/debian/.
+//! and the maintainer scripts in systemd/debian/. For operators
+//! ([`install_operator_files`]): man pages and bash/zsh/fish completions
+//! generated from the clap definitions by the binary itself, the
+//! Prometheus alert rules and the Grafana dashboard from contrib/.
 
 use std::{
     fs,
@@ -70,6 +73,7 @@ pub fn run() -> Result<PathBuf> {
         "usr/share/doc/warrant/README.md",
         0o644,
     )?;
+    install_operator_files(&root, &stage, &binary)?;
     fs::write(
         stage.join("usr/share/doc/warrant/copyright"),
         "warrant\nLicense: MIT OR Apache-2.0\n",
@@ -112,6 +116,100 @@ pub fn run() -> Result<PathBuf> {
     )?;
     println!("xtask package: {}", deb.display());
     Ok(deb)
+}
+
+/// Where Debian's man and the shells look, for each file `warrant
+/// generate-docs` writes (the completion scripts by their generated name).
+const COMPLETIONS: &[(&str, &str)] = &[
+    (
+        "warrant.bash",
+        "usr/share/bash-completion/completions/warrant",
+    ),
+    ("_warrant", "usr/share/zsh/vendor-completions/_warrant"),
+    (
+        "warrant.fish",
+        "usr/share/fish/vendor_completions.d/warrant.fish",
+    ),
+];
+
+/// The files operators look for beside the binary, from contrib/: alert
+/// rules (and their promtool unit tests, which document each alert by
+/// example) and the dashboard.
+const CONTRIB: &[(&str, &str)] = &[
+    (
+        "contrib/prometheus/warrant-alerts.yml",
+        "usr/share/warrant/prometheus/warrant-alerts.yml",
+    ),
+    (
+        "contrib/prometheus/warrant-alerts.test.yml",
+        "usr/share/warrant/prometheus/warrant-alerts.test.yml",
+    ),
+    (
+        "contrib/grafana/warrant-dashboard.json",
+        "usr/share/warrant/grafana/warrant-dashboard.json",
+    ),
+];
+
+/// Man pages (gzipped, as Debian policy asks), completions, alert rules and
+/// the dashboard. The man pages and completions come from running the
+/// built `binary`: they are the clap definitions it parses with.
+fn install_operator_files(root: &Path, stage: &Path, binary: &Path) -> Result<()> {
+    let generated = root.join("target/debian/generated");
+    if generated.exists() {
+        fs::remove_dir_all(&generated)?;
+    }
+    let (man, completions) = (generated.join("man"), generated.join("completions"));
+    run_cmd(
+        Command::new(binary)
+            .arg("generate-docs")
+            .arg("--man")
+            .arg(&man)
+            .arg("--completions")
+            .arg(&completions),
+    )?;
+    let man_dir = stage.join("usr/share/man/man1");
+    fs::create_dir_all(&man_dir)?;
+    let mut pages = 0;
+    for entry in fs::read_dir(&man)? {
+        let page = entry?.path();
+        let Some(name) = page.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let dest = man_dir.join(format!("{name}.gz"));
+        // -n: no name or time stamp in the header, so builds are
+        // reproducible.
+        let out = Command::new("gzip")
+            .args(["-9n", "-c"])
+            .arg(&page)
+            .output()
+            .context("cannot run gzip")?;
+        if !out.status.success() {
+            bail!("gzip {} failed", page.display());
+        }
+        fs::write(&dest, out.stdout)?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o644))?;
+        pages += 1;
+    }
+    if pages < 2 {
+        bail!("warrant generate-docs wrote {pages} man pages");
+    }
+    let copy = |from: &Path, to: &str| -> Result<()> {
+        let dest = stage.join(to);
+        if let Some(dir) = dest.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::copy(from, &dest)
+            .with_context(|| format!("cannot copy {} to {}", from.display(), dest.display()))?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o644))?;
+        Ok(())
+    };
+    for (file, to) in COMPLETIONS {
+        copy(&completions.join(file), to)?;
+    }
+    for (from, to) in CONTRIB {
+        copy(&root.join(from), to)?;
+    }
+    Ok(())
 }
 
 fn workspace_version(root: &Path) -> Result<String> {

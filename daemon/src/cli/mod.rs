@@ -3,6 +3,7 @@
 mod audit;
 pub mod ca;
 mod control;
+pub mod docs;
 pub(crate) mod status;
 mod table;
 pub mod tag;
@@ -53,7 +54,8 @@ pub enum Command {
         config: PathBuf,
     },
     /// Live view: workloads and their connections, credentials (expiry, never
-    /// values), budgets, instance identity, quarantines, audit health.
+    /// values), budgets (limit, used, in flight, when a default request
+    /// fits), instance identity, tagging health, quarantines, audit health.
     Status {
         #[command(flatten)]
         socket: SocketArg,
@@ -62,7 +64,8 @@ pub enum Command {
         json: bool,
     },
     /// Quarantine a workload or a process: new requests are refused (403)
-    /// and its live connections are closed at once.
+    /// and its live connections are closed (gracefully first: a response
+    /// under way has 250 ms to reach the agent, then the rest is cut).
     Revoke {
         #[command(flatten)]
         target: TargetArg,
@@ -130,10 +133,13 @@ pub enum Command {
         #[arg(long, hide = true)]
         root: Option<PathBuf>,
     },
-    /// Is this host ready? Checks the kernel, mounts, sysctls, systemd, the
-    /// config, credential files, the CA and trust bundle, tagged units, the
-    /// clock and the daemon's listeners; prints pass, warn or fail and the
-    /// fix for each problem. Exits 1 when any check fails. Run as root.
+    /// Is this host ready? Checks the cgroup2 and bpffs mounts,
+    /// perf_event_paranoid, systemd, the clock, the config (as
+    /// check-config), credential files' owner and mode, the CA and the
+    /// trust bundle, each tagged unit's slice and TLS trust environment,
+    /// the listeners and the daemon's audit health; prints pass, warn or
+    /// fail and the fix for each problem. Only reads. Exits 1 when any
+    /// check fails. Run as root.
     Doctor {
         #[arg(long, default_value = "/etc/warrant/warrant.toml")]
         config: PathBuf,
@@ -145,6 +151,17 @@ pub enum Command {
     /// what was refused and why, and a summary of requests, refusals,
     /// tokens and cost per workload and day.
     Audit(audit::AuditArgs),
+    /// Write the man pages and the bash, zsh and fish completions (for
+    /// packaging: `cargo xtask package` runs it).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where the man pages go (warrant.1, warrant-SUBCOMMAND.1).
+        #[arg(long)]
+        man: PathBuf,
+        /// Where the completion scripts go.
+        #[arg(long)]
+        completions: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -199,6 +216,15 @@ pub fn main() -> ExitCode {
         Command::Detach { config } => report(detach(&config)),
         Command::Audit(args) => audit::run(&args),
         Command::Doctor { config, json } => doctor(&config, json),
+        Command::GenerateDocs { man, completions } => report(
+            docs::write(&man, &completions)
+                .map(|written| {
+                    for path in written {
+                        println!("{}", path.display());
+                    }
+                })
+                .map_err(anyhow::Error::from),
+        ),
         Command::Status { socket, json } => {
             control::run(&socket.path, &ControlRequest::Status, json)
         }
