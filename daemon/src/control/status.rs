@@ -212,3 +212,80 @@ pub fn sample(now: jiff::Timestamp) -> Status {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Every field path of `value`: `a.b`, arrays as `a[].b`, and the
+    /// keys of maps whose keys are data (workload names, claim names) as
+    /// `a.*`.
+    fn paths(value: &serde_json::Value, prefix: &str, data_keys: &[&str], out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, child) in map {
+                    let key = if data_keys.contains(&prefix) {
+                        "*"
+                    } else {
+                        key
+                    };
+                    let path = if prefix.is_empty() {
+                        key.to_owned()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    if !out.contains(&path) {
+                        out.push(path.clone());
+                    }
+                    paths(child, &path, data_keys, out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    paths(item, &format!("{prefix}[]"), data_keys, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The README's "Status fields" section documents every field of the
+    /// `--json` answer, each as `path` in the table's first column.
+    #[test]
+    fn every_status_field_is_documented_in_the_readme() {
+        let readme = include_str!("../../../README.md");
+        let section: String = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("#### Status fields"))
+            .skip(1)
+            .take_while(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(!section.is_empty(), "no Status fields section");
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let mut status = serde_json::to_value(sample(now)).unwrap();
+        let mut all = Vec::new();
+        paths(&status, "", &["workloads", "instance.claims"], &mut all);
+        // The other shapes of the tagged enums: a failed instance
+        // identity, a process quarantine, each kind of room.
+        status["instance"] = serde_json::to_value(InstanceState::Failed {
+            provider: "aws".into(),
+            reason: "timeout".into(),
+            at_unix: 1,
+        })
+        .unwrap();
+        status["tagging"]["last_error"] = "the tagged map is full".into();
+        status["quarantines"][0]["target"] =
+            serde_json::to_value(crate::audit::Target::Pid(1)).unwrap();
+        paths(&status, "", &["workloads", "instance.claims"], &mut all);
+        let missing: Vec<&String> = all
+            .iter()
+            .filter(|p| !section.contains(&format!("| `{p}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "undocumented status fields: {missing:#?}"
+        );
+    }
+}
