@@ -172,7 +172,7 @@ pub fn sample(now: jiff::Timestamp) -> Status {
                     Room::Now,
                 ),
             ],
-            windows: Vec::new(),
+            windows: vec![(long.clone(), [60, 8_243, 12_340_000])],
         }),
         instance: Some(InstanceState::Attested {
             provider: "host".into(),

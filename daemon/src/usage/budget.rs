@@ -178,9 +178,10 @@ pub struct BudgetStatus {
     #[serde(default)]
     pub lines: Vec<BudgetLine>,
     /// Per key, used in each window (embedded ledger only): requests in the
-    /// last minute, tokens in the last hour, micro-USD in the last day. For
-    /// tests; `lines` is what status shows.
-    #[serde(skip)]
+    /// last minute, tokens in the last hour, micro-USD in the last day.
+    /// Kept in the JSON (scripts and tests read it; a field is never
+    /// removed); `lines` is what `warrant status` shows.
+    #[serde(default)]
     pub windows: Vec<(String, Amounts)>,
 }
 
