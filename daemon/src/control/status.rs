@@ -133,7 +133,7 @@ pub fn sample(now: jiff::Timestamp) -> Status {
         )]),
         credentials: vec![CredentialStatus {
             name: "openai-prod".into(),
-            source: "oauth".into(),
+            source: "oauth2".into(),
             kind: crate::credentials::CredentialKind::Token,
             fingerprint: Some("sha256:3f5a9c1e".into()),
             expires_at: Some(later(3600)),
