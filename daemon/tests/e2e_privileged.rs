@@ -1173,6 +1173,76 @@ fn policy_decides_on_the_request_the_provider_runs() {
     stack.assert_no_real_key_in(&[]);
 }
 
+#[test]
+fn a_request_the_provider_could_read_otherwise_than_policy_is_refused() {
+    let mut stack = Stack::with_policy(
+        r#"
+[[policy]]
+workload = "agents"
+upstreams = ["api.openai.com", "generativelanguage.googleapis.com"]
+models = ["gpt-4o-mini", "gpt-realtime-mini", "gemini-1.5-flash"]
+"#,
+    );
+    let flash = "/v1beta/models/gemini-1.5-flash:generateContent";
+    let gemini = |method: &str, body: Option<&str>, headers: serde_json::Value| {
+        let mut h = serde_json::json!({"x-goog-api-key": "placeholder"});
+        h.as_object_mut()
+            .unwrap()
+            .extend(headers.as_object().unwrap().clone());
+        serde_json::json!({"host": "generativelanguage.googleapis.com", "method": method,
+            "path": flash, "body": body, "headers": h})
+    };
+    let chat = r#"{"model":"gpt-4o-mini","messages":[]}"#;
+    let requests = serde_json::json!([
+        // The baseline: allowed.
+        gemini("POST", Some(r#"{"contents":[]}"#), serde_json::json!({})),
+        // A body naming another model than the path.
+        gemini("POST", Some(r#"{"model":"models/gemini-ultra","contents":[]}"#), serde_json::json!({})),
+        // A method override: Google runs the method it names.
+        gemini("GET", None, serde_json::json!({"x-http-method-override": "POST"})),
+        // A compressed body warrant would read as something else.
+        {"host": "api.openai.com", "path": "/v1/chat/completions", "body": chat,
+            "headers": {"content-encoding": "gzip"}},
+    ]);
+    let answers = stack.raw(&requests);
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200, 400, 400, 400], "{answers:#?}");
+    assert!(
+        answers[1].body.contains("in its body"),
+        "{}",
+        answers[1].body
+    );
+    assert!(
+        answers[2].body.contains("X-HTTP-Method-Override")
+            || answers[2].body.contains("x-http-method-override"),
+        "{}",
+        answers[2].body
+    );
+    assert!(
+        answers[3].body.contains("Content-Encoding"),
+        "{}",
+        answers[3].body
+    );
+    // A Realtime session names its model once: the allowed model, then the
+    // same with a second model parameter (the provider would run the last).
+    let url = "wss://api.openai.com/v1/realtime?model=gpt-realtime-mini";
+    let mut agent = stack.tagged(&["python3", "-c", PY_WEBSOCKET, url]);
+    assert_eq!(
+        run_to_end(&mut agent),
+        ["event response.created", "event response.done"]
+    );
+    for url in [
+        "wss://api.openai.com/v1/realtime?model=gpt-realtime-mini&model=gpt-realtime",
+        "wss://api.openai.com/v1/realtime?model=gpt-realtime-mini;model=gpt-realtime",
+    ] {
+        let mut agent = stack.tagged(&["python3", "-c", PY_WEBSOCKET, url]);
+        assert_eq!(run_to_end(&mut agent), ["refused 400"], "{url}");
+    }
+    let records = stack.mock.records();
+    assert_eq!(records.len(), 2, "{records:#?}");
+    assert_provider_ran_what_policy_saw(&records, &["gpt-realtime-mini", "gemini-1.5-flash"]);
+}
+
 const PY_WEBSOCKET: &str = r#"
 import asyncio, json, ssl, sys
 import websockets
@@ -1274,6 +1344,39 @@ tokens_per_hour = 50
     );
 }
 
+const PY_WEBSOCKET_HANG_UP: &str = r#"
+import asyncio, json, ssl, sys
+import websockets
+async def main():
+    async with websockets.connect(sys.argv[1], ssl=ssl.create_default_context(),
+            additional_headers={"Authorization": "Bearer placeholder"}, open_timeout=30) as ws:
+        await ws.send(json.dumps({"type": "response.create", "response": {"metadata": {"mock": "hold"}}}))
+        print("event", json.loads(await ws.recv())["type"], flush=True)
+asyncio.run(main())
+print("done", flush=True)
+"#;
+
+#[test]
+fn a_websocket_session_that_hangs_up_during_a_response_is_charged_for_it() {
+    let mut stack = Stack::with_policy(
+        r#"
+[[policy]]
+workload = "agents"
+upstreams = ["api.openai.com"]
+tokens_per_hour = 100000
+"#,
+    );
+    // The provider started a response and the agent closed the session
+    // before its response.done: no message reports its usage, so the
+    // session is charged what a request without a cap reserves (4096).
+    let url = "wss://api.openai.com/v1/realtime?model=gpt-realtime";
+    let mut agent = stack.tagged(&["python3", "-c", PY_WEBSOCKET_HANG_UP, url]);
+    assert_eq!(run_to_end(&mut agent), ["event response.created"]);
+    support::wait::wait_until("the session's charge", Duration::from_secs(20), || {
+        stack.budgets()["windows"][0][1] == serde_json::json!([1, 4096, 0])
+    });
+}
+
 const BUDGET_POLICY: &str = r#"
 [[policy]]
 workload = "agents"
@@ -1370,12 +1473,43 @@ fn refused_requests_leave_the_budget_untouched_and_the_reservation_covers_thinki
     assert!(untouched(&stack.budgets()), "{}", stack.budgets());
     // A thinking budget past the token budget: the reservation covers it,
     // so the request is refused rather than admitted at max_tokens.
+    // So do the responses API's max_output_tokens, n choices, and
+    // reasoning without a cap (default 4096 + 32768 reasoning allowance).
+    let openai = |path: &str, body: &str| serde_json::json!({"host": "api.openai.com", "path": path, "body": body});
     let thinking = serde_json::json!([{"host": "api.anthropic.com", "path": "/v1/messages",
-        "body": r#"{"model":"claude-sonnet-4-6","max_tokens":1024,"thinking":{"type":"enabled","budget_tokens":30000},"messages":[]}"#}]);
+        "body": r#"{"model":"claude-sonnet-4-6","max_tokens":1024,"thinking":{"type":"enabled","budget_tokens":30000},"messages":[]}"#},
+        openai("/v1/responses", r#"{"model":"o3","input":"x","max_output_tokens":30000}"#),
+        openai("/v1/chat/completions", r#"{"model":"gpt-4o-mini","max_tokens":2048,"n":10,"messages":[]}"#),
+        openai("/v1/chat/completions", r#"{"model":"o3","reasoning_effort":"high","messages":[]}"#),
+    ]);
     let answers = stack.raw(&thinking);
-    assert_eq!(answers[0].status, 429, "{answers:#?}");
+    for answer in &answers {
+        assert_eq!(answer.status, 429, "{answers:#?}");
+        assert!(
+            answer.body.contains("larger than the budget"),
+            "{}",
+            answer.body
+        );
+    }
+    assert!(stack.mock.records().is_empty());
+    assert!(untouched(&stack.budgets()), "{}", stack.budgets());
+    // A credential that cannot go in a header: the rewrite fails after
+    // admission, and each reservation is given back.
+    fs::write(stack.dir.path().join("creds/anthropic"), "sk-ant-\u{1}bad").unwrap();
+    let reload = Command::new(env!("CARGO_BIN_EXE_warrant"))
+        .args(["reload", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
     assert!(
-        answers[0].body.contains("larger than the budget"),
+        reload.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reload.stderr)
+    );
+    let answers = stack.raw(&serde_json::json!([chat, chat, chat]));
+    assert!(answers.iter().all(|a| a.status == 500), "{answers:#?}");
+    assert!(
+        answers[0].body.contains("not a valid header value"),
         "{}",
         answers[0].body
     );

@@ -1,6 +1,7 @@
 //! The WebSocket session meter: bytes from an upstream after an upgrade,
 //! decoded into messages by tungstenite (as `proxy::session` does) and each
-//! message read for usage by each provider (`Api::session_usage`). It must
+//! message read for usage by each provider (`Api::session_usage`,
+//! `Api::session_turn_started`). It must
 //! never panic, and the usage it reads is never negative or unbounded by
 //! the message (counts are u64, summed saturating).
 #![no_main]
@@ -34,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
             };
             for scheme in [Scheme::OpenAi, Scheme::Gemini, Scheme::Anthropic] {
                 let _ = api(scheme).session_usage(bytes);
+                let _ = api(scheme).session_turn_started(bytes);
             }
         }
     });

@@ -53,8 +53,16 @@ impl Api for Gemini {
     ) -> Result<Request, AmbiguousRequest> {
         let mut request = json_request(head, body_prefix)?;
         // The path is canonical (no dot segments, no encoded separators),
-        // so the model it names is the one Gemini routes to.
+        // so the model it names is the one Gemini routes to. A body that
+        // names another (`"model": "models/..."`) leaves it to the server
+        // which of the two wins: refused. Paths without a model
+        // (cachedContents, the OpenAI-compatible endpoint) keep the body's.
         if let Some(model) = path_model(&request.path) {
+            if let Some(body) = request.model.take()
+                && body.strip_prefix("models/").unwrap_or(&body) != model
+            {
+                return Err(AmbiguousRequest::ConflictingModel { path: model, body });
+            }
             request.model = Some(model);
         }
         request.stream |= request.path_method() == Some("streamGenerateContent");
@@ -77,6 +85,23 @@ impl Api for Gemini {
         }
         let message: Message = serde_json::from_slice(message).ok()?;
         message.usage_metadata.map(|u| u.tokens())
+    }
+
+    fn session_turn_started(&self, message: &[u8]) -> bool {
+        // The model's content for a turn, before the usageMetadata that
+        // ends it.
+        if memchr::memmem::find(message, b"serverContent").is_none() {
+            return false;
+        }
+        #[derive(serde::Deserialize)]
+        struct Message {
+            #[serde(rename = "serverContent")]
+            server_content: Option<serde::de::IgnoredAny>,
+            #[serde(rename = "usageMetadata")]
+            usage_metadata: Option<serde::de::IgnoredAny>,
+        }
+        serde_json::from_slice::<Message>(message)
+            .is_ok_and(|m| m.server_content.is_some() && m.usage_metadata.is_none())
     }
 
     fn unmetered(&self, request: &Request) -> Option<Unmetered> {
@@ -156,6 +181,7 @@ fn rpc_status(status: StatusCode) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -174,5 +200,40 @@ mod tests {
             path_model("/v1/models/gemini-2.5-pro").as_deref(),
             Some("gemini-2.5-pro")
         );
+    }
+
+    #[test]
+    fn a_body_naming_another_model_than_the_path_is_refused() {
+        let parse = |path: &str, body: &[u8]| {
+            let uri: http::Uri = path.parse().unwrap();
+            let headers = HeaderMap::new();
+            let head = RequestHead {
+                method: &http::Method::POST,
+                uri: &uri,
+                headers: &headers,
+            };
+            Gemini.parse(&head, body)
+        };
+        let path = "/v1beta/models/gemini-1.5-flash:generateContent";
+        let error = parse(path, br#"{"model":"models/gemini-ultra","contents":[]}"#).unwrap_err();
+        assert!(
+            matches!(error, AmbiguousRequest::ConflictingModel { .. }),
+            "{error}"
+        );
+        // The same model, with or without its prefix, is no conflict.
+        for body in [
+            &br#"{"model":"models/gemini-1.5-flash"}"#[..],
+            br#"{"model":"gemini-1.5-flash"}"#,
+        ] {
+            let request = parse(path, body).unwrap();
+            assert_eq!(request.model.as_deref(), Some("gemini-1.5-flash"));
+        }
+        // A path without a model keeps the body's.
+        let cached = parse(
+            "/v1beta/cachedContents",
+            br#"{"model":"models/gemini-1.5-flash-001"}"#,
+        )
+        .unwrap();
+        assert_eq!(cached.model.as_deref(), Some("models/gemini-1.5-flash-001"));
     }
 }

@@ -137,6 +137,14 @@ pub trait Api: Sync {
     fn session_usage(&self, _message: &[u8]) -> Option<Usage> {
         None
     }
+
+    /// Whether one message of a session from the provider says a response
+    /// (a turn) has started whose usage a later message will report. A
+    /// session that closes between the two has spent tokens no message
+    /// reports: its meter charges a guess for it (`usage::SessionMeter`).
+    fn session_turn_started(&self, _message: &[u8]) -> bool {
+        false
+    }
 }
 
 /// The provider behind a scheme: the one place a scheme becomes behaviour.

@@ -57,7 +57,10 @@ impl Api for OpenAi {
             // A Realtime session: its model is the query's, and it is
             // metered message by message (`session_usage`).
             request.unmetered = None;
-            request.model = request.query.as_deref().and_then(query_model);
+            request.model = match request.query.as_deref() {
+                Some(query) => query_model(query)?,
+                None => None,
+            };
         }
         Ok(request)
     }
@@ -65,13 +68,41 @@ impl Api for OpenAi {
     fn session_usage(&self, message: &[u8]) -> Option<Usage> {
         session_usage(message)
     }
+
+    fn session_turn_started(&self, message: &[u8]) -> bool {
+        // `response.created` opens a response; its `response.done` (read by
+        // `session_usage`) carries the usage.
+        if memchr::memmem::find(message, b"response.created").is_none() {
+            return false;
+        }
+        #[derive(serde::Deserialize)]
+        struct Event {
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        serde_json::from_slice::<Event>(message).is_ok_and(|e| e.kind == "response.created")
+    }
 }
 
 /// The `model` query parameter (percent-decoded), as Realtime takes it.
-fn query_model(query: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(name, _)| name == "model")
-        .map(|(_, value)| value.into_owned())
+/// Servers differ on a parameter given twice (first or last wins) and on
+/// `;` as a separator, so either is refused rather than read one way.
+fn query_model(query: &str) -> Result<Option<String>, super::AmbiguousRequest> {
+    if query.contains(';') {
+        return Err(super::AmbiguousRequest::Query {
+            reason: "it has a ; (some servers split parameters on it)",
+        });
+    }
+    let mut models = form_urlencoded::parse(query.as_bytes())
+        .filter(|(name, _)| name == "model")
+        .map(|(_, value)| value.into_owned());
+    let model = models.next();
+    if models.next().is_some() {
+        return Err(super::AmbiguousRequest::Query {
+            reason: "it names model more than once",
+        });
+    }
+    Ok(model)
 }
 
 /// Realtime's usage: each `response.done` event carries the usage of the
@@ -257,6 +288,35 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["stream_options"]["include_usage"], true);
         assert_eq!(value["stream_options"]["include_obfuscation"], false);
+    }
+
+    #[test]
+    fn the_realtime_model_is_the_query_s_and_an_ambiguous_query_is_refused() {
+        let session = |query: &str| {
+            let uri: http::Uri = format!("/v1/realtime?{query}").parse().unwrap();
+            let mut headers = HeaderMap::new();
+            headers.insert("connection", "Upgrade".parse().unwrap());
+            headers.insert("upgrade", "websocket".parse().unwrap());
+            let head = RequestHead {
+                method: &http::Method::GET,
+                uri: &uri,
+                headers: &headers,
+            };
+            crate::provider::Api::parse(&OpenAi, &head, b"")
+        };
+        let one = session("model=gpt-realtime%2Dmini").unwrap();
+        assert_eq!(one.model.as_deref(), Some("gpt-realtime-mini"));
+        assert_eq!(one.unmetered, None);
+        for query in [
+            "model=gpt-realtime-mini&model=gpt-realtime",
+            "model=gpt-realtime-mini;model=gpt-realtime",
+        ] {
+            let error = session(query).unwrap_err();
+            assert!(
+                matches!(error, crate::provider::AmbiguousRequest::Query { .. }),
+                "{query}: {error}"
+            );
+        }
     }
 
     #[test]

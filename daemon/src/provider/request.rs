@@ -211,7 +211,35 @@ pub enum AmbiguousRequest {
     InvalidJson { reason: String },
     #[error("the request body is JSON but not an object")]
     NotAnObject,
+    /// A method-override header: some servers (Google's among them) run
+    /// the method it names instead of the request's, so policy would
+    /// decide on one method while the provider runs another.
+    #[error(
+        "the request carries {header}, which makes a provider run another method than the one warrant decides on"
+    )]
+    MethodOverride { header: &'static str },
+    /// A compressed body: what warrant reads is not what the provider
+    /// decompresses and runs.
+    #[error(
+        "the request body is sent with Content-Encoding {encoding:?}, which warrant does not read; send it uncompressed"
+    )]
+    EncodedBody { encoding: String },
+    /// A query warrant reads (Realtime's model) that servers may read
+    /// otherwise.
+    #[error("the request query is ambiguous: {reason}")]
+    Query { reason: &'static str },
+    /// A model named by both the path and the body, differently (Gemini).
+    #[error("the request names model {path:?} in its path and {body:?} in its body")]
+    ConflictingModel { path: String, body: String },
 }
+
+/// Headers that make servers run another method than the request line's
+/// (Google's front ends honour the first).
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
 
 /// Why a path was refused ([`canonical_path`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -352,6 +380,28 @@ pub(super) fn json_request_at(
     path: String,
     body_prefix: &[u8],
 ) -> Result<Request, AmbiguousRequest> {
+    if let Some(header) = METHOD_OVERRIDES
+        .into_iter()
+        .find(|name| head.headers.contains_key(*name))
+    {
+        return Err(AmbiguousRequest::MethodOverride { header });
+    }
+    // Only a body warrant reads matters (the gate asked for its first
+    // bytes): a compressed one would be decided on as something else.
+    if !body_prefix.is_empty() {
+        let encodings = head.headers.get_all(header::CONTENT_ENCODING).iter();
+        for value in encodings {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let identity = text
+                .split(',')
+                .all(|e| e.trim().is_empty() || e.trim().eq_ignore_ascii_case("identity"));
+            if !identity {
+                return Err(AmbiguousRequest::EncodedBody {
+                    encoding: text.into_owned(),
+                });
+            }
+        }
+    }
     let content_length = head
         .headers
         .get(header::CONTENT_LENGTH)

@@ -11,7 +11,9 @@
 //! session is closed on both sides, the agent told why (close code 1008,
 //! policy violation). The request asked the upstream for no extensions
 //! (`rewrite`), so frames are never compressed and every message can be
-//! read. A quarantine closes the session like any live connection.
+//! read. A quarantine closes the session like any live connection. When
+//! the session closes, its meter charges a response it saw start and not
+//! end (`SessionObserver::closing`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -115,7 +117,12 @@ async fn relay_websocket(
         let _ = to_upstream.close().await;
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-    if let Some(meter) = meter {
+    if let Some(mut meter) = meter {
+        // A response cut by the close is charged (its budget may already
+        // be exhausted: the session is over either way).
+        if let Err(exhausted) = meter.closing().await {
+            tracing::debug!(reason = %exhausted, "budget exhausted at the session's close");
+        }
         meter.end();
     }
 }

@@ -42,6 +42,12 @@ pub trait ResponseObserver: Send + Sync + 'static {
 pub trait SessionObserver: Send + 'static {
     /// One message (text or binary) from the upstream.
     fn message<'a>(&'a mut self, message: &'a [u8]) -> SessionFuture<'a>;
+    /// The session is closing (either side, or the budget, ended it): what
+    /// it started and no message reported is charged now. The default
+    /// charges nothing.
+    fn closing(&mut self) -> SessionFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
     /// The session ended.
     fn end(self: Box<Self>);
 }

@@ -13,6 +13,14 @@
 //! (`proxy::session`). The overshoot is bounded by what one response
 //! spends, as for concurrent requests.
 //!
+//! A response the provider started (Realtime's `response.created`, Live's
+//! model content) whose usage message had not come when the session closed
+//! (the agent hung up mid-response) spent tokens no message reports: the
+//! session is then charged `[usage] default_max_output_tokens` for it, as
+//! an HTTP response cut off before its usage is charged its reservation.
+//! Otherwise an agent could open sessions and hang up before each
+//! response's end, unmetered.
+//!
 //! A provider whose sessions report no usage this way is not metered here:
 //! its upgrades are `provider::Unmetered::WebSocket`, refused under a token
 //! or cost budget by policy.
@@ -52,6 +60,10 @@ pub struct SessionMeter {
     cost_micro_usd: u64,
     /// Messages that reported usage.
     reports: u64,
+    /// A response started and its usage not yet reported.
+    open_turn: bool,
+    /// Responses charged a guess because the session closed during them.
+    guessed: u64,
 }
 
 impl SessionMeter {
@@ -62,14 +74,39 @@ impl SessionMeter {
             used: Usage::default(),
             cost_micro_usd: 0,
             reports: 0,
+            open_turn: false,
+            guessed: 0,
         }
     }
 
     async fn charge(&mut self, message: &[u8]) -> Result<(), Exhausted> {
-        let Some(usage) = provider::api(self.parts.scheme).session_usage(message) else {
+        let api = provider::api(self.parts.scheme);
+        let Some(usage) = api.session_usage(message) else {
+            self.open_turn |= api.session_turn_started(message);
             return Ok(());
         };
+        self.open_turn = false;
         self.reports += 1;
+        self.spend(usage).await
+    }
+
+    /// The session closes during a response: charged the output guess a
+    /// request without a cap reserves (see the module comment).
+    async fn close_open_turn(&mut self) -> Result<(), Exhausted> {
+        if !std::mem::take(&mut self.open_turn) {
+            return Ok(());
+        }
+        self.guessed += 1;
+        let usage = Usage {
+            output_tokens: self.budgets.settings().default_max_output_tokens,
+            ..Usage::default()
+        };
+        self.spend(usage).await
+    }
+
+    /// Adds `usage` to the session's and charges it to the budget; Err
+    /// when the budget has no room left after it.
+    async fn spend(&mut self, usage: Usage) -> Result<(), Exhausted> {
         self.used.input_tokens = self.used.input_tokens.saturating_add(usage.input_tokens);
         self.used.cached_input_tokens = self
             .used
@@ -113,8 +150,16 @@ impl SessionObserver for SessionMeter {
         Box::pin(self.charge(message))
     }
 
+    fn closing(&mut self) -> SessionFuture<'_> {
+        Box::pin(self.close_open_turn())
+    }
+
     fn end(self: Box<Self>) {
-        let outcome = if self.reports > 0 {
+        let outcome = if self.guessed > 0 {
+            Outcome::Unknown {
+                reason: "the session closed during a response; charged as reserved".to_owned(),
+            }
+        } else if self.reports > 0 {
             Outcome::Counted
         } else {
             Outcome::Unknown {
@@ -139,6 +184,7 @@ impl SessionObserver for SessionMeter {
             workload = %record.workload, upstream = %record.upstream, path = %record.path,
             input = self.used.input_tokens, output = self.used.output_tokens,
             cost_micro_usd = self.cost_micro_usd, reports = self.reports,
+            guessed = self.guessed,
             "websocket session ended"
         );
         self.budgets.record(&record, parts.sink.as_ref());
@@ -214,6 +260,67 @@ mod tests {
         assert!(exhausted.0.contains("tokens_per_hour"), "{exhausted}");
         session.end();
         assert_eq!(b.status().windows, vec![("w".to_owned(), [1, 57, 0])]);
+    }
+
+    #[tokio::test]
+    async fn a_session_closed_during_a_response_is_charged_the_guess_for_it() {
+        let b = budgets();
+        let uri: http::Uri = "/v1/realtime?model=gpt-realtime".parse().unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("connection", "Upgrade".parse().unwrap());
+        headers.insert("upgrade", "websocket".parse().unwrap());
+        let head = RequestHead {
+            method: &http::Method::GET,
+            uri: &uri,
+            headers: &headers,
+        };
+        let request = provider::api(Scheme::OpenAi).parse(&head, b"").unwrap();
+        let admit = || {
+            b.admit(AdmitRequest {
+                workload: "w",
+                upstream: "api.openai.com",
+                scheme: Scheme::OpenAi,
+                request: &request,
+                limits: RuleLimits {
+                    tokens_per_hour: Some(1_000_000),
+                    ..RuleLimits::default()
+                },
+            })
+        };
+        let guess = b.settings().default_max_output_tokens;
+        // Ended with its response done: only the usage reported.
+        let mut session = Box::new(admit().await.unwrap()).into_session().unwrap();
+        session
+            .message(br#"{"type":"response.created"}"#)
+            .await
+            .unwrap();
+        session.message(DONE).await.unwrap();
+        session.closing().await.unwrap();
+        session.end();
+        assert_eq!(b.status().windows, vec![("w".to_owned(), [1, 19, 0])]);
+        // Hung up after response.created: the guess is charged.
+        let mut session = Box::new(admit().await.unwrap()).into_session().unwrap();
+        session
+            .message(br#"{"type":"response.created","response":{}}"#)
+            .await
+            .unwrap();
+        session
+            .message(br#"{"type":"response.output_text.delta"}"#)
+            .await
+            .unwrap();
+        session.closing().await.unwrap();
+        session.end();
+        assert_eq!(
+            b.status().windows,
+            vec![("w".to_owned(), [2, 19 + guess, 0])]
+        );
+        // Gemini Live: model content without its usageMetadata yet.
+        let live = provider::api(Scheme::Gemini);
+        assert!(live.session_turn_started(br#"{"serverContent":{"modelTurn":{}}}"#));
+        assert!(!live.session_turn_started(
+            br#"{"serverContent":{"turnComplete":true},"usageMetadata":{}}"#
+        ));
+        assert!(!live.session_turn_started(br#"{"setupComplete":{}}"#));
     }
 
     #[test]

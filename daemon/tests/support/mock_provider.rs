@@ -248,7 +248,14 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let normalised_path = normalise(&path);
     let version = format!("{:?}", req.version());
     if is_websocket_path(&normalised_path) {
-        let line = json!({"host": host, "method": method, "path": path, "normalised_path": normalised_path, "query": query, "version": version, "headers": headers, "websocket": true});
+        // A Realtime session runs the query's model; of a parameter given
+        // twice, the last (as Starlette and most frameworks read a query).
+        let run_model = form_urlencoded::parse(query.as_bytes())
+            .filter(|(name, _)| name == "model")
+            .last()
+            .map(|(_, value)| Value::from(value.into_owned()))
+            .unwrap_or(Value::Null);
+        let line = json!({"host": host, "method": method, "path": path, "normalised_path": normalised_path, "query": query, "version": version, "headers": headers, "model": run_model, "websocket": true});
         state.records.lock().unwrap().push(line);
         let expected = state.settings.keys.get(provider);
         if expected.is_some() && key.as_ref() != expected {
@@ -539,7 +546,14 @@ fn websocket(mut req: Request<Incoming>, provider: &str) -> Response<Body> {
                 _ => continue,
             };
             let event: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
-            let replies = if event["type"] == "response.create" {
+            // A response held open (metadata {"mock": "hold"}): started,
+            // never done, as a long response the agent hangs up on.
+            let hold = event["response"]["metadata"]["mock"] == "hold";
+            let replies = if event["type"] == "response.create" && hold {
+                vec![
+                    json!({"type": "response.created", "response": {"id": "resp_held", "status": "in_progress"}}),
+                ]
+            } else if event["type"] == "response.create" {
                 vec![
                     json!({"type": "response.created", "response": {"id": "resp_mock", "status": "in_progress"}}),
                     json!({"type": "response.done", "response": {"id": "resp_mock", "status": "completed",

@@ -256,6 +256,61 @@ fn an_upgrade_is_a_realtime_session_and_background_is_unmetered() {
     assert_eq!(background.unmetered, Some(Unmetered::Background));
 }
 
+#[test]
+fn a_method_override_is_refused_whatever_its_spelling() {
+    for header in [
+        "x-http-method-override",
+        "X-HTTP-Method",
+        "x-method-override",
+    ] {
+        let error = head_parse(
+            Method::GET,
+            "/v1beta/models/gemini-1.5-flash:generateContent",
+            &[(header, "POST")],
+            b"",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, AmbiguousRequest::MethodOverride { .. }),
+            "{header}: {error}"
+        );
+    }
+}
+
+#[test]
+fn a_compressed_body_that_warrant_reads_is_refused() {
+    let body = br#"{"model":"gpt-4o-mini"}"#;
+    for encoding in ["gzip", "br", "identity, deflate", "zstd"] {
+        let error = head_parse(
+            Method::POST,
+            "/v1/chat/completions",
+            &[("content-encoding", encoding)],
+            body,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, AmbiguousRequest::EncodedBody { .. }),
+            "{encoding}: {error}"
+        );
+    }
+    // identity is no encoding; a body warrant does not read is not looked at.
+    let plain = head_parse(
+        Method::POST,
+        "/v1/chat/completions",
+        &[("content-encoding", "identity")],
+        body,
+    )
+    .unwrap();
+    assert_eq!(plain.model.as_deref(), Some("gpt-4o-mini"));
+    head_parse(
+        Method::POST,
+        "/v1/chat/completions",
+        &[("content-encoding", "gzip")],
+        b"",
+    )
+    .unwrap();
+}
+
 /// A JSON object of distinct keys (some of those the parse reads, with
 /// values of their types) in any order, with any whitespace.
 fn object() -> impl Strategy<Value = (Vec<(String, serde_json::Value)>, String)> {
