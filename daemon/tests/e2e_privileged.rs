@@ -956,12 +956,20 @@ fn an_agent_sending_a_real_key_gets_a_403_and_its_whole_workload_is_quarantined(
         stack.seen("api.openai.com").is_empty(),
         "nothing was forwarded"
     );
-    let audit = fs::read_to_string(stack.dir.path().join("audit.jsonl")).unwrap();
-    let quarantines: Vec<serde_json::Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["kind"] == "quarantine" && r["actor"] == "agent_key")
-        .collect();
+    // Records reach the file within the audit's flush interval.
+    let audit_path = stack.dir.path().join("audit.jsonl");
+    let quarantines_in = |audit: &str| -> Vec<serde_json::Value> {
+        audit
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["kind"] == "quarantine" && r["actor"] == "agent_key")
+            .collect()
+    };
+    support::wait::wait_until("both quarantine records", Duration::from_secs(10), || {
+        quarantines_in(&fs::read_to_string(&audit_path).unwrap_or_default()).len() >= 2
+    });
+    let audit = fs::read_to_string(&audit_path).unwrap();
+    let quarantines = quarantines_in(&audit);
     assert_eq!(quarantines.len(), 2, "one per protocol: {quarantines:#?}");
     for record in &quarantines {
         assert_eq!(record["workload"], "agents", "{record}");
