@@ -357,7 +357,7 @@ impl Buffered {
         if count == 0 {
             return;
         }
-        match sink.append(&lines) {
+        match sink.append(&lines, count) {
             Ok(()) => self.count(count, 0, &std::io::Error::other("unused")),
             Err((done, error)) => self.count(done, count - done, &error),
         }
@@ -429,10 +429,10 @@ impl FileSink {
         Ok(())
     }
 
-    /// Appends newline-terminated lines: one write(2) per run of lines
-    /// that fits the current file, rotating between runs. On a failure,
-    /// how many lines were written before it.
-    fn append(&mut self, lines: &[u8]) -> Result<(), (u64, std::io::Error)> {
+    /// Appends `count` newline-terminated lines: one write(2) per run of
+    /// lines that fits the current file, rotating between runs. On a
+    /// failure, how many lines were written before it.
+    fn append(&mut self, lines: &[u8], count: u64) -> Result<(), (u64, std::io::Error)> {
         let mut done = 0u64;
         let mut rest = lines;
         let mut rotated = false;
@@ -442,7 +442,12 @@ impl FileSink {
             } else {
                 self.max_bytes.saturating_sub(self.size)
             };
-            let (end, count) = run_that_fits(rest, room);
+            // The usual case, the rest fits: no need to look for lines.
+            let (end, in_run) = if rest.len() as u64 <= room {
+                (rest.len(), count.saturating_sub(done))
+            } else {
+                run_that_fits(rest, room)
+            };
             // Rotate when the next line does not fit a file that has
             // something in it (once per run: a line longer than max_bytes
             // gets a file of its own).
@@ -470,7 +475,7 @@ impl FileSink {
                 return Err((done, error));
             }
             self.size += end as u64;
-            done += count;
+            done += in_run;
             rest = &rest[end..];
             rotated = false;
         }
