@@ -1050,6 +1050,18 @@ impl Stack {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
+
+    /// The audit line of the request to `path`, once written (records
+    /// reach the file in batches, within the audit's flush interval).
+    fn audit_line_for(&self, path: &str) -> serde_json::Value {
+        let find = || self.audit_lines().into_iter().find(|l| l["path"] == path);
+        support::wait::wait_until(
+            &format!("the audit line of {path}"),
+            Duration::from_secs(10),
+            || find().is_some(),
+        );
+        find().unwrap()
+    }
 }
 
 /// What the mock ran must be what policy allowed: its own normalisation of
@@ -1267,11 +1279,7 @@ tokens_per_hour = 50
     let other = "wss://api.openai.com/v1/other-socket";
     let mut agent = stack.tagged(&["python3", "-c", PY_WEBSOCKET, other]);
     assert_eq!(run_to_end(&mut agent), ["refused 403"]);
-    let denied = stack
-        .audit_lines()
-        .into_iter()
-        .find(|l| l["path"] == "/v1/other-socket")
-        .expect("an audit line for the upgrade");
+    let denied = stack.audit_line_for("/v1/other-socket");
     assert!(
         denied.to_string().contains("WebSocket session"),
         "the audit line says why: {denied}"
@@ -1324,8 +1332,7 @@ fn work_a_budget_cannot_meter_is_refused_unless_the_policy_names_it() {
         answers[2].body
     );
     // The audit lines say why.
-    let lines = stack.audit_lines();
-    let batch = lines.iter().find(|l| l["path"] == "/v1/batches").unwrap();
+    let batch = stack.audit_line_for("/v1/batches");
     assert!(batch.to_string().contains("batch job"), "{batch}");
     let records = stack.mock.records();
     let paths: Vec<&str> = records
