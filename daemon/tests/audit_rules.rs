@@ -162,6 +162,8 @@ async fn a_real_key_from_an_agent_quarantines_its_workload_and_the_rule_can_be_o
     let r = again.send(request(OPENAI, "/v1/models", &[])).await;
     assert_eq!(r.status(), 200);
     body_text(r).await;
+    let fingerprint = warrant::secret::fingerprint(leaked.as_bytes());
+    eventually("the records", || h.audit_text().contains(&fingerprint)).await;
     let audit = h.audit_text();
     assert!(!audit.contains(leaked), "only the fingerprint is recorded");
     assert!(audit.contains(&warrant::secret::fingerprint(leaked.as_bytes())));
@@ -220,7 +222,10 @@ async fn an_executable_changed_on_disk_behind_a_live_workload_is_revoked() {
         "the stream of the changed workload was not closed"
     );
     assert!(triggers(&h, "exe_changed"));
-    assert_eq!(quarantine_records(&h, "exe_changed"), 1);
+    eventually("the quarantine record", || {
+        quarantine_records(&h, "exe_changed") == 1
+    })
+    .await;
 
     // Un-triggered: the file is back, the quarantine lifted; a new
     // connection is served and the check finds nothing.

@@ -169,7 +169,12 @@ async fn every_path_leaves_one_complete_audit_line_and_the_canary_appears_nowher
         (503.into(), MISSING.into())
     );
 
-    // Metrics: a real parser, and the counts.
+    // Metrics: a real parser, and the counts (records are counted when
+    // their batch is written, within the audit's flush interval).
+    eventually("six records counted", || {
+        h.responder.audit().health().written >= 6
+    })
+    .await;
     let exposition = h.responder.audit().metrics().render();
     let scrape =
         prometheus_parse::Scrape::parse(exposition.lines().map(|l| Ok(l.to_owned()))).unwrap();
@@ -477,6 +482,12 @@ async fn fail_closed_serves_again_once_the_audit_log_can_be_written() {
     let response = agent.send(request(OPENAI, "/v1/refused", &[])).await;
     assert_eq!(response.status(), 503);
     body_text(response).await;
+    // Its record is lost too (the audit writes in batches: wait for the
+    // one that holds it).
+    eventually("the refusal's dropped record", || {
+        h.responder.audit().health().dropped >= 2
+    })
+    .await;
 
     // The disk is freed.
     let file = files.path().join("audit-file.jsonl");
@@ -487,7 +498,11 @@ async fn fail_closed_serves_again_once_the_audit_log_can_be_written() {
     let response = agent.send(request(OPENAI, "/v1/probe", &[])).await;
     assert_eq!(response.status(), 503);
     body_text(response).await;
-    eventually("the refusal's record", || !read_lines(&file).is_empty()).await;
+    // Written, then counted (the audit writes in batches).
+    eventually("the refusal's record", || {
+        !read_lines(&file).is_empty() && h.responder.audit().health().writable
+    })
+    .await;
     assert!(h.responder.audit().health().writable);
     assert!(logs.contains("the audit log is writable again"));
 

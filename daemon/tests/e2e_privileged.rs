@@ -960,12 +960,20 @@ fn an_agent_sending_a_real_key_gets_a_403_and_its_whole_workload_is_quarantined(
         stack.seen("api.openai.com").is_empty(),
         "nothing was forwarded"
     );
-    let audit = fs::read_to_string(stack.dir.path().join("audit.jsonl")).unwrap();
-    let quarantines: Vec<serde_json::Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["kind"] == "quarantine" && r["actor"] == "agent_key")
-        .collect();
+    // Records reach the file within the audit's flush interval.
+    let audit_path = stack.dir.path().join("audit.jsonl");
+    let quarantines_in = |audit: &str| -> Vec<serde_json::Value> {
+        audit
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["kind"] == "quarantine" && r["actor"] == "agent_key")
+            .collect()
+    };
+    support::wait::wait_until("both quarantine records", Duration::from_secs(10), || {
+        quarantines_in(&fs::read_to_string(&audit_path).unwrap_or_default()).len() >= 2
+    });
+    let audit = fs::read_to_string(&audit_path).unwrap();
+    let quarantines = quarantines_in(&audit);
     assert_eq!(quarantines.len(), 2, "one per protocol: {quarantines:#?}");
     for record in &quarantines {
         assert_eq!(record["workload"], "agents", "{record}");
@@ -1045,6 +1053,18 @@ impl Stack {
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+
+    /// The audit line of the request to `path`, once written (records
+    /// reach the file in batches, within the audit's flush interval).
+    fn audit_line_for(&self, path: &str) -> serde_json::Value {
+        let find = || self.audit_lines().into_iter().find(|l| l["path"] == path);
+        support::wait::wait_until(
+            &format!("the audit line of {path}"),
+            Duration::from_secs(10),
+            || find().is_some(),
+        );
+        find().unwrap()
     }
 }
 
@@ -1333,11 +1353,7 @@ tokens_per_hour = 50
     let other = "wss://api.openai.com/v1/other-socket";
     let mut agent = stack.tagged(&["python3", "-c", PY_WEBSOCKET, other]);
     assert_eq!(run_to_end(&mut agent), ["refused 403"]);
-    let denied = stack
-        .audit_lines()
-        .into_iter()
-        .find(|l| l["path"] == "/v1/other-socket")
-        .expect("an audit line for the upgrade");
+    let denied = stack.audit_line_for("/v1/other-socket");
     assert!(
         denied.to_string().contains("WebSocket session"),
         "the audit line says why: {denied}"
@@ -1423,8 +1439,7 @@ fn work_a_budget_cannot_meter_is_refused_unless_the_policy_names_it() {
         answers[2].body
     );
     // The audit lines say why.
-    let lines = stack.audit_lines();
-    let batch = lines.iter().find(|l| l["path"] == "/v1/batches").unwrap();
+    let batch = stack.audit_line_for("/v1/batches");
     assert!(batch.to_string().contains("batch job"), "{batch}");
     let records = stack.mock.records();
     let paths: Vec<&str> = records

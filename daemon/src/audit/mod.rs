@@ -22,7 +22,7 @@ mod request;
 
 use std::sync::Arc;
 
-pub use log::{AuditHealth, AuditLog, JOURNAL_SOCKET};
+pub use log::{AuditHealth, AuditLog, FLUSH_INTERVAL, JOURNAL_SOCKET};
 pub use record::{
     AttestationSummary, AuditRecord, CredentialRef, CredentialRefusal, OriginSummary, Outcome,
     RecordKind, Target, Usage,
@@ -40,6 +40,7 @@ pub struct Audit {
 
 impl Audit {
     pub fn new(log: AuditLog, metrics: Arc<Metrics>) -> Arc<Audit> {
+        log.count_in(metrics.audit_records.clone(), metrics.audit_dropped.clone());
         Arc::new(Audit { log, metrics })
     }
 
@@ -53,13 +54,18 @@ impl Audit {
         &self.metrics
     }
 
-    /// Writes a record and counts it.
+    /// Queues a record for the log (written within
+    /// `log::FLUSH_INTERVAL`, counted in the metrics when it is written or
+    /// dropped). Without a file, the record counts as written at once.
     pub fn record(&self, record: &AuditRecord) {
-        if self.log.write(record) {
+        if !self.log.write(record) {
             self.metrics.audit_records.inc();
-        } else {
-            self.metrics.audit_dropped.inc();
         }
+    }
+
+    /// Writes every queued record now (at shutdown).
+    pub fn flush(&self) {
+        self.log.flush();
     }
 
     /// Whether requests may be served (fail-closed audit).

@@ -166,7 +166,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let _watchdog = crate::notify::spawn_watchdog();
 
     wait_for_shutdown(&reloader).await?;
-    shutdown(servers, &injector, redirection, options.detach_on_exit).await
+    let stopped = shutdown(servers, &injector, redirection, options.detach_on_exit).await;
+    // The records of the last requests (buffered: audit::FLUSH_INTERVAL).
+    audit.flush();
+    stopped
 }
 
 /// The state directory, created with mode 0711: agents (any uid) must be

@@ -313,6 +313,25 @@ impl World {
         {
             upstream["ca_file"] = value(path("ca.pem"));
         }
+        // The default workload names the system manager's
+        // warrant-agents.slice, at the mount's root (attest/scope.rs); the
+        // bench's slice is under its own cgroup root, so the workload names
+        // that path instead (a `cgroup` glob: root-owned directories, none
+        // delegated, as the release binary requires).
+        let mount = cgroup2_mount()?;
+        let slice = self
+            .tagged
+            .parent()
+            .and_then(|p| p.strip_prefix(&mount).ok())
+            .context("the bench's cgroups are not under the cgroup2 mount")?;
+        for workload in doc["workload"]
+            .as_array_of_tables_mut()
+            .context("the default config has no [[workload]]")?
+            .iter_mut()
+        {
+            workload.remove("slice");
+            workload["cgroup"] = value(format!("/{}", slice.display()));
+        }
         for credential in doc["credential"]
             .as_array_of_tables_mut()
             .context("the default config has no [[credential]]")?
