@@ -37,6 +37,8 @@ pub struct Compiled {
     /// Some rule sets a token or cost budget: admission reads request bodies
     /// for max_tokens and the model.
     pub rules_have_token_budgets: bool,
+    /// The workloads that select node statements (`warrant gateway`).
+    pub remote_workloads: crate::gateway::RemoteWorkloads,
 }
 
 impl Compiled {
@@ -58,6 +60,7 @@ impl Compiled {
         let policy = Policy::compile(&config.policies, posture.clone(), source)?;
         let credentials = credentials::compile(&config.credentials, source, clock, options)?;
         let usage = UsageSettings::compile(&config.usage, &config.prices, source)?;
+        let remote_workloads = crate::gateway::RemoteWorkloads::compile(&config.workloads, source)?;
         // Built by the injector at start; checked here with the rest, so a
         // bad entry stops the daemon (or check-config) at its place.
         check_destinations(config)?;
@@ -73,6 +76,7 @@ impl Compiled {
                 .policies
                 .iter()
                 .any(|p| p.tokens_per_hour.is_some() || p.cost_per_day_usd.is_some()),
+            remote_workloads,
         })
     }
 }

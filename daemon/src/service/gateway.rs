@@ -1,0 +1,206 @@
+//! `warrant gateway`: the gateway, assembled from the host daemon's parts
+//! minus everything about this host's processes.
+//!
+//! The same configuration compile, audit trail, metrics, control socket,
+//! generations (gate, credentials, budgets and their refreshers) and
+//! reload as `warrant run`; no eBPF, no cgroups, no local CA, no
+//! attestation of local processes, so it runs unprivileged
+//! (`systemd/warrant-gateway.service`, DynamicUser=yes). Its one listener
+//! is `[gateway] listen`, TLS with `[gateway] certificate`, where enrolled
+//! nodes' requests come in (`proxy::GatewayEntry`); who they are is
+//! `gateway::Verifier`'s, rebuilt with every generation.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use rustls::ServerConfig;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use super::{
+    AbortOnDrop, Compiled, DaemonBackend, generation_builder, open_audit, prepare_state_dir,
+    raise_open_file_limit, reload, serve_metrics, usage_budgets,
+};
+use crate::{
+    attest::{Attestor, InstanceHandle, MemoryExecGenerations},
+    clock::SystemClock,
+    config::{Config, GatewayConfig, LedgerKind},
+    control::ControlServer,
+    credentials,
+    gateway::{AnyClientCert, MemoryNonces, NonceStore, RedisNonces, RemoteWorkloads, Verifier},
+    notify::notify,
+    proxy::{GatewayEntry, Injector},
+    redirect::{Intercept, RedirectError, tagging::TaggerHealth},
+    response::Responder,
+    swap::Swap,
+    tls,
+};
+
+pub const DEFAULT_GATEWAY_CONFIG: &str = "/etc/warrant/gateway.toml";
+
+/// Runs the gateway until SIGTERM or SIGINT; SIGHUP reloads.
+pub async fn serve(path: &Path) -> Result<()> {
+    let config = Config::load(path)?;
+    let Some(section) = config.gateway.clone() else {
+        anyhow::bail!(
+            "{}: no [gateway] section (`warrant gateway` serves nodes; `warrant run` is the host daemon)",
+            path.display()
+        );
+    };
+    let mut compiled = Compiled::new(&config)?;
+    tracing::info!(config = %path.display(), "starting the gateway");
+    credentials::make_non_dumpable().context("cannot make the process non-dumpable")?;
+    raise_open_file_limit();
+    prepare_state_dir(&config.daemon.state_dir)?;
+    let acceptor = acceptor(&section)?;
+    let (audit, metrics) = open_audit(&config, &path.display().to_string());
+    let responder = Responder::new(audit, config.response.clone(), Arc::new(SystemClock));
+    let _metrics_server = serve_metrics(&config, &metrics).await;
+    // No local process is attested here; the gate is built with an
+    // attestor that is never asked (callers are identified by statements).
+    let instance = InstanceHandle::default();
+    let attestor = Arc::new(Attestor::new(
+        &config.attest,
+        Arc::new(MemoryExecGenerations::default()),
+        instance.clone(),
+    ));
+    let budgets = usage_budgets(&config, &mut compiled.usage)?;
+    let _redis_probe = budgets
+        .spawn_probe(Duration::from_secs(10))
+        .map(AbortOnDrop);
+    let nonces = nonce_store(&config)?;
+    let first = Verifier::new(
+        &config,
+        std::mem::take(&mut compiled.remote_workloads),
+        nonces.clone(),
+    )
+    .context("no [gateway] section")?;
+    let verifier = Arc::new(Swap::new(Arc::new(first)));
+    let build = with_verifier(
+        generation_builder(&metrics, &attestor, &budgets),
+        verifier.clone(),
+        nonces,
+    );
+    let config = Arc::new(config);
+    let (tagging_updates, _tagging_ignored) = tokio::sync::mpsc::unbounded_channel();
+    let reloader = Arc::new(
+        reload::Reloader::start(
+            Some(PathBuf::from(path)),
+            config.clone(),
+            compiled,
+            build,
+            Arc::new(NoIntercept),
+            tagging_updates,
+        )
+        .await,
+    );
+    let injector = Arc::new(Injector::for_gateway(
+        &config,
+        reloader.generation.clone(),
+        responder.clone(),
+        &tls::system_roots(),
+    )?);
+    let control = ControlServer::bind(
+        &config.control.socket,
+        config.control.admin_group.as_deref(),
+        responder.clone(),
+        Arc::new(DaemonBackend {
+            reloader: reloader.clone(),
+            instance,
+            attestor,
+            tagging: Arc::new(TaggerHealth::new(None)),
+        }),
+    )?;
+    let _control_server = AbortOnDrop(tokio::spawn(control.serve()));
+    let listener = TcpListener::bind(section.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", section.listen))?;
+    let listening = listener.local_addr()?;
+    let entry = Arc::new(GatewayEntry {
+        tls: acceptor,
+        verifier,
+        max_body_bytes: section.max_body_bytes,
+    });
+    let server = tokio::spawn(injector.clone().serve_gateway(listener, entry));
+    tracing::info!(listen = %listening, "gateway ready");
+    notify(&format!("READY=1\nSTATUS=gateway serving on {listening}"));
+    super::wait_for_shutdown(&reloader).await?;
+    notify("STOPPING=1\nSTATUS=finishing requests in flight");
+    server.abort();
+    if !injector.drain(super::DRAIN_TIMEOUT).await {
+        tracing::warn!("connections still open at shutdown: closed");
+    }
+    Ok(())
+}
+
+/// The TLS acceptor: the gateway's certificate, client certificates asked
+/// for (and judged after the handshake, `gateway::peer`), ALPN h2 and
+/// http/1.1.
+fn acceptor(section: &GatewayConfig) -> Result<TlsAcceptor> {
+    let cert_path = section.certificate.get_ref();
+    let key_path = section.key.get_ref();
+    let pem = std::fs::read(cert_path)
+        .with_context(|| format!("cannot read [gateway] certificate {}", cert_path.display()))?;
+    let chain = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{}: bad PEM", cert_path.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("{}: no PEM CERTIFICATE block", cert_path.display());
+    }
+    let pem = std::fs::read(key_path)
+        .with_context(|| format!("cannot read [gateway] key {}", key_path.display()))?;
+    let key = rustls_pemfile::private_key(&mut pem.as_slice())
+        .with_context(|| format!("{}: bad PEM", key_path.display()))?
+        .with_context(|| format!("{}: no private key", key_path.display()))?;
+    let mut config = ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(AnyClientCert::new())
+        .with_single_cert(chain, key)
+        .context("the [gateway] certificate and key do not go together")?;
+    config.alpn_protocols = tls::ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Nonces in Redis when the gateways share a Redis ledger (so a statement
+/// accepted by one gateway is refused by the others), else in memory.
+fn nonce_store(config: &Config) -> Result<Arc<dyn NonceStore>> {
+    match (&config.usage.ledger, &config.usage.redis_url) {
+        (LedgerKind::Redis, Some(url)) => Ok(Arc::new(
+            RedisNonces::new(
+                url,
+                Duration::from_millis(config.usage.redis_timeout_ms.max(100)),
+            )
+            .context("[usage] redis_url")?,
+        )),
+        _ => Ok(Arc::new(MemoryNonces::default())),
+    }
+}
+
+/// The generation builder, also rebuilding the verifier (enrolled nodes,
+/// gateway workloads) from each configuration it builds.
+fn with_verifier(
+    inner: reload::Builder,
+    verifier: Arc<Swap<Verifier>>,
+    nonces: Arc<dyn NonceStore>,
+) -> reload::Builder {
+    Box::new(move |config: Arc<Config>, mut compiled: Compiled| {
+        let workloads: RemoteWorkloads = std::mem::take(&mut compiled.remote_workloads);
+        if let Some(new) = Verifier::new(&config, workloads, nonces.clone()) {
+            verifier.set(Arc::new(new));
+        }
+        inner(config, compiled)
+    })
+}
+
+/// A gateway intercepts nothing: reloads have no ports to apply.
+struct NoIntercept;
+
+impl Intercept for NoIntercept {
+    fn set_intercept(&self, _ports: &[u16], _block_quic: bool) -> Result<(), RedirectError> {
+        Ok(())
+    }
+}
