@@ -112,16 +112,22 @@ pub struct Verifier {
     nonces: Arc<dyn NonceStore>,
     max_age_secs: u64,
     skew_secs: u64,
+    /// Statements signed before this (unix seconds) are refused: a replay
+    /// cache in memory starts empty, so what was signed before it started
+    /// cannot be checked against it.
+    not_before: i64,
 }
 
 impl Verifier {
     /// From a gateway's configuration (`config.gateway` must be set; None
     /// otherwise) and its compiled workloads. `nonces` outlives reloads: a
-    /// reload must not forget the nonces seen.
+    /// reload must not forget the nonces seen; `not_before` is when that
+    /// store began to remember (the start, for one in memory).
     pub fn new(
         config: &Config,
         workloads: RemoteWorkloads,
         nonces: Arc<dyn NonceStore>,
+        not_before: i64,
     ) -> Option<Verifier> {
         let gateway = config.gateway.as_ref()?;
         Some(Verifier {
@@ -131,6 +137,7 @@ impl Verifier {
             nonces,
             max_age_secs: gateway.max_statement_age_secs,
             skew_secs: gateway.clock_skew_secs,
+            not_before,
         })
     }
 
@@ -168,6 +175,9 @@ impl Verifier {
             },
         )
         .map_err(failed)?;
+        if statement.iat < self.not_before {
+            return Err(failed(StatementError::BeforeStart));
+        }
         statement::check_binding(&statement, request.method, request.authority, request.path)
             .map_err(failed)?;
         statement::check_body(&statement, request.body).map_err(failed)?;

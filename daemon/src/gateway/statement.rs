@@ -121,6 +121,10 @@ pub enum StatementError {
     },
     #[error("the node statement's nonce is missing or malformed")]
     Nonce,
+    #[error(
+        "the node statement was signed before this gateway started, and its replay cache (in memory) started empty: sign a new one"
+    )]
+    BeforeStart,
 }
 
 /// A statement, signed by the node (Ed25519 PKCS#8 `key_der`).

@@ -72,11 +72,12 @@ pub async fn serve(path: &Path) -> Result<()> {
     let _redis_probe = budgets
         .spawn_probe(Duration::from_secs(10))
         .map(AbortOnDrop);
-    let nonces = nonce_store(&config)?;
+    let (nonces, not_before) = nonce_store(&config)?;
     let first = Verifier::new(
         &config,
         std::mem::take(&mut compiled.remote_workloads),
         nonces.clone(),
+        not_before,
     )
     .context("no [gateway] section")?;
     let verifier = Arc::new(Swap::new(Arc::new(first)));
@@ -84,6 +85,7 @@ pub async fn serve(path: &Path) -> Result<()> {
         generation_builder(&metrics, &attestor, &budgets),
         verifier.clone(),
         nonces,
+        not_before,
     );
     let config = Arc::new(config);
     let (tagging_updates, _tagging_ignored) = tokio::sync::mpsc::unbounded_channel();
@@ -166,17 +168,21 @@ fn acceptor(section: &GatewayConfig) -> Result<TlsAcceptor> {
 }
 
 /// Nonces in Redis when the gateways share a Redis ledger (so a statement
-/// accepted by one gateway is refused by the others), else in memory.
-fn nonce_store(config: &Config) -> Result<Arc<dyn NonceStore>> {
+/// accepted by one gateway is refused by the others, and a restart forgets
+/// none), else in memory; and since when the store remembers (statements
+/// signed earlier are refused: an empty memory cannot rule out their
+/// replay).
+fn nonce_store(config: &Config) -> Result<(Arc<dyn NonceStore>, i64)> {
     match (&config.usage.ledger, &config.usage.redis_url) {
-        (LedgerKind::Redis, Some(url)) => Ok(Arc::new(
-            RedisNonces::new(
-                url,
-                Duration::from_millis(config.usage.redis_timeout_ms.max(100)),
-            )
-            .context("[usage] redis_url")?,
+        (LedgerKind::Redis, Some(url)) => {
+            let timeout = Duration::from_millis(config.usage.redis_timeout_ms.max(100));
+            let store = RedisNonces::new(url, timeout).context("[usage] redis_url")?;
+            Ok((Arc::new(store), i64::MIN))
+        }
+        _ => Ok((
+            Arc::new(MemoryNonces::default()),
+            jiff::Timestamp::now().as_second(),
         )),
-        _ => Ok(Arc::new(MemoryNonces::default())),
     }
 }
 
@@ -186,10 +192,11 @@ fn with_verifier(
     inner: reload::Builder,
     verifier: Arc<Swap<Verifier>>,
     nonces: Arc<dyn NonceStore>,
+    not_before: i64,
 ) -> reload::Builder {
     Box::new(move |config: Arc<Config>, mut compiled: Compiled| {
         let workloads: RemoteWorkloads = std::mem::take(&mut compiled.remote_workloads);
-        if let Some(new) = Verifier::new(&config, workloads, nonces.clone()) {
+        if let Some(new) = Verifier::new(&config, workloads, nonces.clone(), not_before) {
             verifier.set(Arc::new(new));
         }
         inner(config, compiled)
