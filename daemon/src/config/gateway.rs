@@ -337,7 +337,7 @@ pub fn parse_node_key(text: &str) -> Option<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use super::super::Config;
+    use crate::config::Config;
 
     const UPSTREAM: &str = "[[upstream]]\nhost = \"api.openai.com\"\nscheme = \"openai\"\n";
     const GATEWAY: &str =
