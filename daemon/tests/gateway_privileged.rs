@@ -51,11 +51,13 @@ fn sdk_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/sdk"))
 }
 
-/// `warrant gateway` in a network namespace, with its own /etc/hosts.
+/// `warrant gateway`, in a network namespace or not, with its own
+/// /etc/hosts.
 struct Gateway {
-    child: Child,
+    child: Option<Child>,
     dir: tempfile::TempDir,
     addr: SocketAddr,
+    netns: Option<String>,
 }
 
 impl Gateway {
@@ -72,10 +74,69 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the binary on the config written, and waits for READY=1.
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        let notify_path = d.join(unique("notify"));
+        let notify = UnixDatagram::bind(&notify_path).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("gateway.log"))
+            .unwrap();
+        let mut command = match &self.netns {
+            Some(name) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", name, "/usr/bin/unshare"]);
+                c
+            }
+            None => Command::new("/usr/bin/unshare"),
+        };
+        command
+            .args(["--mount", "--propagation", "private"])
+            .args([
+                "/bin/sh",
+                "-c",
+                "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+            ])
+            .arg(d.join("hosts"))
+            .arg(bin())
+            .args(["gateway", "--config"])
+            .arg(d.join("gateway.toml"))
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WARRANT_LOG", "info,warrant::proxy=debug")
+            .stdin(Stdio::null())
+            .stderr(log);
+        self.child = Some(command.spawn().unwrap());
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = notify
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no READY=1 from the gateway ({e}): {}", self.log()));
+            if String::from_utf8_lossy(&buf[..n])
+                .lines()
+                .any(|l| l == "READY=1")
+            {
+                return;
+            }
+        }
+    }
+}
+
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -97,20 +158,32 @@ fn gateway_pki(dir: &Path, ip: std::net::IpAddr) {
     fs::set_permissions(dir.join("gw.key"), fs::Permissions::from_mode(0o600)).unwrap();
 }
 
+/// Where a gateway runs and what it adds to the common config.
+struct GatewaySpec<'a> {
+    netns: Option<&'a TestNetns>,
+    listen: SocketAddr,
+    /// The address api.openai.com resolves to for the gateway.
+    provider_ip: &'a str,
+    /// Keys of the [[policy]] of the "tests" workload (budgets).
+    tests_policy: &'a str,
+    /// More sections ([usage]).
+    extra: &'a str,
+}
+
 fn start_gateway(
-    netns: &TestNetns,
-    provider_ip: &str,
+    spec: &GatewaySpec<'_>,
     mock: &MockProvider,
     key: &str,
     nodes: &[(&str, String)],
 ) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let addr = SocketAddr::new(netns.ns_addr, 8443);
-    gateway_pki(d, netns.ns_addr);
+    let addr = spec.listen;
+    gateway_pki(d, addr.ip());
     fs::write(d.join("provider-ca.pem"), &mock.ca_pem).unwrap();
     fs::write(d.join("openai.key"), key).unwrap();
     fs::set_permissions(d.join("openai.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    let provider_ip = spec.provider_ip;
     fs::write(
         d.join("hosts"),
         format!("127.0.0.1 localhost\n{provider_ip} api.openai.com\n"),
@@ -122,6 +195,7 @@ fn start_gateway(
             format!("[[gateway.node]]\nname = \"{name}\"\npublic_key = \"{key}\"\n\n")
         })
         .collect();
+    let (tests_policy, extra) = (spec.tests_policy, spec.extra);
     let config = format!(
         r#"
 [daemon]
@@ -165,54 +239,21 @@ upstreams = ["api.openai.com"]
 [[policy]]
 workload = "tests"
 upstreams = ["api.openai.com"]
+{tests_policy}
+
+{extra}
 "#,
         d = d.display()
     );
     fs::write(d.join("gateway.toml"), config).unwrap();
-    let notify_path = d.join(unique("notify"));
-    let notify = UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    let log = fs::File::create(d.join("gateway.log")).unwrap();
-    let child = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &netns.name,
-            "/usr/bin/unshare",
-            "--mount",
-            "--propagation",
-            "private",
-        ])
-        .args([
-            "/bin/sh",
-            "-c",
-            "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
-        ])
-        .arg(d.join("hosts"))
-        .arg(bin())
-        .args(["gateway", "--config"])
-        .arg(d.join("gateway.toml"))
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WARRANT_LOG", "info,warrant::proxy=debug")
-        .stdin(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let gateway = Gateway { child, dir, addr };
-    let mut buf = [0u8; 1024];
-    loop {
-        let n = notify
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no READY=1 from the gateway ({e}): {}", gateway.log()));
-        if String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .any(|l| l == "READY=1")
-        {
-            return gateway;
-        }
-    }
+    let mut gateway = Gateway {
+        child: None,
+        dir,
+        addr,
+        netns: spec.netns.map(|n| n.name.clone()),
+    };
+    gateway.spawn();
+    gateway
 }
 
 /// The node's host key, as it logged it at start.
@@ -356,9 +397,15 @@ upstreams = ["api.openai.com"]
     let node_key = logged_node_key(&node);
     let tester = new_node_key();
     let stranger = new_node_key();
+    let spec = GatewaySpec {
+        netns: Some(&netns),
+        listen: SocketAddr::new(netns.ns_addr, 8443),
+        provider_ip: &host_ip,
+        tests_policy: "",
+        extra: "",
+    };
     let gateway = start_gateway(
-        &netns,
-        &host_ip,
+        &spec,
         &mock,
         &real_key,
         &[
@@ -529,4 +576,90 @@ fn good_clone(s: &Sent) -> Sent {
         host: s.host.clone(),
         statement: s.statement.clone(),
     }
+}
+
+fn good_request(key: &NodeKey) -> Sent {
+    let now = jiff::Timestamp::now().as_second();
+    Sent {
+        path: CHAT.into(),
+        body: BODY.into(),
+        host: "api.openai.com".into(),
+        statement: Some(statement_for(key, CHAT, BODY.as_bytes(), now, "tests")),
+    }
+}
+
+/// Two gateways behind one Redis (as behind a TCP load balancer): the
+/// workload's budget is one across both, a statement accepted by one is a
+/// replay at the other, and a restarted gateway has lost nothing.
+#[test]
+fn two_gateways_share_one_redis_budget_and_replay_cache() {
+    if !prereq::require(NEEDS) {
+        return;
+    }
+    let Some(redis) = warrant_test_support::redis::RedisServer::start() else {
+        return;
+    };
+    let ip = format!("127.0.9.{}", 10 + std::process::id() % 200);
+    let real_key = format!(
+        "sk-proj-REAL{}abcdefghijklmnopqrstuvwxyz012345",
+        unique("r").replace('-', "")
+    );
+    let mock = MockProvider::start(
+        &[format!("{ip}:443").parse().unwrap()],
+        MockSettings {
+            keys: HashMap::from([("openai".to_owned(), real_key.clone())]),
+            record_file: None,
+            event_delay: Duration::from_millis(1),
+        },
+    )
+    .unwrap();
+    let tester = new_node_key();
+    let nodes = [("tester", tester.public_text())];
+    let extra = format!(
+        "[usage]\nledger = \"redis\"\nredis_url = \"{}\"\n",
+        redis.url
+    );
+    let spec = |port: u16| GatewaySpec {
+        netns: None,
+        listen: format!("{ip}:{port}").parse().unwrap(),
+        provider_ip: &ip,
+        tests_policy: "requests_per_minute = 4",
+        extra: &extra,
+    };
+    let mut a = start_gateway(&spec(8443), &mock, &real_key, &nodes);
+    let b = start_gateway(&spec(8444), &mock, &real_key, &nodes);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // Accepted by a, replayed at b.
+        let first = good_request(&tester);
+        let (status, body) = send(&a, Some(&tester), &first).await;
+        assert_eq!(status, 200, "{body}\n{}", a.log());
+        let (status, body) = send(&b, Some(&tester), &first).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("replay"), "{body}");
+        // Three more, alternating: the budget of 4 a minute is spent
+        // across both gateways.
+        for gateway in [&b, &a, &b] {
+            let (status, body) = send(gateway, Some(&tester), &good_request(&tester)).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        for gateway in [&a, &b] {
+            let (status, body) = send(gateway, Some(&tester), &good_request(&tester)).await;
+            assert_eq!(status, 429, "{body}");
+        }
+    });
+    // A restarted gateway refuses as well: the budget was in Redis.
+    a.stop();
+    a.spawn();
+    runtime.block_on(async {
+        let (status, body) = send(&a, Some(&tester), &good_request(&tester)).await;
+        assert_eq!(status, 429, "{body}");
+    });
+    let bearer = format!("Bearer {real_key}");
+    let served = mock
+        .records()
+        .iter()
+        .filter(|r| r["headers"]["authorization"] == bearer.as_str())
+        .count();
+    assert_eq!(served, 4, "the mock served {served} requests");
 }
