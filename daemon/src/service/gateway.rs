@@ -72,21 +72,8 @@ pub async fn serve(path: &Path) -> Result<()> {
     let _redis_probe = budgets
         .spawn_probe(Duration::from_secs(10))
         .map(AbortOnDrop);
-    let (nonces, not_before) = nonce_store(&config)?;
-    let first = Verifier::new(
-        &config,
-        std::mem::take(&mut compiled.remote_workloads),
-        nonces.clone(),
-        not_before,
-    )
-    .context("no [gateway] section")?;
-    let verifier = Arc::new(Swap::new(Arc::new(first)));
-    let build = with_verifier(
-        generation_builder(&metrics, &attestor, &budgets),
-        verifier.clone(),
-        nonces,
-        not_before,
-    );
+    let (verifier, build) = verifier(&config, &mut compiled)?;
+    let build = build(generation_builder(&metrics, &attestor, &budgets));
     let config = Arc::new(config);
     let (tagging_updates, _tagging_ignored) = tokio::sync::mpsc::unbounded_channel();
     let reloader = Arc::new(
@@ -106,30 +93,19 @@ pub async fn serve(path: &Path) -> Result<()> {
         responder.clone(),
         &tls::system_roots(),
     )?);
-    let control = ControlServer::bind(
-        &config.control.socket,
-        config.control.admin_group.as_deref(),
-        responder.clone(),
-        Arc::new(DaemonBackend {
-            reloader: reloader.clone(),
-            instance,
-            attestor,
-            tagging: Arc::new(TaggerHealth::new(None)),
-        }),
-    )?;
-    let _control_server = AbortOnDrop(tokio::spawn(control.serve()));
-    let listener = TcpListener::bind(section.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", section.listen))?;
-    let listening = listener.local_addr()?;
+    let backend = DaemonBackend {
+        reloader: reloader.clone(),
+        instance,
+        attestor,
+        tagging: Arc::new(TaggerHealth::new(None)),
+    };
+    let _control_server = serve_control(&config, &responder, backend)?;
     let entry = Arc::new(GatewayEntry {
         tls: acceptor,
         verifier,
         max_body_bytes: section.max_body_bytes,
     });
-    let server = tokio::spawn(injector.clone().serve_gateway(listener, entry));
-    tracing::info!(listen = %listening, "gateway ready");
-    notify(&format!("READY=1\nSTATUS=gateway serving on {listening}"));
+    let server = listen(&section, &injector, entry).await?;
     super::wait_for_shutdown(&reloader).await?;
     notify("STOPPING=1\nSTATUS=finishing requests in flight");
     server.abort();
@@ -137,6 +113,59 @@ pub async fn serve(path: &Path) -> Result<()> {
         tracing::warn!("connections still open at shutdown: closed");
     }
     Ok(())
+}
+
+/// The verifier, and how to wrap the generation builder so that every
+/// generation rebuilds it.
+fn verifier(
+    config: &Config,
+    compiled: &mut Compiled,
+) -> Result<(
+    Arc<Swap<Verifier>>,
+    impl FnOnce(reload::Builder) -> reload::Builder,
+)> {
+    let (nonces, not_before) = nonce_store(config)?;
+    let workloads = std::mem::take(&mut compiled.remote_workloads);
+    let first = Verifier::new(config, workloads, nonces.clone(), not_before)
+        .context("no [gateway] section")?;
+    let verifier = Arc::new(Swap::new(Arc::new(first)));
+    let swap = verifier.clone();
+    Ok((verifier, move |inner| {
+        with_verifier(inner, swap, nonces, not_before)
+    }))
+}
+
+/// The control socket, served until dropped.
+fn serve_control(
+    config: &Config,
+    responder: &Arc<Responder>,
+    backend: DaemonBackend,
+) -> Result<AbortOnDrop> {
+    let control = ControlServer::bind(
+        &config.control.socket,
+        config.control.admin_group.as_deref(),
+        responder.clone(),
+        Arc::new(backend),
+    )?;
+    tracing::info!(socket = %control.path().display(), "control socket ready");
+    Ok(AbortOnDrop(tokio::spawn(control.serve())))
+}
+
+/// Binds `[gateway] listen`, serves it and tells systemd the gateway is
+/// ready.
+async fn listen(
+    section: &GatewayConfig,
+    injector: &Arc<Injector>,
+    entry: Arc<GatewayEntry>,
+) -> Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = TcpListener::bind(section.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", section.listen))?;
+    let listening = listener.local_addr()?;
+    let server = tokio::spawn(injector.clone().serve_gateway(listener, entry));
+    tracing::info!(listen = %listening, "gateway ready");
+    notify(&format!("READY=1\nSTATUS=gateway serving on {listening}"));
+    Ok(server)
 }
 
 /// The TLS acceptor: the gateway's certificate, client certificates asked
