@@ -170,16 +170,23 @@ struct GatewaySpec<'a> {
     extra: &'a str,
 }
 
+/// The gateway's directory with its CA and certificate for `ip`, made
+/// before anything that must trust it starts.
+fn gateway_dir(ip: std::net::IpAddr) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    gateway_pki(dir.path(), ip);
+    dir
+}
+
 fn start_gateway(
     spec: &GatewaySpec<'_>,
+    dir: tempfile::TempDir,
     mock: &MockProvider,
     key: &str,
     nodes: &[(&str, String)],
 ) -> Gateway {
-    let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let addr = spec.listen;
-    gateway_pki(d, addr.ip());
     fs::write(d.join("provider-ca.pem"), &mock.ca_pem).unwrap();
     fs::write(d.join("openai.key"), key).unwrap();
     fs::set_permissions(d.join("openai.key"), fs::Permissions::from_mode(0o600)).unwrap();
@@ -375,8 +382,9 @@ fn a_node_without_credentials_is_served_by_the_gateway_and_forgeries_are_refused
     .unwrap();
     let gw_addr = format!("198.18.{subnet}.2:8443");
     let agent = "system.slice/agent.service";
-    // The node: no [[credential]], its upstream names none.
-    let gw_ca_dir = tempfile::tempdir().unwrap();
+    // The node: no [[credential]], its upstream names none. It trusts the
+    // gateway's CA, made first.
+    let gw_dir = gateway_dir(netns.ns_addr);
     let mut node = Warrant::start_node(
         &bin(),
         &[agent],
@@ -391,7 +399,7 @@ upstreams = ["api.openai.com"]
 "#,
         &format!(
             "[forward]\ngateway = \"https://{gw_addr}\"\nca_file = \"{}/ca.pem\"\naudience = \"gw-test\"\n",
-            gw_ca_dir.path().display()
+            gw_dir.path().display()
         ),
     );
     let node_key = logged_node_key(&node);
@@ -406,6 +414,7 @@ upstreams = ["api.openai.com"]
     };
     let gateway = start_gateway(
         &spec,
+        gw_dir,
         &mock,
         &real_key,
         &[
@@ -413,7 +422,6 @@ upstreams = ["api.openai.com"]
             ("tester", tester.public_text()),
         ],
     );
-    fs::copy(gateway.ca(), gw_ca_dir.path().join("ca.pem")).unwrap();
     node.wait_tagged(agent);
 
     // 1. An agent on the node, curl and the official SDK: the mock sees the
@@ -626,8 +634,21 @@ fn two_gateways_share_one_redis_budget_and_replay_cache() {
         tests_policy: "requests_per_minute = 4",
         extra: &extra,
     };
-    let mut a = start_gateway(&spec(8443), &mock, &real_key, &nodes);
-    let b = start_gateway(&spec(8444), &mock, &real_key, &nodes);
+    let gateway_ip = ip.parse().unwrap();
+    let mut a = start_gateway(
+        &spec(8443),
+        gateway_dir(gateway_ip),
+        &mock,
+        &real_key,
+        &nodes,
+    );
+    let b = start_gateway(
+        &spec(8444),
+        gateway_dir(gateway_ip),
+        &mock,
+        &real_key,
+        &nodes,
+    );
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         // Accepted by a, replayed at b.
