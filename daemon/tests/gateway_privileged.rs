@@ -208,6 +208,7 @@ fn start_gateway(
 [daemon]
 state_dir = "{d}/state"
 audit_log = "{d}/audit.jsonl"
+metrics = "127.0.0.1:0"
 
 [control]
 socket = "{d}/control.sock"

@@ -72,7 +72,7 @@ pub async fn serve(path: &Path) -> Result<()> {
     let _redis_probe = budgets
         .spawn_probe(Duration::from_secs(10))
         .map(AbortOnDrop);
-    let (verifier, build) = verifier(&config, &mut compiled)?;
+    let (verifier, build) = verifier(&config)?;
     let build = build(generation_builder(&metrics, &attestor, &budgets));
     let config = Arc::new(config);
     let (tagging_updates, _tagging_ignored) = tokio::sync::mpsc::unbounded_channel();
@@ -119,13 +119,14 @@ pub async fn serve(path: &Path) -> Result<()> {
 /// generation rebuilds it.
 fn verifier(
     config: &Config,
-    compiled: &mut Compiled,
 ) -> Result<(
     Arc<Swap<Verifier>>,
     impl FnOnce(reload::Builder) -> reload::Builder,
 )> {
     let (nonces, not_before) = nonce_store(config)?;
-    let workloads = std::mem::take(&mut compiled.remote_workloads);
+    // Compiled once more for the first verifier: `compiled`'s go to the
+    // first generation, which the builder below makes from them.
+    let workloads = RemoteWorkloads::compile(&config.workloads, &config.source)?;
     let first = Verifier::new(config, workloads, nonces.clone(), not_before)
         .context("no [gateway] section")?;
     let verifier = Arc::new(Swap::new(Arc::new(first)));
