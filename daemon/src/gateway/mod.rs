@@ -228,3 +228,75 @@ fn enrolled(gateway: &GatewayConfig) -> HashMap<[u8; 32], String> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::{node::Unsigned, *};
+
+    const NODE: &str = "n";
+
+    fn key() -> NodeKey {
+        let rng = ring::rand::SystemRandom::new();
+        let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        NodeKey::from_pkcs8(der.as_ref().to_vec()).unwrap()
+    }
+
+    fn verifier(key: &NodeKey, nonces: Arc<dyn NonceStore>, not_before: i64) -> Verifier {
+        let text = format!(
+            "[gateway]\ncertificate = \"/c\"\nkey = \"/k\"\nname = \"gw\"\n\n[[gateway.node]]\nname = \"{NODE}\"\npublic_key = \"{}\"\n\n[[workload]]\nname = \"w\"\nnodes = [\"{NODE}\"]\n",
+            key.public_text()
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        let workloads = RemoteWorkloads::compile(&config.workloads, &config.source).unwrap();
+        Verifier::new(&config, workloads, nonces, not_before).unwrap()
+    }
+
+    async fn verify(verifier: &Verifier, key: &NodeKey, now: i64) -> Result<Verified, CallerError> {
+        let binding = Binding {
+            method: "POST".into(),
+            authority: "api.openai.com".into(),
+            path: "/v1/x".into(),
+            body_sha256: Binding::hash_body(b"{}"),
+        };
+        let unsigned = Unsigned {
+            audience: "gw".into(),
+            binding,
+            workload: "w".into(),
+            process: ProcessFacts::default(),
+            instance: InstanceFacts::default(),
+        };
+        let jws = key.sign(unsigned, now).unwrap();
+        let peer = Peer::Key(parse_node_key(&key.public_text()).unwrap());
+        let received = Received {
+            statement: Some(&jws),
+            method: "POST",
+            authority: "api.openai.com",
+            path: "/v1/x",
+            body: b"{}",
+        };
+        verifier.verify(&peer, received, now).await
+    }
+
+    #[tokio::test]
+    async fn a_replay_cache_that_cannot_answer_refuses_with_503() {
+        let key = key();
+        // Nothing listens on port 1: the store cannot answer.
+        let redis = RedisNonces::new("redis://127.0.0.1:1/", Duration::from_millis(500)).unwrap();
+        let verifier = verifier(&key, Arc::new(redis), i64::MIN);
+        let error = verify(&verifier, &key, 1_000).await.unwrap_err();
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    }
+
+    #[tokio::test]
+    async fn statements_signed_before_a_memory_cache_started_are_refused() {
+        let key = key();
+        let verifier = verifier(&key, Arc::new(MemoryNonces::default()), 1_000);
+        let error = verify(&verifier, &key, 999).await.unwrap_err();
+        assert!(
+            error.to_string().contains("before this gateway started"),
+            "{error}"
+        );
+        assert_eq!(verify(&verifier, &key, 1_000).await.unwrap().workload, "w");
+    }
+}
