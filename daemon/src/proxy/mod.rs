@@ -254,7 +254,12 @@ impl Injector {
                         source,
                     }
                 })?;
-            let kind = crate::credentials::kind_named(&config.credentials, up.credential.get_ref());
+            // A node's upstreams name no credential: the gateway's kind
+            // decides how it is spliced there.
+            let kind = crate::credentials::kind_named(
+                &config.credentials,
+                up.credential.as_ref().map_or("", |c| c.get_ref()),
+            );
             let provider =
                 Provider::from_config(up, kind).map_err(|source| ProxyError::Splice {
                     host: host.clone(),

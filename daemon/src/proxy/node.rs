@@ -171,7 +171,7 @@ impl Injector {
                 call.log.upstream_retried(&gateway, why)
             });
         let response = match tokio::time::timeout(deadline, send).await {
-            Ok(Ok(response)) => response,
+            Ok(Ok((response, _sent))) => response,
             Ok(Err(error)) => return Err(failed(error.into())),
             Err(_) => return Err(failed(UpstreamError::NoAnswer { after: deadline })),
         };

@@ -337,10 +337,12 @@ impl Injector {
         call: &Call<'_>,
     ) -> Result<(Response<Incoming>, Arc<Secret>), ForwardFailure> {
         let upstream = &call.upstream;
+        // Only an injecting host gets here (a node has no credential).
+        let Some(name) = upstream.credential.as_deref() else {
+            return Ok((first.response, first.credential));
+        };
         let status = first.response.status().as_u16();
-        let refreshed = credentials
-            .refresh(&upstream.credential, &first.credential)
-            .await;
+        let refreshed = credentials.refresh(name, &first.credential).await;
         let (result, fresh) = match refreshed {
             Ok(value) if value.expose() == first.credential.expose() => ("unchanged", None),
             Ok(value) => ("refreshed", Some(value)),
@@ -368,21 +370,19 @@ impl Injector {
             (None, _) => None,
         };
         let Some((fresh, body, whole)) = again else {
-            call.log
-                .credential_refused(&upstream.host, &upstream.credential, refusal);
+            call.log.credential_refused(&upstream.host, name, refusal);
             return Ok((first.response, first.credential));
         };
         drop(first.response);
         tracing::info!(
             upstream = %upstream.host,
-            credential = %upstream.credential,
+            credential = %name,
             status,
             "the upstream refused the credential; sending the request again with the one fetched now"
         );
         refusal.retried = true;
-        call.log
-            .credential_refused(&upstream.host, &upstream.credential, refusal);
-        call.log.credential(&upstream.credential, &fresh);
+        call.log.credential_refused(&upstream.host, name, refusal);
+        call.log.credential(name, &fresh);
         // The head as first sent: splicing again takes the refused
         // credential out (or the old signature) and puts the new one in.
         let request =
@@ -850,7 +850,7 @@ fn respond(
     super::rewrite::strip_hop_by_hop(&mut parts.headers, false);
     // What of the credential could come back: the value sent (for AWS
     // keys, the session token; the secret key never travels).
-    let credential = call.upstream.provider.echoable(credential);
+    let credential = credential.map(|c| call.upstream.provider.echoable(c));
     if learned.strip_usage_chunk {
         // The agent gets fewer bytes than the upstream sent.
         parts.headers.remove(http::header::CONTENT_LENGTH);

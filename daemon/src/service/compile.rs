@@ -132,7 +132,8 @@ fn check_upstreams(config: &Config) -> Result<(), ConfigError> {
     let source = &config.source;
     for (index, upstream) in config.upstreams.iter().enumerate() {
         let index = index.to_string();
-        let kind = credentials::kind_named(&config.credentials, upstream.credential.get_ref());
+        let name = upstream.credential.as_ref().map_or("", |c| c.get_ref());
+        let kind = credentials::kind_named(&config.credentials, name);
         provider::Provider::from_config(upstream, kind).map_err(|e| {
             source.error_at_key(&["upstream", &index, e.key()], ConfigErrorKind::Invalid, e)
         })?;

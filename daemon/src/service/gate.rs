@@ -169,6 +169,8 @@ impl WarrantGate {
             method: request.method.as_str(),
             path: &request.path,
             model: request.model.as_deref(),
+            project: request.project.as_deref(),
+            location: request.location.as_deref(),
             body: Some(&request.body),
             unmetered: request.unmetered,
             now: jiff::Timestamp::now(),
