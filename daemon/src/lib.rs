@@ -8,6 +8,8 @@
 //! refuses quarantined ones, `provider` reads the request once, `policy`
 //! and `usage` (budgets) decide, `credentials` supplies the key, `provider`
 //! splices it in, the response is metered (`usage`) and audited (`audit`).
+//! In gateway mode (`gateway`) a node forwards instead of injecting, and
+//! `warrant gateway` identifies the node's caller from its signed statement.
 
 pub mod attest;
 pub mod audit;
@@ -19,6 +21,7 @@ pub mod credentials;
 pub mod doctor;
 pub mod duration;
 pub mod error;
+pub mod gateway;
 pub mod metadata;
 pub mod metrics;
 pub mod mounts;

@@ -2,7 +2,7 @@
 //!
 //! Written with dpkg-deb from a staged tree rather than cargo-deb: nothing
 //! extra to compile on a fresh machine or in CI, and the few files are
-//! listed here in one place. Contents: /usr/bin/warrant, the units in
+//! listed here in one place. Contents: /usr/bin/warrant, the units (the gateway's too, not enabled) in
 //! /lib/systemd/system, /etc/warrant/warrant.toml (a conffile: kept on
 //! upgrade, removed on purge), /etc/warrant/credentials (0700), the README,
 //! and the maintainer scripts in systemd/debian/. For operators
@@ -21,7 +21,12 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cargo, run_cmd, workspace_root};
 
-const UNITS: &[&str] = &["warrant.service", "warrant.socket", "warrant-agents.slice"];
+const UNITS: &[&str] = &[
+    "warrant.service",
+    "warrant.socket",
+    "warrant-agents.slice",
+    "warrant-gateway.service",
+];
 const MAINTAINER_SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
 
 /// Builds the release binary (with its eBPF programs) and the .deb; returns

@@ -93,6 +93,13 @@ pub struct AttestationSummary {
     pub user_namespace: Option<UserNamespace>,
     pub instance_id: Option<String>,
     pub region: Option<String>,
+    /// At a gateway: the enrolled node that vouched for the caller (the
+    /// fields above are what its signed statement says), and the workload
+    /// the node matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_workload: Option<String>,
 }
 
 impl AttestationSummary {
@@ -113,6 +120,8 @@ impl AttestationSummary {
             user_namespace: Some(attestation.user_namespace),
             instance_id: instance.claim("instance_id").ok().map(str::to_owned),
             region: instance.claim("region").ok().map(str::to_owned),
+            node: None,
+            node_workload: None,
         }
     }
 }

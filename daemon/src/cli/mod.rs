@@ -40,6 +40,13 @@ pub enum Command {
         #[arg(long)]
         detach_on_exit: bool,
     },
+    /// Serve as a gateway for nodes (a `[gateway]` section; no eBPF, no
+    /// privileges needed): see the README's gateway mode.
+    Gateway {
+        /// Default: /etc/warrant/gateway.toml.
+        #[arg(long, default_value = crate::service::gateway::DEFAULT_GATEWAY_CONFIG)]
+        config: PathBuf,
+    },
     /// Validate a configuration file; errors name file:line:column.
     CheckConfig {
         /// The file to check.
@@ -201,6 +208,26 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
+        Command::Gateway { config } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    eprintln!("warrant: cannot start the runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::service::gateway::serve(&config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{err:#}");
+                    eprintln!("warrant: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run {
             config,
             detach_on_exit,

@@ -17,6 +17,7 @@
 //! is what `warrant run` uses when no file is given, and is the commented
 //! reference for every key.
 
+mod gateway;
 mod location;
 mod metadata;
 mod observe;
@@ -32,6 +33,10 @@ use globset::{Glob, GlobMatcher};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use gateway::{
+    ForwardConfig, GatewayConfig, GatewayProblem, NodeConfig, defaults as gateway_defaults,
+    gateway_authority, parse_node_key,
+};
 pub use location::{ConfigError, ConfigErrorKind, Location, Source};
 pub use metadata::{DEFAULT_METADATA_ADDRESSES, MetadataConfig};
 pub use observe::{
@@ -86,6 +91,12 @@ pub struct Config {
     /// `metadata`).
     #[serde(default)]
     pub metadata: MetadataConfig,
+    /// This file is a gateway's (`warrant gateway`; see `gateway`).
+    #[serde(default)]
+    pub gateway: Option<GatewayConfig>,
+    /// This host's daemon forwards to a gateway instead of injecting.
+    #[serde(default)]
+    pub forward: Option<ForwardConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -474,6 +485,25 @@ pub struct WorkloadConfig {
     pub uid: Option<u32>,
     #[serde(default)]
     pub gid: Option<u32>,
+    /// Callers from the network (`warrant gateway`): enrolled nodes (globs
+    /// over `[[gateway.node]]` names) that may forward requests of this
+    /// workload. With them, unit, exe, exe_sha256, entrypoint_sha256, uid
+    /// and gid narrow what the node's statement must say (checked by
+    /// `check_callers`).
+    #[serde(default)]
+    pub nodes: Vec<Spanned<String>>,
+    /// The node's own workload that its statement names. Default: this
+    /// workload's name.
+    #[serde(default)]
+    pub node_workload: Option<Spanned<String>>,
+}
+
+impl WorkloadConfig {
+    /// Whether the workload selects callers from the network (statements
+    /// of enrolled nodes) rather than local processes.
+    pub fn selects_remote(&self) -> bool {
+        !self.nodes.is_empty() || self.node_workload.is_some()
+    }
 }
 
 /// An upstream's API, as the config names it: `openai | anthropic | gemini |
@@ -588,7 +618,10 @@ impl PartialEq for CgroupGlob {
 pub struct UpstreamConfig {
     pub host: Spanned<String>,
     pub scheme: Spanned<Scheme>,
-    pub credential: Spanned<String>,
+    /// The `[[credential]]` injected. Required, except on a node that
+    /// forwards to a gateway (`[forward]`), which holds none.
+    #[serde(default)]
+    pub credential: Option<Spanned<String>>,
     /// For scheme "generic": the header to set and its value template, where
     /// "{credential}" is replaced by the credential.
     #[serde(default)]
@@ -931,6 +964,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.check_values()?;
+        self.check_gateway_mode()?;
         self.check_names()
     }
 
@@ -1042,12 +1076,21 @@ impl Config {
                 |h| h.to_ascii_lowercase(),
                 &self.source,
             ),
+            Named::Node => unique(
+                self.gateway
+                    .iter()
+                    .flat_map(|g| g.nodes.iter().map(|n| &n.name)),
+                kind,
+                as_written,
+                &self.source,
+            ),
         };
         let names = [
             defined(Named::Workload)?,
             defined(Named::Credential)?,
             defined(Named::Posture)?,
             defined(Named::Upstream)?,
+            defined(Named::Node)?,
         ];
         for (referrer, name, kind) in self.references() {
             let key = match kind {
@@ -1076,7 +1119,9 @@ impl Config {
         let mut references = Vec::new();
         for upstream in &self.upstreams {
             let referrer = format!("upstream {:?}", upstream.host.get_ref());
-            references.push((referrer, &upstream.credential, Named::Credential));
+            if let Some(credential) = &upstream.credential {
+                references.push((referrer, credential, Named::Credential));
+            }
         }
         for credential in &self.credentials {
             let others = [
@@ -1128,6 +1173,7 @@ enum Named {
     Credential = 1,
     Posture = 2,
     Upstream = 3,
+    Node = 4,
 }
 
 impl Named {
@@ -1138,6 +1184,7 @@ impl Named {
             Named::Credential => "credential",
             Named::Posture => "posture check",
             Named::Upstream => "upstream",
+            Named::Node => "node",
         }
     }
 
@@ -1147,6 +1194,7 @@ impl Named {
             Named::Credential => "[[credential]]",
             Named::Posture => "[[posture]]",
             Named::Upstream => "[[upstream]]",
+            Named::Node => "[[gateway.node]]",
         }
     }
 

@@ -36,7 +36,7 @@ impl ForwardBody {
     /// judged before anything is read). Returns the body to forward and its
     /// bytes.
     pub async fn whole(
-        mut body: Incoming,
+        mut self,
         declared: Option<u64>,
         limit: usize,
         timeout: Duration,
@@ -47,7 +47,7 @@ impl ForwardBody {
         let mut data = BytesMut::new();
         let mut trailers = None;
         loop {
-            match tokio::time::timeout(timeout, body.frame()).await {
+            match tokio::time::timeout(timeout, self.frame()).await {
                 Err(_) => return Err(PrefetchError::Timeout),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(PrefetchError::Body(e)),
@@ -86,7 +86,7 @@ impl ForwardBody {
     /// have come, each wait bounded by `timeout`. Returns the body to forward
     /// (nothing lost) and the data read so far.
     pub async fn prefetch(
-        mut body: Incoming,
+        mut self,
         limit: usize,
         timeout: Duration,
     ) -> Result<(ForwardBody, Vec<u8>), PrefetchError> {
@@ -94,7 +94,7 @@ impl ForwardBody {
         let mut prefix = Vec::new();
         let mut ended = false;
         while prefix.len() < limit {
-            match tokio::time::timeout(timeout, body.frame()).await {
+            match tokio::time::timeout(timeout, self.frame()).await {
                 Err(_) => return Err(PrefetchError::Timeout),
                 Ok(None) => {
                     ended = true;
@@ -110,13 +110,39 @@ impl ForwardBody {
                 }
             }
         }
+        // Frames read before and not yet handed out come after these.
+        read.extend(self.read.drain(..));
         Ok((
             ForwardBody {
                 read,
-                rest: (!ended).then_some(body),
+                rest: if ended { None } else { self.rest },
             },
             prefix,
         ))
+    }
+
+    /// The whole body, when it is at most `limit` bytes; None when larger.
+    pub async fn collect_limited(
+        mut self,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Option<Bytes>, PrefetchError> {
+        let mut whole = bytes::BytesMut::new();
+        loop {
+            match tokio::time::timeout(timeout, self.frame()).await {
+                Err(_) => return Err(PrefetchError::Timeout),
+                Ok(None) => return Ok(Some(whole.freeze())),
+                Ok(Some(Err(e))) => return Err(PrefetchError::Body(e)),
+                Ok(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        if whole.len() + data.len() > limit {
+                            return Ok(None);
+                        }
+                        whole.extend_from_slice(data);
+                    }
+                }
+            }
+        }
     }
 }
 

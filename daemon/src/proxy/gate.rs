@@ -36,8 +36,16 @@ pub struct Identity {
     /// What the audit line and `warrant status` show of the attestation.
     pub summary: AttestationSummary,
     /// The attestation itself, for the gate's own verdict (None from gates
-    /// that do not attest, in tests).
+    /// that do not attest, in tests, and at a gateway).
     pub attestation: Option<Arc<Attestation>>,
+    /// Why the workload's rules cannot believe the process's program (see
+    /// `attest::WorkloadMatcher::program_refusal`); a node signs it into
+    /// its statement. None when they can, or no workload matched.
+    pub program_refusal: Option<String>,
+    /// At a gateway: the enrolled node that vouched for the caller, and
+    /// its verified statement (the gate decides on it instead of an
+    /// attestation).
+    pub remote: Option<Arc<crate::gateway::Verified>>,
 }
 
 impl Identity {
@@ -52,6 +60,8 @@ impl Identity {
                 ..AttestationSummary::default()
             },
             attestation: None,
+            program_refusal: None,
+            remote: None,
         }
     }
 }

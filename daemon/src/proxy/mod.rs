@@ -44,9 +44,11 @@
 mod body;
 pub mod egress;
 mod gate;
+mod gateway;
 mod generation;
 mod io;
 mod metadata;
+mod node;
 mod passthrough;
 mod phases;
 mod redact;
@@ -78,8 +80,10 @@ use tokio_rustls::TlsAcceptor;
 
 pub use body::ForwardBody;
 pub use gate::{AllowAll, GateFuture, GateRequest, Identity, RequestGate, Verdict};
+pub use gateway::GatewayEntry;
 pub use generation::{FixedGeneration, Generation, Generations};
 pub use io::peek_sni;
+pub use node::NodeForward;
 pub use redact::{BoxError, Redact};
 pub use refusal::{Refusal, UpstreamError};
 pub use tap::Tap;
@@ -134,7 +138,8 @@ struct Upstream {
     /// Lower case.
     host: String,
     provider: Provider,
-    credential: String,
+    /// None on a node that forwards to a gateway (it holds no credential).
+    credential: Option<String>,
     tls: Arc<ClientConfig>,
     /// `tls` offering only http/1.1, for protocol upgrades.
     tls_http1: Arc<ClientConfig>,
@@ -151,11 +156,25 @@ enum Transport {
     Plain,
 }
 
+/// Which way a connection came in, for its requests.
+#[derive(Clone)]
+enum Entry {
+    /// Redirected by the eBPF programs; the upstream whose TLS was
+    /// terminated (None: plain HTTP, routed by Host).
+    Redirected(Option<Arc<Upstream>>),
+    /// To `warrant gateway`'s listener, with the peer's certificate.
+    Gateway(Arc<GatewayEntry>, Arc<crate::gateway::Peer>),
+}
+
 /// The injector, shared by every connection (and by the IPv4 and IPv6
 /// listeners).
 pub struct Injector {
     upstreams: HashMap<String, Arc<Upstream>>,
-    leafs: Arc<LeafCache>,
+    /// Mints leaf certificates for redirected connections (None at a
+    /// gateway, which has its own certificate and no local CA).
+    leafs: Option<Arc<LeafCache>>,
+    /// Set on a node (`[forward]`): requests go to the gateway.
+    node: Option<NodeForward>,
     origins: Arc<dyn OriginSource>,
     /// The gate and credentials in force: one generation per request.
     generations: Arc<dyn Generations>,
@@ -189,6 +208,42 @@ impl Injector {
         responder: Arc<Responder>,
         system_roots: &[CertificateDer<'static>],
     ) -> Result<Injector, ProxyError> {
+        Injector::build(
+            config,
+            Some(leafs),
+            origins,
+            generations,
+            responder,
+            system_roots,
+        )
+    }
+
+    /// A gateway's injector: no local CA and no Origins (connections come
+    /// only through [`Injector::serve_gateway`]).
+    pub fn for_gateway(
+        config: &Config,
+        generations: Arc<dyn Generations>,
+        responder: Arc<Responder>,
+        system_roots: &[CertificateDer<'static>],
+    ) -> Result<Injector, ProxyError> {
+        Injector::build(
+            config,
+            None,
+            Arc::new(crate::origin::StaticOrigins::default()),
+            generations,
+            responder,
+            system_roots,
+        )
+    }
+
+    fn build(
+        config: &Config,
+        leafs: Option<Arc<LeafCache>>,
+        origins: Arc<dyn OriginSource>,
+        generations: Arc<dyn Generations>,
+        responder: Arc<Responder>,
+        system_roots: &[CertificateDer<'static>],
+    ) -> Result<Injector, ProxyError> {
         let mut upstreams = HashMap::new();
         for up in &config.upstreams {
             let host = up.host.get_ref().to_ascii_lowercase();
@@ -199,7 +254,12 @@ impl Injector {
                         source,
                     }
                 })?;
-            let kind = crate::credentials::kind_named(&config.credentials, up.credential.get_ref());
+            // A node's upstreams name no credential: the gateway's kind
+            // decides how it is spliced there.
+            let kind = crate::credentials::kind_named(
+                &config.credentials,
+                up.credential.as_ref().map_or("", |c| c.get_ref()),
+            );
             let provider =
                 Provider::from_config(up, kind).map_err(|source| ProxyError::Splice {
                     host: host.clone(),
@@ -212,7 +272,7 @@ impl Injector {
                 Arc::new(Upstream {
                     host,
                     provider,
-                    credential: up.credential.get_ref().clone(),
+                    credential: up.credential.as_ref().map(|c| c.get_ref().clone()),
                     tls,
                     tls_http1: Arc::new(http1),
                     plain_http: up.plain_http,
@@ -232,6 +292,7 @@ impl Injector {
             metadata,
             upstreams,
             leafs,
+            node: None,
             origins,
             generations,
             clients: upstream::UpstreamClients::new(
@@ -247,6 +308,12 @@ impl Injector {
             responder,
             limits,
         })
+    }
+
+    /// A node's injector: requests go to the gateway (see `node`).
+    pub fn forwarding_to(mut self, node: NodeForward) -> Injector {
+        self.node = Some(node);
+        self
     }
 
     /// Replaces how relay sockets are made (default: in the agent's own
@@ -357,7 +424,9 @@ impl Injector {
         if first[0] != 0x16 {
             metrics.connection("plain");
             live.set_kind(ConnectionKind::Plain, None);
-            return self.serve_http(stream, origin, None, live).await;
+            return self
+                .serve_http(stream, origin, Entry::Redirected(None), live)
+                .await;
         }
         let mut recorded = Vec::new();
         let sni = tokio::time::timeout(
@@ -374,23 +443,27 @@ impl Injector {
         };
         metrics.connection("intercepted");
         live.set_kind(ConnectionKind::Intercepted, Some(&upstream.host));
-        let config = self.leafs.server_config(&upstream.host)?;
+        let Some(leafs) = &self.leafs else {
+            return Ok(());
+        };
+        let config = leafs.server_config(&upstream.host)?;
         let replay = io::Prefixed::new(recorded, stream);
         let tls = tokio::time::timeout(
             self.header_timeout(),
             TlsAcceptor::from(config).accept(replay),
         )
         .await??;
-        self.serve_http(tls, origin, Some(upstream), live).await
+        self.serve_http(tls, origin, Entry::Redirected(Some(upstream)), live)
+            .await
     }
 
-    /// Serves HTTP/1.1 or HTTP/2 on `stream`. `sni_upstream`: the upstream
-    /// whose TLS was terminated (None: plain HTTP, routed by Host).
+    /// Serves HTTP/1.1 or HTTP/2 on `stream`, each request by way of
+    /// `entry`.
     async fn serve_http<S>(
         self: Arc<Self>,
         stream: S,
         origin: Origin,
-        sni_upstream: Option<Arc<Upstream>>,
+        entry: Entry,
         live: Arc<LiveConnection>,
     ) -> Result<(), BoxError>
     where
@@ -402,9 +475,17 @@ impl Injector {
         let quarantined = live.clone();
         let service = hyper::service::service_fn(move |req: Request<Incoming>| {
             let this = this.clone();
-            let upstream = sni_upstream.clone();
+            let entry = entry.clone();
             let live = live.clone();
-            async move { Ok::<_, Infallible>(this.request(req, origin, upstream, live).await) }
+            async move {
+                let response = match entry {
+                    Entry::Redirected(upstream) => this.request(req, origin, upstream, live).await,
+                    Entry::Gateway(entry, peer) => {
+                        this.gateway_request(req, origin, &entry, &peer, live).await
+                    }
+                };
+                Ok::<_, Infallible>(response)
+            }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder

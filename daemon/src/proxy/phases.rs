@@ -61,7 +61,7 @@ use crate::{
 
 /// What the phases learn that the end of the response needs.
 #[derive(Default)]
-struct Learned {
+pub(super) struct Learned {
     /// The workload the gate identified.
     workload: Option<String>,
     /// Fingerprints of real-looking keys the agent sent.
@@ -90,12 +90,15 @@ struct Read {
 }
 
 /// One request as it travels through the phases.
-struct Call<'a> {
-    origin: Origin,
-    upstream: Arc<Upstream>,
-    transport: Transport,
-    log: &'a RequestLog,
-    live: &'a Arc<LiveConnection>,
+pub(super) struct Call<'a> {
+    pub origin: Origin,
+    pub upstream: Arc<Upstream>,
+    pub transport: Transport,
+    pub log: &'a RequestLog,
+    pub live: &'a Arc<LiveConnection>,
+    /// Who is calling, when established before the phases (at a gateway,
+    /// from a node's statement); None: the gate identifies the Origin.
+    pub identified: Option<&'a Identity>,
 }
 
 impl Injector {
@@ -119,11 +122,24 @@ impl Injector {
         let response = self
             .route(req, origin, sni_upstream, &log, &live, &mut learned)
             .await;
+        finish(response, log, learned, origin, self.responder.clone())
+    }
+}
+
+/// The response handed to the one body tap, which ends the audit line.
+pub(super) fn finish(
+    response: Response<ProxyBody>,
+    log: RequestLog,
+    learned: Learned,
+    origin: Origin,
+    responder: Arc<crate::response::Responder>,
+) -> Response<ProxyBody> {
+    {
         let status = response.status().as_u16();
         let ending = RequestEnding {
             log,
             status,
-            responder: self.responder.clone(),
+            responder,
             workload: learned.workload,
             tgid: origin.tgid,
             agent_keys: learned.agent_keys,
@@ -138,7 +154,9 @@ impl Injector {
             }
         })
     }
+}
 
+impl Injector {
     /// Phase 1, route; then the rest, or the pass-through.
     async fn route(
         &self,
@@ -176,10 +194,12 @@ impl Injector {
             transport,
             log,
             live,
+            identified: None,
         };
         // The generation in force, read once: this request's gate and
         // credentials come from the same configuration.
         let generation = self.generations.current();
+        let req = req.map(ForwardBody::streaming);
         match self.phases(req, &call, generation.as_ref(), learned).await {
             Ok(response) => response,
             Err(refusal) => refusal.respond(shape, log),
@@ -187,9 +207,9 @@ impl Injector {
     }
 
     /// Phases 2 to 12.
-    async fn phases(
+    pub(super) async fn phases(
         &self,
-        req: Request<Incoming>,
+        req: Request<ForwardBody>,
         call: &Call<'_>,
         generation: &dyn Generation,
         learned: &mut Learned,
@@ -231,6 +251,22 @@ impl Injector {
             .await?;
         let (parts, body) = ask_for_usage(call, &parsed, parts, body, &prefix, learned);
         drop(prefix);
+        if let Some(node) = &self.node {
+            // A node holds no credential: the gateway injects it (and
+            // meters and charges what reaches the upstream). Without the
+            // gateway's response, the node's reservation is given back.
+            let sent = self
+                .via_gateway(node, parts, body, upgrade.is_some(), &identity, call)
+                .await;
+            let response = match sent {
+                Ok(response) => response,
+                Err(refusal) => {
+                    verdict.release();
+                    return Err(refusal);
+                }
+            };
+            return Ok(respond(response, None, verdict, None, call, learned));
+        }
         // From here on the request is admitted: a refusal before it reaches
         // the upstream gives its reservation back instead of charging it.
         let credentials = generation.credentials();
@@ -281,7 +317,12 @@ impl Injector {
             _ => (response, credential),
         };
         Ok(respond(
-            response, upgrade, verdict, credential, call, learned,
+            response,
+            upgrade,
+            verdict,
+            Some(credential),
+            call,
+            learned,
         ))
     }
 
@@ -296,10 +337,12 @@ impl Injector {
         call: &Call<'_>,
     ) -> Result<(Response<Incoming>, Arc<Secret>), ForwardFailure> {
         let upstream = &call.upstream;
+        // Only an injecting host gets here (a node has no credential).
+        let Some(name) = upstream.credential.as_deref() else {
+            return Ok((first.response, first.credential));
+        };
         let status = first.response.status().as_u16();
-        let refreshed = credentials
-            .refresh(&upstream.credential, &first.credential)
-            .await;
+        let refreshed = credentials.refresh(name, &first.credential).await;
         let (result, fresh) = match refreshed {
             Ok(value) if value.expose() == first.credential.expose() => ("unchanged", None),
             Ok(value) => ("refreshed", Some(value)),
@@ -327,21 +370,19 @@ impl Injector {
             (None, _) => None,
         };
         let Some((fresh, body, whole)) = again else {
-            call.log
-                .credential_refused(&upstream.host, &upstream.credential, refusal);
+            call.log.credential_refused(&upstream.host, name, refusal);
             return Ok((first.response, first.credential));
         };
         drop(first.response);
         tracing::info!(
             upstream = %upstream.host,
-            credential = %upstream.credential,
+            credential = %name,
             status,
             "the upstream refused the credential; sending the request again with the one fetched now"
         );
         refusal.retried = true;
-        call.log
-            .credential_refused(&upstream.host, &upstream.credential, refusal);
-        call.log.credential(&upstream.credential, &fresh);
+        call.log.credential_refused(&upstream.host, name, refusal);
+        call.log.credential(name, &fresh);
         // The head as first sent: splicing again takes the refused
         // credential out (or the old signature) and puts the new one in.
         let request =
@@ -387,7 +428,11 @@ impl Injector {
     /// connection. A process that cannot be attested is refused, unless it
     /// is quarantined: then the quarantine is what refuses it.
     async fn identify(&self, gate: &dyn RequestGate, call: &Call<'_>) -> Result<Identity, Refusal> {
-        let identity = match gate.identify(&call.origin).await {
+        let identified = match call.identified {
+            Some(identity) => Ok(identity.clone()),
+            None => gate.identify(&call.origin).await,
+        };
+        let identity = match identified {
             Ok(identity) => identity,
             Err(refusal) => {
                 self.check_quarantine(None, call.origin.tgid)?;
@@ -420,7 +465,7 @@ impl Injector {
     /// forwarded) and parses the request with the upstream's provider.
     async fn read(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ForwardBody>,
         wanted: usize,
         call: &Call<'_>,
     ) -> Result<Read, Refusal> {
@@ -451,9 +496,9 @@ impl Injector {
             whole = Some(data);
             (body, prefix)
         } else if wanted == 0 {
-            (ForwardBody::streaming(body), Vec::new())
+            (body, Vec::new())
         } else {
-            ForwardBody::prefetch(body, wanted, self.header_timeout())
+            body.prefetch(wanted, self.header_timeout())
                 .await
                 .map_err(unreadable)?
         };
@@ -672,7 +717,7 @@ async fn check_destination(call: &Call<'_>) -> Result<(), Refusal> {
 
 /// Phase 5, first half: what looks like a real key from the agent, reported
 /// (log, audit line) by fingerprint only. Returns the fingerprints.
-fn agent_keys(call: &Call<'_>, req: &Request<Incoming>) -> Vec<String> {
+fn agent_keys<B>(call: &Call<'_>, req: &Request<B>) -> Vec<String> {
     let findings = call.upstream.provider.inspect(req.headers(), req.uri());
     if findings.is_empty() {
         return Vec::new();
@@ -699,9 +744,16 @@ async fn credential(
     call: &Call<'_>,
 ) -> Result<Arc<Secret>, Refusal> {
     let upstream = &call.upstream;
-    match credentials.current(&upstream.credential).await {
+    let Some(name) = upstream.credential.as_deref() else {
+        return Err(Refusal::new(
+            Outcome::NoCredential,
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("warrant holds no credential for {}", upstream.host),
+        ));
+    };
+    match credentials.current(name).await {
         Ok(credential) => {
-            call.log.credential(&upstream.credential, &credential);
+            call.log.credential(name, &credential);
             Ok(credential)
         }
         Err(error) => {
@@ -749,12 +801,13 @@ fn splice<B>(
 }
 
 /// Phase 12: a protocol upgrade is relayed both ways (a quarantine closes
-/// it); a body goes back redacted, through the tap that meters it.
+/// it); a body goes back redacted (when a credential was injected here),
+/// through the tap that meters it.
 fn respond(
     mut response: Response<Incoming>,
     upgrade: Option<OnUpgrade>,
     verdict: Verdict,
-    credential: Arc<Secret>,
+    credential: Option<Arc<Secret>>,
     call: &Call<'_>,
     learned: &mut Learned,
 ) -> Response<ProxyBody> {
@@ -797,12 +850,15 @@ fn respond(
     super::rewrite::strip_hop_by_hop(&mut parts.headers, false);
     // What of the credential could come back: the value sent (for AWS
     // keys, the session token; the secret key never travels).
-    let credential = call.upstream.provider.echoable(credential);
+    let credential = credential.map(|c| call.upstream.provider.echoable(c));
     if learned.strip_usage_chunk {
         // The agent gets fewer bytes than the upstream sent.
         parts.headers.remove(http::header::CONTENT_LENGTH);
     }
-    redact::headers(&mut parts.headers, &credential);
     let body = body.map_err(super::BoxError::from);
+    let Some(credential) = credential else {
+        return Response::from_parts(parts, body.boxed());
+    };
+    redact::headers(&mut parts.headers, &credential);
     Response::from_parts(parts, Redact::new(body, credential).boxed())
 }

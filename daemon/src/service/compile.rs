@@ -37,6 +37,8 @@ pub struct Compiled {
     /// Some rule sets a token or cost budget: admission reads request bodies
     /// for max_tokens and the model.
     pub rules_have_token_budgets: bool,
+    /// The workloads that select node statements (`warrant gateway`).
+    pub remote_workloads: crate::gateway::RemoteWorkloads,
 }
 
 impl Compiled {
@@ -58,6 +60,7 @@ impl Compiled {
         let policy = Policy::compile(&config.policies, posture.clone(), source)?;
         let credentials = credentials::compile(&config.credentials, source, clock, options)?;
         let usage = UsageSettings::compile(&config.usage, &config.prices, source)?;
+        let remote_workloads = crate::gateway::RemoteWorkloads::compile(&config.workloads, source)?;
         // Built by the injector at start; checked here with the rest, so a
         // bad entry stops the daemon (or check-config) at its place.
         check_destinations(config)?;
@@ -73,6 +76,7 @@ impl Compiled {
                 .policies
                 .iter()
                 .any(|p| p.tokens_per_hour.is_some() || p.cost_per_day_usd.is_some()),
+            remote_workloads,
         })
     }
 }
@@ -128,7 +132,8 @@ fn check_upstreams(config: &Config) -> Result<(), ConfigError> {
     let source = &config.source;
     for (index, upstream) in config.upstreams.iter().enumerate() {
         let index = index.to_string();
-        let kind = credentials::kind_named(&config.credentials, upstream.credential.get_ref());
+        let name = upstream.credential.as_ref().map_or("", |c| c.get_ref());
+        let kind = credentials::kind_named(&config.credentials, name);
         provider::Provider::from_config(upstream, kind).map_err(|e| {
             source.error_at_key(&["upstream", &index, e.key()], ConfigErrorKind::Invalid, e)
         })?;

@@ -148,7 +148,10 @@ impl ControlBackend for DaemonBackend {
 /// Which credential `upstream` would use, what it is and its state (never
 /// its value): one line of `warrant explain`.
 fn credential_line(upstream: &UpstreamConfig, credentials: &CredentialStore) -> String {
-    let name = upstream.credential.get_ref();
+    let Some(name) = upstream.credential.as_ref().map(|c| c.get_ref()) else {
+        return "  credential: none here (this node forwards to a gateway, which injects it)\n"
+            .to_owned();
+    };
     let Some(status) = credentials.status().into_iter().find(|c| &c.name == name) else {
         return format!("  credential: {name:?} (not configured)\n");
     };

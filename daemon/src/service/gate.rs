@@ -121,10 +121,59 @@ impl WarrantGate {
             )
         })?;
         let workload = self.workloads.evaluate(&attestation).matched;
+        let program_refusal = workload
+            .as_deref()
+            .and_then(|w| self.workloads.program_refusal(w, &attestation));
         Ok(Identity {
             workload,
             summary: AttestationSummary::of(&attestation),
             attestation: Some(Arc::new(attestation)),
+            program_refusal,
+            remote: None,
+        })
+    }
+
+    /// The policy decision for a caller a node vouched for (at a gateway):
+    /// as [`Self::decide_for`], on what the node's statement says of the
+    /// process and its instance (the instance's claims count only when the
+    /// node verified them).
+    pub fn decide_remote(
+        &self,
+        workload: &str,
+        remote: &crate::gateway::Verified,
+        upstream: &str,
+        request: &crate::provider::Request,
+    ) -> Decision {
+        let statement = &remote.statement;
+        let process = &statement.process;
+        let instance = &statement.instance;
+        let claim = |name: &str| {
+            instance
+                .verified
+                .then(|| instance.claims.get(name).map(String::as_str))
+                .flatten()
+        };
+        let exe_sha256: Option<[u8; 32]> = process
+            .exe_sha256
+            .as_deref()
+            .and_then(|h| hex::decode(h).ok())
+            .and_then(|b| b.try_into().ok());
+        self.policy.evaluate(&PolicyInput {
+            workload,
+            environment: claim("environment"),
+            region: claim("region"),
+            exe_path: Some(std::path::Path::new(&process.exe)),
+            exe_sha256: exe_sha256.as_ref(),
+            program_refusal: process.program_refusal.as_deref(),
+            upstream_host: upstream,
+            method: request.method.as_str(),
+            path: &request.path,
+            model: request.model.as_deref(),
+            project: request.project.as_deref(),
+            location: request.location.as_deref(),
+            body: Some(&request.body),
+            unmetered: request.unmetered,
+            now: jiff::Timestamp::now(),
         })
     }
 
@@ -133,6 +182,11 @@ impl WarrantGate {
         identity: &Identity,
         request: &GateRequest<'_>,
     ) -> Result<Verdict, Refusal> {
+        if let (None, Some(remote)) = (&identity.attestation, &identity.remote) {
+            let workload = remote.workload.as_str();
+            let decision = self.decide_remote(workload, remote, request.upstream, request.request);
+            return self.enforce(workload, &decision, request).await;
+        }
         let Some(attestation) = identity.attestation.as_deref() else {
             return Err(Refusal::policy(
                 StatusCode::FORBIDDEN,
@@ -148,9 +202,19 @@ impl WarrantGate {
             ));
         };
         let parsed = request.request;
-        let path = parsed.path.as_str();
         let decision = self.decide_for(workload, attestation, request.upstream, parsed);
-        request.audit.decided(&decision);
+        self.enforce(workload, &decision, request).await
+    }
+
+    /// A policy decision recorded and enforced, then the budgets asked.
+    async fn enforce(
+        &self,
+        workload: &str,
+        decision: &Decision,
+        request: &GateRequest<'_>,
+    ) -> Result<Verdict, Refusal> {
+        let path = request.request.path.as_str();
+        request.audit.decided(decision);
         if !decision.allowed {
             let summary = decision.summary();
             tracing::info!(workload, upstream = request.upstream, path, reasons = %summary, "denied by policy");
@@ -160,7 +224,7 @@ impl WarrantGate {
             ));
         }
         tracing::debug!(workload, upstream = request.upstream, path, "allowed");
-        self.admit(workload, &decision, request).await
+        self.admit(workload, decision, request).await
     }
 
     /// The budget factor: asked last, like policy's BudgetGate, but here

@@ -5,6 +5,7 @@ pub mod activation;
 pub mod compile;
 mod control;
 mod gate;
+pub mod gateway;
 pub mod reload;
 
 use std::{
@@ -140,14 +141,18 @@ pub async fn run(options: RunOptions) -> Result<()> {
         .await,
     );
     meter_budgets(&metrics, &reloader);
-    let injector = Arc::new(Injector::new(
+    let injector = Injector::new(
         &config,
         pki.leafs,
         maps,
         reloader.generation.clone(),
         responder.clone(),
         &pki.system_roots,
-    )?);
+    )?;
+    let injector = Arc::new(match node_forward(&config, &pki.system_roots)? {
+        Some(node) => injector.forwarding_to(node),
+        None => injector,
+    });
     let control = ControlServer::bind(
         &config.control.socket,
         config.control.admin_group.as_deref(),
@@ -170,6 +175,41 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // The records of the last requests (buffered: audit::FLUSH_INTERVAL).
     audit.flush();
     stopped
+}
+
+/// On a node (`[forward]`): the host key (made on first start, as the
+/// `host` instance provider makes it) as the TLS client identity toward the
+/// gateway and the signer of statements. Logs the key, for enrollment.
+fn node_forward(
+    config: &Config,
+    system_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<Option<crate::proxy::NodeForward>> {
+    let Some(forward) = &config.forward else {
+        return Ok(None);
+    };
+    let path = config
+        .daemon
+        .state_dir
+        .join(attest::instance::host::HOST_KEY_FILE);
+    let provider = attest::instance::host::HostProvider::new(
+        attest::instance::host::MACHINE_ID_PATH.into(),
+        path.clone(),
+        None,
+        None,
+    );
+    provider.load_or_create_key()?;
+    let der = std::fs::read(&path)
+        .with_context(|| format!("cannot read the host key {}", path.display()))?;
+    let key = Arc::new(crate::gateway::NodeKey::from_pkcs8(der)?);
+    let tls = key.client_config(system_roots, forward.ca_file.as_deref())?;
+    tracing::info!(
+        gateway = %forward.gateway.get_ref(),
+        node_key = %key.public_text(),
+        "forwarding to a gateway; enroll this node there with this key"
+    );
+    let node = crate::proxy::NodeForward::new(forward, key, tls)
+        .context("[forward] gateway: not a URL with a host")?;
+    Ok(Some(node))
 }
 
 /// The state directory, created with mode 0711: agents (any uid) must be

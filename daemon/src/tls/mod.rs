@@ -136,6 +136,19 @@ pub fn client_config(
     system_roots: &[CertificateDer<'static>],
     ca_file: Option<&std::path::Path>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with_auth(system_roots, ca_file, None)
+}
+
+/// As [`client_config`], presenting `client_auth` (a certificate chain and
+/// its key) when the server asks: a node toward its gateway.
+pub fn client_config_with_auth(
+    system_roots: &[CertificateDer<'static>],
+    ca_file: Option<&std::path::Path>,
+    client_auth: Option<(
+        Vec<CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut roots = RootCertStore::empty();
     roots.add_parsable_certificates(system_roots.iter().cloned());
     if let Some(path) = ca_file {
@@ -156,10 +169,13 @@ pub fn client_config(
             });
         }
     }
-    let mut config = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match client_auth {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    };
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }

@@ -57,6 +57,25 @@ impl Warrant {
         sections: &str,
         daemon_env: &[(&str, &str)],
     ) -> Warrant {
+        Warrant::start_as(bin, cgroups, setup, sections, daemon_env, None)
+    }
+
+    /// As `start`, for a node that forwards to a gateway: `forward` is its
+    /// `[forward]` section; the node holds no credential (no
+    /// `[[credential]]`, its upstream names none). The mock still runs,
+    /// for the gateway to use (`mock`, `key`).
+    pub fn start_node(bin: &Path, cgroups: &[&str], sections: &str, forward: &str) -> Warrant {
+        Warrant::start_as(bin, cgroups, |_| {}, sections, &[], Some(forward))
+    }
+
+    fn start_as(
+        bin: &Path,
+        cgroups: &[&str],
+        setup: impl FnOnce(&TestCgroup),
+        sections: &str,
+        daemon_env: &[(&str, &str)],
+        forward: Option<&str>,
+    ) -> Warrant {
         let n = NEXT_IP.fetch_add(1, Ordering::SeqCst);
         let provider_ip = format!("127.0.0.{n}");
         let key = format!(
@@ -92,6 +111,27 @@ impl Warrant {
         )
         .unwrap();
         fs::set_permissions(d.join("hosts"), fs::Permissions::from_mode(0o644)).unwrap();
+        let injecting = format!(
+            r#"
+[[upstream]]
+host = "api.openai.com"
+scheme = "openai"
+credential = "openai"
+ca_file = "{d}/provider-ca.pem"
+
+[[credential]]
+name = "openai"
+source = "file"
+path = "{d}/creds/openai"
+"#,
+            d = d.display()
+        );
+        let upstreams = match forward {
+            None => injecting,
+            Some(forward) => format!(
+                "[[upstream]]\nhost = \"api.openai.com\"\nscheme = \"openai\"\n\n{forward}\n"
+            ),
+        };
         let config = format!(
             r#"
 [daemon]
@@ -105,16 +145,7 @@ bpf_pin_dir = "{pins}"
 [control]
 socket = "{d}/control.sock"
 
-[[upstream]]
-host = "api.openai.com"
-scheme = "openai"
-credential = "openai"
-ca_file = "{d}/provider-ca.pem"
-
-[[credential]]
-name = "openai"
-source = "file"
-path = "{d}/creds/openai"
+{upstreams}
 
 {sections}
 "#,

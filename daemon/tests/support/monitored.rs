@@ -86,8 +86,12 @@ impl RequestGate for TestGate {
                 user_namespace: None,
                 instance_id: Some("i-test".to_owned()),
                 region: Some("local".to_owned()),
+                node: None,
+                node_workload: None,
             },
             attestation: None,
+            program_refusal: None,
+            remote: None,
         };
         Box::pin(async move { Ok(identity) })
     }

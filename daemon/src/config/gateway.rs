@@ -1,0 +1,395 @@
+//! `[gateway]` and `[forward]`: the two ends of gateway mode, syntax and
+//! defaults only (the `gateway` module compiles them; `proxy` serves them).
+//!
+//! * `[gateway]` makes the file a gateway's: `warrant gateway` serves nodes
+//!   over the network on `listen`, with its own certificate. Nodes are
+//!   enrolled by public key (`[[gateway.node]]`). (Agents without a node,
+//!   identified by workload identity tokens, are not served yet.)
+//! * `[forward]` makes the file a node's: `warrant run` redirects, attests
+//!   and applies its policy as ever, then forwards each request to the
+//!   gateway with a signed statement instead of injecting. A node holds no
+//!   credential, so its `[[upstream]]`s name none and it has no
+//!   `[[credential]]`.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The defaults, each with its reason.
+pub mod defaults {
+    /// The port HTTPS proxies and gateways commonly use; any address, since
+    /// the gateway serves other hosts.
+    pub const LISTEN: &str = "0.0.0.0:8443";
+    /// Clocks of nodes and the gateway may differ by this much: NTP keeps
+    /// hosts well within it.
+    pub const CLOCK_SKEW_SECS: u64 = 60;
+    /// A node signs each statement as it forwards the request, so a
+    /// statement older than this was held back or replayed; the replay cache
+    /// keeps nonces this long (plus the skew).
+    pub const MAX_STATEMENT_AGE_SECS: u64 = 30;
+    /// Request bodies forwarded by nodes are read whole (their hash is
+    /// signed); the largest the provider APIs take for a chat or responses
+    /// request with images is about this size.
+    pub const MAX_BODY_BYTES: usize = 32 << 20;
+}
+
+/// `[gateway]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The TLS listener for nodes.
+    #[serde(default = "listen")]
+    pub listen: SocketAddr,
+    /// The gateway's certificate chain (PEM), what agents and nodes verify.
+    pub certificate: Spanned<PathBuf>,
+    /// Its private key (PEM, PKCS#8 or SEC1 or PKCS#1), readable by the
+    /// gateway's user only.
+    pub key: Spanned<PathBuf>,
+    /// This gateway's name: the audience node statements are signed for.
+    /// Gateways behind one load balancer share it (and a Redis, for budgets
+    /// and the replay cache); another deployment has another name, so that
+    /// nothing signed for one is accepted by the other.
+    pub name: Spanned<String>,
+    #[serde(default = "clock_skew_secs")]
+    pub clock_skew_secs: u64,
+    #[serde(default = "max_statement_age_secs")]
+    pub max_statement_age_secs: u64,
+    #[serde(default = "max_body_bytes")]
+    pub max_body_bytes: usize,
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<NodeConfig>,
+}
+
+/// `[[gateway.node]]`: a host daemon allowed to forward, by its host key.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// What workloads' `nodes` selectors and the audit line call it.
+    pub name: Spanned<String>,
+    /// "ed25519:<64 hex digits>": the node's host key, as its `warrant
+    /// status` shows it (instance claim `host_key_ed25519`).
+    pub public_key: Spanned<String>,
+}
+
+/// `[forward]`: this host's daemon forwards to a gateway.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardConfig {
+    /// "https://gw.example:8443".
+    pub gateway: Spanned<String>,
+    /// CA certificates (PEM) that the gateway's certificate chains to,
+    /// beside the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The gateway's `[gateway] name`. Default: the host and port of
+    /// `gateway`.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Bodies are read whole before forwarding (their hash is signed); a
+    /// larger one is refused with 413.
+    #[serde(default = "max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+fn listen() -> SocketAddr {
+    // A constant that parses.
+    defaults::LISTEN
+        .parse()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8443)))
+}
+fn clock_skew_secs() -> u64 {
+    defaults::CLOCK_SKEW_SECS
+}
+fn max_statement_age_secs() -> u64 {
+    defaults::MAX_STATEMENT_AGE_SECS
+}
+fn max_body_bytes() -> usize {
+    defaults::MAX_BODY_BYTES
+}
+
+/// What `Config::parse` finds wrong in gateway mode's sections and
+/// selectors (their syntax and how they combine; what the values mean is
+/// the `gateway` module's).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayProblem {
+    #[error(
+        "[forward] and [gateway] cannot be in one file: a node (`warrant run`) forwards to a gateway (`warrant gateway`), which is another host"
+    )]
+    BothModes,
+    #[error(
+        "a node that forwards to a gateway holds no credential: remove [[credential]] {0:?} (the gateway holds the credentials)"
+    )]
+    CredentialOnNode(String),
+    #[error(
+        "upstream {0:?} names a credential, but this node forwards to a gateway, which injects its own: remove `credential`"
+    )]
+    UpstreamCredentialOnNode(String),
+    #[error(
+        "upstream {0:?} names no credential (only a node that forwards to a gateway, with [forward], leaves it out)"
+    )]
+    UpstreamWithoutCredential(String),
+    #[error("[forward] gateway = {0:?}: expected https://HOST[:PORT] (no path)")]
+    GatewayUrl(String),
+    #[error("[gateway] name must not be empty")]
+    EmptyName,
+    #[error("[gateway] {0} must not be zero")]
+    Zero(&'static str),
+    #[error("node public_key {0:?}: expected \"ed25519:\" and 64 hex digits")]
+    NodeKey(String),
+    #[error(
+        "workload {0:?} selects callers from the network ({1}), which only `warrant gateway` serves: this file has no [gateway]"
+    )]
+    RemoteWithoutGateway(String, &'static str),
+    #[error(
+        "workload {0:?} selects local processes only, but `warrant gateway` serves no local process: add `nodes` to accept them from enrolled nodes"
+    )]
+    LocalOnGateway(String),
+    #[error(
+        "workload {0:?}: `{1}` is decided by the node (with its own [[workload]]); on the gateway, name that workload with node_workload"
+    )]
+    NodeDecides(String, &'static str),
+    #[error("workload {0:?}: `{1}` needs `{2}`")]
+    Needs(String, &'static str, &'static str),
+}
+
+/// Which local-process selectors a workload sets, by key.
+fn local_selectors(w: &super::WorkloadConfig) -> Vec<&'static str> {
+    [
+        ("unit", w.unit.is_some()),
+        ("slice", w.slice.is_some()),
+        ("cgroup", w.cgroup.is_some()),
+        ("delegated", w.delegated),
+        ("allow_env", !w.allow_env.is_empty()),
+        ("exe", w.exe.is_some()),
+        ("exe_sha256", !w.exe_sha256.is_empty()),
+        ("entrypoint_sha256", !w.entrypoint_sha256.is_empty()),
+        ("allow_user_namespaces", w.allow_user_namespaces),
+        ("uid", w.uid.is_some()),
+        ("gid", w.gid.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(key, set)| set.then_some(key))
+    .collect()
+}
+
+/// Local selectors a node's statement carries the facts of (so that a
+/// gateway workload can narrow what the node vouches for with them).
+const NARROWING: [&str; 6] = [
+    "unit",
+    "exe",
+    "exe_sha256",
+    "entrypoint_sha256",
+    "uid",
+    "gid",
+];
+
+impl super::Config {
+    /// Gateway mode's sections and the network callers' selectors (see
+    /// [`GatewayProblem`]).
+    pub(super) fn check_gateway_mode(&self) -> Result<(), super::ConfigError> {
+        let at_key = |path: &[&str], problem: GatewayProblem| {
+            self.source
+                .error_at_key(path, super::ConfigErrorKind::Invalid, problem)
+        };
+        if self.gateway.is_some() && self.forward.is_some() {
+            return Err(at_key(&["forward"], GatewayProblem::BothModes));
+        }
+        self.check_credentials_by_mode()?;
+        if let Some(forward) = &self.forward {
+            let url = forward.gateway.get_ref();
+            if gateway_authority(url).is_none() {
+                return Err(
+                    self.gateway_invalid(&forward.gateway, GatewayProblem::GatewayUrl(url.clone()))
+                );
+            }
+        }
+        if let Some(gateway) = &self.gateway {
+            self.check_gateway_section(gateway)?;
+        }
+        for workload in &self.workloads {
+            self.check_callers(workload)?;
+        }
+        Ok(())
+    }
+
+    /// A node holds no credential; every other host names one per upstream.
+    fn check_credentials_by_mode(&self) -> Result<(), super::ConfigError> {
+        let node = self.forward.is_some();
+        if node && let Some(credential) = self.credentials.first() {
+            return Err(self.gateway_invalid(
+                &credential.name,
+                GatewayProblem::CredentialOnNode(credential.name.get_ref().clone()),
+            ));
+        }
+        for upstream in &self.upstreams {
+            let host = upstream.host.get_ref().clone();
+            match (&upstream.credential, node) {
+                (Some(credential), true) => {
+                    return Err(self.gateway_invalid(
+                        credential,
+                        GatewayProblem::UpstreamCredentialOnNode(host),
+                    ));
+                }
+                (None, false) => {
+                    return Err(self.gateway_invalid(
+                        &upstream.host,
+                        GatewayProblem::UpstreamWithoutCredential(host),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check_gateway_section(&self, gateway: &GatewayConfig) -> Result<(), super::ConfigError> {
+        let at_key = |path: &[&str], problem: GatewayProblem| {
+            self.source
+                .error_at_key(path, super::ConfigErrorKind::Invalid, problem)
+        };
+        if gateway.name.get_ref().trim().is_empty() {
+            return Err(self.gateway_invalid(&gateway.name, GatewayProblem::EmptyName));
+        }
+        let zero = [
+            (
+                "max_statement_age_secs",
+                gateway.max_statement_age_secs == 0,
+            ),
+            ("max_body_bytes", gateway.max_body_bytes == 0),
+        ];
+        if let Some((key, _)) = zero.iter().find(|(_, bad)| *bad) {
+            return Err(at_key(&["gateway", key], GatewayProblem::Zero(key)));
+        }
+        for node in &gateway.nodes {
+            if parse_node_key(node.public_key.get_ref()).is_none() {
+                return Err(self.gateway_invalid(
+                    &node.public_key,
+                    GatewayProblem::NodeKey(node.public_key.get_ref().clone()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Which callers a workload selects, and whether its selectors fit
+    /// them and the file's mode.
+    fn check_callers(&self, w: &super::WorkloadConfig) -> Result<(), super::ConfigError> {
+        let name = w.name.get_ref().clone();
+        let at_name = |problem| self.gateway_invalid(&w.name, problem);
+        let local = local_selectors(w);
+        if w.selects_remote() && self.gateway.is_none() {
+            return Err(at_name(GatewayProblem::RemoteWithoutGateway(name, "nodes")));
+        }
+        if self.gateway.is_some() && !w.selects_remote() {
+            return Err(at_name(GatewayProblem::LocalOnGateway(name)));
+        }
+        if w.selects_remote() {
+            if let Some(key) = local.iter().find(|key| !NARROWING.contains(key)) {
+                return Err(at_name(GatewayProblem::NodeDecides(name, key)));
+            }
+            if w.nodes.is_empty() {
+                return Err(at_name(GatewayProblem::Needs(
+                    name,
+                    "node_workload",
+                    "nodes",
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn gateway_invalid<T>(
+        &self,
+        value: &Spanned<T>,
+        problem: GatewayProblem,
+    ) -> super::ConfigError {
+        self.source
+            .error_at(&value.span(), super::ConfigErrorKind::Invalid, problem)
+    }
+}
+
+/// "host[:port]" of a gateway URL "https://host[:port][/]"; None when the
+/// URL is not of that form.
+pub fn gateway_authority(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    if uri.scheme_str() != Some("https") {
+        return None;
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    if path != "/" && !path.is_empty() {
+        return None;
+    }
+    let authority = uri.authority()?;
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return None;
+    }
+    Some(authority.as_str().to_ascii_lowercase())
+}
+
+/// The 32 bytes of an "ed25519:<64 hex>" node key.
+pub fn parse_node_key(text: &str) -> Option<[u8; 32]> {
+    let hex_text = text.strip_prefix("ed25519:")?;
+    let bytes = hex::decode(hex_text).ok()?;
+    bytes.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use crate::config::Config;
+
+    const UPSTREAM: &str = "[[upstream]]\nhost = \"api.openai.com\"\nscheme = \"openai\"\n";
+    const GATEWAY: &str =
+        "[gateway]\ncertificate = \"/gw.pem\"\nkey = \"/gw.key\"\nname = \"gw\"\n";
+    const NODE_KEY: &str =
+        "ed25519:0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn error(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_node_holds_no_credential_and_names_none() {
+        let forward = "[forward]\ngateway = \"https://gw.example:8443\"\n";
+        assert!(Config::parse(&format!("{UPSTREAM}{forward}"), "t.toml").is_ok());
+        let named = format!("{UPSTREAM}credential = \"k\"\n{forward}");
+        assert!(
+            error(&named).contains("remove `credential`"),
+            "{}",
+            error(&named)
+        );
+        let held = format!(
+            "{UPSTREAM}{forward}[[credential]]\nname = \"k\"\nsource = \"file\"\npath = \"/k\"\n"
+        );
+        assert!(
+            error(&held).contains("holds no credential"),
+            "{}",
+            error(&held)
+        );
+        // Elsewhere an upstream without a credential is a mistake.
+        assert!(error(UPSTREAM).contains("names no credential"));
+        let path = format!("{UPSTREAM}[forward]\ngateway = \"https://gw.example/v1\"\n");
+        assert!(error(&path).contains("expected https://HOST[:PORT]"));
+    }
+
+    #[test]
+    fn gateway_workloads_select_enrolled_nodes_only() {
+        let ok = format!(
+            "{GATEWAY}[[gateway.node]]\nname = \"web-1\"\npublic_key = \"{NODE_KEY}\"\n\n[[workload]]\nname = \"w\"\nnodes = [\"web-*\"]\nexe = \"/usr/bin/python3\"\n"
+        );
+        assert!(Config::parse(&ok, "t.toml").is_ok(), "{}", error(&ok));
+        let local = format!("{GATEWAY}[[workload]]\nname = \"w\"\nunit = \"a.service\"\n");
+        assert!(error(&local).contains("serves no local process"));
+        let decided =
+            format!("{GATEWAY}[[workload]]\nname = \"w\"\nnodes = [\"a\"]\nslice = \"x.slice\"\n");
+        assert!(error(&decided).contains("decided by the node"));
+        let remote = "[[workload]]\nname = \"w\"\nnodes = [\"a\"]\n";
+        assert!(error(remote).contains("only `warrant gateway` serves"));
+        let bad_key =
+            format!("{GATEWAY}[[gateway.node]]\nname = \"a\"\npublic_key = \"ed25519:00\"\n");
+        assert!(error(&bad_key).contains("64 hex digits"));
+        let both = format!("{GATEWAY}[forward]\ngateway = \"https://gw\"\n");
+        assert!(error(&both).contains("cannot be in one file"));
+    }
+}

@@ -1,0 +1,302 @@
+//! Gateway mode: one warrant (`warrant gateway`) holds the credentials for
+//! many hosts; the hosts' daemons (nodes, `[forward]`) hold none.
+//!
+//! A node redirects, attests and applies its own policy as ever, then
+//! forwards each request to the gateway over mTLS with its host key, with a
+//! statement signed by that key and bound to the request (`statement`). The
+//! gateway authenticates the connection by the key (`peer`), looks the key
+//! up among the enrolled nodes, verifies the statement against that key and
+//! the request, refuses a nonce it has seen (`replay`), names the gateway
+//! workload the statement selects (`select`) and hands that identity to
+//! the same request path as the host daemon's (`proxy`): policy, budgets,
+//! credential, splice, forward, meter, audit.
+//!
+//! This module decides who a caller is (the node side signs, `node`; the
+//! gateway side verifies, [`Verifier`]); it never touches a credential, a
+//! socket or the request path, so that both ends are testable alone.
+
+pub mod node;
+pub mod peer;
+pub mod replay;
+pub mod select;
+pub mod statement;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use http::StatusCode;
+
+pub use node::{NodeKey, NodeKeyError};
+pub use peer::{AnyClientCert, Peer, classify, node_certificate};
+pub use replay::{MemoryNonces, NonceStore, RedisNonces, ReplayError};
+pub use select::{Caller, RemoteWorkloads};
+pub use statement::{
+    Binding, InstanceFacts, ProcessFacts, STATEMENT_HEADER, Statement, StatementError,
+};
+
+use crate::config::{Config, GatewayConfig, parse_node_key};
+
+/// A caller the gateway verified: the enrolled node, its statement and the
+/// gateway workload it selects.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub node: String,
+    pub workload: String,
+    pub statement: Statement,
+}
+
+/// Why the gateway does not believe a caller. Each names what failed,
+/// never a key or a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum CallerError {
+    #[error(
+        "this gateway serves enrolled nodes only: the connection presented no client certificate"
+    )]
+    Anonymous,
+    #[error("{0}")]
+    Certificate(String),
+    #[error(
+        "unknown node: its key ed25519:{0} is not enrolled ([[gateway.node]] public_key on the gateway)"
+    )]
+    UnknownNode(String),
+    #[error("the request carries no {STATEMENT_HEADER} header (a node signs one for each request)")]
+    NoStatement,
+    #[error("node {node:?}: {source}")]
+    Statement {
+        node: String,
+        #[source]
+        source: StatementError,
+    },
+    #[error("node {0:?}: the node statement's nonce was already used: a replay")]
+    Replayed(String),
+    #[error(
+        "node {node:?}: the replay cache cannot answer, so a replay cannot be ruled out: {source}"
+    )]
+    ReplayCache {
+        node: String,
+        #[source]
+        source: ReplayError,
+    },
+    #[error("node {node:?}: no gateway [[workload]] accepts its statement: {why}")]
+    NoWorkload { node: String, why: String },
+}
+
+impl CallerError {
+    /// The HTTP status the refusal gets: 503 when the gateway cannot
+    /// decide (its replay cache is down), 403 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            CallerError::ReplayCache { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+/// The request a statement must be bound to, as the gateway received it.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    pub statement: Option<&'a str>,
+    pub method: &'a str,
+    /// The upstream host, lower case, without a port.
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub body: &'a [u8],
+}
+
+/// The gateway's side: enrolled nodes, the workloads their statements
+/// select, and the replay cache. Built from the configuration; one per
+/// generation of it.
+pub struct Verifier {
+    audience: String,
+    nodes: HashMap<[u8; 32], String>,
+    workloads: RemoteWorkloads,
+    nonces: Arc<dyn NonceStore>,
+    max_age_secs: u64,
+    skew_secs: u64,
+    /// Statements signed before this (unix seconds) are refused: a replay
+    /// cache in memory starts empty, so what was signed before it started
+    /// cannot be checked against it.
+    not_before: i64,
+}
+
+impl Verifier {
+    /// From a gateway's configuration (`config.gateway` must be set; None
+    /// otherwise) and its compiled workloads. `nonces` outlives reloads: a
+    /// reload must not forget the nonces seen; `not_before` is when that
+    /// store began to remember (the start, for one in memory).
+    pub fn new(
+        config: &Config,
+        workloads: RemoteWorkloads,
+        nonces: Arc<dyn NonceStore>,
+        not_before: i64,
+    ) -> Option<Verifier> {
+        let gateway = config.gateway.as_ref()?;
+        Some(Verifier {
+            audience: gateway.name.get_ref().clone(),
+            nodes: enrolled(gateway),
+            workloads,
+            nonces,
+            max_age_secs: gateway.max_statement_age_secs,
+            skew_secs: gateway.clock_skew_secs,
+            not_before,
+        })
+    }
+
+    /// Who made `request` over a connection whose client certificate is
+    /// `peer`, at unix time `now`. The checks, in order: an enrolled key;
+    /// the statement signed by it, for this gateway, fresh; bound to this
+    /// request; its nonce unseen; a workload that accepts it.
+    pub async fn verify(
+        &self,
+        peer: &Peer,
+        request: Received<'_>,
+        now: i64,
+    ) -> Result<Verified, CallerError> {
+        let key = match peer {
+            Peer::Anonymous => return Err(CallerError::Anonymous),
+            Peer::Unverified(why) => return Err(CallerError::Certificate(why.clone())),
+            Peer::Key(key) => key,
+        };
+        let Some(node) = self.nodes.get(key) else {
+            return Err(CallerError::UnknownNode(hex::encode(key)));
+        };
+        let jws = request.statement.ok_or(CallerError::NoStatement)?;
+        let failed = |source| CallerError::Statement {
+            node: node.clone(),
+            source,
+        };
+        let statement = statement::verify(
+            jws,
+            &statement::Expected {
+                audience: &self.audience,
+                connection_key: key,
+                now,
+                max_age_secs: self.max_age_secs,
+                skew_secs: self.skew_secs,
+            },
+        )
+        .map_err(failed)?;
+        if statement.iat < self.not_before {
+            return Err(failed(StatementError::BeforeStart));
+        }
+        statement::check_binding(&statement, request.method, request.authority, request.path)
+            .map_err(failed)?;
+        statement::check_body(&statement, request.body).map_err(failed)?;
+        self.first_use(node, &statement).await?;
+        let workload = self
+            .workloads
+            .select(Caller {
+                node,
+                statement: &statement,
+            })
+            .map_err(|why| CallerError::NoWorkload {
+                node: node.clone(),
+                why: why.join("; "),
+            })?;
+        Ok(Verified {
+            node: node.clone(),
+            workload,
+            statement,
+        })
+    }
+
+    /// The nonce, per node, is accepted once while a statement bearing it
+    /// could still be fresh.
+    async fn first_use(&self, node: &str, statement: &Statement) -> Result<(), CallerError> {
+        let ttl = Duration::from_secs(self.max_age_secs.saturating_add(self.skew_secs * 2));
+        let key = format!("{node}:{}", statement.nonce);
+        match self.nonces.first_use(&key, ttl).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(CallerError::Replayed(node.to_owned())),
+            Err(source) => Err(CallerError::ReplayCache {
+                node: node.to_owned(),
+                source,
+            }),
+        }
+    }
+}
+
+/// Enrolled keys by their 32 bytes (config checked them: they parse).
+fn enrolled(gateway: &GatewayConfig) -> HashMap<[u8; 32], String> {
+    gateway
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            Some((
+                parse_node_key(n.public_key.get_ref())?,
+                n.name.get_ref().clone(),
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::{node::Unsigned, *};
+
+    const NODE: &str = "n";
+
+    fn key() -> NodeKey {
+        let rng = ring::rand::SystemRandom::new();
+        let der = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        NodeKey::from_pkcs8(der.as_ref().to_vec()).unwrap()
+    }
+
+    fn verifier(key: &NodeKey, nonces: Arc<dyn NonceStore>, not_before: i64) -> Verifier {
+        let text = format!(
+            "[gateway]\ncertificate = \"/c\"\nkey = \"/k\"\nname = \"gw\"\n\n[[gateway.node]]\nname = \"{NODE}\"\npublic_key = \"{}\"\n\n[[workload]]\nname = \"w\"\nnodes = [\"{NODE}\"]\n",
+            key.public_text()
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        let workloads = RemoteWorkloads::compile(&config.workloads, &config.source).unwrap();
+        Verifier::new(&config, workloads, nonces, not_before).unwrap()
+    }
+
+    async fn verify(verifier: &Verifier, key: &NodeKey, now: i64) -> Result<Verified, CallerError> {
+        let binding = Binding {
+            method: "POST".into(),
+            authority: "api.openai.com".into(),
+            path: "/v1/x".into(),
+            body_sha256: Binding::hash_body(b"{}"),
+        };
+        let unsigned = Unsigned {
+            audience: "gw".into(),
+            binding,
+            workload: "w".into(),
+            process: ProcessFacts::default(),
+            instance: InstanceFacts::default(),
+        };
+        let jws = key.sign(unsigned, now).unwrap();
+        let peer = Peer::Key(parse_node_key(&key.public_text()).unwrap());
+        let received = Received {
+            statement: Some(&jws),
+            method: "POST",
+            authority: "api.openai.com",
+            path: "/v1/x",
+            body: b"{}",
+        };
+        verifier.verify(&peer, received, now).await
+    }
+
+    #[tokio::test]
+    async fn a_replay_cache_that_cannot_answer_refuses_with_503() {
+        let key = key();
+        // Nothing listens on port 1: the store cannot answer.
+        let redis = RedisNonces::new("redis://127.0.0.1:1/", Duration::from_millis(500)).unwrap();
+        let verifier = verifier(&key, Arc::new(redis), i64::MIN);
+        let error = verify(&verifier, &key, 1_000).await.unwrap_err();
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE, "{error}");
+    }
+
+    #[tokio::test]
+    async fn statements_signed_before_a_memory_cache_started_are_refused() {
+        let key = key();
+        let verifier = verifier(&key, Arc::new(MemoryNonces::default()), 1_000);
+        let error = verify(&verifier, &key, 999).await.unwrap_err();
+        assert!(
+            error.to_string().contains("before this gateway started"),
+            "{error}"
+        );
+        assert_eq!(verify(&verifier, &key, 1_000).await.unwrap().workload, "w");
+    }
+}
