@@ -169,5 +169,53 @@ fn render_status(status: &Value) -> String {
         _ => out.push_str("  (none)\n"),
     }
     out.push_str(&format!("AUDIT\n  {}\n", text(status.get("audit"))));
+    render_kernel(&mut out, status.get("kernel"));
     out
+}
+
+/// The kernel's hooks, and every feature that is not simply present.
+fn render_kernel(out: &mut String, kernel: Option<&Value>) {
+    let Some(kernel) = kernel.filter(|k| !k.is_null()) else {
+        return;
+    };
+    out.push_str(&format!("KERNEL {}\n", text(kernel.get("release"))));
+    if let Some(hooks) = kernel.get("hooks").and_then(Value::as_object) {
+        for (name, hook) in hooks {
+            let state = if hook.get("attached").and_then(Value::as_bool) == Some(true) {
+                "attached"
+            } else {
+                "ABSENT"
+            };
+            out.push_str(&format!(
+                "  {name:<12} {state:<8} {}{}\n",
+                text(hook.get("via")),
+                hook.get("note")
+                    .and_then(Value::as_str)
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    let concerns: Vec<&Value> = kernel
+        .get("features")
+        .and_then(Value::as_array)
+        .map(|all| {
+            all.iter()
+                .filter(|f| f.get("state").and_then(Value::as_str) != Some("present"))
+                .collect()
+        })
+        .unwrap_or_default();
+    for feature in concerns {
+        out.push_str(&format!(
+            "  {} {}: {}{}\n",
+            text(feature.get("feature")),
+            text(feature.get("state")),
+            text(feature.get("detail")),
+            feature
+                .get("fix")
+                .and_then(Value::as_str)
+                .map(|f| format!("; fix: {f}"))
+                .unwrap_or_default()
+        ));
+    }
 }

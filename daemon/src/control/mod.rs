@@ -29,7 +29,9 @@
 //! - status: `{"connections":[...], "workloads":{NAME:{"connections":N}},
 //!   "credentials":[{"name","fingerprint","expires_at",...}],
 //!   "budgets":..., "instance":{...}, "tagging":{"healthy",...},
-//!   "quarantines":[...], "audit":{...}}`
+//!   "quarantines":[...], "audit":{...},
+//!   "kernel":{"release", "features":[...], "hooks":{...}}}` (kernel: see
+//!   `redirect::features`)
 //! - revoke: `{"target":..., "closed":N, "until":TIME|null}`
 //! - restore: `{"target":..., "restored":true|false}`
 //! - reload: whatever the daemon reports (the configuration is validated)
@@ -132,6 +134,11 @@ pub trait ControlBackend: Send + Sync + 'static {
     /// Whether every cgroup the selectors name is tagged (see
     /// `redirect::tagging::TaggerStatus`).
     fn tagging(&self) -> Value {
+        Value::Null
+    }
+    /// The kernel's eBPF features and the hooks attached
+    /// (`redirect::features`): `{"release", "features": [...], "hooks": {...}}`.
+    fn kernel(&self) -> Value {
         Value::Null
     }
     /// Re-reads the configuration. Blocking is fine (runs off the runtime).
@@ -455,6 +462,7 @@ pub fn status(responder: &Responder, backend: &dyn ControlBackend) -> Value {
         "tagging": backend.tagging(),
         "quarantines": responder.quarantines().list(jiff::Timestamp::now()),
         "audit": responder.audit().health(),
+        "kernel": backend.kernel(),
     })
 }
 

@@ -16,9 +16,16 @@ pub struct DaemonBackend {
     pub instance: InstanceHandle,
     pub attestor: Arc<Attestor>,
     pub tagging: Arc<crate::redirect::tagging::TaggerHealth>,
+    /// The kernel's features as probed at start and the hooks attached
+    /// (fixed for the daemon's life).
+    pub kernel: Value,
 }
 
 impl ControlBackend for DaemonBackend {
+    fn kernel(&self) -> Value {
+        self.kernel.clone()
+    }
+
     fn credentials(&self) -> Value {
         serde_json::to_value(self.reloader.current().credentials.status()).unwrap_or(Value::Null)
     }
