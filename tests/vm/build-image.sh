@@ -32,12 +32,14 @@ case $suite in
     bookworm)
         python=3.11
         # The version the host tests pin (xtask/src/setup.rs).
-        openai=openai==3.57.0
+        openai=(openai==3.57.0)
         ;;
     bullseye)
         python=3.9
         # openai 3 needs Python 3.10; 2.48 is the last release for 3.9.
-        openai=openai==2.48.0
+        # pip evaluates dependency markers with the host's Python (3.11),
+        # so what only older ones need is named: anyio's exceptiongroup.
+        openai=(openai==2.48.0 exceptiongroup)
         ;;
     *) echo "unknown suite $suite (bookworm or bullseye)" >&2; exit 2 ;;
 esac
@@ -110,11 +112,18 @@ python3 -m pip install --quiet --disable-pip-version-check --no-compile \
     --target "$root$site" \
     --only-binary=:all: --implementation cp --python-version "$python" --abi "cp${python/./}" \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any \
-    "$openai"
+    "${openai[@]}"
 # Byte-compiled now: under TCG, compiling the SDK at each import costs
 # seconds per agent start.
-chroot "$root" "python$python" -m compileall -q -j 2 "$site" > /dev/null
+# One process: -j needs POSIX semaphores, and the chroot has no /dev/shm.
+chroot "$root" "python$python" -m compileall -q "$site" > /dev/null
 chroot "$root" python3 -c 'import openai, sys; print("vm image: Python", sys.version.split()[0], "openai", openai.__version__)'
+
+# No Mozilla roots in the guest's trust store: it has no network, and
+# update-ca-certificates (run by `warrant ca install` and by purge) rehashes
+# every certificate there, which takes minutes under TCG on Debian 11.
+sed -i 's|^mozilla/|!mozilla/|' "$root/etc/ca-certificates.conf"
+chroot "$root" update-ca-certificates --fresh > /dev/null
 
 echo warrant-vm > "$root/etc/hostname"
 printf '127.0.0.1 localhost warrant-vm\n::1 localhost\n' > "$root/etc/hosts"
