@@ -662,7 +662,11 @@ print("int80", call(), flush=True)
         fx.maps().mm_tampered(agent_id).is_some(),
         "the tagged cgroup is marked"
     );
-    assert_eq!(fx.maps().mm_tampered(other_id), None, "untagged: not watched");
+    assert_eq!(
+        fx.maps().mm_tampered(other_id),
+        None,
+        "untagged: not watched"
+    );
 }
 
 #[test]

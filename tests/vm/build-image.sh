@@ -119,10 +119,12 @@ python3 -m pip install --quiet --disable-pip-version-check --no-compile \
 chroot "$root" "python$python" -m compileall -q "$site" > /dev/null
 chroot "$root" python3 -c 'import openai, sys; print("vm image: Python", sys.version.split()[0], "openai", openai.__version__)'
 
-# No Mozilla roots in the guest's trust store: it has no network, and
-# update-ca-certificates (run by `warrant ca install` and by purge) rehashes
-# every certificate there, which takes minutes under TCG on Debian 11.
-sed -i 's|^mozilla/|!mozilla/|' "$root/etc/ca-certificates.conf"
+# One Mozilla root in the guest's trust store, not 140: it has no network,
+# and update-ca-certificates (run by `warrant ca install` and by purge)
+# rehashes every certificate there, which takes minutes under TCG on Debian
+# 11. Not none: with an empty set Debian's update-ca-certificates --fresh
+# leaves the old bundle in place, which no real host would see.
+sed -i '0,/^mozilla\//! s|^mozilla/|!mozilla/|' "$root/etc/ca-certificates.conf"
 chroot "$root" update-ca-certificates --fresh > /dev/null
 
 echo warrant-vm > "$root/etc/hostname"

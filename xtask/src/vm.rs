@@ -96,11 +96,17 @@ struct Outcome {
 
 pub fn run(kernel: Option<&str>, jobs: Option<usize>) -> Result<()> {
     let started = Instant::now();
-    if let Some(kernel) = kernel {
-        if !IMAGES.iter().any(|i| i.kernels.contains(&kernel)) {
-            let known: Vec<&str> = IMAGES.iter().flat_map(|i| i.kernels.iter().copied()).collect();
-            bail!("unknown kernel {kernel}; expected one of {}", known.join(", "));
-        }
+    if let Some(kernel) = kernel
+        && !IMAGES.iter().any(|i| i.kernels.contains(&kernel))
+    {
+        let known: Vec<&str> = IMAGES
+            .iter()
+            .flat_map(|i| i.kernels.iter().copied())
+            .collect();
+        bail!(
+            "unknown kernel {kernel}; expected one of {}",
+            known.join(", ")
+        );
     }
     let jobs = jobs.unwrap_or(1).max(1);
     setup()?;

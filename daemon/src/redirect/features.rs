@@ -415,7 +415,11 @@ fn all_of(feature: Feature, checks: &[(&str, &Check)], fix: &str) -> Finding {
         finding(feature, State::Unknown, unknown.join("; "))
     } else {
         let names: Vec<&str> = checks.iter().map(|(name, _)| *name).collect();
-        finding(feature, State::Present, format!("{} load", names.join(", ")))
+        finding(
+            feature,
+            State::Present,
+            format!("{} load", names.join(", ")),
+        )
     }
 }
 
@@ -612,12 +616,8 @@ fn fentry_unavailable(obs: &Observations) -> Option<String> {
 fn exec_start(obs: &Observations) -> Finding {
     let feature = Feature::ExecStart;
     if obs.prepare_exec_tracepoint && obs.raw_tracepoint.yes() {
-        return finding(
-            feature,
-            State::Present,
-            "at the exec's point of no return",
-        )
-        .via(EXEC_START_VIA_TRACEPOINT);
+        return finding(feature, State::Present, "at the exec's point of no return")
+            .via(EXEC_START_VIA_TRACEPOINT);
     }
     let why = match fentry_unavailable(obs) {
         None if obs.begin_new_exec => {
@@ -646,8 +646,12 @@ fn prctl_watch(obs: &Observations) -> Finding {
     let fentry_why = match fentry_unavailable(obs) {
         None if obs.prctl_x64 => {
             return if obs.prctl_ia32 {
-                finding(feature, State::Present, "64-bit and 32-bit (int $0x80) calls")
-                    .via(PRCTL_VIA_FENTRY_BOTH)
+                finding(
+                    feature,
+                    State::Present,
+                    "64-bit and 32-bit (int $0x80) calls",
+                )
+                .via(PRCTL_VIA_FENTRY_BOTH)
             } else {
                 finding(
                     feature,
@@ -664,7 +668,9 @@ fn prctl_watch(obs: &Observations) -> Finding {
         return finding(
             feature,
             State::Absent,
-            format!("no fentry ({fentry_why}) and no syscalls:sys_enter_prctl tracepoint in tracefs"),
+            format!(
+                "no fentry ({fentry_why}) and no syscalls:sys_enter_prctl tracepoint in tracefs"
+            ),
         )
         .fix("a kernel with BTF (CONFIG_DEBUG_INFO_BTF)");
     }
@@ -784,9 +790,8 @@ pub fn probe(options: &ProbeOptions) -> Report {
 /// The README's table of features: one row per feature, generated here so
 /// that it cannot drift from what the daemon does (a test compares them).
 pub fn readme_table() -> String {
-    let mut out = String::from(
-        "| feature | needs Linux | on an older kernel, warrant |\n|---|---|---|\n",
-    );
+    let mut out =
+        String::from("| feature | needs Linux | on an older kernel, warrant |\n|---|---|---|\n");
     for feature in Feature::ALL {
         out.push_str(&format!(
             "| {} | {} | {} |\n",
@@ -877,8 +882,7 @@ pub fn observe(options: &ProbeOptions) -> Observations {
             obs.btf = Check::Yes;
             let has = |name: &str, kind: BtfKind| btf.id_by_type_name_kind(name, kind).is_ok();
             // Raw tracepoints have a `btf_trace_<name>` typedef.
-            obs.prepare_exec_tracepoint =
-                has("btf_trace_sched_prepare_exec", BtfKind::Typedef);
+            obs.prepare_exec_tracepoint = has("btf_trace_sched_prepare_exec", BtfKind::Typedef);
             obs.begin_new_exec = has("begin_new_exec", BtfKind::Func);
             obs.prctl_x64 = has("__x64_sys_prctl", BtfKind::Func);
             obs.prctl_ia32 = has("__ia32_sys_prctl", BtfKind::Func);
@@ -924,7 +928,18 @@ pub struct LayoutError(String);
 /// kernel, from its BTF (see [`warrant_common::CgroupLayout`]). Kernels
 /// from 6.1 name the array `ancestors` and hold pointers there: they need
 /// no walk (their tracing programs have the helper), and are refused here.
+/// Parsed once per process (the whole BTF is read; the kernel's does not
+/// change while it runs).
 pub fn cgroup_layout() -> Result<warrant_common::CgroupLayout, LayoutError> {
+    static LAYOUT: std::sync::OnceLock<Result<warrant_common::CgroupLayout, String>> =
+        std::sync::OnceLock::new();
+    LAYOUT
+        .get_or_init(|| read_cgroup_layout().map_err(|e| e.0))
+        .clone()
+        .map_err(LayoutError)
+}
+
+fn read_cgroup_layout() -> Result<warrant_common::CgroupLayout, LayoutError> {
     let bytes = std::fs::read("/sys/kernel/btf/vmlinux")
         .map_err(|e| LayoutError(format!("/sys/kernel/btf/vmlinux: {e}")))?;
     let types = btfparse::TypeInformation::new(&BtfBytes(&bytes))
@@ -935,7 +950,9 @@ pub fn cgroup_layout() -> Result<warrant_common::CgroupLayout, LayoutError> {
             .ok_or_else(|| LayoutError(format!("no struct {ty} in the kernel's BTF")))?;
         match types.offset_of(id, member) {
             Ok((_, btfparse::Offset::ByteOffset(offset))) => Ok(offset),
-            Ok((_, other)) => Err(LayoutError(format!("{ty}.{member} is a bitfield ({other:?})"))),
+            Ok((_, other)) => Err(LayoutError(format!(
+                "{ty}.{member} is a bitfield ({other:?})"
+            ))),
             Err(e) => Err(LayoutError(format!("{ty}.{member}: {e:?}"))),
         }
     };
@@ -974,10 +991,10 @@ impl btfparse::Readable for BtfBytes<'_> {
 /// are charged to it. Returns the soft limit now in force (None: unlimited).
 pub fn lift_memlock_limit() -> Option<u64> {
     use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
-    if setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_err() {
-        if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK) {
-            let _ = setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard);
-        }
+    if setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY).is_err()
+        && let Ok((_, hard)) = getrlimit(Resource::RLIMIT_MEMLOCK)
+    {
+        let _ = setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard);
     }
     match getrlimit(Resource::RLIMIT_MEMLOCK) {
         Ok((soft, _)) if soft != RLIM_INFINITY => Some(soft),
@@ -1042,11 +1059,7 @@ impl ProgCheck {
 /// Loads `r0 = ret; exit` as a program of `prog_type` (and expected attach
 /// type): the kernel refuses a type or attach type it does not know with
 /// EINVAL, and any load without the privilege with EPERM.
-fn load_check(
-    prog_type: bpf_prog_type,
-    attach: Option<bpf_attach_type>,
-    ret: i32,
-) -> ProgCheck {
+fn load_check(prog_type: bpf_prog_type, attach: Option<bpf_attach_type>, ret: i32) -> ProgCheck {
     match prog_load(prog_type, attach, ret) {
         Ok(fd) => ProgCheck {
             check: Check::Yes,

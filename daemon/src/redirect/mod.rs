@@ -575,7 +575,11 @@ fn attach_exec_start(
     btf: Result<&Btf, &String>,
     tracing: &TracingPrograms,
 ) -> (Option<(&'static str, FdLink)>, features::Hook) {
-    let tracepoint_err =
+    let tracepoint_err = if tracing.layout.is_some() {
+        // Linux < 5.11: no sched_prepare_exec (6.10+) to try, and the
+        // program calls the helper this kernel's tracing programs lack.
+        "Linux < 6.10".to_owned()
+    } else {
         match attach_raw_tracepoint(ebpf, program_names::EXEC_PREPARE, "sched_prepare_exec") {
             Ok(link) => {
                 return (
@@ -583,8 +587,9 @@ fn attach_exec_start(
                     features::Hook::attached(features::EXEC_START_VIA_TRACEPOINT),
                 );
             }
-            Err(e) => e,
-        };
+            Err(e) => e.to_string(),
+        }
+    };
     let name = tracing.exec_begin;
     match attach_fentry(ebpf, name, "begin_new_exec", btf) {
         Ok(link) => {

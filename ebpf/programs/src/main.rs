@@ -28,8 +28,7 @@ use aya_ebpf::{
         BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr,
     },
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task,
             bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
