@@ -111,7 +111,7 @@ pub fn run(kernel: Option<&str>, jobs: Option<usize>) -> Result<()> {
     let jobs = jobs.unwrap_or(1).max(1);
     setup()?;
     let root = workspace_root();
-    let target = target_dir();
+    let target = target_dir()?;
     let mut boots = Vec::new();
     for image in IMAGES {
         if kernel.is_some_and(|k| !image.kernels.contains(&k)) {
@@ -351,7 +351,7 @@ fn pack_input(root: &Path, deb: &Path, runs: &Path) -> Result<PathBuf> {
     )?;
     let deb_name = deb.file_name().context("package path has no file name")?;
     fs::copy(deb, stage.join(deb_name))?;
-    let mock = crate::package::release_dir().join("examples/mock_provider");
+    let mock = crate::package::release_dir()?.join("examples/mock_provider");
     fs::copy(&mock, stage.join("mock_provider"))
         .with_context(|| format!("cannot copy {}", mock.display()))?;
     let tar = runs.join("input.tar");
