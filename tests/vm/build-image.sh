@@ -85,8 +85,10 @@ done
 for deb in "$work"/debs/*.deb; do dpkg -x "$deb" "$work/k"; done
 
 echo "vm image ($suite): debootstrap (${mirror})"
+# libpam-systemd: a user's systemd (user@UID.service, started by `loginctl
+# enable-linger`) needs pam_systemd for its XDG_RUNTIME_DIR.
 debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,udev,dbus,kmod,python3,ca-certificates,iproute2,procps \
+    --include=systemd,systemd-sysv,udev,dbus,libpam-systemd,kmod,python3,ca-certificates,iproute2,procps \
     "$suite" "$work/rootfs" "$mirror" > "$work/debootstrap.log" 2>&1 \
     || { tail -30 "$work/debootstrap.log" >&2; exit 1; }
 root=$work/rootfs
