@@ -13,6 +13,7 @@ import argparse
 import errno
 import json
 import signal
+import ssl
 import sys
 import time
 
@@ -35,12 +36,14 @@ def request():
 
 
 def root_errno(error):
-    """The errno of the OSError at the bottom of an exception chain (the SDK
-    wraps httpx's error, which wraps the socket's), or None."""
+    """The system errno of the OSError at the bottom of an exception chain
+    (the SDK wraps httpx's error, which wraps the socket's), or None."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno:
+        # ssl.SSLError is an OSError whose errno is OpenSSL's error code
+        # (8 for an EOF), not the system's: it is not what refused.
+        if isinstance(error, OSError) and not isinstance(error, ssl.SSLError) and error.errno:
             return error.errno
         error = error.__cause__ or error.__context__
     return None
