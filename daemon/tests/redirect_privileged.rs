@@ -642,11 +642,44 @@ call = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer
 print("int80", call(), flush=True)
 "#;
     let hooks = fx.redirector.as_ref().unwrap().hooks().clone();
-    assert_eq!(
-        hooks.prctl_watch.via,
-        Some(features::PRCTL_VIA_FENTRY_BOTH),
-        "this kernel has BTF and IA32 emulation: {hooks:?}"
-    );
+    // Where fentry programs load, the watch is the fentry on both entries
+    // and must see the call. A host whose kernel refuses them (this test
+    // runs on one whose bpf(2) answers EPERM to any fentry load) gets the
+    // tracepoint fallback, and then the test proves the documented gap
+    // instead: the probe found fentry unusable on its own (a redirector
+    // that fell back on a kernel where fentry works fails here), the hook
+    // says 32-bit calls are unwatched, and indeed the call is not seen.
+    // The fentry route itself is proved on Linux 5.10, 6.1 and 6.12 by
+    // the VM tests (tests/vm/scenario/checks/35-prctl-watch.sh, int80).
+    let fentry = match hooks.prctl_watch.via {
+        Some(features::PRCTL_VIA_FENTRY_BOTH) => true,
+        Some(features::PRCTL_VIA_TRACEPOINT) => {
+            let report = features::probe(&features::ProbeOptions {
+                pin_dir: fx.pins.path.clone(),
+            });
+            let finding = report.get(features::Feature::PrctlWatch).unwrap();
+            assert_eq!(finding.state, features::State::Degraded, "{finding}");
+            assert!(
+                finding
+                    .to_string()
+                    .contains("no fentry (fentry programs cannot"),
+                "the tracepoint only where fentry programs cannot load: {finding}"
+            );
+            assert!(
+                hooks
+                    .prctl_watch
+                    .note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("int $0x80")),
+                "the hook says what it misses: {hooks:?}"
+            );
+            eprintln!(
+                "NOTE: fentry programs do not load on this host ({finding}): checking the tracepoint's documented gap; the VM tests prove the fentry route"
+            );
+            false
+        }
+        other => panic!("this kernel has BTF and IA32 emulation: {other:?} ({hooks:?})"),
+    };
     let agent = fx.cgroups.path.join("agent.service");
     let other = fx.cgroups.path.join("other.service");
     let (agent_id, other_id) = (
@@ -658,9 +691,10 @@ print("int80", call(), flush=True)
     assert!(untagged.line().starts_with("int80 -"));
     let mut tagged = fx.cgroups.spawn(&agent, &mut python(script));
     assert!(tagged.line().starts_with("int80 -"));
-    assert!(
+    assert_eq!(
         fx.maps().mm_tampered(agent_id).is_some(),
-        "the tagged cgroup is marked"
+        fentry,
+        "the tagged cgroup is marked where the fentry watch is attached, and only there"
     );
     assert_eq!(
         fx.maps().mm_tampered(other_id),
@@ -682,7 +716,15 @@ fn the_kernel_probe_finds_what_the_redirector_attaches() {
         (features::Feature::PrctlWatch, &hooks.prctl_watch),
     ] {
         let finding = report.get(feature).unwrap();
-        assert_eq!(finding.state, features::State::Present, "{finding}");
+        // Present, or degraded only because this host's kernel refuses
+        // fentry programs (see the int $0x80 test above): never by a
+        // mistake of the probe, which the `via` check below would show.
+        let no_fentry = finding.to_string().contains("fentry programs cannot");
+        assert!(
+            finding.state == features::State::Present
+                || (finding.state == features::State::Degraded && no_fentry),
+            "{finding}"
+        );
         assert_eq!(
             finding.via.as_deref(),
             hook.via,
