@@ -15,7 +15,7 @@ use warrant::{
     attest::{AttestError, Attestor, InstanceHandle, scope::Hierarchy},
     config::{AttestConfig, Config},
     origin::{Origin, OriginSource},
-    redirect::{RedirectMaps, RedirectSettings, Redirector, cgroup, tagging},
+    redirect::{RedirectMaps, RedirectSettings, Redirector, cgroup, features, tagging},
 };
 use warrant_test_support::{
     cgroups::{TestCgroup, TestPins, python},
@@ -580,6 +580,22 @@ print("prctl", libc.prctl(35, 14, 0, 0, 0), ctypes.get_errno(), flush=True)
     );
     assert_eq!(fx.maps().mm_tampered(agent_id), None);
 
+    // PR_SET_MM_ARG_START (8), as systemd 247 calls it to rename a
+    // service's process after moving it into the unit's cgroup and before
+    // exec: not a mark (it cannot repoint the executable; see watch_prctl).
+    let rename = r#"
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+print("prctl", libc.prctl(35, 8, 0, 0, 0), ctypes.get_errno(), flush=True)
+"#;
+    let mut renamed = fx.cgroups.spawn(&agent, &mut python(rename));
+    assert!(renamed.line().starts_with("prctl -1"));
+    assert_eq!(
+        fx.maps().mm_tampered(agent_id),
+        None,
+        "PR_SET_MM_ARG_START is not watched"
+    );
+
     let mut untagged = fx.cgroups.spawn(&other, &mut python(script));
     assert!(untagged.line().starts_with("prctl -1"));
     let mut tagged = fx.cgroups.spawn(&agent, &mut python(script));
@@ -590,6 +606,7 @@ print("prctl", libc.prctl(35, 14, 0, 0, 0), ctypes.get_errno(), flush=True)
         .maps()
         .mm_tampered(agent_id)
         .expect("the tagged cgroup is marked");
+
     assert!(marked > 0 && marked <= boot_ns(), "{marked}");
     assert_eq!(
         fx.maps().mm_tampered(other_id),
@@ -609,6 +626,119 @@ print("prctl", libc.prctl(35, 14, 0, 0, 0), ctypes.get_errno(), flush=True)
 /// came after both stamps (the window was missed: try again), anything else
 /// means it landed in the window, where it must already differ from the
 /// generation before the exec. The test fails unless the window is seen.
+#[test]
+fn prctl_set_mm_through_the_32_bit_entry_marks_the_tagged_cgroup() {
+    use warrant::attest::ExecGenerations;
+    let mut fx = Fixture::new();
+    // The same call through `int $0x80` (prctl is 172 in the i386 table),
+    // which a 64-bit process may make and which the syscalls:* tracepoints
+    // never see: the fentry on __ia32_sys_prctl must.
+    let script = r#"
+import ctypes, mmap
+code = bytes([0x53, 0xB8, 172, 0, 0, 0, 0xBB, 35, 0, 0, 0, 0xB9, 14, 0, 0, 0,
+              0x31, 0xD2, 0x31, 0xF6, 0x31, 0xFF, 0xCD, 0x80, 0x5B, 0xC3])
+page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+page.write(code)
+call = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+print("int80", call(), flush=True)
+"#;
+    let hooks = fx.redirector.as_ref().unwrap().hooks().clone();
+    // Where fentry programs load, the watch is the fentry on both entries
+    // and must see the call. A host whose kernel refuses them (this test
+    // runs on one whose bpf(2) answers EPERM to any fentry load) gets the
+    // tracepoint fallback, and then the test proves the documented gap
+    // instead: the probe found fentry unusable on its own (a redirector
+    // that fell back on a kernel where fentry works fails here), the hook
+    // says 32-bit calls are unwatched, and indeed the call is not seen.
+    // The fentry route itself is proved on Linux 5.10, 6.1 and 6.12 by
+    // the VM tests (tests/vm/scenario/checks/35-prctl-watch.sh, int80).
+    let fentry = match hooks.prctl_watch.via {
+        Some(features::PRCTL_VIA_FENTRY_BOTH) => true,
+        Some(features::PRCTL_VIA_TRACEPOINT) => {
+            let report = features::probe(&features::ProbeOptions {
+                pin_dir: fx.pins.path.clone(),
+            });
+            let finding = report.get(features::Feature::PrctlWatch).unwrap();
+            assert_eq!(finding.state, features::State::Degraded, "{finding}");
+            assert!(
+                finding
+                    .to_string()
+                    .contains("no fentry (fentry programs cannot"),
+                "the tracepoint only where fentry programs cannot load: {finding}"
+            );
+            assert!(
+                hooks
+                    .prctl_watch
+                    .note
+                    .as_deref()
+                    .is_some_and(|n| n.contains("int $0x80")),
+                "the hook says what it misses: {hooks:?}"
+            );
+            eprintln!(
+                "NOTE: fentry programs do not load on this host ({finding}): checking the tracepoint's documented gap; the VM tests prove the fentry route"
+            );
+            false
+        }
+        other => panic!("this kernel has BTF and IA32 emulation: {other:?} ({hooks:?})"),
+    };
+    let agent = fx.cgroups.path.join("agent.service");
+    let other = fx.cgroups.path.join("other.service");
+    let (agent_id, other_id) = (
+        cgroup::cgroup_id(&agent).unwrap(),
+        cgroup::cgroup_id(&other).unwrap(),
+    );
+    let mut untagged = fx.cgroups.spawn(&other, &mut python(script));
+    // The kernel refuses the call (no map given): a negative errno.
+    assert!(untagged.line().starts_with("int80 -"));
+    let mut tagged = fx.cgroups.spawn(&agent, &mut python(script));
+    assert!(tagged.line().starts_with("int80 -"));
+    assert_eq!(
+        fx.maps().mm_tampered(agent_id).is_some(),
+        fentry,
+        "the tagged cgroup is marked where the fentry watch is attached, and only there"
+    );
+    assert_eq!(
+        fx.maps().mm_tampered(other_id),
+        None,
+        "untagged: not watched"
+    );
+}
+
+#[test]
+fn the_kernel_probe_finds_what_the_redirector_attaches() {
+    let fx = Fixture::new();
+    let report = features::probe(&features::ProbeOptions {
+        pin_dir: fx.pins.path.clone(),
+    });
+    report.require().expect("this kernel runs warrant");
+    let hooks = fx.redirector.as_ref().unwrap().hooks().clone();
+    for (feature, hook) in [
+        (features::Feature::ExecStart, &hooks.exec_start),
+        (features::Feature::PrctlWatch, &hooks.prctl_watch),
+    ] {
+        let finding = report.get(feature).unwrap();
+        // Present, or degraded only because this host's kernel refuses
+        // fentry programs (see the int $0x80 test above): never by a
+        // mistake of the probe, which the `via` check below would show.
+        let no_fentry = finding.to_string().contains("fentry programs cannot");
+        assert!(
+            finding.state == features::State::Present
+                || (finding.state == features::State::Degraded && no_fentry),
+            "{finding}"
+        );
+        assert_eq!(
+            finding.via.as_deref(),
+            hook.via,
+            "the probe predicts the mechanism the Redirector attached"
+        );
+        assert!(hook.attached);
+    }
+    for feature in features::Feature::ALL {
+        let finding = report.get(*feature).unwrap();
+        assert_ne!(finding.state, features::State::Unknown, "{finding}");
+    }
+}
+
 #[test]
 fn exec_generation_moves_no_later_than_proc_exe_shows_the_new_program() {
     const ATTEMPTS: usize = 20;

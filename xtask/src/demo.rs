@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use toml_edit::{DocumentMut, value};
 
-use crate::{cargo, workspace_root};
+use crate::{cargo, target_dir};
 
 const PROVIDER_ADDR: &str = "127.0.0.2";
 
@@ -36,7 +36,7 @@ pub fn run() -> Result<()> {
         "--example",
         "mock_provider",
     ])?;
-    let release = workspace_root().join("target/release");
+    let release = target_dir()?.join("release");
     let mut world = World::new()?;
     world.write_files()?;
 
@@ -257,7 +257,7 @@ impl World {
 
     /// The embedded default config with the demo's overrides.
     fn config(&mut self) -> Result<String> {
-        let output = Command::new(workspace_root().join("target/release/warrant"))
+        let output = Command::new(target_dir()?.join("release/warrant"))
             .arg("default-config")
             .output()?;
         let mut doc: DocumentMut = String::from_utf8(output.stdout)?.parse()?;

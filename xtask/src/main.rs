@@ -9,7 +9,7 @@
 //!         redirect, attest, policy, proxy, usage (microbenchmarks) and
 //!         deployed (the release binary through its eBPF redirect)
 //! package the Debian package (target/debian/warrant_VERSION_amd64.deb)
-//! vm-test the package and its systemd units in Debian VMs (6.1 and 6.12)
+//! vm-test the package and its systemd units in Debian VMs (5.10, 6.1, 6.12)
 //! fuzz    the cargo-fuzz targets (parsers), longer than `test` runs them
 
 mod bench;
@@ -62,11 +62,15 @@ enum Task {
     /// Build the Debian package (release binary with its eBPF programs).
     Package,
     /// Install, tag, restart and purge the .deb in Debian VMs under qemu:
-    /// one verdict per kernel (6.1 and 6.12). Needs root (debootstrap).
+    /// one verdict per kernel (5.10 on Debian 11, 6.1 and 6.12 on Debian
+    /// 12). Needs root (debootstrap).
     VmTest {
-        /// Only this kernel: 6.1 or 6.12.
+        /// Only this kernel: 5.10, 6.1 or 6.12.
         #[arg(long)]
         kernel: Option<String>,
+        /// How many VMs boot at once (default: 1; see vm.rs).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
 }
 
@@ -119,7 +123,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Bench(args) => bench::run(args),
         Task::Package => package::run().map(|_| ()),
-        Task::VmTest { kernel } => vm::run(kernel.as_deref()),
+        Task::VmTest { kernel, jobs } => vm::run(kernel.as_deref(), jobs),
     }
 }
 

@@ -9,6 +9,12 @@
 //! ([`install_operator_files`]): man pages and bash/zsh/fish completions
 //! generated from the clap definitions by the binary itself, the
 //! Prometheus alert rules and the Grafana dashboard from contrib/.
+//!
+//! One .deb for Debian 11 and 12: its binaries are linked against Debian
+//! 11's C library (a sysroot made by xtask/sysroot.sh), because a binary
+//! linked against the build host's glibc asks for every symbol at the newest
+//! version that host has (GLIBC_2.34 for pthread_create on Debian 12), and
+//! an older system's loader refuses it. The build checks the result.
 
 use std::{
     fs,
@@ -19,7 +25,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{cargo, run_cmd, workspace_root};
+use crate::{run_cmd, target_dir, workspace_root};
 
 const UNITS: &[&str] = &[
     "warrant.service",
@@ -29,15 +35,97 @@ const UNITS: &[&str] = &[
 ];
 const MAINTAINER_SCRIPTS: &[&str] = &["postinst", "prerm", "postrm"];
 
+/// The package's target, named explicitly: cargo then keeps its artifacts
+/// apart from the host's release build (target/TRIPLE/release) and applies
+/// the sysroot's link flag to them only, not to build scripts.
+const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+/// The oldest Debian release the package installs on; its C library is the
+/// one the binaries are linked against.
+const SYSROOT_SUITE: &str = "bullseye";
+/// Debian 11's glibc: no symbol of the binaries may need a newer one.
+const MAX_GLIBC: (u32, u32) = (2, 31);
+
+/// Where the package's binaries are built (see [`build_release`]).
+pub fn release_dir() -> Result<PathBuf> {
+    Ok(target_dir()?.join(TRIPLE).join("release"))
+}
+
+/// `cargo build --release -p warrant EXTRA...` for the package: the
+/// binaries link against [`SYSROOT_SUITE`]'s C library, and C code in the
+/// dependencies (ring, SQLite) compiles against its headers.
+pub fn build_release(extra: &[&str]) -> Result<()> {
+    let sysroot = sysroot()?;
+    let flag = format!("--sysroot={}", sysroot.display());
+    // --sysroot alone is not enough: Debian's gcc looks for crt1.o and the
+    // libraries in directories relative to its own prefix (the host's
+    // /usr/lib/x86_64-linux-gnu) before the sysroot's, so those are named
+    // first (-B for the start files, -L for the libraries).
+    let lib = sysroot.join("usr/lib/x86_64-linux-gnu");
+    let link_args = [
+        flag.clone(),
+        format!("-B{}", lib.display()),
+        format!("-L{}", lib.display()),
+        format!("-L{}", sysroot.join("lib/x86_64-linux-gnu").display()),
+    ];
+    let rustflags = format!(
+        "target.{TRIPLE}.rustflags=[{}]",
+        link_args
+            .iter()
+            .map(|arg| format!("\"-C\", \"link-arg={arg}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run_cmd(
+        Command::new(cargo)
+            .args(["build", "--release", "-p", "warrant", "--target", TRIPLE])
+            .arg("--config")
+            .arg(&rustflags)
+            .args(extra)
+            .env(format!("CFLAGS_{}", TRIPLE.replace('-', "_")), &flag)
+            .current_dir(workspace_root()),
+    )
+}
+
+/// The sysroot (target/sysroot-SUITE), made once by xtask/sysroot.sh.
+fn sysroot() -> Result<PathBuf> {
+    let dir = target_dir()?.join(format!("sysroot-{SYSROOT_SUITE}"));
+    if dir.join("usr/include/stdio.h").exists() {
+        return Ok(dir);
+    }
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    println!("xtask package: fetching Debian {SYSROOT_SUITE}'s C library to link against");
+    run_cmd(
+        Command::new("bash")
+            .arg(workspace_root().join("xtask/sysroot.sh"))
+            .arg(&dir)
+            .arg(SYSROOT_SUITE),
+    )?;
+    Ok(dir)
+}
+
 /// Builds the release binary (with its eBPF programs) and the .deb; returns
 /// the .deb's path.
 pub fn run() -> Result<PathBuf> {
     crate::setup::run()?;
-    cargo(&["build", "--release", "-p", "warrant"])?;
+    build_release(&[])?;
     let root = workspace_root();
-    let binary = root.join("target/release/warrant");
+    let binary = release_dir()?.join("warrant");
+    let newest = newest_glibc(&binary)?;
+    if newest > MAX_GLIBC {
+        bail!(
+            "{} needs GLIBC_{}.{}, newer than Debian {SYSROOT_SUITE}'s {}.{}: was it linked against the sysroot? (RUSTFLAGS in the environment override the sysroot's link flag)",
+            binary.display(),
+            newest.0,
+            newest.1,
+            MAX_GLIBC.0,
+            MAX_GLIBC.1
+        );
+    }
     let version = workspace_version(&root)?;
-    let stage = root.join("target/debian/stage");
+    let stage = target_dir()?.join("debian/stage");
     if stage.exists() {
         fs::remove_dir_all(&stage)?;
     }
@@ -112,7 +200,7 @@ pub fn run() -> Result<PathBuf> {
     );
     fs::write(debian.join("control"), control)?;
 
-    let deb = root.join(format!("target/debian/warrant_{version}_amd64.deb"));
+    let deb = target_dir()?.join(format!("debian/warrant_{version}_amd64.deb"));
     run_cmd(
         Command::new("dpkg-deb")
             .args(["--root-owner-group", "-Zxz", "-z6", "--build"])
@@ -226,9 +314,8 @@ fn workspace_version(root: &Path) -> Result<String> {
         .context("no workspace.package.version in Cargo.toml")
 }
 
-/// libc6 at the newest GLIBC symbol version the binary uses, and libgcc-s1
-/// when it links libgcc_s (Rust's unwinder), from `objdump -T`.
-fn shlib_depends(binary: &Path) -> Result<String> {
+/// The dynamic symbol table of `binary` (`objdump -T`).
+fn dynamic_symbols(binary: &Path) -> Result<String> {
     let output = Command::new("objdump")
         .arg("-T")
         .arg(binary)
@@ -237,8 +324,12 @@ fn shlib_depends(binary: &Path) -> Result<String> {
     if !output.status.success() {
         bail!("objdump -T {} failed", binary.display());
     }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let newest = text
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The newest GLIBC symbol version `binary` uses.
+fn newest_glibc(binary: &Path) -> Result<(u32, u32)> {
+    Ok(dynamic_symbols(binary)?
         .split_whitespace()
         .filter_map(|word| word.strip_prefix("(GLIBC_").or(word.strip_prefix("GLIBC_")))
         .filter_map(|v| {
@@ -247,9 +338,15 @@ fn shlib_depends(binary: &Path) -> Result<String> {
             Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
         })
         .max()
-        .unwrap_or((2, 17));
+        .unwrap_or((2, 17)))
+}
+
+/// libc6 at the newest GLIBC symbol version the binary uses, and libgcc-s1
+/// when it links libgcc_s (Rust's unwinder), from `objdump -T`.
+fn shlib_depends(binary: &Path) -> Result<String> {
+    let newest = newest_glibc(binary)?;
     let mut depends = format!("libc6 (>= {}.{})", newest.0, newest.1);
-    if text.contains("GCC_") {
+    if dynamic_symbols(binary)?.contains("GCC_") {
         depends.push_str(", libgcc-s1");
     }
     Ok(depends)

@@ -29,8 +29,8 @@
 //! - status: a [`status::Status`] (`{"version", "connections":[...],
 //!   "workloads":{NAME:{"connections","requests"}}, "credentials":[...],
 //!   "budgets":{..., "lines":[...]}, "instance":{...}, "tagging":{...},
-//!   "quarantines":[...], "audit":{...}}`; every field in the README's
-//!   "Status fields")
+//!   "quarantines":[...], "audit":{...}, "kernel":{"release", "features",
+//!   "hooks"}}`; every field in the README's "Status fields")
 //! - revoke: `{"target":..., "closed":N, "until":TIME|null}`
 //! - restore: `{"target":..., "restored":true|false}`
 //! - reload: whatever the daemon reports (the configuration is validated)
@@ -138,6 +138,11 @@ pub trait ControlBackend: Send + Sync + 'static {
     /// Whether every cgroup the selectors name is tagged (see
     /// `redirect::tagging::TaggerStatus`).
     fn tagging(&self) -> Option<crate::redirect::tagging::TaggerStatus> {
+        None
+    }
+    /// The kernel's eBPF features and the hooks attached
+    /// (`redirect::features`): `{"release", "features": [...], "hooks": {...}}`.
+    fn kernel(&self) -> Option<Value> {
         None
     }
     /// Re-reads the configuration. Blocking is fine (runs off the runtime).

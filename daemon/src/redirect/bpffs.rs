@@ -9,13 +9,7 @@ use super::RedirectError;
 pub fn ensure_mounted(pin_dir: &Path) -> Result<(), RedirectError> {
     let mounts = fs::read_to_string("/proc/mounts")
         .map_err(|e| RedirectError::Bpffs(format!("cannot read /proc/mounts: {e}")))?;
-    let on_bpffs = mounts.lines().any(|line| {
-        let mut fields = line.split_whitespace();
-        let target = fields.nth(1);
-        let kind = fields.next();
-        kind == Some("bpf") && target.is_some_and(|t| pin_dir.starts_with(t))
-    });
-    if on_bpffs {
+    if on_bpffs(&mounts, pin_dir) {
         return Ok(());
     }
     let default = Path::new("/sys/fs/bpf");
@@ -38,4 +32,14 @@ pub fn ensure_mounted(pin_dir: &Path) -> Result<(), RedirectError> {
     .map_err(|e| RedirectError::Bpffs(format!("cannot mount bpffs at /sys/fs/bpf: {e}")))?;
     tracing::info!("mounted bpffs at /sys/fs/bpf");
     Ok(())
+}
+
+/// Whether `pin_dir` lies on a bpffs mount of a /proc/mounts text.
+pub fn on_bpffs(mounts: &str, pin_dir: &Path) -> bool {
+    mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let target = fields.nth(1);
+        let kind = fields.next();
+        kind == Some("bpf") && target.is_some_and(|t| pin_dir.starts_with(t))
+    })
 }

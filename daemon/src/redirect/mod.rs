@@ -22,6 +22,7 @@
 
 pub mod bpffs;
 pub mod cgroup;
+pub mod features;
 pub mod tagging;
 
 use std::{
@@ -381,6 +382,8 @@ pub struct Redirector {
     settings: RedirectSettings,
     maps: Arc<RedirectMaps>,
     links: Vec<PinnedLink>,
+    /// Which mechanism each hook with a choice got (for status).
+    hooks: features::Hooks,
     /// Keeps the program fds open for the daemon's lifetime.
     _ebpf: Ebpf,
 }
@@ -409,8 +412,16 @@ impl Redirector {
         bpffs::ensure_mounted(&settings.pin_dir)?;
         let maps_dir = settings.pin_dir.join("maps");
         create_private_dir(&maps_dir)?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&maps_dir)
+        // Tracing programs may call bpf_get_current_ancestor_cgroup_id from
+        // Linux 5.11; before, the `_compat` ones walk the task's cgroup
+        // ancestors themselves, at offsets read from the kernel's BTF.
+        let tracing = TracingPrograms::for_this_kernel()?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&maps_dir);
+        if let Some(layout) = &tracing.layout {
+            loader.override_global(warrant_common::CGROUP_LAYOUT_GLOBAL, layout, true);
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|e| RedirectError::Load(crate::error::chain(&e)))?;
         let maps = Arc::new(RedirectMaps::take_from(&mut ebpf)?);
@@ -453,15 +464,32 @@ impl Redirector {
                 reason: e.to_string(),
             })?,
         ));
+        // The kernel's BTF, for the fentry programs: parsed once (it is
+        // large), dropped once they are attached.
+        let btf = Btf::from_sys_fs().map_err(|e| {
+            format!(
+                "reading the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {}",
+                crate::error::chain(&e)
+            )
+        });
         // The exec generation moves twice per exec (see ebpf/programs):
         // before /proc/PID/exe shows the new program, and once the exec has
         // succeeded.
-        fd_links.extend(attach_exec_start(&mut ebpf));
+        let (exec_start, exec_start_hook) = attach_exec_start(&mut ebpf, btf.as_ref(), &tracing);
+        fd_links.extend(exec_start);
         fd_links.push((
-            program_names::EXEC,
-            attach_raw_tracepoint(&mut ebpf, program_names::EXEC, "sched_process_exec")?,
+            tracing.exec,
+            attach_raw_tracepoint(&mut ebpf, tracing.exec, "sched_process_exec")?,
         ));
-        fd_links.extend(attach_prctl_watch(&mut ebpf));
+        let (prctl, prctl_hook) = attach_prctl_watch(&mut ebpf, btf.as_ref(), &tracing);
+        fd_links.extend(prctl);
+        drop(btf);
+        let hooks = features::Hooks {
+            exec_start: exec_start_hook,
+            exec_done: features::Hook::attached(features::EXEC_DONE_VIA),
+            prctl_watch: prctl_hook,
+            tracing_tags: features::Hook::attached(tracing.tags_via),
+        };
 
         // New links first, then retire the old generation.
         let stamp = SystemTime::now()
@@ -490,18 +518,26 @@ impl Redirector {
             pin_dir = %settings.pin_dir.display(),
             ports = ?settings.ports,
             destinations = ?settings.destinations,
+            exec_start = hooks.exec_start.via.unwrap_or("none"),
+            prctl_watch = hooks.prctl_watch.via.unwrap_or("none"),
             "eBPF redirection attached"
         );
         Ok(Redirector {
             settings,
             maps,
             links,
+            hooks,
             _ebpf: ebpf,
         })
     }
 
     pub fn maps(&self) -> Arc<RedirectMaps> {
         self.maps.clone()
+    }
+
+    /// The mechanism each optional hook got (see `features`).
+    pub fn hooks(&self) -> &features::Hooks {
+        &self.hooks
     }
 
     pub fn settings(&self) -> &RedirectSettings {
@@ -521,55 +557,191 @@ impl Redirector {
     }
 }
 
+/// Which variant of each tracing program this kernel runs (see
+/// `features::Feature::TracingTags`).
+struct TracingPrograms {
+    /// The walk's offsets, for the `_compat` programs (None: the helper).
+    layout: Option<warrant_common::CgroupLayout>,
+    exec_begin: &'static str,
+    exec: &'static str,
+    prctl_x64: &'static str,
+    prctl_ia32: &'static str,
+    tags_via: &'static str,
+}
+
+impl TracingPrograms {
+    fn for_this_kernel() -> Result<TracingPrograms, RedirectError> {
+        if matches!(
+            features::tracing_ancestor_helper(),
+            features::Check::Yes | features::Check::Unknown(_)
+        ) {
+            // Unknown: load the usual programs; if the helper is missing
+            // after all, their load fails and the daemon does not start.
+            return Ok(TracingPrograms {
+                layout: None,
+                exec_begin: program_names::EXEC_BEGIN,
+                exec: program_names::EXEC,
+                prctl_x64: program_names::PRCTL_X64,
+                prctl_ia32: program_names::PRCTL_IA32,
+                tags_via: features::TAGS_VIA_HELPER,
+            });
+        }
+        let layout = features::cgroup_layout().map_err(|e| {
+            RedirectError::Load(format!(
+                "tracing programs cannot call bpf_get_current_ancestor_cgroup_id on this kernel (Linux < 5.11) and {e}"
+            ))
+        })?;
+        tracing::info!(
+            ?layout,
+            "Linux < 5.11: the tracing programs walk the task's cgroup ancestors at offsets from the kernel's BTF"
+        );
+        Ok(TracingPrograms {
+            layout: Some(layout),
+            exec_begin: program_names::EXEC_BEGIN_COMPAT,
+            exec: program_names::EXEC_COMPAT,
+            prctl_x64: program_names::PRCTL_X64_COMPAT,
+            prctl_ia32: program_names::PRCTL_IA32_COMPAT,
+            tags_via: features::TAGS_VIA_BTF_WALK,
+        })
+    }
+}
+
 /// Attaches the program that bumps the exec generation as an exec begins:
 /// the `sched_prepare_exec` tracepoint where the kernel has it (6.10+; it
 /// fires at the point of no return, so a failed exec never moves the
-/// generation), else an fentry on `begin_new_exec` (which needs BTF). With
-/// neither, generations move only once an exec has succeeded: the daemon
-/// still runs (refusing to would cut every agent off on such kernels), and
-/// says so, as the README's known limits describe that window.
-fn attach_exec_start(ebpf: &mut Ebpf) -> Option<(&'static str, FdLink)> {
-    let tracepoint_err =
+/// generation), else an fentry on `begin_new_exec` (which needs BTF: Debian
+/// 11's 5.10 and 12's 6.1). With neither, generations move only once an
+/// exec has succeeded: the daemon still runs (refusing to would cut every
+/// agent off on such kernels), and says so, as the README's known limits
+/// describe that window.
+fn attach_exec_start(
+    ebpf: &mut Ebpf,
+    btf: Result<&Btf, &String>,
+    tracing: &TracingPrograms,
+) -> (Option<(&'static str, FdLink)>, features::Hook) {
+    let tracepoint_err = if tracing.layout.is_some() {
+        // Linux < 5.11: no sched_prepare_exec (6.10+) to try, and the
+        // program calls the helper this kernel's tracing programs lack.
+        "Linux < 6.10".to_owned()
+    } else {
         match attach_raw_tracepoint(ebpf, program_names::EXEC_PREPARE, "sched_prepare_exec") {
-            Ok(link) => return Some((program_names::EXEC_PREPARE, link)),
-            Err(e) => e,
-        };
-    let name = program_names::EXEC_BEGIN;
-    match attach_fentry(ebpf, name, "begin_new_exec") {
+            Ok(link) => {
+                return (
+                    Some((program_names::EXEC_PREPARE, link)),
+                    features::Hook::attached(features::EXEC_START_VIA_TRACEPOINT),
+                );
+            }
+            Err(e) => e.to_string(),
+        }
+    };
+    let name = tracing.exec_begin;
+    match attach_fentry(ebpf, name, "begin_new_exec", btf) {
         Ok(link) => {
             tracing::info!(
                 tracepoint_error = %tracepoint_err,
-                "no sched_prepare_exec tracepoint: exec generations move on entry to begin_new_exec (fentry)"
+                "no sched_prepare_exec tracepoint (Linux < 6.10): exec generations move on entry to begin_new_exec (fentry)"
             );
-            Some((name, link))
+            (
+                Some((name, link)),
+                features::Hook::attached(features::EXEC_START_VIA_FENTRY),
+            )
         }
         Err(fentry_err) => {
             tracing::warn!(
                 tracepoint_error = %tracepoint_err,
                 fentry_error = %fentry_err,
-                "nothing can stamp exec generations before the executable switches; they move only once an exec has succeeded (see the README's known limits)"
+                "nothing can stamp exec generations before the executable switches; they move only once an exec has succeeded (see the README's known limits); fix: a kernel with BTF (CONFIG_DEBUG_INFO_BTF), or Linux 6.10+"
             );
-            None
+            (
+                None,
+                features::Hook::missing(format!(
+                    "sched_prepare_exec: {tracepoint_err}; fentry begin_new_exec: {fentry_err}"
+                )),
+            )
         }
     }
 }
 
-/// Attaches the watch on prctl(PR_SET_MM) (the `syscalls:sys_enter_prctl`
-/// tracepoint, found through tracefs and opened with perf_event_open, which
+/// Attaches the watch on prctl(PR_SET_MM). Preferred: fentry on the
+/// system call's entry points, `__x64_sys_prctl` and (where the kernel has
+/// IA32 emulation) `__ia32_sys_prctl`, which sees `int $0x80` too; it needs
+/// BTF but no perf_event_open. Else the `syscalls:sys_enter_prctl`
+/// tracepoint (found through tracefs, opened with perf_event_open, which
 /// Debian's kernels keep to CAP_SYS_ADMIN at their default
-/// perf_event_paranoid of 3). Without it the daemon still runs and says so:
-/// the README's known limits describe what it then cannot see.
-fn attach_prctl_watch(ebpf: &mut Ebpf) -> Option<(&'static str, FdLink)> {
+/// perf_event_paranoid of 3, and pinnable only as a perf link, Linux
+/// 5.15+), which misses 32-bit calls. With neither the daemon still runs
+/// and says so: the README's known limits describe what it then cannot see.
+fn attach_prctl_watch(
+    ebpf: &mut Ebpf,
+    btf: Result<&Btf, &String>,
+    tracing: &TracingPrograms,
+) -> (Vec<(&'static str, FdLink)>, features::Hook) {
+    let fentry_err = match attach_fentry(ebpf, tracing.prctl_x64, "__x64_sys_prctl", btf) {
+        Ok(x64) => {
+            let mut links = vec![(tracing.prctl_x64, x64)];
+            let has_ia32 = btf.is_ok_and(|btf| {
+                btf.id_by_type_name_kind("__ia32_sys_prctl", aya_obj::btf::BtfKind::Func)
+                    .is_ok()
+            });
+            if !has_ia32 {
+                // No 32-bit entry point in this kernel: nothing else to watch.
+                return (
+                    links,
+                    features::Hook::attached(features::PRCTL_VIA_FENTRY_X64),
+                );
+            }
+            return match attach_fentry(ebpf, tracing.prctl_ia32, "__ia32_sys_prctl", btf) {
+                Ok(ia32) => {
+                    links.push((tracing.prctl_ia32, ia32));
+                    (
+                        links,
+                        features::Hook::attached(features::PRCTL_VIA_FENTRY_BOTH),
+                    )
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "the prctl(PR_SET_MM) watch sees 64-bit calls only: 32-bit ones (int $0x80) go unnoticed"
+                    );
+                    (
+                        links,
+                        features::Hook::degraded(
+                            features::PRCTL_VIA_FENTRY_X64,
+                            format!("32-bit calls unwatched: {error}"),
+                        ),
+                    )
+                }
+            };
+        }
+        Err(e) => e,
+    };
     let name = program_names::PRCTL;
-    let attached = attach_tracepoint(ebpf, name, "syscalls", "sys_enter_prctl");
-    match attached {
-        Ok(link) => Some((name, link)),
-        Err(error) => {
+    match attach_tracepoint(ebpf, name, "syscalls", "sys_enter_prctl") {
+        Ok(link) => {
             tracing::warn!(
-                %error,
-                "no prctl(PR_SET_MM) watch (needs tracefs, and perf_event_paranoid <= 2 on Debian kernels): exe repointing via a CLONE_VM child goes unnoticed"
+                fentry_error = %fentry_err,
+                "the prctl(PR_SET_MM) watch is the syscalls:sys_enter_prctl tracepoint, which misses 32-bit calls (int $0x80); fix: a kernel with BTF (CONFIG_DEBUG_INFO_BTF)"
             );
-            None
+            (
+                vec![(name, link)],
+                features::Hook::degraded(
+                    features::PRCTL_VIA_TRACEPOINT,
+                    format!("32-bit calls (int $0x80) unwatched; fentry: {fentry_err}"),
+                ),
+            )
+        }
+        Err(tracepoint_err) => {
+            tracing::warn!(
+                fentry_error = %fentry_err,
+                tracepoint_error = %tracepoint_err,
+                "no prctl(PR_SET_MM) watch: exe repointing via a CLONE_VM child goes unnoticed; fix: a kernel with BTF (CONFIG_DEBUG_INFO_BTF), or Linux 5.15+ with perf_event_paranoid <= 2"
+            );
+            (
+                Vec::new(),
+                features::Hook::missing(format!(
+                    "fentry: {fentry_err}; tracepoint: {tracepoint_err}"
+                )),
+            )
         }
     }
 }
@@ -596,16 +768,14 @@ fn attach_fentry(
     ebpf: &mut Ebpf,
     name: &'static str,
     function: &str,
+    btf: Result<&Btf, &String>,
 ) -> Result<FdLink, RedirectError> {
-    let btf = Btf::from_sys_fs().map_err(|e| RedirectError::Attach {
+    let btf = btf.map_err(|reason| RedirectError::Attach {
         program: name,
-        reason: format!(
-            "reading the kernel's BTF (/sys/kernel/btf/vmlinux, CONFIG_DEBUG_INFO_BTF): {}",
-            crate::error::chain(&e)
-        ),
+        reason: reason.clone(),
     })?;
     let program: &mut FEntry = program_mut(ebpf, name)?;
-    program.load(function, &btf).map_err(attach_err(name))?;
+    program.load(function, btf).map_err(attach_err(name))?;
     let id = program.attach().map_err(attach_err(name))?;
     let link = program.take_link(id).map_err(attach_err(name))?;
     Ok(FdLink::from(link))

@@ -22,9 +22,16 @@ pub struct DaemonBackend {
     pub instance: InstanceHandle,
     pub attestor: Arc<Attestor>,
     pub tagging: Arc<TaggerHealth>,
+    /// The kernel's features as probed at start and the hooks attached
+    /// (fixed for the daemon's life).
+    pub kernel: Value,
 }
 
 impl ControlBackend for DaemonBackend {
+    fn kernel(&self) -> Option<Value> {
+        (!self.kernel.is_null()).then(|| self.kernel.clone())
+    }
+
     fn credentials(&self) -> Vec<CredentialStatus> {
         self.reloader.current().credentials.status()
     }

@@ -33,7 +33,7 @@ use crate::{
     metrics::Metrics,
     notify::notify,
     proxy::Injector,
-    redirect::{RedirectSettings, Redirector, tagging},
+    redirect::{RedirectSettings, Redirector, features, tagging},
     response::Responder,
     tls::Pki,
     usage::{Budgets, LocalLedger, UsageSettings},
@@ -162,6 +162,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
             instance,
             attestor,
             tagging: redirection.tagging.clone(),
+            kernel: redirection.kernel.clone(),
         }),
     )?;
     tracing::info!(socket = %control.path().display(), "control socket ready");
@@ -325,6 +326,8 @@ struct Redirection {
     /// How the tagger is doing, for `warrant status` (its metrics are set
     /// by the tagger itself).
     tagging: Arc<tagging::TaggerHealth>,
+    /// The kernel's features and the hooks attached, for `warrant status`.
+    kernel: serde_json::Value,
 }
 
 async fn start_redirection(
@@ -343,7 +346,15 @@ async fn start_redirection(
         listeners.1.as_ref().and_then(|l| l.local_addr().ok()),
         crate::metadata::destinations(&config.metadata),
     )?;
+    let kernel = check_kernel(&settings)?;
     let redirector = Redirector::start(settings.clone())?;
+    // What status reports of the kernel: the probe's findings and the
+    // mechanism each hook got.
+    let kernel = serde_json::json!({
+        "release": kernel.release,
+        "features": kernel.findings,
+        "hooks": redirector.hooks(),
+    });
     let tagging = Arc::new(tagging::TaggerHealth::new(Some(metrics.tagger.clone())));
     let tagger = tagging::Tagger::new(
         &settings.cgroup_root,
@@ -365,6 +376,7 @@ async fn start_redirection(
             stop_tagger,
             tagger,
             tagging,
+            kernel,
         },
     ))
 }
@@ -466,6 +478,36 @@ pub fn usage_budgets(config: &Config, usage: &mut UsageSettings) -> Result<Budge
         usage.redis.take(),
         Arc::new(SystemClock),
     ))
+}
+
+/// Probes the kernel before anything is attached: the daemon refuses to
+/// start, naming what is missing, on a kernel without what fail-closed
+/// redirection needs, rather than run half-attached. Lifts RLIMIT_MEMLOCK
+/// where the kernel charges the maps to it (before Linux 5.11).
+fn check_kernel(settings: &RedirectSettings) -> Result<features::Report> {
+    notify("STATUS=probing the kernel's eBPF features");
+    let report = features::probe(&features::ProbeOptions {
+        pin_dir: settings.pin_dir.clone(),
+    });
+    for finding in report.concerns() {
+        // The optional hooks are reported by the Redirector, from what it
+        // could attach.
+        if finding.required {
+            tracing::warn!(%finding, "kernel feature");
+        }
+    }
+    report.require()?;
+    if report
+        .get(features::Feature::BpfMemory)
+        .is_some_and(|f| f.via.as_deref() == Some(features::MEMORY_VIA_MEMLOCK))
+    {
+        let limit = features::lift_memlock_limit();
+        tracing::info!(
+            limit = ?limit,
+            "this kernel charges eBPF maps to RLIMIT_MEMLOCK (Linux < 5.11): raised it as far as allowed (None: unlimited)"
+        );
+    }
+    Ok(report)
 }
 
 /// The attestor keeps a pidfd per recently seen process and every proxied

@@ -174,6 +174,8 @@ impl Daemon {
                 instance,
                 attestor,
                 tagging: Arc::new(warrant::redirect::tagging::TaggerHealth::new(None)),
+                // No redirector in process: no kernel probe to report.
+                kernel: serde_json::Value::Null,
             }),
         )
         .unwrap();

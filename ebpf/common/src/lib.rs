@@ -38,8 +38,43 @@ pub mod program_names {
     /// Raw tracepoint `sched_process_exec`: it moves again once the exec
     /// has succeeded.
     pub const EXEC: &str = "warrant_sched_process_exec";
-    /// syscalls:sys_enter_prctl: PR_SET_MM from a tagged cgroup.
+    /// syscalls:sys_enter_prctl: PR_SET_MM from a tagged cgroup (where the
+    /// fentry programs below cannot attach; sees 64-bit calls only).
     pub const PRCTL: &str = "warrant_sys_enter_prctl";
+    /// fentry on `__x64_sys_prctl`: the same watch, preferred (BTF).
+    pub const PRCTL_X64: &str = "warrant_x64_sys_prctl";
+    /// fentry on `__ia32_sys_prctl`: 32-bit calls (`int $0x80`).
+    pub const PRCTL_IA32: &str = "warrant_ia32_sys_prctl";
+    /// The tracing programs again, for kernels whose tracing programs lack
+    /// bpf_get_current_ancestor_cgroup_id (before 5.11): they find the
+    /// task's cgroup ancestors through [`super::CgroupLayout`] instead.
+    pub const EXEC_BEGIN_COMPAT: &str = "warrant_begin_new_exec_compat";
+    pub const EXEC_COMPAT: &str = "warrant_sched_process_exec_compat";
+    pub const PRCTL_X64_COMPAT: &str = "warrant_x64_sys_prctl_compat";
+    pub const PRCTL_IA32_COMPAT: &str = "warrant_ia32_sys_prctl_compat";
+}
+
+/// Name of the global holding [`CgroupLayout`] (set by the loader).
+pub const CGROUP_LAYOUT_GLOBAL: &str = "WARRANT_CGROUP_LAYOUT";
+
+/// Byte offsets, read from the running kernel's BTF by the daemon, that let
+/// the tracing programs walk `current->cgroups->dfl_cgrp->ancestor_ids[]`
+/// themselves on kernels (5.8 to 5.10) where tracing programs may not call
+/// bpf_get_current_ancestor_cgroup_id. `ancestor_ids[level]` is the id of
+/// the cgroup's ancestor at that level (the cgroup itself at its own level),
+/// exactly what that helper returns there. All zero: not set (the walk then
+/// finds nothing tagged).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupLayout {
+    /// `struct task_struct`'s `cgroups` (a `struct css_set *`).
+    pub task_cgroups: u32,
+    /// `struct css_set`'s `dfl_cgrp` (a `struct cgroup *`).
+    pub css_set_dfl_cgrp: u32,
+    /// `struct cgroup`'s `level` (an int).
+    pub cgroup_level: u32,
+    /// `struct cgroup`'s `ancestor_ids` (a flexible array of u64).
+    pub cgroup_ancestor_ids: u32,
 }
 
 /// Entries of `WARRANT_TAGGED`: one per cgroup a `[[workload]]` selector
@@ -149,4 +184,6 @@ mod user {
     unsafe impl aya::Pod for super::Origin {}
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::DestinationKey {}
+    // Safety: as above, four u32s.
+    unsafe impl aya::Pod for super::CgroupLayout {}
 }

@@ -23,15 +23,16 @@
 #![no_main]
 
 use aya_ebpf::{
+    Global,
     bindings::{
         BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr,
     },
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
-            bpf_ktime_get_boot_ns,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task,
+            bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
         },
     },
     macros::{cgroup_sock_addr, fentry, map, raw_tracepoint, sock_ops, tracepoint},
@@ -41,8 +42,8 @@ use aya_ebpf::{
     },
 };
 use warrant_common::{
-    AF_INET, AF_INET6, DESTINATIONS_CAPACITY, DestinationKey, FLAG_BLOCK_QUIC, FLAG_ENABLED,
-    MAX_CGROUP_DEPTH, Origin, PeerKey, RedirectConfig, TAGGED_CAPACITY,
+    AF_INET, AF_INET6, CgroupLayout, DESTINATIONS_CAPACITY, DestinationKey, FLAG_BLOCK_QUIC,
+    FLAG_ENABLED, MAX_CGROUP_DEPTH, Origin, PeerKey, RedirectConfig, TAGGED_CAPACITY,
 };
 
 /// cgroup/sock_addr verdicts.
@@ -101,6 +102,60 @@ fn current_task_is_tagged() -> bool {
             return true;
         }
         level += 1;
+    }
+    false
+}
+
+/// Set by the daemon for kernels before 5.11 (see [`CgroupLayout`]); read
+/// only by the `_compat` tracing programs. The name is the loader's key.
+#[unsafe(no_mangle)]
+static WARRANT_CGROUP_LAYOUT: Global<CgroupLayout> = Global::new(CgroupLayout {
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_level: 0,
+    cgroup_ancestor_ids: 0,
+});
+
+/// One kernel word at `base + offset` (0 if unreadable).
+#[inline(always)]
+fn read_kernel<T: Default>(base: u64, offset: u32) -> T {
+    // Safety: bpf_probe_read_kernel checks the read; the address comes from
+    // the kernel's own pointers and BTF offsets.
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.unwrap_or_default()
+}
+
+/// [`current_task_is_tagged`] for tracing programs on kernels before 5.11,
+/// whose tracing programs may not call bpf_get_current_ancestor_cgroup_id:
+/// the same ancestors, read from `current->cgroups->dfl_cgrp->ancestor_ids`
+/// at the offsets the daemon found in the kernel's BTF (the helper reads the
+/// same array on those kernels).
+#[inline(always)]
+fn current_task_is_tagged_compat() -> bool {
+    let layout = WARRANT_CGROUP_LAYOUT.load();
+    if layout.cgroup_ancestor_ids == 0 {
+        return false;
+    }
+    // Safety: a helper call with no arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let css_set: u64 = read_kernel(task, layout.task_cgroups);
+    if css_set == 0 {
+        return false;
+    }
+    let cgroup: u64 = read_kernel(css_set, layout.css_set_dfl_cgrp);
+    if cgroup == 0 {
+        return false;
+    }
+    let level: u32 = read_kernel(cgroup, layout.cgroup_level);
+    let mut at = 0;
+    while at < MAX_CGROUP_DEPTH {
+        if at > level {
+            return false;
+        }
+        let id: u64 = read_kernel(cgroup, layout.cgroup_ancestor_ids + at * 8);
+        if id != 0 && TAGGED.get_ptr(id).is_some() {
+            return true;
+        }
+        at += 1;
     }
     false
 }
@@ -469,8 +524,8 @@ fn on_tcp_close(ctx: &SockOpsContext) {
 /// now), if it is in a tagged cgroup. Keyed by tgid, which an exec keeps even
 /// when a non-leader thread execs (de_thread hands it the leader's pid).
 #[inline(always)]
-fn bump_exec_generation() {
-    if !current_task_is_tagged() {
+fn bump_exec_generation(tagged: impl Fn() -> bool) {
+    if !tagged() {
         return;
     }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -495,7 +550,7 @@ fn bump_exec_generation() {
 /// crediting the connection to the new program.
 #[raw_tracepoint(tracepoint = "sched_prepare_exec")]
 pub fn warrant_sched_prepare_exec(_ctx: RawTracePointContext) -> i32 {
-    bump_exec_generation();
+    bump_exec_generation(current_task_is_tagged);
     0
 }
 
@@ -509,7 +564,14 @@ pub fn warrant_sched_prepare_exec(_ctx: RawTracePointContext) -> i32 {
 /// closed, and rare.
 #[fentry(function = "begin_new_exec")]
 pub fn warrant_begin_new_exec(_ctx: FEntryContext) -> i32 {
-    bump_exec_generation();
+    bump_exec_generation(current_task_is_tagged);
+    0
+}
+
+/// The same for kernels before 5.11 (see [`current_task_is_tagged_compat`]).
+#[fentry(function = "begin_new_exec")]
+pub fn warrant_begin_new_exec_compat(_ctx: FEntryContext) -> i32 {
+    bump_exec_generation(current_task_is_tagged_compat);
     0
 }
 
@@ -520,41 +582,132 @@ pub fn warrant_begin_new_exec(_ctx: FEntryContext) -> i32 {
 /// connection is not attributed to the new program once the exec is done.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn warrant_sched_process_exec(_ctx: RawTracePointContext) -> i32 {
-    bump_exec_generation();
+    bump_exec_generation(current_task_is_tagged);
     0
 }
 
-/// prctl(2) (include/uapi/linux/prctl.h): PR_SET_MM and its one read-only
-/// sub-option.
-const PR_SET_MM: u64 = 35;
-const PR_SET_MM_MAP_SIZE: u64 = 15;
+/// The same for kernels before 5.11 (see [`current_task_is_tagged_compat`]).
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn warrant_sched_process_exec_compat(_ctx: RawTracePointContext) -> i32 {
+    bump_exec_generation(current_task_is_tagged_compat);
+    0
+}
 
-/// A tagged task calls prctl(PR_SET_MM, ...): it may repoint the exe link,
-/// argv or other fields of its mm (PR_SET_MM_MAP with exe_fd needs only a
-/// capability in the caller's own user namespace). The mm may be shared
+/// prctl(2) (include/uapi/linux/prctl.h): PR_SET_MM and the two
+/// sub-options that can repoint the executable.
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_EXE_FILE: u64 = 13;
+const PR_SET_MM_MAP: u64 = 14;
+
+/// A tagged task calls prctl(PR_SET_MM, PR_SET_MM_EXE_FILE or
+/// PR_SET_MM_MAP): it may repoint the exe link, and with MAP its argv and
+/// other fields too (MAP with exe_fd needs only a capability in the
+/// caller's own user namespace; its argv part none). The mm may be shared
 /// with another process (a CLONE_VM child acting for the agent), so no
 /// process's generation can express it: the cgroup is marked instead, and
 /// the attestor no longer trusts the program identity of anything in it.
-/// Only CRIU-like tools use PR_SET_MM; an agent has no reason to. The mark
-/// is made on entry, whether or not the call then succeeds: fail closed.
+/// Only CRIU-like tools use these; an agent has no reason to. The mark is
+/// made on entry, whether or not the call then succeeds: fail closed.
+///
+/// The other sub-options are left alone: they cannot touch the exe link,
+/// and those that move argv or the environment (PR_SET_MM_ARG_START and
+/// the like, which need CAP_SYS_RESOURCE) do no more than the in-place
+/// rewrite any process may make of its own argv (see the README's known
+/// limits). systemd 247 (Debian 11) renames every service's process with
+/// PR_SET_MM_ARG_START/ARG_END after moving it into the unit's cgroup and
+/// before exec: watching those would mark every unit as it starts.
+#[inline(always)]
+fn watch_prctl(option: u64, what: u64, tagged: impl Fn() -> bool) {
+    if option != PR_SET_MM || !(what == PR_SET_MM_EXE_FILE || what == PR_SET_MM_MAP) || !tagged() {
+        return;
+    }
+    // Safety: helper calls with no arguments.
+    let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_boot_ns()) };
+    let _ = MM_TAMPERED.insert(&cgroup, &now, BPF_ANY as u64);
+}
+
+/// The prctl watch where the kernel has no BTF for the fentry programs
+/// below: the `syscalls:sys_enter_prctl` tracepoint. It sees only the
+/// native (64-bit) system call: the kernel skips compat system calls in its
+/// syscalls:* tracepoints, so `int $0x80` goes unseen here.
 #[tracepoint(category = "syscalls", name = "sys_enter_prctl")]
 pub fn warrant_sys_enter_prctl(ctx: TracePointContext) -> u32 {
     // The syscalls:sys_enter_* record: 8 bytes of common fields, the
     // syscall number (padded to 8), then each argument in 8 bytes.
     // Safety: reads within the tracepoint's record.
     let option: u64 = unsafe { ctx.read_at(16) }.unwrap_or(0);
-    if option != PR_SET_MM {
-        return 0;
-    }
     // Safety: as above.
     let what: u64 = unsafe { ctx.read_at(24) }.unwrap_or(0);
-    if what == PR_SET_MM_MAP_SIZE || !current_task_is_tagged() {
-        return 0;
-    }
-    // Safety: helper calls with no arguments.
-    let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_boot_ns()) };
-    let _ = MM_TAMPERED.insert(&cgroup, &now, BPF_ANY as u64);
+    watch_prctl(option, what, current_task_is_tagged);
     0
+}
+
+/// Offsets in x86-64's `struct pt_regs` (arch/x86/include/asm/ptrace.h) of
+/// the registers that carry prctl's first two arguments: rdi and rsi for the
+/// 64-bit system call, ebx and ecx for the 32-bit one.
+const PT_REGS_DI: usize = 14 * 8;
+const PT_REGS_SI: usize = 13 * 8;
+const PT_REGS_BX: usize = 5 * 8;
+const PT_REGS_CX: usize = 11 * 8;
+
+/// One saved register of a system call's `pt_regs` (0 if unreadable, which
+/// is no prctl option the watch acts on).
+#[inline(always)]
+fn syscall_register(regs: *const u8, offset: usize) -> u64 {
+    // Safety: `regs` is the kernel's pt_regs pointer passed to a syscall
+    // entry point; bpf_probe_read_kernel checks the read.
+    unsafe { bpf_probe_read_kernel(regs.wrapping_add(offset) as *const u64) }.unwrap_or(0)
+}
+
+/// The prctl watch where the kernel has BTF (the daemon prefers it): fentry
+/// on the 64-bit system call's entry point. Needs no perf_event_open.
+#[fentry(function = "__x64_sys_prctl")]
+pub fn warrant_x64_sys_prctl(ctx: FEntryContext) -> i32 {
+    watch_x64_prctl(&ctx, current_task_is_tagged);
+    0
+}
+
+/// The same for kernels before 5.11 (see [`current_task_is_tagged_compat`]).
+#[fentry(function = "__x64_sys_prctl")]
+pub fn warrant_x64_sys_prctl_compat(ctx: FEntryContext) -> i32 {
+    watch_x64_prctl(&ctx, current_task_is_tagged_compat);
+    0
+}
+
+#[inline(always)]
+fn watch_x64_prctl(ctx: &FEntryContext, tagged: impl Fn() -> bool) {
+    let regs: *const u8 = ctx.arg(0);
+    watch_prctl(
+        syscall_register(regs, PT_REGS_DI),
+        syscall_register(regs, PT_REGS_SI),
+        tagged,
+    );
+}
+
+/// The same on the 32-bit entry point, reached by `int $0x80` from any
+/// x86-64 process (where the kernel has IA32 emulation), which the
+/// tracepoint above cannot see. Arguments are 32 bits wide there.
+#[fentry(function = "__ia32_sys_prctl")]
+pub fn warrant_ia32_sys_prctl(ctx: FEntryContext) -> i32 {
+    watch_ia32_prctl(&ctx, current_task_is_tagged);
+    0
+}
+
+/// The same for kernels before 5.11 (see [`current_task_is_tagged_compat`]).
+#[fentry(function = "__ia32_sys_prctl")]
+pub fn warrant_ia32_sys_prctl_compat(ctx: FEntryContext) -> i32 {
+    watch_ia32_prctl(&ctx, current_task_is_tagged_compat);
+    0
+}
+
+#[inline(always)]
+fn watch_ia32_prctl(ctx: &FEntryContext, tagged: impl Fn() -> bool) {
+    let regs: *const u8 = ctx.arg(0);
+    watch_prctl(
+        syscall_register(regs, PT_REGS_BX) & 0xffff_ffff,
+        syscall_register(regs, PT_REGS_CX) & 0xffff_ffff,
+        tagged,
+    );
 }
 
 #[cfg(not(test))]
