@@ -229,7 +229,7 @@ impl AuditLog {
             file: self
                 .file
                 .as_ref()
-                .and_then(|f| f.lock().ok().map(|f| f.path.clone())),
+                .and_then(|f| f.sink.lock().ok().map(|sink| sink.path.clone())),
             journal: self.journal.is_some(),
         }
     }

@@ -98,6 +98,8 @@ pub async fn serve(path: &Path) -> Result<()> {
         instance,
         attestor,
         tagging: Arc::new(TaggerHealth::new(None)),
+        // No eBPF in a gateway: no kernel features to report.
+        kernel: serde_json::Value::Null,
     };
     let _control_server = serve_control(&config, &responder, backend)?;
     let entry = Arc::new(GatewayEntry {
