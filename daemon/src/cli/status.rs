@@ -43,6 +43,64 @@ pub fn render(status: &Status, now: Timestamp) -> String {
     );
     out.push_str("AUDIT\n");
     out.push_str(&format!("  {}\n", audit(&status.audit)));
+    if let Some(kernel) = &status.kernel {
+        out.push_str(&render_kernel(kernel));
+    }
+    out
+}
+
+/// A JSON value as a table cell ("-" for none).
+fn text(value: Option<&serde_json::Value>) -> String {
+    match value {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Null) | None => "-".to_owned(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The kernel's hooks as a table, then every feature that is not simply
+/// present, with the probe's reason and fix (`warrant doctor` checks them
+/// all).
+fn render_kernel(kernel: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let mut out = format!("KERNEL {}\n", text(kernel.get("release")));
+    let mut hooks = Table::with_headers(&["HOOK", "STATE", "VIA", "NOTE"]);
+    for (name, hook) in kernel
+        .get("hooks")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let attached = hook.get("attached").and_then(Value::as_bool) == Some(true);
+        hooks.row(vec![
+            name.clone(),
+            if attached { "attached" } else { "ABSENT" }.to_owned(),
+            text(hook.get("via")),
+            text(hook.get("note")),
+        ]);
+    }
+    if !hooks.is_empty() {
+        out.push_str(&hooks.render());
+    }
+    for feature in kernel
+        .get("features")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|f| f.get("state").and_then(Value::as_str) != Some("present"))
+    {
+        out.push_str(&format!(
+            "  {} {}: {}{}\n",
+            text(feature.get("feature")),
+            text(feature.get("state")),
+            text(feature.get("detail")),
+            feature
+                .get("fix")
+                .and_then(Value::as_str)
+                .map(|f| format!("; fix: {f}"))
+                .unwrap_or_default()
+        ));
+    }
     out
 }
 

@@ -46,6 +46,11 @@ pub struct Status {
     pub quarantines: Vec<Quarantine>,
     /// The audit trail.
     pub audit: AuditHealth,
+    /// The kernel's eBPF features as probed at start and the hooks the
+    /// redirector attached: `redirect::features`'s report, as it serializes
+    /// it (None: this daemon attached nothing, as in tests).
+    #[serde(default)]
+    pub kernel: Option<serde_json::Value>,
 }
 
 /// A workload's live connections and the requests they carried so far.
@@ -83,6 +88,7 @@ pub fn status(responder: &Responder, backend: &dyn ControlBackend) -> Status {
         tagging: backend.tagging(),
         quarantines: responder.quarantines().list(jiff::Timestamp::now()),
         audit: responder.audit().health(),
+        kernel: backend.kernel(),
     }
 }
 
@@ -133,8 +139,6 @@ pub fn sample(now: jiff::Timestamp) -> Status {
         )]),
         credentials: vec![CredentialStatus {
             name: "openai-prod".into(),
-            source: "oauth2".into(),
-            kind: crate::credentials::CredentialKind::Token,
             fingerprint: Some("sha256:3f5a9c1e".into()),
             expires_at: Some(later(3600)),
             refresh_at: Some(later(3000)),
@@ -172,7 +176,7 @@ pub fn sample(now: jiff::Timestamp) -> Status {
                     Room::Now,
                 ),
             ],
-            windows: vec![(long.clone(), [60, 8_243, 12_340_000])],
+            windows: Vec::new(),
         }),
         instance: Some(InstanceState::Attested {
             provider: "host".into(),
@@ -210,6 +214,20 @@ pub fn sample(now: jiff::Timestamp) -> Status {
             file: Some("/var/log/warrant/audit.jsonl".into()),
             journal: true,
         },
+        kernel: Some(serde_json::json!({
+            "release": "6.1.0-28-cloud-amd64",
+            "features": [
+                {"feature": "connect_hooks", "state": "present", "required": true,
+                 "detail": "cgroup/connect4 and connect6 load", "min_kernel": "4.17"},
+                {"feature": "prctl_watch", "state": "degraded", "required": false,
+                 "via": "tracepoint", "detail": "no BTF: the tracepoint misses int $0x80",
+                 "fix": "a kernel with BTF (CONFIG_DEBUG_INFO_BTF=y)", "min_kernel": "5.7 with BTF; 5.15"},
+            ],
+            "hooks": {
+                "exec_start": {"attached": true, "via": "sched_prepare_exec"},
+                "prctl_watch": {"attached": false, "note": "perf_event_paranoid is 3"},
+            },
+        })),
     }
 }
 
@@ -266,7 +284,12 @@ mod tests {
         let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
         let mut status = serde_json::to_value(sample(now)).unwrap();
         let mut all = Vec::new();
-        paths(&status, "", &["workloads", "instance.claims"], &mut all);
+        paths(
+            &status,
+            "",
+            &["workloads", "instance.claims", "kernel.hooks"],
+            &mut all,
+        );
         // The other shapes of the tagged enums: a failed instance
         // identity, a process quarantine, each kind of room.
         status["instance"] = serde_json::to_value(InstanceState::Failed {
@@ -278,7 +301,12 @@ mod tests {
         status["tagging"]["last_error"] = "the tagged map is full".into();
         status["quarantines"][0]["target"] =
             serde_json::to_value(crate::audit::Target::Pid(1)).unwrap();
-        paths(&status, "", &["workloads", "instance.claims"], &mut all);
+        paths(
+            &status,
+            "",
+            &["workloads", "instance.claims", "kernel.hooks"],
+            &mut all,
+        );
         let missing: Vec<&String> = all
             .iter()
             .filter(|p| !section.contains(&format!("| `{p}`")))
