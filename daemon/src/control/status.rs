@@ -139,6 +139,8 @@ pub fn sample(now: jiff::Timestamp) -> Status {
         )]),
         credentials: vec![CredentialStatus {
             name: "openai-prod".into(),
+            source: "oauth2".into(),
+            kind: crate::credentials::CredentialKind::Token,
             fingerprint: Some("sha256:3f5a9c1e".into()),
             expires_at: Some(later(3600)),
             refresh_at: Some(later(3000)),
@@ -176,7 +178,7 @@ pub fn sample(now: jiff::Timestamp) -> Status {
                     Room::Now,
                 ),
             ],
-            windows: Vec::new(),
+            windows: vec![(long.clone(), [60, 8_243, 12_340_000])],
         }),
         instance: Some(InstanceState::Attested {
             provider: "host".into(),
