@@ -558,14 +558,22 @@ upstreams = ["api.openai.com"]
             "only the good request reached the mock"
         );
     });
-    let audit = gateway.audit();
-    for reason in [
+    // Audit records are written in batches (audit::FLUSH_INTERVAL): wait
+    // for the last refusal's line before reading them all.
+    let reasons = [
         "replay",
         "tampered",
         "old",
         "unknown node",
         "no client certificate",
-    ] {
+    ];
+    warrant_test_support::wait::wait_until(
+        "the gateway's audit lines",
+        std::time::Duration::from_secs(10),
+        || reasons.iter().all(|r| gateway.audit().contains(r)),
+    );
+    let audit = gateway.audit();
+    for reason in reasons {
         assert!(
             audit.contains(reason),
             "no audit line says {reason:?}: {audit}"
