@@ -693,3 +693,543 @@ fn two_gateways_share_one_redis_budget_and_replay_cache() {
         .count();
     assert_eq!(served, 4, "the mock served {served} requests");
 }
+
+// Agents without a node: Kubernetes-style tokens, base URLs and HTTP
+// CONNECT.
+
+const K8S_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// The test's token issuer: an ES256 key, its JWKS served over HTTP on
+/// loopback (as a cluster's issuer would over HTTPS), kid "k8s-1".
+struct Issuer {
+    key: KeyPair,
+    encoding: jsonwebtoken::EncodingKey,
+    jwks_url: String,
+}
+
+impl Issuer {
+    fn start() -> Issuer {
+        use base64::Engine;
+        let key = KeyPair::generate().unwrap();
+        let encoding =
+            jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).unwrap();
+        let point = key.public_key_raw().to_vec();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "k8s-1",
+            "use": "sig", "alg": "ES256", "x": b64(&point[1..33]), "y": b64(&point[33..])}]})
+        .to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || serve_jwks(listener, jwks));
+        Issuer {
+            key,
+            encoding,
+            jwks_url: format!("http://{addr}/openid/v1/jwks"),
+        }
+    }
+
+    /// A projected service-account token of `namespace`/`account`, with
+    /// `change` applied to its claims.
+    fn token(&self, namespace: &str, account: &str, change: serde_json::Value) -> String {
+        let now = jiff::Timestamp::now().as_second();
+        let mut claims = serde_json::json!({
+            "iss": K8S_ISSUER,
+            "aud": ["gw-test"],
+            "sub": format!("system:serviceaccount:{namespace}:{account}"),
+            "iat": now, "nbf": now, "exp": now + 3600,
+            "kubernetes.io": {
+                "namespace": namespace,
+                "pod": {"name": "agent-7d9f", "uid": "0b6f5c1e"},
+                "serviceaccount": {"name": account, "uid": "5d0c8a21"}
+            }
+        });
+        for (k, v) in change.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("k8s-1".into());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap()
+    }
+}
+
+/// Serves `jwks` to every request until the test process ends.
+fn serve_jwks(listener: std::net::TcpListener, jwks: String) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let jwks = jwks.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| {
+                    let body = Full::new(Bytes::from(jwks.clone()));
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+}
+
+fn start_token_gateway(
+    ip: &str,
+    dir: tempfile::TempDir,
+    mock: &MockProvider,
+    keys: (&str, &str),
+    jwks_url: &str,
+) -> Gateway {
+    let d = dir.path();
+    fs::write(d.join("provider-ca.pem"), &mock.ca_pem).unwrap();
+    for (name, key) in [("openai", keys.0), ("anthropic", keys.1)] {
+        fs::write(d.join(format!("{name}.key")), key).unwrap();
+        fs::set_permissions(
+            d.join(format!("{name}.key")),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    fs::write(
+        d.join("hosts"),
+        format!("127.0.0.1 localhost\n{ip} api.openai.com api.anthropic.com\n"),
+    )
+    .unwrap();
+    let config = format!(
+        r#"
+[daemon]
+state_dir = "{d}/state"
+audit_log = "{d}/audit.jsonl"
+metrics = "127.0.0.1:0"
+
+[control]
+socket = "{d}/control.sock"
+
+[gateway]
+listen = "{ip}:8443"
+certificate = "{d}/gw.pem"
+key = "{d}/gw.key"
+name = "gw-test"
+routes = {{ openai = "api.openai.com", anthropic = "api.anthropic.com" }}
+
+[[gateway.issuer]]
+issuer = "{K8S_ISSUER}"
+jwks_url = "{jwks_url}"
+
+[[upstream]]
+host = "api.openai.com"
+scheme = "openai"
+credential = "openai"
+ca_file = "{d}/provider-ca.pem"
+
+[[upstream]]
+host = "api.anthropic.com"
+scheme = "anthropic"
+credential = "anthropic"
+ca_file = "{d}/provider-ca.pem"
+
+[[credential]]
+name = "openai"
+source = "file"
+path = "{d}/openai.key"
+
+[[credential]]
+name = "anthropic"
+source = "file"
+path = "{d}/anthropic.key"
+
+[[workload]]
+name = "support"
+issuer = "{K8S_ISSUER}"
+claims = {{ "kubernetes.io.namespace" = "agents", "kubernetes.io.serviceaccount.name" = "support" }}
+
+[[workload]]
+name = "batch"
+issuer = "{K8S_ISSUER}"
+subject = "system:serviceaccount:batch:*"
+
+[[policy]]
+workload = "support"
+upstreams = ["api.openai.com"]
+
+[[policy]]
+workload = "batch"
+upstreams = ["api.anthropic.com"]
+"#,
+        d = d.display()
+    );
+    fs::write(d.join("gateway.toml"), config).unwrap();
+    let mut gateway = Gateway {
+        child: None,
+        dir,
+        addr: format!("{ip}:8443").parse().unwrap(),
+        netns: None,
+    };
+    gateway.spawn();
+    gateway
+}
+
+const PY_BASE_URL: &str = r#"
+import os, openai
+client = openai.OpenAI(default_headers={"x-warrant-token": os.environ["WARRANT_TOKEN"]})
+r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+print("sdk ok" if r.choices else "sdk empty", flush=True)
+n = 0
+for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True):
+    n += 1
+print(f"sdk stream {n > 0}", flush=True)
+"#;
+
+/// Runs the openai SDK with `env` (and nothing of the test's proxies);
+/// its output, or its error.
+fn python_sdk(script: &str, env: &[(&str, &str)]) -> String {
+    let mut command = Command::new("python3");
+    command
+        .args(["-c", script])
+        .env("PYTHONPATH", sdk_dir().join("python"))
+        .env("OPENAI_API_KEY", "placeholder")
+        .env_remove("OPENAI_BASE_URL");
+    for name in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "NO_PROXY",
+        "no_proxy",
+    ] {
+        command.env_remove(name);
+    }
+    command.envs(env.iter().copied());
+    let output = command.output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// One request to the gateway as an agent (no client certificate), with
+/// `headers`; the status and body.
+async fn agent_send(
+    gateway: &Gateway,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let config = warrant::tls::client_config(&[], Some(&gateway.ca())).unwrap();
+    let mut config = (*config).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(gateway.addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("host", gateway.addr.to_string())
+        .header("authorization", "Bearer placeholder")
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let body = if method == "CONNECT" {
+        Bytes::new()
+    } else {
+        Bytes::from(BODY)
+    };
+    let response = sender
+        .send_request(request.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    if method == "CONNECT" {
+        return (status, String::new());
+    }
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn agents_without_a_node_are_served_by_their_tokens_and_abuse_is_refused() {
+    if !prereq::require(NEEDS) {
+        return;
+    }
+    let ip = format!("127.0.11.{}", 10 + std::process::id() % 200);
+    let real = |tag: &str| {
+        format!(
+            "sk-{tag}-REAL{}abcdefghijklmnopqrstuvwxyz012345",
+            unique("t").replace('-', "")
+        )
+    };
+    let (openai_key, anthropic_key) = (real("proj"), real("ant"));
+    let mock = MockProvider::start(
+        &[format!("{ip}:443").parse().unwrap()],
+        MockSettings {
+            keys: HashMap::from([
+                ("openai".to_owned(), openai_key.clone()),
+                ("anthropic".to_owned(), anthropic_key.clone()),
+            ]),
+            record_file: None,
+            event_delay: Duration::from_millis(1),
+        },
+    )
+    .unwrap();
+    let issuer = Issuer::start();
+    let gateway = start_token_gateway(
+        &ip,
+        gateway_dir(ip.parse().unwrap()),
+        &mock,
+        (&openai_key, &anthropic_key),
+        &issuer.jwks_url,
+    );
+    // What agents trust: the gateway's certificate's CA, and the CA it
+    // terminates tunnels with.
+    let bundle = gateway.dir.path().join("bundle.pem");
+    fs::write(
+        &bundle,
+        format!(
+            "{}{}",
+            fs::read_to_string(gateway.ca()).unwrap(),
+            fs::read_to_string(gateway.dir.path().join("state/ca.pem")).unwrap()
+        ),
+    )
+    .unwrap();
+    let bundle = bundle.to_str().unwrap();
+    let support = issuer.token("agents", "support", serde_json::json!({}));
+
+    // 1. The official SDK through HTTPS_PROXY, the token as the proxy
+    // password; then through the base URL, the token in a header.
+    let proxy = format!("https://agent:{support}@{ip}:8443");
+    let out = python_sdk(
+        PY_OPENAI,
+        &[("HTTPS_PROXY", &proxy), ("SSL_CERT_FILE", bundle)],
+    );
+    assert!(
+        out.contains("sdk ok") && out.contains("sdk stream True"),
+        "{out}\n{}",
+        gateway.log()
+    );
+    let base_url = format!("https://{ip}:8443/openai/v1");
+    let out = python_sdk(
+        PY_BASE_URL,
+        &[
+            ("OPENAI_BASE_URL", &base_url),
+            ("SSL_CERT_FILE", bundle),
+            ("WARRANT_TOKEN", &support),
+        ],
+    );
+    assert!(
+        out.contains("sdk ok") && out.contains("sdk stream True"),
+        "{out}\n{}",
+        gateway.log()
+    );
+    let records = mock.records();
+    let bearer = format!("Bearer {openai_key}");
+    assert_eq!(records.len(), 4, "{records:?}");
+    for record in &records {
+        let headers = &record["headers"];
+        assert_eq!(headers["authorization"], bearer.as_str(), "{record}");
+        assert!(
+            headers.get("x-warrant-token").is_none()
+                && headers.get("proxy-authorization").is_none(),
+            "the token leaked upstream: {record}"
+        );
+    }
+    let fingerprint = warrant::secret::fingerprint(support.as_bytes());
+    warrant_test_support::wait::wait_until(
+        "the agents' audit lines",
+        Duration::from_secs(10),
+        || gateway.audit().matches(&fingerprint).count() >= 4,
+    );
+    let audit = gateway.audit();
+    assert!(
+        audit.contains(r#""workload":"support""#)
+            && audit.contains(r#""subject":"system:serviceaccount:agents:support""#)
+            && audit.contains(K8S_ISSUER),
+        "{audit}"
+    );
+    assert!(
+        !audit.contains(&support) && !gateway.log().contains(&support),
+        "the token was logged"
+    );
+
+    // 2. Abuse, each refused in the provider's shape before the mock.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let now = jiff::Timestamp::now().as_second();
+    let header_b64 = |v: serde_json::Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let claims_of = |token: &str| token.split('.').nth(1).unwrap().to_owned();
+    let alg_none = format!(
+        "{}.{}.",
+        header_b64(serde_json::json!({"alg": "none", "typ": "JWT"})),
+        claims_of(&support)
+    );
+    let hs256 = {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some("k8s-1".into());
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                claims_of(&support),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let public = issuer.key.public_key_pem();
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(public.as_bytes()),
+        )
+        .unwrap()
+    };
+    let unknown_kid = {
+        let mut parts: Vec<String> = support.split('.').map(str::to_owned).collect();
+        parts[0] = header_b64(
+            serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "../../etc/passwd"}),
+        );
+        parts.join(".")
+    };
+    let cases: Vec<(&str, String, &str, u16, &str)> = vec![
+        (
+            "expired",
+            issuer.token(
+                "agents",
+                "support",
+                serde_json::json!({"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600}),
+            ),
+            "/openai/v1/chat/completions",
+            403,
+            "expired",
+        ),
+        (
+            "wrong audience",
+            issuer.token(
+                "agents",
+                "support",
+                serde_json::json!({"aud": ["another-gateway"]}),
+            ),
+            "/openai/v1/chat/completions",
+            403,
+            "audience",
+        ),
+        (
+            "wrong issuer",
+            issuer.token(
+                "agents",
+                "support",
+                serde_json::json!({"iss": "https://evil.example"}),
+            ),
+            "/openai/v1/chat/completions",
+            403,
+            "not a configured",
+        ),
+        (
+            "alg none",
+            alg_none,
+            "/openai/v1/chat/completions",
+            403,
+            "algorithm",
+        ),
+        (
+            "HS256 with the public key",
+            hs256,
+            "/openai/v1/chat/completions",
+            403,
+            "HS256",
+        ),
+        (
+            "unknown kid",
+            unknown_kid,
+            "/openai/v1/chat/completions",
+            403,
+            "no key",
+        ),
+        (
+            "workload A where only B is allowed",
+            support.clone(),
+            "/anthropic/v1/messages",
+            403,
+            "\"error\"",
+        ),
+        (
+            "another account",
+            issuer.token("agents", "intruder", serde_json::json!({})),
+            "/openai/v1/chat/completions",
+            403,
+            "selects no gateway",
+        ),
+    ];
+    let before = mock.records().len();
+    runtime.block_on(async {
+        for (what, token, path, status, says) in &cases {
+            let (got, body) =
+                agent_send(&gateway, "POST", path, &[("x-warrant-token", token)]).await;
+            assert_eq!(got, *status, "{what}: {body}");
+            assert!(
+                body.contains(says) && body.contains("\"error\""),
+                "{what}: {body}"
+            );
+        }
+        let (got, body) = agent_send(&gateway, "POST", "/openai/v1/chat/completions", &[]).await;
+        assert_eq!(got, 401, "no token: {body}");
+        // CONNECT elsewhere than a configured upstream on 443: never a
+        // tunnel, whatever the token.
+        let auth = format!("Bearer {support}");
+        for target in ["169.254.169.254:80", "api.openai.com:22", "localhost:443"] {
+            let (got, _) = agent_send(
+                &gateway,
+                "CONNECT",
+                target,
+                &[("proxy-authorization", &auth)],
+            )
+            .await;
+            assert_eq!(got, 403, "CONNECT {target}");
+        }
+        let expired = format!("Bearer {}", cases[0].1);
+        let (got, _) = agent_send(
+            &gateway,
+            "CONNECT",
+            "api.openai.com:443",
+            &[("proxy-authorization", &expired)],
+        )
+        .await;
+        assert_eq!(got, 403, "CONNECT with an expired token");
+    });
+    assert_eq!(
+        mock.records().len(),
+        before,
+        "a refused request reached the mock"
+    );
+    let reasons = [
+        "expired",
+        "audience",
+        "not a configured",
+        "HS256",
+        "no key",
+        "selects no gateway",
+        "not an open proxy",
+        "no token",
+    ];
+    warrant_test_support::wait::wait_until(
+        "the refusals' audit lines",
+        Duration::from_secs(10),
+        || {
+            let audit = gateway.audit();
+            reasons.iter().all(|r| audit.contains(r))
+        },
+    );
+    let audit = gateway.audit();
+    assert!(audit.contains(r#""outcome":"denied""#), "{audit}");
+}

@@ -25,7 +25,7 @@ use std::sync::Arc;
 pub use log::{AuditHealth, AuditLog, FLUSH_INTERVAL, JOURNAL_SOCKET};
 pub use record::{
     AttestationSummary, AuditRecord, CredentialRef, CredentialRefusal, OriginSummary, Outcome,
-    RecordKind, Target, Usage,
+    RecordKind, Target, TokenSummary, Usage,
 };
 pub use request::{Finished, RequestLog, UNKNOWN};
 

@@ -100,6 +100,21 @@ pub struct AttestationSummary {
     pub node: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_workload: Option<String>,
+    /// At a gateway: the token that identified an agent without a node
+    /// (never the token itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenSummary>,
+}
+
+/// Which token identified a caller: its issuer, subject and fingerprint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenSummary {
+    pub issuer: String,
+    pub subject: String,
+    /// `secret::fingerprint` of the whole token.
+    pub fingerprint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
 }
 
 impl AttestationSummary {
@@ -122,6 +137,7 @@ impl AttestationSummary {
             region: instance.claim("region").ok().map(str::to_owned),
             node: None,
             node_workload: None,
+            token: None,
         }
     }
 }

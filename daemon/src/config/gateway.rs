@@ -1,17 +1,18 @@
 //! `[gateway]` and `[forward]`: the two ends of gateway mode, syntax and
 //! defaults only (the `gateway` module compiles them; `proxy` serves them).
 //!
-//! * `[gateway]` makes the file a gateway's: `warrant gateway` serves nodes
-//!   over the network on `listen`, with its own certificate. Nodes are
-//!   enrolled by public key (`[[gateway.node]]`). (Agents without a node,
-//!   identified by workload identity tokens, are not served yet.)
+//! * `[gateway]` makes the file a gateway's: `warrant gateway` serves agents
+//!   and nodes over the network on `listen`, with its own certificate. Nodes
+//!   are enrolled by public key (`[[gateway.node]]`); agents without a node
+//!   are identified by short-lived JWTs from configured issuers
+//!   (`[[gateway.issuer]]`), through base URLs (`routes`) or HTTP CONNECT.
 //! * `[forward]` makes the file a node's: `warrant run` redirects, attests
 //!   and applies its policy as ever, then forwards each request to the
 //!   gateway with a signed statement instead of injecting. A node holds no
 //!   credential, so its `[[upstream]]`s name none and it has no
 //!   `[[credential]]`.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -21,8 +22,12 @@ pub mod defaults {
     /// The port HTTPS proxies and gateways commonly use; any address, since
     /// the gateway serves other hosts.
     pub const LISTEN: &str = "0.0.0.0:8443";
-    /// Clocks of nodes and the gateway may differ by this much: NTP keeps
-    /// hosts well within it.
+    /// Where an agent that cannot put its token in Proxy-Authorization
+    /// sends it (an SDK's extra headers).
+    pub const TOKEN_HEADER: &str = "x-warrant-token";
+    /// Clocks of nodes, issuers and the gateway may differ by this much:
+    /// NTP keeps hosts well within it, and it stays short next to a token's
+    /// lifetime.
     pub const CLOCK_SKEW_SECS: u64 = 60;
     /// A node signs each statement as it forwards the request, so a
     /// statement older than this was held back or replayed; the replay cache
@@ -32,13 +37,20 @@ pub mod defaults {
     /// signed); the largest the provider APIs take for a chat or responses
     /// request with images is about this size.
     pub const MAX_BODY_BYTES: usize = 32 << 20;
+    /// Tokens that live longer are refused as static secrets. Kubernetes
+    /// projected tokens live one hour by default, CI OIDC tokens minutes.
+    pub const MAX_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
+    /// How often a JWKS fetched from a URL is fetched again: issuers rotate
+    /// keys over days, and publish the next key before they use it.
+    pub const JWKS_REFRESH_SECS: u64 = 300;
 }
 
 /// `[gateway]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// The TLS listener for nodes.
+    /// The TLS listener for agents and nodes (node forwarding, base URLs
+    /// and HTTP CONNECT all on this one port).
     #[serde(default = "listen")]
     pub listen: SocketAddr,
     /// The gateway's certificate chain (PEM), what agents and nodes verify.
@@ -51,14 +63,27 @@ pub struct GatewayConfig {
     /// and the replay cache); another deployment has another name, so that
     /// nothing signed for one is accepted by the other.
     pub name: Spanned<String>,
+    /// Base URLs: `openai = "api.openai.com"` serves
+    /// `https://<gateway>/openai/...` as `https://api.openai.com/...`. Each
+    /// host must be a configured `[[upstream]]`.
+    #[serde(default)]
+    pub routes: BTreeMap<String, Spanned<String>>,
+    /// The header agents may send their token in, besides
+    /// Proxy-Authorization.
+    #[serde(default = "token_header")]
+    pub token_header: String,
     #[serde(default = "clock_skew_secs")]
     pub clock_skew_secs: u64,
     #[serde(default = "max_statement_age_secs")]
     pub max_statement_age_secs: u64,
     #[serde(default = "max_body_bytes")]
     pub max_body_bytes: usize,
+    #[serde(default = "max_token_lifetime_secs")]
+    pub max_token_lifetime_secs: u64,
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeConfig>,
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<IssuerConfig>,
 }
 
 /// `[[gateway.node]]`: a host daemon allowed to forward, by its host key.
@@ -70,6 +95,31 @@ pub struct NodeConfig {
     /// "ed25519:<64 hex digits>": the node's host key, as its `warrant
     /// status` shows it (instance claim `host_key_ed25519`).
     pub public_key: Spanned<String>,
+}
+
+/// `[[gateway.issuer]]`: who may identify agents with a JWT.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` of its tokens: the Kubernetes API server's issuer
+    /// URL, "https://token.actions.githubusercontent.com", ...
+    pub issuer: Spanned<String>,
+    /// The `aud` its tokens must carry for this gateway. Default: `[gateway]
+    /// name`.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Its public keys as a JWKS file; or
+    #[serde(default)]
+    pub jwks_file: Option<Spanned<PathBuf>>,
+    /// as a JWKS URL (https; http only to a loopback address).
+    #[serde(default)]
+    pub jwks_url: Option<Spanned<String>>,
+    #[serde(default = "jwks_refresh_secs")]
+    pub jwks_refresh_secs: u64,
+    /// Its tokens are SPIFFE JWT-SVIDs of this trust domain: their `sub` is
+    /// the SPIFFE ID that `spiffe_id` selectors match.
+    #[serde(default)]
+    pub spiffe_trust_domain: Option<String>,
 }
 
 /// `[forward]`: this host's daemon forwards to a gateway.
@@ -97,6 +147,15 @@ fn listen() -> SocketAddr {
     defaults::LISTEN
         .parse()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8443)))
+}
+fn token_header() -> String {
+    defaults::TOKEN_HEADER.to_owned()
+}
+fn max_token_lifetime_secs() -> u64 {
+    defaults::MAX_TOKEN_LIFETIME_SECS
+}
+fn jwks_refresh_secs() -> u64 {
+    defaults::JWKS_REFRESH_SECS
 }
 fn clock_skew_secs() -> u64 {
     defaults::CLOCK_SKEW_SECS
@@ -133,8 +192,22 @@ pub enum GatewayProblem {
     GatewayUrl(String),
     #[error("[gateway] name must not be empty")]
     EmptyName,
+    #[error(
+        "[gateway] routes key {0:?}: a base URL prefix is one path segment of a-z, 0-9, '-', '_' or '.'"
+    )]
+    RoutePrefix(String),
+    #[error("[gateway] routes {0:?} = {1:?}: not a configured [[upstream]] host")]
+    RouteUpstream(String, String),
+    #[error("[gateway] token_header {0:?} is not an HTTP header name")]
+    TokenHeader(String),
     #[error("[gateway] {0} must not be zero")]
     Zero(&'static str),
+    #[error("issuer {0:?} needs exactly one of jwks_file and jwks_url")]
+    IssuerKeys(String),
+    #[error("jwks_url {0:?}: expected https://..., or http:// to a loopback address")]
+    JwksUrl(String),
+    #[error("issuer {0:?} is configured twice")]
+    IssuerTwice(String),
     #[error("node public_key {0:?}: expected \"ed25519:\" and 64 hex digits")]
     NodeKey(String),
     #[error(
@@ -142,9 +215,19 @@ pub enum GatewayProblem {
     )]
     RemoteWithoutGateway(String, &'static str),
     #[error(
-        "workload {0:?} selects local processes only, but `warrant gateway` serves no local process: add `nodes` to accept them from enrolled nodes"
+        "workload {0:?} selects local processes only, but `warrant gateway` serves no local process: add `nodes` to accept them from enrolled nodes, or select a token (issuer, spiffe_id)"
     )]
     LocalOnGateway(String),
+    #[error(
+        "workload {0:?} mixes node selectors (nodes, node_workload) with token selectors (issuer, subject, claims, spiffe_id): a caller is one or the other"
+    )]
+    NodesAndTokens(String),
+    #[error(
+        "workload {0:?}: `{1}` does not apply to callers identified by a token (they are not processes of this host)"
+    )]
+    LocalSelectorOnToken(String, &'static str),
+    #[error("workload {0:?}: issuer {1:?} is not a [[gateway.issuer]]")]
+    UnknownIssuer(String, String),
     #[error(
         "workload {0:?}: `{1}` is decided by the node (with its own [[workload]]); on the gateway, name that workload with node_workload"
     )]
@@ -257,6 +340,10 @@ impl super::Config {
                 gateway.max_statement_age_secs == 0,
             ),
             ("max_body_bytes", gateway.max_body_bytes == 0),
+            (
+                "max_token_lifetime_secs",
+                gateway.max_token_lifetime_secs == 0,
+            ),
         ];
         if let Some((key, _)) = zero.iter().find(|(_, bad)| *bad) {
             return Err(at_key(&["gateway", key], GatewayProblem::Zero(key)));
@@ -269,6 +356,70 @@ impl super::Config {
                 ));
             }
         }
+        self.check_routes(gateway)?;
+        if http::HeaderName::from_bytes(gateway.token_header.as_bytes()).is_err() {
+            return Err(at_key(
+                &["gateway", "token_header"],
+                GatewayProblem::TokenHeader(gateway.token_header.clone()),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for issuer in &gateway.issuers {
+            self.check_issuer(issuer)?;
+            if !seen.insert(issuer.issuer.get_ref()) {
+                return Err(self.gateway_invalid(
+                    &issuer.issuer,
+                    GatewayProblem::IssuerTwice(issuer.issuer.get_ref().clone()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Base URL prefixes are one plain path segment, each to an upstream.
+    fn check_routes(&self, gateway: &GatewayConfig) -> Result<(), super::ConfigError> {
+        for (prefix, host) in &gateway.routes {
+            let ok = prefix
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.'))
+                && !matches!(prefix.as_str(), "" | "." | "..");
+            if !ok {
+                return Err(self.source.error_at_key(
+                    &["gateway", "routes", prefix],
+                    super::ConfigErrorKind::Invalid,
+                    GatewayProblem::RoutePrefix(prefix.clone()),
+                ));
+            }
+            let known = self
+                .upstreams
+                .iter()
+                .any(|u| u.host.get_ref().eq_ignore_ascii_case(host.get_ref()));
+            if !known {
+                return Err(self.gateway_invalid(
+                    host,
+                    GatewayProblem::RouteUpstream(prefix.clone(), host.get_ref().clone()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_issuer(&self, issuer: &IssuerConfig) -> Result<(), super::ConfigError> {
+        let name = issuer.issuer.get_ref().clone();
+        if issuer.jwks_file.is_some() == issuer.jwks_url.is_some() {
+            return Err(self.gateway_invalid(&issuer.issuer, GatewayProblem::IssuerKeys(name)));
+        }
+        if let Some(url) = &issuer.jwks_url
+            && !jwks_url_allowed(url.get_ref())
+        {
+            return Err(self.gateway_invalid(url, GatewayProblem::JwksUrl(url.get_ref().clone())));
+        }
+        if issuer.jwks_refresh_secs == 0 {
+            return Err(self.gateway_invalid(
+                &issuer.issuer,
+                GatewayProblem::Zero("issuer jwks_refresh_secs"),
+            ));
+        }
         Ok(())
     }
 
@@ -279,10 +430,21 @@ impl super::Config {
         let at_name = |problem| self.gateway_invalid(&w.name, problem);
         let local = local_selectors(w);
         if w.selects_remote() && self.gateway.is_none() {
-            return Err(at_name(GatewayProblem::RemoteWithoutGateway(name, "nodes")));
+            let what = if w.selects_nodes() {
+                "nodes"
+            } else {
+                "a token"
+            };
+            return Err(at_name(GatewayProblem::RemoteWithoutGateway(name, what)));
         }
         if self.gateway.is_some() && !w.selects_remote() {
             return Err(at_name(GatewayProblem::LocalOnGateway(name)));
+        }
+        if w.selects_nodes() && w.selects_tokens() {
+            return Err(at_name(GatewayProblem::NodesAndTokens(name)));
+        }
+        if w.selects_tokens() {
+            return self.check_token_selectors(w, &local);
         }
         if w.selects_remote() {
             if let Some(key) = local.iter().find(|key| !NARROWING.contains(key)) {
@@ -295,6 +457,43 @@ impl super::Config {
                     "nodes",
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// A token workload names a configured issuer (or only a SPIFFE ID)
+    /// and no selector of local processes.
+    fn check_token_selectors(
+        &self,
+        w: &super::WorkloadConfig,
+        local: &[&'static str],
+    ) -> Result<(), super::ConfigError> {
+        let name = w.name.get_ref().clone();
+        let at_name = |problem| self.gateway_invalid(&w.name, problem);
+        if let Some(key) = local.first() {
+            return Err(at_name(GatewayProblem::LocalSelectorOnToken(name, key)));
+        }
+        let Some(issuer) = &w.issuer else {
+            if w.subject.is_some() || !w.claims.is_empty() {
+                let key = if w.subject.is_some() {
+                    "subject"
+                } else {
+                    "claims"
+                };
+                return Err(at_name(GatewayProblem::Needs(name, key, "issuer")));
+            }
+            return Ok(());
+        };
+        let configured = self.gateway.as_ref().is_some_and(|g| {
+            g.issuers
+                .iter()
+                .any(|i| i.issuer.get_ref() == issuer.get_ref())
+        });
+        if !configured {
+            return Err(self.gateway_invalid(
+                issuer,
+                GatewayProblem::UnknownIssuer(name, issuer.get_ref().clone()),
+            ));
         }
         Ok(())
     }
@@ -325,6 +524,28 @@ pub fn gateway_authority(url: &str) -> Option<String> {
         return None;
     }
     Some(authority.as_str().to_ascii_lowercase())
+}
+
+/// A JWKS URL is https, or http to a loopback address (a test's issuer):
+/// keys fetched in clear over a network could be anyone's.
+fn jwks_url_allowed(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        _ => false,
+    }
 }
 
 /// The 32 bytes of an "ed25519:<64 hex>" node key.

@@ -34,8 +34,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use gateway::{
-    ForwardConfig, GatewayConfig, GatewayProblem, NodeConfig, defaults as gateway_defaults,
-    gateway_authority, parse_node_key,
+    ForwardConfig, GatewayConfig, GatewayProblem, IssuerConfig, NodeConfig,
+    defaults as gateway_defaults, gateway_authority, parse_node_key,
 };
 pub use location::{ConfigError, ConfigErrorKind, Location, Source};
 pub use metadata::{DEFAULT_METADATA_ADDRESSES, MetadataConfig};
@@ -496,13 +496,42 @@ pub struct WorkloadConfig {
     /// workload's name.
     #[serde(default)]
     pub node_workload: Option<Spanned<String>>,
+    /// At a gateway, a SPIFFE ID glob over a JWT-SVID's subject (issuers
+    /// with `spiffe_trust_domain`).
+    #[serde(default)]
+    pub spiffe_id: Option<Spanned<String>>,
+    /// At a gateway, the `[[gateway.issuer]]` whose tokens this workload
+    /// accepts.
+    #[serde(default)]
+    pub issuer: Option<Spanned<String>>,
+    /// A glob over the token's `sub`.
+    #[serde(default)]
+    pub subject: Option<Spanned<String>>,
+    /// Claims the token must carry, by dotted path
+    /// ("kubernetes.io.namespace" finds {"kubernetes.io": {"namespace":
+    /// ...}}), each a glob over the value (or over any element of an array).
+    #[serde(default)]
+    pub claims: std::collections::BTreeMap<String, Spanned<String>>,
 }
 
 impl WorkloadConfig {
-    /// Whether the workload selects callers from the network (statements
-    /// of enrolled nodes) rather than local processes.
-    pub fn selects_remote(&self) -> bool {
+    /// Whether any selector of a token is set.
+    pub fn selects_tokens(&self) -> bool {
+        self.spiffe_id.is_some()
+            || self.issuer.is_some()
+            || self.subject.is_some()
+            || !self.claims.is_empty()
+    }
+
+    /// Whether the workload accepts statements of nodes.
+    pub fn selects_nodes(&self) -> bool {
         !self.nodes.is_empty() || self.node_workload.is_some()
+    }
+
+    /// Whether it selects callers from the network (nodes, tokens) rather
+    /// than local processes.
+    pub fn selects_remote(&self) -> bool {
+        self.selects_tokens() || self.selects_nodes()
     }
 }
 

@@ -11,20 +11,29 @@
 //! the same request path as the host daemon's (`proxy`): policy, budgets,
 //! credential, splice, forward, meter, audit.
 //!
+//! Agents without a node come with a short-lived JWT instead (`token`):
+//! verified against its issuer's keys (`jwks`), audience and times, it
+//! names the gateway workload by issuer, subject, claims or SPIFFE ID
+//! (`select`), through the same phases.
+//!
 //! This module decides who a caller is (the node side signs, `node`; the
 //! gateway side verifies, [`Verifier`]); it never touches a credential, a
 //! socket or the request path, so that both ends are testable alone.
 
+pub mod jwks;
 pub mod node;
 pub mod peer;
 pub mod replay;
 pub mod select;
 pub mod statement;
+pub mod svid;
+pub mod token;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::StatusCode;
 
+use crate::secret::Secret;
 pub use node::{NodeKey, NodeKeyError};
 pub use peer::{AnyClientCert, Peer, classify, node_certificate};
 pub use replay::{MemoryNonces, NonceStore, RedisNonces, ReplayError};
@@ -32,6 +41,7 @@ pub use select::{Caller, RemoteWorkloads};
 pub use statement::{
     Binding, InstanceFacts, ProcessFacts, STATEMENT_HEADER, Statement, StatementError,
 };
+pub use token::{IssuerError, Issuers, TokenError, VerifiedToken};
 
 use crate::config::{Config, GatewayConfig, parse_node_key};
 
@@ -42,6 +52,64 @@ pub struct Verified {
     pub node: String,
     pub workload: String,
     pub statement: Statement,
+}
+
+/// An agent the gateway verified by its token, and the gateway workload
+/// the token selects.
+#[derive(Debug, Clone)]
+pub struct TokenCaller {
+    pub workload: String,
+    pub token: VerifiedToken,
+}
+
+/// Who vouched for a gateway caller.
+#[derive(Debug, Clone)]
+pub enum Remote {
+    /// An enrolled node, by its signed statement.
+    Node(Box<Verified>),
+    /// The agent itself, by a token from a configured issuer.
+    Token(TokenCaller),
+}
+
+impl Remote {
+    /// The gateway workload the caller is.
+    pub fn workload(&self) -> &str {
+        match self {
+            Remote::Node(v) => &v.workload,
+            Remote::Token(t) => &t.workload,
+        }
+    }
+}
+
+/// Why the gateway does not believe an agent's token.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(
+        "no token: send a JWT from a configured issuer in Proxy-Authorization (Bearer, or as the Basic password) or in the {0} header"
+    )]
+    NoToken(String),
+    #[error("this gateway accepts no tokens (no [[gateway.issuer]])")]
+    NoIssuers,
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("the token of {issuer:?} subject {subject:?} selects no gateway [[workload]]: {why}")]
+    NoWorkload {
+        issuer: String,
+        subject: String,
+        why: String,
+    },
+}
+
+impl AgentError {
+    /// 401 when the agent brought no token (an SDK then says so), 503
+    /// when its issuer's keys cannot be had, 403 otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AgentError::NoToken(_) => StatusCode::UNAUTHORIZED,
+            AgentError::Token(TokenError::Keys { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::FORBIDDEN,
+        }
+    }
 }
 
 /// Why the gateway does not believe a caller. Each names what failed,
@@ -107,6 +175,7 @@ pub struct Received<'a> {
 /// generation of it.
 pub struct Verifier {
     audience: String,
+    issuers: Issuers,
     nodes: HashMap<[u8; 32], String>,
     workloads: RemoteWorkloads,
     nonces: Arc<dyn NonceStore>,
@@ -128,17 +197,51 @@ impl Verifier {
         workloads: RemoteWorkloads,
         nonces: Arc<dyn NonceStore>,
         not_before: i64,
-    ) -> Option<Verifier> {
-        let gateway = config.gateway.as_ref()?;
-        Some(Verifier {
+    ) -> Result<Option<Verifier>, IssuerError> {
+        let Some(gateway) = config.gateway.as_ref() else {
+            return Ok(None);
+        };
+        Ok(Some(Verifier {
             audience: gateway.name.get_ref().clone(),
+            issuers: Issuers::from_config(gateway)?,
             nodes: enrolled(gateway),
             workloads,
             nonces,
             max_age_secs: gateway.max_statement_age_secs,
             skew_secs: gateway.clock_skew_secs,
             not_before,
-        })
+        }))
+    }
+
+    /// Who an agent with `token` (None: it sent none) is, at unix time
+    /// `now`: a token of a configured issuer, verified, and the first
+    /// workload that accepts it.
+    pub async fn verify_token(
+        &self,
+        token: Option<&Secret>,
+        token_header: &str,
+        now: i64,
+    ) -> Result<TokenCaller, AgentError> {
+        if self.issuers.is_empty() {
+            return Err(AgentError::NoIssuers);
+        }
+        let token = token.ok_or_else(|| AgentError::NoToken(token_header.to_owned()))?;
+        let token = self.issuers.verify(token, now).await?;
+        let workload = self
+            .workloads
+            .select(Caller::Token(&token))
+            .map_err(|why| AgentError::NoWorkload {
+                issuer: token.issuer.clone(),
+                subject: token.subject.clone(),
+                why: why.join("; "),
+            })?;
+        Ok(TokenCaller { workload, token })
+    }
+
+    /// The clock skew tokens are allowed (a tunnel's token is checked
+    /// again against its expiry on each request).
+    pub fn skew_secs(&self) -> u64 {
+        self.skew_secs
     }
 
     /// Who made `request` over a connection whose client certificate is
@@ -184,8 +287,8 @@ impl Verifier {
         self.first_use(node, &statement).await?;
         let workload = self
             .workloads
-            .select(Caller {
-                node,
+            .select(Caller::Node {
+                name: node,
                 statement: &statement,
             })
             .map_err(|why| CallerError::NoWorkload {
@@ -249,7 +352,9 @@ mod tests {
         );
         let config = Config::parse(&text, "t.toml").unwrap();
         let workloads = RemoteWorkloads::compile(&config.workloads, &config.source).unwrap();
-        Verifier::new(&config, workloads, nonces, not_before).unwrap()
+        Verifier::new(&config, workloads, nonces, not_before)
+            .unwrap()
+            .unwrap()
     }
 
     async fn verify(verifier: &Verifier, key: &NodeKey, now: i64) -> Result<Verified, CallerError> {

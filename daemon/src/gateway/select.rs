@@ -1,27 +1,39 @@
-//! Which `[[workload]]` a node's statement is: the remote counterpart of
-//! `attest::workload`, over the same sections.
+//! Which `[[workload]]` a caller from the network is: the remote
+//! counterpart of `attest::workload`, over the same sections.
 //!
-//! A gateway workload selects node callers: `nodes` (globs over enrolled
-//! node names) and `node_workload` (the node's own workload that its
-//! statement names; default the workload's name). `unit`, `exe`,
-//! `exe_sha256`, `entrypoint_sha256`, `uid` and `gid` then narrow what the
-//! statement must say; the exe and hash selectors refuse a program the
-//! node's rules could not pin (the statement's `program_refusal`).
+//! A workload selects one kind of caller (`Config::parse` refuses a mix):
+//! * node callers: `nodes` (globs over enrolled node names) and
+//!   `node_workload` (the node's own workload that its statement names;
+//!   default the workload's name). `unit`, `exe`, `exe_sha256`,
+//!   `entrypoint_sha256`, `uid` and `gid` then narrow what the statement
+//!   must say; the exe and hash selectors refuse a program the node's rules
+//!   could not pin (the statement's `program_refusal`);
+//! * token callers: `issuer` (exact), `subject` (glob) and `claims` (dotted
+//!   paths, globs), and `spiffe_id` for a JWT-SVID.
 //!
 //! Every selector a workload sets must match; the first workload in file
-//! order whose selectors all match wins. Identity never comes from anything
-//! else: not the URL, not the upstream, not a header the node chooses.
+//! order whose selectors all match wins. Globs keep `*` within a `/`
+//! segment (`**` crosses them), so `spiffe://example.org/agents/*` does not
+//! match `spiffe://example.org/agents/a/b`. Identity never comes from
+//! anything else: not the URL path, not the upstream, not a header the
+//! agent chooses.
+
+use std::collections::BTreeMap;
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
+use serde_json::{Map, Value};
 
-use super::statement::Statement;
+use super::{statement::Statement, token::VerifiedToken};
 use crate::config::{ConfigError, ConfigErrorKind, Source, WorkloadConfig};
 
-/// Who called, as verified: an enrolled node and its verified statement.
+/// Who called, as verified (`gateway::Verifier`).
 #[derive(Debug, Clone, Copy)]
-pub struct Caller<'a> {
-    pub node: &'a str,
-    pub statement: &'a Statement,
+pub enum Caller<'a> {
+    Node {
+        name: &'a str,
+        statement: &'a Statement,
+    },
+    Token(&'a VerifiedToken),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +45,7 @@ pub struct BadGlob {
 }
 
 struct Pattern {
+    text: String,
     matcher: GlobMatcher,
 }
 
@@ -42,6 +55,7 @@ impl Pattern {
             .literal_separator(true)
             .build();
         glob.map(|glob| Pattern {
+            text: text.get_ref().clone(),
             matcher: glob.compile_matcher(),
         })
         .map_err(|source_error| {
@@ -72,10 +86,18 @@ struct Narrowing {
     gid: Option<u32>,
 }
 
-struct Selects {
-    nodes: Vec<Pattern>,
-    node_workload: String,
-    narrowing: Narrowing,
+enum Selects {
+    Nodes {
+        nodes: Vec<Pattern>,
+        node_workload: String,
+        narrowing: Narrowing,
+    },
+    Tokens {
+        issuer: Option<String>,
+        subject: Option<Pattern>,
+        claims: Vec<(String, Pattern)>,
+        spiffe_id: Option<Pattern>,
+    },
 }
 
 struct RemoteWorkload {
@@ -96,20 +118,29 @@ impl RemoteWorkloads {
         let mut workloads = Vec::new();
         for c in configs.iter().filter(|c| c.selects_remote()) {
             let pattern = |text: &toml::Spanned<String>| Pattern::compile(text, source);
-            let selects = Selects {
-                nodes: c.nodes.iter().map(pattern).collect::<Result<_, _>>()?,
-                node_workload: c
-                    .node_workload
-                    .as_ref()
-                    .map_or_else(|| c.name.get_ref().clone(), |w| w.get_ref().clone()),
-                narrowing: Narrowing {
-                    unit: c.unit.as_ref().map(|u| u.get_ref().clone()),
-                    exe: c.exe.as_ref().map(|e| e.get_ref().clone()),
-                    exe_sha256: lower(&c.exe_sha256),
-                    entrypoint_sha256: lower(&c.entrypoint_sha256),
-                    uid: c.uid,
-                    gid: c.gid,
-                },
+            let selects = if c.selects_nodes() {
+                Selects::Nodes {
+                    nodes: c.nodes.iter().map(pattern).collect::<Result<_, _>>()?,
+                    node_workload: c
+                        .node_workload
+                        .as_ref()
+                        .map_or_else(|| c.name.get_ref().clone(), |w| w.get_ref().clone()),
+                    narrowing: Narrowing {
+                        unit: c.unit.as_ref().map(|u| u.get_ref().clone()),
+                        exe: c.exe.as_ref().map(|e| e.get_ref().clone()),
+                        exe_sha256: lower(&c.exe_sha256),
+                        entrypoint_sha256: lower(&c.entrypoint_sha256),
+                        uid: c.uid,
+                        gid: c.gid,
+                    },
+                }
+            } else {
+                Selects::Tokens {
+                    issuer: c.issuer.as_ref().map(|i| i.get_ref().clone()),
+                    subject: c.subject.as_ref().map(pattern).transpose()?,
+                    claims: compile_claims(&c.claims, source)?,
+                    spiffe_id: c.spiffe_id.as_ref().map(pattern).transpose()?,
+                }
             };
             workloads.push(RemoteWorkload {
                 name: c.name.get_ref().clone(),
@@ -141,19 +172,81 @@ fn lower(list: &[toml::Spanned<String>]) -> Vec<String> {
         .collect()
 }
 
+fn compile_claims(
+    claims: &BTreeMap<String, toml::Spanned<String>>,
+    source: &Source,
+) -> Result<Vec<(String, Pattern)>, ConfigError> {
+    claims
+        .iter()
+        .map(|(path, glob)| Ok((path.clone(), Pattern::compile(glob, source)?)))
+        .collect()
+}
+
 impl Selects {
     fn check(&self, caller: Caller<'_>) -> Result<(), String> {
-        let Caller { node, statement } = caller;
-        if !self.nodes.iter().any(|p| p.is_match(node)) {
-            return Err(format!("node {node:?} is not one of its nodes"));
+        match (self, caller) {
+            (
+                Selects::Nodes {
+                    nodes,
+                    node_workload,
+                    narrowing,
+                },
+                Caller::Node { name, statement },
+            ) => {
+                if !nodes.iter().any(|p| p.is_match(name)) {
+                    return Err(format!("node {name:?} is not one of its nodes"));
+                }
+                if statement.workload != *node_workload {
+                    return Err(format!(
+                        "the node attests workload {:?}, not {node_workload:?}",
+                        statement.workload
+                    ));
+                }
+                narrowing.check(statement)
+            }
+            (
+                Selects::Tokens {
+                    issuer,
+                    subject,
+                    claims,
+                    spiffe_id,
+                },
+                Caller::Token(token),
+            ) => {
+                if let Some(issuer) = issuer
+                    && *issuer != token.issuer
+                {
+                    return Err(format!("issuer {:?}, not {issuer:?}", token.issuer));
+                }
+                if let Some(subject) = subject
+                    && !subject.is_match(&token.subject)
+                {
+                    return Err(format!(
+                        "subject {:?} does not match {:?}",
+                        token.subject, subject.text
+                    ));
+                }
+                if let Some(pattern) = spiffe_id {
+                    match &token.spiffe_id {
+                        Some(id) if pattern.is_match(id) => {}
+                        Some(id) => {
+                            return Err(format!(
+                                "SPIFFE ID {id:?} does not match {:?}",
+                                pattern.text
+                            ));
+                        }
+                        None => return Err("the token is not a JWT-SVID".to_owned()),
+                    }
+                }
+                check_claims(claims, &token.claims)
+            }
+            (Selects::Nodes { .. }, Caller::Token(_)) => {
+                Err("selects node statements, not tokens".to_owned())
+            }
+            (Selects::Tokens { .. }, Caller::Node { .. }) => {
+                Err("selects tokens or SVIDs, not node statements".to_owned())
+            }
         }
-        if statement.workload != self.node_workload {
-            return Err(format!(
-                "the node attests workload {:?}, not {:?}",
-                statement.workload, self.node_workload
-            ));
-        }
-        self.narrowing.check(statement)
     }
 }
 
@@ -211,11 +304,81 @@ impl Narrowing {
     }
 }
 
+fn check_claims(wanted: &[(String, Pattern)], claims: &Map<String, Value>) -> Result<(), String> {
+    for (path, pattern) in wanted {
+        let Some(value) = claim_at(claims, path) else {
+            return Err(format!("the token has no claim {path:?}"));
+        };
+        if !value_matches(value, pattern) {
+            return Err(format!(
+                "claim {path:?} is {value}, which does not match {:?}",
+                pattern.text
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The claim at a dotted path. Claim names may contain dots themselves
+/// ("kubernetes.io"), so at each level the longest name that is a prefix
+/// of the rest of the path (followed by a dot, or the end) is taken first.
+pub fn claim_at<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut names: Vec<&String> = claims
+        .keys()
+        .filter(|k| path == k.as_str() || path.starts_with(&format!("{k}.")))
+        .collect();
+    names.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    for name in names {
+        let value = &claims[name.as_str()];
+        if path == name.as_str() {
+            return Some(value);
+        }
+        let rest = &path[name.len() + 1..];
+        if let Some(found) = value.as_object().and_then(|inner| claim_at(inner, rest)) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+fn value_matches(value: &Value, pattern: &Pattern) -> bool {
+    match value {
+        Value::String(s) => pattern.is_match(s),
+        Value::Number(n) => pattern.is_match(&n.to_string()),
+        Value::Bool(b) => pattern.is_match(if *b { "true" } else { "false" }),
+        Value::Array(items) => items
+            .iter()
+            .any(|item| !item.is_array() && value_matches(item, pattern)),
+        Value::Null | Value::Object(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use serde_json::json;
+
     use super::*;
-    use crate::gateway::statement::{Binding, InstanceFacts, ProcessFacts};
+
+    #[test]
+    fn dotted_paths_find_claims_whose_names_hold_dots() {
+        let claims = json!({
+            "kubernetes.io": {"namespace": "agents", "serviceaccount": {"name": "support"}},
+            "kubernetes": {"io": {"namespace": "decoy"}},
+            "groups": ["a", "b"]
+        });
+        let claims = claims.as_object().unwrap();
+        assert_eq!(
+            claim_at(claims, "kubernetes.io.namespace"),
+            Some(&json!("agents"))
+        );
+        assert_eq!(
+            claim_at(claims, "kubernetes.io.serviceaccount.name"),
+            Some(&json!("support"))
+        );
+        assert_eq!(claim_at(claims, "kubernetes.io.pod"), None);
+        assert_eq!(claim_at(claims, "groups"), Some(&json!(["a", "b"])));
+    }
 
     fn config(text: &str) -> (Vec<WorkloadConfig>, Source) {
         #[derive(serde::Deserialize)]
@@ -226,7 +389,66 @@ mod tests {
         (file.workload, Source::new("t.toml", text))
     }
 
+    fn token(issuer: &str, subject: &str, claims: Value) -> VerifiedToken {
+        VerifiedToken {
+            issuer: issuer.into(),
+            subject: subject.into(),
+            fingerprint: "sha256:0".into(),
+            expires_at: 0,
+            spiffe_id: None,
+            claims: claims.as_object().unwrap().clone(),
+        }
+    }
+
+    #[test]
+    fn a_token_is_selected_by_issuer_subject_and_claims() {
+        let (workloads, source) = config(
+            r#"
+[[workload]]
+name = "support"
+issuer = "https://k8s"
+subject = "system:serviceaccount:agents:*"
+claims = { "kubernetes.io.namespace" = "agents" }
+
+[[workload]]
+name = "svid"
+spiffe_id = "spiffe://example.org/agents/*"
+"#,
+        );
+        let remote = RemoteWorkloads::compile(&workloads, &source).unwrap();
+        let good = token(
+            "https://k8s",
+            "system:serviceaccount:agents:support",
+            json!({"kubernetes.io": {"namespace": "agents"}}),
+        );
+        assert_eq!(remote.select(Caller::Token(&good)).unwrap(), "support");
+        let other_ns = token(
+            "https://k8s",
+            "system:serviceaccount:agents:support",
+            json!({"kubernetes.io": {"namespace": "prod"}}),
+        );
+        let why = remote.select(Caller::Token(&other_ns)).unwrap_err();
+        assert!(why[0].contains("does not match"), "{why:?}");
+        let other_issuer = token(
+            "https://other",
+            "system:serviceaccount:agents:support",
+            json!({"kubernetes.io": {"namespace": "agents"}}),
+        );
+        assert!(remote.select(Caller::Token(&other_issuer)).is_err());
+        // A JWT-SVID: its SPIFFE ID, one segment under agents/ only.
+        let mut svid = token("https://spire", "spiffe://example.org/agents/a", json!({}));
+        svid.spiffe_id = Some(svid.subject.clone());
+        assert_eq!(remote.select(Caller::Token(&svid)).unwrap(), "svid");
+        svid.spiffe_id = Some("spiffe://example.org/agents/a/b".into());
+        assert!(remote.select(Caller::Token(&svid)).is_err());
+        // A token never matches a node workload, nor a statement a token one.
+        let (nodes, source) = config("[[workload]]\nname = \"n\"\nnodes = [\"*\"]\n");
+        let nodes = RemoteWorkloads::compile(&nodes, &source).unwrap();
+        assert!(nodes.select(Caller::Token(&good)).is_err());
+    }
+
     fn statement(workload: &str, exe: &str, refusal: Option<&str>) -> Statement {
+        use crate::gateway::statement::{Binding, InstanceFacts, ProcessFacts};
         Statement {
             v: 1,
             aud: "gw".into(),
@@ -265,10 +487,8 @@ nodes = ["batch-1"]
         );
         let remote = RemoteWorkloads::compile(&workloads, &source).unwrap();
         let good = statement("agents", "/usr/bin/python3", None);
-        let caller = |node, statement| Caller { node, statement };
+        let caller = |name, statement| Caller::Node { name, statement };
         assert_eq!(remote.select(caller("web-1", &good)).unwrap(), "support");
-        // Another node, another workload on the node, another program, a
-        // program the node could not pin: each refused, saying why.
         let why = remote.select(caller("db-1", &good)).unwrap_err();
         assert!(why[0].contains("not one of its nodes"), "{why:?}");
         let other = statement("admins", "/usr/bin/python3", None);

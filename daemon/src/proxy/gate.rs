@@ -42,10 +42,10 @@ pub struct Identity {
     /// `attest::WorkloadMatcher::program_refusal`); a node signs it into
     /// its statement. None when they can, or no workload matched.
     pub program_refusal: Option<String>,
-    /// At a gateway: the enrolled node that vouched for the caller, and
-    /// its verified statement (the gate decides on it instead of an
-    /// attestation).
-    pub remote: Option<Arc<crate::gateway::Verified>>,
+    /// At a gateway: the enrolled node that vouched for the caller and its
+    /// verified statement, or the agent's verified token (the gate decides
+    /// on it instead of an attestation).
+    pub remote: Option<Arc<crate::gateway::Remote>>,
 }
 
 impl Identity {

@@ -15,12 +15,16 @@
 //!   up to `[gateway] max_body_bytes`, to check its hash), names the
 //!   workload. The statement header is removed before forwarding.
 //!
+//! CONNECT, and a request for the gateway itself from a connection without
+//! a node key, are an agent's: HTTP CONNECT and base URLs, identified by a
+//! token (`gateway_agent`).
+//!
 //! A caller that is not believed gets a 403 (503 when the replay cache
 //! cannot answer) in the provider's shape, and its audit line says why.
 //! Gateway connections have no process behind them on this host: their
 //! `Origin` carries the peer's address and tgid 0.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -36,7 +40,7 @@ use super::{
 use crate::{
     audit::{AttestationSummary, Outcome, RequestLog},
     config::Scheme,
-    gateway::{Peer, Received, STATEMENT_HEADER, Verified, Verifier, classify},
+    gateway::{Peer, Received, Remote, STATEMENT_HEADER, Verified, Verifier, classify},
     origin::Origin,
     response::live::{ConnectionKind, LiveConnection},
     swap::Swap,
@@ -48,6 +52,10 @@ pub struct GatewayEntry {
     /// Replaced on reload with the enrolled nodes and workloads.
     pub verifier: Arc<Swap<Verifier>>,
     pub max_body_bytes: usize,
+    /// Base URL prefixes and the upstream host each serves.
+    pub routes: HashMap<String, String>,
+    /// Where agents may send their token besides Proxy-Authorization.
+    pub token_header: http::HeaderName,
 }
 
 impl Injector {
@@ -106,10 +114,10 @@ impl Injector {
     /// One request from a gateway connection: its audit line is started
     /// here and finished when the response body ends.
     pub(super) async fn gateway_request(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         origin: Origin,
-        entry: &GatewayEntry,
+        entry: &Arc<GatewayEntry>,
         peer: &Peer,
         live: Arc<LiveConnection>,
     ) -> Response<ProxyBody> {
@@ -133,16 +141,25 @@ impl Injector {
     /// Route, verify the caller, then the phases.
     #[allow(clippy::too_many_arguments)]
     async fn gateway_route(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
         origin: &Origin,
-        entry: &GatewayEntry,
+        entry: &Arc<GatewayEntry>,
         peer: &Peer,
         log: &RequestLog,
         live: &Arc<LiveConnection>,
         learned: &mut Learned,
     ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
         let upstream = request_host(&req).and_then(|h| self.upstreams.get(&h).cloned());
+        // A request for an upstream host is a node's (and refused without
+        // a node key); CONNECT, and anything else from a connection
+        // without a node key, an agent's.
+        let agent = upstream.is_none() && !matches!(peer, Peer::Key(_));
+        if agent || req.method() == http::Method::CONNECT {
+            return self
+                .agent_route(req, origin, entry, log, live, learned)
+                .await;
+        }
         let Some(upstream) = upstream else {
             let host = request_host(&req).unwrap_or_default();
             return Err(Refusal::new(
@@ -234,7 +251,7 @@ impl Injector {
 }
 
 /// The upstream's address, from the system resolver (port 443).
-async fn resolve(host: &str) -> Result<SocketAddr, Refusal> {
+pub(super) async fn resolve(host: &str) -> Result<SocketAddr, Refusal> {
     let found = tokio::net::lookup_host((host, 443))
         .await
         .ok()
@@ -281,12 +298,13 @@ fn remote_identity(verified: Verified) -> Identity {
         region: instance.claims.get("region").cloned(),
         node: Some(verified.node.clone()),
         node_workload: Some(verified.statement.workload.clone()),
+        token: None,
     };
     Identity {
         workload: Some(verified.workload.clone()),
         summary,
         attestation: None,
         program_refusal: process.program_refusal.clone(),
-        remote: Some(Arc::new(verified)),
+        remote: Some(Arc::new(Remote::Node(Box::new(verified)))),
     }
 }

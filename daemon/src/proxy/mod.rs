@@ -45,6 +45,7 @@ mod body;
 pub mod egress;
 mod gate;
 mod gateway;
+mod gateway_agent;
 mod generation;
 mod io;
 mod metadata;
@@ -164,14 +165,16 @@ enum Entry {
     Redirected(Option<Arc<Upstream>>),
     /// To `warrant gateway`'s listener, with the peer's certificate.
     Gateway(Arc<GatewayEntry>, Arc<crate::gateway::Peer>),
+    /// Inside an agent's HTTP CONNECT tunnel at a gateway.
+    Tunnel(Arc<gateway_agent::Tunnel>),
 }
 
 /// The injector, shared by every connection (and by the IPv4 and IPv6
 /// listeners).
 pub struct Injector {
     upstreams: HashMap<String, Arc<Upstream>>,
-    /// Mints leaf certificates for redirected connections (None at a
-    /// gateway, which has its own certificate and no local CA).
+    /// Mints leaf certificates for redirected connections, and at a
+    /// gateway for agents' CONNECT tunnels (None only in tests).
     leafs: Option<Arc<LeafCache>>,
     /// Set on a node (`[forward]`): requests go to the gateway.
     node: Option<NodeForward>,
@@ -218,17 +221,19 @@ impl Injector {
         )
     }
 
-    /// A gateway's injector: no local CA and no Origins (connections come
-    /// only through [`Injector::serve_gateway`]).
+    /// A gateway's injector: no Origins (connections come only through
+    /// [`Injector::serve_gateway`]); `leafs` terminate the TLS agents send
+    /// through HTTP CONNECT tunnels.
     pub fn for_gateway(
         config: &Config,
+        leafs: Arc<LeafCache>,
         generations: Arc<dyn Generations>,
         responder: Arc<Responder>,
         system_roots: &[CertificateDer<'static>],
     ) -> Result<Injector, ProxyError> {
         Injector::build(
             config,
-            None,
+            Some(leafs),
             Arc::new(crate::origin::StaticOrigins::default()),
             generations,
             responder,
@@ -483,6 +488,7 @@ impl Injector {
                     Entry::Gateway(entry, peer) => {
                         this.gateway_request(req, origin, &entry, &peer, live).await
                     }
+                    Entry::Tunnel(tunnel) => this.tunnel_request(req, origin, &tunnel, live).await,
                 };
                 Ok::<_, Infallible>(response)
             }

@@ -177,14 +177,49 @@ impl WarrantGate {
         })
     }
 
+    /// The policy decision for an agent identified by its token (at a
+    /// gateway): no process, executable or instance stands behind it, so
+    /// rules on those fail as for a process that cannot show them.
+    pub fn decide_token(
+        &self,
+        workload: &str,
+        upstream: &str,
+        request: &crate::provider::Request,
+    ) -> Decision {
+        self.policy.evaluate(&PolicyInput {
+            workload,
+            environment: None,
+            region: None,
+            exe_path: None,
+            exe_sha256: None,
+            program_refusal: None,
+            upstream_host: upstream,
+            method: request.method.as_str(),
+            path: &request.path,
+            model: request.model.as_deref(),
+            project: request.project.as_deref(),
+            location: request.location.as_deref(),
+            body: Some(&request.body),
+            unmetered: request.unmetered,
+            now: jiff::Timestamp::now(),
+        })
+    }
+
     async fn authorize_request(
         &self,
         identity: &Identity,
         request: &GateRequest<'_>,
     ) -> Result<Verdict, Refusal> {
-        if let (None, Some(remote)) = (&identity.attestation, &identity.remote) {
-            let workload = remote.workload.as_str();
-            let decision = self.decide_remote(workload, remote, request.upstream, request.request);
+        if let (None, Some(remote)) = (&identity.attestation, identity.remote.as_deref()) {
+            let workload = remote.workload();
+            let decision = match remote {
+                crate::gateway::Remote::Node(node) => {
+                    self.decide_remote(workload, node, request.upstream, request.request)
+                }
+                crate::gateway::Remote::Token(_) => {
+                    self.decide_token(workload, request.upstream, request.request)
+                }
+            };
             return self.enforce(workload, &decision, request).await;
         }
         let Some(attestation) = identity.attestation.as_deref() else {

@@ -7,8 +7,11 @@
 //! attestation of local processes, so it runs unprivileged
 //! (`systemd/warrant-gateway.service`, DynamicUser=yes). Its one listener
 //! is `[gateway] listen`, TLS with `[gateway] certificate`, where enrolled
-//! nodes' requests come in (`proxy::GatewayEntry`); who they are is
-//! `gateway::Verifier`'s, rebuilt with every generation.
+//! nodes' and agents' requests come in (`proxy::GatewayEntry`); who they
+//! are is `gateway::Verifier`'s, rebuilt with every generation. Agents
+//! that come through HTTP CONNECT get the upstream's TLS terminated with
+//! a certificate of the gateway's own CA (the local CA in its state
+//! directory, name-constrained to the upstream hosts, as a host daemon's).
 
 use std::{
     path::{Path, PathBuf},
@@ -89,6 +92,7 @@ pub async fn serve(path: &Path) -> Result<()> {
     );
     let injector = Arc::new(Injector::for_gateway(
         &config,
+        leafs(&config)?,
         reloader.generation.clone(),
         responder.clone(),
         &tls::system_roots(),
@@ -106,6 +110,13 @@ pub async fn serve(path: &Path) -> Result<()> {
         tls: acceptor,
         verifier,
         max_body_bytes: section.max_body_bytes,
+        routes: section
+            .routes
+            .iter()
+            .map(|(prefix, host)| (prefix.clone(), host.get_ref().to_ascii_lowercase()))
+            .collect(),
+        token_header: http::HeaderName::from_bytes(section.token_header.as_bytes())
+            .context("[gateway] token_header")?,
     });
     let server = listen(&section, &injector, entry).await?;
     super::wait_for_shutdown(&reloader).await?;
@@ -129,13 +140,27 @@ fn verifier(
     // Compiled once more for the first verifier: `compiled`'s go to the
     // first generation, which the builder below makes from them.
     let workloads = RemoteWorkloads::compile(&config.workloads, &config.source)?;
-    let first = Verifier::new(config, workloads, nonces.clone(), not_before)
+    let first = Verifier::new(config, workloads, nonces.clone(), not_before)?
         .context("no [gateway] section")?;
     let verifier = Arc::new(Swap::new(Arc::new(first)));
     let swap = verifier.clone();
     Ok((verifier, move |inner| {
         with_verifier(inner, swap, nonces, not_before)
     }))
+}
+
+/// The CA that terminates agents' TLS inside HTTP CONNECT tunnels: the
+/// local CA of the state directory (`warrant ca export` prints it),
+/// constrained to the upstream hosts.
+fn leafs(config: &Config) -> Result<Arc<tls::LeafCache>> {
+    let hosts: Vec<String> = config
+        .upstreams
+        .iter()
+        .map(|u| u.host.get_ref().clone())
+        .collect();
+    let ca = tls::LocalCa::load_or_create(&config.daemon.state_dir, &hosts)
+        .context("the gateway's CA for HTTP CONNECT")?;
+    Ok(Arc::new(tls::LeafCache::new(Arc::new(ca))))
 }
 
 /// The control socket, served until dropped.
@@ -228,8 +253,14 @@ fn with_verifier(
 ) -> reload::Builder {
     Box::new(move |config: Arc<Config>, mut compiled: Compiled| {
         let workloads: RemoteWorkloads = std::mem::take(&mut compiled.remote_workloads);
-        if let Some(new) = Verifier::new(&config, workloads, nonces.clone(), not_before) {
-            verifier.set(Arc::new(new));
+        match Verifier::new(&config, workloads, nonces.clone(), not_before) {
+            Ok(Some(new)) => verifier.set(Arc::new(new)),
+            Ok(None) => {}
+            // A JWKS file that cannot be read now: the callers verified
+            // so far stay as they were rather than none being served.
+            Err(error) => {
+                tracing::error!(%error, "reload: the gateway's callers stay as they were");
+            }
         }
         inner(config, compiled)
     })

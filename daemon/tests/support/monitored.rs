@@ -88,6 +88,7 @@ impl RequestGate for TestGate {
                 region: Some("local".to_owned()),
                 node: None,
                 node_workload: None,
+                token: None,
             },
             attestation: None,
             program_refusal: None,
