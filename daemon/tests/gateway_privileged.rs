@@ -774,6 +774,40 @@ fn serve_jwks(listener: std::net::TcpListener, jwks: String) {
     });
 }
 
+/// A SPIFFE trust domain's CA, as SPIRE would hold it: it issues
+/// X.509-SVIDs with one spiffe:// URI SAN, for client authentication.
+struct SpiffeCa {
+    key: KeyPair,
+    cert: rcgen::Certificate,
+}
+
+impl SpiffeCa {
+    fn new(name: &str) -> SpiffeCa {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.self_signed(&key).unwrap();
+        SpiffeCa { key, cert }
+    }
+
+    /// An SVID for `id` written as `<stem>.pem` and `<stem>.key` in `dir`.
+    fn svid(&self, dir: &Path, stem: &str, id: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let (pem, key_path) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        fs::write(&pem, cert.pem()).unwrap();
+        fs::write(&key_path, key.serialize_pem()).unwrap();
+        (pem, key_path)
+    }
+}
+
 fn start_token_gateway(
     ip: &str,
     dir: tempfile::TempDir,
@@ -812,6 +846,8 @@ certificate = "{d}/gw.pem"
 key = "{d}/gw.key"
 name = "gw-test"
 routes = {{ openai = "api.openai.com", anthropic = "api.anthropic.com" }}
+svid_bundle = "{d}/svid-bundle.pem"
+svid_trust_domain = "example.org"
 
 [[gateway.issuer]]
 issuer = "{K8S_ISSUER}"
@@ -849,6 +885,10 @@ name = "batch"
 issuer = "{K8S_ISSUER}"
 subject = "system:serviceaccount:batch:*"
 
+[[workload]]
+name = "svid-support"
+spiffe_id = "spiffe://example.org/agents/*"
+
 [[policy]]
 workload = "support"
 upstreams = ["api.openai.com"]
@@ -856,6 +896,10 @@ upstreams = ["api.openai.com"]
 [[policy]]
 workload = "batch"
 upstreams = ["api.anthropic.com"]
+
+[[policy]]
+workload = "svid-support"
+upstreams = ["api.openai.com"]
 "#,
         d = d.display()
     );
@@ -919,7 +963,28 @@ async fn agent_send(
     uri: &str,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
-    let config = warrant::tls::client_config(&[], Some(&gateway.ca())).unwrap();
+    agent_send_as(gateway, None, method, uri, headers).await
+}
+
+/// As [`agent_send`], presenting `client` (a certificate and key, PEM) if
+/// set.
+async fn agent_send_as(
+    gateway: &Gateway,
+    client: Option<&(PathBuf, PathBuf)>,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    let auth = client.map(|(cert, key)| {
+        let certs = rustls_pemfile::certs(&mut fs::read(cert).unwrap().as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pemfile::private_key(&mut fs::read(key).unwrap().as_slice())
+            .unwrap()
+            .unwrap();
+        (certs, key)
+    });
+    let config = warrant::tls::client_config_with_auth(&[], Some(&gateway.ca()), auth).unwrap();
     let mut config = (*config).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
@@ -932,13 +997,20 @@ async fn agent_send(
         .await
         .unwrap();
     tokio::spawn(conn);
+    let host = headers
+        .iter()
+        .find(|(name, _)| *name == "host")
+        .map_or_else(
+            || gateway.addr.to_string(),
+            |(_, value)| (*value).to_owned(),
+        );
     let mut request = http::Request::builder()
         .method(method)
         .uri(uri)
-        .header("host", gateway.addr.to_string())
+        .header("host", host)
         .header("authorization", "Bearer placeholder")
         .header("content-type", "application/json");
-    for (name, value) in headers {
+    for (name, value) in headers.iter().filter(|(name, _)| *name != "host") {
         request = request.header(*name, *value);
     }
     let body = if method == "CONNECT" {
@@ -959,7 +1031,7 @@ async fn agent_send(
 }
 
 #[test]
-fn agents_without_a_node_are_served_by_their_tokens_and_abuse_is_refused() {
+fn agents_without_a_node_are_served_by_their_tokens_or_svids_and_abuse_is_refused() {
     if !prereq::require(NEEDS) {
         return;
     }
@@ -984,9 +1056,12 @@ fn agents_without_a_node_are_served_by_their_tokens_and_abuse_is_refused() {
     )
     .unwrap();
     let issuer = Issuer::start();
+    let spiffe = SpiffeCa::new("example.org SPIFFE CA");
+    let dir = gateway_dir(ip.parse().unwrap());
+    fs::write(dir.path().join("svid-bundle.pem"), spiffe.cert.pem()).unwrap();
     let gateway = start_token_gateway(
         &ip,
-        gateway_dir(ip.parse().unwrap()),
+        dir,
         &mock,
         (&openai_key, &anthropic_key),
         &issuer.jwks_url,
@@ -1232,4 +1307,94 @@ fn agents_without_a_node_are_served_by_their_tokens_and_abuse_is_refused() {
     );
     let audit = gateway.audit();
     assert!(audit.contains(r#""outcome":"denied""#), "{audit}");
+
+    // 3. An X.509-SVID as the client certificate, no token: the official
+    // SDK with its http client given the SVID, through the base URL.
+    let d = gateway.dir.path();
+    let (cert, key) = spiffe.svid(d, "svid-support", "spiffe://example.org/agents/support");
+    let out = python_sdk(
+        PY_SVID,
+        &[
+            ("OPENAI_BASE_URL", &base_url),
+            ("SSL_CERT_FILE", bundle),
+            ("SVID_CERT", cert.to_str().unwrap()),
+            ("SVID_KEY", key.to_str().unwrap()),
+        ],
+    );
+    assert!(
+        out.contains("sdk ok") && out.contains("sdk stream True"),
+        "{out}\n{}",
+        gateway.log()
+    );
+    assert_eq!(mock.records().len(), before + 2);
+    warrant_test_support::wait::wait_until(
+        "the SVID's audit lines",
+        Duration::from_secs(10),
+        || {
+            gateway
+                .audit()
+                .matches(r#""workload":"svid-support""#)
+                .count()
+                >= 2
+        },
+    );
+    assert!(
+        gateway
+            .audit()
+            .contains(r#""spiffe_id":"spiffe://example.org/agents/support""#)
+    );
+    // A CA outside the bundle; the bundle's CA vouching for another trust
+    // domain; an ID no workload selects; an SVID on a node's way in.
+    let foreign = SpiffeCa::new("another SPIFFE CA").svid(
+        d,
+        "foreign",
+        "spiffe://example.org/agents/support",
+    );
+    let other_domain = spiffe.svid(d, "other-domain", "spiffe://evil.example/agents/support");
+    let admins = spiffe.svid(d, "admins", "spiffe://example.org/admins/root");
+    let svid = (cert, key);
+    let before = mock.records().len();
+    runtime.block_on(async {
+        let chat = "/openai/v1/chat/completions";
+        for (what, client, says) in [
+            ("a foreign CA", &foreign, "does not chain"),
+            ("another trust domain", &other_domain, "trust domain"),
+            ("an unselected ID", &admins, "selects no gateway"),
+        ] {
+            let (got, body) = agent_send_as(&gateway, Some(client), "POST", chat, &[]).await;
+            assert_eq!(got, 403, "{what}: {body}");
+            assert!(
+                body.contains(says) && body.contains("\"error\""),
+                "{what}: {body}"
+            );
+        }
+        let (got, body) = agent_send_as(
+            &gateway,
+            Some(&svid),
+            "POST",
+            CHAT,
+            &[("host", "api.openai.com")],
+        )
+        .await;
+        assert_eq!(got, 403, "an SVID as a node: {body}");
+        assert!(body.contains("identifies an agent"), "{body}");
+    });
+    assert_eq!(
+        mock.records().len(),
+        before,
+        "a refused SVID reached the mock"
+    );
 }
+
+const PY_SVID: &str = r#"
+import os, ssl, openai
+ctx = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+ctx.load_cert_chain(os.environ["SVID_CERT"], os.environ["SVID_KEY"])
+client = openai.OpenAI(http_client=openai.DefaultHttpxClient(verify=ctx))
+r = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+print("sdk ok" if r.choices else "sdk empty", flush=True)
+n = 0
+for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True):
+    n += 1
+print(f"sdk stream {n > 0}", flush=True)
+"#;

@@ -80,6 +80,15 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     #[serde(default = "max_token_lifetime_secs")]
     pub max_token_lifetime_secs: u64,
+    /// CA certificates (PEM) of a SPIFFE trust domain: client certificates
+    /// that chain to them are X.509-SVIDs, which identify agents as tokens
+    /// do.
+    #[serde(default)]
+    pub svid_bundle: Option<Spanned<PathBuf>>,
+    /// The trust domain of `svid_bundle` ("example.org"): an SVID naming
+    /// another is refused. Required with `svid_bundle`.
+    #[serde(default)]
+    pub svid_trust_domain: Option<Spanned<String>>,
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeConfig>,
     #[serde(default, rename = "issuer")]
@@ -202,6 +211,8 @@ pub enum GatewayProblem {
     TokenHeader(String),
     #[error("[gateway] {0} must not be zero")]
     Zero(&'static str),
+    #[error("[gateway] svid_bundle and svid_trust_domain go together")]
+    SvidHalf,
     #[error("issuer {0:?} needs exactly one of jwks_file and jwks_url")]
     IssuerKeys(String),
     #[error("jwks_url {0:?}: expected https://..., or http:// to a loopback address")]
@@ -357,6 +368,12 @@ impl super::Config {
             }
         }
         self.check_routes(gateway)?;
+        if gateway.svid_bundle.is_some() != gateway.svid_trust_domain.is_some() {
+            return Err(at_key(
+                &["gateway", "svid_bundle"],
+                GatewayProblem::SvidHalf,
+            ));
+        }
         if http::HeaderName::from_bytes(gateway.token_header.as_bytes()).is_err() {
             return Err(at_key(
                 &["gateway", "token_header"],
@@ -612,5 +629,33 @@ mod tests {
         assert!(error(&bad_key).contains("64 hex digits"));
         let both = format!("{GATEWAY}[forward]\ngateway = \"https://gw\"\n");
         assert!(error(&both).contains("cannot be in one file"));
+    }
+
+    #[test]
+    fn token_selectors_issuers_and_routes_are_checked() {
+        let issuer =
+            "[[gateway.issuer]]\nissuer = \"https://k8s\"\njwks_url = \"https://k8s/jwks\"\n";
+        let workload =
+            "[[workload]]\nname = \"w\"\nissuer = \"https://k8s\"\nsubject = \"system:*\"\n";
+        let ok = format!("{GATEWAY}{issuer}{workload}");
+        assert!(Config::parse(&ok, "t.toml").is_ok(), "{}", error(&ok));
+        let unknown = format!("{GATEWAY}{workload}");
+        assert!(error(&unknown).contains("not a [[gateway.issuer]]"));
+        let mixed = format!("{GATEWAY}{issuer}{workload}nodes = [\"a\"]\n");
+        assert!(error(&mixed).contains("mixes node selectors"));
+        let local = format!("{GATEWAY}{issuer}{workload}exe = \"/bin/sh\"\n");
+        assert!(error(&local).contains("does not apply to callers identified by a token"));
+        let clear = format!(
+            "{GATEWAY}[[gateway.issuer]]\nissuer = \"i\"\njwks_url = \"http://k8s.example/jwks\"\n"
+        );
+        assert!(error(&clear).contains("loopback"));
+        let both = format!(
+            "{GATEWAY}[[gateway.issuer]]\nissuer = \"i\"\njwks_url = \"https://a\"\njwks_file = \"/j\"\n"
+        );
+        assert!(error(&both).contains("exactly one of jwks_file and jwks_url"));
+        let route = format!("{GATEWAY}routes = {{ openai = \"api.openai.com\" }}\n");
+        assert!(error(&route).contains("not a configured [[upstream]]"));
+        let half = format!("{GATEWAY}svid_bundle = \"/b.pem\"\n");
+        assert!(error(&half).contains("go together"));
     }
 }

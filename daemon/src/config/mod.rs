@@ -496,8 +496,9 @@ pub struct WorkloadConfig {
     /// workload's name.
     #[serde(default)]
     pub node_workload: Option<Spanned<String>>,
-    /// At a gateway, a SPIFFE ID glob over a JWT-SVID's subject (issuers
-    /// with `spiffe_trust_domain`).
+    /// At a gateway, a SPIFFE ID glob: an X.509-SVID's (a client
+    /// certificate verified against `[gateway] svid_bundle`), or a
+    /// JWT-SVID's subject (issuers with `spiffe_trust_domain`).
     #[serde(default)]
     pub spiffe_id: Option<Spanned<String>>,
     /// At a gateway, the `[[gateway.issuer]]` whose tokens this workload

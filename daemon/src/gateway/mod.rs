@@ -14,7 +14,8 @@
 //! Agents without a node come with a short-lived JWT instead (`token`):
 //! verified against its issuer's keys (`jwks`), audience and times, it
 //! names the gateway workload by issuer, subject, claims or SPIFFE ID
-//! (`select`), through the same phases.
+//! (`select`), through the same phases. Or with an X.509-SVID as their
+//! client certificate (`svid`), named by its SPIFFE ID.
 //!
 //! This module decides who a caller is (the node side signs, `node`; the
 //! gateway side verifies, [`Verifier`]); it never touches a credential, a
@@ -41,6 +42,7 @@ pub use select::{Caller, RemoteWorkloads};
 pub use statement::{
     Binding, InstanceFacts, ProcessFacts, STATEMENT_HEADER, Statement, StatementError,
 };
+pub use svid::{Svid, SvidConfigError, SvidVerifier};
 pub use token::{IssuerError, Issuers, TokenError, VerifiedToken};
 
 use crate::config::{Config, GatewayConfig, parse_node_key};
@@ -54,8 +56,8 @@ pub struct Verified {
     pub statement: Statement,
 }
 
-/// An agent the gateway verified by its token, and the gateway workload
-/// the token selects.
+/// An agent the gateway verified by its token (or X.509-SVID, as a token
+/// of its trust domain), and the gateway workload it selects.
 #[derive(Debug, Clone)]
 pub struct TokenCaller {
     pub workload: String,
@@ -81,6 +83,15 @@ impl Remote {
     }
 }
 
+/// Why the gateway's callers cannot be verified with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    #[error(transparent)]
+    Issuer(#[from] IssuerError),
+    #[error(transparent)]
+    Svid(#[from] SvidConfigError),
+}
+
 /// Why the gateway does not believe an agent's token.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -90,6 +101,10 @@ pub enum AgentError {
     NoToken(String),
     #[error("this gateway accepts no tokens (no [[gateway.issuer]])")]
     NoIssuers,
+    #[error("{0}")]
+    Certificate(String),
+    #[error("the X.509-SVID {id:?} selects no gateway [[workload]]: {why}")]
+    SvidNoWorkload { id: String, why: String },
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error("the token of {issuer:?} subject {subject:?} selects no gateway [[workload]]: {why}")]
@@ -176,6 +191,7 @@ pub struct Received<'a> {
 pub struct Verifier {
     audience: String,
     issuers: Issuers,
+    svid: Option<SvidVerifier>,
     nodes: HashMap<[u8; 32], String>,
     workloads: RemoteWorkloads,
     nonces: Arc<dyn NonceStore>,
@@ -197,13 +213,20 @@ impl Verifier {
         workloads: RemoteWorkloads,
         nonces: Arc<dyn NonceStore>,
         not_before: i64,
-    ) -> Result<Option<Verifier>, IssuerError> {
+    ) -> Result<Option<Verifier>, VerifierError> {
         let Some(gateway) = config.gateway.as_ref() else {
             return Ok(None);
+        };
+        let svid = match (&gateway.svid_bundle, &gateway.svid_trust_domain) {
+            (Some(bundle), Some(domain)) => {
+                Some(SvidVerifier::load(bundle.get_ref(), domain.get_ref())?)
+            }
+            _ => None,
         };
         Ok(Some(Verifier {
             audience: gateway.name.get_ref().clone(),
             issuers: Issuers::from_config(gateway)?,
+            svid,
             nodes: enrolled(gateway),
             workloads,
             nonces,
@@ -238,6 +261,32 @@ impl Verifier {
         Ok(TokenCaller { workload, token })
     }
 
+    /// The SPIFFE bundle client certificates are verified against, if any.
+    pub fn svid(&self) -> Option<&SvidVerifier> {
+        self.svid.as_ref()
+    }
+
+    /// The workload an agent with a verified X.509-SVID is, as a token of
+    /// its trust domain (for the audit line and the tunnel's lifetime).
+    pub fn select_svid(&self, svid: &Svid) -> Result<TokenCaller, AgentError> {
+        let workload = self
+            .workloads
+            .select(Caller::Svid(&svid.id))
+            .map_err(|why| AgentError::SvidNoWorkload {
+                id: svid.id.clone(),
+                why: why.join("; "),
+            })?;
+        let token = VerifiedToken {
+            issuer: format!("spiffe://{}", svid.trust_domain),
+            subject: svid.id.clone(),
+            fingerprint: svid.fingerprint.clone(),
+            expires_at: svid.not_after,
+            spiffe_id: Some(svid.id.clone()),
+            claims: serde_json::Map::new(),
+        };
+        Ok(TokenCaller { workload, token })
+    }
+
     /// The clock skew tokens are allowed (a tunnel's token is checked
     /// again against its expiry on each request).
     pub fn skew_secs(&self) -> u64 {
@@ -257,6 +306,12 @@ impl Verifier {
         let key = match peer {
             Peer::Anonymous => return Err(CallerError::Anonymous),
             Peer::Unverified(why) => return Err(CallerError::Certificate(why.clone())),
+            Peer::Svid(svid) => {
+                return Err(CallerError::Certificate(format!(
+                    "an X.509-SVID ({}) identifies an agent, not a node: agents use a base URL or HTTP CONNECT",
+                    svid.id
+                )));
+            }
             Peer::Key(key) => key,
         };
         let Some(node) = self.nodes.get(key) else {

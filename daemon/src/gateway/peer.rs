@@ -9,8 +9,8 @@
 //! ([`classify`]), so that a certificate that identifies nobody gets an
 //! HTTP answer that says why, in the provider's shape, rather than a bare
 //! TLS alert. A self-signed Ed25519 certificate is a node's host key (its
-//! enrollment is looked up by the key); any other identifies nobody
-//! (X.509-SVIDs are not served yet).
+//! enrollment is looked up by the key); any other is an X.509-SVID
+//! verified against the configured SPIFFE bundle (`svid`), or nothing.
 
 use std::sync::Arc;
 
@@ -23,6 +23,8 @@ use rustls::{
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::svid::{Svid, SvidVerifier};
+
 /// The OID of Ed25519 keys (RFC 8410).
 const ED25519_OID: &str = "1.3.101.112";
 
@@ -34,12 +36,14 @@ pub enum Peer {
     /// A self-signed Ed25519 certificate: a host key, an enrolled node's if
     /// `nodes` knows it.
     Key([u8; 32]),
+    /// A verified X.509-SVID.
+    Svid(Svid),
     /// A certificate that is neither; why.
     Unverified(String),
 }
 
 /// Classifies the client certificate chain of a finished handshake.
-pub fn classify(chain: Option<&[CertificateDer<'static>]>) -> Peer {
+pub fn classify(chain: Option<&[CertificateDer<'static>]>, svid: Option<&SvidVerifier>) -> Peer {
     let Some(chain) = chain.filter(|c| !c.is_empty()) else {
         return Peer::Anonymous;
     };
@@ -54,10 +58,16 @@ pub fn classify(chain: Option<&[CertificateDer<'static>]>) -> Peer {
             Err(_) => Peer::Unverified("a malformed Ed25519 key".to_owned()),
         };
     }
-    Peer::Unverified(
-        "the client certificate is not a node's host key (a self-signed Ed25519 certificate)"
-            .to_owned(),
-    )
+    match svid {
+        Some(verifier) => match verifier.verify(chain, UnixTime::now()) {
+            Ok(svid) => Peer::Svid(svid),
+            Err(why) => Peer::Unverified(why.to_string()),
+        },
+        None => Peer::Unverified(
+            "the client certificate is not a node's host key (a self-signed Ed25519 certificate), and this gateway accepts no X.509-SVIDs (no [gateway] svid_bundle)"
+                .to_owned(),
+        ),
+    }
 }
 
 /// Client authentication offered, optional, and any certificate accepted
@@ -152,8 +162,8 @@ mod tests {
         let pair = Ed25519KeyPair::from_pkcs8(der.as_ref()).unwrap();
         let cert = node_certificate(der.as_ref()).unwrap();
         let key: [u8; 32] = pair.public_key().as_ref().try_into().unwrap();
-        assert_eq!(classify(Some(&[cert])), Peer::Key(key));
-        assert_eq!(classify(None), Peer::Anonymous);
+        assert_eq!(classify(Some(&[cert]), None), Peer::Key(key));
+        assert_eq!(classify(None, None), Peer::Anonymous);
     }
 
     #[test]
@@ -162,7 +172,7 @@ mod tests {
         let params = rcgen::CertificateParams::new(vec!["agent".to_owned()]).unwrap();
         let cert = params.self_signed(&key).unwrap().der().clone();
         assert!(matches!(
-            classify(Some(&[cert])),
+            classify(Some(&[cert]), None),
             Peer::Unverified(why) if why.contains("not a node's host key")
         ));
     }

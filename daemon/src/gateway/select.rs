@@ -9,7 +9,8 @@
 //!   must say; the exe and hash selectors refuse a program the node's rules
 //!   could not pin (the statement's `program_refusal`);
 //! * token callers: `issuer` (exact), `subject` (glob) and `claims` (dotted
-//!   paths, globs), and `spiffe_id` for a JWT-SVID.
+//!   paths, globs), and `spiffe_id` for a JWT-SVID;
+//! * X.509-SVID callers: `spiffe_id` (glob) alone.
 //!
 //! Every selector a workload sets must match; the first workload in file
 //! order whose selectors all match wins. Globs keep `*` within a `/`
@@ -34,6 +35,8 @@ pub enum Caller<'a> {
         statement: &'a Statement,
     },
     Token(&'a VerifiedToken),
+    /// An X.509-SVID's SPIFFE ID.
+    Svid(&'a str),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,9 +243,28 @@ impl Selects {
                 }
                 check_claims(claims, &token.claims)
             }
-            (Selects::Nodes { .. }, Caller::Token(_)) => {
-                Err("selects node statements, not tokens".to_owned())
+            (
+                Selects::Tokens {
+                    issuer: None,
+                    subject: None,
+                    spiffe_id: Some(pattern),
+                    claims,
+                },
+                Caller::Svid(id),
+            ) if claims.is_empty() => {
+                if pattern.is_match(id) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "SPIFFE ID {id:?} does not match {:?}",
+                        pattern.text
+                    ))
+                }
             }
+            (Selects::Tokens { .. }, Caller::Svid(_)) => {
+                Err("selects tokens (issuer, subject, claims), not X.509-SVIDs".to_owned())
+            }
+            (Selects::Nodes { .. }, _) => Err("selects node statements".to_owned()),
             (Selects::Tokens { .. }, Caller::Node { .. }) => {
                 Err("selects tokens or SVIDs, not node statements".to_owned())
             }

@@ -105,7 +105,11 @@ impl Injector {
     ) -> Result<(), super::BoxError> {
         let _ = stream.set_nodelay(true);
         let tls = tokio::time::timeout(self.header_timeout(), entry.tls.accept(stream)).await??;
-        let peer = Arc::new(classify(tls.get_ref().1.peer_certificates()));
+        let verifier = entry.verifier.get();
+        let peer = Arc::new(classify(
+            tls.get_ref().1.peer_certificates(),
+            verifier.svid(),
+        ));
         live.set_kind(ConnectionKind::Intercepted, None);
         self.serve_http(tls, origin, super::Entry::Gateway(entry, peer), live)
             .await
@@ -157,7 +161,7 @@ impl Injector {
         let agent = upstream.is_none() && !matches!(peer, Peer::Key(_));
         if agent || req.method() == http::Method::CONNECT {
             return self
-                .agent_route(req, origin, entry, log, live, learned)
+                .agent_route(req, origin, entry, peer, log, live, learned)
                 .await;
         }
         let Some(upstream) = upstream else {

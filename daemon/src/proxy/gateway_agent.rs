@@ -14,7 +14,10 @@
 //!   terminated with a leaf of the gateway's CA for that upstream's name,
 //!   and each request is routed to that upstream only.
 //!
-//! The token is read from Proxy-Authorization (`Bearer <jwt>`, or a
+//! An agent whose client certificate is an X.509-SVID of the configured
+//! SPIFFE bundle (`gateway::svid`) needs no token: the SVID names its
+//! workload by `spiffe_id`. Otherwise the token is read from
+//! Proxy-Authorization (`Bearer <jwt>`, or a
 //! `Basic` password, which is what `HTTPS_PROXY=https://x:<jwt>@gw` makes
 //! clients send) or from `[gateway] token_header`. Neither header, nor
 //! the agent's own key headers (the credential splice removes those), is
@@ -38,7 +41,7 @@ use super::{
 use crate::{
     audit::{AttestationSummary, Outcome, RequestLog, TokenSummary},
     config::Scheme,
-    gateway::{Remote, TokenCaller, Verifier},
+    gateway::{AgentError, Peer, Remote, TokenCaller, Verifier},
     origin::Origin,
     response::live::{ConnectionKind, LiveConnection},
     secret::Secret,
@@ -68,17 +71,20 @@ struct Along<'a> {
 struct AgentCall<'a> {
     along: Along<'a>,
     entry: &'a Arc<GatewayEntry>,
+    peer: &'a Peer,
     log: &'a RequestLog,
 }
 
 impl Injector {
     /// A request from a connection without a node key: CONNECT opens a
     /// tunnel, anything else is a base URL request.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn agent_route(
         self: &Arc<Self>,
         req: Request<Incoming>,
         origin: &Origin,
         entry: &Arc<GatewayEntry>,
+        peer: &Peer,
         log: &RequestLog,
         live: &Arc<LiveConnection>,
         learned: &mut Learned,
@@ -86,6 +92,7 @@ impl Injector {
         let call = AgentCall {
             along: Along { origin, log, live },
             entry,
+            peer,
             log,
         };
         if req.method() == Method::CONNECT {
@@ -120,9 +127,14 @@ impl Injector {
         let shape = upstream.provider.scheme();
         let refuse = |refusal: Refusal| refusal.respond(shape, call.log);
         let (mut parts, body) = req.into_parts();
-        let caller = verify_agent(&call.entry.verifier.get(), &parts.headers, call.entry)
-            .await
-            .map_err(refuse)?;
+        let caller = verify_agent(
+            &call.entry.verifier.get(),
+            call.peer,
+            &parts.headers,
+            call.entry,
+        )
+        .await
+        .map_err(refuse)?;
         strip_token(&mut parts.headers, &call.entry.token_header);
         parts.uri = without_prefix(&parts.uri, &rest).map_err(refuse)?;
         let identity = token_identity(caller);
@@ -180,7 +192,7 @@ impl Injector {
         call.log.upstream(&upstream.host);
         let shape = upstream.provider.scheme();
         let verifier = call.entry.verifier.get();
-        let caller = verify_agent(&verifier, req.headers(), call.entry)
+        let caller = verify_agent(&verifier, call.peer, req.headers(), call.entry)
             .await
             .map_err(|refusal| refusal.respond(shape, call.log))?;
         let skew = i64::try_from(verifier.skew_secs()).unwrap_or(i64::MAX);
@@ -310,25 +322,34 @@ impl Injector {
     }
 }
 
-/// The agent's token, verified, and the workload it names.
+/// The agent's X.509-SVID or token, verified, and the workload it names.
+/// A client certificate that is not a verified SVID, with no token, is
+/// refused for what is wrong with it.
 async fn verify_agent(
     verifier: &Verifier,
+    peer: &Peer,
     headers: &HeaderMap,
     entry: &GatewayEntry,
 ) -> Result<TokenCaller, Refusal> {
     let token = agent_token(headers, &entry.token_header);
     let now = jiff::Timestamp::now().as_second();
-    verifier
-        .verify_token(token.as_ref(), entry.token_header.as_str(), now)
-        .await
-        .map_err(|error| {
-            tracing::warn!(%error, "gateway agent refused");
-            Refusal::new(
-                Outcome::Denied,
-                error.status(),
-                format!("warrant gateway refused this request: {error}"),
-            )
-        })
+    let verified = match (peer, &token) {
+        (Peer::Svid(svid), _) => verifier.select_svid(svid),
+        (Peer::Unverified(why), None) => Err(AgentError::Certificate(why.clone())),
+        _ => {
+            verifier
+                .verify_token(token.as_ref(), entry.token_header.as_str(), now)
+                .await
+        }
+    };
+    verified.map_err(|error| {
+        tracing::warn!(%error, "gateway agent refused");
+        Refusal::new(
+            Outcome::Denied,
+            error.status(),
+            format!("warrant gateway refused this request: {error}"),
+        )
+    })
 }
 
 /// The token in Proxy-Authorization (Bearer, or the Basic password) or
