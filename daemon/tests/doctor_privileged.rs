@@ -155,6 +155,36 @@ async fn doctor_reports_this_hosts_real_state_and_fails_on_a_loose_credential_fi
         if paranoid <= 2 { "pass" } else { "warn" }
     );
 
+    // The kernel checks are the daemon's own probe, finding by finding
+    // (cgroup v2 and bpffs are the mount checks above).
+    use warrant::redirect::features::{Feature, State, probe};
+    let report = probe(&Default::default());
+    assert!(
+        check(&checks, "kernel")["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&report.release)
+    );
+    for finding in report
+        .findings
+        .iter()
+        .filter(|f| !matches!(f.feature, Feature::CgroupV2 | Feature::Bpffs))
+    {
+        let key = serde_json::to_value(finding.feature).unwrap();
+        let name = format!("kernel {}", key.as_str().unwrap());
+        let expected = match finding.state {
+            State::Present => "pass",
+            State::Absent if finding.required => "fail",
+            _ => "warn",
+        };
+        assert_eq!(verdict(&name), expected, "{name}: {finding}");
+    }
+    assert_eq!(
+        verdict("kernel connect_hooks"),
+        "pass",
+        "this host redirects"
+    );
+
     assert_eq!(verdict("credential good"), "pass");
     let loose = check(&checks, "credential loose");
     assert_eq!(loose["verdict"], "fail");

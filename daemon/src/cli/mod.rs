@@ -140,7 +140,8 @@ pub enum Command {
         #[arg(long, hide = true)]
         root: Option<PathBuf>,
     },
-    /// Is this host ready? Checks the cgroup2 and bpffs mounts,
+    /// Is this host ready? Checks the kernel features each eBPF program
+    /// needs (the probe `warrant run` makes), the cgroup2 and bpffs mounts,
     /// perf_event_paranoid, systemd, the clock, the config (as
     /// check-config), credential files' owner and mode, the CA and the
     /// trust bundle, each tagged unit's slice and TLS trust environment,

@@ -1,8 +1,10 @@
 //! What `warrant doctor` reads from the host, gathered once by [`gather`]
 //! and handed to the checks. Gathering only reads: files, /proc, the
 //! output of `systemctl --version`, `systemctl show`, `timedatectl show`,
-//! adjtimex(2) without modes (a read), and one `status` request on the
-//! control socket. Tests build [`Facts`] by hand.
+//! adjtimex(2) without modes (a read), the kernel probe of
+//! `redirect::features` (trivial programs loaded and closed, nothing
+//! attached), and one `status` request on the control socket. Tests build
+//! [`Facts`] by hand.
 
 use std::{
     net::SocketAddr,
@@ -16,6 +18,7 @@ use crate::{
     cli::tag::DROPIN_NAME,
     config::{Config, CredentialSourceKind},
     control::{ControlRequest, client, status::Status},
+    redirect::features::{self, ProbeOptions, Report},
     service::CheckReport,
 };
 
@@ -23,6 +26,8 @@ use crate::{
 #[derive(Debug)]
 pub struct Facts {
     pub now: Timestamp,
+    /// What the kernel offers each eBPF program (`redirect::features`).
+    pub kernel: Report,
     /// The config file doctor was pointed at, and whether it exists (the
     /// daemon runs the embedded default when the default path does not).
     pub config_path: PathBuf,
@@ -144,8 +149,15 @@ pub struct Clock {
 pub fn gather(config_path: &Path) -> Facts {
     let (config, config_check) = load(config_path);
     let state_dir = config.as_ref().map(|c| c.daemon.state_dir.clone());
+    let probe = ProbeOptions {
+        pin_dir: config.as_ref().map_or_else(
+            || ProbeOptions::default().pin_dir,
+            |c| c.daemon.bpf_pin_dir.clone(),
+        ),
+    };
     Facts {
         now: Timestamp::now(),
+        kernel: features::probe(&probe),
         config_path: config_path.to_path_buf(),
         config_file_exists: config_path.exists(),
         config_check,

@@ -7,14 +7,16 @@
 //!   `timedatectl`, the files warrant reads, the sockets listening), once,
 //!   with no side effect: nothing is written, started or attached, and no
 //!   process is signalled or read beyond what `systemctl show` reports;
-//! - the checks ([`host`], [`setup`], [`trust`], [`listen`]) are pure
-//!   functions of those facts; tests hand them facts of their own.
+//! - the checks ([`kernel`], [`host`], [`setup`], [`trust`], [`listen`])
+//!   are pure functions of those facts; tests hand them facts of their own.
 //!
 //! What the kernel offers each eBPF program is `redirect::features`'s
-//! knowledge; doctor renders its report rather than probing a second time.
+//! knowledge: gathering runs its probe (it loads trivial programs and
+//! closes them, attaching nothing) and [`kernel`] renders the report.
 
 pub mod facts;
 mod host;
+mod kernel;
 mod listen;
 mod setup;
 mod trust;
@@ -156,7 +158,7 @@ impl Report {
 
 /// Runs every check on `facts`.
 pub fn run(facts: &Facts) -> Report {
-    let mut checks = Vec::new();
+    let mut checks = kernel::checks(&facts.kernel);
     checks.extend(host::checks(facts));
     checks.extend(setup::checks(facts));
     checks.extend(trust::checks(facts));
