@@ -15,6 +15,7 @@
 //! - [`query`]: the files read back for the operator (`warrant audit`),
 //!   never by the request path.
 
+mod health;
 mod log;
 pub mod query;
 mod record;

@@ -6,11 +6,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use jiff::Timestamp;
 
-use super::table::{Table, count, usd};
 use crate::audit::{
     AuditRecord, Outcome, RecordKind, Target,
     query::{self, DaySummary, Entry, Filter, Trail},
 };
+use crate::table::{Table, count, usd};
 
 #[derive(clap::Args, Debug)]
 pub struct AuditArgs {

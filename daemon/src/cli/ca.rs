@@ -4,17 +4,11 @@
 //! intercepted hosts, so trusting it system-wide lets it vouch for nothing
 //! else.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
-/// Where update-ca-certificates picks up local CAs (must end in .crt). The
-/// package's postrm removes this file on purge.
-pub const SYSTEM_CA_FILE: &str = "usr/local/share/ca-certificates/warrant-ca.crt";
-
-pub fn system_ca_path(root: &Path) -> PathBuf {
-    root.join(SYSTEM_CA_FILE)
-}
+use crate::install::system_ca_path;
 
 /// Copies the CA certificate (`pem`) into the local CA directory under
 /// `root`. True when the file changed.

@@ -5,7 +5,6 @@ pub mod ca;
 mod control;
 pub mod docs;
 pub(crate) mod status;
-mod table;
 pub mod tag;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -15,6 +14,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     config::{Config, DEFAULT_CONFIG, DEFAULT_CONTROL_SOCKET},
     control::ControlRequest,
+    install,
 };
 
 #[derive(Parser)]
@@ -398,7 +398,7 @@ fn tag_unit(unit: &str, config: &std::path::Path, root: Option<PathBuf>) -> anyh
     let on_system = root.is_none();
     let root = root.unwrap_or_else(|| PathBuf::from("/"));
     let outcome = tag::tag(&root, &unit, &bundle)?;
-    let path = tag::dropin_path(&root, &unit);
+    let path = install::dropin_path(&root, &unit);
     match outcome {
         tag::Tagged::Written => println!("wrote {}", path.display()),
         tag::Tagged::AlreadyTagged => println!("{unit} is already tagged ({})", path.display()),
@@ -406,11 +406,11 @@ fn tag_unit(unit: &str, config: &std::path::Path, root: Option<PathBuf>) -> anyh
     if !config.workloads.iter().any(|w| {
         w.slice
             .as_ref()
-            .is_some_and(|s| s.get_ref() == tag::AGENTS_SLICE)
+            .is_some_and(|s| s.get_ref() == install::AGENTS_SLICE)
     }) {
         println!(
             "note: no [[workload]] selects slice = \"{}\": add one, or the unit is not redirected",
-            tag::AGENTS_SLICE
+            install::AGENTS_SLICE
         );
     }
     if on_system {
@@ -428,7 +428,7 @@ fn untag_unit(unit: &str, root: Option<PathBuf>) -> anyhow::Result<()> {
         println!("{unit} was not tagged");
         return Ok(());
     }
-    println!("removed {}", tag::dropin_path(&root, &unit).display());
+    println!("removed {}", install::dropin_path(&root, &unit).display());
     if on_system {
         after_change(&unit, true)?;
     }
@@ -440,7 +440,7 @@ fn ca_command(action: CaAction, config: &std::path::Path) -> anyhow::Result<()> 
     if let CaAction::Uninstall = action {
         if ca::uninstall(root)? {
             ca::update_ca_certificates(true)?;
-            println!("removed {}", ca::system_ca_path(root).display());
+            println!("removed {}", install::system_ca_path(root).display());
         } else {
             println!("the CA was not in the system trust store");
         }
@@ -457,7 +457,7 @@ fn ca_command(action: CaAction, config: &std::path::Path) -> anyhow::Result<()> 
             }
             println!(
                 "{} is in the system trust store (name-constrained to the intercepted hosts)",
-                ca::system_ca_path(root).display()
+                install::system_ca_path(root).display()
             );
         }
         CaAction::Uninstall => {}

@@ -4,10 +4,10 @@
 
 use jiff::Timestamp;
 
-use super::table::{Table, count, dollars, relative, span};
+use crate::table::{Table, count, dollars, relative, span};
 use crate::{
     attest::InstanceState,
-    audit::{AuditHealth, Target},
+    audit::Target,
     control::status::Status,
     credentials::CredentialStatus,
     redirect::tagging::TaggerStatus,
@@ -42,7 +42,7 @@ pub fn render(status: &Status, now: Timestamp) -> String {
         quarantines(&status.quarantines, now),
     );
     out.push_str("AUDIT\n");
-    out.push_str(&format!("  {}\n", audit(&status.audit)));
+    out.push_str(&format!("  {}\n", status.audit.in_words()));
     if let Some(kernel) = &status.kernel {
         out.push_str(&render_kernel(kernel));
     }
@@ -379,38 +379,6 @@ pub fn tagger(t: &TaggerStatus) -> String {
             "FAILING: {} cgroups the selectors name are NOT tagged (not redirected); {counts}{last}",
             count(t.untagged as u64)
         )
-    }
-}
-
-/// The audit trail's health in one sentence.
-pub fn audit(health: &AuditHealth) -> String {
-    let place = match (&health.file, health.journal) {
-        (Some(file), true) => format!("{} and the journal", file.display()),
-        (Some(file), false) => file.display().to_string(),
-        (None, true) => "the journal only (no audit file)".to_owned(),
-        (None, false) => "nowhere: no audit file and no journal".to_owned(),
-    };
-    let counts = format!(
-        "{} records written, {} dropped since start",
-        count(health.written),
-        count(health.dropped)
-    );
-    let policy = if health.fail_closed {
-        "on_failure = \"closed\": requests are refused while it cannot be written"
-    } else {
-        "on_failure = \"open\": requests are served and records lost while it cannot be written"
-    };
-    match (health.writable, health.dropped) {
-        (true, 0) => format!("healthy: writing to {place}; {counts}; {policy}"),
-        (true, _) => {
-            format!("writable again, but records were LOST: writing to {place}; {counts}; {policy}")
-        }
-        (false, _) if health.fail_closed => format!(
-            "NOT WRITABLE: {place}; {counts}; requests are being REFUSED until a write succeeds (on_failure = \"closed\")"
-        ),
-        (false, _) => format!(
-            "NOT WRITABLE: {place}; {counts}; requests are served and their records LOST (on_failure = \"open\")"
-        ),
     }
 }
 

@@ -4,28 +4,11 @@
 //! points the usual TLS trust variables of Python, requests and Node at
 //! warrant's trust bundle (system roots plus the local CA).
 
-use std::{
-    io::Write as _,
-    path::{Path, PathBuf},
-};
+use std::{io::Write as _, path::Path};
 
 use anyhow::{Context as _, Result, bail};
 
-/// The slice `warrant tag` places units in; the default config's workload.
-pub const AGENTS_SLICE: &str = "warrant-agents.slice";
-/// Sorts after the vendor's and most admin drop-ins (which usually use
-/// lower numbers) so an earlier `Slice=` does not win, and is easy to spot.
-pub const DROPIN_NAME: &str = "50-warrant.conf";
-
-/// The variables TLS stacks read for their trust store: OpenSSL (Python's
-/// ssl, httpx, curl), requests/certifi, Node (added to its roots), and
-/// botocore (boto3 and the AWS CLI ignore the others and use certifi).
-pub const TRUST_VARIABLES: [&str; 4] = [
-    "SSL_CERT_FILE",
-    "REQUESTS_CA_BUNDLE",
-    "NODE_EXTRA_CA_CERTS",
-    "AWS_CA_BUNDLE",
-];
+use crate::install::{DROPIN_NAME, dropin_path, dropin_text};
 
 /// Checks a unit name and completes a bare name with ".service". Only
 /// services are taggable this way: Slice= and Environment= both belong to
@@ -50,28 +33,6 @@ pub fn service_name(unit: &str) -> Result<String> {
         bail!("{unit}: not a valid systemd unit name");
     }
     Ok(name)
-}
-
-/// Where the drop-in of `unit` lives under `root` ("/" on a real system).
-pub fn dropin_path(root: &Path, unit: &str) -> PathBuf {
-    root.join("etc/systemd/system")
-        .join(format!("{unit}.d"))
-        .join(DROPIN_NAME)
-}
-
-/// The drop-in's text for a trust bundle at `bundle`.
-pub fn dropin_text(bundle: &Path) -> String {
-    let mut text = String::from(
-        "# Written by `warrant tag`; `warrant untag` removes this file.\n\
-         # The unit's processes run in the slice warrant redirects, and their\n\
-         # TLS clients trust warrant's local CA (plus the system roots).\n\
-         [Service]\n",
-    );
-    text.push_str(&format!("Slice={AGENTS_SLICE}\n"));
-    for variable in TRUST_VARIABLES {
-        text.push_str(&format!("Environment={variable}={}\n", bundle.display()));
-    }
-    text
 }
 
 /// What `tag` did.
@@ -152,24 +113,6 @@ mod tests {
         assert!(service_name("../etc/passwd").is_err());
         assert!(service_name("a b.service").is_err());
         assert!(service_name(".service").is_err());
-    }
-
-    #[test]
-    fn dropin_places_the_unit_in_the_agents_slice_and_sets_every_trust_variable() {
-        let text = dropin_text(Path::new("/var/lib/warrant/trust-bundle.pem"));
-        assert_eq!(
-            text.lines()
-                .filter(|l| !l.starts_with('#'))
-                .collect::<Vec<_>>(),
-            [
-                "[Service]",
-                "Slice=warrant-agents.slice",
-                "Environment=SSL_CERT_FILE=/var/lib/warrant/trust-bundle.pem",
-                "Environment=REQUESTS_CA_BUNDLE=/var/lib/warrant/trust-bundle.pem",
-                "Environment=NODE_EXTRA_CA_CERTS=/var/lib/warrant/trust-bundle.pem",
-                "Environment=AWS_CA_BUNDLE=/var/lib/warrant/trust-bundle.pem",
-            ]
-        );
     }
 
     #[test]

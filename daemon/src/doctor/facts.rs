@@ -15,9 +15,9 @@ use std::{
 use jiff::Timestamp;
 
 use crate::{
-    cli::tag::DROPIN_NAME,
     config::{Config, CredentialSourceKind},
     control::{ControlRequest, client, status::Status},
+    install::DROPIN_NAME,
     redirect::features::{self, ProbeOptions, Report},
     service::CheckReport,
 };
@@ -35,7 +35,7 @@ pub struct Facts {
     /// The config the daemon would run (None: it does not load).
     pub config: Option<Config>,
     /// `warrant check-config`'s verdict on it: the error text on failure.
-    pub config_check: Result<CheckReport, String>,
+    pub config_check: Result<CheckReport, Unreadable>,
     /// /proc/mounts.
     pub mounts: String,
     pub perf_event_paranoid: Option<i32>,
@@ -50,7 +50,33 @@ pub struct Facts {
     /// Local addresses of TCP sockets in LISTEN state.
     pub listening: Vec<SocketAddr>,
     /// The daemon's answer to `status` (the error text when none).
-    pub daemon: Result<Box<Status>, String>,
+    pub daemon: Result<Box<Status>, Unreadable>,
+}
+
+/// Why doctor could not read a fact. The check that needs the fact prints
+/// it as its detail. The causes are kept as their text: facts are cloned
+/// and compared (tests build them by hand), which io and config errors are
+/// not.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    /// No config loads, so nothing it names can be found.
+    #[error("the config does not load")]
+    NoConfig,
+    /// The config's error, as `warrant check-config` prints it.
+    #[error("{0}")]
+    Config(String),
+    /// A file exists but cannot be read.
+    #[error("{0}")]
+    Io(String),
+    /// Not a PEM X.509 certificate.
+    #[error("{0}")]
+    Certificate(String),
+    /// The control socket does not answer.
+    #[error("{0}")]
+    Control(String),
+    /// The daemon answered something else than a status.
+    #[error("the daemon's status answer does not parse: {0}")]
+    Answer(String),
 }
 
 /// A file a credential is read from and what is wrong with it.
@@ -76,10 +102,10 @@ pub enum FileProblem {
 pub struct CaFacts {
     pub cert_path: PathBuf,
     /// None: not created yet. Err: unreadable or not a certificate.
-    pub cert: Result<Option<CaCert>, String>,
+    pub cert: Result<Option<CaCert>, Unreadable>,
     pub bundle_path: PathBuf,
     /// The DER of every certificate in the trust bundle (None: absent).
-    pub bundle: Result<Option<Vec<Vec<u8>>>, String>,
+    pub bundle: Result<Option<Vec<Vec<u8>>>, Unreadable>,
     /// The copy `warrant ca install` put in the system store, if any.
     pub system_store: Option<Vec<u8>>,
 }
@@ -89,7 +115,7 @@ impl Default for CaFacts {
     fn default() -> CaFacts {
         CaFacts {
             cert_path: PathBuf::new(),
-            cert: Err("the config does not load".to_owned()),
+            cert: Err(Unreadable::NoConfig),
             bundle_path: PathBuf::new(),
             bundle: Ok(None),
             system_store: None,
@@ -172,18 +198,19 @@ pub fn gather(config_path: &Path) -> Facts {
         listening: listening(),
         daemon: config
             .as_ref()
-            .map_or_else(|| Err("the config does not load".to_owned()), daemon),
+            .map_or_else(|| Err(Unreadable::NoConfig), daemon),
         config,
     }
 }
 
-fn load(path: &Path) -> (Option<Config>, Result<CheckReport, String>) {
+fn load(path: &Path) -> (Option<Config>, Result<CheckReport, Unreadable>) {
     match crate::service::load_config(Some(path)) {
         Ok((config, _, _)) => {
-            let check = crate::service::check_config(&config).map_err(|e| e.to_string());
+            let check = crate::service::check_config(&config)
+                .map_err(|e| Unreadable::Config(e.to_string()));
             (Some(config), check)
         }
-        Err(error) => (None, Err(format!("{error:#}"))),
+        Err(error) => (None, Err(Unreadable::Config(format!("{error:#}")))),
     }
 }
 
@@ -251,14 +278,14 @@ fn ca(state_dir: &Path) -> CaFacts {
     let cert = match std::fs::read_to_string(&cert_path) {
         Ok(pem) => parse_ca(&pem).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(Unreadable::Io(e.to_string())),
     };
     let bundle = match std::fs::read_to_string(&bundle_path) {
         Ok(pem) => Ok(Some(certificates(&pem))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(Unreadable::Io(e.to_string())),
     };
-    let system = crate::cli::ca::system_ca_path(Path::new("/"));
+    let system = crate::install::system_ca_path(Path::new("/"));
     CaFacts {
         cert_path,
         cert,
@@ -280,14 +307,15 @@ pub fn certificates(pem_text: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-pub fn parse_ca(pem_text: &str) -> Result<CaCert, String> {
+pub fn parse_ca(pem_text: &str) -> Result<CaCert, Unreadable> {
     let der = certificates(pem_text)
         .into_iter()
         .next()
-        .ok_or_else(|| "no certificate in it".to_owned())?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| e.to_string())?;
-    let not_after =
-        Timestamp::from_second(cert.validity().not_after.timestamp()).map_err(|e| e.to_string())?;
+        .ok_or_else(|| Unreadable::Certificate("no certificate in it".to_owned()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| Unreadable::Certificate(e.to_string()))?;
+    let not_after = Timestamp::from_second(cert.validity().not_after.timestamp())
+        .map_err(|e| Unreadable::Certificate(e.to_string()))?;
     Ok(CaCert { der, not_after })
 }
 
@@ -449,12 +477,12 @@ fn listening() -> Vec<SocketAddr> {
     addrs
 }
 
-fn daemon(config: &Config) -> Result<Box<Status>, String> {
-    let answer =
-        client::call(&config.control.socket, &ControlRequest::Status).map_err(|e| e.to_string())?;
+fn daemon(config: &Config) -> Result<Box<Status>, Unreadable> {
+    let answer = client::call(&config.control.socket, &ControlRequest::Status)
+        .map_err(|e| Unreadable::Control(e.to_string()))?;
     serde_json::from_value(answer)
         .map(Box::new)
-        .map_err(|e| format!("the daemon's status answer does not parse: {e}"))
+        .map_err(|e| Unreadable::Answer(e.to_string()))
 }
 
 #[cfg(test)]
@@ -492,7 +520,10 @@ mod tests {
     fn units_tagged_by_warrant_are_found_by_their_drop_in() {
         let dir = tempfile::tempdir().unwrap();
         let bundle = Path::new("/var/lib/warrant/trust-bundle.pem");
-        crate::cli::tag::tag(dir.path(), "agent.service", bundle).unwrap();
+        // The drop-in exactly as `warrant tag` writes it.
+        let path = crate::install::dropin_path(dir.path(), "agent.service");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, crate::install::dropin_text(bundle)).unwrap();
         // Another admin drop-in is not warrant's.
         let other = dir.path().join("etc/systemd/system/web.service.d");
         std::fs::create_dir_all(&other).unwrap();
@@ -501,7 +532,7 @@ mod tests {
         assert_eq!(units.len(), 1);
         assert_eq!(units[0].unit, "agent.service");
         let dropin = units[0].dropin.clone().unwrap();
-        assert_eq!(dropin.slice.as_deref(), Some(crate::cli::tag::AGENTS_SLICE));
+        assert_eq!(dropin.slice.as_deref(), Some(crate::install::AGENTS_SLICE));
         assert!(
             dropin
                 .environment

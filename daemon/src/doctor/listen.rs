@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use super::{Check, Facts};
+use super::{Check, Facts, facts::Unreadable};
 use crate::control::status::Status;
 
 pub fn checks(facts: &Facts) -> Vec<Check> {
@@ -39,7 +39,10 @@ pub fn checks(facts: &Facts) -> Vec<Check> {
 }
 
 /// Whether something listens on `addr` (the address itself, or the
-/// wildcard of its family, on its port).
+/// wildcard of its family, on its port). Read from the kernel's table of
+/// listening sockets rather than by connecting: doctor runs outside every
+/// tagged cgroup, so the daemon would close its connection unanswered and
+/// count and audit it as a refused connection.
 pub fn listens(addr: SocketAddr, listening: &[SocketAddr]) -> bool {
     listening.iter().any(|l| {
         l.port() == addr.port()
@@ -73,16 +76,16 @@ pub fn listener(
 
 /// The daemon answers `status`; its audit log is writable and no
 /// credential is failing.
-pub fn daemon(answer: &Result<Box<Status>, String>, start: &str) -> Vec<Check> {
+pub fn daemon(answer: &Result<Box<Status>, Unreadable>, start: &str) -> Vec<Check> {
     let status = match answer {
         Ok(status) => status,
-        Err(error) => return vec![Check::fail("daemon", error.clone(), start)],
+        Err(error) => return vec![Check::fail("daemon", error.to_string(), start)],
     };
     let mut checks = vec![Check::pass(
         "daemon",
         format!("warrant {} answers on the control socket", status.version),
     )];
-    let audit = crate::cli::status::audit(&status.audit);
+    let audit = status.audit.in_words();
     checks.push(if !status.audit.writable {
         Check::fail(
             "audit log",
@@ -142,7 +145,9 @@ mod tests {
     #[test]
     fn a_daemon_that_does_not_answer_fails_and_its_audit_health_is_reported() {
         let down = daemon(
-            &Err("cannot reach the control socket".into()),
+            &Err(Unreadable::Control(
+                "cannot reach the control socket".into(),
+            )),
             "systemctl start warrant",
         );
         assert_eq!(down[0].verdict, Verdict::Fail);

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use super::{
     Check, Facts,
-    facts::{CredentialFile, FileProblem},
+    facts::{CredentialFile, FileProblem, Unreadable},
 };
 use crate::service::CheckReport;
 
@@ -20,7 +20,7 @@ pub fn checks(facts: &Facts) -> Vec<Check> {
 }
 
 /// The config compiles as `warrant run` would compile it.
-pub fn config(path: &Path, exists: bool, check: &Result<CheckReport, String>) -> Check {
+pub fn config(path: &Path, exists: bool, check: &Result<CheckReport, Unreadable>) -> Check {
     const NAME: &str = "config";
     let shown = path.display();
     match check {
@@ -38,7 +38,7 @@ pub fn config(path: &Path, exists: bool, check: &Result<CheckReport, String>) ->
         ),
         Err(error) => Check::fail(
             NAME,
-            error.clone(),
+            error.to_string(),
             format!("correct the place the error names, then: warrant check-config {shown}"),
         ),
     }
@@ -118,7 +118,7 @@ mod tests {
     fn a_config_error_fails_with_its_location_and_a_missing_file_warns() {
         let path = Path::new("/etc/warrant/warrant.toml");
         let error = "/etc/warrant/warrant.toml:12:8: unknown key `listne`".to_owned();
-        let check = config(path, true, &Err(error.clone()));
+        let check = config(path, true, &Err(Unreadable::Config(error.clone())));
         assert_eq!(check.verdict, Verdict::Fail);
         assert_eq!(check.detail, error);
         assert!(

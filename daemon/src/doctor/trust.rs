@@ -10,7 +10,7 @@ use super::{
     Check, Facts, Verdict,
     facts::{CaFacts, UnitFacts, UnitSettings},
 };
-use crate::cli::tag::{AGENTS_SLICE, TRUST_VARIABLES};
+use crate::install::{AGENTS_SLICE, DROPIN_NAME, TRUST_VARIABLES};
 
 pub fn checks(facts: &Facts) -> Vec<Check> {
     // Without a config there is no state directory to look in; the config
@@ -180,6 +180,7 @@ fn slice(unit: &UnitFacts, settings: Option<&UnitSettings>, selected: bool) -> C
             ),
         );
     }
+    let ours = unit.dropin.as_ref();
     let configured = settings.and_then(|s| s.slice.as_deref());
     if configured != Some(AGENTS_SLICE) {
         return Check::fail(
@@ -188,8 +189,10 @@ fn slice(unit: &UnitFacts, settings: Option<&UnitSettings>, selected: bool) -> C
                 "configured to run in {}, not {AGENTS_SLICE} (a later drop-in overrides warrant's)",
                 configured.unwrap_or("the default slice")
             ),
-            format!(
-                "systemctl cat {u} (find the Slice= that wins), then warrant tag {u} && systemctl restart {u}"
+            override_fix(
+                u,
+                ours.is_some_and(|d| d.slice.as_deref() == Some(AGENTS_SLICE)),
+                "Slice=",
             ),
         );
     }
@@ -237,8 +240,15 @@ fn trust(unit: &UnitFacts, settings: Option<&UnitSettings>, bundle: &Path) -> Ch
             None => wrong.push(format!("{var} unset")),
         }
     }
-    let fix = if unit.dropin.is_some() {
-        format!("warrant tag {u} && systemctl restart {u}")
+    let fix = if let Some(ours) = &unit.dropin {
+        let intact = TRUST_VARIABLES.iter().all(|var| {
+            ours.environment
+                .iter()
+                .rev()
+                .find(|(k, _)| k == var)
+                .is_some_and(|(_, v)| *v == bundle_text)
+        });
+        override_fix(u, intact, "Environment=")
     } else {
         let lines: Vec<String> = TRUST_VARIABLES
             .iter()
@@ -275,6 +285,22 @@ fn trust(unit: &UnitFacts, settings: Option<&UnitSettings>, bundle: &Path) -> Ch
             ),
             fix,
         ),
+    }
+}
+
+/// The fix when systemd's view of tagged unit `u` differs from warrant's
+/// drop-in. Rewriting the drop-in (`warrant tag`) helps only when the
+/// drop-in itself was edited or is stale; when it is intact, a drop-in
+/// that sorts after it sets `setting` (systemd applies drop-ins in file
+/// name order, the last assignment winning), and only removing that line
+/// does.
+fn override_fix(u: &str, ours_intact: bool, setting: &str) -> String {
+    if ours_intact {
+        format!(
+            "a drop-in read after warrant's {DROPIN_NAME} sets {setting}: find it with systemctl cat {u}, remove that {setting} line, then systemctl daemon-reload && systemctl restart {u}"
+        )
+    } else {
+        format!("warrant tag {u} && systemctl restart {u}")
     }
 }
 
@@ -340,7 +366,7 @@ mod tests {
 
     #[test]
     fn a_tagged_unit_with_warrants_drop_in_passes() {
-        let dropin = crate::cli::tag::dropin_text(Path::new(BUNDLE));
+        let dropin = crate::install::dropin_text(Path::new(BUNDLE));
         let checks = unit_checks(&tagged(&dropin), Path::new(BUNDLE), true);
         assert_eq!(checks.len(), 2);
         assert!(
@@ -375,9 +401,35 @@ mod tests {
             trust.detail
         );
         assert!(trust.detail.contains("NODE_EXTRA_CA_CERTS unset"));
+        // warrant's drop-in lost its lines: writing it again is the fix.
         assert_eq!(
             trust.fix.as_deref(),
             Some("warrant tag agent.service && systemctl restart agent.service")
+        );
+        // warrant's drop-in is intact and a later one overrides it: `warrant
+        // tag` would change nothing, so the fix is to remove that line.
+        let ours = crate::install::dropin_text(Path::new(BUNDLE));
+        let overridden = UnitFacts {
+            dropin: Some(parse_dropin(&ours)),
+            systemd: Some(UnitShow {
+                settings: parse_dropin(&format!(
+                    "{ours}Environment=SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt\n"
+                )),
+                ..unit.systemd.clone().unwrap()
+            }),
+            ..unit.clone()
+        };
+        let checks = unit_checks(&overridden, Path::new(BUNDLE), true);
+        assert_eq!(
+            checks[1].verdict,
+            Verdict::Warn,
+            "three of four still point at it"
+        );
+        assert_eq!(
+            checks[1].fix.as_deref(),
+            Some(
+                "a drop-in read after warrant's 50-warrant.conf sets Environment=: find it with systemctl cat agent.service, remove that Environment= line, then systemctl daemon-reload && systemctl restart agent.service"
+            )
         );
         // Selected by unit = (no drop-in): the fix is the lines to add.
         let selected = UnitFacts {
@@ -396,7 +448,7 @@ mod tests {
 
     #[test]
     fn a_running_unit_outside_the_slice_or_an_unselected_slice_is_named() {
-        let dropin = crate::cli::tag::dropin_text(Path::new(BUNDLE));
+        let dropin = crate::install::dropin_text(Path::new(BUNDLE));
         let running = UnitFacts {
             systemd: Some(UnitShow {
                 load_state: "loaded".into(),

@@ -39,6 +39,8 @@ check "doctor (broken): the loose credential file fails, with chmod as the fix" 
     "grep -q '^FAIL  credential gemini .*mode 0644' $T/doctor-broken.out && grep -q 'fix: chmod 0600 /etc/warrant/credentials/gemini' $T/doctor-broken.out"
 check "doctor (broken): the agent's SSL_CERT_FILE is named" grep -q \
     "^WARN  unit agent.service: TLS trust .*SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt" "$T/doctor-broken.out"
+check "doctor (broken): its fix is removing the overriding line (warrant tag would change nothing)" grep -q \
+    "fix: a drop-in read after warrant's 50-warrant.conf sets Environment=: find it with systemctl cat agent.service" "$T/doctor-broken.out"
 
 # Put back.
 echo "$paranoid" > /proc/sys/kernel/perf_event_paranoid

@@ -1,5 +1,6 @@
-//! Aligned text tables for the commands' human output (`warrant status`,
-//! `warrant audit`, `warrant doctor`): every column is as wide as its
+//! Aligned text tables and number formats for the commands' human output
+//! (`warrant status`, `warrant audit`, the audit health sentence that
+//! `warrant doctor` prints too): every column is as wide as its
 //! widest cell, whatever the values, so a long name never runs into the
 //! next column. Widths count characters (the values are names, numbers and
 //! times; no double-width text is expected).
