@@ -82,6 +82,26 @@ mod tests {
         let doctor = read(man.join("warrant-doctor.1"));
         assert!(doctor.contains("Is this host ready?"), "{doctor}");
         assert!(doctor.contains("--json"), "{doctor}");
+        // Reload names every section it cannot apply (the list reload
+        // itself compares), in its help and in the README's Reload section.
+        let command = Cli::command();
+        let reload = command.find_subcommand("reload").unwrap();
+        let help = reload
+            .get_long_about()
+            .or(reload.get_about())
+            .unwrap()
+            .to_string()
+            .replace('\n', " ");
+        let readme = include_str!("../../../README.md").replace('\n', " ");
+        let section = &readme[readme.find("## Reload").unwrap()..];
+        let section = &section[..section[3..].find("## ").unwrap()];
+        for name in crate::service::reload::RESTART_ONLY {
+            assert!(help.contains(name), "reload --help lacks {name}: {help}");
+            assert!(
+                section.contains(&format!("`{name}`")),
+                "README's Reload lacks {name}"
+            );
+        }
         let audit = read(man.join("warrant-audit.1"));
         assert!(audit.contains("--summary") && audit.contains("--since"));
         for (file, shell) in [

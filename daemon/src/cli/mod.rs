@@ -96,7 +96,9 @@ pub enum Command {
     /// connection (as SIGHUP does). A file with an error is refused and the
     /// running configuration stays; changed sections that are read only at
     /// start ([daemon], [proxy], [audit], [control], [response], [instance],
-    /// [attest], the [[upstream]] list) are named and need a restart.
+    /// [attest], the [[upstream]] list, [intercept]
+    /// passthrough_deny/passthrough_allow, [metadata]) are named and need a
+    /// restart.
     Reload {
         #[command(flatten)]
         socket: SocketArg,

@@ -154,29 +154,44 @@ impl Reloader {
     }
 }
 
+/// The config sections read only at start: a reload that changes one names
+/// it, and it takes a restart. `warrant reload --help` and the README's
+/// Reload section list them (a test in `cli` keeps the help equal).
+pub const RESTART_ONLY: [&str; 10] = [
+    "[daemon]",
+    "[proxy]",
+    "[audit]",
+    "[control]",
+    "[response]",
+    "[instance]",
+    "[attest]",
+    "[[upstream]]",
+    "[intercept] passthrough_deny/passthrough_allow",
+    "[metadata]",
+];
+
 /// The sections that differ between `old` and `new` but are only read at
 /// start. Compared by value: positions in the file (spans) are not part of
 /// a value, so moving a section is not a change.
 pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
-    let sections = [
-        ("[daemon]", old.daemon != new.daemon),
-        ("[proxy]", old.proxy != new.proxy),
-        ("[audit]", old.audit != new.audit),
-        ("[control]", old.control != new.control),
-        ("[response]", old.response != new.response),
-        ("[instance]", old.instance != new.instance),
-        ("[attest]", old.attest != new.attest),
-        ("[[upstream]]", old.upstreams != new.upstreams),
+    // In the order of RESTART_ONLY.
+    let changed = [
+        old.daemon != new.daemon,
+        old.proxy != new.proxy,
+        old.audit != new.audit,
+        old.control != new.control,
+        old.response != new.response,
+        old.instance != new.instance,
+        old.attest != new.attest,
+        old.upstreams != new.upstreams,
         // The injector's relay checks are built at start.
-        (
-            "[intercept] passthrough_deny/passthrough_allow",
-            old.intercept.passthrough_deny != new.intercept.passthrough_deny
-                || old.intercept.passthrough_allow != new.intercept.passthrough_allow,
-        ),
-        ("[metadata]", old.metadata != new.metadata),
+        old.intercept.passthrough_deny != new.intercept.passthrough_deny
+            || old.intercept.passthrough_allow != new.intercept.passthrough_allow,
+        old.metadata != new.metadata,
     ];
-    sections
+    RESTART_ONLY
         .into_iter()
+        .zip(changed)
         .filter_map(|(name, changed)| changed.then_some(name))
         .collect()
 }
