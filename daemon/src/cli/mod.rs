@@ -211,26 +211,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     match cli.command {
-        Command::Gateway { config } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(err) => {
-                    eprintln!("warrant: cannot start the runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(crate::service::gateway::serve(&config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    tracing::error!("{err:#}");
-                    eprintln!("warrant: {err:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Gateway { config } => run_gateway(&config),
         Command::Run {
             config,
             detach_on_exit,
@@ -246,15 +227,7 @@ pub fn main() -> ExitCode {
         Command::Detach { config } => report(detach(&config)),
         Command::Audit(args) => audit::run(&args),
         Command::Doctor { config, json } => doctor(&config, json),
-        Command::GenerateDocs { man, completions } => report(
-            docs::write(&man, &completions)
-                .map(|written| {
-                    for path in written {
-                        println!("{}", path.display());
-                    }
-                })
-                .map_err(anyhow::Error::from),
-        ),
+        Command::GenerateDocs { man, completions } => generate_docs(&man, &completions),
         Command::Status { socket, json } => {
             control::run(&socket.path, &ControlRequest::Status, json)
         }
@@ -292,6 +265,41 @@ pub fn main() -> ExitCode {
             false,
         ),
     }
+}
+
+/// `warrant gateway`: the gateway on a multi-threaded runtime.
+fn run_gateway(config: &std::path::Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("warrant: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::service::gateway::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("warrant: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `warrant generate-docs`: prints each file written.
+fn generate_docs(man: &std::path::Path, completions: &std::path::Path) -> ExitCode {
+    report(
+        docs::write(man, completions)
+            .map(|written| {
+                for path in written {
+                    println!("{}", path.display());
+                }
+            })
+            .map_err(anyhow::Error::from),
+    )
 }
 
 /// `warrant run`: the daemon on a multi-threaded runtime.
