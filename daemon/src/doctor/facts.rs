@@ -181,6 +181,12 @@ pub fn gather(config_path: &Path) -> Facts {
             |c| c.daemon.bpf_pin_dir.clone(),
         ),
     };
+    // The probe loads programs, which kernels before 5.11 charge to
+    // RLIMIT_MEMLOCK: under a root shell's default limit bpf(2) fails with
+    // EPERM as if capabilities were missing. The daemon's unit sets
+    // LimitMEMLOCK=infinity and the daemon lifts its own limit, so doctor
+    // lifts its own (this process only) to see what the daemon will see.
+    features::lift_memlock_limit();
     Facts {
         now: Timestamp::now(),
         kernel: features::probe(&probe),

@@ -4,14 +4,23 @@
 use std::path::Path;
 
 use super::{Check, Facts};
-use crate::mounts;
+use crate::{
+    mounts,
+    redirect::features::{Feature, State},
+};
 
 pub fn checks(facts: &Facts) -> Vec<Check> {
     let daemon = facts.config.as_ref().map(|c| &c.daemon);
     vec![
         cgroup2(&facts.mounts, daemon.and_then(|d| d.cgroup_root.as_deref())),
         bpffs(&facts.mounts, daemon.map(|d| d.bpf_pin_dir.as_path())),
-        perf_event_paranoid(facts.perf_event_paranoid),
+        perf_event_paranoid(
+            facts.perf_event_paranoid,
+            facts
+                .kernel
+                .get(Feature::PrctlWatch)
+                .is_some_and(|f| f.state == State::Present),
+        ),
         systemd(facts.systemd_version, facts.systemd_booted),
         clock(facts.clock.synchronised, facts.clock.source),
     ]
@@ -95,8 +104,10 @@ pub fn bpffs(mounts: &str, pin_dir: Option<&Path>) -> Check {
 
 /// The sysctl that lets CAP_PERFMON open perf events: Debian's default of
 /// 3 allows it to CAP_SYS_ADMIN only, which warrant does not have. Only
-/// the prctl(PR_SET_MM) watch's tracepoint fallback uses perf events.
-pub fn perf_event_paranoid(value: Option<i32>) -> Check {
+/// the prctl(PR_SET_MM) watch's tracepoint fallback uses perf events, so
+/// where the watch attaches by fentry (`prctl_by_fentry`: the probe found
+/// it present) the value does not matter and a warning would be noise.
+pub fn perf_event_paranoid(value: Option<i32>, prctl_by_fentry: bool) -> Check {
     const NAME: &str = "perf_event_paranoid";
     match value {
         None => Check::warn(
@@ -105,6 +116,12 @@ pub fn perf_event_paranoid(value: Option<i32>) -> Check {
             "check that /proc is mounted: mount -t proc proc /proc",
         ),
         Some(v) if v <= 2 => Check::pass(NAME, format!("{v} (CAP_PERFMON may open perf events)")),
+        Some(v) if prctl_by_fentry => Check::pass(
+            NAME,
+            format!(
+                "{v}: only CAP_SYS_ADMIN may open perf events, but warrant needs none here: the prctl(PR_SET_MM) watch attaches by fentry"
+            ),
+        ),
         Some(v) => Check::warn(
             NAME,
             format!(
@@ -215,8 +232,8 @@ mod tests {
 
     #[test]
     fn debian_perf_event_paranoid_warns_with_the_sysctl_fix() {
-        assert_eq!(perf_event_paranoid(Some(2)).verdict, Verdict::Pass);
-        let debian = perf_event_paranoid(Some(3));
+        assert_eq!(perf_event_paranoid(Some(2), false).verdict, Verdict::Pass);
+        let debian = perf_event_paranoid(Some(3), false);
         assert_eq!(debian.verdict, Verdict::Warn);
         assert!(
             debian
@@ -224,6 +241,10 @@ mod tests {
                 .unwrap_or_default()
                 .contains("kernel.perf_event_paranoid = 2")
         );
+        // Where fentry serves the watch, no perf event is opened at all.
+        let fentry = perf_event_paranoid(Some(3), true);
+        assert_eq!(fentry.verdict, Verdict::Pass);
+        assert!(fentry.detail.contains("by fentry"), "{}", fentry.detail);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! - [`facts`] gathers what the host says (mounts, sysctls, `systemctl`,
 //!   `timedatectl`, the files warrant reads, the sockets listening), once,
 //!   with no side effect: nothing is written, started or attached, and no
-//!   process is signalled or read beyond what `systemctl show` reports;
+//!   process is signalled or read beyond what `systemctl show` reports
+//!   (doctor only lifts its own RLIMIT_MEMLOCK, as the daemon does, so that
+//!   the probe sees what the daemon will on kernels before 5.11);
 //! - the checks ([`kernel`], [`host`], [`setup`], [`trust`], [`listen`])
 //!   are pure functions of those facts; tests hand them facts of their own.
 //!
