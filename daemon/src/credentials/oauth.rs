@@ -394,50 +394,68 @@ impl OAuthProvider {
     }
 
     pub(super) async fn issue_token(&self, ctx: &IssueContext<'_>) -> Result<Issued, OAuthError> {
-        let mut form = Zeroizing::new(String::new());
-        let mut add = |key: &str, value: &str| {
-            if !form.is_empty() {
-                form.push('&');
-            }
-            form.push_str(key);
-            form.push('=');
-            form.push_str(&urlencode(value));
-        };
-        match &self.grant {
-            Grant::ClientCredentials => add("grant_type", GRANT_CLIENT_CREDENTIALS),
-            Grant::TokenExchange {
-                subject,
-                subject_token_type,
-                requested_token_type,
-            } => {
-                let token = subject_token(subject, ctx).await?;
-                add("grant_type", GRANT_TOKEN_EXCHANGE);
-                add("subject_token", token.expose());
-                add("subject_token_type", subject_token_type);
-                if let Some(t) = requested_token_type {
-                    add("requested_token_type", t);
-                }
-            }
-            Grant::JwtBearer { subject } => {
-                let token = subject_token(subject, ctx).await?;
-                add("grant_type", GRANT_JWT_BEARER);
-                add("assertion", token.expose());
-            }
-        }
+        let mut form = Form::default();
+        self.add_grant(&mut form, ctx).await?;
         for (key, value) in [
             ("scope", &self.scope),
             ("audience", &self.audience),
             ("resource", &self.resource),
         ] {
             if let Some(value) = value {
-                add(key, value);
+                form.add(key, value);
             }
         }
-        let mut authorization = None;
+        let authorization = self.add_client_auth(&mut form, ctx).await?;
+        let (status, body) = self
+            .client
+            .post_form(
+                &self.token_url,
+                authorization.as_deref().map(String::as_str),
+                form.0,
+                self.timeout,
+            )
+            .await?;
+        let body = Zeroizing::new(body.to_vec());
+        token_response(&self.token_url, status, &body, ctx.now)
+    }
+
+    /// The grant's fields (RFC 6749 §4.4, RFC 8693, RFC 7523).
+    async fn add_grant(&self, form: &mut Form, ctx: &IssueContext<'_>) -> Result<(), OAuthError> {
+        match &self.grant {
+            Grant::ClientCredentials => form.add("grant_type", GRANT_CLIENT_CREDENTIALS),
+            Grant::TokenExchange {
+                subject,
+                subject_token_type,
+                requested_token_type,
+            } => {
+                let token = subject_token(subject, ctx).await?;
+                form.add("grant_type", GRANT_TOKEN_EXCHANGE);
+                form.add("subject_token", token.expose());
+                form.add("subject_token_type", subject_token_type);
+                if let Some(t) = requested_token_type {
+                    form.add("requested_token_type", t);
+                }
+            }
+            Grant::JwtBearer { subject } => {
+                let token = subject_token(subject, ctx).await?;
+                form.add("grant_type", GRANT_JWT_BEARER);
+                form.add("assertion", token.expose());
+            }
+        }
+        Ok(())
+    }
+
+    /// How the client authenticates: in the form, or as the returned
+    /// Authorization header (client_secret_basic).
+    async fn add_client_auth(
+        &self,
+        form: &mut Form,
+        ctx: &IssueContext<'_>,
+    ) -> Result<Option<Zeroizing<String>>, OAuthError> {
         match &self.auth {
             ClientAuth::None => {
                 if let Some(id) = &self.client_id {
-                    add("client_id", id);
+                    form.add("client_id", id);
                 }
             }
             ClientAuth::SecretBasic(name) | ClientAuth::SecretPost(name) => {
@@ -452,32 +470,37 @@ impl OAuthProvider {
                     let pair =
                         Zeroizing::new(format!("{}:{}", urlencode(id), urlencode(secret.expose())));
                     let encoded = base64::engine::general_purpose::STANDARD.encode(pair.as_bytes());
-                    authorization = Some(Zeroizing::new(format!("Basic {encoded}")));
-                } else {
-                    add("client_id", id);
-                    add("client_secret", secret.expose());
+                    return Ok(Some(Zeroizing::new(format!("Basic {encoded}"))));
                 }
+                form.add("client_id", id);
+                form.add("client_secret", secret.expose());
             }
             ClientAuth::PrivateKeyJwt(key) => {
                 let assertion = self.client_assertion(ctx, key)?;
                 if let Some(id) = &self.client_id {
-                    add("client_id", id);
+                    form.add("client_id", id);
                 }
-                add("client_assertion_type", CLIENT_ASSERTION_TYPE);
-                add("client_assertion", &assertion);
+                form.add("client_assertion_type", CLIENT_ASSERTION_TYPE);
+                form.add("client_assertion", &assertion);
             }
         }
-        let (status, body) = self
-            .client
-            .post_form(
-                &self.token_url,
-                authorization.as_deref().map(String::as_str),
-                form,
-                self.timeout,
-            )
-            .await?;
-        let body = Zeroizing::new(body.to_vec());
-        token_response(&self.token_url, status, &body, ctx.now)
+        Ok(None)
+    }
+}
+
+/// An application/x-www-form-urlencoded body, wiped when dropped (it may
+/// hold a client secret or a subject token).
+#[derive(Default)]
+struct Form(Zeroizing<String>);
+
+impl Form {
+    fn add(&mut self, key: &str, value: &str) {
+        if !self.0.is_empty() {
+            self.0.push('&');
+        }
+        self.0.push_str(key);
+        self.0.push('=');
+        self.0.push_str(&urlencode(value));
     }
 }
 

@@ -307,47 +307,74 @@ impl Compiler<'_> {
                 timeout,
             }),
             Kind::AwsWebIdentity => Box::new(self.web_identity(timeout, client)?),
-            Kind::GcpServiceAccount => Box::new(ServiceAccountProvider {
-                client: self.client(client)?,
-                key_path: config.path.clone().ok_or_else(|| {
-                    self.missing(
-                        config.source.span(),
-                        "source \"gcp-service-account\" needs `path` (the JSON key file)",
-                    )
-                })?,
-                key_owner_uid: self.options.file_owner_uid,
-                scope: config
-                    .scope
-                    .clone()
-                    .unwrap_or_else(|| gcp::DEFAULT_SCOPE.to_owned()),
-                timeout,
-            }),
-            Kind::GcpMetadata => Box::new(MetadataProvider {
-                client: self.client(client)?,
-                endpoint: self.endpoint(DEFAULT_METADATA_ENDPOINT)?,
-                service_account: config
-                    .service_account
-                    .clone()
-                    .unwrap_or_else(|| "default".to_owned()),
-                scope: config.scope.clone(),
-                timeout,
-            }),
+            Kind::GcpServiceAccount => Box::new(self.gcp_service_account(timeout, client)?),
+            Kind::GcpMetadata => Box::new(self.gcp_metadata(timeout, client)?),
             Kind::GcpWorkloadIdentity => Box::new(self.workload_identity(timeout, client)?),
-            Kind::AzureManagedIdentity => Box::new(ManagedIdentityProvider {
-                client: self.client(client)?,
-                endpoint: self.endpoint(DEFAULT_METADATA_ENDPOINT)?,
-                resource: config
-                    .resource
-                    .clone()
-                    .unwrap_or_else(|| azure::DEFAULT_RESOURCE.to_owned()),
-                client_id: config.client_id.clone(),
-                timeout,
-            }),
+            Kind::AzureManagedIdentity => Box::new(self.managed_identity(timeout, client)?),
         };
         Ok(if aws_format {
             Box::new(AwsFormat { inner: provider })
         } else {
             provider
+        })
+    }
+
+    fn gcp_service_account(
+        &self,
+        timeout: Duration,
+        client: &mut Option<TokenClient>,
+    ) -> Result<ServiceAccountProvider, ConfigError> {
+        let config = self.config;
+        Ok(ServiceAccountProvider {
+            client: self.client(client)?,
+            key_path: config.path.clone().ok_or_else(|| {
+                self.missing(
+                    config.source.span(),
+                    "source \"gcp-service-account\" needs `path` (the JSON key file)",
+                )
+            })?,
+            key_owner_uid: self.options.file_owner_uid,
+            scope: config
+                .scope
+                .clone()
+                .unwrap_or_else(|| gcp::DEFAULT_SCOPE.to_owned()),
+            timeout,
+        })
+    }
+
+    fn gcp_metadata(
+        &self,
+        timeout: Duration,
+        client: &mut Option<TokenClient>,
+    ) -> Result<MetadataProvider, ConfigError> {
+        let config = self.config;
+        Ok(MetadataProvider {
+            client: self.client(client)?,
+            endpoint: self.endpoint(DEFAULT_METADATA_ENDPOINT)?,
+            service_account: config
+                .service_account
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
+            scope: config.scope.clone(),
+            timeout,
+        })
+    }
+
+    fn managed_identity(
+        &self,
+        timeout: Duration,
+        client: &mut Option<TokenClient>,
+    ) -> Result<ManagedIdentityProvider, ConfigError> {
+        let config = self.config;
+        Ok(ManagedIdentityProvider {
+            client: self.client(client)?,
+            endpoint: self.endpoint(DEFAULT_METADATA_ENDPOINT)?,
+            resource: config
+                .resource
+                .clone()
+                .unwrap_or_else(|| azure::DEFAULT_RESOURCE.to_owned()),
+            client_id: config.client_id.clone(),
+            timeout,
         })
     }
 

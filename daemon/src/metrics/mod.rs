@@ -158,12 +158,60 @@ where
     metric
 }
 
+/// Registers a new metric of type `M` under `name` and returns it.
+fn registered_default<M>(registry: &mut Registry, name: &str, help: &str) -> M
+where
+    M: prometheus_client::registry::Metric + Clone + Default,
+{
+    registered(registry, name, help, M::default())
+}
+
 /// The tagger's health (`redirect::tagging` sets them).
 #[derive(Clone, Default)]
 pub struct TaggerMetrics {
     pub healthy: Gauge,
     pub errors: Counter,
     pub tagged: Gauge,
+}
+
+impl TaggerMetrics {
+    fn register(r: &mut Registry) -> Self {
+        TaggerMetrics {
+            healthy: registered_default(
+                r,
+                "tagger_healthy",
+                "1 while every cgroup the workload selectors name is tagged for redirection; 0 while tagging fails (it is retried)",
+            ),
+            errors: registered_default(
+                r,
+                "tagger_errors",
+                "Failed tagging passes (a full map, a lost inotify watch)",
+            ),
+            tagged: registered_default(r, "tagged_cgroups", "Cgroups tagged for redirection"),
+        }
+    }
+}
+
+impl BudgetMetrics {
+    fn register(r: &mut Registry) -> Self {
+        BudgetMetrics {
+            limit: registered_default(
+                r,
+                "budget_limit",
+                "A policy rule's budget per workload (budget key): requests per minute, tokens per hour, or micro-USD per day for cost_per_day_usd",
+            ),
+            used: registered_default(
+                r,
+                "budget_used",
+                "Used in the budget's sliding window, reservations of requests in flight included (embedded ledger only), in the budget's unit",
+            ),
+            in_flight: registered_default(
+                r,
+                "budget_in_flight",
+                "The part of budget_used reserved by requests still in flight (their worst case until they end)",
+            ),
+        }
+    }
 }
 
 /// Upstream response times from 5 ms to about 80 s (LLM calls are slow).
@@ -214,41 +262,35 @@ impl Metrics {
         let mut registry = Registry::with_prefix("warrant");
         let r = &mut registry;
         Metrics {
-            requests: registered(
+            requests: registered_default(
                 r,
                 "requests",
                 "Requests by workload, upstream and outcome",
-                Family::default(),
             ),
-            denials: registered(
+            denials: registered_default(
                 r,
                 "denials",
                 "Refused requests by workload, upstream and reason (policy factor, quarantine, agent_key...)",
-                Family::default(),
             ),
-            tokens: registered(
+            tokens: registered_default(
                 r,
                 "tokens",
                 "Tokens by workload, model and kind (input, output)",
-                Family::default(),
             ),
-            cost: registered(
+            cost: registered_default(
                 r,
                 "cost_usd",
                 "Estimated cost in US dollars by workload and model",
-                Family::default(),
             ),
-            credential_refreshes: registered(
+            credential_refreshes: registered_default(
                 r,
                 "credential_refreshes",
                 "Credential fetches from their providers, by credential and result",
-                Family::default(),
             ),
-            credential_refusals: registered(
+            credential_refusals: registered_default(
                 r,
                 "credential_refusals",
                 "Credentials an upstream refused (401, 403), by credential and what followed (refreshed, unchanged, not_refreshed, failed)",
-                Family::default(),
             ),
             upstream_latency: registered(
                 r,
@@ -258,94 +300,40 @@ impl Metrics {
                     latency_histogram,
                 ),
             ),
-            upstream_retries: registered(
+            upstream_retries: registered_default(
                 r,
                 "upstream_retries",
                 "Requests sent again: on a new connection because the upstream had not processed them, or with a fresh credential after a 401 or 403",
-                Family::default(),
             ),
-            live_connections: registered(
+            live_connections: registered_default(
                 r,
                 "live_connections",
                 "Agent connections open now",
-                Gauge::default(),
             ),
-            connections: registered(
+            connections: registered_default(
                 r,
                 "connections",
                 "Accepted connections by kind: intercepted (TLS terminated), passthrough (spliced untouched), plain (HTTP), refused (no Origin, over the cap)",
-                Family::default(),
             ),
-            audit_records: registered(
-                r,
-                "audit_records",
-                "Audit records written",
-                Counter::default(),
-            ),
-            audit_dropped: registered(
+            audit_records: registered_default(r, "audit_records", "Audit records written"),
+            audit_dropped: registered_default(
                 r,
                 "audit_dropped",
                 "Audit records that could not be written",
-                Counter::default(),
             ),
-            rule_triggers: registered(
+            rule_triggers: registered_default(
                 r,
                 "rule_triggers",
                 "Automated response rules that quarantined a workload or process",
-                Family::default(),
             ),
-            quarantine_actions: registered(
+            quarantine_actions: registered_default(
                 r,
                 "quarantine_actions",
                 "Quarantines placed (revoke) and lifted (restore), by actor",
-                Family::default(),
             ),
-            quarantines_active: registered(
-                r,
-                "quarantines_active",
-                "Quarantines in force",
-                Gauge::default(),
-            ),
-            tagger: TaggerMetrics {
-                healthy: registered(
-                    r,
-                    "tagger_healthy",
-                    "1 while every cgroup the workload selectors name is tagged for redirection; 0 while tagging fails (it is retried)",
-                    Gauge::default(),
-                ),
-                errors: registered(
-                    r,
-                    "tagger_errors",
-                    "Failed tagging passes (a full map, a lost inotify watch)",
-                    Counter::default(),
-                ),
-                tagged: registered(
-                    r,
-                    "tagged_cgroups",
-                    "Cgroups tagged for redirection",
-                    Gauge::default(),
-                ),
-            },
-            budgets: BudgetMetrics {
-                limit: registered(
-                    r,
-                    "budget_limit",
-                    "A policy rule's budget per workload (budget key): requests per minute, tokens per hour, or micro-USD per day for cost_per_day_usd",
-                    Family::default(),
-                ),
-                used: registered(
-                    r,
-                    "budget_used",
-                    "Used in the budget's sliding window, reservations of requests in flight included (embedded ledger only), in the budget's unit",
-                    Family::default(),
-                ),
-                in_flight: registered(
-                    r,
-                    "budget_in_flight",
-                    "The part of budget_used reserved by requests still in flight (their worst case until they end)",
-                    Family::default(),
-                ),
-            },
+            quarantines_active: registered_default(r, "quarantines_active", "Quarantines in force"),
+            tagger: TaggerMetrics::register(r),
+            budgets: BudgetMetrics::register(r),
             budget_source: std::sync::OnceLock::new(),
             registry,
             models: std::sync::Mutex::new(std::collections::HashSet::new()),

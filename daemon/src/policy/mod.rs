@@ -584,21 +584,7 @@ fn compile_rule(
     let invalid = |span: std::ops::Range<usize>, problem: PolicyConfigError| {
         source.error_at(&span, ConfigErrorKind::Invalid, problem)
     };
-    let signers = if config.exe_signers.is_empty() {
-        None
-    } else {
-        let keys = config
-            .exe_signers
-            .iter()
-            .map(|key| {
-                signature::parse_signer(key.get_ref()).map_err(|e| invalid(key.span(), e.into()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Some(ExeSigners::from_keys(
-            keys,
-            config.exe_signature_namespace.as_deref(),
-        ))
-    };
+    let signers = exe_signers(config, source)?;
     if let Some(limit) = config.cost_per_day_usd
         && !(limit.is_finite() && limit >= 0.0)
     {
@@ -620,28 +606,7 @@ fn compile_rule(
             })
         })
         .collect::<Result<_, _>>()?;
-    let allow_unmetered = config
-        .allow_unmetered
-        .iter()
-        .map(|name| match Unmetered::from_name(name.get_ref()) {
-            Some(Unmetered::WebSocket) => {
-                Err(invalid(name.span(), PolicyConfigError::WebSocketUnmetered))
-            }
-            Some(kind) => Ok(kind),
-            None => Err(invalid(
-                name.span(),
-                PolicyConfigError::UnknownUnmetered {
-                    name: name.get_ref().clone(),
-                    known: Unmetered::ALL
-                        .iter()
-                        .filter(|k| **k != Unmetered::WebSocket)
-                        .map(|k| k.name())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                },
-            )),
-        })
-        .collect::<Result<_, _>>()?;
+    let allow_unmetered = allow_unmetered(config, source)?;
     Ok(Rule {
         index,
         upstreams: config
@@ -665,6 +630,60 @@ fn compile_rule(
         },
         allow_unmetered,
     })
+}
+
+/// The rule's `exe_signers`, parsed; None when it names none.
+fn exe_signers(config: &PolicyConfig, source: &Source) -> Result<Option<ExeSigners>, ConfigError> {
+    if config.exe_signers.is_empty() {
+        return Ok(None);
+    }
+    let keys = config
+        .exe_signers
+        .iter()
+        .map(|key| {
+            signature::parse_signer(key.get_ref()).map_err(|e| {
+                source.error_at(
+                    &key.span(),
+                    ConfigErrorKind::Invalid,
+                    PolicyConfigError::from(e),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(ExeSigners::from_keys(
+        keys,
+        config.exe_signature_namespace.as_deref(),
+    )))
+}
+
+/// The rule's `allow_unmetered` kinds. A WebSocket is always metered, so it
+/// cannot be named.
+fn allow_unmetered(config: &PolicyConfig, source: &Source) -> Result<Vec<Unmetered>, ConfigError> {
+    let invalid = |span: std::ops::Range<usize>, problem: PolicyConfigError| {
+        source.error_at(&span, ConfigErrorKind::Invalid, problem)
+    };
+    config
+        .allow_unmetered
+        .iter()
+        .map(|name| match Unmetered::from_name(name.get_ref()) {
+            Some(Unmetered::WebSocket) => {
+                Err(invalid(name.span(), PolicyConfigError::WebSocketUnmetered))
+            }
+            Some(kind) => Ok(kind),
+            None => Err(invalid(
+                name.span(),
+                PolicyConfigError::UnknownUnmetered {
+                    name: name.get_ref().clone(),
+                    known: Unmetered::ALL
+                        .iter()
+                        .filter(|k| **k != Unmetered::WebSocket)
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                },
+            )),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -251,49 +251,55 @@ impl Injector {
             .await?;
         let (parts, body) = ask_for_usage(call, &parsed, parts, body, &prefix, learned);
         drop(prefix);
-        if let Some(node) = &self.node {
+        // From here on the request is admitted: a refusal before it reaches
+        // the upstream gives its reservation back instead of charging it.
+        let answered = match &self.node {
             // A node holds no credential: the gateway injects it (and
             // meters and charges what reaches the upstream). Without the
             // gateway's response, the node's reservation is given back.
-            let sent = self
+            Some(node) => self
                 .via_gateway(node, parts, body, upgrade.is_some(), &identity, call)
-                .await;
-            let response = match sent {
-                Ok(response) => response,
-                Err(refusal) => {
-                    verdict.release();
-                    return Err(refusal);
-                }
-            };
-            return Ok(respond(response, None, verdict, None, call, learned));
-        }
-        // From here on the request is admitted: a refusal before it reaches
-        // the upstream gives its reservation back instead of charging it.
-        let credentials = generation.credentials();
-        let credential = match credential(credentials, call).await {
-            Ok(credential) => credential,
-            Err(refusal) => {
-                verdict.release();
-                return Err(refusal);
+                .await
+                .map(|response| (response, None, None))
+                .map_err(ForwardFailure::unsent),
+            None => {
+                let admitted = Admitted { parts, body, whole };
+                self.inject(admitted, parsed.upgrade, generation.credentials(), call)
+                    .await
+                    .map(|(response, credential)| (response, upgrade, Some(credential)))
             }
         };
-        let forward = match splice(parts, body, &credential, call, whole.as_deref()) {
-            Ok(forward) => forward,
-            Err(refusal) => {
-                verdict.release();
-                return Err(refusal);
-            }
-        };
-        let (response, sent) = match self.forward(call, forward, parsed.upgrade).await {
-            Ok(answered) => answered,
+        match answered {
+            Ok((response, upgrade, credential)) => Ok(respond(
+                response, upgrade, verdict, credential, call, learned,
+            )),
             Err(failure) => {
                 if failure.unsent {
                     verdict.release();
                 }
-                return Err(failure.refusal);
+                Err(failure.refusal)
             }
-        };
-        let (response, credential) = match (response.status(), sent) {
+        }
+    }
+
+    /// Phases 9 to 11 on a host that injects: the credential, the splice,
+    /// the upstream's answer, and one retry with a fresh credential when
+    /// the upstream refused the first.
+    async fn inject(
+        &self,
+        admitted: Admitted,
+        upgrade: bool,
+        credentials: &dyn CredentialSource,
+        call: &Call<'_>,
+    ) -> Result<(Response<Incoming>, Arc<Secret>), ForwardFailure> {
+        let Admitted { parts, body, whole } = admitted;
+        let credential = credential(credentials, call)
+            .await
+            .map_err(ForwardFailure::unsent)?;
+        let forward = splice(parts, body, &credential, call, whole.as_deref())
+            .map_err(ForwardFailure::unsent)?;
+        let (response, sent) = self.forward(call, forward, upgrade).await?;
+        match (response.status(), sent) {
             (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN, Some(sent)) => {
                 let first = First {
                     response,
@@ -304,26 +310,10 @@ impl Injector {
                 // The first attempt was refused: nothing was spent. A
                 // second that never reached the upstream spent nothing
                 // either.
-                match self.credential_refused(first, credentials, call).await {
-                    Ok(answered) => answered,
-                    Err(failure) => {
-                        if failure.unsent {
-                            verdict.release();
-                        }
-                        return Err(failure.refusal);
-                    }
-                }
+                self.credential_refused(first, credentials, call).await
             }
-            _ => (response, credential),
-        };
-        Ok(respond(
-            response,
-            upgrade,
-            verdict,
-            Some(credential),
-            call,
-            learned,
-        ))
+            _ => Ok((response, credential)),
+        }
     }
 
     /// Phase 11, after a 401 or 403: the credential is fetched again (at
@@ -385,13 +375,8 @@ impl Injector {
         call.log.credential(name, &fresh);
         // The head as first sent: splicing again takes the refused
         // credential out (or the old signature) and puts the new one in.
-        let request =
-            splice(first.sent.head, body, &fresh, call, whole.as_deref()).map_err(|refusal| {
-                ForwardFailure {
-                    refusal,
-                    unsent: true,
-                }
-            })?;
+        let request = splice(first.sent.head, body, &fresh, call, whole.as_deref())
+            .map_err(ForwardFailure::unsent)?;
         let response = self.forward_again(call, request).await?;
         Ok((response, fresh))
     }
@@ -688,6 +673,24 @@ struct ForwardFailure {
     /// It provably never reached the upstream (no connection): nothing was
     /// spent.
     unsent: bool,
+}
+
+impl ForwardFailure {
+    /// A refusal before the request was sent anywhere.
+    fn unsent(refusal: Refusal) -> Self {
+        Self {
+            refusal,
+            unsent: true,
+        }
+    }
+}
+
+/// An admitted request, ready for its credential.
+struct Admitted {
+    parts: http::request::Parts,
+    body: ForwardBody,
+    /// The whole body, read for a provider that signs requests over it.
+    whole: Option<Bytes>,
 }
 
 /// Phase 3: plain HTTP has no certificate to authenticate the destination,

@@ -427,34 +427,9 @@ const NEWER_KERNEL: &str = "a newer kernel";
 
 fn classify(feature: Feature, obs: &Observations) -> Finding {
     match feature {
-        Feature::Bpf => match &obs.bpf {
-            Check::Yes => finding(feature, State::Present, "a socket filter loads"),
-            Check::No(why) => finding(feature, State::Absent, why.clone()).fix(
-                "run as root, or in warrant.service (CAP_BPF needs Linux 5.8+; before, bpf(2) needs CAP_SYS_ADMIN)",
-            ),
-            other => finding(feature, State::Unknown, format!("{other:?}")),
-        },
-        Feature::CgroupV2 => match &obs.cgroup2 {
-            Some(path) => finding(
-                feature,
-                State::Present,
-                format!("mounted at {}", path.display()),
-            ),
-            None => finding(feature, State::Absent, "no cgroup2 filesystem is mounted")
-                .fix("boot with systemd's unified hierarchy (systemd.unified_cgroup_hierarchy=1)"),
-        },
-        Feature::Bpffs => {
-            if obs.bpffs {
-                finding(feature, State::Present, "the pin directory is on bpffs")
-            } else {
-                finding(
-                    feature,
-                    State::Degraded,
-                    "the pin directory is not on a mounted bpffs: the daemon mounts one at /sys/fs/bpf at start (systemd does at boot)",
-                )
-                .fix("mount -t bpf bpf /sys/fs/bpf")
-            }
-        }
+        Feature::Bpf => bpf(obs),
+        Feature::CgroupV2 => cgroup_v2(obs),
+        Feature::Bpffs => bpffs(obs),
         Feature::ConnectHooks => all_of(
             feature,
             &[
@@ -480,42 +455,8 @@ fn classify(feature: Feature, obs: &Observations) -> Finding {
             NEWER_KERNEL,
         ),
         Feature::SockOps => all_of(feature, &[("sockops", &obs.sockops)], NEWER_KERNEL),
-        Feature::CgroupLinks => match &obs.cgroup_link {
-            Check::Yes => finding(
-                feature,
-                State::Present,
-                "BPF_LINK_CREATE takes cgroup attach types",
-            ),
-            Check::No(why) => finding(feature, State::Absent, why.clone()).fix(NEWER_KERNEL),
-            Check::Unknown(why) => finding(feature, State::Unknown, why.clone()),
-            Check::NotProbed => finding(feature, State::Unknown, "not probed"),
-        },
-        Feature::Helpers => match &obs.helpers {
-            None => finding(
-                feature,
-                State::Unknown,
-                "this binary was built without its eBPF programs (AYA_BUILD_SKIP)",
-            ),
-            Some(helpers) => {
-                // Tracing programs that may not call the ancestor helper
-                // have their fallback: see Feature::TracingTags.
-                let helpers: Vec<&HelperCheck> = helpers
-                    .iter()
-                    .filter(|h| !(h.helper == ANCESTOR_HELPER && TRACING_KINDS.contains(&h.program)))
-                    .collect();
-                let named: Vec<(String, &Check)> = helpers
-                    .iter()
-                    .map(|h| (format!("{} in {} programs", h.helper, h.program), &h.check))
-                    .collect();
-                let checks: Vec<(&str, &Check)> =
-                    named.iter().map(|(n, c)| (n.as_str(), *c)).collect();
-                let mut found = all_of(feature, &checks, NEWER_KERNEL);
-                if found.state == State::Present {
-                    found.detail = format!("all {} helper calls are allowed", helpers.len());
-                }
-                found
-            }
-        },
+        Feature::CgroupLinks => cgroup_links(obs),
+        Feature::Helpers => helpers(obs),
         Feature::TracingTags => tracing_tags(obs),
         Feature::BpfMemory => bpf_memory(obs),
         Feature::ExecDone => all_of(
@@ -526,6 +467,84 @@ fn classify(feature: Feature, obs: &Observations) -> Finding {
         Feature::ExecStart => exec_start(obs),
         Feature::PrctlWatch => prctl_watch(obs),
     }
+}
+
+fn bpf(obs: &Observations) -> Finding {
+    let feature = Feature::Bpf;
+    match &obs.bpf {
+        Check::Yes => finding(feature, State::Present, "a socket filter loads"),
+        Check::No(why) => finding(feature, State::Absent, why.clone()).fix(
+            "run as root, or in warrant.service (CAP_BPF needs Linux 5.8+; before, bpf(2) needs CAP_SYS_ADMIN)",
+        ),
+        other => finding(feature, State::Unknown, format!("{other:?}")),
+    }
+}
+
+fn cgroup_v2(obs: &Observations) -> Finding {
+    let feature = Feature::CgroupV2;
+    match &obs.cgroup2 {
+        Some(path) => finding(
+            feature,
+            State::Present,
+            format!("mounted at {}", path.display()),
+        ),
+        None => finding(feature, State::Absent, "no cgroup2 filesystem is mounted")
+            .fix("boot with systemd's unified hierarchy (systemd.unified_cgroup_hierarchy=1)"),
+    }
+}
+
+fn bpffs(obs: &Observations) -> Finding {
+    let feature = Feature::Bpffs;
+    if obs.bpffs {
+        return finding(feature, State::Present, "the pin directory is on bpffs");
+    }
+    finding(
+        feature,
+        State::Degraded,
+        "the pin directory is not on a mounted bpffs: the daemon mounts one at /sys/fs/bpf at start (systemd does at boot)",
+    )
+    .fix("mount -t bpf bpf /sys/fs/bpf")
+}
+
+fn cgroup_links(obs: &Observations) -> Finding {
+    let feature = Feature::CgroupLinks;
+    match &obs.cgroup_link {
+        Check::Yes => finding(
+            feature,
+            State::Present,
+            "BPF_LINK_CREATE takes cgroup attach types",
+        ),
+        Check::No(why) => finding(feature, State::Absent, why.clone()).fix(NEWER_KERNEL),
+        Check::Unknown(why) => finding(feature, State::Unknown, why.clone()),
+        Check::NotProbed => finding(feature, State::Unknown, "not probed"),
+    }
+}
+
+fn helpers(obs: &Observations) -> Finding {
+    let feature = Feature::Helpers;
+    let Some(helpers) = &obs.helpers else {
+        return finding(
+            feature,
+            State::Unknown,
+            "this binary was built without its eBPF programs (AYA_BUILD_SKIP)",
+        );
+    };
+    // Tracing programs that may not call the ancestor helper have their
+    // fallback: see Feature::TracingTags.
+    let helpers: Vec<&HelperCheck> = helpers
+        .iter()
+        .filter(|h| !(h.helper == ANCESTOR_HELPER && TRACING_KINDS.contains(&h.program)))
+        .collect();
+    let named: Vec<(String, &Check)> = helpers
+        .iter()
+        .map(|h| (format!("{} in {} programs", h.helper, h.program), &h.check))
+        .collect();
+    let checks: Vec<(&str, &Check)> = named.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    let mut found = all_of(feature, &checks, NEWER_KERNEL);
+    if found.state == State::Present {
+        found.detail = format!("all {} helper calls are allowed", helpers.len());
+    }
+    found
 }
 
 /// The helper whose absence from tracing programs (before 5.11) the compat
@@ -817,37 +836,8 @@ pub fn observe(options: &ProbeOptions) -> Observations {
     obs.maps_bytes = object.as_ref().map_or(0, EmbeddedPrograms::maps_bytes);
 
     obs.bpf = load_check(bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER, None, 0).check;
-    // Whatever bpf(2) refuses for lack of privilege, the rest cannot tell.
-    let bpf_ok = obs.bpf.yes();
-    let sock_addr = |attach: bpf_attach_type| {
-        if bpf_ok {
-            load_check(
-                bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-                Some(attach),
-                1,
-            )
-        } else {
-            ProgCheck::not_probed()
-        }
-    };
-    let connect4 = sock_addr(bpf_attach_type::BPF_CGROUP_INET4_CONNECT);
-    obs.cgroup_link = match &connect4.fd {
-        Some(fd) => link_check(fd, bpf_attach_type::BPF_CGROUP_INET4_CONNECT),
-        None => Check::NotProbed,
-    };
-    obs.connect = [
-        connect4.check,
-        sock_addr(bpf_attach_type::BPF_CGROUP_INET6_CONNECT).check,
-    ];
-    obs.sendmsg = [
-        sock_addr(bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG).check,
-        sock_addr(bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG).check,
-    ];
-    obs.getpeername = [
-        sock_addr(bpf_attach_type::BPF_CGROUP_INET4_GETPEERNAME).check,
-        sock_addr(bpf_attach_type::BPF_CGROUP_INET6_GETPEERNAME).check,
-    ];
-    if !bpf_ok {
+    observe_cgroup_hooks(&mut obs);
+    if !obs.bpf.yes() {
         return obs;
     }
     obs.sockops = load_check(bpf_prog_type::BPF_PROG_TYPE_SOCK_OPS, None, 0).check;
@@ -877,6 +867,50 @@ pub fn observe(options: &ProbeOptions) -> Observations {
         Err(e) => Check::Unknown(crate::error::chain(&e)),
     };
     obs.memlock_reachable = memlock_reachable();
+    observe_exec_hooks(&mut obs);
+    obs.perf_event_paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    obs
+}
+
+/// The cgroup socket hooks: each attach type loaded (when bpf(2) is allowed
+/// at all: whatever it refuses for lack of privilege, the rest cannot tell)
+/// and whether cgroup links can be made.
+fn observe_cgroup_hooks(obs: &mut Observations) {
+    let bpf_ok = obs.bpf.yes();
+    let sock_addr = |attach: bpf_attach_type| {
+        if bpf_ok {
+            load_check(
+                bpf_prog_type::BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
+                Some(attach),
+                1,
+            )
+        } else {
+            ProgCheck::not_probed()
+        }
+    };
+    let connect4 = sock_addr(bpf_attach_type::BPF_CGROUP_INET4_CONNECT);
+    obs.cgroup_link = match &connect4.fd {
+        Some(fd) => link_check(fd, bpf_attach_type::BPF_CGROUP_INET4_CONNECT),
+        None => Check::NotProbed,
+    };
+    obs.connect = [
+        connect4.check,
+        sock_addr(bpf_attach_type::BPF_CGROUP_INET6_CONNECT).check,
+    ];
+    obs.sendmsg = [
+        sock_addr(bpf_attach_type::BPF_CGROUP_UDP4_SENDMSG).check,
+        sock_addr(bpf_attach_type::BPF_CGROUP_UDP6_SENDMSG).check,
+    ];
+    obs.getpeername = [
+        sock_addr(bpf_attach_type::BPF_CGROUP_INET4_GETPEERNAME).check,
+        sock_addr(bpf_attach_type::BPF_CGROUP_INET6_GETPEERNAME).check,
+    ];
+}
+
+/// The kernel's BTF and the exec and prctl hooks it allows.
+fn observe_exec_hooks(obs: &mut Observations) {
     match Btf::from_sys_fs() {
         Ok(btf) => {
             obs.btf = Check::Yes;
@@ -900,10 +934,6 @@ pub fn observe(options: &ProbeOptions) -> Observations {
     } else {
         Check::NotProbed
     };
-    obs.perf_event_paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
-    obs
 }
 
 /// Whether tracing programs may call bpf_get_current_ancestor_cgroup_id
@@ -920,7 +950,7 @@ pub fn tracing_ancestor_helper() -> Check {
 }
 
 /// The kernel's BTF has no offsets for the cgroup ancestor walk.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("the cgroup ancestor walk: {0}")]
 pub struct LayoutError(String);
 
@@ -931,12 +961,9 @@ pub struct LayoutError(String);
 /// Parsed once per process (the whole BTF is read; the kernel's does not
 /// change while it runs).
 pub fn cgroup_layout() -> Result<warrant_common::CgroupLayout, LayoutError> {
-    static LAYOUT: std::sync::OnceLock<Result<warrant_common::CgroupLayout, String>> =
+    static LAYOUT: std::sync::OnceLock<Result<warrant_common::CgroupLayout, LayoutError>> =
         std::sync::OnceLock::new();
-    LAYOUT
-        .get_or_init(|| read_cgroup_layout().map_err(|e| e.0))
-        .clone()
-        .map_err(LayoutError)
+    LAYOUT.get_or_init(read_cgroup_layout).clone()
 }
 
 fn read_cgroup_layout() -> Result<warrant_common::CgroupLayout, LayoutError> {

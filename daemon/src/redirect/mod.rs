@@ -401,6 +401,75 @@ const SOCK_ADDR_PROGRAMS: &[&str] = &[
     program_names::SENDMSG6,
 ];
 
+/// The cgroup programs (connect, getpeername, sendmsg, sockops), loaded and
+/// attached to the cgroup root, as links not yet pinned.
+fn attach_cgroup_programs(
+    ebpf: &mut Ebpf,
+    cgroup: &fs::File,
+) -> Result<Vec<(&'static str, FdLink)>, RedirectError> {
+    let mut fd_links = Vec::new();
+    for &name in SOCK_ADDR_PROGRAMS {
+        let program: &mut CgroupSockAddr = program_mut(ebpf, name)?;
+        program.load().map_err(attach_err(name))?;
+        let id = program
+            .attach(cgroup, LINK_MODE)
+            .map_err(attach_err(name))?;
+        let link = program.take_link(id).map_err(attach_err(name))?;
+        fd_links.push((name, fd_link(name, link)?));
+    }
+    let name = program_names::SOCKOPS;
+    let sockops: &mut SockOps = program_mut(ebpf, name)?;
+    sockops.load().map_err(attach_err(name))?;
+    let id = sockops
+        .attach(cgroup, LINK_MODE)
+        .map_err(attach_err(name))?;
+    let link = sockops.take_link(id).map_err(attach_err(name))?;
+    fd_links.push((name, fd_link(name, link)?));
+    Ok(fd_links)
+}
+
+/// A program's link as a file-descriptor link, which can be pinned.
+fn fd_link<L>(name: &'static str, link: L) -> Result<FdLink, RedirectError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    FdLink::try_from(link).map_err(|e| RedirectError::Attach {
+        program: name,
+        reason: e.to_string(),
+    })
+}
+
+/// Pins the new links in a directory of their own, then retires the links
+/// of a previous run: new links first, so redirection never lapses.
+fn pin_links(
+    pin_dir: &Path,
+    fd_links: Vec<(&'static str, FdLink)>,
+) -> Result<Vec<PinnedLink>, RedirectError> {
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let links_dir = pin_dir.join(format!("links-{stamp}"));
+    create_private_dir(&links_dir)?;
+    let mut links = Vec::new();
+    for (name, link) in fd_links {
+        let path = links_dir.join(name);
+        links.push(link.pin(&path).map_err(|e| RedirectError::Pin {
+            path,
+            reason: e.to_string(),
+        })?);
+    }
+    let retired = retire_old_links(pin_dir, &links_dir);
+    if retired > 0 {
+        tracing::info!(
+            retired,
+            "adopted pinned maps and replaced the links of a previous run"
+        );
+    }
+    Ok(links)
+}
+
 impl Redirector {
     /// Loads the programs (reusing pinned maps left by a previous daemon),
     /// attaches them to the cgroup root, pins the new links and only then
@@ -433,37 +502,7 @@ impl Redirector {
                 settings.cgroup_root.display()
             ))
         })?;
-        let mut fd_links: Vec<(&'static str, FdLink)> = Vec::new();
-        for &name in SOCK_ADDR_PROGRAMS {
-            let program: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
-            program.load().map_err(attach_err(name))?;
-            let id = program
-                .attach(&cgroup, LINK_MODE)
-                .map_err(attach_err(name))?;
-            let link = program.take_link(id).map_err(attach_err(name))?;
-            fd_links.push((
-                name,
-                FdLink::try_from(link).map_err(|e| RedirectError::Attach {
-                    program: name,
-                    reason: e.to_string(),
-                })?,
-            ));
-        }
-        let sockops: &mut SockOps = program_mut(&mut ebpf, program_names::SOCKOPS)?;
-        sockops.load().map_err(attach_err(program_names::SOCKOPS))?;
-        let id = sockops
-            .attach(&cgroup, LINK_MODE)
-            .map_err(attach_err(program_names::SOCKOPS))?;
-        let link = sockops
-            .take_link(id)
-            .map_err(attach_err(program_names::SOCKOPS))?;
-        fd_links.push((
-            program_names::SOCKOPS,
-            FdLink::try_from(link).map_err(|e| RedirectError::Attach {
-                program: program_names::SOCKOPS,
-                reason: e.to_string(),
-            })?,
-        ));
+        let mut fd_links = attach_cgroup_programs(&mut ebpf, &cgroup)?;
         // The kernel's BTF, for the fentry programs: parsed once (it is
         // large), dropped once they are attached.
         let btf = Btf::from_sys_fs().map_err(|e| {
@@ -491,28 +530,7 @@ impl Redirector {
             tracing_tags: features::Hook::attached(tracing.tags_via),
         };
 
-        // New links first, then retire the old generation.
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let links_dir = settings.pin_dir.join(format!("links-{stamp}"));
-        create_private_dir(&links_dir)?;
-        let mut links = Vec::new();
-        for (name, link) in fd_links {
-            let path = links_dir.join(name);
-            links.push(link.pin(&path).map_err(|e| RedirectError::Pin {
-                path,
-                reason: e.to_string(),
-            })?);
-        }
-        let retired = retire_old_links(&settings.pin_dir, &links_dir);
-        if retired > 0 {
-            tracing::info!(
-                retired,
-                "adopted pinned maps and replaced the links of a previous run"
-            );
-        }
+        let links = pin_links(&settings.pin_dir, fd_links)?;
         tracing::info!(
             cgroup_root = %settings.cgroup_root.display(),
             pin_dir = %settings.pin_dir.display(),

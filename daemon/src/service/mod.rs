@@ -153,20 +153,14 @@ pub async fn run(options: RunOptions) -> Result<()> {
         Some(node) => injector.forwarding_to(node),
         None => injector,
     });
-    let control = ControlServer::bind(
-        &config.control.socket,
-        config.control.admin_group.as_deref(),
-        responder.clone(),
-        Arc::new(DaemonBackend {
-            reloader: reloader.clone(),
-            instance,
-            attestor,
-            tagging: redirection.tagging.clone(),
-            kernel: redirection.kernel.clone(),
-        }),
-    )?;
-    tracing::info!(socket = %control.path().display(), "control socket ready");
-    let _control_server = AbortOnDrop(tokio::spawn(control.serve()));
+    let backend = DaemonBackend {
+        reloader: reloader.clone(),
+        instance,
+        attestor,
+        tagging: redirection.tagging.clone(),
+        kernel: redirection.kernel.clone(),
+    };
+    let _control_server = serve_control(&config, &responder, backend)?;
     let _exe_check = responder.spawn_exe_check().map(AbortOnDrop);
     let servers = serve(&injector, listeners, &redirection.settings);
     let _watchdog = crate::notify::spawn_watchdog();
@@ -176,6 +170,23 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // The records of the last requests (buffered: audit::FLUSH_INTERVAL).
     audit.flush();
     stopped
+}
+
+/// The control socket (`warrant status`, `reload`, ...), served until the
+/// returned guard is dropped.
+fn serve_control(
+    config: &Config,
+    responder: &Arc<Responder>,
+    backend: DaemonBackend,
+) -> Result<AbortOnDrop> {
+    let control = ControlServer::bind(
+        &config.control.socket,
+        config.control.admin_group.as_deref(),
+        responder.clone(),
+        Arc::new(backend),
+    )?;
+    tracing::info!(socket = %control.path().display(), "control socket ready");
+    Ok(AbortOnDrop(tokio::spawn(control.serve())))
 }
 
 /// On a node (`[forward]`): the host key (made on first start, as the
