@@ -559,7 +559,7 @@ impl Injector {
         upgrade: bool,
     ) -> Result<(Response<Incoming>, Option<Sent>), ForwardFailure> {
         let host = &call.upstream.host;
-        let deadline = Duration::from_secs(self.limits.upstream_response_timeout_secs);
+        let deadline = self.response_deadline();
         let sent = std::time::Instant::now();
         let dst = call.origin.original_dst;
         let send = async {
@@ -581,21 +581,15 @@ impl Injector {
                 }
             }
         };
-        let failed = |error: UpstreamError| {
-            tracing::warn!(upstream = %host, cause = %crate::error::chain(&error), "upstream failed");
-            ForwardFailure {
-                unsent: error.unsent(),
-                refusal: Refusal::upstream_failed(host, &error),
-            }
-        };
-        let response = match tokio::time::timeout(deadline, send).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => return Err(failed(error.into())),
-            Err(_) => return Err(failed(UpstreamError::NoAnswer { after: deadline })),
-        };
+        let response = within(deadline, host, send).await?;
         call.log.upstream_responded(host, sent.elapsed());
         call.log.outcome(Outcome::Forwarded, None);
         Ok(response)
+    }
+
+    /// How long the upstream has to answer with its response headers.
+    fn response_deadline(&self) -> Duration {
+        Duration::from_secs(self.limits.upstream_response_timeout_secs)
     }
 
     /// Phase 11 once more: the request sent again, as `forward` sends it,
@@ -606,7 +600,7 @@ impl Injector {
         request: Request<ReplayBody<ForwardBody>>,
     ) -> Result<Response<Incoming>, ForwardFailure> {
         let host = &call.upstream.host;
-        let deadline = Duration::from_secs(self.limits.upstream_response_timeout_secs);
+        let deadline = self.response_deadline();
         let sent = std::time::Instant::now();
         let tls = match call.transport {
             Transport::Tls => Some(&call.upstream.tls),
@@ -615,21 +609,32 @@ impl Injector {
         let send = self
             .clients
             .send_again(host, call.origin.original_dst, tls, request);
-        let failed = |error: UpstreamError| {
-            tracing::warn!(upstream = %host, cause = %crate::error::chain(&error), "upstream failed");
-            ForwardFailure {
-                unsent: error.unsent(),
-                refusal: Refusal::upstream_failed(host, &error),
-            }
-        };
-        let response = match tokio::time::timeout(deadline, send).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => return Err(failed(error.into())),
-            Err(_) => return Err(failed(UpstreamError::NoAnswer { after: deadline })),
-        };
+        let response = within(deadline, host, send).await?;
         call.log.upstream_responded(host, sent.elapsed());
         Ok(response)
     }
+}
+
+/// The upstream's answer to `send`, or a failure: no answer within
+/// `deadline` is a gateway timeout (by its type: `UpstreamError::NoAnswer`).
+async fn within<T, E>(
+    deadline: Duration,
+    host: &str,
+    send: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, ForwardFailure>
+where
+    UpstreamError: From<E>,
+{
+    let error = match tokio::time::timeout(deadline, send).await {
+        Ok(Ok(answer)) => return Ok(answer),
+        Ok(Err(error)) => UpstreamError::from(error),
+        Err(_) => UpstreamError::NoAnswer { after: deadline },
+    };
+    tracing::warn!(upstream = %host, cause = %crate::error::chain(&error), "upstream failed");
+    Err(ForwardFailure {
+        unsent: error.unsent(),
+        refusal: Refusal::upstream_failed(host, &error),
+    })
 }
 
 /// The first attempt of a request whose credential the upstream refused.

@@ -26,13 +26,12 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{
     AbortOnDrop, Compiled, DaemonBackend, generation_builder, open_audit, prepare_state_dir,
-    raise_open_file_limit, reload, serve_metrics, usage_budgets,
+    raise_open_file_limit, reload, serve_control, serve_metrics, usage_budgets,
 };
 use crate::{
     attest::{Attestor, InstanceHandle, MemoryExecGenerations},
     clock::SystemClock,
     config::{Config, GatewayConfig, LedgerKind},
-    control::ControlServer,
     credentials,
     gateway::{AnyClientCert, MemoryNonces, NonceStore, RedisNonces, RemoteWorkloads, Verifier},
     notify::notify,
@@ -161,22 +160,6 @@ fn leafs(config: &Config) -> Result<Arc<tls::LeafCache>> {
     let ca = tls::LocalCa::load_or_create(&config.daemon.state_dir, &hosts)
         .context("the gateway's CA for HTTP CONNECT")?;
     Ok(Arc::new(tls::LeafCache::new(Arc::new(ca))))
-}
-
-/// The control socket, served until dropped.
-fn serve_control(
-    config: &Config,
-    responder: &Arc<Responder>,
-    backend: DaemonBackend,
-) -> Result<AbortOnDrop> {
-    let control = ControlServer::bind(
-        &config.control.socket,
-        config.control.admin_group.as_deref(),
-        responder.clone(),
-        Arc::new(backend),
-    )?;
-    tracing::info!(socket = %control.path().display(), "control socket ready");
-    Ok(AbortOnDrop(tokio::spawn(control.serve())))
 }
 
 /// Binds `[gateway] listen`, serves it and tells systemd the gateway is
