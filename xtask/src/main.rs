@@ -278,8 +278,15 @@ pub fn target_dir() -> Result<std::path::PathBuf> {
         .context("cargo metadata names no target_directory")
 }
 
+/// The checkout xtask runs from: `cargo run` sets CARGO_MANIFEST_DIR for
+/// the process, which is right even when one target directory serves
+/// several checkouts (cargo then reuses an xtask binary built in another,
+/// whose compile-time path would name that one).
 pub fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    manifest_dir
         .parent()
         .map(|p| p.to_owned())
         .unwrap_or_default()
