@@ -16,7 +16,7 @@
 
 use std::{
     fs,
-    os::unix::{fs::PermissionsExt, net::UnixDatagram},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -27,7 +27,7 @@ use std::{
 };
 
 use warrant_test_support::{
-    cgroups::{TestCgroup, TestPins, TestProcess, unique},
+    cgroups::{TestCgroup, TestPins, TestProcess},
     cloud::{
         AZURE, Accepted, BEDROCK, CloudApis, CredentialServices, HOSTS, Issuing, RealMetadata,
         Shared, VERTEX, run_tag, service_account_key,
@@ -202,40 +202,17 @@ upstreams = ["{BEDROCK}", "{VERTEX}", "{AZURE}"]
 
     fn run_daemon(&mut self) {
         let d = self.dir.path();
-        let notify_path = d.join(unique("notify"));
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("daemon.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_warrant"))
-            .arg("run")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warrant"));
+        cmd.arg("run")
             .arg("--config")
             .arg(d.join("warrant.toml"))
             .arg("--detach-on-exit")
-            .env("NOTIFY_SOCKET", &notify_path)
             .env("WARRANT_LOG", "debug")
             // The test's cgroup is the system manager's root: its
             // warrant.slice/warrant-agents.slice is the slice selected.
-            .env("WARRANT_TEST_MANAGER_ROOT", &self.cgroups.path)
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .env("WARRANT_TEST_MANAGER_ROOT", &self.cgroups.path);
+        let (child, _) = warrant_test_support::binary::start_until_ready(&mut cmd, d);
         self.daemon = Some(child);
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = notify
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("no READY=1 from warrant ({e}): {}", self.log()));
-            let text = String::from_utf8_lossy(&buf[..n]).to_string();
-            if text.lines().any(|l| l == "READY=1") {
-                return;
-            }
-        }
     }
 
     fn log(&self) -> String {

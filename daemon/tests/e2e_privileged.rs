@@ -12,7 +12,7 @@ use std::{
     fs,
     io::Read,
     net::{SocketAddr, TcpStream},
-    os::unix::{fs::PermissionsExt, net::UnixDatagram},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU8, Ordering},
@@ -199,49 +199,21 @@ path = "{d}/creds/gemini"
         stack
     }
 
-    /// Starts `warrant run` and waits for READY=1; returns its listen address.
+    /// Starts `warrant run` and waits for READY=1.
     fn run_daemon(&mut self, detach_on_exit: bool) {
         let d = self.dir.path();
-        let notify_path = d.join(support::cgroups::unique("notify"));
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("daemon.log"))
-            .unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_warrant"));
         cmd.arg("run").arg("--config").arg(d.join("warrant.toml"));
         if detach_on_exit {
             cmd.arg("--detach-on-exit");
         }
-        let child = cmd
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env("WARRANT_LOG", "debug")
+        cmd.env("WARRANT_LOG", "debug")
             // The test's cgroup is the system manager's root: its
             // warrant.slice/warrant-agents.slice is the slice selected.
-            .env("WARRANT_TEST_MANAGER_ROOT", &self.cgroups.path)
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .env("WARRANT_TEST_MANAGER_ROOT", &self.cgroups.path);
+        let (child, listen) = support::binary::start_until_ready(&mut cmd, d);
         self.daemon = Some(child);
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = notify
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("no READY=1 from warrant ({e}): {}", self.log()));
-            let text = String::from_utf8_lossy(&buf[..n]).to_string();
-            if text.lines().any(|l| l == "READY=1") {
-                let status = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("STATUS=serving on "))
-                    .unwrap();
-                self.listen = status.split(' ').next().unwrap().parse().unwrap();
-                return;
-            }
-        }
+        self.listen = listen.expect("warrant run says where it serves");
     }
 
     fn stop_daemon(&mut self, signal: nix::sys::signal::Signal) {
@@ -1594,13 +1566,22 @@ const PY_GEMINI_LIVE: &str = r#"
 import asyncio, json, ssl, sys
 import websockets
 URL = "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
+# The answer to the setup message carries usage too, so each turn reads the
+# answer to the one before: the close may come while answers are still
+# unread. A send after the close is ignored, so that they are read (the
+# client keeps received messages past the close) before recv raises.
+async def send(ws, message):
+    try:
+        await ws.send(json.dumps(message))
+    except websockets.exceptions.ConnectionClosed:
+        pass
 async def main():
     async with websockets.connect(URL, ssl=ssl.create_default_context(),
             additional_headers={"x-goog-api-key": "placeholder"}, open_timeout=30) as ws:
         await ws.send(json.dumps({"setup": {"model": "models/gemini-2.0-flash-live-001"}}))
         try:
             for i in range(10):
-                await ws.send(json.dumps({"clientContent": {"turns": [{"role": "user", "parts": [{"text": "hi"}]}], "turnComplete": True}}))
+                await send(ws, {"clientContent": {"turns": [{"role": "user", "parts": [{"text": "hi"}]}], "turnComplete": True}})
                 while "usageMetadata" not in json.loads(await ws.recv()):
                     pass
                 print("turn", i, flush=True)

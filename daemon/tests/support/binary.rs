@@ -174,44 +174,18 @@ socket = "{d}/control.sock"
 
     fn run_daemon(&mut self) {
         let d = self.dir.path();
-        let notify_path = d.join(unique("notify"));
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("daemon.log"))
-            .unwrap();
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        command
             .arg("run")
             .arg("--config")
             .arg(d.join("warrant.toml"))
             .arg("--detach-on-exit")
-            .env("NOTIFY_SOCKET", &notify_path)
             .env("WARRANT_LOG", "info,warrant::proxy=debug")
             .env("WARRANT_TEST_MANAGER_ROOT", &self.cgroups.path)
-            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)));
+        let (child, listen) = start_until_ready(&mut command, d);
         self.daemon = Some(child);
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = notify
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("no READY=1 from warrant ({e}): {}", self.log()));
-            let text = String::from_utf8_lossy(&buf[..n]).to_string();
-            if text.lines().any(|l| l == "READY=1") {
-                let status = text
-                    .lines()
-                    .find_map(|l| l.strip_prefix("STATUS=serving on "))
-                    .unwrap();
-                self.listen = status.split(' ').next().unwrap().parse().unwrap();
-                return;
-            }
-        }
+        self.listen = listen.expect("warrant run says where it serves");
     }
 
     /// The daemon's log, without terminal colours.
@@ -493,4 +467,47 @@ impl Files {
 pub fn sha256_file(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+/// Starts the daemon `command` (its arguments and environment set by the
+/// caller) with a notify socket in `dir` and its stderr appended to
+/// `dir/daemon.log`, and waits for READY=1. Returns the child and the
+/// address its STATUS says it serves on, if it says one.
+pub fn start_until_ready(command: &mut Command, dir: &Path) -> (Child, Option<SocketAddr>) {
+    let notify_path = dir.join(unique("notify"));
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let log_path = dir.join("daemon.log");
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    let mut child = command
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = match notify.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("no READY=1 from warrant ({e}): {log}")
+            }
+        };
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if text.lines().any(|l| l == "READY=1") {
+            let listen = text
+                .lines()
+                .find_map(|l| l.strip_prefix("STATUS=serving on "))
+                .and_then(|status| status.split(' ').next()?.parse().ok());
+            return (child, listen);
+        }
+    }
 }
