@@ -185,8 +185,18 @@ fn compile_claims(
         .collect()
 }
 
+/// Why a workload's selector does not take a caller (said in the refusal
+/// and the audit line).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Mismatch(String);
+
+fn mismatch(why: impl Into<String>) -> Result<(), Mismatch> {
+    Err(Mismatch(why.into()))
+}
+
 impl Selects {
-    fn check(&self, caller: Caller<'_>) -> Result<(), String> {
+    fn check(&self, caller: Caller<'_>) -> Result<(), Mismatch> {
         match (self, caller) {
             (
                 Selects::Nodes {
@@ -197,10 +207,10 @@ impl Selects {
                 Caller::Node { name, statement },
             ) => {
                 if !nodes.iter().any(|p| p.is_match(name)) {
-                    return Err(format!("node {name:?} is not one of its nodes"));
+                    return mismatch(format!("node {name:?} is not one of its nodes"));
                 }
                 if statement.workload != *node_workload {
-                    return Err(format!(
+                    return mismatch(format!(
                         "the node attests workload {:?}, not {node_workload:?}",
                         statement.workload
                     ));
@@ -216,31 +226,12 @@ impl Selects {
                 },
                 Caller::Token(token),
             ) => {
-                if let Some(issuer) = issuer
-                    && *issuer != token.issuer
-                {
-                    return Err(format!("issuer {:?}, not {issuer:?}", token.issuer));
-                }
-                if let Some(subject) = subject
-                    && !subject.is_match(&token.subject)
-                {
-                    return Err(format!(
-                        "subject {:?} does not match {:?}",
-                        token.subject, subject.text
-                    ));
-                }
-                if let Some(pattern) = spiffe_id {
-                    match &token.spiffe_id {
-                        Some(id) if pattern.is_match(id) => {}
-                        Some(id) => {
-                            return Err(format!(
-                                "SPIFFE ID {id:?} does not match {:?}",
-                                pattern.text
-                            ));
-                        }
-                        None => return Err("the token is not a JWT-SVID".to_owned()),
-                    }
-                }
+                check_token(
+                    issuer.as_deref(),
+                    subject.as_ref(),
+                    spiffe_id.as_ref(),
+                    token,
+                )?;
                 check_claims(claims, &token.claims)
             }
             (
@@ -251,43 +242,72 @@ impl Selects {
                     claims,
                 },
                 Caller::Svid(id),
-            ) if claims.is_empty() => {
-                if pattern.is_match(id) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "SPIFFE ID {id:?} does not match {:?}",
-                        pattern.text
-                    ))
-                }
-            }
+            ) if claims.is_empty() => check_spiffe_id(pattern, id),
             (Selects::Tokens { .. }, Caller::Svid(_)) => {
-                Err("selects tokens (issuer, subject, claims), not X.509-SVIDs".to_owned())
+                mismatch("selects tokens (issuer, subject, claims), not X.509-SVIDs")
             }
-            (Selects::Nodes { .. }, _) => Err("selects node statements".to_owned()),
+            (Selects::Nodes { .. }, _) => mismatch("selects node statements"),
             (Selects::Tokens { .. }, Caller::Node { .. }) => {
-                Err("selects tokens or SVIDs, not node statements".to_owned())
+                mismatch("selects tokens or SVIDs, not node statements")
             }
         }
     }
 }
 
+/// A token's issuer, subject and SPIFFE ID (a JWT-SVID's) against the
+/// selector's.
+fn check_token(
+    issuer: Option<&str>,
+    subject: Option<&Pattern>,
+    spiffe_id: Option<&Pattern>,
+    token: &VerifiedToken,
+) -> Result<(), Mismatch> {
+    if let Some(issuer) = issuer
+        && issuer != token.issuer
+    {
+        return mismatch(format!("issuer {:?}, not {issuer:?}", token.issuer));
+    }
+    if let Some(subject) = subject
+        && !subject.is_match(&token.subject)
+    {
+        return mismatch(format!(
+            "subject {:?} does not match {:?}",
+            token.subject, subject.text
+        ));
+    }
+    match (spiffe_id, &token.spiffe_id) {
+        (None, _) => Ok(()),
+        (Some(pattern), Some(id)) => check_spiffe_id(pattern, id),
+        (Some(_), None) => mismatch("the token is not a JWT-SVID"),
+    }
+}
+
+fn check_spiffe_id(pattern: &Pattern, id: &str) -> Result<(), Mismatch> {
+    if pattern.is_match(id) {
+        return Ok(());
+    }
+    mismatch(format!(
+        "SPIFFE ID {id:?} does not match {:?}",
+        pattern.text
+    ))
+}
+
 impl Narrowing {
-    fn check(&self, statement: &Statement) -> Result<(), String> {
+    fn check(&self, statement: &Statement) -> Result<(), Mismatch> {
         let p = &statement.process;
         let program = |selector: &str| match &p.program_refusal {
-            Some(why) => Err(format!("{selector} refused: {why}")),
+            Some(why) => mismatch(format!("{selector} refused: {why}")),
             None => Ok(()),
         };
         if let Some(unit) = &self.unit
             && p.unit.as_deref() != Some(unit.as_str())
         {
-            return Err(format!("unit {unit:?} expected, attested {:?}", p.unit));
+            return mismatch(format!("unit {unit:?} expected, attested {:?}", p.unit));
         }
         if let Some(exe) = &self.exe {
             program("exe")?;
             if p.exe != *exe {
-                return Err(format!("exe {exe:?} expected, attested {:?}", p.exe));
+                return mismatch(format!("exe {exe:?} expected, attested {:?}", p.exe));
             }
         }
         if !self.exe_sha256.is_empty() {
@@ -297,7 +317,7 @@ impl Narrowing {
                 .as_ref()
                 .is_some_and(|h| self.exe_sha256.contains(h))
             {
-                return Err(format!(
+                return mismatch(format!(
                     "exe_sha256 not one allowed (attested {:?})",
                     p.exe_sha256
                 ));
@@ -307,7 +327,7 @@ impl Narrowing {
             program("entrypoint_sha256")?;
             let attested = p.entrypoint_sha256.as_ref();
             if !attested.is_some_and(|h| self.entrypoint_sha256.contains(h)) {
-                return Err(format!(
+                return mismatch(format!(
                     "entrypoint_sha256 not one allowed (attested {attested:?})"
                 ));
             }
@@ -315,24 +335,24 @@ impl Narrowing {
         if let Some(uid) = self.uid
             && p.uid != uid
         {
-            return Err(format!("uid {uid} expected, attested {}", p.uid));
+            return mismatch(format!("uid {uid} expected, attested {}", p.uid));
         }
         if let Some(gid) = self.gid
             && p.gid != gid
         {
-            return Err(format!("gid {gid} expected, attested {}", p.gid));
+            return mismatch(format!("gid {gid} expected, attested {}", p.gid));
         }
         Ok(())
     }
 }
 
-fn check_claims(wanted: &[(String, Pattern)], claims: &Map<String, Value>) -> Result<(), String> {
+fn check_claims(wanted: &[(String, Pattern)], claims: &Map<String, Value>) -> Result<(), Mismatch> {
     for (path, pattern) in wanted {
         let Some(value) = claim_at(claims, path) else {
-            return Err(format!("the token has no claim {path:?}"));
+            return mismatch(format!("the token has no claim {path:?}"));
         };
         if !value_matches(value, pattern) {
-            return Err(format!(
+            return mismatch(format!(
                 "claim {path:?} is {value}, which does not match {:?}",
                 pattern.text
             ));
