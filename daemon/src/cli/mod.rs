@@ -62,7 +62,8 @@ pub enum Command {
     },
     /// Live view: workloads and their connections, credentials (expiry, never
     /// values), budgets (limit, used, in flight, when a default request
-    /// fits), instance identity, tagging health, quarantines, audit health.
+    /// fits), instance identity, tagging health, quarantines, audit health,
+    /// the kernel (features probed at start, hooks attached).
     Status {
         #[command(flatten)]
         socket: SocketArg,
