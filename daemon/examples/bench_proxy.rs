@@ -34,9 +34,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame};
 use warrant::tls::{LeafCache, LocalCa};
 
-#[path = "support/loopback.rs"]
-mod loopback;
 use loopback::{CREDENTIAL, HOST, MockBody, MockCa, Target, one, roots};
+use warrant_test_support::loopback;
 
 const SSE_CHUNK: usize = 16 * 1024;
 

@@ -50,9 +50,8 @@ use warrant::{
     },
 };
 
-#[path = "support/loopback.rs"]
-mod loopback;
 use loopback::{MockBody, MockCa, Target};
+use warrant_test_support::loopback;
 
 fn scale() -> f64 {
     std::env::var("BENCH_SCALE")

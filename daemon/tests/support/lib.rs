@@ -28,6 +28,8 @@
 //!   uid (the identity tests);
 //! - [`netns`]: network namespaces over a veth with a reporting server, and
 //!   a cgroup egress filter like systemd's IPAddressDeny;
+//! - [`loopback`]: the benchmarks' in-process stack (a mock provider behind
+//!   TLS, the injector with `StaticOrigins`, an HTTP/1.1 TLS client);
 //! - [`cloud`]: Bedrock, Vertex AI and Azure OpenAI mocks (SigV4 verified
 //!   with the real secret) and the cloud credential services (IMDSv2, STS,
 //!   GCE metadata, Google token/STS/IAM, Azure managed identity, Entra ID).
@@ -43,6 +45,7 @@ pub mod credentials;
 pub mod daemon;
 pub mod injector;
 pub mod logs;
+pub mod loopback;
 pub mod mock_provider;
 pub mod monitored;
 pub mod netns;

@@ -2,7 +2,6 @@
 //! provider behind TLS (its certificate from a throwaway CA), the injector
 //! in-process with `StaticOrigins` (as the tests run it), and an HTTP/1.1
 //! TLS client that reaches either. Everything stays on 127.0.0.1.
-#![allow(dead_code)] // each benchmark uses a part
 
 use std::{
     net::SocketAddr,
