@@ -107,9 +107,20 @@ pub struct BudgetLabels {
     pub budget: String,
 }
 
+/// One budget's gauges: its limit, and its use and reservations where they
+/// are known locally (budgets kept in Redis have only their limit here).
+#[derive(Clone, Debug)]
+pub struct BudgetGauge {
+    pub labels: BudgetLabels,
+    pub limit: u64,
+    pub used: Option<u64>,
+    pub in_flight: Option<u64>,
+}
+
 /// The budgets of the rules in force, read when /metrics is scraped (see
-/// [`Metrics::set_budget_source`]).
-pub type BudgetSource = Box<dyn Fn() -> Vec<crate::usage::BudgetLine> + Send + Sync>;
+/// [`Metrics::set_budget_source`]). The service supplies it from the
+/// ledger: metrics knows no budget, only gauges.
+pub type BudgetSource = Box<dyn Fn() -> Vec<BudgetGauge> + Send + Sync>;
 
 /// Each budget's limit, use and reservations, as gauges. Set from the
 /// ledger at every scrape rather than on each request: the sliding
@@ -123,26 +134,20 @@ pub struct BudgetMetrics {
 
 impl BudgetMetrics {
     /// Replaces every series with `lines` (a rule removed by a reload
-    /// leaves no stale series). Budgets kept in Redis have no local use to
-    /// show: only their limit.
-    pub fn set(&self, lines: &[crate::usage::BudgetLine]) {
+    /// leaves no stale series).
+    pub fn set(&self, lines: &[BudgetGauge]) {
         self.limit.clear();
         self.used.clear();
         self.in_flight.clear();
         let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         for line in lines {
-            let labels = BudgetLabels {
-                workload: line.workload.clone(),
-                key: line.key.clone(),
-                rule: line.rule.to_string(),
-                budget: line.budget.key().to_owned(),
-            };
-            self.limit.get_or_create(&labels).set(gauge(line.limit));
+            let labels = &line.labels;
+            self.limit.get_or_create(labels).set(gauge(line.limit));
             if let Some(used) = line.used {
-                self.used.get_or_create(&labels).set(gauge(used));
+                self.used.get_or_create(labels).set(gauge(used));
             }
             if let Some(in_flight) = line.in_flight {
-                self.in_flight.get_or_create(&labels).set(gauge(in_flight));
+                self.in_flight.get_or_create(labels).set(gauge(in_flight));
             }
         }
     }

@@ -281,8 +281,26 @@ pub fn meter_budgets(metrics: &Metrics, reloader: &Arc<reload::Reloader>) {
             budgets
                 .status_of(&control::budget_plans(&generation.config))
                 .lines
+                .iter()
+                .map(budget_gauge)
+                .collect()
         })
     }));
+}
+
+/// A budget line of the ledger as the metrics' gauges.
+fn budget_gauge(line: &crate::usage::BudgetLine) -> crate::metrics::BudgetGauge {
+    crate::metrics::BudgetGauge {
+        labels: crate::metrics::BudgetLabels {
+            workload: line.workload.clone(),
+            key: line.key.clone(),
+            rule: line.rule.to_string(),
+            budget: line.budget.key().to_owned(),
+        },
+        limit: line.limit,
+        used: line.used,
+        in_flight: line.in_flight,
+    }
 }
 
 /// The metrics endpoint, when configured. Metrics are for operators; a port
