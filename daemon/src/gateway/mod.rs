@@ -268,7 +268,16 @@ impl Verifier {
 
     /// The workload an agent with a verified X.509-SVID is, as a token of
     /// its trust domain (for the audit line and the tunnel's lifetime).
-    pub fn select_svid(&self, svid: &Svid) -> Result<TokenCaller, AgentError> {
+    /// An SVID is checked at the handshake; one that expired since, on a
+    /// connection kept open, is refused at `now`.
+    pub fn select_svid(&self, svid: &Svid, now: i64) -> Result<TokenCaller, AgentError> {
+        if now > svid.not_after {
+            return Err(AgentError::Certificate(format!(
+                "the X.509-SVID {} expired {} s ago: connect again with a fresh one",
+                svid.id,
+                now - svid.not_after
+            )));
+        }
         let workload = self
             .workloads
             .select(Caller::Svid(&svid.id))

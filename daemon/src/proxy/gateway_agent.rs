@@ -334,7 +334,7 @@ async fn verify_agent(
     let token = agent_token(headers, &entry.token_header);
     let now = jiff::Timestamp::now().as_second();
     let verified = match (peer, &token) {
-        (Peer::Svid(svid), _) => verifier.select_svid(svid),
+        (Peer::Svid(svid), _) => verifier.select_svid(svid, now),
         (Peer::Unverified(why), None) => Err(AgentError::Certificate(why.clone())),
         _ => {
             verifier
