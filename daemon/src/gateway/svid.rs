@@ -184,7 +184,65 @@ fn check_trust_domain(domain: &str) -> Result<(), BadSpiffeId> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+
     use super::*;
+
+    fn ca() -> (rcgen::Certificate, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        (params.self_signed(&key).unwrap(), key)
+    }
+
+    fn leaf(ca: &(rcgen::Certificate, KeyPair), uris: &[&str]) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|u| SanType::URI((*u).try_into().unwrap()))
+            .collect();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.signed_by(&key, &ca.0, &ca.1).unwrap().der().clone()
+    }
+
+    #[test]
+    fn an_svid_names_one_spiffe_id_of_its_domain_and_chains_to_the_bundle() {
+        let trusted = ca();
+        let dir = tempfile::tempdir().unwrap();
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, trusted.0.pem()).unwrap();
+        let verifier = SvidVerifier::load(&bundle, "example.org").unwrap();
+        let now = UnixTime::now();
+        let good = leaf(&trusted, &["spiffe://example.org/agents/a"]);
+        assert_eq!(
+            verifier.verify(&[good], now).unwrap().id,
+            "spiffe://example.org/agents/a"
+        );
+        let two = leaf(
+            &trusted,
+            &["spiffe://example.org/a", "spiffe://example.org/b"],
+        );
+        assert!(matches!(
+            verifier.verify(&[two], now),
+            Err(SvidError::Uris(2))
+        ));
+        let none = leaf(&trusted, &[]);
+        assert!(matches!(
+            verifier.verify(&[none], now),
+            Err(SvidError::Uris(0))
+        ));
+        let other = leaf(&trusted, &["spiffe://other.org/a"]);
+        assert!(matches!(
+            verifier.verify(&[other], now),
+            Err(SvidError::Id(_))
+        ));
+        let foreign = leaf(&ca(), &["spiffe://example.org/agents/a"]);
+        assert!(matches!(
+            verifier.verify(&[foreign], now),
+            Err(SvidError::Chain(_))
+        ));
+    }
 
     #[test]
     fn spiffe_ids_follow_the_standard() {
