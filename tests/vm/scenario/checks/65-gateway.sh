@@ -77,7 +77,7 @@ id = "openai"
 [[workload]]
 name = "ci"
 issuer = "https://issuer.vmtest"
-subject = "repo:warrant/*"
+subject = "repo:warrant/**"
 
 [[policy]]
 workload = "ci"
