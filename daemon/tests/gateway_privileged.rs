@@ -17,7 +17,7 @@ use std::{
     collections::HashMap,
     fs,
     net::SocketAddr,
-    os::unix::{fs::PermissionsExt, net::UnixDatagram},
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -30,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use warrant::gateway::{Binding, NodeKey, STATEMENT_HEADER, node::Unsigned};
 use warrant_test_support::{
-    binary::{Warrant, strip_ansi},
+    binary::{self, Warrant, strip_ansi},
     cgroups::unique,
     mock_provider::{MockProvider, MockSettings},
     netns::TestNetns,
@@ -85,16 +85,6 @@ impl Gateway {
     /// Starts the binary on the config written, and waits for READY=1.
     fn spawn(&mut self) {
         let d = self.dir.path();
-        let notify_path = d.join(unique("notify"));
-        let notify = UnixDatagram::bind(&notify_path).unwrap();
-        notify
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(d.join("gateway.log"))
-            .unwrap();
         let mut command = match &self.netns {
             Some(name) => {
                 let mut c = Command::new("ip");
@@ -114,23 +104,10 @@ impl Gateway {
             .arg(bin())
             .args(["gateway", "--config"])
             .arg(d.join("gateway.toml"))
-            .env("NOTIFY_SOCKET", &notify_path)
             .env("WARRANT_LOG", "info,warrant::proxy=debug")
-            .stdin(Stdio::null())
-            .stderr(log);
-        self.child = Some(command.spawn().unwrap());
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = notify
-                .recv(&mut buf)
-                .unwrap_or_else(|e| panic!("no READY=1 from the gateway ({e}): {}", self.log()));
-            if String::from_utf8_lossy(&buf[..n])
-                .lines()
-                .any(|l| l == "READY=1")
-            {
-                return;
-            }
-        }
+            .stdin(Stdio::null());
+        let (child, _) = binary::start_logging_to(&mut command, d, &d.join("gateway.log"));
+        self.child = Some(child);
     }
 }
 

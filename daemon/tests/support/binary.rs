@@ -474,16 +474,24 @@ pub fn sha256_file(path: &Path) -> String {
 /// `dir/daemon.log`, and waits for READY=1. Returns the child and the
 /// address its STATUS says it serves on, if it says one.
 pub fn start_until_ready(command: &mut Command, dir: &Path) -> (Child, Option<SocketAddr>) {
+    start_logging_to(command, dir, &dir.join("daemon.log"))
+}
+
+/// As [`start_until_ready`], with stderr appended to `log_path`.
+pub fn start_logging_to(
+    command: &mut Command,
+    dir: &Path,
+    log_path: &Path,
+) -> (Child, Option<SocketAddr>) {
     let notify_path = dir.join(unique("notify"));
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify
         .set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
-    let log_path = dir.join("daemon.log");
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&log_path)
+        .open(log_path)
         .unwrap();
     let mut child = command
         .env("NOTIFY_SOCKET", &notify_path)
@@ -497,7 +505,7 @@ pub fn start_until_ready(command: &mut Command, dir: &Path) -> (Child, Option<So
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let log = fs::read_to_string(&log_path).unwrap_or_default();
+                let log = fs::read_to_string(log_path).unwrap_or_default();
                 panic!("no READY=1 from warrant ({e}): {log}")
             }
         };
