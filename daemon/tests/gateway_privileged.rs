@@ -522,9 +522,10 @@ upstreams = ["api.openai.com"]
         };
         let (status, body) = send(&gateway, Some(&tester), &other_workload).await;
         assert_eq!(status, 403, "{body}");
-        // 9. A host that is not a configured upstream: never relayed.
+        // 9. A host that is not a configured upstream: never relayed. (A
+        // loopback address: were it relayed, nothing leaves the machine.)
         let elsewhere = Sent {
-            host: "169.254.169.254".into(),
+            host: "127.0.0.1".into(),
             ..good_clone(&good)
         };
         let (status, body) = send(&gateway, Some(&tester), &elsewhere).await;
@@ -1239,7 +1240,8 @@ fn agents_without_a_node_are_served_by_their_tokens_or_svids_and_abuse_is_refuse
         // CONNECT elsewhere than a configured upstream on 443: never a
         // tunnel, whatever the token.
         let auth = format!("Bearer {support}");
-        for target in ["169.254.169.254:80", "api.openai.com:22", "localhost:443"] {
+        // (Loopback targets: were one tunnelled, nothing leaves the machine.)
+        for target in ["127.0.0.1:80", "api.openai.com:22", "localhost:443"] {
             let (got, _) = agent_send(
                 &gateway,
                 "CONNECT",
