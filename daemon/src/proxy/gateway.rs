@@ -35,7 +35,7 @@ use tokio_rustls::TlsAcceptor;
 use super::{
     ForwardBody, Identity, Injector, ProxyBody, Refusal, Transport, Upstream,
     phases::{Call, Learned, finish},
-    rewrite::{content_length, request_host},
+    rewrite::request_host,
 };
 use crate::{
     audit::{AttestationSummary, Outcome, RequestLog},
@@ -125,13 +125,7 @@ impl Injector {
         peer: &Peer,
         live: Arc<LiveConnection>,
     ) -> Response<ProxyBody> {
-        live.request_started();
-        let log = self.responder.audit().request(
-            &origin,
-            req.method(),
-            req.uri().path(),
-            content_length(req.headers()),
-        );
+        let log = self.begin(&req, &origin, &live);
         let mut learned = Learned::default();
         let response = match self
             .gateway_route(req, &origin, entry, peer, &log, &live, &mut learned)

@@ -36,7 +36,7 @@ use super::{
     ForwardBody, GatewayEntry, Identity, Injector, ProxyBody, Refusal, Transport, Upstream,
     gateway::resolve,
     phases::{Call, Learned, finish},
-    rewrite::{content_length, empty, request_host},
+    rewrite::{empty, request_host},
 };
 use crate::{
     audit::{AttestationSummary, Outcome, RequestLog, TokenSummary},
@@ -267,13 +267,7 @@ impl Injector {
         tunnel: &Tunnel,
         live: Arc<LiveConnection>,
     ) -> Response<ProxyBody> {
-        live.request_started();
-        let log = self.responder.audit().request(
-            &origin,
-            req.method(),
-            req.uri().path(),
-            content_length(req.headers()),
-        );
+        let log = self.begin(&req, &origin, &live);
         let mut learned = Learned::default();
         let response = match self
             .in_tunnel(req, &origin, tunnel, &log, &live, &mut learned)

@@ -111,18 +111,31 @@ impl Injector {
         sni_upstream: Option<Arc<Upstream>>,
         live: Arc<LiveConnection>,
     ) -> Response<ProxyBody> {
-        live.request_started();
-        let log = self.responder.audit().request(
-            &origin,
-            req.method(),
-            req.uri().path(),
-            content_length(req.headers()),
-        );
+        let log = self.begin(&req, &origin, &live);
         let mut learned = Learned::default();
         let response = self
             .route(req, origin, sni_upstream, &log, &live, &mut learned)
             .await;
         finish(response, log, learned, origin, self.responder.clone())
+    }
+}
+
+impl Injector {
+    /// The start of every request, whichever way it came in: counted on its
+    /// connection, and its audit line begun.
+    pub(super) fn begin<B>(
+        &self,
+        req: &Request<B>,
+        origin: &Origin,
+        live: &LiveConnection,
+    ) -> RequestLog {
+        live.request_started();
+        self.responder.audit().request(
+            origin,
+            req.method(),
+            req.uri().path(),
+            content_length(req.headers()),
+        )
     }
 }
 
