@@ -75,15 +75,7 @@ impl WarrantGate {
             exe_path: Some(attestation.exe.as_path()),
             exe_sha256: exe_sha256.as_ref(),
             program_refusal: program_refusal.as_deref(),
-            upstream_host: upstream,
-            method: request.method.as_str(),
-            path: &request.path,
-            model: request.model.as_deref(),
-            project: request.project.as_deref(),
-            location: request.location.as_deref(),
-            body: Some(&request.body),
-            unmetered: request.unmetered,
-            now: jiff::Timestamp::now(),
+            ..request_input(workload, upstream, request)
         })
     }
 
@@ -165,15 +157,7 @@ impl WarrantGate {
             exe_path: Some(std::path::Path::new(&process.exe)),
             exe_sha256: exe_sha256.as_ref(),
             program_refusal: process.program_refusal.as_deref(),
-            upstream_host: upstream,
-            method: request.method.as_str(),
-            path: &request.path,
-            model: request.model.as_deref(),
-            project: request.project.as_deref(),
-            location: request.location.as_deref(),
-            body: Some(&request.body),
-            unmetered: request.unmetered,
-            now: jiff::Timestamp::now(),
+            ..request_input(workload, upstream, request)
         })
     }
 
@@ -186,23 +170,8 @@ impl WarrantGate {
         upstream: &str,
         request: &crate::provider::Request,
     ) -> Decision {
-        self.policy.evaluate(&PolicyInput {
-            workload,
-            environment: None,
-            region: None,
-            exe_path: None,
-            exe_sha256: None,
-            program_refusal: None,
-            upstream_host: upstream,
-            method: request.method.as_str(),
-            path: &request.path,
-            model: request.model.as_deref(),
-            project: request.project.as_deref(),
-            location: request.location.as_deref(),
-            body: Some(&request.body),
-            unmetered: request.unmetered,
-            now: jiff::Timestamp::now(),
-        })
+        self.policy
+            .evaluate(&request_input(workload, upstream, request))
     }
 
     async fn authorize_request(
@@ -354,5 +323,32 @@ impl RequestGate for WarrantGate {
 
     fn body_prefix_len(&self) -> usize {
         self.body_prefix_len
+    }
+}
+
+/// The policy input of `request`, with no identity facts beyond the
+/// workload (no instance claims, no executable): the callers fill in what
+/// their caller can show.
+fn request_input<'a>(
+    workload: &'a str,
+    upstream: &'a str,
+    request: &'a crate::provider::Request,
+) -> PolicyInput<'a> {
+    PolicyInput {
+        workload,
+        environment: None,
+        region: None,
+        exe_path: None,
+        exe_sha256: None,
+        program_refusal: None,
+        upstream_host: upstream,
+        method: request.method.as_str(),
+        path: &request.path,
+        model: request.model.as_deref(),
+        project: request.project.as_deref(),
+        location: request.location.as_deref(),
+        body: Some(&request.body),
+        unmetered: request.unmetered,
+        now: jiff::Timestamp::now(),
     }
 }
