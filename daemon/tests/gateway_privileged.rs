@@ -1,15 +1,18 @@
-//! Gateway mode with the real binaries, across a network namespace: a node
-//! (`warrant run` with `[forward]`, no credential) on the test's host with
-//! agents in a tagged cgroup, and `warrant gateway` in a network namespace
-//! the test creates, reached over a veth pair, with its own private
-//! /etc/hosts mapping the provider to a mock on the veth's host side. The
-//! mock sees the real key, which only the gateway holds.
+//! Gateway mode with the real binaries, across network namespaces: a
+//! "remote host" namespace runs the node (`warrant run` with `[forward]`,
+//! no credential) and its agents in a tagged cgroup, with the official
+//! SDKs; `warrant gateway` runs in a second namespace, joined to the first
+//! by a veth pair, with its own private /etc/hosts mapping the provider to
+//! a mock on the host's end of another veth, which only the gateway's
+//! namespace can reach. The mock sees the real key, which only the gateway
+//! holds.
 //!
-//! Then the test itself acts as nodes, enrolled and not, over mTLS, to try
-//! what an attacker would: a statement replayed, one bound to another
-//! request (path, body), one too old, a key that is not enrolled, no
-//! client certificate, a host that is not a configured upstream. Each is
-//! refused in the provider's shape and audited; none reaches the mock.
+//! Then the test itself acts as nodes, enrolled and not, over mTLS from
+//! the remote host's namespace, to try what an attacker would: a statement
+//! replayed, one bound to another request (path, body), one too old, a key
+//! that is not enrolled, no client certificate, a host that is not a
+//! configured upstream. Each is refused in the provider's shape and
+//! audited; none reaches the mock.
 #![cfg(feature = "privileged-tests")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,7 +36,7 @@ use warrant_test_support::{
     binary::{self, Warrant, strip_ansi},
     cgroups::unique,
     mock_provider::{MockProvider, MockSettings},
-    netns::TestNetns,
+    netns::{self, TestNetns},
     prereq::{self, Need},
 };
 
@@ -58,6 +61,8 @@ struct Gateway {
     dir: tempfile::TempDir,
     addr: SocketAddr,
     netns: Option<String>,
+    /// The namespace the test's own nodes connect from; None: the test's.
+    clients_in: Option<String>,
 }
 
 impl Gateway {
@@ -159,18 +164,21 @@ fn start_gateway(
     spec: &GatewaySpec<'_>,
     dir: tempfile::TempDir,
     mock: &MockProvider,
-    key: &str,
+    keys: (&str, &str),
     nodes: &[(&str, String)],
 ) -> Gateway {
     let d = dir.path();
     let addr = spec.listen;
     fs::write(d.join("provider-ca.pem"), &mock.ca_pem).unwrap();
-    fs::write(d.join("openai.key"), key).unwrap();
-    fs::set_permissions(d.join("openai.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    for (name, key) in [("openai", keys.0), ("anthropic", keys.1)] {
+        let path = d.join(format!("{name}.key"));
+        fs::write(&path, key).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let provider_ip = spec.provider_ip;
     fs::write(
         d.join("hosts"),
-        format!("127.0.0.1 localhost\n{provider_ip} api.openai.com\n"),
+        format!("127.0.0.1 localhost\n{provider_ip} api.openai.com api.anthropic.com\n"),
     )
     .unwrap();
     let enrolled: String = nodes
@@ -203,10 +211,21 @@ scheme = "openai"
 credential = "openai"
 ca_file = "{d}/provider-ca.pem"
 
+[[upstream]]
+host = "api.anthropic.com"
+scheme = "anthropic"
+credential = "anthropic"
+ca_file = "{d}/provider-ca.pem"
+
 [[credential]]
 name = "openai"
 source = "file"
 path = "{d}/openai.key"
+
+[[credential]]
+name = "anthropic"
+source = "file"
+path = "{d}/anthropic.key"
 
 [[workload]]
 name = "support"
@@ -219,7 +238,7 @@ nodes = ["tester"]
 
 [[policy]]
 workload = "support"
-upstreams = ["api.openai.com"]
+upstreams = ["api.openai.com", "api.anthropic.com"]
 
 [[policy]]
 workload = "tests"
@@ -236,6 +255,7 @@ upstreams = ["api.openai.com"]
         dir,
         addr,
         netns: spec.netns.map(|n| n.name.clone()),
+        clients_in: None,
     };
     gateway.spawn();
     gateway
@@ -297,7 +317,14 @@ async fn send(gateway: &Gateway, key: Option<&NodeKey>, sent: &Sent) -> (u16, St
     };
     let mut config = (*config).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let tcp = match &gateway.clients_in {
+        Some(netns) => {
+            let tcp = netns::connect_in(netns, gateway.addr).unwrap();
+            tcp.set_nonblocking(true).unwrap();
+            tokio::net::TcpStream::from_std(tcp).unwrap()
+        }
+        None => tokio::net::TcpStream::connect(gateway.addr).await.unwrap(),
+    };
     let name = rustls::pki_types::ServerName::IpAddress(gateway.addr.ip().into());
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
@@ -337,43 +364,104 @@ for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=[{"rol
 print(f"sdk stream {n > 0}", flush=True)
 "#;
 
+const PY_ANTHROPIC: &str = r#"
+import anthropic
+c = anthropic.Anthropic()
+m = c.messages.create(model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+print("json", m.content[0].text, flush=True)
+with c.messages.stream(model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hi"}]) as s:
+    print("stream", "".join(s.text_stream), flush=True)
+"#;
+
+/// With the gateway gone: the status the SDK got, and whether the error
+/// body was in OpenAI's shape (the SDK hands over its "error" object).
+const PY_OPENAI_DOWN: &str = r#"
+import openai
+c = openai.OpenAI(max_retries=0)
+try:
+    c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    print("served", flush=True)
+except openai.APIStatusError as e:
+    print("status", e.status_code, flush=True)
+    print("shape", "ok" if isinstance(e.body, dict) and e.body.get("message") else e.body, flush=True)
+"#;
+
+const PY_ANTHROPIC_DOWN: &str = r#"
+import anthropic
+c = anthropic.Anthropic(max_retries=0)
+try:
+    c.messages.create(model="claude-sonnet-4-6", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    print("served", flush=True)
+except anthropic.APIStatusError as e:
+    print("status", e.status_code, flush=True)
+    ok = e.body.get("type") == "error" and e.body["error"].get("message")
+    print("shape", "ok" if ok else e.body, flush=True)
+"#;
+
 #[test]
 fn a_node_without_credentials_is_served_by_the_gateway_and_forgeries_are_refused() {
     if !prereq::require(NEEDS) {
         return;
     }
+    // The gateway's namespace, reached from the host (where the mock
+    // provider is) by one veth; the remote host's, reached from the
+    // gateway's by another and from nowhere else.
     let subnet = 60 + (std::process::id() % 100) as u8;
     let host_ip = format!("198.18.{subnet}.1");
-    let netns = TestNetns::new(&format!("{host_ip}/24"), &format!("198.18.{subnet}.2/24"));
+    let gw_netns = TestNetns::new(&format!("{host_ip}/24"), &format!("198.18.{subnet}.2/24"));
+    let gw_ip = format!("10.218.{subnet}.1");
+    let node_netns = gw_netns.linked(&format!("{gw_ip}/24"), &format!("10.218.{subnet}.2/24"));
     let real_key = format!(
         "sk-proj-REAL{}abcdefghijklmnopqrstuvwxyz012345",
         unique("g").replace('-', "")
     );
+    let anthropic_key = format!(
+        "sk-ant-api03-REAL{}abcdefghijklmnopqrstuvwxyz012345",
+        unique("a").replace('-', "")
+    );
+    let mock_addr: SocketAddr = format!("{host_ip}:443").parse().unwrap();
     let mock = MockProvider::start(
-        &[format!("{host_ip}:443").parse().unwrap()],
+        &[mock_addr],
         MockSettings {
-            keys: HashMap::from([("openai".to_owned(), real_key.clone())]),
+            keys: HashMap::from([
+                ("openai".to_owned(), real_key.clone()),
+                ("anthropic".to_owned(), anthropic_key.clone()),
+            ]),
             record_file: None,
             event_delay: Duration::from_millis(1),
         },
     )
     .unwrap();
-    let gw_addr = format!("198.18.{subnet}.2:8443");
+    // Only the gateway's namespace reaches the provider.
+    assert!(
+        gw_netns.connect(mock_addr).is_ok(),
+        "the gateway's namespace cannot reach the mock"
+    );
+    assert!(
+        node_netns.connect(mock_addr).is_err(),
+        "the remote host reaches the provider without the gateway"
+    );
+    let gw_addr: SocketAddr = format!("{gw_ip}:8443").parse().unwrap();
     let agent = "system.slice/agent.service";
-    // The node: no [[credential]], its upstream names none. It trusts the
-    // gateway's CA, made first.
-    let gw_dir = gateway_dir(netns.ns_addr);
-    let mut node = Warrant::start_node(
+    // The node, in the remote host's namespace: no [[credential]], its
+    // upstream names none. It trusts the gateway's CA, made first.
+    let gw_dir = gateway_dir(gw_addr.ip());
+    let mut node = Warrant::start_node_in(
+        &node_netns,
         &bin(),
         &[agent],
         r#"
+[[upstream]]
+host = "api.anthropic.com"
+scheme = "anthropic"
+
 [[workload]]
 name = "agents"
 unit = "agent.service"
 
 [[policy]]
 workload = "agents"
-upstreams = ["api.openai.com"]
+upstreams = ["api.openai.com", "api.anthropic.com"]
 "#,
         &format!(
             "[forward]\ngateway = \"https://{gw_addr}\"\nca_file = \"{}/ca.pem\"\naudience = \"gw-test\"\n",
@@ -384,23 +472,34 @@ upstreams = ["api.openai.com"]
     let tester = new_node_key();
     let stranger = new_node_key();
     let spec = GatewaySpec {
-        netns: Some(&netns),
-        listen: SocketAddr::new(netns.ns_addr, 8443),
+        netns: Some(&gw_netns),
+        listen: gw_addr,
         provider_ip: &host_ip,
         tests_policy: "",
         extra: "",
     };
-    let gateway = start_gateway(
+    let mut gateway = start_gateway(
         &spec,
         gw_dir,
         &mock,
-        &real_key,
+        (&real_key, &anthropic_key),
         &[
             ("web-1", node_key.clone()),
             ("tester", tester.public_text()),
         ],
     );
+    // The test's own nodes connect from the remote host too.
+    gateway.clients_in = Some(node_netns.name.clone());
     node.wait_tagged(agent);
+    assert!(
+        in_netns(node.pid(), &node_netns),
+        "the node runs outside the remote host's namespace"
+    );
+    // The node's agents resolve the Anthropic API as they do OpenAI's.
+    let hosts = node.dir.path().join("hosts");
+    let mut names = fs::read_to_string(&hosts).unwrap();
+    names = names.replace(" api.openai.com", " api.openai.com api.anthropic.com");
+    fs::write(&hosts, names).unwrap();
 
     // 1. An agent on the node, curl and the official SDK: the mock sees the
     // real key, which the node never had.
@@ -417,8 +516,39 @@ upstreams = ["api.openai.com"]
         &[("PYTHONPATH", sdk_dir().join("python").to_str().unwrap())],
         &["python3", "-c", PY_OPENAI],
     );
+    assert!(
+        in_netns(sdk.pid, &node_netns),
+        "the agent runs outside the remote host's namespace"
+    );
     assert_eq!(sdk.line(), "sdk ok", "gateway: {}", gateway.log());
     assert_eq!(sdk.line(), "sdk stream True");
+    let mut sdk = node.agent(
+        agent,
+        Some(65534),
+        &[
+            ("PYTHONPATH", sdk_dir().join("python").to_str().unwrap()),
+            ("ANTHROPIC_API_KEY", "placeholder"),
+        ],
+        &["python3", "-c", PY_ANTHROPIC],
+    );
+    let line = sdk.line();
+    assert!(
+        line.starts_with("json Hello"),
+        "{line}\ngateway: {}",
+        gateway.log()
+    );
+    let line = sdk.line();
+    assert!(line.starts_with("stream Hello"), "{line}");
+    // The SDK's own form (x-api-key, or a bearer in current versions).
+    let anthropic_bearer = format!("Bearer {anthropic_key}");
+    assert!(
+        mock.records().iter().any(|r| {
+            r["host"] == "api.anthropic.com"
+                && (r["headers"]["x-api-key"] == anthropic_key.as_str()
+                    || r["headers"]["authorization"] == anthropic_bearer.as_str())
+        }),
+        "the mock never saw the real Anthropic key"
+    );
     let bearer = format!("Bearer {real_key}");
     let saw_real_key = mock
         .records()
@@ -448,7 +578,9 @@ upstreams = ["api.openai.com"]
         audit.contains(r#""node":"web-1""#) && audit.contains(r#""workload":"support""#),
         "gateway audit: {audit}"
     );
-    assert!(!audit.contains(&real_key) && !node.log().contains(&real_key));
+    for key in [&real_key, &anthropic_key] {
+        assert!(!audit.contains(key.as_str()) && !node.log().contains(key.as_str()));
+    }
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -558,10 +690,36 @@ upstreams = ["api.openai.com"]
         );
     }
 
-    // 10. The gateway gone, the node fails closed in the provider's shape.
+    // 10. The gateway gone, the node fails closed in the provider's shape,
+    // as the official SDKs read it.
     drop(gateway);
     let status = node.curl(agent, 65534);
     assert!(status == "502" || status == "503", "got {status}");
+    for script in [PY_OPENAI_DOWN, PY_ANTHROPIC_DOWN] {
+        let mut sdk = node.agent(
+            agent,
+            Some(65534),
+            &[
+                ("PYTHONPATH", sdk_dir().join("python").to_str().unwrap()),
+                ("ANTHROPIC_API_KEY", "placeholder"),
+            ],
+            &["python3", "-c", script],
+        );
+        let status = sdk.line();
+        assert!(
+            status == "status 502" || status == "status 503",
+            "{script}: {status}"
+        );
+        assert_eq!(sdk.line(), "shape ok", "{script}");
+    }
+}
+
+/// Whether process `pid` is in the test namespace `netns`.
+fn in_netns(pid: u32, netns: &TestNetns) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let of_pid = fs::metadata(format!("/proc/{pid}/ns/net")).unwrap();
+    let named = fs::metadata(format!("/run/netns/{}", netns.name)).unwrap();
+    (of_pid.dev(), of_pid.ino()) == (named.dev(), named.ino())
 }
 
 fn good_clone(s: &Sent) -> Sent {
@@ -626,14 +784,14 @@ fn two_gateways_share_one_redis_budget_and_replay_cache() {
         &spec(8443),
         gateway_dir(gateway_ip),
         &mock,
-        &real_key,
+        (&real_key, "sk-ant-unused"),
         &nodes,
     );
     let b = start_gateway(
         &spec(8444),
         gateway_dir(gateway_ip),
         &mock,
-        &real_key,
+        (&real_key, "sk-ant-unused"),
         &nodes,
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -887,6 +1045,7 @@ upstreams = ["api.openai.com"]
         dir,
         addr: format!("{ip}:8443").parse().unwrap(),
         netns: None,
+        clients_in: None,
     };
     gateway.spawn();
     gateway
@@ -965,7 +1124,14 @@ async fn agent_send_as(
     let config = warrant::tls::client_config_with_auth(&[], Some(&gateway.ca()), auth).unwrap();
     let mut config = (*config).clone();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let tcp = match &gateway.clients_in {
+        Some(netns) => {
+            let tcp = netns::connect_in(netns, gateway.addr).unwrap();
+            tcp.set_nonblocking(true).unwrap();
+            tokio::net::TcpStream::from_std(tcp).unwrap()
+        }
+        None => tokio::net::TcpStream::connect(gateway.addr).await.unwrap(),
+    };
     let name = rustls::pki_types::ServerName::IpAddress(gateway.addr.ip().into());
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)

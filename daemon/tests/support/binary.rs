@@ -19,6 +19,7 @@ use std::{
 use crate::{
     cgroups::{TestCgroup, TestPins, TestProcess, unique},
     mock_provider::{MockProvider, MockSettings},
+    netns::{self, TestNetns},
 };
 
 static NEXT_IP: AtomicU8 = AtomicU8::new(100);
@@ -39,6 +40,9 @@ pub struct Warrant {
     pub key: String,
     /// More environment for the daemon (test-build switches).
     daemon_env: Vec<(String, String)>,
+    /// The network namespace the daemon and its agents run in (a "remote
+    /// host"); None: the test's.
+    netns: Option<String>,
 }
 
 impl Warrant {
@@ -57,7 +61,7 @@ impl Warrant {
         sections: &str,
         daemon_env: &[(&str, &str)],
     ) -> Warrant {
-        Warrant::start_as(bin, cgroups, setup, sections, daemon_env, None)
+        Warrant::start_as(bin, cgroups, setup, sections, daemon_env, None, None)
     }
 
     /// As `start`, for a node that forwards to a gateway: `forward` is its
@@ -65,7 +69,22 @@ impl Warrant {
     /// `[[credential]]`, its upstream names none). The mock still runs,
     /// for the gateway to use (`mock`, `key`).
     pub fn start_node(bin: &Path, cgroups: &[&str], sections: &str, forward: &str) -> Warrant {
-        Warrant::start_as(bin, cgroups, |_| {}, sections, &[], Some(forward))
+        Warrant::start_as(bin, cgroups, |_| {}, sections, &[], Some(forward), None)
+    }
+
+    /// As `start_node`, with the daemon and every agent it starts inside
+    /// `netns` (its network only): a remote host of the gateway's. The
+    /// cgroups, pins and eBPF programs are the test's as always (cgroup
+    /// programs are per cgroup, not per namespace).
+    pub fn start_node_in(
+        netns: &TestNetns,
+        bin: &Path,
+        cgroups: &[&str],
+        sections: &str,
+        forward: &str,
+    ) -> Warrant {
+        let netns = Some(netns.name.clone());
+        Warrant::start_as(bin, cgroups, |_| {}, sections, &[], Some(forward), netns)
     }
 
     fn start_as(
@@ -75,6 +94,7 @@ impl Warrant {
         sections: &str,
         daemon_env: &[(&str, &str)],
         forward: Option<&str>,
+        netns: Option<String>,
     ) -> Warrant {
         let n = NEXT_IP.fetch_add(1, Ordering::SeqCst);
         let provider_ip = format!("127.0.0.{n}");
@@ -167,14 +187,23 @@ socket = "{d}/control.sock"
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            netns,
         };
         warrant.run_daemon();
         warrant
     }
 
+    /// `program`, in the daemon's network namespace if it has one.
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(name) => netns::command_in(name, program),
+            None => Command::new(program),
+        }
+    }
+
     fn run_daemon(&mut self) {
         let d = self.dir.path();
-        let mut command = Command::new(&self.bin);
+        let mut command = self.command(&self.bin);
         command
             .arg("run")
             .arg("--config")
@@ -249,7 +278,7 @@ socket = "{d}/control.sock"
         argv: &[&str],
     ) -> TestProcess {
         let bundle = self.bundle();
-        let mut cmd = Command::new("/usr/bin/unshare");
+        let mut cmd = self.command("/usr/bin/unshare");
         cmd.args([
             "--mount",
             "--propagation",

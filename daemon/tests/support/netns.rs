@@ -24,17 +24,31 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// A network namespace with one veth to the host: `host_addr` on the host
-/// side, `ns_addr` inside. Both removed on drop.
+/// A network namespace with one veth to the host (or to another test
+/// namespace: [`TestNetns::linked`]): `host_addr` on the host side,
+/// `ns_addr` inside. Both removed on drop.
 pub struct TestNetns {
     pub name: String,
     host_if: String,
+    /// The namespace the veth's outer end is in; None: the host's.
+    outer: Option<String>,
     pub ns_addr: std::net::IpAddr,
 }
 
 impl TestNetns {
     /// `host_cidr` and `ns_cidr`, e.g. "198.18.3.1/24" and "198.18.3.2/24".
     pub fn new(host_cidr: &str, ns_cidr: &str) -> TestNetns {
+        TestNetns::make(None, host_cidr, ns_cidr)
+    }
+
+    /// A new namespace joined to this one (not to the host) by a veth pair:
+    /// `outer_cidr` on this namespace's end, `ns_cidr` inside the new one.
+    /// Nothing routes between the new namespace and the host.
+    pub fn linked(&self, outer_cidr: &str, ns_cidr: &str) -> TestNetns {
+        TestNetns::make(Some(&self.name), outer_cidr, ns_cidr)
+    }
+
+    fn make(outer: Option<&str>, host_cidr: &str, ns_cidr: &str) -> TestNetns {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}{n}", std::process::id() % 100_000);
         let name = format!("warrant-test-{id}");
@@ -44,13 +58,19 @@ impl TestNetns {
         let netns = TestNetns {
             name: name.clone(),
             host_if: host_if.clone(),
+            outer: outer.map(str::to_owned),
             ns_addr: ns_cidr.split('/').next().unwrap().parse().unwrap(),
         };
-        ip(&[
+        // `ip -n NAME` for the outer end when it is in a namespace.
+        let outer_ip = |args: &[&str]| match outer {
+            Some(outer) => ip(&[&["-n", outer], args].concat()),
+            None => ip(args),
+        };
+        outer_ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if, "netns", &name,
         ]);
-        ip(&["addr", "add", host_cidr, "dev", &host_if]);
-        ip(&["link", "set", &host_if, "up"]);
+        outer_ip(&["addr", "add", host_cidr, "dev", &host_if]);
+        outer_ip(&["link", "set", &host_if, "up"]);
         ip(&["-n", &name, "addr", "add", ns_cidr, "dev", &ns_if]);
         ip(&["-n", &name, "link", "set", &ns_if, "up"]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
@@ -88,11 +108,48 @@ impl TestNetns {
     }
 }
 
+impl TestNetns {
+    /// A TCP connection to `addr` made from inside this namespace (the
+    /// socket stays in it), or the error connecting gave.
+    pub fn connect(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        connect_in(&self.name, addr)
+    }
+}
+
+/// A TCP connection to `addr` made from inside the test namespace `name`
+/// (the socket stays in it), or the error connecting gave.
+pub fn connect_in(name: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || {
+        // The thread enters the namespace, not the test: a socket belongs
+        // to the namespace it was made in.
+        let ns = std::fs::File::open(&path)?;
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    })
+    .join()
+    .unwrap()
+}
+
+/// `program` to be run inside the test namespace `name`, entering its
+/// network only: the mounts, /sys and cgroups stay the test's (unlike
+/// `ip netns exec`, which mounts a /sys of its own).
+pub fn command_in(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("/usr/bin/nsenter");
+    command
+        .arg(format!("--net=/run/netns/{name}"))
+        .arg("--")
+        .arg(program);
+    command
+}
+
 impl Drop for TestNetns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .output();
+        let mut del = Command::new("ip");
+        if let Some(outer) = &self.outer {
+            del.args(["-n", outer]);
+        }
+        let _ = del.args(["link", "del", &self.host_if]).output();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .output();
