@@ -2,6 +2,10 @@
 //! serving documents in the providers' published formats, signed with keys
 //! generated here (by the openssl command line tool) that the verifiers are
 //! configured to trust. Nothing here contacts a real metadata address.
+//!
+//! The same evidence, fetched by a provider bound to a node's key, is then
+//! verified as a gateway enrolling nodes by their instance does
+//! (`gateway::Enrollment`): bound to that key, in scope, fresh.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,10 +27,11 @@ use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use warrant::{
     attest::instance::{
-        InstanceError, InstanceHandle, InstanceState, Provider, aws::AwsProvider,
-        azure::AzureProvider, gcp, gcp::GcpProvider, host::HostProvider,
+        Evidence, InstanceError, InstanceHandle, InstanceState, Provider, aws::AwsProvider,
+        azure::AzureProvider, gcp, gcp::GcpProvider, host::HostProvider, node_audience, node_nonce,
     },
     config::InstanceConfig,
+    gateway::{EnrollError, Enrollment},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -429,6 +434,11 @@ fn b64url(bytes: &[u8]) -> String {
 
 /// A JWKS with the public half of `key` (RSA, e = 65537).
 fn jwks_for(dir: &Path, key: &Path, kid: &str) -> gcp::Jwks {
+    gcp::Jwks::parse(jwks_text(dir, key, kid).as_bytes()).unwrap()
+}
+
+/// The JWKS document of [`jwks_for`].
+fn jwks_text(dir: &Path, key: &Path, kid: &str) -> String {
     let out = openssl(
         &["rsa", "-in", key.to_str().unwrap(), "-noout", "-modulus"],
         dir,
@@ -439,16 +449,24 @@ fn jwks_for(dir: &Path, key: &Path, kid: &str) -> gcp::Jwks {
         "kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
         "n": b64url(&n), "e": "AQAB"
     }]});
-    gcp::Jwks::parse(doc.to_string().as_bytes()).unwrap()
+    doc.to_string()
 }
 
 /// An identity token in the format the metadata server issues with
 /// format=full.
 fn gcp_token(dir: &Path, key: &Path, kid: &str, audience: &str) -> String {
-    let now = std::time::SystemTime::now()
+    gcp_token_at(dir, key, kid, audience, now())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs();
+        .as_secs()
+}
+
+/// As [`gcp_token`], issued at `now`.
+fn gcp_token_at(dir: &Path, key: &Path, kid: &str, audience: &str, now: u64) -> String {
     let header = serde_json::json!({"alg": "RS256", "kid": kid, "typ": "JWT"});
     let payload = serde_json::json!({
         "aud": audience,
@@ -600,12 +618,18 @@ async fn gcp_unreachable_endpoint_is_reported() {
 struct AzureKeys {
     ca: (PathBuf, PathBuf),
     leaf: (PathBuf, PathBuf),
+    /// The documents' timeStamp.createdOn, as IMDS writes it.
+    created_on: String,
 }
 
 fn azure_keys(dir: &Path, signer_cn: &str) -> AzureKeys {
     let ca = self_signed(dir, "azure-ca", "Test Azure Root");
     let leaf = issued(dir, "azure-leaf", signer_cn, &ca);
-    AzureKeys { ca, leaf }
+    AzureKeys {
+        ca,
+        leaf,
+        created_on: "11/27/26 00:00:00 -0000".to_owned(),
+    }
 }
 
 /// The attested data response: PKCS#7 SignedData (DER, content attached,
@@ -618,7 +642,7 @@ fn azure_attested(dir: &Path, keys: &AzureKeys, nonce: &str, tamper: bool) -> Ve
         "plan": {"name": "", "product": "", "publisher": ""},
         "sku": "22_04-lts-gen2",
         "subscriptionId": "8d10da13-8125-4ba9-a717-bf7490507b3d",
-        "timeStamp": {"createdOn": "11/27/26 00:00:00 -0000", "expiresOn": "11/27/26 06:00:00 -0000"},
+        "timeStamp": {"createdOn": keys.created_on, "expiresOn": "11/27/26 06:00:00 -0000"},
         "vmId": "02aab8a4-74ef-476e-8182-f6d2ba4166a6"
     });
     let input = tempfile::NamedTempFile::new_in(dir).unwrap();
@@ -815,4 +839,235 @@ async fn the_refresher_fills_the_handle_and_stops_when_aborted() {
     assert_eq!(handle.current().claim("region"), Ok("local"));
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
+}
+
+// ---- a gateway enrolling nodes by this evidence -------------------------
+
+const NODE_A: [u8; 32] = [0xa1; 32];
+const NODE_B: [u8; 32] = [0xb2; 32];
+const SKEW: u64 = 60;
+
+/// A gateway's `[[gateway.enroll]]` rule (`body`), compiled.
+fn enrollment(body: &str) -> Enrollment {
+    let text = format!(
+        "[gateway]\ncertificate = \"/c\"\nkey = \"/k\"\nname = \"gw\"\n\n[[gateway.enroll]]\n{body}"
+    );
+    let config = warrant::config::Config::parse(&text, "gw.toml").unwrap();
+    Enrollment::load(config.gateway.as_ref().unwrap()).unwrap()
+}
+
+/// What `provider`, bound to node key `key`, fetched for its gateway.
+async fn evidence_of(mut provider: Provider, key: &[u8; 32]) -> Evidence {
+    provider.bind_to_node(key);
+    provider.fetch().await.unwrap().evidence.unwrap()
+}
+
+fn now_i64() -> i64 {
+    i64::try_from(now()).unwrap()
+}
+
+#[tokio::test]
+async fn a_gateway_enrolls_a_gce_node_by_a_token_for_its_key_and_refuses_abuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let (google, _) = self_signed(dir.path(), "google", "google-test");
+    let (other, _) = self_signed(dir.path(), "other", "attacker");
+    let jwks = dir.path().join("google-jwks.json");
+    std::fs::write(&jwks, jwks_text(dir.path(), &google, "k1")).unwrap();
+    let untrusted = dir.path().join("other-jwks.json");
+    std::fs::write(&untrusted, jwks_text(dir.path(), &other, "k1")).unwrap();
+    // The node asks for a token whose audience names its key.
+    let audience = node_audience(&NODE_A);
+    assert_eq!(
+        audience,
+        format!("warrant-node:ed25519:{}", hex::encode(NODE_A))
+    );
+    let token = gcp_token(dir.path(), &google, "k1", &audience);
+    let mock = gcp_mock(token).await;
+    let node = GcpProvider::new(mock.url(), "warrant".into(), None, TIMEOUT, None);
+    let evidence = evidence_of(Provider::Gcp(node), &NODE_A).await;
+    assert!(
+        mock.seen.lock().unwrap()[0]
+            .path_and_query
+            .contains(&format!(
+                "audience=warrant-node%3Aed25519%3A{}",
+                hex::encode(NODE_A)
+            ))
+    );
+    let rule = |jwks: &Path, projects: &str| {
+        enrollment(&format!(
+            "provider = \"gcp\"\njwks_file = \"{}\"\nprojects = [{projects}]\n",
+            jwks.display()
+        ))
+    };
+    let gateway = rule(&jwks, "\"example-project\"");
+    let enrolled = gateway
+        .verify(Some(&evidence), &NODE_A, now_i64(), SKEW)
+        .unwrap();
+    assert_eq!(enrolled.name, "gcp:example-project/5566778899001122334");
+    assert_eq!(enrolled.facts.claims["region"], "europe-west4");
+    assert!(enrolled.facts.verified);
+
+    // Lifted onto another node's key: the audience names node A.
+    let err = gateway
+        .verify(Some(&evidence), &NODE_B, now_i64(), SKEW)
+        .unwrap_err();
+    assert!(matches!(err, EnrollError::Refused { .. }), "{err}");
+    assert!(err.to_string().contains("audience"), "{err}");
+    // Another project; keys the gateway does not trust.
+    let err = rule(&jwks, "\"prod-project\"")
+        .verify(Some(&evidence), &NODE_A, now_i64(), SKEW)
+        .unwrap_err();
+    assert!(matches!(err, EnrollError::OutOfScope { .. }), "{err}");
+    let err = rule(&untrusted, "\"example-project\"")
+        .verify(Some(&evidence), &NODE_A, now_i64(), SKEW)
+        .unwrap_err();
+    assert!(err.to_string().contains("not signed by any key"), "{err}");
+    // Held back: older than max_age_secs (900), then expired (an hour).
+    let err = gateway
+        .verify(Some(&evidence), &NODE_A, now_i64() + 1_000, SKEW)
+        .unwrap_err();
+    assert!(matches!(err, EnrollError::Stale { .. }), "{err}");
+    let err = gateway
+        .verify(Some(&evidence), &NODE_A, now_i64() + 4_000, SKEW)
+        .unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+    // Dated ahead of the gateway's clock beyond the skew.
+    let ahead = Evidence::GcpToken {
+        token: gcp_token_at(dir.path(), &google, "k1", &audience, now() + 600),
+    };
+    let err = gateway
+        .verify(Some(&ahead), &NODE_A, now_i64(), SKEW)
+        .unwrap_err();
+    assert!(matches!(err, EnrollError::FromTheFuture { .. }), "{err}");
+    // No evidence; evidence of a cloud this gateway does not enroll.
+    let err = gateway.verify(None, &NODE_A, now_i64(), SKEW).unwrap_err();
+    assert!(matches!(err, EnrollError::NoEvidence), "{err}");
+    let aws = Evidence::AwsDocument {
+        document: AWS_DOCUMENT.into(),
+        signature: String::new(),
+    };
+    let err = gateway
+        .verify(Some(&aws), &NODE_A, now_i64(), SKEW)
+        .unwrap_err();
+    assert!(matches!(err, EnrollError::NoRule("aws")), "{err}");
+}
+
+#[tokio::test]
+async fn a_gateway_enrolls_an_aws_node_by_its_document_which_binds_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = self_signed(dir.path(), "aws", "aws-test");
+    let (_, other_cert) = self_signed(dir.path(), "other", "attacker");
+    let signature = rsa_sha256(dir.path(), &key, AWS_DOCUMENT.as_bytes());
+    let mock = aws_mock(wrapped_base64(&signature)).await;
+    let node = AwsProvider::new(mock.url(), der_certs(&cert), TIMEOUT, None);
+    let evidence = evidence_of(Provider::Aws(node), &NODE_A).await;
+    let rule = |trust: &Path, accounts: &str| {
+        enrollment(&format!(
+            "provider = \"aws\"\ntrust_file = \"{}\"\naccounts = [{accounts}]\n",
+            trust.display()
+        ))
+    };
+    let gateway = rule(&cert, "\"123456789012\"");
+    let enrolled = gateway
+        .verify(Some(&evidence), &NODE_A, now_i64(), SKEW)
+        .unwrap();
+    assert_eq!(enrolled.name, "aws:123456789012/i-1234567890abcdef0");
+    assert_eq!(enrolled.facts.claims["region"], "us-east-1");
+    // The limit the README states: the document names no key, so a copy
+    // enrolls any key as that instance.
+    assert!(
+        gateway
+            .verify(Some(&evidence), &NODE_B, now_i64(), SKEW)
+            .is_ok()
+    );
+    let err = rule(&cert, "\"210987654321\"")
+        .verify(Some(&evidence), &NODE_A, now_i64(), SKEW)
+        .unwrap_err();
+    assert!(matches!(err, EnrollError::OutOfScope { .. }), "{err}");
+    let err = rule(&other_cert, "\"123456789012\"")
+        .verify(Some(&evidence), &NODE_A, now_i64(), SKEW)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("not signed by any certificate"),
+        "{err}"
+    );
+    // A document altered after signing (another account).
+    let Evidence::AwsDocument {
+        document,
+        signature,
+    } = &evidence
+    else {
+        panic!("{evidence:?}");
+    };
+    let forged = Evidence::AwsDocument {
+        document: document.replace("123456789012", "123456789013"),
+        signature: signature.clone(),
+    };
+    let err = rule(&cert, "\"123456789013\"")
+        .verify(Some(&forged), &NODE_A, now_i64(), SKEW)
+        .unwrap_err();
+    assert!(matches!(err, EnrollError::Refused { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_gateway_enrolls_an_azure_node_by_a_fresh_document_with_its_keys_nonce() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut keys = azure_keys(dir.path(), "metadata.azure.com");
+    keys.created_on = jiff::Timestamp::now()
+        .strftime("%m/%d/%y %H:%M:%S -0000")
+        .to_string();
+    let keys = Arc::new(keys);
+    let trust = keys.ca.1.clone();
+    let rule = |subscriptions: &str| {
+        enrollment(&format!(
+            "provider = \"azure\"\ntrust_file = \"{}\"\nsubscriptions = [{subscriptions}]\n",
+            trust.display()
+        ))
+    };
+    // The mock signs whatever nonce it is asked for: the node asks for
+    // the one derived from its key.
+    let mock = azure_mock(dir.path().to_owned(), keys.clone(), None).await;
+    let node = AzureProvider::new(mock.url(), der_certs(&keys.ca.1), TIMEOUT, None, None);
+    let evidence = evidence_of(Provider::Azure(node), &NODE_A).await;
+    assert!(
+        mock.seen.lock().unwrap()[0]
+            .path_and_query
+            .ends_with(&format!("nonce={}", node_nonce(&NODE_A)))
+    );
+    let gateway = rule("\"8d10da13-8125-4ba9-a717-bf7490507b3d\"");
+    let enrolled = gateway
+        .verify(Some(&evidence), &NODE_A, now_i64(), SKEW)
+        .unwrap();
+    assert_eq!(
+        enrolled.name,
+        "azure:8d10da13-8125-4ba9-a717-bf7490507b3d/02aab8a4-74ef-476e-8182-f6d2ba4166a6"
+    );
+    // Lifted onto another key: its nonce is another.
+    let err = gateway
+        .verify(Some(&evidence), &NODE_B, now_i64(), SKEW)
+        .unwrap_err();
+    assert!(err.to_string().contains("nonce"), "{err}");
+    let err = rule("\"00000000-0000-0000-0000-000000000000\"")
+        .verify(Some(&evidence), &NODE_A, now_i64(), SKEW)
+        .unwrap_err();
+    assert!(matches!(err, EnrollError::OutOfScope { .. }), "{err}");
+    // A document made days ago, for this very key: stale.
+    let old = AzureKeys {
+        ca: keys.ca.clone(),
+        leaf: keys.leaf.clone(),
+        created_on: "11/27/26 00:00:00 -0000".to_owned(),
+    };
+    let stale = Evidence::AzureAttested {
+        document: String::from_utf8(azure_attested(
+            dir.path(),
+            &old,
+            &node_nonce(&NODE_A),
+            false,
+        ))
+        .unwrap(),
+    };
+    let err = rule("\"8d10da13-8125-4ba9-a717-bf7490507b3d\"")
+        .verify(Some(&stale), &NODE_A, now_i64(), SKEW)
+        .unwrap_err();
+    assert!(matches!(err, EnrollError::Stale { .. }), "{err}");
 }

@@ -312,6 +312,7 @@ fn instance(instance: Option<&InstanceState>, now: Timestamp) -> String {
             verified,
             claims,
             fetched_at_unix,
+            ..
         }) => {
             let trust = if *verified {
                 "signature verified"

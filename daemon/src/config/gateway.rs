@@ -3,7 +3,8 @@
 //!
 //! * `[gateway]` makes the file a gateway's: `warrant gateway` serves agents
 //!   and nodes over the network on `listen`, with its own certificate. Nodes
-//!   are enrolled by public key (`[[gateway.node]]`); agents without a node
+//!   are enrolled by public key (`[[gateway.node]]`) or by a verified cloud
+//!   instance identity (`[[gateway.enroll]]`); agents without a node
 //!   are identified by short-lived JWTs from configured issuers
 //!   (`[[gateway.issuer]]`), through base URLs (`routes`) or HTTP CONNECT.
 //! * `[forward]` makes the file a node's: `warrant run` redirects, attests
@@ -43,6 +44,11 @@ pub mod defaults {
     /// How often a JWKS fetched from a URL is fetched again: issuers rotate
     /// keys over days, and publish the next key before they use it.
     pub const JWKS_REFRESH_SECS: u64 = 300;
+    /// How old a node's instance evidence may be (gcp `iat`, azure
+    /// `createdOn`): a node fetches it again every `[instance]
+    /// refresh_secs` (five minutes by default), and GCE identity tokens live
+    /// an hour; so fifteen minutes leaves room for two failed refreshes.
+    pub const MAX_EVIDENCE_AGE_SECS: u64 = 900;
 }
 
 /// `[gateway]`.
@@ -91,8 +97,40 @@ pub struct GatewayConfig {
     pub svid_trust_domain: Option<Spanned<String>>,
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeConfig>,
+    #[serde(default, rename = "enroll")]
+    pub enroll: Vec<EnrollConfig>,
     #[serde(default, rename = "issuer")]
     pub issuers: Vec<IssuerConfig>,
+}
+
+/// `[[gateway.enroll]]`: host daemons allowed to forward by their cloud
+/// instance identity, verified here as the `[instance]` provider of the
+/// same name verifies its host's. The node's name is
+/// "<provider>:<project, account or subscription>/<instance id>".
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollConfig {
+    /// "gcp", "aws" or "azure".
+    pub provider: Spanned<String>,
+    /// gcp: Google's JWKS (https://www.googleapis.com/oauth2/v3/certs,
+    /// fetched by the operator).
+    #[serde(default)]
+    pub jwks_file: Option<Spanned<PathBuf>>,
+    /// aws: the AWS RSA certificates of the regions (PEM); azure: the CA
+    /// certificates of the IMDS signing certificate (PEM).
+    #[serde(default)]
+    pub trust_file: Option<Spanned<PathBuf>>,
+    /// gcp: the project ids whose instances are enrolled.
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// aws: the account ids whose instances are enrolled.
+    #[serde(default)]
+    pub accounts: Vec<String>,
+    /// azure: the subscription ids whose VMs are enrolled.
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+    #[serde(default = "max_evidence_age_secs")]
+    pub max_age_secs: u64,
 }
 
 /// `[[gateway.node]]`: a host daemon allowed to forward, by its host key.
@@ -175,6 +213,9 @@ fn max_statement_age_secs() -> u64 {
 fn max_body_bytes() -> usize {
     defaults::MAX_BODY_BYTES
 }
+fn max_evidence_age_secs() -> u64 {
+    defaults::MAX_EVIDENCE_AGE_SECS
+}
 
 /// What `Config::parse` finds wrong in gateway mode's sections and
 /// selectors (their syntax and how they combine; what the values mean is
@@ -221,6 +262,18 @@ pub enum GatewayProblem {
     IssuerTwice(String),
     #[error("node public_key {0:?}: expected \"ed25519:\" and 64 hex digits")]
     NodeKey(String),
+    #[error(
+        "[[gateway.enroll]] provider {0:?}: expected gcp, aws or azure (a host key is enrolled with [[gateway.node]])"
+    )]
+    EnrollProvider(String),
+    #[error(
+        "[[gateway.enroll]] provider {0:?} needs {1}: without it any instance of the cloud would be enrolled"
+    )]
+    EnrollNeeds(&'static str, &'static str),
+    #[error("[[gateway.enroll]] provider {0:?} does not take `{1}`")]
+    EnrollNotFor(&'static str, &'static str),
+    #[error("[[gateway.enroll]] provider {0:?} is configured twice")]
+    EnrollTwice(String),
     #[error(
         "workload {0:?} selects callers from the network ({1}), which only `warrant gateway` serves: this file has no [gateway]"
     )]
@@ -368,6 +421,7 @@ impl super::Config {
             }
         }
         self.check_routes(gateway)?;
+        self.check_enroll(gateway)?;
         if gateway.svid_bundle.is_some() != gateway.svid_trust_domain.is_some() {
             return Err(at_key(
                 &["gateway", "svid_bundle"],
@@ -416,6 +470,44 @@ impl super::Config {
                     host,
                     GatewayProblem::RouteUpstream(prefix.clone(), host.get_ref().clone()),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Each enrolling provider has its trust and a non-empty scope (the
+    /// projects, accounts or subscriptions), and nothing of another's.
+    fn check_enroll(&self, gateway: &GatewayConfig) -> Result<(), super::ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for rule in &gateway.enroll {
+            let invalid = |problem| self.gateway_invalid(&rule.provider, problem);
+            let (provider, trust, scope) = match rule.provider.get_ref().as_str() {
+                "gcp" => ("gcp", "jwks_file", "projects"),
+                "aws" => ("aws", "trust_file", "accounts"),
+                "azure" => ("azure", "trust_file", "subscriptions"),
+                other => return Err(invalid(GatewayProblem::EnrollProvider(other.to_owned()))),
+            };
+            if !seen.insert(provider) {
+                return Err(invalid(GatewayProblem::EnrollTwice(provider.to_owned())));
+            }
+            let set = [
+                ("jwks_file", rule.jwks_file.is_some()),
+                ("trust_file", rule.trust_file.is_some()),
+                ("projects", !rule.projects.is_empty()),
+                ("accounts", !rule.accounts.is_empty()),
+                ("subscriptions", !rule.subscriptions.is_empty()),
+            ];
+            for (key, present) in set {
+                let needed = key == trust || key == scope;
+                if needed && !present {
+                    return Err(invalid(GatewayProblem::EnrollNeeds(provider, key)));
+                }
+                if present && !needed {
+                    return Err(invalid(GatewayProblem::EnrollNotFor(provider, key)));
+                }
+            }
+            if rule.max_age_secs == 0 {
+                return Err(invalid(GatewayProblem::Zero("enroll max_age_secs")));
             }
         }
         Ok(())
@@ -657,5 +749,28 @@ mod tests {
         assert!(error(&route).contains("not a configured [[upstream]]"));
         let half = format!("{GATEWAY}svid_bundle = \"/b.pem\"\n");
         assert!(error(&half).contains("go together"));
+    }
+
+    #[test]
+    fn enrolling_by_instance_needs_the_trust_and_a_scope_of_the_provider() {
+        let enroll = |body: &str| format!("{GATEWAY}[[gateway.enroll]]\n{body}");
+        let ok = enroll("provider = \"gcp\"\njwks_file = \"/j\"\nprojects = [\"p\"]\n");
+        assert!(Config::parse(&ok, "t.toml").is_ok(), "{}", error(&ok));
+        let any_project = enroll("provider = \"gcp\"\njwks_file = \"/j\"\n");
+        assert!(
+            error(&any_project).contains("needs projects"),
+            "{}",
+            error(&any_project)
+        );
+        let no_trust = enroll("provider = \"aws\"\naccounts = [\"1\"]\n");
+        assert!(error(&no_trust).contains("needs trust_file"));
+        let other = enroll("provider = \"azure\"\ntrust_file = \"/t\"\nprojects = [\"p\"]\n");
+        assert!(error(&other).contains("does not take `projects`"));
+        let host = enroll("provider = \"host\"\n");
+        assert!(error(&host).contains("expected gcp, aws or azure"));
+        let twice = format!(
+            "{ok}[[gateway.enroll]]\nprovider = \"gcp\"\njwks_file = \"/j\"\nprojects = [\"q\"]\n"
+        );
+        assert!(error(&twice).contains("configured twice"));
     }
 }

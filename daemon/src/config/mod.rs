@@ -34,7 +34,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use gateway::{
-    ForwardConfig, GatewayConfig, GatewayProblem, IssuerConfig, NodeConfig,
+    EnrollConfig, ForwardConfig, GatewayConfig, GatewayProblem, IssuerConfig, NodeConfig,
     defaults as gateway_defaults, gateway_authority, parse_node_key,
 };
 pub use location::{ConfigError, ConfigErrorKind, Location, Source};

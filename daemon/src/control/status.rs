@@ -192,6 +192,7 @@ pub fn sample(now: jiff::Timestamp) -> Status {
                 ("region".into(), "us-east-1".into()),
             ]),
             fetched_at_unix: u64::try_from(ago(7200).as_second()).unwrap_or(0),
+            evidence: None,
         }),
         tagging: Some(TaggerStatus {
             healthy: true,

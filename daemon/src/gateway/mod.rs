@@ -5,7 +5,9 @@
 //! forwards each request to the gateway over mTLS with its host key, with a
 //! statement signed by that key and bound to the request (`statement`). The
 //! gateway authenticates the connection by the key (`peer`), looks the key
-//! up among the enrolled nodes, verifies the statement against that key and
+//! up among the enrolled nodes (or, for a key it does not know, enrolls the
+//! node by the cloud instance evidence in its statement, `enroll`),
+//! verifies the statement against that key and
 //! the request, refuses a nonce it has seen (`replay`), names the gateway
 //! workload the statement selects (`select`) and hands that identity to
 //! the same request path as the host daemon's (`proxy`): policy, budgets,
@@ -21,6 +23,7 @@
 //! gateway side verifies, [`Verifier`]); it never touches a credential, a
 //! socket or the request path, so that both ends are testable alone.
 
+pub mod enroll;
 pub mod jwks;
 pub mod node;
 pub mod peer;
@@ -35,6 +38,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use http::StatusCode;
 
 use crate::secret::Secret;
+pub use enroll::{EnrollConfigError, EnrollError, EnrolledInstance, Enrollment};
 pub use node::{NodeKey, NodeKeyError};
 pub use peer::{AnyClientCert, Peer, classify, node_certificate};
 pub use replay::{MemoryNonces, NonceStore, RedisNonces, ReplayError};
@@ -54,6 +58,18 @@ pub struct Verified {
     pub node: String,
     pub workload: String,
     pub statement: Statement,
+    /// For a node enrolled by its cloud instance identity: the instance
+    /// facts the gateway verified itself, which its policy reads instead
+    /// of the statement's. None for a node enrolled by key.
+    pub instance: Option<InstanceFacts>,
+}
+
+impl Verified {
+    /// The instance facts the gateway's policy may read: its own
+    /// verification's, else what the node asserted.
+    pub fn instance(&self) -> &InstanceFacts {
+        self.instance.as_ref().unwrap_or(&self.statement.instance)
+    }
 }
 
 /// An agent the gateway verified by its token (or X.509-SVID, as a token
@@ -90,6 +106,8 @@ pub enum VerifierError {
     Issuer(#[from] IssuerError),
     #[error(transparent)]
     Svid(#[from] SvidConfigError),
+    #[error(transparent)]
+    Enroll(#[from] EnrollConfigError),
 }
 
 /// Why the gateway does not believe an agent's token.
@@ -141,6 +159,14 @@ pub enum CallerError {
         "unknown node: its key ed25519:{0} is not enrolled ([[gateway.node]] public_key on the gateway)"
     )]
     UnknownNode(String),
+    #[error(
+        "unknown node: its key ed25519:{key} is not enrolled, and its cloud instance identity does not enroll it: {source}"
+    )]
+    NotEnrolled {
+        key: String,
+        #[source]
+        source: EnrollError,
+    },
     #[error("the request carries no {STATEMENT_HEADER} header (a node signs one for each request)")]
     NoStatement,
     #[error("node {node:?}: {source}")]
@@ -193,6 +219,7 @@ pub struct Verifier {
     issuers: Issuers,
     svid: Option<SvidVerifier>,
     nodes: HashMap<[u8; 32], String>,
+    enrollment: Enrollment,
     workloads: RemoteWorkloads,
     nonces: Arc<dyn NonceStore>,
     max_age_secs: u64,
@@ -228,6 +255,7 @@ impl Verifier {
             issuers: Issuers::from_config(gateway)?,
             svid,
             nodes: enrolled(gateway),
+            enrollment: Enrollment::load(gateway)?,
             workloads,
             nonces,
             max_age_secs: gateway.max_statement_age_secs,
@@ -303,8 +331,10 @@ impl Verifier {
     }
 
     /// Who made `request` over a connection whose client certificate is
-    /// `peer`, at unix time `now`. The checks, in order: an enrolled key;
-    /// the statement signed by it, for this gateway, fresh; bound to this
+    /// `peer`, at unix time `now`. The checks, in order: an enrolled key
+    /// (or, with `[[gateway.enroll]]`, any key, to be enrolled by its
+    /// instance below); the statement signed by it, for this gateway,
+    /// fresh; for a key not enrolled, its instance evidence; bound to this
     /// request; its nonce unseen; a workload that accepts it.
     pub async fn verify(
         &self,
@@ -312,23 +342,17 @@ impl Verifier {
         request: Received<'_>,
         now: i64,
     ) -> Result<Verified, CallerError> {
-        let key = match peer {
-            Peer::Anonymous => return Err(CallerError::Anonymous),
-            Peer::Unverified(why) => return Err(CallerError::Certificate(why.clone())),
-            Peer::Svid(svid) => {
-                return Err(CallerError::Certificate(format!(
-                    "an X.509-SVID ({}) identifies an agent, not a node: agents use a base URL or HTTP CONNECT",
-                    svid.id
-                )));
-            }
-            Peer::Key(key) => key,
-        };
-        let Some(node) = self.nodes.get(key) else {
+        let key = node_key(peer)?;
+        let enrolled = self.nodes.get(key);
+        if enrolled.is_none() && self.enrollment.is_empty() {
             return Err(CallerError::UnknownNode(hex::encode(key)));
-        };
+        }
+        let label = enrolled
+            .cloned()
+            .unwrap_or_else(|| format!("ed25519:{}", hex::encode(key)));
         let jws = request.statement.ok_or(CallerError::NoStatement)?;
-        let failed = |source| CallerError::Statement {
-            node: node.clone(),
+        let failed = |node: &str, source| CallerError::Statement {
+            node: node.to_owned(),
             source,
         };
         let statement = statement::verify(
@@ -341,18 +365,36 @@ impl Verifier {
                 skew_secs: self.skew_secs,
             },
         )
-        .map_err(failed)?;
+        .map_err(|e| failed(&label, e))?;
+        let (node, instance) = match enrolled {
+            Some(node) => (node.clone(), None),
+            None => {
+                let enrolled = self
+                    .enrollment
+                    .verify(
+                        statement.instance.evidence.as_ref(),
+                        key,
+                        now,
+                        self.skew_secs,
+                    )
+                    .map_err(|source| CallerError::NotEnrolled {
+                        key: hex::encode(key),
+                        source,
+                    })?;
+                (enrolled.name, Some(enrolled.facts))
+            }
+        };
         if statement.iat < self.not_before {
-            return Err(failed(StatementError::BeforeStart));
+            return Err(failed(&node, StatementError::BeforeStart));
         }
         statement::check_binding(&statement, request.method, request.authority, request.path)
-            .map_err(failed)?;
-        statement::check_body(&statement, request.body).map_err(failed)?;
-        self.first_use(node, &statement).await?;
+            .map_err(|e| failed(&node, e))?;
+        statement::check_body(&statement, request.body).map_err(|e| failed(&node, e))?;
+        self.first_use(&node, &statement).await?;
         let workload = self
             .workloads
             .select(Caller::Node {
-                name: node,
+                name: &node,
                 statement: &statement,
             })
             .map_err(|why| CallerError::NoWorkload {
@@ -360,9 +402,10 @@ impl Verifier {
                 why: why.join("; "),
             })?;
         Ok(Verified {
-            node: node.clone(),
+            node,
             workload,
             statement,
+            instance,
         })
     }
 
@@ -379,6 +422,20 @@ impl Verifier {
                 source,
             }),
         }
+    }
+}
+
+/// The host key a node's connection was authenticated by; anything else
+/// is refused with why.
+fn node_key(peer: &Peer) -> Result<&[u8; 32], CallerError> {
+    match peer {
+        Peer::Anonymous => Err(CallerError::Anonymous),
+        Peer::Unverified(why) => Err(CallerError::Certificate(why.clone())),
+        Peer::Svid(svid) => Err(CallerError::Certificate(format!(
+            "an X.509-SVID ({}) identifies an agent, not a node: agents use a base URL or HTTP CONNECT",
+            svid.id
+        ))),
+        Peer::Key(key) => Ok(key),
     }
 }
 

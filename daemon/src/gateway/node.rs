@@ -69,6 +69,11 @@ impl NodeKey {
         })
     }
 
+    /// The public key's 32 bytes.
+    pub fn public(&self) -> &[u8; 32] {
+        &self.public
+    }
+
     /// "ed25519:<hex>": how `[[gateway.node]] public_key` names it.
     pub fn public_text(&self) -> String {
         format!("ed25519:{}", hex::encode(self.public))

@@ -23,6 +23,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::attest::instance::Evidence;
+
 /// The request header that carries the statement from node to gateway.
 pub const STATEMENT_HEADER: &str = "warrant-statement";
 /// The JWS `typ`: a statement is not a token of any other kind.
@@ -77,6 +79,10 @@ pub struct InstanceFacts {
     /// Whether the node verified the claims (a cloud document's signature).
     pub verified: bool,
     pub claims: BTreeMap<String, String>,
+    /// The cloud's signed document or token the claims came from, for a
+    /// gateway that enrolls nodes by their instance (`gateway::enroll`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
 }
 
 /// The signed claims.

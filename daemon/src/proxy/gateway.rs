@@ -281,7 +281,7 @@ fn gateway_origin(peer: SocketAddr) -> Origin {
 /// node's statement says, for the audit line and the gate.
 fn remote_identity(verified: Verified) -> Identity {
     let process = &verified.statement.process;
-    let instance = &verified.statement.instance;
+    let instance = verified.instance();
     let summary = AttestationSummary {
         tgid: process.tgid,
         uid: process.uid,

@@ -191,11 +191,13 @@ fn sign(node: &NodeForward, binding: Binding, identity: &Identity) -> Result<Str
             provider,
             verified,
             claims,
+            evidence,
             ..
         }) => InstanceFacts {
             provider: Some(provider.clone()),
             verified: *verified,
             claims: claims.clone(),
+            evidence: evidence.as_deref().cloned(),
         },
         _ => InstanceFacts::default(),
     };

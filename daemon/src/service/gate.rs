@@ -136,9 +136,10 @@ impl WarrantGate {
         upstream: &str,
         request: &crate::provider::Request,
     ) -> Decision {
-        let statement = &remote.statement;
-        let process = &statement.process;
-        let instance = &statement.instance;
+        let process = &remote.statement.process;
+        // What the gateway verified of a node enrolled by its instance,
+        // else what the node said.
+        let instance = remote.instance();
         let claim = |name: &str| {
             instance
                 .verified

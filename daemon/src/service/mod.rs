@@ -85,7 +85,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // Every section compiled before anything is started or written, so a
     // mistake stops the daemon with its place in the file.
     let mut compiled = Compiled::new(&config)?;
-    let instance_provider = attest::instance::Provider::compile(
+    let mut instance_provider = attest::instance::Provider::compile(
         &config.instance,
         &config.daemon.state_dir,
         &config.source,
@@ -110,6 +110,12 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let _metrics_server = serve_metrics(&config, &metrics).await;
 
     notify("STATUS=fetching credentials and the instance identity");
+    let node_key = node_key(&config)?;
+    if let Some(key) = &node_key {
+        // The instance evidence the gateway may enroll this node by names
+        // this key (gcp audience, azure nonce).
+        instance_provider.bind_to_node(key.public());
+    }
     let (instance, _instance_refresher) = start_instance(&config, instance_provider).await;
     notify("STATUS=attaching the eBPF programs");
     let (listeners, redirection) =
@@ -149,7 +155,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
         responder.clone(),
         &pki.system_roots,
     )?;
-    let injector = Arc::new(match node_forward(&config, &pki.system_roots)? {
+    let injector = Arc::new(match node_forward(&config, node_key, &pki.system_roots)? {
         Some(node) => injector.forwarding_to(node),
         None => injector,
     });
@@ -190,15 +196,12 @@ fn serve_control(
 }
 
 /// On a node (`[forward]`): the host key (made on first start, as the
-/// `host` instance provider makes it) as the TLS client identity toward the
-/// gateway and the signer of statements. Logs the key, for enrollment.
-fn node_forward(
-    config: &Config,
-    system_roots: &[rustls::pki_types::CertificateDer<'static>],
-) -> Result<Option<crate::proxy::NodeForward>> {
-    let Some(forward) = &config.forward else {
+/// `host` instance provider makes it), the TLS client identity toward the
+/// gateway and the signer of statements.
+fn node_key(config: &Config) -> Result<Option<Arc<crate::gateway::NodeKey>>> {
+    if config.forward.is_none() {
         return Ok(None);
-    };
+    }
     let path = config
         .daemon
         .state_dir
@@ -212,7 +215,19 @@ fn node_forward(
     provider.load_or_create_key()?;
     let der = std::fs::read(&path)
         .with_context(|| format!("cannot read the host key {}", path.display()))?;
-    let key = Arc::new(crate::gateway::NodeKey::from_pkcs8(der)?);
+    Ok(Some(Arc::new(crate::gateway::NodeKey::from_pkcs8(der)?)))
+}
+
+/// On a node: the forwarding to its gateway with the host `key`. Logs the
+/// key, for enrollment.
+fn node_forward(
+    config: &Config,
+    key: Option<Arc<crate::gateway::NodeKey>>,
+    system_roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<Option<crate::proxy::NodeForward>> {
+    let (Some(forward), Some(key)) = (&config.forward, key) else {
+        return Ok(None);
+    };
     let tls = key.client_config(system_roots, forward.ca_file.as_deref())?;
     tracing::info!(
         gateway = %forward.gateway.get_ref(),

@@ -88,9 +88,16 @@ impl AwsProvider {
         verify_document(&document, &signature, &self.trust)?;
         let mut claims = claims_of(&document)?;
         add_config_claims(&mut claims, None, self.environment.as_ref());
+        // Both were checked as UTF-8 JSON and base64 above.
+        let evidence = super::Evidence::AwsDocument {
+            document: String::from_utf8_lossy(&document).into_owned(),
+            signature: String::from_utf8_lossy(&signature).into_owned(),
+        };
         Ok(Identity {
             verified: true,
             claims,
+            evidence: Some(evidence),
+            issued_at: None,
         })
     }
 }
@@ -134,7 +141,8 @@ pub(crate) fn rsa_public_key(cert_der: &[u8]) -> Option<Vec<u8>> {
     Some(cert.public_key().subject_public_key.data.to_vec())
 }
 
-fn claims_of(document: &[u8]) -> Result<BTreeMap<String, String>, InstanceError> {
+/// The claims of a document whose signature was verified.
+pub fn claims_of(document: &[u8]) -> Result<BTreeMap<String, String>, InstanceError> {
     let doc: Document = serde_json::from_slice(document)
         .map_err(|e| InstanceError::BadDocument(format!("instance identity document: {e}")))?;
     let mut claims = BTreeMap::from([

@@ -2,7 +2,10 @@
 //! SignedData whose content is JSON (vmId, subscriptionId, sku, the nonce we
 //! sent...), signed by a certificate for metadata.azure.com that must chain
 //! to a CA in `[instance] trust_file`, and must carry our fresh nonce (so an
-//! old document cannot be replayed).
+//! old document cannot be replayed). On a node, the nonce is derived from
+//! the node's key instead (`super::node_nonce`), so that its gateway can
+//! tell the document was asked for by this node, and the document's
+//! `timeStamp.createdOn` says how fresh it is.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -28,6 +31,8 @@ const MAX_CHAIN: usize = 4;
 
 pub struct AzureProvider {
     endpoint: String,
+    /// The nonce bound to the node's key; None: a random one per fetch.
+    nonce: Option<String>,
     trust: Vec<Vec<u8>>,
     client: MetadataClient,
     region: Option<String>,
@@ -42,6 +47,23 @@ struct Attested {
     subscription_id: String,
     #[serde(default)]
     sku: Option<String>,
+    #[serde(default, rename = "timeStamp")]
+    time_stamp: Option<TimeStamp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TimeStamp {
+    /// "11/28/18 00:16:17 -0000".
+    created_on: String,
+}
+
+/// A verified attested document: its claims and when IMDS made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attestation {
+    pub claims: BTreeMap<String, String>,
+    /// Unix seconds; None when the document does not say.
+    pub created_on: Option<u64>,
 }
 
 impl AzureProvider {
@@ -54,6 +76,7 @@ impl AzureProvider {
     ) -> AzureProvider {
         AzureProvider {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
+            nonce: None,
             trust,
             client: MetadataClient::new(timeout),
             region,
@@ -61,8 +84,16 @@ impl AzureProvider {
         }
     }
 
+    /// Asks every document for `nonce` (on a node: bound to its key).
+    pub fn set_nonce(&mut self, nonce: String) {
+        self.nonce = Some(nonce);
+    }
+
     pub async fn fetch(&self) -> Result<Identity, InstanceError> {
-        let nonce = new_nonce()?;
+        let nonce = match &self.nonce {
+            Some(nonce) => nonce.clone(),
+            None => new_nonce()?,
+        };
         let url = format!(
             "{}{ATTESTED_PATH}?api-version={API_VERSION}&nonce={nonce}",
             self.endpoint
@@ -71,12 +102,19 @@ impl AzureProvider {
             .client
             .call(http::Method::GET, &url, &[("Metadata", "true")])
             .await?;
-        let mut claims = verify_attested(&body, &nonce, &self.trust)?;
+        let Attestation {
+            mut claims,
+            created_on,
+        } = verify_attested_document(&body, &nonce, &self.trust)?;
         // The attested document names no location: region comes from config.
         add_config_claims(&mut claims, self.region.as_ref(), self.environment.as_ref());
         Ok(Identity {
             verified: true,
             claims,
+            evidence: Some(super::Evidence::AzureAttested {
+                document: String::from_utf8_lossy(&body).into_owned(),
+            }),
+            issued_at: created_on,
         })
     }
 }
@@ -100,6 +138,15 @@ pub fn verify_attested(
     nonce: &str,
     trust: &[Vec<u8>],
 ) -> Result<BTreeMap<String, String>, InstanceError> {
+    verify_attested_document(body, nonce, trust).map(|a| a.claims)
+}
+
+/// As [`verify_attested`], with the time the document was made.
+pub fn verify_attested_document(
+    body: &[u8],
+    nonce: &str,
+    trust: &[Vec<u8>],
+) -> Result<Attestation, InstanceError> {
     #[derive(Deserialize)]
     struct Envelope {
         encoding: String,
@@ -164,6 +211,10 @@ pub fn verify_attested(
             doc.nonce
         )));
     }
+    let created_on = match &doc.time_stamp {
+        Some(stamp) => Some(imds_time(&stamp.created_on)?),
+        None => None,
+    };
     let mut claims = BTreeMap::from([
         ("vm_id".to_owned(), doc.vm_id),
         ("subscription".to_owned(), doc.subscription_id),
@@ -171,7 +222,18 @@ pub fn verify_attested(
     if let Some(sku) = doc.sku.filter(|s| !s.is_empty()) {
         claims.insert("sku".to_owned(), sku);
     }
-    Ok(claims)
+    Ok(Attestation { claims, created_on })
+}
+
+/// IMDS's "MM/DD/YY HH:MM:SS -0000", as unix seconds.
+fn imds_time(text: &str) -> Result<u64, InstanceError> {
+    jiff::fmt::strtime::parse("%m/%d/%y %H:%M:%S %z", text)
+        .and_then(|time| time.to_timestamp())
+        .ok()
+        .and_then(|time| u64::try_from(time.as_second()).ok())
+        .ok_or_else(|| {
+            InstanceError::BadDocument(format!("attested timeStamp {text:?} is not a time"))
+        })
 }
 
 /// Whether `cert` is a trust anchor, or is signed (and valid now) by one,

@@ -79,6 +79,12 @@ impl GcpProvider {
         }
     }
 
+    /// The audience tokens are asked for (on a node, bound to its key:
+    /// `Provider::bind_to_node`).
+    pub fn set_audience(&mut self, audience: String) {
+        self.audience = audience;
+    }
+
     pub async fn fetch(&self) -> Result<Identity, InstanceError> {
         let url = format!(
             "{}{IDENTITY_PATH}?audience={}&format=full",
@@ -94,6 +100,9 @@ impl GcpProvider {
             .trim();
         let mut identity = verify_token(token, &self.audience, self.jwks.as_ref(), now_unix())?;
         add_config_claims(&mut identity.claims, None, self.environment.as_ref());
+        identity.evidence = Some(super::Evidence::GcpToken {
+            token: token.to_owned(),
+        });
         Ok(identity)
     }
 }
@@ -110,6 +119,8 @@ struct Payload {
     iss: String,
     aud: String,
     exp: u64,
+    #[serde(default)]
+    iat: Option<u64>,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
@@ -180,7 +191,12 @@ pub fn verify_token(
         .ok_or_else(|| bad("no google.compute_engine claims (was format=full honoured?)"))?
         .compute_engine;
     let claims = claims_of(ce, payload.sub);
-    Ok(Identity { verified, claims })
+    Ok(Identity {
+        verified,
+        claims,
+        evidence: None,
+        issued_at: payload.iat,
+    })
 }
 
 /// Checks that one of the JWKS keys (the one the header names, when it

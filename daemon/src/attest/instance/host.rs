@@ -64,6 +64,8 @@ impl HostProvider {
         Ok(Identity {
             verified: true,
             claims,
+            evidence: None,
+            issued_at: None,
         })
     }
 

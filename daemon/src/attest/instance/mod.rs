@@ -12,6 +12,14 @@
 //! [`InstanceState`]. A failed fetch replaces the state with `Failed`, and
 //! [`InstanceState::claim`] then refuses, so that policy conditions on the
 //! instance fail closed.
+//!
+//! On a node (`[forward]`), the signed document or token itself is kept
+//! too ([`Evidence`]): the node hands it to its gateway, which verifies it
+//! with the same functions (`gateway::enroll`) to enroll the node by its
+//! instance rather than by its key. There the provider is bound to the
+//! node's key first ([`Provider::bind_to_node`]): gcp asks for a token
+//! whose audience names the key, azure for a document whose nonce is
+//! derived from it; an AWS document cannot name anything.
 
 pub mod aws;
 pub mod azure;
@@ -41,6 +49,56 @@ pub struct Identity {
     /// trust. Only gcp without a JWKS yields unverified claims.
     pub verified: bool,
     pub claims: BTreeMap<String, String>,
+    /// The signed document or token the claims came from (none for `host`).
+    #[serde(skip)]
+    pub evidence: Option<Evidence>,
+    /// When the provider signed it, if it says (gcp `iat`, azure
+    /// `timeStamp.createdOn`), unix seconds.
+    #[serde(skip)]
+    pub issued_at: Option<u64>,
+}
+
+/// A cloud's signed statement of the instance, exactly as its metadata
+/// service served it, for a gateway to verify again. Not a secret that
+/// grants anything alone (a gcp token and an azure document name the node
+/// key they were asked for), but never shown by `warrant status` either.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Evidence {
+    /// The GCE identity token (a JWT, `format=full`).
+    GcpToken { token: String },
+    /// The instance identity document (its exact bytes, UTF-8 JSON) and
+    /// its base64 RSA signature.
+    AwsDocument { document: String, signature: String },
+    /// The IMDS attested-data response (`{"encoding":"pkcs7",...}`).
+    AzureAttested { document: String },
+}
+
+impl Evidence {
+    /// The provider that issues it.
+    pub fn provider(&self) -> &'static str {
+        match self {
+            Evidence::GcpToken { .. } => "gcp",
+            Evidence::AwsDocument { .. } => "aws",
+            Evidence::AzureAttested { .. } => "azure",
+        }
+    }
+}
+
+/// What a node's evidence names to bind it to the node's Ed25519 key: the
+/// gcp token's audience. (Azure's nonce is [`node_nonce`].)
+pub fn node_audience(public_key: &[u8; 32]) -> String {
+    format!("warrant-node:ed25519:{}", hex::encode(public_key))
+}
+
+/// The nonce an azure node asks its attested document for: ten digits of
+/// the SHA-256 of [`node_audience`] (IMDS takes a 10-digit nonce).
+pub fn node_nonce(public_key: &[u8; 32]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(node_audience(public_key).as_bytes());
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest[..8]);
+    format!("{:010}", u64::from_be_bytes(head) % 10_000_000_000)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +112,10 @@ pub enum InstanceState {
         verified: bool,
         claims: BTreeMap<String, String>,
         fetched_at_unix: u64,
+        /// The signed document or token, for a node's gateway; never
+        /// serialized (`warrant status` shows the claims, not it).
+        #[serde(skip)]
+        evidence: Option<Arc<Evidence>>,
     },
     Failed {
         provider: String,
@@ -267,6 +329,19 @@ impl Provider {
         })
     }
 
+    /// On a node: binds what the provider fetches to the node's key, so
+    /// that its gateway can tell the evidence was made for this node (gcp:
+    /// the token's audience is [`node_audience`]; azure: the document's
+    /// nonce is [`node_nonce`]). AWS documents carry neither; `host` has
+    /// no evidence.
+    pub fn bind_to_node(&mut self, public_key: &[u8; 32]) {
+        match self {
+            Provider::Gcp(p) => p.set_audience(node_audience(public_key)),
+            Provider::Azure(p) => p.set_nonce(node_nonce(public_key)),
+            Provider::Host(_) | Provider::Aws(_) => {}
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Provider::Host(_) => "host",
@@ -294,6 +369,7 @@ impl Provider {
                     verified: identity.verified,
                     claims: identity.claims,
                     fetched_at_unix: now_unix(),
+                    evidence: identity.evidence.map(Arc::new),
                 });
                 Ok(())
             }
@@ -379,6 +455,7 @@ mod tests {
             verified,
             claims: BTreeMap::from([("region".to_owned(), "us-east-1".to_owned())]),
             fetched_at_unix: 0,
+            evidence: None,
         }
     }
 
