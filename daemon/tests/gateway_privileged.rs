@@ -31,7 +31,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-use warrant::gateway::{Binding, NodeKey, STATEMENT_HEADER, node::Unsigned};
+use warrant::{
+    attest::instance::{Evidence, node_audience},
+    gateway::{Binding, InstanceFacts, NodeKey, STATEMENT_HEADER, node::Unsigned},
+};
 use warrant_test_support::{
     binary::{self, Warrant, strip_ansi},
     cgroups::unique,
@@ -290,6 +293,18 @@ struct Sent {
 }
 
 fn statement_for(key: &NodeKey, path: &str, body: &[u8], iat: i64, workload: &str) -> String {
+    statement_with(key, path, body, iat, workload, Default::default())
+}
+
+/// As [`statement_for`], with the node's instance facts (and evidence).
+fn statement_with(
+    key: &NodeKey,
+    path: &str,
+    body: &[u8],
+    iat: i64,
+    workload: &str,
+    instance: InstanceFacts,
+) -> String {
     key.sign(
         Unsigned {
             audience: "gw-test".into(),
@@ -301,7 +316,7 @@ fn statement_for(key: &NodeKey, path: &str, body: &[u8], iat: i64, workload: &st
             },
             workload: workload.into(),
             process: Default::default(),
-            instance: Default::default(),
+            instance,
         },
         iat,
     )
@@ -516,11 +531,13 @@ upstreams = ["api.openai.com", "api.anthropic.com"]
         &[("PYTHONPATH", sdk_dir().join("python").to_str().unwrap())],
         &["python3", "-c", PY_OPENAI],
     );
+    assert_eq!(sdk.line(), "sdk ok", "gateway: {}", gateway.log());
+    // Checked once it answered (before, it may still be entering it); it
+    // is alive until its second line.
     assert!(
         in_netns(sdk.pid, &node_netns),
         "the agent runs outside the remote host's namespace"
     );
-    assert_eq!(sdk.line(), "sdk ok", "gateway: {}", gateway.log());
     assert_eq!(sdk.line(), "sdk stream True");
     let mut sdk = node.agent(
         agent,
@@ -722,6 +739,326 @@ fn in_netns(pid: u32, netns: &TestNetns) -> bool {
     (of_pid.dev(), of_pid.ino()) == (named.dev(), named.ino())
 }
 
+// A node enrolled by its cloud instance identity (GCE): the gateway knows
+// no key of it, only which project's instances to enroll.
+
+const GCE_PROJECT: &str = "example-project";
+const GCE_INSTANCE_ID: &str = "5566778899001122334";
+
+/// Google's stand-in: the fixture's RSA key signs GCE identity tokens
+/// (RS256, kid "k1"); its JWKS is what a gateway and a node trust.
+struct Google {
+    encoding: jsonwebtoken::EncodingKey,
+    jwks: String,
+}
+
+impl Google {
+    fn fixture() -> Google {
+        let pem = fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/cloud/gcp-service-account.pem"),
+        )
+        .unwrap();
+        Google::from_pem(&pem)
+    }
+
+    /// Another RSA key (made by openssl): a signer nobody trusts.
+    fn stranger() -> Google {
+        let out = Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        Google::from_pem(&String::from_utf8(out.stdout).unwrap())
+    }
+
+    fn from_pem(pem: &str) -> Google {
+        use base64::Engine;
+        let der = rustls_pemfile::private_key(&mut pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let pair = ring::rsa::KeyPair::from_pkcs8(der.secret_der()).unwrap();
+        let public: ring::rsa::PublicKeyComponents<Vec<u8>> = pair.public().into();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig",
+            "kid": "k1", "n": b64(&public.n), "e": b64(&public.e)}]})
+        .to_string();
+        Google {
+            encoding: jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+            jwks,
+        }
+    }
+
+    /// An identity token as the metadata server issues it with
+    /// format=full, for `audience`, issued at `iat`.
+    fn token(&self, audience: &str, project: &str, iat: i64) -> String {
+        let claims = serde_json::json!({
+            "aud": audience, "azp": "112233445566778899000",
+            "exp": iat + 3600, "iat": iat, "iss": "https://accounts.google.com",
+            "sub": "112233445566778899000",
+            "google": {"compute_engine": {
+                "instance_creation_timestamp": 1_764_000_000u64,
+                "instance_id": GCE_INSTANCE_ID, "instance_name": "agent-vm-1",
+                "project_id": project, "project_number": 123456789012u64,
+                "zone": "europe-west4-b"
+            }}
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).unwrap()
+    }
+
+    /// A GCE metadata server on `addr` inside the namespace `netns`: an
+    /// identity token for whatever audience it is asked.
+    fn serve_metadata(self: &Arc<Self>, netns: &TestNetns, addr: SocketAddr) {
+        let listener = netns::listen_in(&netns.name, addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let google = self.clone();
+        let answer: Answer = Arc::new(move |uri: &http::Uri| {
+            let query = uri.query().unwrap_or_default();
+            let audience = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("audience="))
+                .map(|a| a.replace("%3A", ":"));
+            match (uri.path(), audience) {
+                ("/computeMetadata/v1/instance/service-accounts/default/identity", Some(aud)) => {
+                    let now = jiff::Timestamp::now().as_second();
+                    (200, google.token(&aud, GCE_PROJECT, now))
+                }
+                _ => (404, String::new()),
+            }
+        });
+        std::thread::spawn(move || serve_answers(listener, answer));
+    }
+}
+
+/// Instance facts carrying a GCE token as evidence.
+fn gce_facts(token: String) -> InstanceFacts {
+    InstanceFacts {
+        provider: Some("gcp".into()),
+        verified: true,
+        claims: Default::default(),
+        evidence: Some(Evidence::GcpToken { token }),
+    }
+}
+
+#[test]
+fn a_node_enrolled_by_its_gce_identity_is_served_and_lifted_or_foreign_evidence_is_refused() {
+    if !prereq::require(&[
+        Need::Root,
+        Need::Program("ip"),
+        Need::Program("curl"),
+        Need::Program("openssl"),
+    ]) {
+        return;
+    }
+    let subnet = 60 + (std::process::id() % 100) as u8;
+    let host_ip = format!("198.19.{subnet}.1");
+    let gw_netns = TestNetns::new(&format!("{host_ip}/24"), &format!("198.19.{subnet}.2/24"));
+    let gw_ip = format!("10.219.{subnet}.1");
+    let node_netns = gw_netns.linked(&format!("{gw_ip}/24"), &format!("10.219.{subnet}.2/24"));
+    let real_key = format!(
+        "sk-proj-REAL{}abcdefghijklmnopqrstuvwxyz012345",
+        unique("e").replace('-', "")
+    );
+    let mock = MockProvider::start(
+        &[format!("{host_ip}:443").parse().unwrap()],
+        MockSettings {
+            keys: HashMap::from([("openai".to_owned(), real_key.clone())]),
+            record_file: None,
+            event_delay: Duration::from_millis(1),
+        },
+    )
+    .unwrap();
+    // Google's keys; its metadata server on the remote host's loopback.
+    let google = Arc::new(Google::fixture());
+    let metadata: SocketAddr = "127.0.0.1:8780".parse().unwrap();
+    google.serve_metadata(&node_netns, metadata);
+    let gw_addr: SocketAddr = format!("{gw_ip}:8443").parse().unwrap();
+    let gw_dir = gateway_dir(gw_addr.ip());
+    let jwks = gw_dir.path().join("google-jwks.json");
+    fs::write(&jwks, &google.jwks).unwrap();
+    let agent = "system.slice/agent.service";
+    let mut node = Warrant::start_node_in(
+        &node_netns,
+        &bin(),
+        &[agent],
+        &format!(
+            r#"
+[instance]
+provider = "gcp"
+endpoint = "http://{metadata}"
+jwks_file = "{jwks}"
+
+[[workload]]
+name = "agents"
+unit = "agent.service"
+
+[[policy]]
+workload = "agents"
+upstreams = ["api.openai.com"]
+"#,
+            jwks = jwks.display()
+        ),
+        &format!(
+            "[forward]\ngateway = \"https://{gw_addr}\"\nca_file = \"{}/ca.pem\"\naudience = \"gw-test\"\n",
+            gw_dir.path().display()
+        ),
+    );
+    // The gateway enrolls no key of the node: only the project's instances.
+    let enroll = format!(
+        r#"
+[[gateway.enroll]]
+provider = "gcp"
+jwks_file = "{}"
+projects = ["{GCE_PROJECT}"]
+
+[[workload]]
+name = "gce"
+nodes = ["gcp:{GCE_PROJECT}/*"]
+node_workload = "agents"
+
+[[policy]]
+workload = "gce"
+upstreams = ["api.openai.com"]
+"#,
+        jwks.display()
+    );
+    let spec = GatewaySpec {
+        netns: Some(&gw_netns),
+        listen: gw_addr,
+        provider_ip: &host_ip,
+        tests_policy: "",
+        extra: &enroll,
+    };
+    let mut gateway = start_gateway(&spec, gw_dir, &mock, (&real_key, "sk-ant-unused"), &[]);
+    gateway.clients_in = Some(node_netns.name.clone());
+    node.wait_tagged(agent);
+
+    // 1. The node's agent is served: the node is named by its instance.
+    assert_eq!(
+        node.curl(agent, 65534),
+        "200",
+        "node: {}\ngateway: {}",
+        node.log(),
+        gateway.log()
+    );
+    let mut sdk = node.agent(
+        agent,
+        Some(65534),
+        &[("PYTHONPATH", sdk_dir().join("python").to_str().unwrap())],
+        &["python3", "-c", PY_OPENAI],
+    );
+    assert_eq!(sdk.line(), "sdk ok", "gateway: {}", gateway.log());
+    assert_eq!(sdk.line(), "sdk stream True");
+    let bearer = format!("Bearer {real_key}");
+    assert!(
+        mock.records()
+            .iter()
+            .any(|r| r["headers"]["authorization"] == bearer.as_str())
+    );
+    let node_name = format!("gcp:{GCE_PROJECT}/{GCE_INSTANCE_ID}");
+    warrant_test_support::wait::wait_until(
+        "the gateway's audit line of the node",
+        Duration::from_secs(10),
+        || {
+            gateway
+                .audit()
+                .contains(&format!(r#""node":"{node_name}""#))
+        },
+    );
+    assert!(gateway.audit().contains(r#""workload":"gce""#));
+    // The node's instance state shows no token (it is evidence, not a claim).
+    let status = node.status().to_string();
+    assert!(!status.contains("eyJ"), "{status}");
+
+    // 2. The test as nodes with keys the gateway never enrolled, each
+    // bringing GCE evidence.
+    let node_key = logged_node_key(&node);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let stranger = Google::stranger();
+    runtime.block_on(async {
+        let records_before = mock.records().len();
+        let now = jiff::Timestamp::now().as_second();
+        let send_as = |key: &NodeKey, token: String| {
+            let statement =
+                statement_with(key, CHAT, BODY.as_bytes(), now, "agents", gce_facts(token));
+            Sent {
+                path: CHAT.into(),
+                body: BODY.into(),
+                host: "api.openai.com".into(),
+                statement: Some(statement),
+            }
+        };
+        let audience_of = |key: &NodeKey| node_audience(key.public());
+        // A token for its own key, signed by Google, of the project: served.
+        let other = new_node_key();
+        let good = send_as(&other, google.token(&audience_of(&other), GCE_PROJECT, now));
+        let (status, body) = send(&gateway, Some(&other), &good).await;
+        assert_eq!(status, 200, "{body}\n{}", gateway.log());
+        // The real node's token lifted onto another key.
+        assert!(node_key.starts_with("ed25519:"));
+        let node_public: [u8; 32] = hex::decode(&node_key["ed25519:".len()..])
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let lifted_token = google.token(&node_audience(&node_public), GCE_PROJECT, now);
+        let thief = new_node_key();
+        let (status, body) = send(&gateway, Some(&thief), &send_as(&thief, lifted_token)).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(
+            body.contains("unknown node") && body.contains("audience"),
+            "{body}"
+        );
+        // Signed by a key Google never had.
+        let forged = stranger.token(&audience_of(&thief), GCE_PROJECT, now);
+        let (status, body) = send(&gateway, Some(&thief), &send_as(&thief, forged)).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("not signed by any key"), "{body}");
+        // Another project's instance.
+        let foreign = google.token(&audience_of(&thief), "someone-elses-project", now);
+        let (status, body) = send(&gateway, Some(&thief), &send_as(&thief, foreign)).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("does not enroll"), "{body}");
+        // A token held back 20 minutes (still within Google's hour).
+        let stale = google.token(&audience_of(&thief), GCE_PROJECT, now - 1_200);
+        let (status, body) = send(&gateway, Some(&thief), &send_as(&thief, stale)).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("s old"), "{body}");
+        // No evidence at all.
+        let bare = Sent {
+            statement: Some(statement_for(&thief, CHAT, BODY.as_bytes(), now, "agents")),
+            ..good_clone(&good)
+        };
+        let (status, body) = send(&gateway, Some(&thief), &bare).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("no instance evidence"), "{body}");
+        assert_eq!(
+            mock.records().len(),
+            records_before + 1,
+            "only the good request reached the mock"
+        );
+    });
+    let reasons = [
+        "audience",
+        "not signed by any key",
+        "does not enroll",
+        "s old",
+        "no instance evidence",
+    ];
+    warrant_test_support::wait::wait_until(
+        "the gateway's audit lines",
+        Duration::from_secs(10),
+        || reasons.iter().all(|r| gateway.audit().contains(r)),
+    );
+}
+
 fn good_clone(s: &Sent) -> Sent {
     Sent {
         path: s.path.clone(),
@@ -891,16 +1228,26 @@ impl Issuer {
 
 /// Serves `jwks` to every request until the test process ends.
 fn serve_jwks(listener: std::net::TcpListener, jwks: String) {
+    serve_answers(listener, Arc::new(move |_: &http::Uri| (200, jwks.clone())));
+}
+
+/// What a test server answers to a request for a URI: status and body.
+type Answer = Arc<dyn Fn(&http::Uri) -> (u16, String) + Send + Sync>;
+
+/// Serves `answer` over HTTP/1.1 until the test process ends.
+fn serve_answers(listener: std::net::TcpListener, answer: Answer) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).unwrap();
         loop {
             let (stream, _) = listener.accept().await.unwrap();
-            let jwks = jwks.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_req| {
-                    let body = Full::new(Bytes::from(jwks.clone()));
-                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
+                let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                    let (status, body) = answer(req.uri());
+                    let mut response = http::Response::new(Full::new(Bytes::from(body)));
+                    *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    async move { Ok::<_, std::convert::Infallible>(response) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)

@@ -119,13 +119,30 @@ impl TestNetns {
 /// A TCP connection to `addr` made from inside the test namespace `name`
 /// (the socket stays in it), or the error connecting gave.
 pub fn connect_in(name: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    in_netns(name, move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    })
+}
+
+/// A TCP listener on `addr` inside the test namespace `name` (e.g. a mock
+/// metadata service on its loopback), served by whatever thread the test
+/// hands it to.
+pub fn listen_in(name: &str, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    in_netns(name, move || std::net::TcpListener::bind(addr))
+}
+
+/// Makes a socket with `make` in the namespace `name`: on a thread of its
+/// own that enters it (the test's threads stay where they are), since a
+/// socket belongs to the namespace it was made in.
+fn in_netns<T: Send + 'static>(
+    name: &str,
+    make: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
     let path = format!("/run/netns/{name}");
     std::thread::spawn(move || {
-        // The thread enters the namespace, not the test: a socket belongs
-        // to the namespace it was made in.
         let ns = std::fs::File::open(&path)?;
         nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        make()
     })
     .join()
     .unwrap()
