@@ -85,7 +85,7 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // Every section compiled before anything is started or written, so a
     // mistake stops the daemon with its place in the file.
     let mut compiled = Compiled::new(&config)?;
-    let mut instance_provider = attest::instance::Provider::compile(
+    let instance_provider = attest::instance::Provider::compile(
         &config.instance,
         &config.daemon.state_dir,
         &config.source,
@@ -110,13 +110,8 @@ pub async fn run(options: RunOptions) -> Result<()> {
     let _metrics_server = serve_metrics(&config, &metrics).await;
 
     notify("STATUS=fetching credentials and the instance identity");
-    let node_key = node_key(&config)?;
-    if let Some(key) = &node_key {
-        // The instance evidence the gateway may enroll this node by names
-        // this key (gcp audience, azure nonce).
-        instance_provider.bind_to_node(key.public());
-    }
-    let (instance, _instance_refresher) = start_instance(&config, instance_provider).await;
+    let (instance, _instance_refresher, node_key) =
+        start_instance(&config, instance_provider).await?;
     notify("STATUS=attaching the eBPF programs");
     let (listeners, redirection) =
         start_redirection(&config, &compiled, &metrics, options.inherited).await?;
@@ -341,11 +336,20 @@ async fn serve_metrics(config: &Config, metrics: &Arc<Metrics>) -> Option<AbortO
 
 /// The host's instance identity from the compiled `provider`, fetched once
 /// now and refreshed in the background. Conditions that need it fail closed
-/// until it is fetched.
+/// until it is fetched. On a node, with its host key: the evidence its
+/// gateway may enroll it by names that key (gcp audience, azure nonce).
 async fn start_instance(
     config: &Config,
-    provider: attest::instance::Provider,
-) -> (InstanceHandle, tokio::task::JoinHandle<()>) {
+    mut provider: attest::instance::Provider,
+) -> Result<(
+    InstanceHandle,
+    tokio::task::JoinHandle<()>,
+    Option<Arc<crate::gateway::NodeKey>>,
+)> {
+    let node_key = node_key(config)?;
+    if let Some(key) = &node_key {
+        provider.bind_to_node(key.public());
+    }
     let instance = InstanceHandle::default();
     if let Err(error) = provider.refresh(&instance).await {
         tracing::warn!(%error, "instance identity not available yet");
@@ -354,7 +358,7 @@ async fn start_instance(
         instance.clone(),
         Duration::from_secs(config.instance.refresh_secs),
     );
-    (instance, refresher)
+    Ok((instance, refresher, node_key))
 }
 
 /// The listeners, the eBPF programs that redirect to them and the tagger
