@@ -923,6 +923,7 @@ projects = ["{GCE_PROJECT}"]
 name = "gce"
 nodes = ["gcp:{GCE_PROJECT}/*"]
 node_workload = "agents"
+node_instance = {{ region = "europe-west4", zone = "europe-west4-?" }}
 
 [[policy]]
 workload = "gce"

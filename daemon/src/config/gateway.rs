@@ -283,7 +283,7 @@ pub enum GatewayProblem {
     )]
     LocalOnGateway(String),
     #[error(
-        "workload {0:?} mixes node selectors (nodes, node_workload) with token selectors (issuer, subject, claims, spiffe_id): a caller is one or the other"
+        "workload {0:?} mixes node selectors (nodes, node_workload, node_instance) with token selectors (issuer, subject, claims, spiffe_id): a caller is one or the other"
     )]
     NodesAndTokens(String),
     #[error(
@@ -560,11 +560,12 @@ impl super::Config {
                 return Err(at_name(GatewayProblem::NodeDecides(name, key)));
             }
             if w.nodes.is_empty() {
-                return Err(at_name(GatewayProblem::Needs(
-                    name,
-                    "node_workload",
-                    "nodes",
-                )));
+                let key = if w.node_instance.is_empty() {
+                    "node_workload"
+                } else {
+                    "node_instance"
+                };
+                return Err(at_name(GatewayProblem::Needs(name, key, "nodes")));
             }
         }
         Ok(())

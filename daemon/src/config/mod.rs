@@ -496,6 +496,12 @@ pub struct WorkloadConfig {
     /// workload's name.
     #[serde(default)]
     pub node_workload: Option<Spanned<String>>,
+    /// Instance claims of a node enrolled by its cloud instance identity
+    /// (`[[gateway.enroll]]`), as the gateway verified them ("region",
+    /// "zone", "account", "project", "instance_id", ...), each a glob over
+    /// the value. A node enrolled by key has none, so it never matches.
+    #[serde(default)]
+    pub node_instance: std::collections::BTreeMap<String, Spanned<String>>,
     /// At a gateway, a SPIFFE ID glob: an X.509-SVID's (a client
     /// certificate verified against `[gateway] svid_bundle`), or a
     /// JWT-SVID's subject (issuers with `spiffe_trust_domain`).
@@ -526,7 +532,7 @@ impl WorkloadConfig {
 
     /// Whether the workload accepts statements of nodes.
     pub fn selects_nodes(&self) -> bool {
-        !self.nodes.is_empty() || self.node_workload.is_some()
+        !self.nodes.is_empty() || self.node_workload.is_some() || !self.node_instance.is_empty()
     }
 
     /// Whether it selects callers from the network (nodes, tokens) rather

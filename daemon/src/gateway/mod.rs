@@ -396,6 +396,7 @@ impl Verifier {
             .select(Caller::Node {
                 name: &node,
                 statement: &statement,
+                instance: instance.as_ref(),
             })
             .map_err(|why| CallerError::NoWorkload {
                 node: node.clone(),

@@ -4,7 +4,9 @@
 //! A workload selects one kind of caller (`Config::parse` refuses a mix):
 //! * node callers: `nodes` (globs over enrolled node names) and
 //!   `node_workload` (the node's own workload that its statement names;
-//!   default the workload's name). `unit`, `exe`, `exe_sha256`,
+//!   default the workload's name), and `node_instance` (globs over the
+//!   instance claims the gateway verified, for nodes enrolled by their
+//!   instance; never the claims a node asserts). `unit`, `exe`, `exe_sha256`,
 //!   `entrypoint_sha256`, `uid` and `gid` then narrow what the statement
 //!   must say; the exe and hash selectors refuse a program the node's rules
 //!   could not pin (the statement's `program_refusal`);
@@ -24,7 +26,10 @@ use std::collections::BTreeMap;
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde_json::{Map, Value};
 
-use super::{statement::Statement, token::VerifiedToken};
+use super::{
+    statement::{InstanceFacts, Statement},
+    token::VerifiedToken,
+};
 use crate::config::{ConfigError, ConfigErrorKind, Source, WorkloadConfig};
 
 /// Who called, as verified (`gateway::Verifier`).
@@ -33,6 +38,9 @@ pub enum Caller<'a> {
     Node {
         name: &'a str,
         statement: &'a Statement,
+        /// What the gateway verified of the node's instance (enrolled by
+        /// it); None for a node enrolled by key.
+        instance: Option<&'a InstanceFacts>,
     },
     Token(&'a VerifiedToken),
     /// An X.509-SVID's SPIFFE ID.
@@ -93,6 +101,7 @@ enum Selects {
     Nodes {
         nodes: Vec<Pattern>,
         node_workload: String,
+        node_instance: Vec<(String, Pattern)>,
         narrowing: Narrowing,
     },
     Tokens {
@@ -128,6 +137,7 @@ impl RemoteWorkloads {
                         .node_workload
                         .as_ref()
                         .map_or_else(|| c.name.get_ref().clone(), |w| w.get_ref().clone()),
+                    node_instance: compile_claims(&c.node_instance, source)?,
                     narrowing: Narrowing {
                         unit: c.unit.as_ref().map(|u| u.get_ref().clone()),
                         exe: c.exe.as_ref().map(|e| e.get_ref().clone()),
@@ -202,9 +212,14 @@ impl Selects {
                 Selects::Nodes {
                     nodes,
                     node_workload,
+                    node_instance,
                     narrowing,
                 },
-                Caller::Node { name, statement },
+                Caller::Node {
+                    name,
+                    statement,
+                    instance,
+                },
             ) => {
                 if !nodes.iter().any(|p| p.is_match(name)) {
                     return mismatch(format!("node {name:?} is not one of its nodes"));
@@ -215,6 +230,7 @@ impl Selects {
                         statement.workload
                     ));
                 }
+                check_instance(node_instance, instance)?;
                 narrowing.check(statement)
             }
             (
@@ -280,6 +296,34 @@ fn check_token(
         (Some(pattern), Some(id)) => check_spiffe_id(pattern, id),
         (Some(_), None) => mismatch("the token is not a JWT-SVID"),
     }
+}
+
+/// The instance claims the gateway verified against `node_instance`.
+fn check_instance(
+    selectors: &[(String, Pattern)],
+    instance: Option<&InstanceFacts>,
+) -> Result<(), Mismatch> {
+    if selectors.is_empty() {
+        return Ok(());
+    }
+    let Some(instance) = instance else {
+        return mismatch(
+            "node_instance needs a node enrolled by its instance identity ([[gateway.enroll]]); this one is enrolled by key",
+        );
+    };
+    for (claim, pattern) in selectors {
+        match instance.claims.get(claim) {
+            Some(value) if pattern.is_match(value) => {}
+            Some(value) => {
+                return mismatch(format!(
+                    "instance {claim} {value:?} does not match {:?}",
+                    pattern.text
+                ));
+            }
+            None => return mismatch(format!("the instance has no verified {claim}")),
+        }
+    }
+    Ok(())
 }
 
 fn check_spiffe_id(pattern: &Pattern, id: &str) -> Result<(), Mismatch> {
@@ -529,7 +573,11 @@ nodes = ["batch-1"]
         );
         let remote = RemoteWorkloads::compile(&workloads, &source).unwrap();
         let good = statement("agents", "/usr/bin/python3", None);
-        let caller = |name, statement| Caller::Node { name, statement };
+        let caller = |name, statement| Caller::Node {
+            name,
+            statement,
+            instance: None,
+        };
         assert_eq!(remote.select(caller("web-1", &good)).unwrap(), "support");
         let why = remote.select(caller("db-1", &good)).unwrap_err();
         assert!(why[0].contains("not one of its nodes"), "{why:?}");
@@ -542,5 +590,47 @@ nodes = ["batch-1"]
         assert!(why[0].contains("refused: writable"), "{why:?}");
         let batch = statement("batch", "/bin/sh", None);
         assert_eq!(remote.select(caller("batch-1", &batch)).unwrap(), "batch");
+    }
+
+    #[test]
+    fn node_instance_selects_only_claims_the_gateway_verified() {
+        use crate::gateway::statement::InstanceFacts;
+        let (workloads, source) = config(
+            r#"
+[[workload]]
+name = "eu"
+nodes = ["gcp:my-project/*"]
+node_workload = "agents"
+node_instance = { region = "europe-*", zone = "europe-west4-?" }
+"#,
+        );
+        let remote = RemoteWorkloads::compile(&workloads, &source).unwrap();
+        let facts = |region: &str, zone: &str| InstanceFacts {
+            provider: Some("gcp".into()),
+            verified: true,
+            claims: BTreeMap::from([
+                ("region".to_owned(), region.to_owned()),
+                ("zone".to_owned(), zone.to_owned()),
+            ]),
+            evidence: None,
+        };
+        let name = "gcp:my-project/1";
+        let verified = facts("europe-west4", "europe-west4-b");
+        let good = statement("agents", "/usr/bin/python3", None);
+        let caller = |statement, instance| Caller::Node {
+            name,
+            statement,
+            instance,
+        };
+        assert_eq!(remote.select(caller(&good, Some(&verified))).unwrap(), "eu");
+        let us = facts("us-central1", "us-central1-a");
+        let why = remote.select(caller(&good, Some(&us))).unwrap_err();
+        assert!(why[0].contains("does not match"), "{why:?}");
+        // What a node asserts in its statement is not what the gateway
+        // verified: a node enrolled by key never matches.
+        let mut claimed = statement("agents", "/usr/bin/python3", None);
+        claimed.instance = verified.clone();
+        let why = remote.select(caller(&claimed, None)).unwrap_err();
+        assert!(why[0].contains("enrolled by key"), "{why:?}");
     }
 }
