@@ -480,6 +480,16 @@ mod tests {
     }
 
     async fn verify(verifier: &Verifier, key: &NodeKey, now: i64) -> Result<Verified, CallerError> {
+        verify_with(verifier, key, now, InstanceFacts::default()).await
+    }
+
+    /// As `verify`, with the statement's instance facts.
+    async fn verify_with(
+        verifier: &Verifier,
+        key: &NodeKey,
+        now: i64,
+        instance: InstanceFacts,
+    ) -> Result<Verified, CallerError> {
         let binding = Binding {
             method: "POST".into(),
             authority: "api.openai.com".into(),
@@ -491,7 +501,7 @@ mod tests {
             binding,
             workload: "w".into(),
             process: ProcessFacts::default(),
-            instance: InstanceFacts::default(),
+            instance,
         };
         let jws = key.sign(unsigned, now).unwrap();
         let peer = Peer::Key(parse_node_key(&key.public_text()).unwrap());
@@ -525,5 +535,94 @@ mod tests {
             "{error}"
         );
         assert_eq!(verify(&verifier, &key, 1_000).await.unwrap().workload, "w");
+    }
+
+    /// Google's stand-in: the test fixture's RSA key, and its JWKS.
+    fn google() -> (jsonwebtoken::EncodingKey, String) {
+        use base64::Engine;
+        let pem = include_str!("../../tests/fixtures/cloud/gcp-service-account.pem");
+        let der = rustls_pemfile::private_key(&mut pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let pair = ring::rsa::KeyPair::from_pkcs8(der.secret_der()).unwrap();
+        let public: ring::rsa::PublicKeyComponents<Vec<u8>> = pair.public().into();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = serde_json::json!({"keys": [{"kty": "RSA", "kid": "k1",
+            "n": b64(&public.n), "e": b64(&public.e)}]});
+        let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+        (encoding, jwks.to_string())
+    }
+
+    /// A GCE identity token (format=full) for `audience`.
+    fn gce_token(encoding: &jsonwebtoken::EncodingKey, audience: &str, iat: i64) -> String {
+        let claims = serde_json::json!({
+            "aud": audience, "iss": "https://accounts.google.com", "iat": iat,
+            "exp": iat + 3600, "sub": "1",
+            "google": {"compute_engine": {"project_id": "p", "zone": "europe-west4-b",
+                "instance_id": "77", "instance_name": "vm"}}
+        });
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(&header, &claims, encoding).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_key_not_enrolled_is_enrolled_by_a_gce_token_made_for_it_only() {
+        let (encoding, jwks) = google();
+        let dir = tempfile::tempdir().unwrap();
+        let jwks_file = dir.path().join("jwks.json");
+        std::fs::write(&jwks_file, jwks).unwrap();
+        let text = format!(
+            "[gateway]\ncertificate = \"/c\"\nkey = \"/k\"\nname = \"gw\"\n\n[[gateway.enroll]]\nprovider = \"gcp\"\njwks_file = \"{}\"\nprojects = [\"p\"]\n\n[[workload]]\nname = \"w\"\nnodes = [\"gcp:p/*\"]\nnode_instance = {{ region = \"europe-west4\" }}\n",
+            jwks_file.display()
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        let workloads = RemoteWorkloads::compile(&config.workloads, &config.source).unwrap();
+        let nonces = Arc::new(MemoryNonces::default());
+        let verifier = Verifier::new(&config, workloads, nonces, i64::MIN)
+            .unwrap()
+            .unwrap();
+        let (node, thief) = (key(), key());
+        let now = jiff::Timestamp::now().as_second();
+        let evidence = |token: String| InstanceFacts {
+            provider: Some("gcp".into()),
+            verified: true,
+            claims: Default::default(),
+            evidence: Some(crate::attest::instance::Evidence::GcpToken { token }),
+        };
+        let token = gce_token(
+            &encoding,
+            &crate::attest::instance::node_audience(node.public()),
+            now,
+        );
+        let verified = verify_with(&verifier, &node, now, evidence(token.clone()))
+            .await
+            .unwrap();
+        assert_eq!(verified.node, "gcp:p/77");
+        assert_eq!(verified.workload, "w");
+        assert_eq!(verified.instance().claims["region"], "europe-west4");
+        // The same token with another key; no token at all.
+        let error = verify_with(&verifier, &thief, now, evidence(token))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, CallerError::NotEnrolled { .. })
+                && error.to_string().contains("unknown node")
+                && error.to_string().contains("audience"),
+            "{error}"
+        );
+        assert_eq!(error.status(), StatusCode::FORBIDDEN);
+        let error = verify(&verifier, &node, now).await.unwrap_err();
+        assert!(
+            error.to_string().contains("no instance evidence"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_enrollment_rules_an_unknown_key_is_refused_before_its_statement_is_read() {
+        let verifier = verifier(&key(), Arc::new(MemoryNonces::default()), i64::MIN);
+        let error = verify(&verifier, &key(), 1_000).await.unwrap_err();
+        assert!(matches!(error, CallerError::UnknownNode(_)), "{error}");
     }
 }
