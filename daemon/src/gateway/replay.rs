@@ -91,24 +91,26 @@ impl NonceStore for MemoryNonces {
     }
 }
 
-/// Nonces shared by every gateway using one Redis.
-pub struct RedisNonces {
+/// A lazily made, shared connection to the Redis the gateways use (the
+/// replay cache, enrollment pins), every command bounded by a timeout; a
+/// connection that failed is forgotten, so the next command reconnects.
+pub(crate) struct SharedRedis {
     client: redis::Client,
     conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     timeout: Duration,
 }
 
-impl RedisNonces {
-    /// Connects lazily (at the first statement), like the ledger.
-    pub fn new(url: &str, timeout: Duration) -> Result<RedisNonces, redis::RedisError> {
-        Ok(RedisNonces {
+impl SharedRedis {
+    /// Connects lazily (at the first command), like the ledger.
+    pub(crate) fn new(url: &str, timeout: Duration) -> Result<SharedRedis, redis::RedisError> {
+        Ok(SharedRedis {
             client: redis::Client::open(url)?,
             conn: tokio::sync::Mutex::new(None),
             timeout,
         })
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, ReplayError> {
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisDown> {
         let mut guard = self.conn.lock().await;
         if let Some(conn) = guard.as_ref() {
             return Ok(conn.clone());
@@ -116,14 +118,48 @@ impl RedisNonces {
         let conn =
             tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection())
                 .await
-                .map_err(|_| ReplayError::Unreachable("connect timed out".to_owned()))?
-                .map_err(|e| ReplayError::Unreachable(e.to_string()))?;
+                .map_err(|_| RedisDown("connect timed out".to_owned()))?
+                .map_err(|e| RedisDown(e.to_string()))?;
         *guard = Some(conn.clone());
         Ok(conn)
     }
 
-    async fn set_once(&self, key: &str, ttl: Duration) -> Result<bool, ReplayError> {
+    /// Runs `cmd` (a command or an invoked script); the error says why it
+    /// got no answer.
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, RedisDown> {
         let mut conn = self.connection().await?;
+        let error = match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_owned(),
+        };
+        *self.conn.lock().await = None;
+        Err(RedisDown(error))
+    }
+}
+
+/// Redis gave no answer: why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct RedisDown(pub(crate) String);
+
+/// Nonces shared by every gateway using one Redis.
+pub struct RedisNonces {
+    redis: SharedRedis,
+}
+
+impl RedisNonces {
+    /// Connects lazily (at the first statement), like the ledger.
+    pub fn new(url: &str, timeout: Duration) -> Result<RedisNonces, redis::RedisError> {
+        Ok(RedisNonces {
+            redis: SharedRedis::new(url, timeout)?,
+        })
+    }
+
+    async fn set_once(&self, key: &str, ttl: Duration) -> Result<bool, ReplayError> {
         let millis = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut cmd = redis::cmd("SET");
         cmd.arg(format!("warrant:nonce:{key}"))
@@ -131,22 +167,13 @@ impl RedisNonces {
             .arg("NX")
             .arg("PX")
             .arg(millis);
-        let answer: Result<Option<String>, _> =
-            match tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await {
-                Ok(answer) => answer,
-                Err(_) => {
-                    *self.conn.lock().await = None;
-                    return Err(ReplayError::Unreachable("timed out".to_owned()));
-                }
-            };
-        match answer {
-            // "OK" when set; nil when the key existed.
-            Ok(set) => Ok(set.is_some()),
-            Err(e) => {
-                *self.conn.lock().await = None;
-                Err(ReplayError::Unreachable(e.to_string()))
-            }
-        }
+        // "OK" when set; nil when the key existed.
+        let set: Option<String> = self
+            .redis
+            .query(&cmd)
+            .await
+            .map_err(|e| ReplayError::Unreachable(e.0))?;
+        Ok(set.is_some())
     }
 }
 
