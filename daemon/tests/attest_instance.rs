@@ -5,7 +5,10 @@
 //!
 //! The same evidence, fetched by a provider bound to a node's key, is then
 //! verified as a gateway enrolling nodes by their instance does
-//! (`gateway::Enrollment`): bound to that key, in scope, fresh.
+//! (`gateway::Enrollment`): bound to that key, in scope, fresh; and, for
+//! evidence that does not bind the key (AWS), the key pinned to the
+//! instance as the gateway pins it (`gateway::pins::check`), in a file and
+//! in a real redis-server shared by two gateways.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -31,8 +34,12 @@ use warrant::{
         azure::AzureProvider, gcp, gcp::GcpProvider, host::HostProvider, node_audience, node_nonce,
     },
     config::InstanceConfig,
-    gateway::{EnrollError, Enrollment},
+    gateway::{
+        EnrollError, EnrolledInstance, Enrollment, FilePins, PINS_FILE, Pin, PinRefusal, PinStore,
+        RedisPins, pins,
+    },
 };
+use warrant_test_support::redis::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -906,6 +913,10 @@ async fn a_gateway_enrolls_a_gce_node_by_a_token_for_its_key_and_refuses_abuse()
     assert_eq!(enrolled.name, "gcp:example-project/5566778899001122334");
     assert_eq!(enrolled.facts.claims["region"], "europe-west4");
     assert!(enrolled.facts.verified);
+    // The audience binds the key: nothing to pin. Reused at most until
+    // iat + max_age_secs (900).
+    assert_eq!(enrolled.launch, None);
+    assert!(enrolled.valid_until <= now_i64() + 900);
 
     // Lifted onto another node's key: the audience names node A.
     let err = gateway
@@ -973,13 +984,15 @@ async fn a_gateway_enrolls_an_aws_node_by_its_document_which_binds_no_key() {
         .unwrap();
     assert_eq!(enrolled.name, "aws:123456789012/i-1234567890abcdef0");
     assert_eq!(enrolled.facts.claims["region"], "us-east-1");
-    // The limit the README states: the document names no key, so a copy
-    // enrolls any key as that instance.
-    assert!(
-        gateway
-            .verify(Some(&evidence), &NODE_B, now_i64(), SKEW)
-            .is_ok()
-    );
+    // The document names no key: it verifies with any key, so what
+    // binds it is the pin (the tests below), for its launch.
+    let lifted = gateway
+        .verify(Some(&evidence), &NODE_B, now_i64(), SKEW)
+        .unwrap();
+    let launch = jiff::Timestamp::from_second(lifted.launch.unwrap()).unwrap();
+    assert_eq!(launch.to_string(), "2026-11-26T12:00:00Z");
+    // Reused no longer than max_age_secs (default 900), from now.
+    assert!(lifted.valid_until > now_i64() && lifted.valid_until <= now_i64() + 900);
     let err = rule(&cert, "\"210987654321\"")
         .verify(Some(&evidence), &NODE_A, now_i64(), SKEW)
         .unwrap_err();
@@ -1042,6 +1055,8 @@ async fn a_gateway_enrolls_an_azure_node_by_a_fresh_document_with_its_keys_nonce
         enrolled.name,
         "azure:8d10da13-8125-4ba9-a717-bf7490507b3d/02aab8a4-74ef-476e-8182-f6d2ba4166a6"
     );
+    // Its nonce binds 33 bits only: the key is pinned too (no launch time).
+    assert_eq!(enrolled.launch, Some(0));
     // Lifted onto another key: its nonce is another.
     let err = gateway
         .verify(Some(&evidence), &NODE_B, now_i64(), SKEW)
@@ -1070,4 +1085,160 @@ async fn a_gateway_enrolls_an_azure_node_by_a_fresh_document_with_its_keys_nonce
         .verify(Some(&stale), &NODE_A, now_i64(), SKEW)
         .unwrap_err();
     assert!(matches!(err, EnrollError::Stale { .. }), "{err}");
+}
+
+// ---- AWS instances pinned to the first key that enrolls them ------------
+
+/// An AWS `[[gateway.enroll]]` rule trusting `cert`, and a node's evidence
+/// for `document` signed with `key` (as the metadata service serves it).
+fn aws_gateway(cert: &Path) -> Enrollment {
+    enrollment(&format!(
+        "provider = \"aws\"\ntrust_file = \"{}\"\naccounts = [\"123456789012\"]\n",
+        cert.display()
+    ))
+}
+
+fn aws_evidence(dir: &Path, key: &Path, document: &str) -> Evidence {
+    Evidence::AwsDocument {
+        document: document.to_owned(),
+        signature: wrapped_base64(&rsa_sha256(dir, key, document.as_bytes())),
+    }
+}
+
+/// What the gateway does with a key not enrolled by `[[gateway.node]]`:
+/// verifies its evidence, then checks (or makes) the instance's pin.
+async fn admit(
+    gateway: &Enrollment,
+    store: &dyn PinStore,
+    evidence: &Evidence,
+    key: &[u8; 32],
+) -> Result<EnrolledInstance, PinRefusal> {
+    let enrolled = gateway
+        .verify(Some(evidence), key, now_i64(), SKEW)
+        .unwrap();
+    pins::check(store, key, &enrolled, now_i64()).await?;
+    Ok(enrolled)
+}
+
+const INSTANCE: &str = "aws:123456789012/i-1234567890abcdef0";
+
+#[tokio::test]
+async fn an_aws_instance_is_pinned_to_the_first_key_until_released_and_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = self_signed(dir.path(), "aws", "aws-test");
+    let gateway = aws_gateway(&cert);
+    let evidence = aws_evidence(dir.path(), &key, AWS_DOCUMENT);
+    let file = dir.path().join(PINS_FILE);
+    let store = FilePins::open(&file).unwrap();
+    // The first key enrolls, again and again.
+    assert_eq!(
+        admit(&gateway, &store, &evidence, &NODE_A)
+            .await
+            .unwrap()
+            .name,
+        INSTANCE
+    );
+    admit(&gateway, &store, &evidence, &NODE_A).await.unwrap();
+    // A copy of the same document with another key: refused, saying why.
+    let err = admit(&gateway, &store, &evidence, &NODE_B)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, PinRefusal::OtherKey { .. }), "{text}");
+    assert!(
+        text.contains(INSTANCE)
+            && text.contains("pinned to another key")
+            && text.contains(&hex::encode(NODE_A))
+            && text.contains("warrant unpin"),
+        "{text}"
+    );
+    // A restart: a new store on the same file still refuses.
+    drop(store);
+    let store = FilePins::open(&file).unwrap();
+    assert!(admit(&gateway, &store, &evidence, &NODE_B).await.is_err());
+    admit(&gateway, &store, &evidence, &NODE_A).await.unwrap();
+    // Released by the operator: the other key enrolls and is pinned.
+    let released = store.release(INSTANCE).await.unwrap().unwrap();
+    assert_eq!(released.key, format!("ed25519:{}", hex::encode(NODE_A)));
+    admit(&gateway, &store, &evidence, &NODE_B).await.unwrap();
+    assert!(admit(&gateway, &store, &evidence, &NODE_A).await.is_err());
+
+    // A later launch (a stop and start: a new pendingTime) pins again; a
+    // copy of the earlier launch's document is then refused, whatever key.
+    let relaunched = aws_evidence(
+        dir.path(),
+        &key,
+        &AWS_DOCUMENT.replace("2026-11-26T12:00:00Z", "2026-11-28T08:00:00Z"),
+    );
+    admit(&gateway, &store, &relaunched, &NODE_A).await.unwrap();
+    admit(&gateway, &store, &relaunched, &NODE_A).await.unwrap();
+    for key in [NODE_A, NODE_B] {
+        let err = admit(&gateway, &store, &evidence, &key).await.unwrap_err();
+        assert!(matches!(err, PinRefusal::Superseded { .. }), "{err}");
+        assert!(err.to_string().contains("earlier launch"), "{err}");
+    }
+    let listed = store.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].instance, INSTANCE);
+    assert_eq!(
+        listed[0].pin.key,
+        format!("ed25519:{}", hex::encode(NODE_A))
+    );
+}
+
+#[tokio::test]
+async fn two_gateways_sharing_one_redis_agree_on_an_aws_instances_pin() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = self_signed(dir.path(), "aws", "aws-test");
+    let gateway = aws_gateway(&cert);
+    let evidence = aws_evidence(dir.path(), &key, AWS_DOCUMENT);
+    let one = RedisPins::new(&redis.url, TIMEOUT).unwrap();
+    let two = RedisPins::new(&redis.url, TIMEOUT).unwrap();
+    admit(&gateway, &one, &evidence, &NODE_A).await.unwrap();
+    // The other gateway refuses another key, and lists the pin.
+    let err = admit(&gateway, &two, &evidence, &NODE_B).await.unwrap_err();
+    assert!(matches!(err, PinRefusal::OtherKey { .. }), "{err}");
+    admit(&gateway, &two, &evidence, &NODE_A).await.unwrap();
+    let listed = two.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].instance, INSTANCE);
+    // A restarted gateway (a new store on the same Redis) still refuses.
+    drop(one);
+    let one = RedisPins::new(&redis.url, TIMEOUT).unwrap();
+    assert!(admit(&gateway, &one, &evidence, &NODE_B).await.is_err());
+    // Released on one gateway: the other key enrolls on the other.
+    assert!(two.release(INSTANCE).await.unwrap().is_some());
+    assert!(two.release(INSTANCE).await.unwrap().is_none());
+    admit(&gateway, &one, &evidence, &NODE_B).await.unwrap();
+    assert!(admit(&gateway, &two, &evidence, &NODE_A).await.is_err());
+    // The operator pins a key of their choice on one gateway: the other
+    // gateway admits that key and refuses the one pinned before.
+    let a_key = format!("ed25519:{}", hex::encode(NODE_A));
+    let replaced = two.repin(INSTANCE, a_key, now_i64()).await.unwrap();
+    assert_eq!(
+        replaced.unwrap().key,
+        format!("ed25519:{}", hex::encode(NODE_B))
+    );
+    admit(&gateway, &one, &evidence, &NODE_A).await.unwrap();
+    assert!(admit(&gateway, &one, &evidence, &NODE_B).await.is_err());
+    // Two gateways racing to pin one instance to two keys: one wins.
+    let pin = |key: &[u8; 32]| Pin {
+        key: hex::encode(key),
+        launch: 1,
+        pinned_at: 1,
+    };
+    let (a, b) = tokio::join!(
+        one.claim("aws:1/i-race", pin(&NODE_A)),
+        two.claim("aws:1/i-race", pin(&NODE_B))
+    );
+    assert_eq!(
+        [a.unwrap().is_ok(), b.unwrap().is_ok()]
+            .iter()
+            .filter(|won| **won)
+            .count(),
+        1
+    );
 }

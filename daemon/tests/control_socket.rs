@@ -405,3 +405,85 @@ async fn the_configured_admin_group_gets_mode_0660_and_is_served() {
     assert!(output.status.success(), "{stderr}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("QUARANTINES"));
 }
+
+/// A gateway's backend: its enrollment pins.
+struct Pins(Arc<dyn warrant::gateway::PinStore>);
+
+impl warrant::control::ControlBackend for Pins {
+    fn pins(&self) -> Option<Arc<dyn warrant::gateway::PinStore>> {
+        Some(self.0.clone())
+    }
+}
+
+#[tokio::test]
+async fn the_cli_lists_and_releases_a_gateways_enrollment_pins() {
+    use warrant::gateway::{FilePins, PINS_FILE, Pin, PinStore};
+    let pki = TestPki::new();
+    let h = Monitored::start(&pki, None, "").await;
+    // The host daemon has no pins to show.
+    let socket = serve(&h);
+    let refused = call(&socket, ControlRequest::Pins).await.unwrap_err();
+    assert!(refused.to_string().contains("not available"), "{refused}");
+    let store = Arc::new(FilePins::open(&h.dir.path().join(PINS_FILE)).unwrap());
+    let instance = "aws:123456789012/i-0abc";
+    let pin = Pin {
+        key: format!("ed25519:{}", "ab".repeat(32)),
+        launch: 1_764_158_400,
+        pinned_at: 1_764_158_500,
+    };
+    store.claim(instance, pin.clone()).await.unwrap().unwrap();
+    let socket = h.dir.path().join("run/gateway.sock");
+    let server = ControlServer::bind(
+        &socket,
+        None,
+        h.responder.clone(),
+        Arc::new(Pins(store.clone())),
+    )
+    .unwrap();
+    tokio::spawn(server.serve());
+    let cli = |args: &[&str]| {
+        let socket = socket.clone();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_warrant"))
+                .args(&args)
+                .arg("--socket")
+                .arg(&socket)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = cli(&["pins"]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{instance} pinned to {}", pin.key))
+            && stdout.contains("launch 2025-11-26T12:00:00Z"),
+        "{stdout}"
+    );
+    let out = cli(&["pins", "--json"]).await.unwrap();
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["pins"][0]["instance"], instance);
+    assert_eq!(listed["pins"][0]["key"], pin.key.as_str());
+    let out = cli(&["unpin", instance]).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("released the pin of {instance}")),
+        "{stdout}"
+    );
+    assert!(store.list().await.unwrap().is_empty());
+    let out = cli(&["unpin", instance]).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("was not pinned"));
+    // The release is audited, with who did it.
+    let released = format!("enrollment pin of {instance}");
+    eventually("the release's record", || {
+        h.audit_text().contains(&released)
+    })
+    .await;
+    let record = h
+        .audit_lines()
+        .into_iter()
+        .find(|r| r["message"].as_str().is_some_and(|m| m.contains(&released)))
+        .unwrap();
+    assert_eq!(record["actor"], "operator (uid 0)", "{record}");
+}

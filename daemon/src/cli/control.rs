@@ -4,7 +4,10 @@ use std::{path::Path, process::ExitCode};
 
 use serde_json::Value;
 
-use crate::control::{ControlRequest, client, status::Status};
+use crate::{
+    control::{ControlRequest, client, status::Status},
+    gateway::PinEntry,
+};
 
 /// Sends `request` and prints the answer (`json`: as the daemon sent it);
 /// permission and connection errors are printed as they are, with exit
@@ -65,7 +68,47 @@ fn render(request: &ControlRequest, result: &Value) -> Result<String, serde_json
             }
         }
         ControlRequest::Reload => reloaded(result),
+        ControlRequest::Pins => pins(result)?,
+        ControlRequest::Unpin { instance, .. } => match result.get("released") {
+            Some(Value::Object(pin)) => format!(
+                "released the pin of {instance} to {}: {}\n",
+                pin.get("key").and_then(Value::as_str).unwrap_or("?"),
+                result.get("to").and_then(Value::as_str).map_or_else(
+                    || "the next key to enroll as it is pinned".to_owned(),
+                    |key| format!("pinned to {key} now")
+                )
+            ),
+            _ => format!("{instance} was not pinned (nothing changed)\n"),
+        },
     })
+}
+
+/// The enrollment pins, one line each.
+fn pins(result: &Value) -> Result<String, serde_json::Error> {
+    let pins: Vec<PinEntry> =
+        serde_json::from_value(result.get("pins").cloned().unwrap_or_default())?;
+    if pins.is_empty() {
+        return Ok("no enrollment pins\n".to_owned());
+    }
+    let time = |secs: i64| {
+        jiff::Timestamp::from_second(secs).map_or_else(|_| secs.to_string(), |t| t.to_string())
+    };
+    Ok(pins
+        .iter()
+        .map(|p| {
+            let launch = if p.pin.launch == 0 {
+                String::new()
+            } else {
+                format!(" (launch {})", time(p.pin.launch))
+            };
+            format!(
+                "{} pinned to {} since {}{launch}\n",
+                p.instance,
+                p.pin.key,
+                time(p.pin.pinned_at)
+            )
+        })
+        .collect())
 }
 
 /// The reload answer in words: what was applied, and what needs a restart.

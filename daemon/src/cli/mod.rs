@@ -104,6 +104,30 @@ pub enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// A gateway's enrollment pins: the node key pinned to each AWS or
+    /// Azure instance that enrolled by its instance identity (the first
+    /// key to do so; another key is refused until the pin is released).
+    Pins {
+        #[command(flatten)]
+        socket: SocketArg,
+        /// Print the gateway's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a gateway's enrollment pin: the next key to enroll as the
+    /// instance is pinned to it (on every gateway sharing the pins); with
+    /// --to, that key is pinned now instead, leaving no race for the pin.
+    Unpin {
+        /// The instance, as `warrant pins` names it, e.g.
+        /// aws:123456789012/i-0abc.
+        instance: String,
+        /// Pin this node key (ed25519:<hex>, as the node's `warrant status`
+        /// shows it) instead, for the launch pinned.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
     /// The attestation of a process and which workload it matches.
     Explain {
         #[arg(long)]
@@ -256,6 +280,12 @@ pub fn main() -> ExitCode {
             false,
         ),
         Command::Reload { socket } => control::run(&socket.path, &ControlRequest::Reload, false),
+        Command::Pins { socket, json } => control::run(&socket.path, &ControlRequest::Pins, json),
+        Command::Unpin {
+            instance,
+            to,
+            socket,
+        } => control::run(&socket.path, &ControlRequest::Unpin { instance, to }, false),
         Command::Explain {
             pid,
             request,

@@ -21,6 +21,9 @@
 //! {"cmd":"restore","pid":1234}
 //! {"cmd":"reload"}
 //! {"cmd":"explain","pid":1234}
+//! {"cmd":"pins"}
+//! {"cmd":"unpin","instance":"aws:123456789012/i-0abc"}
+//! {"cmd":"unpin","instance":"aws:123456789012/i-0abc","to":"ed25519:<hex>"}
 //! ```
 //!
 //! `revoke` needs exactly one of `workload` and `pid`; `for_secs` (default:
@@ -35,6 +38,13 @@
 //! - restore: `{"target":..., "restored":true|false}`
 //! - reload: whatever the daemon reports (the configuration is validated)
 //! - explain: `{"text":"..."}`, the attestation and the workload match.
+//! - pins (a gateway): `{"pins":[{"instance","key","launch","pinned_at"}]}`,
+//!   the node keys pinned to the instances that enrolled them
+//!   (`gateway::pins`)
+//! - unpin (a gateway): `{"instance":..., "released":{"key",...}|null,
+//!   "to":KEY|null}`; without `to`, the next key to enroll as that instance
+//!   is pinned to it; with `to`, that key is pinned now (for the pinned
+//!   launch; an instance not pinned stays so).
 
 pub mod client;
 pub mod status;
@@ -55,7 +65,9 @@ use tokio::{
 
 use crate::{
     attest::InstanceState,
+    audit::{AuditRecord, RecordKind},
     credentials::CredentialStatus,
+    gateway::PinStore,
     response::{Responder, Target},
     usage::BudgetStatus,
 };
@@ -88,6 +100,15 @@ pub enum ControlRequest {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         request: Option<String>,
     },
+    /// A gateway's enrollment pins.
+    Pins,
+    /// Releases the enrollment pin of an instance ("<provider>:<scope>/<id>"),
+    /// or with `to` ("ed25519:<hex>"), pins that key instead.
+    Unpin {
+        instance: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
 }
 
 /// Why a control request was not carried out; the client prints it.
@@ -102,6 +123,8 @@ pub enum RequestError {
     NotAvailable(&'static str),
     #[error("give exactly one of workload and pid")]
     BadTarget,
+    #[error("{0:?} is not a node key: expected ed25519:<64 hex digits>")]
+    BadNodeKey(String),
     #[error("{what} failed: {source}")]
     Interrupted {
         what: &'static str,
@@ -160,6 +183,10 @@ pub trait ControlBackend: Send + Sync + 'static {
     fn explain_request(&self, pid: u32, request: &str) -> Result<String, RequestError> {
         let _ = (pid, request);
         Err(RequestError::NotAvailable("explain --request"))
+    }
+    /// A gateway's enrollment pins (`gateway::pins`).
+    fn pins(&self) -> Option<Arc<dyn PinStore>> {
+        None
     }
 }
 
@@ -379,7 +406,65 @@ impl ControlServer {
                 })??;
                 Ok(json!({"text": text}))
             }
+            ControlRequest::Pins => {
+                let pins = self
+                    .pin_store()?
+                    .list()
+                    .await
+                    .map_err(RequestError::daemon)?;
+                Ok(json!({ "pins": pins }))
+            }
+            ControlRequest::Unpin { instance, to } => self.unpin(&instance, to, actor).await,
         }
+    }
+
+    fn pin_store(&self) -> Result<Arc<dyn PinStore>, RequestError> {
+        self.backend
+            .pins()
+            .ok_or(RequestError::NotAvailable("pins (a gateway's only)"))
+    }
+
+    /// Releases an instance's pin (or pins the key `to` instead), with an
+    /// audit record of who did.
+    async fn unpin(
+        &self,
+        instance: &str,
+        to: Option<String>,
+        actor: &str,
+    ) -> Result<Value, RequestError> {
+        let store = self.pin_store()?;
+        let to = to
+            .map(|key| {
+                crate::config::parse_node_key(&key)
+                    .map(|bytes| format!("ed25519:{}", hex::encode(bytes)))
+                    .ok_or(RequestError::BadNodeKey(key))
+            })
+            .transpose()?;
+        let released = match &to {
+            None => store.release(instance).await,
+            Some(key) => {
+                let now = jiff::Timestamp::now().as_second();
+                store.repin(instance, key.clone(), now).await
+            }
+        }
+        .map_err(RequestError::daemon)?;
+        if let Some(pin) = &released {
+            let then = to.as_ref().map_or_else(
+                || "the next key to enroll as it is pinned".to_owned(),
+                |key| format!("pinned to {key} by the operator"),
+            );
+            let message = format!(
+                "enrollment pin of {instance} to {} released: {then}",
+                pin.key
+            );
+            tracing::warn!(instance, actor, "{message}");
+            let mut record = AuditRecord::new(RecordKind::Daemon);
+            record.actor = Some(actor.to_owned());
+            record.message = Some(message);
+            self.responder.audit().record(&record);
+        }
+        let to = released.as_ref().and(to);
+        Ok(json!({"instance": instance, "released": released, "to": to}))
     }
 }
 

@@ -17,10 +17,16 @@
 //!   node_nonce}`), where the key is the one that authenticated the TLS
 //!   connection and signed the statement. Evidence lifted from one node is
 //!   refused with any other key. An AWS instance identity document names
-//!   neither a key nor a nonce: nothing binds it (README, Known limits);
+//!   neither a key nor a nonce, and an azure nonce has 33 bits: for those
+//!   the gateway pins the first key to enroll as the instance (`pins`,
+//!   with the launch this returns: the AWS document's `pendingTime`);
 //! * **freshness**: a gcp token's `iat` and an azure document's
 //!   `createdOn` at most `max_age_secs` old (an AWS document has no time of
 //!   signing).
+//!
+//! A verification says how long it may be reused (`valid_until`, for the
+//! gateway's `cache`): `max_age_secs` from when the evidence was made (from
+//! now for an AWS document), never past a gcp token's `exp`.
 //!
 //! The node is then named "<provider>:<scope>/<instance id>", which
 //! workloads' `nodes` globs select, and the verified claims replace those
@@ -92,6 +98,13 @@ pub enum EnrollError {
 pub struct EnrolledInstance {
     pub name: String,
     pub facts: InstanceFacts,
+    /// For evidence that binds the key weakly or not at all (aws, azure):
+    /// the launch to pin the key for (`pins`; 0 when the evidence has no
+    /// launch time). None: the evidence binds the key itself (gcp).
+    pub launch: Option<i64>,
+    /// Until when (unix seconds) this verification may be reused
+    /// (`cache`): never past the evidence's freshness window or expiry.
+    pub valid_until: i64,
 }
 
 enum Trust {
@@ -148,35 +161,10 @@ impl Enrollment {
             .iter()
             .find(|r| r.provider() == provider)
             .ok_or(EnrollError::NoRule(provider))?;
-        let refused = |source| EnrollError::Refused { provider, source };
-        let (claims, issued_at) = match (&rule.trust, evidence) {
-            (Trust::Gcp(jwks), Evidence::GcpToken { token }) => {
-                let unix = u64::try_from(now).unwrap_or(0);
-                let identity = gcp::verify_token(token, &node_audience(key), Some(jwks), unix)
-                    .map_err(refused)?;
-                (identity.claims, identity.issued_at)
-            }
-            (
-                Trust::Aws(trust),
-                Evidence::AwsDocument {
-                    document,
-                    signature,
-                },
-            ) => {
-                aws::verify_document(document.as_bytes(), signature.as_bytes(), trust)
-                    .map_err(refused)?;
-                (aws::claims_of(document.as_bytes()).map_err(refused)?, None)
-            }
-            (Trust::Azure(trust), Evidence::AzureAttested { document }) => {
-                let attested =
-                    azure::verify_attested_document(document.as_bytes(), &node_nonce(key), trust)
-                        .map_err(refused)?;
-                (attested.claims, attested.created_on)
-            }
-            _ => return Err(EnrollError::NoRule(provider)),
-        };
-        rule.check_age(provider, issued_at, now, skew)?;
+        let checked = rule.check(evidence, key, now)?;
+        rule.check_age(provider, checked.issued_at, now, skew)?;
         let (scope_claim, id_claim) = rule.claims();
+        let claims = checked.claims;
         let claim = |claim: &'static str| {
             claims
                 .get(claim)
@@ -194,8 +182,59 @@ impl Enrollment {
         Ok(EnrolledInstance {
             name: format!("{provider}:{scope}/{id}"),
             facts: verified_facts(provider, claims),
+            launch: checked.launch,
+            valid_until: rule.valid_until(checked.issued_at, checked.expires_at, now),
         })
     }
+}
+
+/// What a provider's evidence said, once its signature and binding held.
+struct Checked {
+    claims: BTreeMap<String, String>,
+    issued_at: Option<u64>,
+    expires_at: Option<i64>,
+    launch: Option<i64>,
+}
+
+/// The time an AWS document's launch began (`pendingTime`), which its pin
+/// records (`pins`).
+#[derive(serde::Deserialize)]
+struct Launch {
+    #[serde(rename = "pendingTime")]
+    pending_time: Option<String>,
+}
+
+fn aws_launch(document: &str) -> Result<i64, EnrollError> {
+    serde_json::from_str::<Launch>(document)
+        .ok()
+        .and_then(|launch| launch.pending_time)
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second())
+        .ok_or(EnrollError::NoClaim {
+            provider: "aws",
+            claim: "pendingTime",
+        })
+}
+
+/// The `exp` of a gcp token whose signature `gcp::verify_token` checked.
+fn token_expiry(token: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Exp {
+        exp: i64,
+    }
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    // Checked already, by `gcp::verify_token`: only the claim is read here.
+    validation.insecure_disable_signature_validation();
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<Exp>(
+        token,
+        &jsonwebtoken::DecodingKey::from_secret(&[]),
+        &validation,
+    )
+    .ok()
+    .map(|t| t.claims.exp)
 }
 
 /// The facts the gateway's policy reads for an enrolled instance: only
@@ -210,6 +249,68 @@ fn verified_facts(provider: &str, claims: BTreeMap<String, String>) -> InstanceF
 }
 
 impl Rule {
+    /// The evidence's signature, and its binding to `key`, against this
+    /// rule's trust.
+    fn check(&self, evidence: &Evidence, key: &[u8; 32], now: i64) -> Result<Checked, EnrollError> {
+        let provider = evidence.provider();
+        let refused = |source| EnrollError::Refused { provider, source };
+        Ok(match (&self.trust, evidence) {
+            (Trust::Gcp(jwks), Evidence::GcpToken { token }) => {
+                let unix = u64::try_from(now).unwrap_or(0);
+                let identity = gcp::verify_token(token, &node_audience(key), Some(jwks), unix)
+                    .map_err(refused)?;
+                Checked {
+                    claims: identity.claims,
+                    issued_at: identity.issued_at,
+                    expires_at: token_expiry(token),
+                    launch: None,
+                }
+            }
+            (
+                Trust::Aws(trust),
+                Evidence::AwsDocument {
+                    document,
+                    signature,
+                },
+            ) => {
+                aws::verify_document(document.as_bytes(), signature.as_bytes(), trust)
+                    .map_err(refused)?;
+                Checked {
+                    claims: aws::claims_of(document.as_bytes()).map_err(refused)?,
+                    issued_at: None,
+                    expires_at: None,
+                    launch: Some(aws_launch(document)?),
+                }
+            }
+            (Trust::Azure(trust), Evidence::AzureAttested { document }) => {
+                let attested =
+                    azure::verify_attested_document(document.as_bytes(), &node_nonce(key), trust)
+                        .map_err(refused)?;
+                Checked {
+                    claims: attested.claims,
+                    issued_at: attested.created_on,
+                    expires_at: None,
+                    // 33 bits of nonce: pinned too, with no launch time.
+                    launch: Some(0),
+                }
+            }
+            _ => return Err(EnrollError::NoRule(provider)),
+        })
+    }
+
+    /// How long a verification may be reused: `max_age_secs` from when the
+    /// evidence was made (or, for an undated AWS document, from now), and
+    /// never past its expiry.
+    fn valid_until(&self, issued_at: Option<u64>, expires_at: Option<i64>, now: i64) -> i64 {
+        let max_age = i64::try_from(self.max_age_secs).unwrap_or(i64::MAX);
+        let from = issued_at
+            .and_then(|t| i64::try_from(t).ok())
+            .unwrap_or(now)
+            .min(now);
+        let fresh_until = from.saturating_add(max_age);
+        expires_at.map_or(fresh_until, |exp| fresh_until.min(exp))
+    }
+
     fn load(config: &EnrollConfig) -> Result<Rule, InstanceError> {
         let missing = |key: &str| InstanceError::Config(format!("needs {key}"));
         let trust_file = || {

@@ -6,7 +6,9 @@
 //! statement signed by that key and bound to the request (`statement`). The
 //! gateway authenticates the connection by the key (`peer`), looks the key
 //! up among the enrolled nodes (or, for a key it does not know, enrolls the
-//! node by the cloud instance evidence in its statement, `enroll`),
+//! node by the cloud instance evidence in its statement, `enroll`, the
+//! verification reused while it is valid, `cache`, and the key pinned to
+//! the instance where the evidence does not bind it, `pins`),
 //! verifies the statement against that key and
 //! the request, refuses a nonce it has seen (`replay`), names the gateway
 //! workload the statement selects (`select`) and hands that identity to
@@ -23,10 +25,12 @@
 //! gateway side verifies, [`Verifier`]); it never touches a credential, a
 //! socket or the request path, so that both ends are testable alone.
 
+pub mod cache;
 pub mod enroll;
 pub mod jwks;
 pub mod node;
 pub mod peer;
+pub mod pins;
 pub mod replay;
 pub mod select;
 pub mod statement;
@@ -37,10 +41,14 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::StatusCode;
 
-use crate::secret::Secret;
+use crate::{attest::instance::Evidence, secret::Secret};
+pub use cache::EvidenceCache;
 pub use enroll::{EnrollConfigError, EnrollError, EnrolledInstance, Enrollment};
 pub use node::{NodeKey, NodeKeyError};
 pub use peer::{AnyClientCert, Peer, classify, node_certificate};
+pub use pins::{
+    FilePins, Held, PINS_FILE, Pin, PinEntry, PinError, PinRefusal, PinStore, RedisPins,
+};
 pub use replay::{MemoryNonces, NonceStore, RedisNonces, ReplayError};
 pub use select::{Caller, RemoteWorkloads};
 pub use statement::{
@@ -167,6 +175,8 @@ pub enum CallerError {
         #[source]
         source: EnrollError,
     },
+    #[error(transparent)]
+    Pinned(#[from] PinRefusal),
     #[error("the request carries no {STATEMENT_HEADER} header (a node signs one for each request)")]
     NoStatement,
     #[error("node {node:?}: {source}")]
@@ -194,7 +204,9 @@ impl CallerError {
     /// decide (its replay cache is down), 403 otherwise.
     pub fn status(&self) -> StatusCode {
         match self {
-            CallerError::ReplayCache { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            CallerError::ReplayCache { .. } | CallerError::Pinned(PinRefusal::Store { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::FORBIDDEN,
         }
     }
@@ -211,35 +223,45 @@ pub struct Received<'a> {
     pub body: &'a [u8],
 }
 
+/// What the gateway remembers across configuration generations: the
+/// replay cache and the enrollment pins.
+#[derive(Clone)]
+pub struct Stores {
+    pub nonces: Arc<dyn NonceStore>,
+    pub pins: Arc<dyn PinStore>,
+    /// Statements signed before this (unix seconds) are refused: a replay
+    /// cache in memory starts empty, so what was signed before it started
+    /// cannot be checked against it.
+    pub not_before: i64,
+}
+
 /// The gateway's side: enrolled nodes, the workloads their statements
-/// select, and the replay cache. Built from the configuration; one per
-/// generation of it.
+/// select, the replay cache and the enrollment pins. Built from the
+/// configuration; one per generation of it.
 pub struct Verifier {
     audience: String,
     issuers: Issuers,
     svid: Option<SvidVerifier>,
     nodes: HashMap<[u8; 32], String>,
     enrollment: Enrollment,
+    /// Evidence verified for this generation's enrollment rules.
+    evidence: EvidenceCache,
     workloads: RemoteWorkloads,
     nonces: Arc<dyn NonceStore>,
+    pins: Arc<dyn PinStore>,
     max_age_secs: u64,
     skew_secs: u64,
-    /// Statements signed before this (unix seconds) are refused: a replay
-    /// cache in memory starts empty, so what was signed before it started
-    /// cannot be checked against it.
     not_before: i64,
 }
 
 impl Verifier {
     /// From a gateway's configuration (`config.gateway` must be set; None
-    /// otherwise) and its compiled workloads. `nonces` outlives reloads: a
-    /// reload must not forget the nonces seen; `not_before` is when that
-    /// store began to remember (the start, for one in memory).
+    /// otherwise) and its compiled workloads. `stores` outlive reloads: a
+    /// reload must not forget the nonces seen nor the pins made.
     pub fn new(
         config: &Config,
         workloads: RemoteWorkloads,
-        nonces: Arc<dyn NonceStore>,
-        not_before: i64,
+        stores: Stores,
     ) -> Result<Option<Verifier>, VerifierError> {
         let Some(gateway) = config.gateway.as_ref() else {
             return Ok(None);
@@ -256,11 +278,13 @@ impl Verifier {
             svid,
             nodes: enrolled(gateway),
             enrollment: Enrollment::load(gateway)?,
+            evidence: EvidenceCache::default(),
             workloads,
-            nonces,
+            nonces: stores.nonces,
+            pins: stores.pins,
             max_age_secs: gateway.max_statement_age_secs,
             skew_secs: gateway.clock_skew_secs,
-            not_before,
+            not_before: stores.not_before,
         }))
     }
 
@@ -370,17 +394,8 @@ impl Verifier {
             Some(node) => (node.clone(), None),
             None => {
                 let enrolled = self
-                    .enrollment
-                    .verify(
-                        statement.instance.evidence.as_ref(),
-                        key,
-                        now,
-                        self.skew_secs,
-                    )
-                    .map_err(|source| CallerError::NotEnrolled {
-                        key: hex::encode(key),
-                        source,
-                    })?;
+                    .enroll(key, statement.instance.evidence.as_ref(), now)
+                    .await?;
                 (enrolled.name, Some(enrolled.facts))
             }
         };
@@ -408,6 +423,35 @@ impl Verifier {
             statement,
             instance,
         })
+    }
+
+    /// The node whose key is not enrolled, enrolled by its instance
+    /// `evidence` (a verification kept in the cache, else made now and
+    /// kept), and its key checked against the instance's pin where the
+    /// evidence does not bind the key itself.
+    async fn enroll(
+        &self,
+        key: &[u8; 32],
+        evidence: Option<&Evidence>,
+        now: i64,
+    ) -> Result<EnrolledInstance, CallerError> {
+        let cached = evidence.and_then(|e| self.evidence.get(key, e, now));
+        let fresh = cached.is_none();
+        let enrolled = match cached {
+            Some(hit) => hit,
+            None => self
+                .enrollment
+                .verify(evidence, key, now, self.skew_secs)
+                .map_err(|source| CallerError::NotEnrolled {
+                    key: hex::encode(key),
+                    source,
+                })?,
+        };
+        pins::check(self.pins.as_ref(), key, &enrolled, now).await?;
+        if let (true, Some(evidence)) = (fresh, evidence) {
+            self.evidence.insert(key, evidence, &enrolled, now);
+        }
+        Ok(enrolled)
     }
 
     /// The nonce, per node, is accepted once while a statement bearing it
@@ -467,6 +511,16 @@ mod tests {
         NodeKey::from_pkcs8(der.as_ref().to_vec()).unwrap()
     }
 
+    /// The stores with `nonces`, and pins in a fresh file.
+    fn stores(nonces: Arc<dyn NonceStore>, not_before: i64) -> Stores {
+        let dir = tempfile::tempdir().unwrap().keep();
+        Stores {
+            nonces,
+            pins: Arc::new(FilePins::open(&dir.join(PINS_FILE)).unwrap()),
+            not_before,
+        }
+    }
+
     fn verifier(key: &NodeKey, nonces: Arc<dyn NonceStore>, not_before: i64) -> Verifier {
         let text = format!(
             "[gateway]\ncertificate = \"/c\"\nkey = \"/k\"\nname = \"gw\"\n\n[[gateway.node]]\nname = \"{NODE}\"\npublic_key = \"{}\"\n\n[[workload]]\nname = \"w\"\nnodes = [\"{NODE}\"]\n",
@@ -474,7 +528,7 @@ mod tests {
         );
         let config = Config::parse(&text, "t.toml").unwrap();
         let workloads = RemoteWorkloads::compile(&config.workloads, &config.source).unwrap();
-        Verifier::new(&config, workloads, nonces, not_before)
+        Verifier::new(&config, workloads, stores(nonces, not_before))
             .unwrap()
             .unwrap()
     }
@@ -579,7 +633,7 @@ mod tests {
         let config = Config::parse(&text, "t.toml").unwrap();
         let workloads = RemoteWorkloads::compile(&config.workloads, &config.source).unwrap();
         let nonces = Arc::new(MemoryNonces::default());
-        let verifier = Verifier::new(&config, workloads, nonces, i64::MIN)
+        let verifier = Verifier::new(&config, workloads, stores(nonces, i64::MIN))
             .unwrap()
             .unwrap();
         let (node, thief) = (key(), key());
@@ -601,6 +655,13 @@ mod tests {
         assert_eq!(verified.node, "gcp:p/77");
         assert_eq!(verified.workload, "w");
         assert_eq!(verified.instance().claims["region"], "europe-west4");
+        // The verification is kept, and reused for the next statement.
+        assert_eq!(verifier.evidence.len(), 1);
+        let again = verify_with(&verifier, &node, now, evidence(token.clone()))
+            .await
+            .unwrap();
+        assert_eq!(again.node, "gcp:p/77");
+        assert_eq!(verifier.evidence.len(), 1);
         // The same token with another key; no token at all.
         let error = verify_with(&verifier, &thief, now, evidence(token))
             .await
@@ -612,6 +673,8 @@ mod tests {
             "{error}"
         );
         assert_eq!(error.status(), StatusCode::FORBIDDEN);
+        // Refused evidence is never kept.
+        assert_eq!(verifier.evidence.len(), 1);
         let error = verify(&verifier, &node, now).await.unwrap_err();
         assert!(
             error.to_string().contains("no instance evidence"),

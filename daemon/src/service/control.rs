@@ -11,6 +11,7 @@ use crate::{
     config::{Config, Scheme, UpstreamConfig},
     control::{ControlBackend, RequestError},
     credentials::{CredentialKind, CredentialStatus, CredentialStore},
+    gateway::PinStore,
     policy::RuleLimits,
     provider,
     redirect::tagging::{TaggerHealth, TaggerStatus},
@@ -25,9 +26,35 @@ pub struct DaemonBackend {
     /// The kernel's features as probed at start and the hooks attached
     /// (fixed for the daemon's life).
     pub kernel: Value,
+    /// A gateway's enrollment pins (None in `warrant run`).
+    pub pins: Option<Arc<dyn PinStore>>,
+}
+
+impl DaemonBackend {
+    /// A host daemon's backend (no enrollment pins).
+    pub fn new(
+        reloader: Arc<Reloader>,
+        instance: InstanceHandle,
+        attestor: Arc<Attestor>,
+        tagging: Arc<TaggerHealth>,
+        kernel: Value,
+    ) -> DaemonBackend {
+        DaemonBackend {
+            reloader,
+            instance,
+            attestor,
+            tagging,
+            kernel,
+            pins: None,
+        }
+    }
 }
 
 impl ControlBackend for DaemonBackend {
+    fn pins(&self) -> Option<Arc<dyn PinStore>> {
+        self.pins.clone()
+    }
+
     fn kernel(&self) -> Option<Value> {
         (!self.kernel.is_null()).then(|| self.kernel.clone())
     }

@@ -33,7 +33,10 @@ use crate::{
     clock::SystemClock,
     config::{Config, GatewayConfig, LedgerKind},
     credentials,
-    gateway::{AnyClientCert, MemoryNonces, NonceStore, RedisNonces, RemoteWorkloads, Verifier},
+    gateway::{
+        AnyClientCert, FilePins, MemoryNonces, NonceStore, PINS_FILE, PinStore, RedisNonces,
+        RedisPins, RemoteWorkloads, Stores, Verifier,
+    },
     notify::notify,
     proxy::{GatewayEntry, Injector},
     redirect::{Intercept, RedirectError, tagging::TaggerHealth},
@@ -74,7 +77,8 @@ pub async fn serve(path: &Path) -> Result<()> {
     let _redis_probe = budgets
         .spawn_probe(Duration::from_secs(10))
         .map(AbortOnDrop);
-    let (verifier, build) = verifier(&config)?;
+    let stores = stores(&config)?;
+    let (verifier, build) = verifier(&config, stores.clone())?;
     let build = build(generation_builder(&metrics, &attestor, &budgets));
     let config = Arc::new(config);
     let (tagging_updates, _tagging_ignored) = tokio::sync::mpsc::unbounded_channel();
@@ -103,6 +107,7 @@ pub async fn serve(path: &Path) -> Result<()> {
         tagging: Arc::new(TaggerHealth::new(None)),
         // No eBPF in a gateway: no kernel features to report.
         kernel: serde_json::Value::Null,
+        pins: Some(stores.pins),
     };
     let _control_server = serve_control(&config, &responder, backend)?;
     let entry = Arc::new(GatewayEntry {
@@ -131,21 +136,19 @@ pub async fn serve(path: &Path) -> Result<()> {
 /// generation rebuilds it.
 fn verifier(
     config: &Config,
+    stores: Stores,
 ) -> Result<(
     Arc<Swap<Verifier>>,
     impl FnOnce(reload::Builder) -> reload::Builder,
 )> {
-    let (nonces, not_before) = nonce_store(config)?;
     // Compiled once more for the first verifier: `compiled`'s go to the
     // first generation, which the builder below makes from them.
     let workloads = RemoteWorkloads::compile(&config.workloads, &config.source)?;
-    let first = Verifier::new(config, workloads, nonces.clone(), not_before)?
-        .context("no [gateway] section")?;
+    let first =
+        Verifier::new(config, workloads, stores.clone())?.context("no [gateway] section")?;
     let verifier = Arc::new(Swap::new(Arc::new(first)));
     let swap = verifier.clone();
-    Ok((verifier, move |inner| {
-        with_verifier(inner, swap, nonces, not_before)
-    }))
+    Ok((verifier, move |inner| with_verifier(inner, swap, stores)))
 }
 
 /// The CA that terminates agents' TLS inside HTTP CONNECT tunnels: the
@@ -226,17 +229,43 @@ fn nonce_store(config: &Config) -> Result<(Arc<dyn NonceStore>, i64)> {
     }
 }
 
+/// What the verifiers of every generation share: the replay cache and the
+/// enrollment pins.
+fn stores(config: &Config) -> Result<Stores> {
+    let (nonces, not_before) = nonce_store(config)?;
+    Ok(Stores {
+        nonces,
+        pins: pin_store(config)?,
+        not_before,
+    })
+}
+
+/// Enrollment pins (`gateway::pins`) in Redis when the gateways share a
+/// Redis ledger, else in a file of the state directory.
+fn pin_store(config: &Config) -> Result<Arc<dyn PinStore>> {
+    match (&config.usage.ledger, &config.usage.redis_url) {
+        (LedgerKind::Redis, Some(url)) => {
+            let timeout = Duration::from_millis(config.usage.redis_timeout_ms.max(100));
+            Ok(Arc::new(
+                RedisPins::new(url, timeout).context("[usage] redis_url")?,
+            ))
+        }
+        _ => Ok(Arc::new(FilePins::open(
+            &config.daemon.state_dir.join(PINS_FILE),
+        )?)),
+    }
+}
+
 /// The generation builder, also rebuilding the verifier (enrolled nodes,
 /// gateway workloads) from each configuration it builds.
 fn with_verifier(
     inner: reload::Builder,
     verifier: Arc<Swap<Verifier>>,
-    nonces: Arc<dyn NonceStore>,
-    not_before: i64,
+    stores: Stores,
 ) -> reload::Builder {
     Box::new(move |config: Arc<Config>, mut compiled: Compiled| {
         let workloads: RemoteWorkloads = std::mem::take(&mut compiled.remote_workloads);
-        match Verifier::new(&config, workloads, nonces.clone(), not_before) {
+        match Verifier::new(&config, workloads, stores.clone()) {
             Ok(Some(new)) => verifier.set(Arc::new(new)),
             Ok(None) => {}
             // A JWKS file that cannot be read now: the callers verified

@@ -154,13 +154,13 @@ pub async fn run(options: RunOptions) -> Result<()> {
         Some(node) => injector.forwarding_to(node),
         None => injector,
     });
-    let backend = DaemonBackend {
-        reloader: reloader.clone(),
+    let backend = DaemonBackend::new(
+        reloader.clone(),
         instance,
         attestor,
-        tagging: redirection.tagging.clone(),
-        kernel: redirection.kernel.clone(),
-    };
+        redirection.tagging.clone(),
+        redirection.kernel.clone(),
+    );
     let _control_server = serve_control(&config, &responder, backend)?;
     let _exe_check = responder.spawn_exe_check().map(AbortOnDrop);
     let servers = serve(&injector, listeners, &redirection.settings);

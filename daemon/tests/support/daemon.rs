@@ -176,6 +176,7 @@ impl Daemon {
                 tagging: Arc::new(warrant::redirect::tagging::TaggerHealth::new(None)),
                 // No redirector in process: no kernel probe to report.
                 kernel: serde_json::Value::Null,
+                pins: None,
             }),
         )
         .unwrap();
