@@ -398,3 +398,44 @@ impl Rule {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_gcp_tokens_expiry_is_read_from_its_exp() {
+        let pem = include_str!("../../tests/fixtures/cloud/gcp-service-account.pem");
+        let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+        let claims = serde_json::json!({"iat": 1_000, "exp": 4_600, "aud": "x"});
+        let header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        let token = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+        assert_eq!(token_expiry(&token), Some(4_600));
+        assert_eq!(token_expiry("not.a.jwt"), None);
+    }
+
+    #[test]
+    fn a_verification_is_reused_no_longer_than_max_age_and_never_past_expiry() {
+        let rule = Rule {
+            trust: Trust::Aws(Vec::new()),
+            scope: Vec::new(),
+            max_age_secs: 900,
+        };
+        // max_age_secs from when the evidence was made...
+        assert_eq!(rule.valid_until(Some(1_000), None, 1_100), 1_900);
+        // ...never past its expiry...
+        assert_eq!(rule.valid_until(Some(1_000), Some(1_500), 1_100), 1_500);
+        // ...from now when it is undated (AWS) or dated ahead (skew).
+        assert_eq!(rule.valid_until(None, None, 1_100), 2_000);
+        assert_eq!(rule.valid_until(Some(1_200), None, 1_100), 2_000);
+    }
+
+    #[test]
+    fn an_aws_documents_launch_is_its_pending_time() {
+        let launch = aws_launch(r#"{"pendingTime":"2026-11-26T12:00:00Z"}"#).unwrap();
+        assert_eq!(launch, 1_795_694_400);
+        let error = aws_launch(r#"{"instanceId":"i-1"}"#).unwrap_err();
+        assert!(error.to_string().contains("pendingTime"), "{error}");
+    }
+}

@@ -682,6 +682,99 @@ mod tests {
         );
     }
 
+    /// AWS's stand-in: the fixture's RSA key in a self-signed certificate
+    /// (the trust file), and a document signed with it as IMDS signs.
+    fn aws_signed(dir: &std::path::Path, document: &str) -> (std::path::PathBuf, String) {
+        use base64::Engine;
+        let pem = include_str!("../../tests/fixtures/cloud/gcp-service-account.pem");
+        let pair = rcgen::KeyPair::from_pem_and_sign_algo(pem, &rcgen::PKCS_RSA_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["aws-test".into()])
+            .unwrap()
+            .self_signed(&pair)
+            .unwrap();
+        let trust = dir.join("aws.pem");
+        std::fs::write(&trust, cert.pem()).unwrap();
+        let der = rustls_pemfile::private_key(&mut pem.as_bytes())
+            .unwrap()
+            .unwrap();
+        let rsa = ring::rsa::KeyPair::from_pkcs8(der.secret_der()).unwrap();
+        let mut signature = vec![0; rsa.public().modulus_len()];
+        rsa.sign(
+            &ring::signature::RSA_PKCS1_SHA256,
+            &ring::rand::SystemRandom::new(),
+            document.as_bytes(),
+            &mut signature,
+        )
+        .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(signature);
+        (trust, b64)
+    }
+
+    #[tokio::test]
+    async fn an_aws_instance_serves_the_first_key_only_and_unknown_pins_refuse_with_503() {
+        let dir = tempfile::tempdir().unwrap();
+        let document = r#"{"accountId":"111122223333","instanceId":"i-0abc","region":"eu-west-1","availabilityZone":"eu-west-1a","imageId":"ami-1","pendingTime":"2026-11-30T10:00:00Z"}"#;
+        let (trust, signature) = aws_signed(dir.path(), document);
+        let text = format!(
+            "[gateway]\ncertificate = \"/c\"\nkey = \"/k\"\nname = \"gw\"\n\n[[gateway.enroll]]\nprovider = \"aws\"\ntrust_file = \"{}\"\naccounts = [\"111122223333\"]\n\n[[workload]]\nname = \"w\"\nnodes = [\"aws:111122223333/*\"]\n",
+            trust.display()
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        let build = |pins: Arc<dyn PinStore>| {
+            let workloads = RemoteWorkloads::compile(&config.workloads, &config.source).unwrap();
+            let stores = Stores {
+                nonces: Arc::new(MemoryNonces::default()),
+                pins,
+                not_before: i64::MIN,
+            };
+            Verifier::new(&config, workloads, stores).unwrap().unwrap()
+        };
+        let verifier = build(Arc::new(
+            FilePins::open(&dir.path().join(PINS_FILE)).unwrap(),
+        ));
+        let evidence = InstanceFacts {
+            provider: Some("aws".into()),
+            verified: true,
+            claims: Default::default(),
+            evidence: Some(Evidence::AwsDocument {
+                document: document.into(),
+                signature,
+            }),
+        };
+        let (node, thief) = (key(), key());
+        let now = jiff::Timestamp::now().as_second();
+        let verified = verify_with(&verifier, &node, now, evidence.clone())
+            .await
+            .unwrap();
+        assert_eq!(verified.node, "aws:111122223333/i-0abc");
+        // Verified once, then reused; the pin is still checked each time.
+        assert_eq!(verifier.evidence.len(), 1);
+        verify_with(&verifier, &node, now, evidence.clone())
+            .await
+            .unwrap();
+        let error = verify_with(&verifier, &thief, now, evidence.clone())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, CallerError::Pinned(PinRefusal::OtherKey { .. })),
+            "{error}"
+        );
+        assert_eq!(error.status(), StatusCode::FORBIDDEN);
+        assert!(
+            error.to_string().contains("pinned to another key")
+                && error.to_string().contains(&hex::encode(node.public())),
+            "{error}"
+        );
+        // Pins that cannot answer: no enrollment, and a 503.
+        let down = RedisPins::new("redis://127.0.0.1:1/", Duration::from_millis(500)).unwrap();
+        let verifier = build(Arc::new(down));
+        let error = verify_with(&verifier, &node, now, evidence)
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE, "{error}");
+        assert!(verifier.evidence.is_empty());
+    }
+
     #[tokio::test]
     async fn without_enrollment_rules_an_unknown_key_is_refused_before_its_statement_is_read() {
         let verifier = verifier(&key(), Arc::new(MemoryNonces::default()), i64::MIN);
