@@ -39,6 +39,20 @@ fn serve(h: &Monitored) -> PathBuf {
     socket
 }
 
+/// Runs `warrant ARGS --socket SOCKET` off the runtime.
+fn cli(socket: &Path, args: &[&str]) -> tokio::task::JoinHandle<std::process::Output> {
+    let socket = socket.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_warrant"))
+            .args(&args)
+            .arg("--socket")
+            .arg(&socket)
+            .output()
+            .unwrap()
+    })
+}
+
 fn revoke_workload(name: &str) -> ControlRequest {
     ControlRequest::Revoke {
         workload: Some(name.to_owned()),
@@ -300,18 +314,7 @@ async fn the_cli_revokes_restores_and_shows_status_through_the_socket() {
     let pki = TestPki::new();
     let h = Monitored::start(&pki, None, "").await;
     let socket = serve(&h);
-    let cli = |args: &[&str]| {
-        let socket = socket.clone();
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_warrant"))
-                .args(&args)
-                .arg("--socket")
-                .arg(&socket)
-                .output()
-                .unwrap()
-        })
-    };
+    let cli = |args: &[&str]| cli(&socket, args);
     let out = cli(&[
         "revoke",
         "--workload",
@@ -441,18 +444,7 @@ async fn the_cli_lists_and_releases_a_gateways_enrollment_pins() {
     )
     .unwrap();
     tokio::spawn(server.serve());
-    let cli = |args: &[&str]| {
-        let socket = socket.clone();
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_warrant"))
-                .args(&args)
-                .arg("--socket")
-                .arg(&socket)
-                .output()
-                .unwrap()
-        })
-    };
+    let cli = |args: &[&str]| cli(&socket, args);
     let out = cli(&["pins"]).await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
