@@ -875,3 +875,83 @@ fn code_injecting_variables_are_attested_by_name_only() {
     let text = serde_json::to_string(&att).unwrap();
     assert!(!text.contains("/secret/path.so") && !text.contains("sk-not-to-be-kept"));
 }
+
+// ---------------------------------------------------------------------------
+// The change counters (`redirect::changes`): a process the counters show
+// unchanged since its last full check is answered from memory; every kind
+// of change the kernel counts brings the full check back.
+
+/// An attestor whose generations keep change counters, and a blocking
+/// child attested once (fully checked, so later requests can be answered
+/// from memory).
+fn counted(dir: &Path) -> (Spawned, Arc<MemoryExecGenerations>, Attestor, Origin) {
+    let agent = interpreter(dir, "agent-bin");
+    blocking_script(&dir.join("x"));
+    let child = spawn(&agent, &["x"], dir);
+    let generations = Arc::new(MemoryExecGenerations::with_change_counters());
+    let attestor = attestor(generations.clone());
+    let origin = origin_now(&attestor, child.tgid());
+    attestor.attest(&origin).unwrap();
+    (child, generations, attestor, origin)
+}
+
+#[test]
+fn unchanged_counters_answer_from_memory_and_an_exit_brings_the_full_check_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, generations, attestor, origin) = counted(dir.path());
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    // Uncounted, the exit goes unseen: the answer came from memory, not
+    // /proc (this is what the kernel's exit program is there for).
+    attestor.attest(&origin).unwrap();
+    // What the sched_process_exit program does.
+    generations.count_change(origin.tgid);
+    match attestor.attest(&origin) {
+        Err(AttestError::ProcessGone { .. }) | Err(AttestError::PidReused { .. }) => {}
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_counted_exec_or_prctl_mark_is_seen_by_a_process_answered_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, generations, attestor, origin) = counted(dir.path());
+    attestor.attest(&origin).unwrap();
+    generations.set(origin.tgid, process::boot_time_ns());
+    match attestor.attest(&origin) {
+        Err(AttestError::ExecedSinceConnect { at_connect: 0, .. }) => {}
+        other => panic!("expected ExecedSinceConnect, got {other:?}"),
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, generations, attestor, origin) = counted(dir.path());
+    attestor.attest(&origin).unwrap();
+    generations.set_mm_tampered(origin.cgroup_id, process::boot_time_ns());
+    match attestor.attest(&origin) {
+        Err(AttestError::MmTampered { .. }) => {}
+        other => panic!("expected MmTampered, got {other:?}"),
+    }
+}
+
+#[test]
+fn what_differs_between_connections_is_checked_even_when_the_counters_are_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_child, generations, attestor, origin) = counted(dir.path());
+    // A connection of the previous holder of this pid.
+    let mut early = origin;
+    early.connect_boot_ns = 1;
+    assert!(matches!(
+        attestor.attest(&early),
+        Err(AttestError::PidReused { .. })
+    ));
+    // A connection recorded in another cgroup, marked by prctl before the
+    // process's last full check: that check was for the first cgroup only.
+    let mut moved = origin;
+    moved.cgroup_id = origin.cgroup_id.wrapping_add(1);
+    generations.set_mm_tampered(moved.cgroup_id, 1);
+    attestor.attest(&origin).unwrap();
+    match attestor.attest(&moved) {
+        Err(AttestError::MmTampered { cgroup_id, .. }) => assert_eq!(cgroup_id, moved.cgroup_id),
+        other => panic!("expected MmTampered, got {other:?}"),
+    }
+}

@@ -769,6 +769,106 @@ fn a_flushed_exec_generation_never_reads_as_the_one_at_connect() {
     );
 }
 
+/// Asks /v1/models twice on one keep-alive connection, doing `between`
+/// (Python) in between; prints each status and the connection's local
+/// port, so the test can tell that the second request reused the first's
+/// connection (an attestation answered from memory is per connection).
+const TWICE_ON_ONE_CONNECTION: &str = r#"import ctypes, http.client, os, sys
+conn = http.client.HTTPSConnection("api.openai.com", timeout=20)
+def ask():
+    conn.request("GET", "/v1/models", headers={"Authorization": "Bearer placeholder"})
+    r = conn.getresponse()
+    r.read()
+    return "status %d port %d" % (r.status, conn.sock.getsockname()[1])
+print(ask(), flush=True)
+BETWEEN
+print(ask(), flush=True)
+"#;
+
+/// The workload "python": python3 in change.service, pinned by its hash.
+fn python_stack() -> Warrant {
+    let config = format!(
+        "[[workload]]\nname = \"python\"\nunit = \"change.service\"\nexe_sha256 = [\"{}\"]\n\n{}",
+        sha256_file(&python_exe()),
+        policy(&["python"])
+    );
+    let w = start(&["system.slice/change.service"], &config);
+    w.wait_tagged("system.slice/change.service");
+    w
+}
+
+/// The two status lines of TWICE_ON_ONE_CONNECTION, with `between`; the
+/// second request must have used the first one's connection.
+fn twice(w: &mut Warrant, between: &str) -> (String, String) {
+    let code = TWICE_ON_ONE_CONNECTION.replace("BETWEEN", between);
+    let mut agent = w.agent(
+        "system.slice/change.service",
+        Some(NOBODY),
+        &[],
+        &[PYTHON, "-I", "-c", &code],
+    );
+    let first = agent.try_line().unwrap_or_default();
+    let second = agent.try_line().unwrap_or_default();
+    let port = |line: &str| line.split(" port ").nth(1).map(str::to_owned);
+    assert!(port(&first).is_some(), "{first:?}\n{}", w.log());
+    assert_eq!(port(&first), port(&second), "the connection was not reused");
+    let status = |line: String| line.split(" port ").next().unwrap_or_default().to_owned();
+    (status(first), status(second))
+}
+
+/// A process attested on a connection and then moved into a user namespace
+/// of its own (where it could repoint /proc/PID/exe) is checked again on
+/// its next request over that same connection: its program is no longer
+/// believed. The attestation of that request is answered from memory only
+/// while the kernel's counters show no change; new credentials move them.
+#[test]
+fn a_process_that_enters_a_user_namespace_after_connecting_is_refused_on_the_same_connection() {
+    if !prereq::require(NEEDS) {
+        return;
+    }
+    let mut w = python_stack();
+    let (first, second) = twice(&mut w, "");
+    assert_eq!(
+        (first.as_str(), second.as_str()),
+        ("status 200", "status 200")
+    );
+    let unshare =
+        "assert ctypes.CDLL(None, use_errno=True).unshare(0x10000000) == 0, ctypes.get_errno()";
+    let before = w.mock.records().len();
+    let (first, second) = twice(&mut w, unshare);
+    assert_eq!(first, "status 200", "{}", w.log());
+    assert_eq!(second, "status 403", "{}", w.log());
+    assert_eq!(w.mock.records().len(), before + 1);
+    assert!(w.log().contains("nested user namespace"), "{}", w.log());
+}
+
+/// A connection outlives the process that made it (its child holds it):
+/// the child's requests on it are refused, although the process it was
+/// attested as was answered from memory a moment before.
+#[test]
+fn a_connection_left_to_a_child_by_a_process_that_exited_is_refused() {
+    if !prereq::require(NEEDS) {
+        return;
+    }
+    let mut w = python_stack();
+    // The parent exits; the child waits for that (the pipe's last writer
+    // goes with it), then asks on the inherited connection.
+    let handover = "r, wr = os.pipe()\n\
+                    if os.fork():\n    os._exit(0)\n\
+                    os.close(wr)\n\
+                    os.read(r, 1)";
+    let before = w.mock.records().len();
+    let (first, second) = twice(&mut w, handover);
+    assert_eq!(first, "status 200", "{}", w.log());
+    assert_eq!(second, "status 403", "{}", w.log());
+    assert_eq!(w.mock.records().len(), before + 1);
+    assert!(
+        w.log().contains("no longer exists") || w.log().contains("pid was reused"),
+        "{}",
+        w.log()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 3. Egress through warrant
 

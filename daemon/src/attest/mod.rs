@@ -85,6 +85,23 @@ pub trait ExecGenerations: Send + Sync {
         let _ = cgroup_id;
         None
     }
+
+    /// The counters of changes to `tgid` (see `redirect::changes`), read
+    /// without a system call; None when they are not kept (then every
+    /// request is checked in full).
+    fn change_stamp(&self, tgid: u32) -> Option<ChangeStamp> {
+        let _ = tgid;
+        None
+    }
+}
+
+/// Where a process's identity-change counters stood: its own (exec, new
+/// credentials, a task exiting) and the one every prctl(PR_SET_MM) mark
+/// moves. Equal stamps mean none of those happened in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeStamp {
+    pub process: u64,
+    pub any: u64,
 }
 
 /// In-memory exec generations, set by hand (tests, and hosts without the
@@ -94,6 +111,8 @@ pub trait ExecGenerations: Send + Sync {
 pub struct MemoryExecGenerations {
     by_tgid: Mutex<HashMap<u32, u64>>,
     tampered: Mutex<HashMap<u64, u64>>,
+    /// Change counters, when a test keeps them (`keep_change_counters`).
+    changes: Option<Mutex<HashMap<u32, u64>>>,
 }
 
 impl MemoryExecGenerations {
@@ -103,6 +122,7 @@ impl MemoryExecGenerations {
         if let Ok(mut map) = self.by_tgid.lock() {
             map.insert(tgid, generation);
         }
+        self.count_change(tgid);
     }
 
     /// Records a prctl(PR_SET_MM) in cgroup `cgroup_id` at `at_boot_ns`, as
@@ -110,6 +130,25 @@ impl MemoryExecGenerations {
     pub fn set_mm_tampered(&self, cgroup_id: u64, at_boot_ns: u64) {
         if let Ok(mut map) = self.tampered.lock() {
             map.insert(cgroup_id, at_boot_ns);
+        }
+        // The all-processes counter, kept under a tgid no process has.
+        self.count_change(0);
+    }
+
+    /// Keeps change counters, as the eBPF programs do: `set`,
+    /// `set_mm_tampered` and `count_change` move them.
+    pub fn with_change_counters() -> MemoryExecGenerations {
+        MemoryExecGenerations {
+            changes: Some(Mutex::new(HashMap::new())),
+            ..MemoryExecGenerations::default()
+        }
+    }
+
+    /// Counts a change to `tgid` (new credentials, a task exiting), as the
+    /// eBPF programs would.
+    pub fn count_change(&self, tgid: u32) {
+        if let Some(Ok(mut changes)) = self.changes.as_ref().map(Mutex::lock) {
+            *changes.entry(tgid).or_default() += 1;
         }
     }
 }
@@ -121,6 +160,15 @@ impl ExecGenerations for MemoryExecGenerations {
 
     fn mm_tampered(&self, cgroup_id: u64) -> Option<u64> {
         self.tampered.lock().ok()?.get(&cgroup_id).copied()
+    }
+
+    fn change_stamp(&self, tgid: u32) -> Option<ChangeStamp> {
+        let changes = self.changes.as_ref()?.lock().ok()?;
+        let count = |tgid| changes.get(&tgid).copied().unwrap_or(0);
+        Some(ChangeStamp {
+            process: count(tgid),
+            any: count(0),
+        })
     }
 }
 
@@ -298,6 +346,34 @@ struct CachedImage {
     start_ticks: u64,
     exec_gen: u64,
     image: Arc<ProcessImage>,
+    /// The last full check of the process that passed, for a connection
+    /// from which cgroup; None until one did, or without change counters.
+    checked: Mutex<Option<FullCheck>>,
+}
+
+/// A full check of a cached process that passed: alive, on the image's
+/// exec generation, no prctl mark on `cgroup_id`, in `user_namespace`,
+/// with its change counters at `stamp` when the check began.
+#[derive(Debug, Clone, Copy)]
+struct FullCheck {
+    stamp: ChangeStamp,
+    cgroup_id: u64,
+    user_namespace: UserNamespace,
+}
+
+impl CachedImage {
+    /// The user namespace of the last full check, if it still holds for a
+    /// connection from `cgroup_id` with the counters now at `stamp`.
+    fn still_checked(&self, stamp: ChangeStamp, cgroup_id: u64) -> Option<UserNamespace> {
+        let checked = (*self.checked.lock().ok()?)?;
+        (checked.stamp == stamp && checked.cgroup_id == cgroup_id).then_some(checked.user_namespace)
+    }
+
+    fn record_check(&self, check: FullCheck) {
+        if let Ok(mut checked) = self.checked.lock() {
+            *checked = Some(check);
+        }
+    }
 }
 
 /// Process images kept before the cache is emptied. Each holds a pidfd, so
@@ -526,6 +602,17 @@ impl Attestor {
         if cached.exec_gen != origin.exec_gen {
             return Ok(None);
         }
+        let stamp = self.change_stamp(tgid, records);
+        if let Some(stamp) = stamp
+            && let Some(userns) = cached.still_checked(stamp, origin.cgroup_id)
+        {
+            // Nothing changed for the process since a full check: only what
+            // differs between its connections is left to compare (a pid
+            // reused since an earlier connection was made).
+            self.check_start(origin, cached.start_ticks)?;
+            self.image_hits.fetch_add(1, Relaxed);
+            return Ok(Some((cached.image.clone(), userns)));
+        }
         // Read before the liveness check: a pid is not reused before its
         // process is reaped, so the pinned process still alive afterwards
         // means `tgid` named it when its namespace was read.
@@ -539,8 +626,25 @@ impl Attestor {
         }
         self.check_start(origin, cached.start_ticks)?;
         self.check_unchanged(origin, records)?;
+        if let Some(stamp) = stamp {
+            cached.record_check(FullCheck {
+                stamp,
+                cgroup_id: origin.cgroup_id,
+                user_namespace: userns,
+            });
+        }
         self.image_hits.fetch_add(1, Relaxed);
         Ok(Some((cached.image.clone(), userns)))
+    }
+
+    /// The process's change counters, read before a full check begins (so
+    /// a change during it moves them past the stamp the check records);
+    /// none for `explain`, whose checks are not a connection's.
+    fn change_stamp(&self, tgid: u32, records: Records) -> Option<ChangeStamp> {
+        match records {
+            Records::Connect => self.generations.change_stamp(tgid),
+            Records::Live => None,
+        }
     }
 
     /// The full path: pin the process, check it, read its image, cache it.
@@ -548,6 +652,7 @@ impl Attestor {
         use std::sync::atomic::Ordering::Relaxed;
         let tgid = origin.tgid;
         self.image_misses.fetch_add(1, Relaxed);
+        let stamp = self.change_stamp(tgid, records);
         // Pin the process first: from here on, the pidfd tells whether the
         // process we read is still the one we pinned.
         let pidfd = process::PidFd::open(tgid).map_err(|err| match err.raw_os_error() {
@@ -576,6 +681,11 @@ impl Attestor {
                     start_ticks: started,
                     exec_gen: origin.exec_gen,
                     image: image.clone(),
+                    checked: Mutex::new(stamp.map(|stamp| FullCheck {
+                        stamp,
+                        cgroup_id: origin.cgroup_id,
+                        user_namespace: userns,
+                    })),
                 }),
             );
         }

@@ -42,22 +42,20 @@ impl PidFd {
         Ok(PidFd { fd, tgid })
     }
 
-    /// Whether the pinned process is still running. Signal 0 only checks for
-    /// existence and permission; nothing is delivered.
+    /// Whether the pinned process is still running: its pidfd is readable
+    /// once every thread of it has exited, whether or not it was reaped yet.
+    /// (A zombie is not running: a child holding the connection its parent
+    /// made must not pass for the parent while the parent awaits reaping;
+    /// signal 0 would still find the zombie.) A failed poll counts as gone.
     pub fn is_alive(&self) -> bool {
-        // Safety: pidfd_send_signal with signal 0 and a null siginfo only
-        // checks that the process behind our own pidfd exists.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
-                0 as libc::c_int,
-                std::ptr::null::<libc::siginfo_t>(),
-                0 as libc::c_uint,
-            )
+        let mut poll = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
         };
-        // EPERM means it exists but belongs to someone we may not signal.
-        rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+        // Safety: one pollfd of our own, polled without waiting.
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready == 0
     }
 }
 

@@ -726,6 +726,8 @@ fn prctl_watch(obs: &Observations) -> Finding {
 pub const EXEC_START_VIA_TRACEPOINT: &str = "sched_prepare_exec";
 pub const EXEC_START_VIA_FENTRY: &str = "fentry:begin_new_exec";
 pub const EXEC_DONE_VIA: &str = "sched_process_exec";
+pub const IDENTITY_WATCH_VIA_FENTRY: &str = "fentry:commit_creds+sched_process_exit";
+pub const IDENTITY_WATCH_VIA_SYS_ENTER: &str = "sys_enter(unshare,setns)+sched_process_exit";
 pub const PRCTL_VIA_FENTRY_BOTH: &str = "fentry:__x64_sys_prctl+__ia32_sys_prctl";
 pub const PRCTL_VIA_FENTRY_X64: &str = "fentry:__x64_sys_prctl";
 pub const PRCTL_VIA_TRACEPOINT: &str = "tracepoint:syscalls:sys_enter_prctl";
@@ -745,6 +747,9 @@ pub struct Hooks {
     pub prctl_watch: Hook,
     /// How those tracing programs tell tagged tasks apart.
     pub tracing_tags: Hook,
+    /// The programs that count credential changes and exits, with which
+    /// a request is attested from memory (`redirect::changes`).
+    pub identity_watch: Hook,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

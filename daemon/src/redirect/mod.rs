@@ -22,6 +22,7 @@
 
 pub mod bpffs;
 pub mod cgroup;
+pub mod changes;
 pub mod features;
 pub mod tagging;
 
@@ -155,6 +156,25 @@ pub struct RedirectMaps {
     origin_by_peer: Mutex<HashMap<MapData, PeerKey, RawOrigin>>,
     exec_gen: Mutex<HashMap<MapData, u32, u64>>,
     mm_tampered: Mutex<HashMap<MapData, u64, u64>>,
+    identity_changes: changes::IdentityChanges,
+    /// Set once every program that moves the identity-change counters is
+    /// attached: only then do unchanged counters mean nothing changed.
+    identity_watched: std::sync::atomic::AtomicBool,
+}
+
+/// The identity-change counters' map, mapped into this process.
+fn identity_changes(map: aya::maps::Map) -> Result<changes::IdentityChanges, RedirectError> {
+    let name = map_names::IDENTITY_CHANGES;
+    let aya::maps::Map::Array(data) = map else {
+        return Err(RedirectError::Map {
+            map: name,
+            reason: "not an array in the object".into(),
+        });
+    };
+    changes::IdentityChanges::map(data).map_err(|e| RedirectError::Map {
+        map: name,
+        reason: format!("mmap: {e}"),
+    })
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> RedirectError {
@@ -209,6 +229,8 @@ impl RedirectMaps {
                 HashMap::try_from(take(ebpf, map_names::MM_TAMPERED)?)
                     .map_err(map_err(map_names::MM_TAMPERED))?,
             ),
+            identity_changes: identity_changes(take(ebpf, map_names::IDENTITY_CHANGES)?)?,
+            identity_watched: Default::default(),
         })
     }
 
@@ -337,6 +359,12 @@ impl crate::attest::ExecGenerations for RedirectMaps {
 
     fn mm_tampered(&self, cgroup_id: u64) -> Option<u64> {
         lock(&self.mm_tampered).get(&cgroup_id, 0).ok()
+    }
+
+    fn change_stamp(&self, tgid: u32) -> Option<crate::attest::ChangeStamp> {
+        self.identity_watched
+            .load(std::sync::atomic::Ordering::Acquire)
+            .then(|| self.identity_changes.stamp(tgid))
     }
 }
 
@@ -522,15 +550,22 @@ impl Redirector {
         ));
         let (prctl, prctl_hook) = attach_prctl_watch(&mut ebpf, btf.as_ref(), &tracing);
         fd_links.extend(prctl);
+        let (identity, identity_hook) = attach_identity_watch(&mut ebpf, btf.as_ref());
+        fd_links.extend(identity);
         drop(btf);
         let hooks = features::Hooks {
             exec_start: exec_start_hook,
             exec_done: features::Hook::attached(features::EXEC_DONE_VIA),
             prctl_watch: prctl_hook,
             tracing_tags: features::Hook::attached(tracing.tags_via),
+            identity_watch: identity_hook,
         };
 
         let links = pin_links(&settings.pin_dir, fd_links)?;
+        maps.identity_watched.store(
+            hooks.identity_watch.attached,
+            std::sync::atomic::Ordering::Release,
+        );
         tracing::info!(
             cgroup_root = %settings.cgroup_root.display(),
             pin_dir = %settings.pin_dir.display(),
@@ -676,6 +711,57 @@ fn attach_exec_start(
                     "sched_prepare_exec: {tracepoint_err}; fentry begin_new_exec: {fentry_err}"
                 )),
             )
+        }
+    }
+}
+
+/// Attaches the two watches that, with the exec programs and the prctl
+/// watch, move the identity-change counters (`changes`): credentials, by
+/// fentry on `commit_creds` where fentry programs load (BTF), else the
+/// unshare and setns calls on the raw `sys_enter` tracepoint; and exits,
+/// on the `sched_process_exit` raw tracepoint. Without both, the counters
+/// could stay put through a change, so the daemon does not use them and
+/// checks every request by system calls.
+fn attach_identity_watch(
+    ebpf: &mut Ebpf,
+    btf: Result<&Btf, &String>,
+) -> (Vec<(&'static str, FdLink)>, features::Hook) {
+    let creds = match attach_fentry(ebpf, program_names::CREDS_CHANGE, "commit_creds", btf) {
+        Ok(link) => Ok((program_names::CREDS_CHANGE, link, features::IDENTITY_WATCH_VIA_FENTRY)),
+        Err(fentry_err) => {
+            attach_raw_tracepoint(ebpf, program_names::NAMESPACE_CALLS, "sys_enter")
+                .map(|link| {
+                    tracing::info!(
+                        fentry_error = %fentry_err,
+                        "fentry programs cannot be loaded: user namespace changes are watched on the sys_enter tracepoint (unshare, setns)"
+                    );
+                    (
+                        program_names::NAMESPACE_CALLS,
+                        link,
+                        features::IDENTITY_WATCH_VIA_SYS_ENTER,
+                    )
+                })
+                .map_err(|e| format!("fentry commit_creds: {fentry_err}; sys_enter: {e}"))
+        }
+    };
+    let exit = attach_raw_tracepoint(ebpf, program_names::EXIT, "sched_process_exit")
+        .map_err(|e| format!("sched_process_exit: {e}"));
+    match (creds, exit) {
+        (Ok((creds_name, creds, via)), Ok(exit)) => (
+            vec![(creds_name, creds), (program_names::EXIT, exit)],
+            features::Hook::attached(via),
+        ),
+        (creds, exit) => {
+            let note = [creds.err(), exit.err()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ");
+            tracing::warn!(
+                error = %note,
+                "the identity-change counters cannot be kept: every request's process is checked by system calls (slower, as safe)"
+            );
+            (Vec::new(), features::Hook::missing(note))
         }
     }
 }

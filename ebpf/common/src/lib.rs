@@ -19,6 +19,7 @@ pub mod map_names {
     pub const ORIGIN_BY_PEER: &str = "WARRANT_ORIGIN_BY_PEER";
     pub const EXEC_GEN: &str = "WARRANT_EXEC_GEN";
     pub const MM_TAMPERED: &str = "WARRANT_MM_TAMPERED";
+    pub const IDENTITY_CHANGES: &str = "WARRANT_IDENTITY_CHANGES";
 }
 
 /// Names of the programs in the eBPF object.
@@ -45,6 +46,14 @@ pub mod program_names {
     pub const PRCTL_X64: &str = "warrant_x64_sys_prctl";
     /// fentry on `__ia32_sys_prctl`: 32-bit calls (`int $0x80`).
     pub const PRCTL_IA32: &str = "warrant_ia32_sys_prctl";
+    /// fentry on `commit_creds`: a process's credentials, and with them
+    /// its user namespace, change ([`super::IDENTITY_CHANGES_SLOTS`]).
+    pub const CREDS_CHANGE: &str = "warrant_commit_creds";
+    /// Raw tracepoint `sys_enter`: unshare and setns calls, the same watch
+    /// where fentry programs cannot be loaded.
+    pub const NAMESPACE_CALLS: &str = "warrant_sys_enter_namespaces";
+    /// Raw tracepoint `sched_process_exit`: a task exits (the same map).
+    pub const EXIT: &str = "warrant_sched_process_exit";
     /// The tracing programs again, for kernels whose tracing programs lack
     /// bpf_get_current_ancestor_cgroup_id (before 5.11): they find the
     /// task's cgroup ancestors through [`super::CgroupLayout`] instead.
@@ -55,6 +64,28 @@ pub mod program_names {
 }
 
 /// Name of the global holding [`CgroupLayout`] (set by the loader).
+/// Slots of the identity-change counters (`WARRANT_IDENTITY_CHANGES`, an
+/// array the daemon maps read-only into its memory). The kernel adds one to
+/// a process's slot ([`identity_change_slot`]) whenever something that
+/// attestation checks per request may have changed for it: an exec, new
+/// credentials (which is how a process enters another user namespace), a
+/// task of it exiting (its pid may then be reused); and to slot
+/// [`IDENTITY_CHANGES_ANY`] on a prctl(PR_SET_MM) mark. While a process's
+/// two counters are where they were when it was last fully checked, that
+/// check still holds, and the daemon answers from memory, with no system
+/// call. Processes share slots (tgid modulo the count): a neighbour's
+/// change only costs a full check.
+pub const IDENTITY_CHANGES_SLOTS: u32 = 4096;
+/// The slot every prctl(PR_SET_MM) mark moves: it concerns a cgroup, not
+/// one process, so every process is checked again.
+pub const IDENTITY_CHANGES_ANY: u32 = 0;
+
+/// The slot of the identity-change counters that `tgid`'s changes move.
+#[inline(always)]
+pub fn identity_change_slot(tgid: u32) -> u32 {
+    1 + tgid % (IDENTITY_CHANGES_SLOTS - 1)
+}
+
 pub const CGROUP_LAYOUT_GLOBAL: &str = "WARRANT_CGROUP_LAYOUT";
 
 /// Byte offsets, read from the running kernel's BTF by the daemon, that let

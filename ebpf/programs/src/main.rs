@@ -21,11 +21,16 @@
 //! and sendmsg, so HTTP/3 clients fall back to TCP, which is redirected.
 #![no_std]
 #![no_main]
+// The BPF target has no compare-and-swap, so core's atomic types offer no
+// fetch_add there; the intrinsic compiles to the BPF atomic add (built on
+// the nightly toolchain, see daemon/build.rs).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 use aya_ebpf::{
     Global,
     bindings::{
-        BPF_ANY, BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_ANY, BPF_F_MMAPABLE, BPF_NOEXIST, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
         BPF_SOCK_OPS_TCP_CONNECT_CB, bpf_sock_addr,
     },
     helpers::{
@@ -43,7 +48,8 @@ use aya_ebpf::{
 };
 use warrant_common::{
     AF_INET, AF_INET6, CgroupLayout, DESTINATIONS_CAPACITY, DestinationKey, FLAG_BLOCK_QUIC,
-    FLAG_ENABLED, MAX_CGROUP_DEPTH, Origin, PeerKey, RedirectConfig, TAGGED_CAPACITY,
+    FLAG_ENABLED, IDENTITY_CHANGES_ANY, IDENTITY_CHANGES_SLOTS, MAX_CGROUP_DEPTH, Origin, PeerKey,
+    RedirectConfig, TAGGED_CAPACITY, identity_change_slot,
 };
 
 /// cgroup/sock_addr verdicts.
@@ -87,6 +93,38 @@ static EXEC_GEN: LruHashMap<u32, u64> = LruHashMap::pinned(MAX_CONNECTIONS, 0);
 /// tagged task (see `warrant_sys_enter_prctl`).
 #[map(name = "WARRANT_MM_TAMPERED")]
 static MM_TAMPERED: LruHashMap<u64, u64> = LruHashMap::pinned(4096, 0);
+
+/// Counters the daemon reads from its own memory (the map is mmapped) to
+/// know, with no system call, that nothing attestation checks per request
+/// changed for a process since its last full check (see
+/// `warrant_common::IDENTITY_CHANGES_SLOTS`). Not pinned: a restarted
+/// daemon knows no process yet, so it starts from full checks anyway.
+#[map(name = "WARRANT_IDENTITY_CHANGES")]
+static IDENTITY_CHANGES: Array<u64> =
+    Array::with_max_entries(IDENTITY_CHANGES_SLOTS, BPF_F_MMAPABLE);
+
+/// Adds one to counter `slot` of `IDENTITY_CHANGES`. Atomic: two CPUs
+/// moving one slot at once must both count, or a change could go unseen.
+#[inline(always)]
+fn count_identity_change(slot: u32) {
+    if let Some(counter) = IDENTITY_CHANGES.get_ptr_mut(slot) {
+        // Safety: the pointer is to the map's value, valid and 8-byte
+        // aligned while the program runs; the result is unused, so this
+        // is the BPF atomic add every kernel has (no fetch).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                counter, 1,
+            );
+        }
+    }
+}
+
+/// The current task's process's identity-change counter moves.
+#[inline(always)]
+fn count_current_process_change() {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    count_identity_change(identity_change_slot(tgid));
+}
 
 /// Is the current task in a tagged cgroup or below one?
 #[inline(always)]
@@ -532,6 +570,7 @@ fn bump_exec_generation(tagged: impl Fn() -> bool) {
     // Safety: a helper call with no arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let _ = EXEC_GEN.insert(&tgid, &now, BPF_ANY as u64);
+    count_identity_change(identity_change_slot(tgid));
 }
 
 /// An exec begins: bump the generation before the kernel switches the
@@ -624,6 +663,56 @@ fn watch_prctl(option: u64, what: u64, tagged: impl Fn() -> bool) {
     // Safety: helper calls with no arguments.
     let (cgroup, now) = unsafe { (bpf_get_current_cgroup_id(), bpf_ktime_get_boot_ns()) };
     let _ = MM_TAMPERED.insert(&cgroup, &now, BPF_ANY as u64);
+    count_identity_change(IDENTITY_CHANGES_ANY);
+}
+
+/// New credentials for a task: a setuid, a capability change, and the
+/// only ways into another user namespace (unshare and setns with
+/// CLONE_NEWUSER both end in commit_creds; both need a single-threaded
+/// process, so the thread is the process). Counted for every task, tagged
+/// or not: a process moved out of a tagged cgroup after connecting still
+/// holds its connection. Entry is before the switch, so whoever reads the
+/// counter after the process's next request was sent sees it moved.
+#[fentry(function = "commit_creds")]
+pub fn warrant_commit_creds(_ctx: FEntryContext) -> i32 {
+    count_current_process_change();
+    0
+}
+
+/// x86-64 system call numbers of unshare(2) and setns(2), the two ways a
+/// process enters another user namespace: native, and as `int $0x80`
+/// numbers them (which the 64-bit table gives to process_vm_readv and to
+/// nothing: a spurious count costs one full check). x32 calls carry bit 30.
+const NR_UNSHARE: u64 = 272;
+const NR_SETNS: u64 = 308;
+const NR_IA32_UNSHARE: u64 = 310;
+const NR_IA32_SETNS: u64 = 346;
+const X32_SYSCALL_BIT: u64 = 0x4000_0000;
+
+/// The credentials watch where fentry programs cannot be loaded: every
+/// system call's entry (the raw `sys_enter` tracepoint, which, unlike the
+/// syscalls:* tracepoints, sees 32-bit calls too), counting unshare and
+/// setns, whatever their flags, as they begin. Costs a comparison on every
+/// system call of the host, so it is only attached when the fentry
+/// program above cannot be.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn warrant_sys_enter_namespaces(ctx: RawTracePointContext) -> i32 {
+    // sys_enter's arguments: the task's pt_regs, then the call's number.
+    let id: u64 = ctx.arg::<u64>(1) & !X32_SYSCALL_BIT;
+    if matches!(id, NR_UNSHARE | NR_SETNS | NR_IA32_UNSHARE | NR_IA32_SETNS) {
+        count_current_process_change();
+    }
+    0
+}
+
+/// A task exits: once the last one of a process has, its pid can be
+/// reused, and a connection it leaves behind (held by a child) must no
+/// longer be credited to it. Every exiting task counts, tagged or not, for
+/// the reason above.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn warrant_sched_process_exit(_ctx: RawTracePointContext) -> i32 {
+    count_current_process_change();
+    0
 }
 
 /// The prctl watch where the kernel has no BTF for the fentry programs
