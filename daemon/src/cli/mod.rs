@@ -344,7 +344,11 @@ fn run_daemon(config: Option<PathBuf>, detach_on_exit: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Connections are served on lanes of their own (`proxy::lanes`); this
+    // runtime accepts them and runs the rest (control socket, metrics,
+    // tagger, reloads, refreshes).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {

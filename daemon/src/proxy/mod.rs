@@ -48,6 +48,7 @@ mod gateway;
 mod gateway_agent;
 mod generation;
 mod io;
+pub mod lanes;
 mod metadata;
 mod node;
 mod passthrough;
@@ -134,6 +135,15 @@ pub enum ProxyError {
 /// Largest bodies that may be held whole for signing at once.
 pub const SIGNING_BODIES: usize = 16;
 
+/// A connection accepted and admitted: registered as live, holding its
+/// place under the connection cap until it ends.
+struct Accepted {
+    peer: std::net::SocketAddr,
+    origin: Origin,
+    registration: crate::response::live::Registration,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
 /// One configured `[[upstream]]`, ready to use.
 struct Upstream {
     /// Lower case.
@@ -195,6 +205,9 @@ pub struct Injector {
     responder: Arc<Responder>,
     /// Answers tagged agents' requests to the cloud metadata service.
     metadata: Option<crate::metadata::Emulator>,
+    /// The runtimes connections are served on (the daemon's); None: the
+    /// runtime that accepted them.
+    lanes: Option<lanes::Lanes>,
 }
 
 impl Injector {
@@ -312,7 +325,14 @@ impl Injector {
             )),
             responder,
             limits,
+            lanes: None,
         })
+    }
+
+    /// Serves each connection on one of `lanes` (see `lanes`).
+    pub fn on_lanes(mut self, lanes: lanes::Lanes) -> Injector {
+        self.lanes = Some(lanes);
+        self
     }
 
     /// A node's injector: requests go to the gateway (see `node`).
@@ -364,31 +384,62 @@ impl Injector {
                     .connection_refused(Some(&origin), "connection cap reached");
                 continue;
             };
+            let accepted = Accepted {
+                peer,
+                origin,
+                registration: self.responder.register(origin),
+                _permit: permit,
+            };
             let this = self.clone();
-            let registration = self.responder.register(origin);
-            tokio::spawn(async move {
-                let live = registration.connection.clone();
-                // A quarantine closes HTTP connections gracefully
-                // (`serve_http`); whatever still runs after the grace,
-                // mid-stream too, is cut: dropping the connection's future
-                // closes its socket.
-                let cut = async {
-                    live.closed().await;
-                    tokio::time::sleep(QUARANTINE_GRACE).await;
-                };
-                tokio::select! {
-                    result = this.connection(stream, origin, live.clone()) => {
-                        if let Err(error) = result {
-                            tracing::debug!(%peer, tgid = origin.tgid, %error, "connection ended with an error");
-                        }
-                    }
-                    () = cut => {
-                        tracing::info!(%peer, tgid = origin.tgid, "connection cut by a quarantine");
-                    }
+            match &self.lanes {
+                None => {
+                    tokio::spawn(this.accepted(stream, accepted));
                 }
-                drop(registration);
-                drop(permit);
-            });
+                Some(lanes) => match stream.into_std() {
+                    // The socket moves to the lane's own I/O driver.
+                    Ok(stream) => lanes.spawn(async move {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => this.accepted(stream, accepted).await,
+                            Err(error) => {
+                                tracing::warn!(%peer, %error, "connection lost moving to its lane")
+                            }
+                        }
+                    }),
+                    Err(error) => {
+                        tracing::warn!(%peer, %error, "connection lost moving to its lane")
+                    }
+                },
+            }
+        }
+    }
+
+    /// Serves one accepted connection to its end, or until a quarantine
+    /// cuts it.
+    async fn accepted(self: Arc<Self>, stream: TcpStream, accepted: Accepted) {
+        let Accepted {
+            peer,
+            origin,
+            registration,
+            ..
+        } = accepted;
+        let live = registration.connection.clone();
+        // A quarantine closes HTTP connections gracefully
+        // (`serve_http`); whatever still runs after the grace,
+        // mid-stream too, is cut: dropping the connection's future
+        // closes its socket.
+        let cut = async {
+            live.closed().await;
+            tokio::time::sleep(QUARANTINE_GRACE).await;
+        };
+        tokio::select! {
+            result = self.connection(stream, origin, live.clone()) => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, tgid = origin.tgid, %error, "connection ended with an error");
+                }
+            }
+            () = cut => {
+                tracing::info!(%peer, tgid = origin.tgid, "connection cut by a quarantine");
+            }
         }
     }
 

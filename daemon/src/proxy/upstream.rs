@@ -266,6 +266,17 @@ struct PoolKey {
     host: String,
     dst: SocketAddr,
     tls: bool,
+    /// The lane (see `lanes`) the pool serves: its connections' tasks run
+    /// on the lane's runtime, so that a request and the upstream connection
+    /// it uses share one thread. None on a multi-threaded runtime.
+    lane: Option<std::thread::ThreadId>,
+}
+
+/// The lane the caller runs on: a current-thread runtime's thread.
+fn current_lane() -> Option<std::thread::ThreadId> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    (handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
+        .then(|| std::thread::current().id())
 }
 
 /// One hyper-util pooled client per (upstream host, destination address):
@@ -297,6 +308,7 @@ impl UpstreamClients {
             host: host.to_owned(),
             dst,
             tls: tls.is_some(),
+            lane: current_lane(),
         };
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(client) = clients.get(&key) {

@@ -150,10 +150,10 @@ pub async fn run(options: RunOptions) -> Result<()> {
         responder.clone(),
         &pki.system_roots,
     )?;
-    let injector = Arc::new(match node_forward(&config, node_key, &pki.system_roots)? {
+    let injector = on_lanes(match node_forward(&config, node_key, &pki.system_roots)? {
         Some(node) => injector.forwarding_to(node),
         None => injector,
-    });
+    })?;
     let backend = DaemonBackend::new(
         reloader.clone(),
         instance,
@@ -171,6 +171,17 @@ pub async fn run(options: RunOptions) -> Result<()> {
     // The records of the last requests (buffered: audit::FLUSH_INTERVAL).
     audit.flush();
     stopped
+}
+
+/// The injector, serving its connections on one lane per CPU
+/// (`proxy::lanes`).
+fn on_lanes(injector: Injector) -> Result<Arc<Injector>> {
+    let lanes = crate::proxy::lanes::Lanes::start(crate::proxy::lanes::Lanes::default_count())?;
+    tracing::info!(
+        lanes = lanes.len(),
+        "connections are served on one runtime per lane"
+    );
+    Ok(Arc::new(injector.on_lanes(lanes)))
 }
 
 /// The control socket (`warrant status`, `reload`, ...), served until the
