@@ -624,6 +624,13 @@ impl Attestor {
             }
             return Ok(None);
         }
+        // Exiting (not yet a zombie) is gone too. The exit program counts
+        // every task's exit after the task is marked exiting, the main
+        // thread's included, so the full check its count brings on sees
+        // the mark.
+        if self.start_ticks(tgid)? != cached.start_ticks {
+            return Ok(None);
+        }
         self.check_start(origin, cached.start_ticks)?;
         self.check_unchanged(origin, records)?;
         if let Some(stamp) = stamp {

@@ -64,24 +64,45 @@ pub fn proc_dir(tgid: u32) -> PathBuf {
     PathBuf::from(format!("/proc/{tgid}"))
 }
 
+/// PF_EXITING in a task's flags (include/linux/sched.h): set as the task
+/// enters do_exit, before anything of it is torn down.
+const PF_EXITING: u64 = 0x0000_0004;
+
 /// The start time of the process (field 22 of /proc/PID/stat), in clock
-/// ticks since boot (CLOCK_BOOTTIME-based).
+/// ticks since boot (CLOCK_BOOTTIME-based). A process whose main thread is
+/// exiting (PF_EXITING in field 9) counts as gone (NotFound): it is not
+/// yet a zombie, and has already closed its files, so whoever it handed a
+/// connection to may be running on.
 pub fn start_ticks(tgid: u32) -> io::Result<u64> {
     let mut buf = [0u8; 1024];
     let mut file = File::open(format!("/proc/{tgid}/stat"))?;
     let len = read_full(&mut file, &mut buf)?;
-    parse_start_ticks(&buf[..len]).ok_or_else(|| io::Error::other("malformed /proc/PID/stat"))
+    let stat = &buf[..len];
+    let malformed = || io::Error::other("malformed /proc/PID/stat");
+    let flags = stat_field(stat, 9).ok_or_else(malformed)?;
+    if flags & PF_EXITING != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the process is exiting",
+        ));
+    }
+    parse_start_ticks(stat).ok_or_else(malformed)
 }
 
 /// Field 22 of a stat line. The command name (field 2) may hold spaces and
 /// parentheses, so fields are counted from the last ')'.
 pub fn parse_start_ticks(stat: &[u8]) -> Option<u64> {
+    stat_field(stat, 22)
+}
+
+/// Numeric field `n` (1-based, as proc(5) numbers them, n >= 3) of a stat
+/// line: after ')' come field 3 (state) onwards.
+fn stat_field(stat: &[u8], n: usize) -> Option<u64> {
     let close = stat.iter().rposition(|&b| b == b')')?;
-    // After ')' come field 3 (state) onwards; starttime is field 22.
     let field = stat[close + 1..]
         .split(|&b| b == b' ')
         .filter(|f| !f.is_empty())
-        .nth(22 - 3)?;
+        .nth(n - 3)?;
     std::str::from_utf8(field).ok()?.trim().parse().ok()
 }
 
