@@ -14,7 +14,7 @@ use std::{
 
 /// The Origin of one redirected connection, as the kernel recorded it at
 /// connect() time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Origin {
     /// The address and port the agent dialled.
     pub original_dst: SocketAddr,

@@ -543,15 +543,42 @@ impl Attestor {
         self: &Arc<Self>,
         origin: Origin,
     ) -> Result<Attestation, AttestError> {
-        if let Some(cgroup) = self.cgroups.cached(origin.cgroup_id)
-            && let Some((image, userns)) = self.cached_image(&origin, Records::Connect)?
-        {
-            return Ok(self.assemble(&origin, &image, userns, Some(cgroup)));
+        if let Some(rechecked) = self.recheck(&origin)? {
+            return Ok(self.assemble_rechecked(&origin, &rechecked));
         }
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.attest(&origin))
             .await
             .map_err(|err| AttestError::Internal(format!("attestation task: {err}")))?
+    }
+
+    /// A process already attested (and a known cgroup), checked again now,
+    /// as every request is: what its attestation is made of, without
+    /// making it. None when it must be attested in full
+    /// ([`Attestor::attest_async`]); an error refuses the request.
+    pub fn recheck(&self, origin: &Origin) -> Result<Option<Rechecked>, AttestError> {
+        let Some(cgroup) = self.cgroups.cached(origin.cgroup_id) else {
+            return Ok(None);
+        };
+        let Some((image, user_namespace)) = self.cached_image(origin, Records::Connect)? else {
+            return Ok(None);
+        };
+        Ok(Some(Rechecked {
+            image,
+            user_namespace,
+            cgroup,
+            instance: self.instance.current(),
+        }))
+    }
+
+    /// The attestation of a rechecked process.
+    pub fn assemble_rechecked(&self, origin: &Origin, rechecked: &Rechecked) -> Attestation {
+        self.assemble(
+            origin,
+            &rechecked.image,
+            rechecked.user_namespace,
+            Some(rechecked.cgroup.clone()),
+        )
     }
 
     fn assemble(
@@ -840,6 +867,27 @@ impl Attestor {
 
     fn ticks_to_ns(&self, ticks: u64) -> u64 {
         ticks.saturating_mul(1_000_000_000 / self.ticks_per_second)
+    }
+}
+
+/// What a rechecked process's attestation is made of ([`Attestor::recheck`]).
+/// Two are the same when they would make the same attestation for one
+/// Origin: the same cached image (not merely an equal one), user
+/// namespace, cgroup path and instance identity.
+#[derive(Debug)]
+pub struct Rechecked {
+    image: Arc<ProcessImage>,
+    user_namespace: UserNamespace,
+    cgroup: String,
+    instance: Arc<InstanceState>,
+}
+
+impl Rechecked {
+    pub fn same_as(&self, other: &Rechecked) -> bool {
+        Arc::ptr_eq(&self.image, &other.image)
+            && self.user_namespace == other.user_namespace
+            && self.cgroup == other.cgroup
+            && Arc::ptr_eq(&self.instance, &other.instance)
     }
 }
 

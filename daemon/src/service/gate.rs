@@ -3,13 +3,14 @@
 //! fetched, in two steps (see `proxy::gate`): `identify`, after which it
 //! checks quarantines, and `authorize`.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use http::StatusCode;
 
 use crate::{
-    attest::{Attestation, Attestor, WorkloadMatcher},
+    attest::{Attestation, Attestor, Rechecked, WorkloadMatcher},
     audit::{AttestationSummary, RequestLog},
+    origin::Origin,
     policy::{Decision, Policy, PolicyInput},
     provider,
     proxy::{GateFuture, GateRequest, Identity, Refusal, RequestGate, Verdict},
@@ -26,7 +27,17 @@ pub struct WarrantGate {
     body_prefix_len: usize,
     /// Metering and budgets; asked after policy allowed.
     budgets: Option<Budgets>,
+    /// The identity last established for each connection's Origin, with
+    /// what its attestation was made of: a request whose process rechecks
+    /// to the same makes the same identity (the workload selectors read
+    /// only the attestation), so it is not evaluated again. Per generation:
+    /// a reload starts empty.
+    identities: std::sync::Mutex<HashMap<Origin, (Rechecked, Identity)>>,
 }
+
+/// Identities kept before the memo is emptied (one per live connection's
+/// Origin is all it needs).
+const MAX_IDENTITIES: usize = 4096;
 
 /// How much of a body is read for its "model" without budgets (with them,
 /// `[usage] body_prefix_bytes`, the same by default). A JSON body whose
@@ -52,6 +63,7 @@ impl WarrantGate {
             policy,
             body_prefix_len,
             budgets: None,
+            identities: Default::default(),
         }
     }
 
@@ -102,27 +114,60 @@ impl WarrantGate {
         self.budgets.as_ref()
     }
 
-    async fn identify_origin(&self, origin: &crate::origin::Origin) -> Result<Identity, Refusal> {
-        // Known processes are answered inline; a first attestation (reading
-        // /proc, hashing) runs on the blocking pool.
-        let attestation = self.attestor.attest_async(*origin).await.map_err(|error| {
+    async fn identify_origin(&self, origin: &Origin) -> Result<Identity, Refusal> {
+        // Known processes are rechecked inline; a first attestation
+        // (reading /proc, hashing) runs on the blocking pool.
+        let attestation = match self.attestor.recheck(origin) {
+            Ok(Some(rechecked)) => return Ok(self.identify_rechecked(origin, rechecked)),
+            Ok(None) => self.attestor.attest_async(*origin).await,
+            Err(error) => Err(error),
+        };
+        let attestation = attestation.map_err(|error| {
             tracing::warn!(tgid = origin.tgid, %error, "attestation failed: request refused");
             Refusal::policy(
                 StatusCode::FORBIDDEN,
                 format!("the calling process could not be attested: {error}"),
             )
         })?;
+        Ok(self.identify_attested(attestation))
+    }
+
+    /// The identity of a rechecked process: the one last made for this
+    /// Origin when the process rechecks to the same, else made now.
+    fn identify_rechecked(&self, origin: &Origin, rechecked: Rechecked) -> Identity {
+        let lock = || {
+            self.identities
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        };
+        if let Some((known, identity)) = lock().get(origin)
+            && known.same_as(&rechecked)
+        {
+            return identity.clone();
+        }
+        let identity = self.identify_attested(self.attestor.assemble_rechecked(origin, &rechecked));
+        let mut identities = lock();
+        if identities.len() >= MAX_IDENTITIES {
+            identities.clear();
+        }
+        identities.insert(*origin, (rechecked, identity.clone()));
+        identity
+    }
+
+    /// Who an attested process is: the workload it matches, and why that
+    /// workload's rules cannot believe its program, if they cannot.
+    fn identify_attested(&self, attestation: Attestation) -> Identity {
         let workload = self.workloads.evaluate(&attestation).matched;
         let program_refusal = workload
             .as_deref()
             .and_then(|w| self.workloads.program_refusal(w, &attestation));
-        Ok(Identity {
+        Identity {
             workload,
             summary: AttestationSummary::of(&attestation),
             attestation: Some(Arc::new(attestation)),
             program_refusal,
             remote: None,
-        })
+        }
     }
 
     /// The policy decision for a caller a node vouched for (at a gateway):
@@ -307,10 +352,7 @@ impl UsageSink for AuditUsage {
 }
 
 impl RequestGate for WarrantGate {
-    fn identify<'a>(
-        &'a self,
-        origin: &'a crate::origin::Origin,
-    ) -> GateFuture<'a, Result<Identity, Refusal>> {
+    fn identify<'a>(&'a self, origin: &'a Origin) -> GateFuture<'a, Result<Identity, Refusal>> {
         Box::pin(self.identify_origin(origin))
     }
 

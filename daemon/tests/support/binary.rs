@@ -531,6 +531,9 @@ pub fn start_logging_to(
     loop {
         let n = match notify.recv(&mut buf) {
             Ok(n) => n,
+            // A signal for another test's thread (a child's SIGCHLD, when
+            // a handler is installed) interrupts this one's wait too.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
