@@ -1,5 +1,11 @@
 //! Stream adapters for the accept path: recording the ClientHello so it can
 //! be replayed, replaying it, and noticing idle connections.
+//!
+//! The adapters that carry a served connection (`Prefixed`, `Tracked`)
+//! pass vectored writes through: hyper's HTTP/1.1 writer then queues body
+//! chunks as they are instead of copying them into its write buffer, which
+//! otherwise grows with the largest burst (up to `max_header_bytes`) and
+//! stays that size for the connection's life, idle or not.
 
 use std::{
     io,
@@ -104,6 +110,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            if !this.prefix.has_remaining() {
+                // Replayed: free the ClientHello's bytes now rather than
+                // keep them for the connection's life (`advance` keeps
+                // the allocation).
+                this.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.inner).poll_read(cx, buf)
@@ -117,6 +129,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
@@ -201,6 +223,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
             this.activity.touch();
         }
         result
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if result.is_ready() {
+            this.activity.touch();
+        }
+        result
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)

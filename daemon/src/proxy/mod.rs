@@ -28,6 +28,14 @@
 //! receives the refusal that says why; whatever is still running after
 //! [`QUARANTINE_GRACE`] (a live stream) is cut.
 //!
+//! What an idle keep-alive connection holds is kept small, as agents' SDKs
+//! keep pools of them: its task's state is sized by the path it takes, so
+//! the common one (TLS, ALPN http/1.1) is served by hyper's HTTP/1.1
+//! connection alone and every other path is boxed; the per-request state is
+//! boxed too (hyper keeps a slot for it between requests). What is left is
+//! hyper's and rustls's buffers (8 KiB read, 8 KiB write, 4 KiB TLS
+//! records) and the task.
+//!
 //! Plain HTTP to a cloud metadata address (redirected for tagged agents
 //! only) is answered by `metadata::Emulator` with placeholder credentials,
 //! before any routing (`metadata`).
@@ -480,9 +488,10 @@ impl Injector {
         if first[0] != 0x16 {
             metrics.connection("plain");
             live.set_kind(ConnectionKind::Plain, None);
-            return self
-                .serve_http(stream, origin, Entry::Redirected(None), live)
-                .await;
+            // Boxed, as every path but HTTP/1.1 over TLS (below): the
+            // state of this future is held for the connection's life, and
+            // sized by its largest path.
+            return Box::pin(self.serve_http(stream, origin, Entry::Redirected(None), live)).await;
         }
         let mut recorded = Vec::new();
         let sni = tokio::time::timeout(
@@ -495,7 +504,7 @@ impl Injector {
             tracing::debug!(sni = ?sni, dst = %origin.original_dst, "not an intercepted host: splicing");
             metrics.connection("passthrough");
             live.set_kind(ConnectionKind::Passthrough, sni.as_deref());
-            return self.tunnel(recorded, stream, origin).await;
+            return Box::pin(self.tunnel(recorded, stream, origin)).await;
         };
         metrics.connection("intercepted");
         live.set_kind(ConnectionKind::Intercepted, Some(&upstream.host));
@@ -509,12 +518,20 @@ impl Injector {
             TlsAcceptor::from(config).accept(replay),
         )
         .await??;
-        self.serve_http(tls, origin, Entry::Redirected(Some(upstream)), live)
-            .await
+        let entry = Entry::Redirected(Some(upstream));
+        // What SDKs negotiate: served by hyper's HTTP/1.1 connection alone
+        // (see `serve_http1`). h2, or no ALPN (HTTP/2 with prior
+        // knowledge is possible), by the automatic builder.
+        if tls.get_ref().1.alpn_protocol() == Some(&b"http/1.1"[..]) {
+            self.serve_http1(tls, origin, entry, live).await
+        } else {
+            Box::pin(self.serve_http(tls, origin, entry, live)).await
+        }
     }
 
     /// Serves HTTP/1.1 or HTTP/2 on `stream`, each request by way of
-    /// `entry`.
+    /// `entry`: hyper-util's automatic builder, which reads the first bytes
+    /// to tell an HTTP/2 preface from HTTP/1.1.
     async fn serve_http<S>(
         self: Arc<Self>,
         stream: S,
@@ -527,23 +544,7 @@ impl Injector {
     {
         let activity = io::Activity::new();
         let io = TokioIo::new(io::Tracked::new(stream, activity.clone()));
-        let this = self.clone();
-        let quarantined = live.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let this = this.clone();
-            let entry = entry.clone();
-            let live = live.clone();
-            async move {
-                let response = match entry {
-                    Entry::Redirected(upstream) => this.request(req, origin, upstream, live).await,
-                    Entry::Gateway(entry, peer) => {
-                        this.gateway_request(req, origin, &entry, &peer, live).await
-                    }
-                    Entry::Tunnel(tunnel) => this.tunnel_request(req, origin, &tunnel, live).await,
-                };
-                Ok::<_, Infallible>(response)
-            }
-        });
+        let service = self.service(origin, entry, live.clone());
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -558,17 +559,107 @@ impl Injector {
         let conn = builder.serve_connection_with_upgrades(io, service);
         tokio::pin!(conn);
         let idle = Duration::from_secs(self.limits.idle_timeout_secs);
-        tokio::select! {
-            result = conn.as_mut() => result?,
-            () = activity.idle(idle) => tracing::debug!("connection idle: closed"),
-            () = quarantined.closed() => {
-                // Deliver what was answered (the refusal that triggered the
-                // quarantine), then close: GOAWAY on HTTP/2. The caller cuts
-                // the rest after QUARANTINE_GRACE.
-                conn.as_mut().graceful_shutdown();
-                conn.await?;
-            }
-        }
-        Ok(())
+        drive(conn, |c| c.graceful_shutdown(), &activity, idle, &live).await
     }
+
+    /// Serves HTTP/1.1 alone on a TLS connection that chose it by ALPN.
+    ///
+    /// Not async: the connection is made here and the future returned owns
+    /// only it, so the stream is held once (an async fn keeps its
+    /// arguments in its state beside what they were moved into), and
+    /// without the automatic builder: no HTTP/2 connection sized into the
+    /// state of every HTTP/1.1 one, and no sniffed prefix replayed ahead of
+    /// the request (that short first read made hyper double its read buffer
+    /// to 16 KiB, kept for the connection's life).
+    fn serve_http1<S>(
+        self: Arc<Self>,
+        stream: S,
+        origin: Origin,
+        entry: Entry,
+        live: Arc<LiveConnection>,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let activity = io::Activity::new();
+        let io = TokioIo::new(io::Tracked::new(stream, activity.clone()));
+        let service = self.service(origin, entry, live.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout())
+            // hyper refuses buffers under 8 KiB.
+            .max_buf_size(self.limits.max_header_bytes.max(8192))
+            .serve_connection(io, service)
+            .with_upgrades();
+        let idle = Duration::from_secs(self.limits.idle_timeout_secs);
+        async move {
+            tokio::pin!(conn);
+            drive(conn, |c| c.graceful_shutdown(), &activity, idle, &live).await
+        }
+    }
+
+    /// The service of one connection: each request by way of `entry`.
+    fn service(
+        self: &Arc<Self>,
+        origin: Origin,
+        entry: Entry,
+        live: Arc<LiveConnection>,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = http::Response<ProxyBody>,
+        Error = Infallible,
+        Future: Send + 'static,
+    >
+    + Send
+    + 'static
+    + use<> {
+        let this = self.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let this = this.clone();
+            let entry = entry.clone();
+            let live = live.clone();
+            // Boxed: hyper's HTTP/1.1 dispatcher keeps a slot the size of
+            // this future for the connection's whole life, in flight or
+            // not: the whole request path (phases, upstream, tap, 13 KiB)
+            // inline would be kept by every idle keep-alive connection.
+            // Boxed, the slot is a pointer and the request's state is freed
+            // with its response.
+            Box::pin(async move {
+                let response = match entry {
+                    Entry::Redirected(upstream) => this.request(req, origin, upstream, live).await,
+                    Entry::Gateway(entry, peer) => {
+                        this.gateway_request(req, origin, &entry, &peer, live).await
+                    }
+                    Entry::Tunnel(tunnel) => this.tunnel_request(req, origin, &tunnel, live).await,
+                };
+                Ok::<_, Infallible>(response)
+            })
+        })
+    }
+}
+
+/// Drives a served connection until it ends, has been idle for `idle`, or
+/// its workload is quarantined: then it is shut down gracefully (the
+/// refusal that triggered the quarantine is delivered; GOAWAY on HTTP/2)
+/// and the caller cuts the rest after [`QUARANTINE_GRACE`].
+async fn drive<C, E>(
+    mut conn: std::pin::Pin<&mut C>,
+    shutdown: fn(std::pin::Pin<&mut C>),
+    activity: &io::Activity,
+    idle: Duration,
+    quarantined: &LiveConnection,
+) -> Result<(), BoxError>
+where
+    C: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    tokio::select! {
+        result = conn.as_mut() => result.map_err(Into::into)?,
+        () = activity.idle(idle) => tracing::debug!("connection idle: closed"),
+        () = quarantined.closed() => {
+            shutdown(conn.as_mut());
+            conn.await.map_err(Into::into)?;
+        }
+    }
+    Ok(())
 }
