@@ -526,6 +526,7 @@ fn idle_connections(world: &World, target: Target, n: usize) -> Result<IdleMemor
     let server = world.server(target)?;
     let before = server.rss_kib()?;
     let fds = server.fd_count()?;
+    let accepted = server.accepted_connections()?;
     let mut holder = IdleHolder::start(world, target)?;
     holder.open(n)?;
     let held = server.fd_count()?.saturating_sub(fds);
@@ -542,11 +543,19 @@ fn idle_connections(world: &World, target: Target, n: usize) -> Result<IdleMemor
     }
     holder.close()?;
     drop(holder);
-    wait_for(
-        Duration::from_secs(60),
-        || Ok(server.fd_count()? <= fds + 2),
-    )
-    .with_context(|| format!("{} did not close its connections", target.label()))?;
+    // Accepted connections, not descriptors: a proxy keeps its pooled
+    // upstream connections (warrant one pool per lane) to their own idle
+    // timeout, and the server ones are what the client closed.
+    wait_for(Duration::from_secs(60), || {
+        Ok(server.accepted_connections()? <= accepted)
+    })
+    .with_context(|| {
+        let left = server.accepted_connections().unwrap_or(usize::MAX);
+        format!(
+            "{} did not close its connections ({left} left)",
+            target.label()
+        )
+    })?;
     let after = settled_rss(&server)?;
     let added = peak.saturating_sub(before) as f64;
     Ok(IdleMemory {
@@ -574,17 +583,23 @@ fn wait_for(limit: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<(
     Ok(())
 }
 
-/// The RSS once it stops moving (the same reading 200 ms apart, at most
-/// 5 s): memory freed by tasks that end after their sockets close counts.
+/// The RSS once it stops moving: unchanged for 2 s (read every 200 ms),
+/// at most 15 s. Memory freed by tasks that end after their sockets close
+/// counts, and so does what the allocator returns on its decay schedule
+/// (warrant's jemalloc purges freed pages over about a second, gradually:
+/// two equal readings 200 ms apart can fall mid-decay).
 fn settled_rss(server: &Processes) -> Result<u64> {
+    const STEADY: Duration = Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(15);
     let mut last = server.rss_kib()?;
-    for _ in 0..25 {
+    let mut since = Instant::now();
+    while since.elapsed() < STEADY && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         let now = server.rss_kib()?;
-        if now == last {
-            break;
+        if now != last {
+            last = now;
+            since = Instant::now();
         }
-        last = now;
     }
     Ok(last)
 }

@@ -1,7 +1,7 @@
 //! What the bench reads from /proc about the processes it started (warrant,
 //! the nginx masters it spawned and their workers), never about others.
 
-use std::{fs, time::Duration};
+use std::{collections::HashSet, fs, time::Duration};
 
 use anyhow::{Context as _, Result};
 
@@ -64,6 +64,61 @@ pub fn fd_count(pid: u32) -> Result<usize> {
         .count())
 }
 
+/// Connections `pid` accepted and still holds: its TCP sockets, not
+/// listening, whose local port is one it listens on. Sockets it opened
+/// itself (a proxy's pooled upstream connections, kept up to their own
+/// idle timeout) are not counted.
+pub fn accepted_connections(pid: u32) -> Result<usize> {
+    let mut owned = HashSet::new();
+    for fd in fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("reading /proc/{pid}/fd"))?
+    {
+        // A descriptor closed while the directory is read is skipped.
+        let Ok(target) = fs::read_link(fd?.path()) else {
+            continue;
+        };
+        if let Some(inode) = target
+            .to_str()
+            .and_then(|t| t.strip_prefix("socket:["))
+            .and_then(|t| t.strip_suffix(']'))
+            .and_then(|t| t.parse::<u64>().ok())
+        {
+            owned.insert(inode);
+        }
+    }
+    let mut listening = HashSet::new();
+    let mut connected = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = fs::read_to_string(format!("/proc/{pid}/net/{table}"))
+            .with_context(|| format!("reading /proc/{pid}/net/{table}"))?;
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st ... uid timeout inode
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            if !inode.parse().is_ok_and(|i: u64| owned.contains(&i)) {
+                continue;
+            }
+            let Some(port) = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            else {
+                continue;
+            };
+            // 0A: TCP_LISTEN.
+            if *state == "0A" {
+                listening.insert(port);
+            } else {
+                connected.push(port);
+            }
+        }
+    }
+    Ok(connected.iter().filter(|p| listening.contains(p)).count())
+}
+
 /// The children of `pid` (an nginx master's workers).
 pub fn children(pid: u32) -> Result<Vec<u32>> {
     let text = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
@@ -90,6 +145,10 @@ impl Processes {
     pub fn fd_count(&self) -> Result<usize> {
         self.0.iter().map(|&p| fd_count(p)).sum()
     }
+
+    pub fn accepted_connections(&self) -> Result<usize> {
+        self.0.iter().map(|&p| accepted_connections(p)).sum()
+    }
 }
 
 #[cfg(test)]
@@ -112,5 +171,20 @@ mod tests {
         }
         let pair = Processes(vec![me, me]);
         assert!(pair.fd_count().unwrap() >= 6);
+    }
+
+    #[test]
+    fn counts_accepted_connections_not_the_ones_made() {
+        use std::net::{TcpListener, TcpStream};
+        let me = std::process::id();
+        let before = accepted_connections(me).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let made = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        // `made` is ours too, but its local port is an ephemeral one.
+        assert_eq!(accepted_connections(me).unwrap(), before + 1);
+        drop(accepted);
+        assert_eq!(accepted_connections(me).unwrap(), before);
+        drop(made);
     }
 }
