@@ -34,7 +34,7 @@ pub fn run(target: Option<&str>, seconds: u64) -> Result<()> {
     let targets = pick(target)?;
     for target in targets {
         let corpus = workspace_root().join("fuzz/corpus").join(target);
-        fuzz(target, seconds, &[corpus])?;
+        fuzz(target, seconds, Build::Optimised, &[corpus])?;
     }
     Ok(())
 }
@@ -46,7 +46,7 @@ pub fn smoke() -> Result<()> {
         let scratch = target_dir().join("fuzz-corpus").join(target);
         std::fs::create_dir_all(&scratch)?;
         let seeds = workspace_root().join("fuzz/corpus").join(target);
-        fuzz(target, SMOKE_SECONDS, &[scratch, seeds])?;
+        fuzz(target, SMOKE_SECONDS, Build::Quick, &[scratch, seeds])?;
     }
     Ok(())
 }
@@ -73,13 +73,30 @@ fn target_dir() -> PathBuf {
         .join("fuzz")
 }
 
+/// How the fuzz targets are compiled.
+#[derive(Clone, Copy)]
+enum Build {
+    /// cargo-fuzz's default (optimised, debug assertions on): the most
+    /// inputs per second, for long runs.
+    Optimised,
+    /// Unoptimised: the sanitizer build of the daemon and its dependencies
+    /// took 9 minutes instead of about 24 on a slow 2-core machine, which
+    /// matters more than speed in a 20 s smoke run that mostly replays the
+    /// corpus.
+    Quick,
+}
+
 /// `cargo +nightly fuzz run TARGET CORPUS... -- -max_total_time=SECONDS`;
 /// the first corpus directory receives new inputs.
-fn fuzz(target: &str, seconds: u64, corpora: &[PathBuf]) -> Result<()> {
+fn fuzz(target: &str, seconds: u64, build: Build, corpora: &[PathBuf]) -> Result<()> {
     println!("xtask: fuzzing {target} for {seconds} s");
+    let mut cargo = Command::new("cargo");
+    cargo.args(["+nightly", "fuzz", "run", target]);
+    if let Build::Quick = build {
+        cargo.arg("--dev");
+    }
     run_cmd(
-        Command::new("cargo")
-            .args(["+nightly", "fuzz", "run", target])
+        cargo
             .args(corpora)
             .args([
                 "--",

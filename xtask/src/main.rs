@@ -71,6 +71,10 @@ enum Task {
         /// How many VMs boot at once (default: 1; see vm.rs).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Only install the host tools and build the images (CI builds
+        /// them while the tests run: it is mostly downloading).
+        #[arg(long)]
+        images_only: bool,
     },
 }
 
@@ -123,7 +127,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Bench(args) => bench::run(args),
         Task::Package => package::run().map(|_| ()),
-        Task::VmTest { kernel, jobs } => vm::run(kernel.as_deref(), jobs),
+        Task::VmTest {
+            kernel,
+            jobs,
+            images_only,
+        } => vm::run(kernel.as_deref(), jobs, images_only),
     }
 }
 
@@ -184,12 +192,12 @@ fn test_all(unprivileged: bool, env: &[(&str, String)]) -> Result<()> {
         )
     };
     // warrant-ebpf builds only for the bpf target (daemon/build.rs does that).
-    cargo(&["test", "--workspace", "--exclude", "warrant-ebpf"])?;
-    // The parsers' fuzz targets, each for a bounded time.
-    fuzz::smoke()?;
+    let workspace = ["test", "--workspace", "--exclude", "warrant-ebpf"];
     if unprivileged {
+        cargo(&workspace)?;
         println!("xtask: skipping the privileged tests (--unprivileged)");
-        return Ok(());
+        // The parsers' fuzz targets, each for a bounded time.
+        return fuzz::smoke();
     }
     let bpffs_was_mounted = bpffs_mounted();
     // The prctl watch is a tracepoint, found through tracefs; systemd hosts
@@ -198,15 +206,11 @@ fn test_all(unprivileged: bool, env: &[(&str, String)]) -> Result<()> {
     if !tracefs_was_mounted {
         run_cmd(Command::new("mount").args(["-t", "tracefs", "tracefs", TRACEFS]))?;
     }
-    let result = cargo(&[
-        "test",
-        "-p",
-        "warrant",
-        "--features",
-        "privileged-tests",
-        "--test",
-        "*privileged*",
-    ]);
+    // One build with the privileged tests' feature runs every test: a
+    // second build of the daemon and its test binaries without the feature
+    // would cost minutes and test nothing more (the feature only lets tests
+    // move the manager's root and the clone path through variables they set).
+    let result = cargo(&[&workspace[..], &["--features", "warrant/privileged-tests"]].concat());
     if !bpffs_was_mounted && bpffs_mounted() {
         // The tests mounted bpffs (as the daemon does); leave the host as found.
         let _ = Command::new("umount").arg("/sys/fs/bpf").status();
@@ -214,7 +218,8 @@ fn test_all(unprivileged: bool, env: &[(&str, String)]) -> Result<()> {
     if !tracefs_was_mounted {
         let _ = Command::new("umount").arg(TRACEFS).status();
     }
-    result
+    result?;
+    fuzz::smoke()
 }
 
 const TRACEFS: &str = "/sys/kernel/tracing";

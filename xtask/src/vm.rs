@@ -94,7 +94,7 @@ struct Outcome {
     console: PathBuf,
 }
 
-pub fn run(kernel: Option<&str>, jobs: Option<usize>) -> Result<()> {
+pub fn run(kernel: Option<&str>, jobs: Option<usize>, images_only: bool) -> Result<()> {
     let started = Instant::now();
     if let Some(kernel) = kernel
         && !IMAGES.iter().any(|i| i.kernels.contains(&kernel))
@@ -135,6 +135,9 @@ pub fn run(kernel: Option<&str>, jobs: Option<usize>) -> Result<()> {
     }
     if boots.is_empty() {
         bail!("no kernel matched");
+    }
+    if images_only {
+        return Ok(());
     }
     let deb = crate::package::run()?;
     crate::package::build_release(&["--example", "mock_provider"])?;
