@@ -1,15 +1,8 @@
-//! The configuration loader (`Config::parse`): any text an operator (or a
-//! tool writing the file) produces. It must never panic: a bad file is a
-//! clear error naming where.
+//! libFuzzer over `properties::config` (fuzz/properties.rs says what it checks).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
+#[allow(dead_code)] // each target uses one of the properties
+#[path = "../properties.rs"]
+mod properties;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Err(error) = warrant::config::Config::parse(text, "fuzz.toml") {
-        assert!(!error.to_string().is_empty());
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| properties::config(data));

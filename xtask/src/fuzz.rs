@@ -2,12 +2,15 @@
 //! with AddressSanitizer): the ClientHello/SNI peek, the request parse, the
 //! usage meters (SSE, JSON, WebSocket sessions) and the config loader.
 //!
-//! `cargo xtask test` runs each for a bounded time ([`SMOKE_SECONDS`]) from
-//! the corpus kept in the repository (fuzz/corpus/<target>), writing what
-//! it finds to a scratch directory under the target dir, so a test run
-//! never changes the tree. `cargo xtask fuzz [TARGET] [--seconds N]` runs
-//! longer and adds what it finds to the repository's corpus. A crash fails
-//! the run and leaves the input under fuzz/artifacts/<target>/.
+//! What each target checks is in fuzz/properties.rs, which
+//! daemon/tests/fuzz_corpus.rs also runs over the corpus kept in the
+//! repository (fuzz/corpus/<target>) in the ordinary test build: `cargo
+//! xtask test` replays the corpus without building for the sanitizer (a
+//! build of 9 minutes unoptimised, about 24 optimised, on a slow 2-core
+//! machine). `cargo xtask fuzz [TARGET] [--seconds N]` explores, and adds
+//! what it finds to the corpus. A crash fails the run and leaves the input
+//! under fuzz/artifacts/<target>/: once fixed, copy it into the corpus so
+//! every test run checks it.
 
 use std::{path::PathBuf, process::Command};
 
@@ -24,29 +27,13 @@ pub const TARGETS: &[&str] = &[
     "config",
 ];
 
-/// Seconds per target inside `cargo xtask test`: enough to replay the
-/// corpus and explore near it, within CI's budget.
-pub const SMOKE_SECONDS: u64 = 20;
-
 /// `cargo xtask fuzz`: `target` (all when None) for `seconds` each, adding
 /// to the repository's corpus.
 pub fn run(target: Option<&str>, seconds: u64) -> Result<()> {
     let targets = pick(target)?;
     for target in targets {
         let corpus = workspace_root().join("fuzz/corpus").join(target);
-        fuzz(target, seconds, Build::Optimised, &[corpus])?;
-    }
-    Ok(())
-}
-
-/// Inside `cargo xtask test`: every target for [`SMOKE_SECONDS`], new
-/// inputs to a scratch directory, the repository's corpus read only.
-pub fn smoke() -> Result<()> {
-    for target in TARGETS {
-        let scratch = target_dir().join("fuzz-corpus").join(target);
-        std::fs::create_dir_all(&scratch)?;
-        let seeds = workspace_root().join("fuzz/corpus").join(target);
-        fuzz(target, SMOKE_SECONDS, Build::Quick, &[scratch, seeds])?;
+        fuzz(target, seconds, &[corpus])?;
     }
     Ok(())
 }
@@ -73,30 +60,13 @@ fn target_dir() -> PathBuf {
         .join("fuzz")
 }
 
-/// How the fuzz targets are compiled.
-#[derive(Clone, Copy)]
-enum Build {
-    /// cargo-fuzz's default (optimised, debug assertions on): the most
-    /// inputs per second, for long runs.
-    Optimised,
-    /// Unoptimised: the sanitizer build of the daemon and its dependencies
-    /// took 9 minutes instead of about 24 on a slow 2-core machine, which
-    /// matters more than speed in a 20 s smoke run that mostly replays the
-    /// corpus.
-    Quick,
-}
-
 /// `cargo +nightly fuzz run TARGET CORPUS... -- -max_total_time=SECONDS`;
 /// the first corpus directory receives new inputs.
-fn fuzz(target: &str, seconds: u64, build: Build, corpora: &[PathBuf]) -> Result<()> {
+fn fuzz(target: &str, seconds: u64, corpora: &[PathBuf]) -> Result<()> {
     println!("xtask: fuzzing {target} for {seconds} s");
-    let mut cargo = Command::new("cargo");
-    cargo.args(["+nightly", "fuzz", "run", target]);
-    if let Build::Quick = build {
-        cargo.arg("--dev");
-    }
     run_cmd(
-        cargo
+        Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", target])
             .args(corpora)
             .args([
                 "--",

@@ -11,7 +11,7 @@ use crate::run_cmd;
 /// the nightly rustc that compiles the eBPF programs).
 const LLVM_MAJOR: u32 = 22;
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// The fuzz targets' runner (`cargo xtask fuzz`, and `test`).
+/// The fuzz targets' runner (`cargo xtask fuzz`).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages: LLVM for bpf-linker; python3 for the tests' clients;
 /// iproute2 for network namespaces.
@@ -103,6 +103,12 @@ pub fn run() -> Result<()> {
             bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
         }
     }
+    install_sdks()
+}
+
+/// Installs cargo-fuzz if missing: only `cargo xtask fuzz` needs it (the
+/// tests replay the corpus in the ordinary build).
+pub fn cargo_fuzz() -> Result<()> {
     if !cargo_fuzz_ok() {
         println!("xtask setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
         run_cmd(Command::new("cargo").args([
@@ -113,7 +119,7 @@ pub fn run() -> Result<()> {
             CARGO_FUZZ_VERSION,
         ]))?;
     }
-    install_sdks()
+    Ok(())
 }
 
 fn cargo_fuzz_ok() -> bool {
