@@ -21,6 +21,16 @@ use warrant::{
     usage::Meter,
 };
 
+/// The provider an input's first byte picks.
+fn scheme_of(which: u8) -> Scheme {
+    [
+        Scheme::OpenAi,
+        Scheme::Anthropic,
+        Scheme::Gemini,
+        Scheme::Generic,
+    ][usize::from(which) % 4]
+}
+
 /// The ClientHello/SNI peek of every intercepted connection
 /// (`proxy::peek_sni`): arbitrary bytes from an agent, as the first flight
 /// of a TLS connection. It must end (an SNI, none, or an error), never
@@ -59,12 +69,7 @@ pub fn request_parse(data: &[u8]) {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
-    let scheme = [
-        Scheme::OpenAi,
-        Scheme::Anthropic,
-        Scheme::Gemini,
-        Scheme::Generic,
-    ][usize::from(which) % 4];
+    let scheme = scheme_of(which);
     let (path, body) = match rest.iter().position(|b| *b == b'\n') {
         Some(at) => (&rest[..at], &rest[at + 1..]),
         None => (rest, &[][..]),
@@ -111,12 +116,7 @@ pub fn usage_meter(data: &[u8]) {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
-    let scheme = [
-        Scheme::OpenAi,
-        Scheme::Anthropic,
-        Scheme::Gemini,
-        Scheme::Generic,
-    ][usize::from(which) % 4];
+    let scheme = scheme_of(which);
     let (content_type, path) = match (which >> 2) % 3 {
         0 => ("text/event-stream", "/v1/chat/completions"),
         1 => ("application/json", "/v1beta/models/m:streamGenerateContent"),
